@@ -1,0 +1,55 @@
+# Concordance developer commands. Every target installs what it needs first.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SEEDS   ?= 5000
+SEED    ?=
+LISTEN  ?= 127.0.0.1:4100
+DATA    ?= ./data
+
+.PHONY: install fmt lint test unit sim integration run cluster bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+fmt: $(STAMP)
+	$(BIN)/ruff format concordance procs tests
+	$(BIN)/ruff check --fix concordance procs tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check concordance procs tests
+	$(BIN)/ruff format --check concordance procs tests
+	$(BIN)/mypy
+
+# The whole suite: unit, raft paper tests, 1,000 simulation seeds, integration.
+test: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/pytest -n auto -q
+
+unit: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/pytest -n auto -q -m "not integration"
+
+integration: $(STAMP)
+	$(BIN)/pytest -n auto -q -m integration
+
+# Long seeded sweep of the whole-cluster simulator: make sim SEEDS=20000, or replay: make sim SEED=42
+sim: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m concordance.testing.sim_cli $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
+
+run: $(STAMP)
+	@mkdir -p $(DATA)
+	$(BIN)/python -m concordance.devrun --listen $(LISTEN) --data $(DATA)
+
+cluster: $(STAMP)
+	$(BIN)/concordance cluster --nodes 3 --base-port 4100 --data $(DATA)/cluster
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
