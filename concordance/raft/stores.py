@@ -116,7 +116,8 @@ class MemoryRaftStore:
             raise LogCompacted(lo)
         if hi > self.last_index() + 1:
             raise LogUnavailable(hi)
-        out = self._log[lo - self._base_index - 1 : hi - self._base_index - 1]
+        # max(lo, hi): an inverted range is empty, not a negative (wrapping) slice.
+        out = self._log[lo - self._base_index - 1 : max(lo, hi) - self._base_index - 1]
         return _limit_size(out, max_bytes)
 
     def config_entries(self) -> list[Entry]:
