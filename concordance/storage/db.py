@@ -1,0 +1,224 @@
+"""Rows of state.db and the local reads over them (get, list, changes).
+
+The storage process is a single-purpose actor: it calls SQLite synchronously
+on one connection, for applies and reads alike, one call at a time. Nothing
+here blocks an event loop because no event loop shares the process's work.
+
+Shapes returned (API.md §2, §3): entries and change events are dicts with the
+API's field names, except that ``value`` is the value's JSON text as
+``bytes``: storage never parses values; the front splices or decodes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from typing import Any, Final, NamedTuple
+
+from concordance.errors import Compacted, InvalidRequest
+from concordance.keys import validate_prefix
+
+__all__ = [
+    "ROW_COLUMNS",
+    "Entry",
+    "Event",
+    "Row",
+    "decode_cursor",
+    "encode_cursor",
+    "entry_of",
+    "get_entry",
+    "is_live",
+    "list_changes",
+    "list_entries",
+    "load_row",
+    "prefix_end",
+]
+
+Entry = dict[str, Any]
+Event = dict[str, Any]
+
+ROW_COLUMNS: Final = "key, value, version, revision, created_at, updated_at, expires_at, deleted"
+
+
+class Row(NamedTuple):
+    """One ``kv`` row; a tombstone has ``deleted`` set and ``value`` None."""
+
+    key: str
+    value: bytes | None
+    version: int
+    revision: int
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    deleted: int
+
+
+def is_live(row: Row | None, now_ms: int) -> bool:
+    """True if ``row`` is an entry a read at ``now_ms`` may return (not deleted, not expired).
+
+    An entry is expired from ``expires_at`` on (``expires_at <= now_ms``).
+    """
+    return (
+        row is not None and not row.deleted and (row.expires_at is None or row.expires_at > now_ms)
+    )
+
+
+def entry_of(row: Row) -> Entry:
+    """The API entry for a live row."""
+    return {
+        "key": row.key,
+        "value": row.value,
+        "version": row.version,
+        "revision": row.revision,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "expiresAt": row.expires_at,
+    }
+
+
+def load_row(conn: sqlite3.Connection, key: str) -> Row | None:
+    """The row of ``key``, tombstone or expired included, or None if never written."""
+    raw = conn.execute(f"SELECT {ROW_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+    return None if raw is None else Row(*raw)
+
+
+def get_entry(conn: sqlite3.Connection, key: str, now_ms: int) -> Entry | None:
+    """The entry of ``key`` as a read at ``now_ms`` sees it, or None."""
+    row = load_row(conn, key)
+    return entry_of(row) if row is not None and is_live(row, now_ms) else None
+
+
+def list_entries(
+    conn: sqlite3.Connection,
+    prefix: str,
+    limit: int,
+    cursor: str | None,
+    now_ms: int,
+    revision: int,
+) -> dict[str, Any]:
+    """``{"entries", "next", "revision"}`` for one page of live keys under ``prefix``.
+
+    Keys come in UTF-8 byte order. ``next`` is an opaque cursor to pass back
+    for the following page, or None on the last page.
+
+    Raises:
+        InvalidKey: bad prefix.
+        InvalidRequest: bad limit or cursor.
+    """
+    validate_prefix(prefix)
+    _check_positive("limit", limit)
+    lower, op = prefix, ">="
+    if cursor is not None:
+        lower, op = decode_cursor(cursor, prefix), ">"
+    rows = conn.execute(
+        f"SELECT {ROW_COLUMNS} FROM kv"
+        f" WHERE key {op} ? AND key < ? AND deleted = 0"
+        " AND (expires_at IS NULL OR expires_at > ?)"
+        " ORDER BY key LIMIT ?",
+        (lower, prefix_end(prefix), now_ms, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    entries = [entry_of(Row(*raw)) for raw in rows[:limit]]
+    next_cursor = encode_cursor(entries[-1]["key"]) if more else None
+    return {"entries": entries, "next": next_cursor, "revision": revision}
+
+
+def list_changes(
+    conn: sqlite3.Connection,
+    prefix: str,
+    since: int,
+    limit: int,
+    revision: int,
+    compacted: int,
+) -> dict[str, Any]:
+    """``{"changes", "revision"}``: events under ``prefix`` after revision ``since``.
+
+    Events come in (revision, seq) order. The answer always holds whole
+    revisions, so the returned ``revision`` (pass it as the next ``since``)
+    never splits an atomic batch: a page that would end inside a revision
+    stops before it, and a single revision bigger than ``limit`` is returned
+    whole.
+
+    Raises:
+        Compacted: ``since`` is older than the retained history (``oldest`` is
+            the first revision still held, so ``since = oldest - 1`` works).
+        InvalidKey / InvalidRequest: bad prefix, ``since`` or ``limit``.
+    """
+    validate_prefix(prefix)
+    _check_positive("limit", limit)
+    if type(since) is not int or since < 0:
+        raise InvalidRequest("since must be a non-negative integer")
+    if since < compacted:
+        raise Compacted(
+            f"changes before revision {compacted + 1} were compacted", oldest=compacted + 1
+        )
+    end = prefix_end(prefix)
+    rows = conn.execute(
+        "SELECT revision, type, key, value, version, timestamp FROM changes"
+        " WHERE revision > ? AND key >= ? AND key < ? ORDER BY revision, seq LIMIT ?",
+        (since, prefix, end, limit + 1),
+    ).fetchall()
+    if len(rows) <= limit:
+        return {"changes": [_event_of(r) for r in rows], "revision": max(revision, since)}
+    cut = rows[limit][0]  # the first revision not (wholly) included
+    kept = [r for r in rows[:limit] if r[0] < cut]
+    if not kept:  # one revision with more events than ``limit``: send it whole
+        kept = conn.execute(
+            "SELECT revision, type, key, value, version, timestamp FROM changes"
+            " WHERE revision = ? AND key >= ? AND key < ? ORDER BY seq",
+            (cut, prefix, end),
+        ).fetchall()
+    return {"changes": [_event_of(r) for r in kept], "revision": kept[-1][0]}
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    ``key >= prefix AND key < prefix_end(prefix)`` is an index range scan.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # surrogates are not UTF-8: U+D7FF is followed by U+E000
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    raise ValueError("prefix has no upper bound")  # unreachable for valid prefixes
+
+
+def encode_cursor(last_key: str) -> str:
+    """An opaque cursor that resumes a list after ``last_key``."""
+    return base64.urlsafe_b64encode(last_key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str, prefix: str) -> str:
+    """The key a cursor resumes after.
+
+    Raises:
+        InvalidRequest: the cursor is not one this prefix's listing produced.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError, AttributeError, TypeError) as e:
+        raise InvalidRequest("malformed cursor") from e
+    if not key.startswith(prefix):
+        raise InvalidRequest("cursor does not belong to this prefix")
+    return key
+
+
+def _event_of(raw: tuple[Any, ...]) -> Event:
+    revision, kind, key, value, version, timestamp = raw
+    event: Event = {"type": kind, "key": key}
+    if kind == "set":
+        event["value"] = value
+    event["version"] = version
+    event["revision"] = revision
+    event["timestamp"] = timestamp
+    return event
+
+
+def _check_positive(name: str, value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise InvalidRequest(f"{name} must be a positive integer")

@@ -1,0 +1,401 @@
+"""The state machine over state.db: apply committed commands, serve local reads.
+
+The storage process is a single-purpose actor that calls SQLite synchronously
+on one connection (applies and reads alike, one call at a time); nothing here
+is async and nothing may run concurrently on one :class:`StateMachine`.
+
+Rules / theory of operation:
+
+* Consensus hands over committed entries in index order. ``apply`` commits a
+  whole batch of them in ONE transaction together with ``applied_index`` and
+  the change rows, so state.db is always exactly "the log up to
+  applied_index". Entries at or below ``applied_index`` are skipped, which
+  makes re-delivery after a restart harmless; a gap is a caller bug.
+* Everything that must agree across nodes comes from the entry itself
+  (timestamp, expiry, value bytes), never from this node's clock. Expiry
+  during apply is judged at the command's timestamp, as reads judge it at now.
+* Every committed change takes the next revision; one atomic command (batch,
+  delete-prefix) shares one, its events numbered by ``seq``. A command that
+  fails (condition, not found, malformed) changes nothing, takes no revision
+  and gets an error result; it never stops the entries after it.
+* A batch runs its ops in order, each seeing the effects of the ones before
+  it (as in a Consul txn), on a working copy of the rows it touches; only if
+  every op succeeds (conditions hold, deleted keys exist) is the copy
+  written. A failure reports the first failing op's ``index`` and the entry
+  that op saw as ``current``.
+* Only errors of the command itself become results. Any other exception
+  (I/O, disk full) rolls the whole batch back and propagates: recording it as
+  a result would make this node diverge from the others.
+* state.db commits with ``synchronous=NORMAL``: a power cut may lose the
+  last transactions, never tear one; consensus then re-sends from the
+  ``applied_index`` that survived (see ``schema``).
+* Versions never go back: a delete leaves a tombstone with the version, a
+  re-create continues at version + 1 with a fresh ``createdAt``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from concordance.commands import (
+    Batch,
+    BatchOp,
+    Check,
+    Command,
+    Delete,
+    DeletePrefix,
+    Expire,
+    Op,
+    Set,
+    peek_request,
+)
+from concordance.errors import (
+    ConcordanceError,
+    InvalidRequest,
+    NotFound,
+    RemoteProtocolError,
+    VersionConflict,
+    from_code,
+)
+from concordance.storage import db, snapshot, ttl
+from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row
+from concordance.storage.schema import connect
+
+__all__ = ["Applied", "ApplyGap", "StateMachine"]
+
+_INSERT_ROW = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)"
+_LIVE_UNDER = "key >= ? AND key < ? AND deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
+
+
+class ApplyGap(ValueError):
+    """``apply`` got an entry that does not follow ``applied_index``; nothing was applied.
+
+    The storage process drops the batch and reports its unchanged
+    ``applied_index`` (``hello``) so consensus rewinds (docs/PROTOCOL.md §3.2).
+    """
+
+    def __init__(self, index: int, expected: int) -> None:
+        super().__init__(f"got entry {index} where entry {expected} was expected")
+        self.index = index
+        self.expected = expected
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one applied NORMAL entry, for its proposer and for watchers.
+
+    Exactly one of ``result`` / ``error`` is meaningful: ``error`` is None on
+    success, else ``{"code", "message", **extra}`` (``ConcordanceError.to_dict``;
+    rebuild with :meth:`unwrap`). ``events`` are the change events in seq order
+    (empty when nothing changed). Values inside are JSON text bytes.
+    """
+
+    index: int
+    origin: str
+    request_id: int
+    result: Any = None
+    error: dict[str, Any] | None = None
+    events: tuple[Event, ...] = ()
+
+    def unwrap(self) -> Any:
+        """The result, or raise the error it carries as a :class:`ConcordanceError`."""
+        if self.error is not None:
+            extra = {k: v for k, v in self.error.items() if k not in ("code", "message")}
+            raise from_code(self.error["code"], self.error.get("message", ""), **extra)
+        return self.result
+
+
+class StateMachine:
+    """state.db: the key-value state, its change log, and the applied Raft position.
+
+    Args:
+        path: the state.db file (created if missing).
+        retention: how many recent revisions of change history to keep at least.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], retention: int = 100_000) -> None:
+        if retention < 1:
+            raise ValueError("retention must be at least 1")
+        self._path = os.fspath(path)
+        self._retention = retention
+        self._prune_slack = retention // 16  # prune in steps, not on every apply
+        self._conn = connect(self._path)
+        self._applied_index = self._applied_term = self._revision = self._compacted = 0
+        self._load_meta()
+        self._pending: list[tuple[Any, ...]] = []  # change rows of the open transaction
+
+    # -- position -----------------------------------------------------------
+    @property
+    def applied_index(self) -> int:
+        """Index of the last applied Raft entry (0 = none)."""
+        return self._applied_index
+
+    @property
+    def applied_term(self) -> int:
+        """Term of the last applied Raft entry (0 = none)."""
+        return self._applied_term
+
+    @property
+    def revision(self) -> int:
+        """The current revision: that of the last committed change (0 = none)."""
+        return self._revision
+
+    @property
+    def oldest_revision(self) -> int:
+        """The first revision whose changes are still held (``since = oldest - 1`` works)."""
+        return self._compacted + 1
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StateMachine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- apply --------------------------------------------------------------
+    def apply(self, entries: Sequence[tuple[int, int, bytes | None]]) -> list[Applied]:
+        """Apply committed entries ``(index, term, data)`` in one transaction.
+
+        ``data`` None or empty marks a no-op or config entry: it only advances
+        ``applied_index``. Entries at or below ``applied_index`` are skipped.
+        Returns one :class:`Applied` per NORMAL entry actually applied now.
+
+        Raises:
+            ApplyGap: an index would leave a gap after ``applied_index``
+                (nothing is applied).
+            sqlite3.Error: the transaction failed; nothing is applied.
+        """
+        if not entries:
+            return []
+        saved = (self._applied_index, self._applied_term, self._revision, self._compacted)
+        out: list[Applied] = []
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for index, term, data in entries:
+                if index <= self._applied_index:
+                    continue
+                if index != self._applied_index + 1:
+                    raise ApplyGap(index, self._applied_index + 1)
+                self._applied_index, self._applied_term = index, term
+                if data:
+                    out.append(self._apply_entry(index, data))
+            if self._applied_index == saved[0]:
+                conn.execute("ROLLBACK")
+                return out
+            if self._pending:
+                conn.executemany(_INSERT_CHANGE, self._pending)
+            self._prune()
+            conn.execute(
+                "UPDATE meta SET applied_index = ?, applied_term = ?, revision = ?, compacted = ?",
+                (self._applied_index, self._applied_term, self._revision, self._compacted),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._applied_index, self._applied_term, self._revision, self._compacted = saved
+            raise
+        finally:
+            self._pending.clear()
+        return out
+
+    def _apply_entry(self, index: int, data: bytes) -> Applied:
+        try:
+            cmd = Command.decode(data)
+        except RemoteProtocolError as e:
+            origin, request_id = peek_request(data) or ("", 0)
+            error = InvalidRequest(f"malformed command: {e}").to_dict()
+            return Applied(index, origin, request_id, error=error)
+        events: list[Event] = []
+        try:
+            result = self._run(cmd.op, cmd.timestamp_ms, events)
+        except ConcordanceError as e:  # raised before any write of this command
+            return Applied(index, cmd.origin, cmd.request_id, error=e.to_dict())
+        return Applied(index, cmd.origin, cmd.request_id, result, None, tuple(events))
+
+    def _run(self, op: Op, ts: int, events: list[Event]) -> Any:
+        if isinstance(op, Batch):
+            results = self._ops(op.ops, ts, events, in_batch=True)
+            return {"results": results, "revision": self._revision}
+        if isinstance(op, Set | Delete | Check):
+            return self._ops((op,), ts, events, in_batch=False)[0]
+        if isinstance(op, DeletePrefix):
+            return self._delete_prefix(op.prefix, ts, events)
+        return self._expire(op, ts, events)
+
+    def _ops(
+        self, ops: Sequence[BatchOp], ts: int, events: list[Event], *, in_batch: bool
+    ) -> list[Any]:
+        """Run ``ops`` in order on a working copy; write it only if every op succeeded."""
+        rev = self._revision + 1  # shared by every write, taken only if there is one
+        rows: dict[str, Row | None] = {}
+        dirty: dict[str, Row] = {}  # key -> final row, in first-write order
+        changes: list[tuple[str, str, bytes | None, int]] = []
+        results: list[Any] = []
+        for i, op in enumerate(ops):
+            key = op.key
+            row = rows[key] if key in rows else load_row(self._conn, key)
+            live = row if row is not None and is_live(row, ts) else None
+            have = live.version if live is not None else 0
+            want = op.version if isinstance(op, Check) else op.if_version
+            where = {"index": i} if in_batch else {}
+            if want is not None and have != want:
+                current = entry_of(live) if live is not None else None
+                raise VersionConflict(
+                    f"{key} is at version {have}, not {want}", current=current, **where
+                )
+            if isinstance(op, Check):
+                rows[key] = row
+                results.append(entry_of(live) if live is not None else None)
+                continue
+            if isinstance(op, Set):
+                version = (row.version if row is not None else 0) + 1
+                created = live.created_at if live is not None else ts
+                new = Row(key, op.value_json, version, rev, created, ts, op.expires_at, 0)
+                changes.append(("set", key, op.value_json, version))
+                results.append(entry_of(new))
+            else:
+                if live is None:
+                    raise NotFound(f"{key} does not exist", **where)
+                new = live._replace(
+                    value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1
+                )
+                changes.append(("delete", key, None, live.version))
+                results.append(
+                    {"key": key, "deleted": True, "version": live.version, "revision": rev}
+                )
+            rows[key] = dirty[key] = new
+        if changes:
+            self._revision = rev
+            self._conn.executemany(_INSERT_ROW, dirty.values())
+            for kind, key, value, version in changes:
+                self._emit(events, kind, key, value, version, rev, ts)
+        return results
+
+    def _delete_prefix(self, prefix: str, ts: int, events: list[Event]) -> dict[str, Any]:
+        bounds = (prefix, db.prefix_end(prefix), ts)
+        victims = self._conn.execute(
+            f"SELECT key, version FROM kv WHERE {_LIVE_UNDER} ORDER BY key", bounds
+        ).fetchall()
+        if not victims:
+            return {"deleted": 0, "revision": self._revision}
+        self._revision += 1
+        rev = self._revision
+        self._conn.execute(
+            "UPDATE kv SET value = NULL, revision = ?, updated_at = ?, expires_at = NULL,"
+            f" deleted = 1 WHERE {_LIVE_UNDER}",
+            (rev, ts, *bounds),
+        )
+        for key, version in victims:
+            self._emit(events, "delete", key, None, version, rev, ts)
+        return {"deleted": len(victims), "revision": rev}
+
+    def _expire(self, op: Expire, ts: int, events: list[Event]) -> dict[str, Any]:
+        row = load_row(self._conn, op.key)
+        if (
+            row is None
+            or row.deleted
+            or row.version != op.version
+            or row.expires_at != op.expires_at
+        ):
+            current = entry_of(row) if row is not None and is_live(row, ts) else None
+            raise VersionConflict(f"{op.key} changed since it expired", current=current)
+        self._revision += 1
+        self._tombstone(row, self._revision, ts)
+        self._emit(events, "expire", op.key, None, row.version, self._revision, ts)
+        return {"key": op.key, "expired": True, "version": row.version, "revision": self._revision}
+
+    def _tombstone(self, row: Row, rev: int, ts: int) -> Row:
+        dead = row._replace(value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1)
+        self._conn.execute(_INSERT_ROW, dead)
+        return dead
+
+    def _emit(
+        self,
+        events: list[Event],
+        kind: str,
+        key: str,
+        value: bytes | None,
+        version: int,
+        rev: int,
+        ts: int,
+    ) -> None:
+        self._pending.append((rev, len(events), kind, key, value, version, ts))
+        event: Event = {"type": kind, "key": key}
+        if kind == "set":
+            event["value"] = value
+        event["version"] = version
+        event["revision"] = rev
+        event["timestamp"] = ts
+        events.append(event)
+
+    def _prune(self) -> None:
+        """Drop change rows older than the last ``retention`` revisions (inside the transaction)."""
+        horizon = self._revision - self._retention
+        if horizon - self._compacted > self._prune_slack:
+            self._conn.execute("DELETE FROM changes WHERE revision <= ?", (horizon,))
+            self._compacted = horizon
+
+    def _load_meta(self) -> None:
+        row = self._conn.execute(
+            "SELECT applied_index, applied_term, revision, compacted FROM meta"
+        ).fetchone()
+        index, term, revision, compacted = (int(v) for v in row)
+        self._applied_index, self._applied_term = index, term
+        self._revision, self._compacted = revision, compacted
+
+    # -- reads --------------------------------------------------------------
+    def get(self, key: str, now_ms: int) -> Entry | None:
+        """The entry of ``key`` as seen at ``now_ms`` (deleted or expired: None)."""
+        return db.get_entry(self._conn, key, now_ms)
+
+    def list(self, prefix: str, limit: int, cursor: str | None, now_ms: int) -> dict[str, Any]:
+        """``{"entries", "next", "revision"}``: see :func:`db.list_entries`."""
+        return db.list_entries(self._conn, prefix, limit, cursor, now_ms, self._revision)
+
+    def changes(self, prefix: str, since: int, limit: int = 1000) -> dict[str, Any]:
+        """``{"changes", "revision"}``: see :func:`db.list_changes` (raises ``Compacted``)."""
+        return db.list_changes(self._conn, prefix, since, limit, self._revision, self._compacted)
+
+    # -- TTL ----------------------------------------------------------------
+    def expired(self, now_ms: int, limit: int = 100) -> builtins.list[Expire]:
+        """Entries expired at ``now_ms`` (earliest first), as the Expire ops to propose."""
+        return ttl.expired(self._conn, now_ms, limit)
+
+    def next_expiry(self) -> int | None:
+        """The earliest ``expiresAt`` still in the state, or None."""
+        return ttl.next_expiry(self._conn)
+
+    # -- snapshots ----------------------------------------------------------
+    def snapshot_to(self, path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Write a consistent copy of state.db to ``path``; return (applied_index, applied_term)."""
+        snapshot.write(self._conn, path)
+        return self._applied_index, self._applied_term
+
+    def restore_from(self, path: str | os.PathLike[str]) -> int:
+        """Replace the whole state with a snapshot's; return the new ``applied_index``.
+
+        Raises:
+            RemoteProtocolError: the file is not a valid snapshot (state unchanged).
+        """
+        snapshot.vet(path)
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+        try:
+            snapshot.install(path, self._path)
+        finally:
+            self._conn = connect(self._path)
+            self._load_meta()
+        return self._applied_index
+
+    def digest(self) -> str:
+        """A hash of every live entry, equal on nodes at the same applied index."""
+        return snapshot.digest(self._conn)

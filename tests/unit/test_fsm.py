@@ -1,0 +1,681 @@
+"""The state machine over a real state.db: versions, CAS, batches, idempotency, reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from concordance.commands import (
+    Batch,
+    Check,
+    Command,
+    Delete,
+    DeletePrefix,
+    Op,
+    Set,
+)
+from concordance.errors import (
+    Compacted,
+    InvalidKey,
+    InvalidRequest,
+    NotFound,
+    VersionConflict,
+)
+from concordance.storage.db import prefix_end
+from concordance.storage.fsm import Applied, ApplyGap, StateMachine
+
+K = "tenant:acme/settings/theme"
+T0 = 1_764_230_400_000
+
+
+class Log:
+    """Feeds commands to a state machine as consecutive committed entries."""
+
+    def __init__(self, sm: StateMachine, origin: str = "n1") -> None:
+        self.sm = sm
+        self.origin = origin
+        self.index = sm.applied_index
+        self.request_id = 0
+
+    def entry(self, op: Op, ts: int = T0, term: int = 1) -> tuple[int, int, bytes]:
+        self.index += 1
+        self.request_id += 1
+        return self.index, term, Command(self.origin, self.request_id, ts, op).encode()
+
+    def run(self, op: Op, ts: int = T0) -> Applied:
+        [applied] = self.sm.apply([self.entry(op, ts)])
+        return applied
+
+    def ok(self, op: Op, ts: int = T0) -> Any:
+        applied = self.run(op, ts)
+        assert applied.error is None, applied.error
+        return applied.result
+
+
+@pytest.fixture
+def sm(tmp_path: Path) -> Any:
+    with StateMachine(tmp_path / "state.db") as machine:
+        yield machine
+
+
+@pytest.fixture
+def log(sm: StateMachine) -> Log:
+    return Log(sm)
+
+
+def change_rows(sm: StateMachine) -> int:
+    return len(sm.changes("tenant:acme/", 0, 10_000)["changes"])
+
+
+# -- versions ---------------------------------------------------------------
+
+
+def test_first_write_returns_the_api_entry(log: Log, sm: StateMachine) -> None:
+    applied = log.run(Set(K, b'"dark"'))
+    entry = {
+        "key": K,
+        "value": b'"dark"',
+        "version": 1,
+        "revision": 1,
+        "createdAt": T0,
+        "updatedAt": T0,
+        "expiresAt": None,
+    }
+    assert applied == Applied(
+        index=1,
+        origin="n1",
+        request_id=1,
+        result=entry,
+        events=(
+            {
+                "type": "set",
+                "key": K,
+                "value": b'"dark"',
+                "version": 1,
+                "revision": 1,
+                "timestamp": T0,
+            },
+        ),
+    )
+    assert sm.get(K, T0) == entry
+    assert (sm.applied_index, sm.applied_term, sm.revision) == (1, 1, 1)
+
+
+def test_value_bytes_are_stored_verbatim(log: Log, sm: StateMachine) -> None:
+    raw = b'{"z": 1, "a": [1.50, "\\u00e9", null]}'
+    log.ok(Set(K, raw))
+    assert sm.get(K, T0)["value"] == raw  # type: ignore[index]
+
+
+def test_update_bumps_version_and_keeps_created_at(log: Log, sm: StateMachine) -> None:
+    log.ok(Set(K, b"1"), ts=T0)
+    entry = log.ok(Set(K, b"2"), ts=T0 + 60_000)
+    assert (entry["version"], entry["revision"]) == (2, 2)
+    assert (entry["createdAt"], entry["updatedAt"]) == (T0, T0 + 60_000)
+    assert sm.get(K, T0 + 60_000) == entry
+
+
+def test_delete_keeps_the_version_and_a_recreate_continues(log: Log, sm: StateMachine) -> None:
+    log.ok(Set(K, b"1"))
+    log.ok(Set(K, b"2"))
+    applied = log.run(Delete(K), ts=T0 + 5)
+    assert applied.result == {"key": K, "deleted": True, "version": 2, "revision": 3}
+    assert applied.events == (
+        {"type": "delete", "key": K, "version": 2, "revision": 3, "timestamp": T0 + 5},
+    )
+    assert sm.get(K, T0 + 5) is None
+    again = log.ok(Set(K, b"3"), ts=T0 + 10)
+    assert (again["version"], again["revision"]) == (3, 4)
+    assert again["createdAt"] == T0 + 10  # a new life starts
+    log.ok(Delete(K))
+    assert log.ok(Set(K, b"4"))["version"] == 4
+
+
+@pytest.mark.parametrize("deleted_first", [False, True])
+def test_delete_of_an_absent_key_is_not_found_and_changes_nothing(
+    log: Log, sm: StateMachine, deleted_first: bool
+) -> None:
+    if deleted_first:
+        log.ok(Set(K, b"1"))
+        log.ok(Delete(K))
+    before = (sm.revision, sm.digest(), change_rows(sm))
+    applied = log.run(Delete(K))
+    assert applied.error is not None and applied.error["code"] == "not_found"
+    assert applied.events == ()
+    with pytest.raises(NotFound):
+        applied.unwrap()
+    assert (sm.revision, sm.digest(), change_rows(sm)) == before
+    assert sm.applied_index == log.index  # the entry itself was still applied
+
+
+# -- compare-and-swap ---------------------------------------------------------
+
+
+def test_if_version_matching_applies(log: Log) -> None:
+    log.ok(Set(K, b"1"))
+    assert log.ok(Set(K, b"2", if_version=1))["version"] == 2
+    assert log.ok(Delete(K, if_version=2))["version"] == 2
+
+
+def test_if_version_mismatch_is_a_conflict_with_the_current_entry(
+    log: Log, sm: StateMachine
+) -> None:
+    current = log.ok(Set(K, b"1"))
+    for op in (Set(K, b"2", if_version=5), Set(K, b"2", if_version=0), Delete(K, if_version=9)):
+        applied = log.run(op)
+        with pytest.raises(VersionConflict) as info:
+            applied.unwrap()
+        assert info.value.extra == {"current": current}
+        assert "index" not in applied.error  # type: ignore[operator]
+        assert applied.events == ()
+    assert sm.revision == 1
+    assert sm.get(K, T0) == current
+
+
+def test_if_version_zero_means_only_if_absent(log: Log) -> None:
+    assert log.ok(Set(K, b"1", if_version=0))["version"] == 1
+    log.ok(Delete(K))
+    # a tombstone is absent: ifVersion 0 succeeds, and the version continues
+    assert log.ok(Set(K, b"2", if_version=0))["version"] == 2
+
+
+def test_if_version_of_a_tombstone_does_not_match(log: Log) -> None:
+    log.ok(Set(K, b"1"))
+    log.ok(Delete(K))
+    applied = log.run(Set(K, b"2", if_version=1))
+    assert applied.error == {
+        "code": "version_conflict",
+        "message": f"{K} is at version 0, not 1",
+        "current": None,
+    }
+
+
+def test_conditional_delete_of_an_absent_key(log: Log) -> None:
+    assert log.run(Delete(K, if_version=3)).error["code"] == "version_conflict"  # type: ignore[index]
+    assert log.run(Delete(K, if_version=0)).error["code"] == "not_found"  # type: ignore[index]
+
+
+def test_check_as_a_command_reads_through_the_log(log: Log, sm: StateMachine) -> None:
+    entry = log.ok(Set(K, b"1"))
+    assert log.ok(Check(K, 1)) == entry
+    assert log.ok(Check("tenant:acme/nope", 0)) is None
+    assert log.run(Check(K, 0)).error["code"] == "version_conflict"  # type: ignore[index]
+    assert sm.revision == 1
+
+
+# -- batches ------------------------------------------------------------------
+
+
+def test_batch_is_atomic_and_shares_one_revision(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    log.ok(Set("tenant:acme/b", b"1"))
+    applied = log.run(
+        Batch(
+            (
+                Check("tenant:acme/a", 1),
+                Set("tenant:acme/a", b"2", if_version=1),
+                Delete("tenant:acme/b"),
+                Set("tenant:acme/c", b"3", if_version=0),
+                Check("tenant:acme/none", 0),
+            )
+        )
+    )
+    result = applied.result
+    assert result["revision"] == 3
+    a1, a2, b, c, none = result["results"]
+    assert (a1["version"], a1["revision"]) == (1, 1)  # the check ran before the set
+    assert (a2["version"], a2["revision"]) == (2, 3)
+    assert b == {"key": "tenant:acme/b", "deleted": True, "version": 1, "revision": 3}
+    assert (c["version"], c["revision"]) == (1, 3)
+    assert none is None
+    assert [(e["type"], e["key"], e["revision"]) for e in applied.events] == [
+        ("set", "tenant:acme/a", 3),
+        ("delete", "tenant:acme/b", 3),
+        ("set", "tenant:acme/c", 3),
+    ]
+    assert sm.revision == 3
+    assert sm.changes("tenant:acme/", 2)["changes"] == list(applied.events)
+
+
+def test_failed_batch_applies_nothing_and_names_the_first_failing_op(
+    log: Log, sm: StateMachine
+) -> None:
+    a = log.ok(Set("tenant:acme/a", b"1"))
+    log.ok(Set("tenant:acme/b", b"1"))
+    before = (sm.revision, sm.digest(), change_rows(sm))
+    applied = log.run(
+        Batch(
+            (
+                Set("tenant:acme/new", b"1"),
+                Delete("tenant:acme/b", if_version=1),
+                Check("tenant:acme/a", 7),  # fails
+                Set("tenant:acme/a", b"9", if_version=3),  # fails too, but later
+            )
+        )
+    )
+    assert applied.error == {
+        "code": "version_conflict",
+        "message": "tenant:acme/a is at version 1, not 7",
+        "current": a,
+        "index": 2,
+    }
+    assert applied.events == ()
+    assert (sm.revision, sm.digest(), change_rows(sm)) == before
+    assert sm.get("tenant:acme/new", T0) is None
+    assert sm.get("tenant:acme/b", T0) is not None
+
+
+def test_batch_ops_see_the_effects_of_earlier_ops(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    result = log.ok(
+        Batch(
+            (
+                Set("tenant:acme/a", b"2", if_version=1),
+                Check("tenant:acme/a", 2),
+                Set("tenant:acme/a", b"3", if_version=2),
+                Set("tenant:acme/n", b"1", if_version=0),
+                Delete("tenant:acme/n", if_version=1),  # created and deleted in one batch
+                Check("tenant:acme/n", 0),
+            )
+        )
+    )
+    check_a = result["results"][1]
+    assert (check_a["version"], check_a["value"], check_a["revision"]) == (2, b"2", 2)
+    assert result["results"][4] == {
+        "key": "tenant:acme/n",
+        "deleted": True,
+        "version": 1,
+        "revision": 2,
+    }
+    assert result["results"][5] is None
+    assert sm.get("tenant:acme/a", T0)["version"] == 3  # type: ignore[index]
+    assert sm.get("tenant:acme/n", T0) is None
+    # every write is an event, all at the batch's one revision
+    events = sm.changes("tenant:acme/", 1)["changes"]
+    assert [(e["type"], e["key"], e["version"], e["revision"]) for e in events] == [
+        ("set", "tenant:acme/a", 2, 2),
+        ("set", "tenant:acme/a", 3, 2),
+        ("set", "tenant:acme/n", 1, 2),
+        ("delete", "tenant:acme/n", 1, 2),
+    ]
+    # a re-created key continues after the in-batch tombstone
+    assert log.ok(Set("tenant:acme/n", b"1", if_version=0))["version"] == 2
+
+
+def test_a_failing_op_reports_the_entry_it_saw(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    applied = log.run(Batch((Delete("tenant:acme/a"), Check("tenant:acme/a", 1))))
+    assert applied.error is not None
+    assert (applied.error["index"], applied.error["current"]) == (1, None)
+    assert sm.get("tenant:acme/a", T0) is not None
+
+
+def test_batch_delete_of_an_absent_key_fails_the_batch(log: Log, sm: StateMachine) -> None:
+    applied = log.run(Batch((Set("tenant:acme/a", b"1"), Delete("tenant:acme/nope"))))
+    assert applied.error is not None
+    assert (applied.error["code"], applied.error["index"]) == ("not_found", 1)
+    assert sm.revision == 0 and sm.get("tenant:acme/a", T0) is None
+
+
+def test_batch_of_only_checks_takes_no_revision(log: Log, sm: StateMachine) -> None:
+    entry = log.ok(Set(K, b"1"))
+    result = log.ok(Batch((Check(K, 1), Check("tenant:acme/x", 0))))
+    assert result == {"results": [entry, None], "revision": 1}
+    assert sm.revision == 1
+
+
+def test_batch_writes_to_one_key_apply_in_order(log: Log, sm: StateMachine) -> None:
+    result = log.ok(Batch((Set(K, b"1"), Set(K, b"2"), Delete(K), Set(K, b"3"))))
+    versions = [r["version"] for r in result["results"]]
+    assert versions == [1, 2, 2, 3]
+    assert {r["revision"] for r in result["results"]} == {1}
+    assert sm.get(K, T0)["value"] == b"3"  # type: ignore[index]
+    events = sm.changes("tenant:acme/", 0)["changes"]
+    assert [(e["type"], e["version"]) for e in events] == [
+        ("set", 1),
+        ("set", 2),
+        ("delete", 2),
+        ("set", 3),
+    ]
+
+
+# -- delete prefix --------------------------------------------------------------
+
+
+def test_delete_prefix_is_atomic_and_scoped(log: Log, sm: StateMachine) -> None:
+    keys = ["tenant:acme/a/x", "tenant:acme/a/y/z", "tenant:acme/ab", "tenant:acme2/a/x"]
+    for key in keys:
+        log.ok(Set(key, b"1"))
+    log.ok(Set("tenant:acme/a/y/z", b"2"))
+    applied = log.run(DeletePrefix("tenant:acme/a/"))
+    assert applied.result == {"deleted": 2, "revision": 6}
+    assert [(e["type"], e["key"], e["version"], e["revision"]) for e in applied.events] == [
+        ("delete", "tenant:acme/a/x", 1, 6),
+        ("delete", "tenant:acme/a/y/z", 2, 6),
+    ]
+    assert sm.get("tenant:acme/a/x", T0) is None
+    assert sm.get("tenant:acme/ab", T0) is not None
+    assert sm.get("tenant:acme2/a/x", T0) is not None
+    # tombstones keep versions
+    assert log.ok(Set("tenant:acme/a/y/z", b"3"))["version"] == 3
+
+
+def test_delete_prefix_with_nothing_to_delete_takes_no_revision(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:other/a", b"1"))
+    applied = log.run(DeletePrefix("tenant:acme/"))
+    assert applied.result == {"deleted": 0, "revision": 1}
+    assert applied.events == () and sm.revision == 1
+
+
+def test_delete_prefix_does_not_cross_tenants(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:a/x", b"1"))
+    log.ok(Set("tenant:ab/x", b"1"))
+    log.ok(Set("tenant:a.b/x", b"1"))
+    assert log.ok(DeletePrefix("tenant:a/"))["deleted"] == 1
+    assert sm.get("tenant:ab/x", T0) is not None
+    assert sm.get("tenant:a.b/x", T0) is not None
+
+
+# -- applying entries -------------------------------------------------------------
+
+
+def test_reapplying_the_same_indexes_is_a_no_op(tmp_path: Path) -> None:
+    sm = StateMachine(tmp_path / "state.db")
+    log = Log(sm)
+    entries = [log.entry(Set(f"tenant:acme/k{i}", b"1")) for i in range(5)]
+    assert len(sm.apply(entries)) == 5
+    digest, revision = sm.digest(), sm.revision
+    assert sm.apply(entries) == []
+    assert sm.apply(entries[2:]) == []
+    assert (sm.digest(), sm.revision, sm.applied_index) == (digest, revision, 5)
+    # a restarted storage role is re-sent entries it already has
+    sm.close()
+    sm = StateMachine(tmp_path / "state.db")
+    assert (sm.applied_index, sm.applied_term, sm.revision) == (5, 1, 5)
+    more = log.entry(Set("tenant:acme/k5", b"1"))
+    applied = sm.apply([*entries, more])
+    assert [a.index for a in applied] == [6]
+    assert sm.digest() != digest and sm.revision == 6
+    sm.close()
+
+
+def test_no_op_entries_only_advance_the_applied_index(sm: StateMachine) -> None:
+    assert sm.apply([(1, 1, None), (2, 2, b""), (3, 2, None)]) == []
+    assert (sm.applied_index, sm.applied_term, sm.revision) == (3, 2, 0)
+
+
+def test_a_gap_in_indexes_is_refused_and_applies_nothing(log: Log, sm: StateMachine) -> None:
+    first = log.entry(Set(K, b"1"))
+    log.index += 1  # skip one
+    third = log.entry(Set(K, b"2"))
+    with pytest.raises(ApplyGap) as info:
+        sm.apply([first, third])
+    assert (info.value.index, info.value.expected) == (3, 2)
+    assert (sm.applied_index, sm.revision) == (0, 0)
+    assert sm.get(K, T0) is None
+
+
+def test_a_malformed_entry_does_not_stop_later_entries(log: Log, sm: StateMachine) -> None:
+    good = log.entry(Set("tenant:acme/a", b"1"))
+    log.index += 1
+    garbage = (log.index, 1, b"\xc1 not a command")
+    log.index += 1
+    broken = (
+        log.index,
+        1,
+        Command("n2", 99, T0, Set(K, b"1")).encode().replace(b"acme", b"ac\x00e"),
+    )
+    later = log.entry(Set("tenant:acme/b", b"1"))
+    applied = sm.apply([good, garbage, broken, later])
+    assert [a.index for a in applied] == [1, 2, 3, 4]
+    assert applied[1].error["code"] == "invalid_request"  # type: ignore[index]
+    assert "malformed command" in applied[1].error["message"]  # type: ignore[index]
+    assert (applied[1].origin, applied[1].request_id) == ("", 0)
+    # the envelope still decodes, so the proposer gets its answer
+    assert (applied[2].origin, applied[2].request_id) == ("n2", 99)
+    assert applied[2].error["code"] == "invalid_request"  # type: ignore[index]
+    assert applied[3].result["revision"] == 2  # revisions stay contiguous
+    assert sm.applied_index == 4
+
+
+def test_an_io_failure_rolls_back_the_whole_batch(
+    log: Log, sm: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log.ok(Set(K, b"0"))
+    entries = [log.entry(Set(f"tenant:acme/k{i}", b"1")) for i in range(3)]
+
+    def disk_full(self: StateMachine) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(StateMachine, "_prune", disk_full)
+    with pytest.raises(sqlite3.OperationalError):
+        sm.apply(entries)
+    assert (sm.applied_index, sm.revision) == (1, 1)
+    assert sm.get("tenant:acme/k0", T0) is None
+    monkeypatch.undo()
+    assert len(sm.apply(entries)) == 3  # consensus retries the same entries
+    assert (sm.applied_index, sm.revision) == (4, 4)
+
+
+def test_one_apply_call_is_one_transaction(tmp_path: Path) -> None:
+    sm = StateMachine(tmp_path / "state.db")
+    log = Log(sm)
+    entries = [log.entry(Set(f"tenant:acme/k{i}", b"1"), term=i + 1) for i in range(50)]
+    sm.apply(entries)
+    # another connection sees all of it, including the applied position
+    other = sqlite3.connect(tmp_path / "state.db")
+    assert other.execute("SELECT count(*) FROM kv").fetchone() == (50,)
+    assert other.execute("SELECT applied_index, applied_term, revision FROM meta").fetchone() == (
+        50,
+        50,
+        50,
+    )
+    assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    other.close()
+    sm.close()
+
+
+def test_a_database_of_another_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE foreign_thing (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema"):
+        StateMachine(path)
+
+
+# -- list ----------------------------------------------------------------------
+
+MULTIBYTE = [
+    "tenant:acme/z",
+    "tenant:acme/é",  # C3 A9
+    "tenant:acme/日",  # E6 97 A5
+    "tenant:acme/\ue000",  # EE 80 80: after 😀 in UTF-16 order, before it in UTF-8
+    "tenant:acme/😀",  # F0 9F 98 80
+    "tenant:acme/A",
+    "tenant:acme/a/b",
+    "tenant:acme/a-b",
+    "tenant:acme/\U0010ffff",
+]
+
+
+def test_list_is_in_utf8_byte_order_and_pages_with_cursors(log: Log, sm: StateMachine) -> None:
+    for key in MULTIBYTE:
+        log.ok(Set(key, b"1"))
+    log.ok(Set("tenant:acmf/a", b"1"))  # outside the prefix, right after it
+    expected = sorted(MULTIBYTE, key=lambda k: k.encode("utf-8"))
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = sm.list("tenant:acme/", 2, cursor, T0)
+        assert page["revision"] == sm.revision
+        assert len(page["entries"]) <= 2
+        seen += [e["key"] for e in page["entries"]]
+        pages += 1
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == expected
+    assert pages == 5
+    whole = sm.list("tenant:acme/", 100, None, T0)
+    assert [e["key"] for e in whole["entries"]] == expected and whole["next"] is None
+
+
+def test_list_page_that_ends_exactly_at_the_end_has_no_next(log: Log, sm: StateMachine) -> None:
+    for i in range(4):
+        log.ok(Set(f"tenant:acme/k{i}", b"1"))
+    page = sm.list("tenant:acme/", 4, None, T0)
+    assert len(page["entries"]) == 4 and page["next"] is None
+
+
+def test_list_prefix_ending_in_multibyte_characters(log: Log, sm: StateMachine) -> None:
+    for key in ("tenant:acme/日", "tenant:acme/日本", "tenant:acme/日x", "tenant:acme/旦"):
+        log.ok(Set(key, b"1"))
+    keys = [e["key"] for e in sm.list("tenant:acme/日", 10, None, T0)["entries"]]
+    assert keys == ["tenant:acme/日", "tenant:acme/日x", "tenant:acme/日本"]
+
+
+def test_list_hides_deleted_entries(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    log.ok(Set("tenant:acme/b", b"1"))
+    log.ok(Delete("tenant:acme/a"))
+    assert [e["key"] for e in sm.list("tenant:acme/", 10, None, T0)["entries"]] == ["tenant:acme/b"]
+
+
+def test_list_rejects_bad_arguments(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    log.ok(Set("tenant:acme/b", b"1"))
+    cursor = sm.list("tenant:acme/", 1, None, T0)["next"]
+    assert cursor is not None
+    with pytest.raises(InvalidKey):
+        sm.list("tenant:acme", 10, None, T0)
+    with pytest.raises(InvalidRequest):
+        sm.list("tenant:acme/", 0, None, T0)
+    with pytest.raises(InvalidRequest, match="cursor"):
+        sm.list("tenant:acme/", 10, "!!not base64!!", T0)
+    with pytest.raises(InvalidRequest, match="cursor"):
+        sm.list("tenant:other/", 10, cursor, T0)
+    with pytest.raises(InvalidRequest, match="cursor"):
+        sm.list("tenant:acme/", 10, 12, T0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [
+        ("tenant:a/", "tenant:a0"),
+        ("tenant:a/\ud7ff", "tenant:a/\ue000"),
+        ("tenant:a/x\U0010ffff", "tenant:a/y"),
+        ("tenant:a/x\U0010ffff\U0010ffff", "tenant:a/y"),
+    ],
+)
+def test_prefix_end(prefix: str, end: str) -> None:
+    assert prefix_end(prefix) == end
+
+
+# -- changes ---------------------------------------------------------------------
+
+
+def test_changes_since_in_revision_order(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"), ts=T0 + 1)
+    log.ok(Set("tenant:other/a", b"1"), ts=T0 + 2)
+    log.ok(Delete("tenant:acme/a"), ts=T0 + 3)
+    log.ok(Set("tenant:acme/b", b"2"), ts=T0 + 4)
+    assert sm.changes("tenant:acme/", 0) == {
+        "changes": [
+            {
+                "type": "set",
+                "key": "tenant:acme/a",
+                "value": b"1",
+                "version": 1,
+                "revision": 1,
+                "timestamp": T0 + 1,
+            },
+            {
+                "type": "delete",
+                "key": "tenant:acme/a",
+                "version": 1,
+                "revision": 3,
+                "timestamp": T0 + 3,
+            },
+            {
+                "type": "set",
+                "key": "tenant:acme/b",
+                "value": b"2",
+                "version": 1,
+                "revision": 4,
+                "timestamp": T0 + 4,
+            },
+        ],
+        "revision": 4,
+    }
+    assert [c["revision"] for c in sm.changes("tenant:acme/", 1)["changes"]] == [3, 4]
+    assert sm.changes("tenant:acme/", 4) == {"changes": [], "revision": 4}
+    # a caller that already saw a later revision elsewhere is not sent back
+    assert sm.changes("tenant:acme/", 9) == {"changes": [], "revision": 9}
+
+
+def test_changes_limit_pages_never_split_a_revision(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))  # rev 1
+    log.ok(Batch(tuple(Set(f"tenant:acme/b{i}", b"1") for i in range(3))))  # rev 2 x3
+    log.ok(Set("tenant:acme/c", b"1"))  # rev 3
+    page = sm.changes("tenant:acme/", 0, limit=2)
+    assert [c["revision"] for c in page["changes"]] == [1]
+    assert page["revision"] == 1
+    page = sm.changes("tenant:acme/", 1, limit=2)  # revision 2 alone exceeds the limit
+    assert [c["key"] for c in page["changes"]] == [f"tenant:acme/b{i}" for i in range(3)]
+    assert page["revision"] == 2
+    page = sm.changes("tenant:acme/", 2, limit=1)
+    assert [c["revision"] for c in page["changes"]] == [3]
+    assert page["revision"] == 3  # complete: the current revision
+    # paging with a small limit gathers exactly the full history
+    seen, since = [], 0
+    while since < sm.revision:
+        page = sm.changes("tenant:acme/", since, limit=1)
+        seen += page["changes"]
+        since = page["revision"]
+    assert seen == sm.changes("tenant:acme/", 0)["changes"]
+
+
+def test_changes_beyond_retention_are_compacted(tmp_path: Path) -> None:
+    sm = StateMachine(tmp_path / "state.db", retention=10)
+    log = Log(sm)
+    for i in range(40):
+        log.ok(Set(f"tenant:acme/k{i % 3}", str(i).encode()))
+    assert sm.revision == 40
+    oldest = sm.oldest_revision
+    assert 31 - 10 // 16 <= oldest <= 31  # at least the last 10 revisions are kept
+    with pytest.raises(Compacted) as info:
+        sm.changes("tenant:acme/", oldest - 2)
+    assert info.value.extra == {"oldest": oldest}
+    assert info.value.http_status == 410
+    answer = sm.changes("tenant:acme/", oldest - 1)
+    assert [c["revision"] for c in answer["changes"]] == list(range(oldest, 41))
+    # the compaction point survives a restart
+    sm.close()
+    sm = StateMachine(tmp_path / "state.db", retention=10)
+    assert sm.oldest_revision == oldest
+    sm.close()
+
+
+def test_changes_rejects_bad_arguments(sm: StateMachine) -> None:
+    with pytest.raises(InvalidRequest):
+        sm.changes("tenant:acme/", -1)
+    with pytest.raises(InvalidRequest):
+        sm.changes("tenant:acme/", 0, limit=0)
+    with pytest.raises(InvalidKey):
+        sm.changes("tenant:", 0)
+
+
+def test_revisions_are_contiguous_across_command_kinds(log: Log, sm: StateMachine) -> None:
+    log.ok(Set("tenant:acme/a", b"1"))
+    log.run(Set("tenant:acme/a", b"1", if_version=9))  # fails: no revision
+    log.ok(Batch((Set("tenant:acme/b", b"1"), Set("tenant:acme/c", b"1"))))
+    log.ok(DeletePrefix("tenant:acme/"))
+    log.ok(Set("tenant:acme/a", b"2"))
+    revisions = sorted({c["revision"] for c in sm.changes("tenant:acme/", 0)["changes"]})
+    assert revisions == [1, 2, 3, 4] == list(range(1, sm.revision + 1))
