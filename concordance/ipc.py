@@ -1,0 +1,508 @@
+"""ZeroMQ sockets between a node's roles: requests with ids and deadlines, one-way pushes, events.
+
+This implements the socket half of docs/PROTOCOL.md (§1, §2, §4) on top of
+``concordance.wire``, which owns every byte. It exists so that no role ever
+touches a raw socket option, frame list or ``zmq.ZMQError``: roles see typed
+bodies, ``ConcordanceError`` from the other side, and ``IpcError`` for the
+plumbing.
+
+Rules / theory of operation:
+
+- One ``zmq.asyncio.Context`` per process (``context()``), created after the
+  process starts; every socket closes with ``linger=0``.
+- Nothing waits forever. A request has a timeout that covers handing it to a
+  connection *and* the reply (``IpcTimeout``); a client one-way send waits at
+  most its timeout; server-side sends never wait (``ROUTER_MANDATORY`` turns
+  "unknown peer" and "pipe full" into immediate errors).
+- Replies are matched by id; late or unmatched replies are dropped and logged
+  at debug. Undecodable input is dropped and logged at warning; a receive
+  loop never dies of a bad message.
+- ``zmq.ZMQError`` and msgpack failures leave this module only as
+  ``IpcError`` subclasses, raised ``from`` the original.
+- Binders restrict connections to their own uid (``IPC_FILTER_UID``):
+  abstract-namespace sockets have no file permissions.
+
+Concurrency: all methods run on the process's event loop; any number of
+``RpcClient.request`` calls may be outstanding at once. ``RpcServer.recv``
+and ``Subscriber.recv`` are meant for one consumer task each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from concordance.errors import ConcordanceError, IpcError, IpcTimeout, RemoteProtocolError
+from concordance.wire import (
+    ONE_WAY,
+    REPLIES,
+    TOPICS,
+    Body,
+    Envelope,
+    ErrorReply,
+    decode_envelope,
+    encode_envelope,
+    type_name,
+)
+
+log = logging.getLogger(__name__)
+
+RPC_HWM = 1000  # consensus and storage sockets: the libzmq default, set explicitly
+EVENTS_HWM = 10_000  # events PUB/SUB: absorb bursts before PUB starts dropping
+BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in this process)
+SEND_TIMEOUT = 1.0  # default bound on a client one-way send
+
+_NAME = re.compile(r"[a-z0-9_]{1,32}")
+_T = TypeVar("_T")
+MessageHandler = Callable[[Envelope], None]
+
+
+def context() -> zmq.asyncio.Context:
+    """The process's one asyncio ZeroMQ context."""
+    return zmq.asyncio.Context.instance()
+
+
+def endpoint(data_dir: str | os.PathLike[str], name: str) -> str:
+    """``ipc://@cc-{h}-{name}``: abstract-namespace endpoint of socket ``name`` of the node at
+    ``data_dir``; ``h`` is the first 12 hex digits of sha256(realpath(data_dir))."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"bad socket name {name!r}")
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()
+    return f"ipc://@cc-{digest[:12]}-{name}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ids() -> itertools.count[int]:
+    # A random start: a restarted client with the same ROUTING_ID must not
+    # mistake a reply meant for its previous incarnation for one of its own.
+    return itertools.count(secrets.randbits(62))
+
+
+def _as_bytes(peer_id: bytes | str) -> bytes:
+    return peer_id.encode() if isinstance(peer_id, str) else peer_id
+
+
+def _socket(ctx: zmq.asyncio.Context, kind: int, hwm: int) -> zmq.asyncio.Socket:
+    try:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+    except zmq.ZMQError as e:
+        raise IpcError(f"cannot create socket: {e}") from e
+    return sock
+
+
+def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
+    """Bind, admitting only processes of ``allow_uid`` (default: ours); close on failure."""
+    try:
+        sock.setsockopt(zmq.IPC_FILTER_UID, os.getuid() if allow_uid is None else allow_uid)
+        sock.bind(where)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        hint = " (another process holds it: is this role already running?)"
+        raise IpcError(
+            f"cannot bind {where}: {e.strerror}{hint if e.errno == zmq.EADDRINUSE else ''}"
+        ) from e
+
+
+def is_address_in_use(exc: BaseException) -> bool:
+    """Whether an ``IpcError`` from a bind was ``EADDRINUSE``."""
+    cause = exc.__cause__
+    return isinstance(cause, zmq.ZMQError) and cause.errno == zmq.EADDRINUSE
+
+
+async def _open_retrying(make: Callable[[], _T], wait: float) -> _T:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return make()
+        except IpcError as e:
+            if not is_address_in_use(e) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.01)
+
+
+class RpcServer:
+    """The ROUTER a role binds (``consensus`` or ``storage``): requests in, replies and
+    one-way messages out to connected DEALERs by their routing id."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        allow_uid: int | None = None,
+        hwm: int = RPC_HWM,
+    ) -> None:
+        sock = _socket(ctx, zmq.ROUTER, hwm)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer / full pipe: an error, not a drop
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client takes its routing id back
+        _bind(sock, endpoint, allow_uid)
+        self.endpoint = endpoint
+        self._sock = sock
+        self._ids = _ids()
+
+    @classmethod
+    async def open(
+        cls, ctx: zmq.asyncio.Context, endpoint: str, *, wait: float = BIND_WAIT, **kwargs: Any
+    ) -> Self:
+        """Like the constructor, retrying ``EADDRINUSE`` for up to ``wait`` seconds."""
+        return await _open_retrying(lambda: cls(ctx, endpoint, **kwargs), wait)
+
+    async def recv(self) -> tuple[bytes, Envelope]:
+        """The next valid, unexpired message and the routing id of its sender.
+
+        Garbage is dropped (warning); requests whose deadline already passed
+        are dropped (debug): their client has given up.
+        """
+        while True:
+            try:
+                frames = await self._sock.recv_multipart()
+            except zmq.ZMQError as e:
+                raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
+            if len(frames) != 2:
+                log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
+                continue
+            peer, payload = frames
+            try:
+                env = decode_envelope(payload)
+            except RemoteProtocolError as e:
+                log.warning("%s: dropping garbage from %r: %s", self.endpoint, peer, e)
+                continue
+            if env.deadline_ms is not None and env.deadline_ms < _now_ms():
+                log.debug(
+                    "%s: dropping expired %s id=%d from %r", self.endpoint, env.type, env.id, peer
+                )
+                continue
+            return peer, env
+
+    async def reply(
+        self, peer_id: bytes | str, request: Envelope, body: Body | ConcordanceError
+    ) -> None:
+        """Answer ``request`` with a body or an error. A peer that is gone or not keeping up
+        loses the reply (logged); its request times out and it retries."""
+        if isinstance(body, ConcordanceError):
+            body = ErrorReply.from_exception(body)
+        env = Envelope(type_name(body), next(self._ids), body, reply_to=request.id)
+        try:
+            await self._send_now(_as_bytes(peer_id), env)
+        except IpcError as e:
+            log.debug(
+                "%s: reply %s to %s id=%d lost: %s",
+                self.endpoint,
+                env.type,
+                request.type,
+                request.id,
+                e,
+            )
+
+    async def send(self, peer_id: bytes | str, type: str, body: Body) -> None:
+        """Push a one-way message to a connected client; never waits.
+
+        Raises:
+            IpcError: the peer is not connected (EHOSTUNREACH) or its pipe is full
+                (EAGAIN); try again later.
+        """
+        if type not in ONE_WAY:
+            raise ValueError(f"{type!r} is not a one-way message type")
+        await self._send_now(_as_bytes(peer_id), Envelope(type, next(self._ids), body))
+
+    async def _send_now(self, peer: bytes, env: Envelope) -> None:
+        payload = encode_envelope(env)
+        try:
+            # DONTWAIT: pyzmq answers at once, so no send is ever queued here.
+            await self._sock.send_multipart([peer, payload], flags=zmq.DONTWAIT)
+        except zmq.Again as e:
+            raise IpcError(
+                f"{peer!r} is not keeping up (high-water mark) on {self.endpoint}"
+            ) from e
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                raise IpcError(f"{peer!r} is not connected to {self.endpoint}") from e
+            raise IpcError(f"send on {self.endpoint} failed: {e}") from e
+
+    async def close(self) -> None:
+        self._sock.close(linger=0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class RpcClient:
+    """A role's DEALER to another role's RpcServer: concurrent requests matched by id, one-way
+    sends, and a receive task that hands unsolicited messages to ``on_message``.
+
+    Construct it inside the running event loop (it starts its receive task).
+    ``on_message`` is called synchronously on the loop and must not block; it
+    may schedule work. Exceptions it raises are logged and ignored.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        identity: str | bytes,
+        *,
+        on_message: MessageHandler | None = None,
+        hwm: int = RPC_HWM,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        sock = _socket(ctx, zmq.DEALER, hwm)
+        try:
+            sock.setsockopt(zmq.ROUTING_ID, _as_bytes(identity))
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections: no stale deliveries
+            sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise IpcError(f"cannot connect to {endpoint}: {e}") from e
+        self.endpoint = endpoint
+        self._sock = sock
+        self._ids = _ids()
+        self._pending: dict[int, asyncio.Future[Envelope]] = {}
+        self._on_message = on_message
+        self._closed = False
+        self._task = loop.create_task(self._receive_loop(), name=f"ipc-client {endpoint}")
+
+    async def request(self, type: str, body: Body, timeout: float) -> Body:
+        """Send a request and return the reply body.
+
+        Raises:
+            ConcordanceError: the server answered with an error (rebuilt from its code).
+            IpcTimeout: no reply within ``timeout`` seconds (including when the request
+                could not be handed to a connection).
+            RemoteProtocolError: the reply has the wrong type.
+            IpcError: the client is closed.
+        """
+        expected = REPLIES.get(type)
+        if expected is None:
+            raise ValueError(f"{type!r} is not a request type")
+        if self._closed:
+            raise IpcError(f"client of {self.endpoint} is closed")
+        rid = next(self._ids)
+        env = Envelope(type, rid, body, deadline_ms=_now_ms() + int(timeout * 1000))
+        payload = encode_envelope(env)
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(payload)
+                reply = await future
+        except TimeoutError as e:
+            raise IpcTimeout(f"no reply to {type} from {self.endpoint} in {timeout:g}s") from e
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(reply.body, ErrorReply):
+            raise reply.body.to_exception()
+        if reply.type != expected:
+            raise RemoteProtocolError(f"{reply.type} is no answer to {type} (expected {expected})")
+        return reply.body
+
+    async def send(self, type: str, body: Body, timeout: float = SEND_TIMEOUT) -> None:
+        """Send a one-way message, waiting at most ``timeout`` for a connection or room.
+
+        Raises:
+            IpcError: not handed over in time (the other role is down or not keeping up).
+        """
+        if type not in ONE_WAY:
+            raise ValueError(f"{type!r} is not a one-way message type")
+        if self._closed:
+            raise IpcError(f"client of {self.endpoint} is closed")
+        payload = encode_envelope(Envelope(type, next(self._ids), body))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(payload)
+        except TimeoutError as e:
+            raise IpcError(f"could not hand {type} to {self.endpoint} in {timeout:g}s") from e
+
+    async def _send(self, payload: bytes) -> None:
+        try:
+            await self._sock.send_multipart([payload])
+        except zmq.ZMQError as e:
+            raise IpcError(f"send to {self.endpoint} failed: {e}") from e
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                frames = await self._sock.recv_multipart()
+            except zmq.ZMQError as e:
+                if not self._closed:
+                    log.error("%s: receive failed, client stops: %s", self.endpoint, e)
+                    self._fail_pending(IpcError(f"receive from {self.endpoint} failed: {e}"))
+                return
+            if len(frames) != 1:
+                log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
+                continue
+            try:
+                env = decode_envelope(frames[0])
+            except RemoteProtocolError as e:
+                log.warning("%s: dropping garbage: %s", self.endpoint, e)
+                continue
+            if env.reply_to is not None:
+                future = self._pending.get(env.reply_to)
+                if future is None or future.done():
+                    log.debug(
+                        "%s: dropping late or unmatched %s re=%d",
+                        self.endpoint,
+                        env.type,
+                        env.reply_to,
+                    )
+                else:
+                    future.set_result(env)
+            elif self._on_message is None:
+                log.debug("%s: no handler, dropping %s", self.endpoint, env.type)
+            else:
+                try:
+                    self._on_message(env)
+                except Exception:
+                    log.exception("%s: message handler failed on %s", self.endpoint, env.type)
+
+    def _fail_pending(self, error: IpcError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        """Stop the receive task, fail outstanding requests with IpcError, close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._sock.close(linger=0)
+        self._fail_pending(IpcError(f"client of {self.endpoint} closed"))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class Publisher:
+    """Storage's events PUB: ``change_batch`` on topic ``c``, ``results`` on ``r``.
+
+    Never waits; a subscriber that is slow or not yet subscribed misses
+    messages, which the contract repairs (revisions, timeouts).
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        allow_uid: int | None = None,
+        hwm: int = EVENTS_HWM,
+    ) -> None:
+        sock = _socket(ctx, zmq.PUB, hwm)
+        _bind(sock, endpoint, allow_uid)
+        self.endpoint = endpoint
+        self._sock = sock
+        self._ids = _ids()
+
+    @classmethod
+    async def open(
+        cls, ctx: zmq.asyncio.Context, endpoint: str, *, wait: float = BIND_WAIT, **kwargs: Any
+    ) -> Self:
+        """Like the constructor, retrying ``EADDRINUSE`` for up to ``wait`` seconds."""
+        return await _open_retrying(lambda: cls(ctx, endpoint, **kwargs), wait)
+
+    async def publish(self, type: str, body: Body) -> None:
+        topic = TOPICS.get(type)
+        if topic is None:
+            raise ValueError(f"{type!r} is not an event type")
+        payload = encode_envelope(Envelope(type, next(self._ids), body))
+        try:
+            await self._sock.send_multipart([topic, payload], flags=zmq.DONTWAIT)
+        except zmq.ZMQError as e:
+            raise IpcError(f"publish on {self.endpoint} failed: {e}") from e
+
+    async def close(self) -> None:
+        self._sock.close(linger=0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class Subscriber:
+    """The front's SUB on storage's events; reconnects by itself."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        topics: Iterable[bytes] = (b"c", b"r"),
+        *,
+        hwm: int = EVENTS_HWM,
+    ) -> None:
+        sock = _socket(ctx, zmq.SUB, hwm)
+        try:
+            for topic in topics:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+            sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise IpcError(f"cannot subscribe to {endpoint}: {e}") from e
+        self.endpoint = endpoint
+        self._sock = sock
+
+    async def recv(self) -> Envelope:
+        """The next valid event; garbage and mis-topicked messages are dropped (warning)."""
+        while True:
+            try:
+                frames = await self._sock.recv_multipart()
+            except zmq.ZMQError as e:
+                raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
+            if len(frames) != 2:
+                log.warning("%s: dropping an event of %d frames", self.endpoint, len(frames))
+                continue
+            topic, payload = frames
+            try:
+                env = decode_envelope(payload)
+            except RemoteProtocolError as e:
+                log.warning("%s: dropping garbage: %s", self.endpoint, e)
+                continue
+            if TOPICS.get(env.type) != topic:
+                log.warning("%s: dropping %s sent on topic %r", self.endpoint, env.type, topic)
+                continue
+            return env
+
+    async def close(self) -> None:
+        self._sock.close(linger=0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

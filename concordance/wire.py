@@ -1,0 +1,599 @@
+"""IPC envelope and message bodies between a node's roles, and the one door to all wire formats.
+
+docs/PROTOCOL.md is the contract; this module (with ``wire_raft`` for peer
+frames, re-exported here) is the only place that turns it into bytes, so the
+roles only ever handle typed values and ``ipc.py`` only moves bytes. No
+sockets here.
+
+Rules / theory of operation:
+
+- An envelope (PROTOCOL.md §2) is a msgpack map ``{v, t, id, re?, dl?, b}``;
+  the body ``b`` is a map of the body dataclass's fields by name (clear on
+  the wire and cheap enough off the replication hot path).
+- Body classes are frozen dataclasses registered by type name in
+  ``IPC_TYPES``; ``REPLIES``, ``ONE_WAY`` and ``TOPICS`` say how each type is
+  used. Validators are built once at import from the type hints, so adding a
+  field is adding an annotated attribute; an unsupported annotation fails at
+  import.
+- Decoding is strict: unknown keys or fields, missing required fields and
+  wrong types raise ``RemoteProtocolError`` chained to the cause. Encoding a
+  body under the wrong type name is a local bug (``TypeError``); a value
+  msgpack cannot pack raises ``IpcError``.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar, NoReturn
+
+import msgpack  # type: ignore[import-untyped]
+
+from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError, from_code
+from concordance.wire_raft import DECODE_ERRORS
+from concordance.wire_raft import RAFT_TAGS as RAFT_TAGS  # re-exported: wire is the one door
+from concordance.wire_raft import decode_raft as decode_raft
+from concordance.wire_raft import encode_raft as encode_raft
+
+PROTOCOL_VERSION = 1
+
+_Check = Callable[[Any], Any]
+
+
+def _fail(what: str, value: Any) -> NoReturn:
+    raise ValueError(f"expected {what}, got {type(value).__name__} {value!r:.60}")
+
+
+# --------------------------------------------------------------------------
+# IPC bodies (PROTOCOL.md §3)
+# --------------------------------------------------------------------------
+
+
+class Body:
+    """Base of every IPC message body, so annotations can say "any body"."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Body):
+    """Generic success reply with nothing to say."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Body):
+    """A ConcordanceError crossing a process boundary (``errors.from_code`` rebuilds it)."""
+
+    code: str
+    message: str
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_exception(cls, exc: ConcordanceError) -> ErrorReply:
+        return cls(exc.code, exc.message, dict(exc.extra))
+
+    def to_exception(self) -> ConcordanceError:
+        # "code" and "message" in extra would clash with from_code's own arguments.
+        extra = {k: v for k, v in self.extra.items() if k not in ("code", "message")}
+        return from_code(self.code, self.message, **extra)
+
+
+# -- to consensus ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Propose(Body):
+    """Append opaque FSM commands to the log (front, or storage for TTL expiry)."""
+
+    commands: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Proposed(Body):
+    """``index`` of the last appended command, or 0 with ``forwarded`` when sent to the leader."""
+
+    index: int
+    forwarded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange(Body):
+    """Single-server membership change; ``op`` is a ``ConfChangeOp`` value."""
+
+    op: str
+    node_id: str
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex(Body):
+    """Ask for a linearizable read index (thesis §6.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexOk(Body):
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Body):
+    """Ask consensus for the node's Raft view."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus(Body):
+    """One member in ``StatusOk.members`` (nested, not a message type of its own)."""
+
+    node_id: str
+    address: str
+    voter: bool
+    match: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOk(Body):
+    node_id: str
+    role: str
+    term: int
+    leader_id: str | None
+    commit: int
+    applied: int
+    members: tuple[MemberStatus, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer(Body):
+    """Leadership transfer; empty ``to`` lets the leader pick."""
+
+    to: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotNow(Body):
+    """Take a snapshot at the applied index and compact the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotNowOk(Body):
+    index: int
+    term: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RaftIn(Body):
+    """Raw peer frames received on /raft, relayed undecoded (front -> consensus)."""
+
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RaftOut(Body):
+    """Raw frames for one peer (consensus -> front -> the peer's /raft)."""
+
+    peer: str
+    address: str
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Body):
+    """Storage liveness and position: at start and every second."""
+
+    applied_index: int
+    applied_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Body):
+    """Storage applied everything up to ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken(Body):
+    """Storage wrote a snapshot covering ``index``/``term`` at ``path``."""
+
+    index: int
+    term: int
+    path: str
+
+
+# -- consensus -> storage ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Apply(Body):
+    """Committed entries ``(index, term, kind, data)`` in index order."""
+
+    entries: tuple[tuple[int, int, int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Body):
+    """Replace the state with the snapshot file at ``path``."""
+
+    path: str
+    index: int
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot(Body):
+    """Write a snapshot and answer with ``snapshot_taken``."""
+
+
+# -- to storage --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Get(Body):
+    """Read one key; ``now`` (epoch ms) hides expired entries."""
+
+    key: str
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetOk(Body):
+    entry: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class List(Body):
+    """List keys under ``prefix`` in key order."""
+
+    prefix: str
+    limit: int
+    cursor: str | None
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListOk(Body):
+    entries: tuple[dict[str, Any], ...]
+    next: str | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changes(Body):
+    """Change events under ``prefix`` with revision > ``since``."""
+
+    prefix: str
+    since: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesOk(Body):
+    changes: tuple[dict[str, Any], ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitApplied(Body):
+    """Answer once storage has applied ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitAppliedOk(Body):
+    applied: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backup(Body):
+    """Write the whole state as a SQLite file at ``path``."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupOk(Body):
+    path: str
+    bytes: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatus(Body):
+    """Ask storage for its position."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatusOk(Body):
+    applied_index: int
+    applied_term: int
+    revision: int
+
+
+# -- events (PUB) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch(Body):
+    """Applied change events (API.md §3.2) of one batch, topic ``c``."""
+
+    events: tuple[dict[str, Any], ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Results(Body):
+    """Write outcomes ``(request_id, ok, result-or-error)`` for ``origin``'s front, topic ``r``."""
+
+    origin: str
+    items: tuple[tuple[int, bool, Any], ...]
+
+
+IPC_TYPES: dict[str, type[Body]] = {
+    "ok": Ok,
+    "error": ErrorReply,
+    "propose": Propose,
+    "proposed": Proposed,
+    "conf_change": ConfChange,
+    "read_index": ReadIndex,
+    "read_index_ok": ReadIndexOk,
+    "status": Status,
+    "status_ok": StatusOk,
+    "transfer": Transfer,
+    "snapshot_now": SnapshotNow,
+    "snapshot_now_ok": SnapshotNowOk,
+    "raft_in": RaftIn,
+    "raft_out": RaftOut,
+    "hello": Hello,
+    "applied": Applied,
+    "snapshot_taken": SnapshotTaken,
+    "apply": Apply,
+    "restore": Restore,
+    "take_snapshot": TakeSnapshot,
+    "get": Get,
+    "get_ok": GetOk,
+    "list": List,
+    "list_ok": ListOk,
+    "changes": Changes,
+    "changes_ok": ChangesOk,
+    "wait_applied": WaitApplied,
+    "wait_applied_ok": WaitAppliedOk,
+    "backup": Backup,
+    "backup_ok": BackupOk,
+    "storage_status": StorageStatus,
+    "storage_status_ok": StorageStatusOk,
+    "change_batch": ChangeBatch,
+    "results": Results,
+}
+TYPE_NAMES: dict[type[Body], str] = {cls: name for name, cls in IPC_TYPES.items()}
+
+# Request type -> its reply type (``error`` is always possible too).
+REPLIES: dict[str, str] = {
+    "propose": "proposed",
+    "conf_change": "proposed",
+    "read_index": "read_index_ok",
+    "status": "status_ok",
+    "transfer": "ok",
+    "snapshot_now": "snapshot_now_ok",
+    "get": "get_ok",
+    "list": "list_ok",
+    "changes": "changes_ok",
+    "wait_applied": "wait_applied_ok",
+    "backup": "backup_ok",
+    "storage_status": "storage_status_ok",
+}
+ONE_WAY: frozenset[str] = frozenset(
+    {
+        "raft_in",
+        "raft_out",
+        "hello",
+        "applied",
+        "snapshot_taken",
+        "apply",
+        "restore",
+        "take_snapshot",
+    }
+)
+TOPICS: dict[str, bytes] = {"change_batch": b"c", "results": b"r"}
+
+
+def type_name(body: Body) -> str:
+    """The registered type name of a body."""
+    try:
+        return TYPE_NAMES[type(body)]
+    except KeyError:
+        raise TypeError(f"not a registered IPC body: {type(body).__name__}") from None
+
+
+# -- body codec, built from the type hints ------------------------------------
+
+_Enc = Callable[[Any], Any] | None  # None: msgpack packs the value as it is
+
+
+def _exact(cls: type) -> _Check:
+    """A validator accepting exactly ``cls`` (so a bool is not an int)."""
+
+    def check(v: Any) -> Any:
+        if type(v) is cls:
+            return v
+        _fail(cls.__name__, v)
+
+    return check
+
+
+_int = _exact(int)
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _str_map(v: Any) -> dict[str, Any]:
+    if type(v) is dict and all(type(k) is str for k in v):
+        return v
+    _fail("a map with str keys", v)
+
+
+def _seq(v: Any) -> list[Any] | tuple[Any, ...]:
+    if type(v) is list or type(v) is tuple:
+        return typing.cast(list[Any], v)
+    _fail("an array", v)
+
+
+def _codec(hint: Any) -> tuple[_Check, _Enc]:
+    """Validator (decoded value -> field value) and encoder for one field type."""
+    scalars: dict[Any, _Check] = {t: _exact(t) for t in (int, str, bytes, bool)}
+    scalars[Any] = _any
+    if hint in scalars:
+        return scalars[hint], None
+    if isinstance(hint, type) and issubclass(hint, Body):
+        spec = _body_spec(hint)
+        return (lambda v: _decode_body(spec, v)), (lambda b: _encode_body(spec, b))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType and len(args) == 2 and type(None) in args:
+        inner_check, inner_enc = _codec(next(a for a in args if a is not type(None)))
+        check = lambda v: None if v is None else inner_check(v)  # noqa: E731
+        if inner_enc is None:
+            return check, None
+        return check, lambda v: None if v is None else inner_enc(v)
+    if origin is dict and args == (str, Any):
+        return _str_map, None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item_check, item_enc = _codec(args[0])
+        check = lambda v: tuple([item_check(x) for x in _seq(v)])  # noqa: E731
+        if item_enc is None:
+            return check, None
+        return check, lambda v: [item_enc(x) for x in v]
+    if origin is tuple and Ellipsis not in args:
+        item_codecs = [_codec(a) for a in args]
+        if any(enc is not None for _, enc in item_codecs):
+            raise TypeError(f"wire: nested bodies inside a fixed tuple are not supported: {hint}")
+        checks = [c for c, _ in item_codecs]
+
+        def check_fixed(v: Any) -> tuple[Any, ...]:
+            items = _seq(v)
+            if len(items) != len(checks):
+                _fail(f"an array of {len(checks)}", v)
+            return tuple([c(x) for c, x in zip(checks, items, strict=True)])
+
+        return check_fixed, None
+    raise TypeError(f"wire: unsupported IPC field type {hint!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _BodySpec:
+    cls: type[Body]
+    fields: tuple[tuple[str, _Check, _Enc, bool], ...]  # name, check, encode, required
+    names: frozenset[str]
+
+
+_BODY_SPECS: dict[type[Body], _BodySpec] = {}
+
+
+def _body_spec(cls: type[Body]) -> _BodySpec:
+    spec = _BODY_SPECS.get(cls)
+    if spec is None:
+        hints = typing.get_type_hints(cls)
+        entries = []
+        for f in fields(cls):  # type: ignore[arg-type]
+            check, enc = _codec(hints[f.name])
+            required = f.default is MISSING and f.default_factory is MISSING
+            entries.append((f.name, check, enc, required))
+        spec = _BodySpec(cls, tuple(entries), frozenset(name for name, *_ in entries))
+        _BODY_SPECS[cls] = spec
+    return spec
+
+
+def _encode_body(spec: _BodySpec, body: Body) -> dict[str, Any]:
+    out = {}
+    for name, _, enc, _ in spec.fields:
+        value = getattr(body, name)
+        out[name] = value if enc is None else enc(value)
+    return out
+
+
+def _decode_body(spec: _BodySpec, value: Any) -> Body:
+    if type(value) is not dict:
+        _fail(f"a map for {spec.cls.__name__}", value)
+    unknown = value.keys() - spec.names
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(map(str, unknown))} in {spec.cls.__name__}")
+    kwargs = {}
+    for name, check, _, required in spec.fields:
+        if name in value:
+            kwargs[name] = check(value[name])
+        elif required:
+            raise ValueError(f"missing field {name!r} in {spec.cls.__name__}")
+    return spec.cls(**kwargs)
+
+
+_TYPE_SPECS: dict[str, _BodySpec] = {name: _body_spec(cls) for name, cls in IPC_TYPES.items()}
+
+
+# -- envelope ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One IPC message: ``type`` names ``body``'s class; ``reply_to`` is set on replies,
+    ``deadline_ms`` (epoch ms) on requests."""
+
+    type: str
+    id: int
+    body: Body
+    reply_to: int | None = None
+    deadline_ms: int | None = None
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"v", "t", "id", "re", "dl", "b"})
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    """The msgpack payload frame of an envelope (PROTOCOL.md §2)."""
+    spec = _TYPE_SPECS.get(env.type)
+    if spec is None or type(env.body) is not spec.cls:
+        raise TypeError(f"body {type(env.body).__name__} does not match IPC type {env.type!r}")
+    out: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": env.type, "id": env.id}
+    if env.reply_to is not None:
+        out["re"] = env.reply_to
+    if env.deadline_ms is not None:
+        out["dl"] = env.deadline_ms
+    out["b"] = _encode_body(spec, env.body)
+    try:
+        return msgpack.packb(out, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise IpcError(f"cannot encode {env.type!r}: {e}") from e
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """The envelope in one payload frame.
+
+    Raises:
+        RemoteProtocolError: undecodable bytes, wrong version, unknown type or bad body.
+    """
+    try:
+        m = msgpack.unpackb(data, raw=False)
+        if type(m) is not dict:
+            _fail("an envelope map", m)
+        if not m.keys() <= Envelope.KEYS:
+            raise ValueError(
+                f"unknown envelope key(s) {sorted(map(str, m.keys() - Envelope.KEYS))}"
+            )
+        if m.get("v") != PROTOCOL_VERSION or type(m.get("v")) is not int:
+            raise ValueError(f"unsupported protocol version {m.get('v')!r}")
+        name = m.get("t")
+        spec = _TYPE_SPECS.get(name) if isinstance(name, str) else None
+        if spec is None or not isinstance(name, str):
+            raise ValueError(f"unknown message type {name!r}")
+        reply_to, deadline = m.get("re"), m.get("dl")
+        env = Envelope(
+            name,
+            _int(m.get("id")),
+            _decode_body(spec, m.get("b")),
+            None if reply_to is None else _int(reply_to),
+            None if deadline is None else _int(deadline),
+        )
+    except DECODE_ERRORS as e:
+        raise RemoteProtocolError(f"bad IPC message: {e}") from e
+    return env
