@@ -1,0 +1,97 @@
+"""A pure, deterministic Raft core and the contract for driving it.
+
+The core (:class:`concordance.raft.core.RaftCore`) performs no I/O: it has no
+clock, no randomness of its own, no sockets and no files. It reads the durable
+log through a :class:`~concordance.raft.stores.LogStore`, and everything else
+goes in and out as values. A single-node cluster is simply a cluster of one.
+
+Inputs (call from one task; never concurrently):
+
+* ``tick()`` -- one unit of logical time. Elections and heartbeats are counted
+  in ticks (``RaftConfig.election_ticks``, ``heartbeat_ticks``).
+* ``step(msg)`` -- a message from a peer, already decoded.
+* ``propose(data)`` / ``propose_batch(datas)`` -- new commands. A follower
+  forwards them to its leader; with no leader they raise ``NotLeader``; a
+  leader refuses with ``ProposalDropped`` during a leadership transfer or when
+  too much is uncommitted. A proposal that is lost after forwarding is never
+  reported: the caller learns the outcome only from the applied entry
+  (commands carry their own origin and request id) or by timing out.
+* ``read_index(ctx)`` -- ask for a linearizable read index (ReadIndex, thesis
+  §6.4); the answer comes back as a ``ReadState(ctx, index)``, index 0 meaning
+  "leadership not confirmed: fail the read".
+* ``propose_conf_change``, ``transfer_leadership``, ``campaign``.
+* ``snapshot_taken(index)`` / ``compacted(index)`` -- the state machine saved a
+  snapshot at ``index``; the log up to some index <= it was dropped.
+
+Outputs: ``has_ready()`` and ``ready()`` return a :class:`Ready`. The driver
+MUST handle each Ready completely and in this order before calling
+``advance(ready)`` and before asking for the next one:
+
+1. **Persist**, as one durable write (one fsync): snapshot chunks to the
+   snapshot store (``snapshot_chunks``, in order; the last one has
+   ``done=True``), then ``store.persist(hard_state, entries, snapshot)``: the
+   snapshot metadata (which resets the log unless the log holds its last
+   entry), the entries (an entry at index i replaces every entry >= i), and
+   the hard state (term, vote, commit). Nothing in this Ready may be sent
+   before this write is durable: a vote, a term or an acknowledgement that
+   was sent and then lost in a crash breaks Election Safety.
+2. **Send** ``messages``. The transport may drop, delay, duplicate or reorder
+   them; Raft tolerates all of that.
+3. **Apply**: if ``snapshot`` is set, restore the state machine from it
+   first; then apply ``committed`` entries in index order. Only NORMAL entries
+   carry state-machine commands; NOOP and CONFIG entries just advance the
+   applied index. Committed entries are always durable locally, and each is
+   handed out exactly once per process lifetime (after a restart, the driver
+   resumes from the state machine's own durable applied index). Deliver
+   ``read_states``: a read may be served once the state machine has applied
+   at least ``index``.
+4. **Advance**: ``advance(ready)``.
+
+``step``, ``tick`` and ``propose`` may be called between ``ready()`` and
+``advance()`` (for example while the fsync runs in a thread); their effects
+appear in the next Ready. The group commit falls out of this: everything
+proposed while one fsync is in flight is written by the next one.
+
+Compaction: the driver must never compact the store beyond the latest
+snapshot index, and never beyond what the state machine holds durably (with
+the state machine in another process, that is the last snapshot file).
+
+Restart: build a new core from the store's ``initial_state()`` (hard state and
+latest snapshot metadata); ``applied`` defaults to the snapshot index, so
+committed entries after it are handed out again. Node ids are never reused.
+
+Theory of operation and the rules each module keeps are at the top of
+``core.py``, ``log.py`` and ``progress.py``.
+"""
+
+from __future__ import annotations
+
+from concordance.raft.config import RaftConfig
+from concordance.raft.core import RaftCore
+from concordance.raft.entries import (
+    ConfChange,
+    ConfChangeOp,
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    SnapshotMeta,
+)
+from concordance.raft.ready import Ready, ReadState, Role, SnapshotChunk, SoftState
+
+__all__ = [
+    "ConfChange",
+    "ConfChangeOp",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "Membership",
+    "RaftConfig",
+    "RaftCore",
+    "ReadState",
+    "Ready",
+    "Role",
+    "SnapshotChunk",
+    "SnapshotMeta",
+    "SoftState",
+]

@@ -1,0 +1,192 @@
+"""A node's configuration: frozen, validated once at startup.
+
+``concordance node`` builds a :class:`NodeConfig` from argv and the
+environment, validates it and writes the non-secret part to
+``{data}/node.json``. Each role process (``procs/*.py``) reloads it with
+:func:`load` from that file plus the environment, which supervisord passes
+down; secrets (API keys, the encryption key) never touch the disk.
+Only ``concordance.cli`` and ``procs/`` read argv or the environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+NODE_FILE = "node.json"
+ROLES = ("storage", "consensus", "front")  # start order; stop order is reversed
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message says which setting and why."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); IPv6 hosts may be bracketed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid address {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    """``n1=host:port,n2=host:port`` -> {id: address}."""
+    peers: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_id, sep, address = item.partition("=")
+        if not sep:
+            raise ConfigError(f"invalid peer {item!r}: expected ID=HOST:PORT")
+        validate_node_id(node_id)
+        parse_address(address)
+        if node_id in peers:
+            raise ConfigError(f"peer {node_id!r} listed twice")
+        peers[node_id] = address
+    return peers
+
+
+def validate_node_id(node_id: str) -> str:
+    ok = 0 < len(node_id) <= 32 and all(c.isalnum() or c in "-_." for c in node_id)
+    if not ok:
+        raise ConfigError(f"invalid node id {node_id!r}: 1-32 letters, digits, '-', '_', '.'")
+    return node_id
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Keys from the environment; never written to disk or logged."""
+
+    api_key: str | None = None
+    agent_key: str | None = None
+    cluster_key: str | None = None
+    encryption_keys: tuple[tuple[str, bytes], ...] = ()  # (key id, 32 bytes); first encrypts
+
+    def __repr__(self) -> str:
+        return "Secrets(<redacted>)"
+
+    @property
+    def peer_key(self) -> str | None:
+        return self.cluster_key or self.api_key
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Secrets:
+        keys: list[tuple[str, bytes]] = []
+        raw = env.get("CONCORDANCE_ENCRYPTION_KEY")
+        if raw:
+            keys.append(_decode_key(raw, "CONCORDANCE_ENCRYPTION_KEY"))
+        # Old keys stay readable after a rotation: comma-separated, base64.
+        for old in filter(None, env.get("CONCORDANCE_ENCRYPTION_OLD_KEYS", "").split(",")):
+            keys.append(_decode_key(old.strip(), "CONCORDANCE_ENCRYPTION_OLD_KEYS"))
+        return cls(
+            api_key=env.get("CONCORDANCE_API_KEY") or None,
+            agent_key=env.get("CONCORDANCE_AGENT_API_KEY") or None,
+            cluster_key=env.get("CONCORDANCE_CLUSTER_KEY") or None,
+            encryption_keys=tuple(keys),
+        )
+
+
+def _decode_key(text: str, name: str) -> tuple[str, bytes]:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ConfigError(f"{name} is not valid base64") from e
+    if len(key) != 32:
+        raise ConfigError(f"{name} must decode to 32 bytes, not {len(key)}")
+    return hashlib.sha256(key).hexdigest()[:8], key
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node's roles need to know; see ``docs/OPERATIONS.md``."""
+
+    node_id: str
+    listen: str
+    data_dir: str
+    peers: dict[str, str] = field(default_factory=dict)  # voters of a new cluster
+    join: str | None = None
+    insecure: bool = False
+    tick_ms: int = 100
+    heartbeat_ticks: int = 1
+    election_ticks: int = 10
+    snapshot_every: int = 10_000  # applied entries between snapshots
+    snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
+    change_retention: int = 100_000
+    max_value_bytes: int = 1 << 20
+    request_timeout_ms: int = 5_000
+    secrets: Secrets = field(default_factory=Secrets, compare=False)
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def address(self) -> str:
+        """This node's address as peers reach it."""
+        return self.peers.get(self.node_id, self.listen)
+
+    def validate(self) -> NodeConfig:
+        validate_node_id(self.node_id)
+        parse_address(self.listen)
+        if self.peers and self.node_id not in self.peers:
+            raise ConfigError(f"--peers must include this node ({self.node_id})")
+        if self.peers and self.join:
+            raise ConfigError("--peers and --join are exclusive")
+        if self.join:
+            parse_address(self.join)
+        if not self.insecure and not self.secrets.api_key:
+            raise ConfigError(
+                "CONCORDANCE_API_KEY is not set: refusing to start (use --insecure for a dev node)"
+            )
+        for name in ("tick_ms", "heartbeat_ticks", "snapshot_every", "change_retention"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError("election_ticks must exceed heartbeat_ticks")
+        return self
+
+    def save(self) -> Path:
+        """Write the non-secret settings to ``{data}/node.json`` (atomically)."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        body = asdict(self)
+        body.pop("secrets")
+        path = self.data / NODE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+
+def load(data_dir: str | os.PathLike[str], env: Mapping[str, str]) -> NodeConfig:
+    """Rebuild a node's configuration inside a role process."""
+    path = Path(data_dir) / NODE_FILE
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    known = {f for f in NodeConfig.__dataclass_fields__ if f != "secrets"}
+    cfg = NodeConfig(**{k: v for k, v in body.items() if k in known})
+    return replace(cfg, secrets=Secrets.from_env(env)).validate()
+
+
+def runtime_path(data_dir: str | os.PathLike[str], name: str) -> str:
+    """A unix-socket path for ``name`` that fits the 108-byte limit.
+
+    Inside the data dir when short enough (easy to find), else under /tmp with
+    a name derived from the data dir's real path.
+    """
+    real = os.path.realpath(data_dir)
+    inside = os.path.join(real, name)
+    if len(inside.encode()) <= 100:
+        return inside
+    digest = hashlib.sha256(real.encode()).hexdigest()[:12]
+    return f"/tmp/cc-{digest}-{name}"
+
+
+def supervisor_socket(data_dir: str | os.PathLike[str]) -> str:
+    """Where the node's supervisord listens for ``concordance ctl`` / supervisorctl."""
+    return runtime_path(data_dir, "supervisor.sock")
