@@ -77,7 +77,7 @@ from concordance.raft.entries import (
     Membership,
     SnapshotMeta,
 )
-from concordance.raft.ready import Ready, ReadState, Role, SnapshotChunk, SoftState
+from concordance.raft.ready import ReadState, Ready, Role, SnapshotChunk, SoftState
 
 __all__ = [
     "ConfChange",
