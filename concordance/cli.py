@@ -1,0 +1,234 @@
+"""The ``concordance`` command: run nodes, control their roles, use the store.
+
+    concordance node --id ID --listen HOST:PORT --data DIR [--peers ...] [--join HOST:PORT]
+    concordance cluster --nodes N --base-port P --data DIR
+    concordance ctl --data DIR status | restart ROLE | stop ROLE | start ROLE
+    concordance kv get|put|delete|list|watch ...
+
+Only this module (and ``procs/``) reads argv and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from concordance import errors
+from concordance.config import ROLES, ConfigError, NodeConfig, Secrets, parse_peers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as e:
+        print(f"concordance: {e}", file=sys.stderr)
+        return 2
+    except errors.ConcordanceError as e:
+        print(f"concordance: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="concordance", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run one node (supervisor + roles) in the foreground")
+    node.add_argument("--id", required=True, dest="node_id")
+    node.add_argument("--listen", required=True, help="HOST:PORT for API, /stream and /raft")
+    node.add_argument("--data", required=True, help="data directory")
+    node.add_argument("--peers", default="", help="ID=HOST:PORT,... voters of a new cluster")
+    node.add_argument("--join", help="HOST:PORT of a running member to join")
+    node.add_argument("--insecure", action="store_true", help="allow running without API key")
+    node.set_defaults(run=_run_node)
+
+    cluster = sub.add_parser("cluster", help="run a local dev cluster in the foreground")
+    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--base-port", type=int, default=4100)
+    cluster.add_argument("--host", default="127.0.0.1")
+    cluster.add_argument("--data", required=True)
+    cluster.add_argument("--insecure", action="store_true")
+    cluster.set_defaults(run=_run_cluster)
+
+    ctl = sub.add_parser("ctl", help="status and control of one node's roles")
+    ctl.add_argument("--data", required=True)
+    ctl.add_argument("action", choices=["status", "restart", "stop", "start"])
+    ctl.add_argument("role", nargs="?", choices=ROLES)
+    ctl.set_defaults(run=_run_ctl)
+
+    kv = sub.add_parser("kv", help="command-line client")
+    kv.add_argument(
+        "--endpoint", default=os.environ.get("CONCORDANCE_ENDPOINT", "http://127.0.0.1:4100")
+    )
+    kv.add_argument("--api-key", default=None, help="default: $CONCORDANCE_API_KEY")
+    kv.add_argument("--json", action="store_true", help="print raw JSON")
+    kvsub = kv.add_subparsers(required=True, metavar="OP")
+    get = kvsub.add_parser("get")
+    get.add_argument("key")
+    get.add_argument("--consistent", action="store_true")
+    put = kvsub.add_parser("put")
+    put.add_argument("key")
+    put.add_argument("value", help="JSON, or a plain string")
+    put.add_argument("--if-version", type=int)
+    put.add_argument("--ttl-ms", type=int)
+    delete = kvsub.add_parser("delete")
+    delete.add_argument("key")
+    delete.add_argument("--if-version", type=int)
+    lst = kvsub.add_parser("list")
+    lst.add_argument("prefix")
+    lst.add_argument("--limit", type=int, default=100)
+    watch = kvsub.add_parser("watch")
+    watch.add_argument("prefix", nargs="?")
+    watch.add_argument("--key")
+    watch.add_argument("--since", type=int)
+    for p in (get, put, delete, lst, watch):
+        p.set_defaults(run=_run_kv, op=p.prog.split()[-1])
+    return parser
+
+
+# -- node / cluster -----------------------------------------------------------
+def _run_node(args: argparse.Namespace) -> int:
+    from concordance import supervise
+
+    cfg = NodeConfig(
+        node_id=args.node_id,
+        listen=args.listen,
+        data_dir=str(Path(args.data).resolve()),
+        peers=parse_peers(args.peers),
+        join=args.join,
+        insecure=args.insecure,
+        secrets=Secrets.from_env(os.environ),
+    )
+    existing = Path(cfg.data_dir) / "raft" / "raft.db"
+    if existing.exists() and (cfg.peers or cfg.join):
+        print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
+    supervise.run_node(cfg.validate())
+    return 0  # not reached: run_node execs supervisord
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    ids = [f"n{i}" for i in range(1, args.nodes + 1)]
+    peers = ",".join(f"{n}={args.host}:{args.base_port + i}" for i, n in enumerate(ids))
+    procs = []
+    for i, node_id in enumerate(ids):
+        cmd = [
+            sys.executable, "-m", "concordance.cli", "node", "--id", node_id,
+            "--listen", f"{args.host}:{args.base_port + i}",
+            "--data", str(Path(args.data) / node_id), "--peers", peers,
+        ]  # fmt: skip
+        if args.insecure:
+            cmd.append("--insecure")
+        procs.append(subprocess.Popen(cmd, start_new_session=True))
+        print(f"{node_id}: http://{args.host}:{args.base_port + i}  (data {args.data}/{node_id})")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def _run_ctl(args: argparse.Namespace) -> int:
+    from concordance.supervise import Control, SupervisorUnavailable
+
+    control = Control(args.data)
+    try:
+        if args.action == "status":
+            for name, state in sorted(control.states().items()):
+                pid = state.pid or "-"
+                print(f"{name:<10} {state.state:<9} pid {pid!s:<8} {state.description}")
+            return 0
+        if args.role is None:
+            print(f"concordance ctl {args.action}: which role? {', '.join(ROLES)}", file=sys.stderr)
+            return 2
+        getattr(control, args.action)(args.role)
+        print(f"{args.role}: {args.action} done")
+        return 0
+    except SupervisorUnavailable as e:
+        print(f"concordance: {e}", file=sys.stderr)
+        return 1
+
+
+# -- kv -------------------------------------------------------------------------
+def _run_kv(args: argparse.Namespace) -> int:
+    return asyncio.run(_kv(args))
+
+
+async def _kv(args: argparse.Namespace) -> int:
+    from concordance.client import Client
+
+    key = args.api_key or os.environ.get("CONCORDANCE_API_KEY")
+    async with Client(args.endpoint, key) as client:
+        if args.op == "get":
+            _show(args, await client.get(args.key, consistent=args.consistent))
+        elif args.op == "put":
+            result = await client.put(
+                args.key, _parse_value(args.value), args.if_version, args.ttl_ms
+            )
+            _show(args, result)
+        elif args.op == "delete":
+            _show(args, await client.delete(args.key, args.if_version))
+        elif args.op == "list":
+            page = await client.list(args.prefix, args.limit)
+            if args.json:
+                print(json.dumps(page))
+            else:
+                for entry in page["entries"]:
+                    _show(args, entry)
+        elif args.op == "watch":
+            if not args.prefix and not args.key:
+                raise errors.InvalidRequest("watch needs a prefix or --key")
+            async for event in client.watch(args.prefix, args.key, args.since):
+                _show(args, event)
+    return 0
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _show(args: argparse.Namespace, item: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(item), flush=True)
+        return
+    if "type" in item:  # a change event
+        value = json.dumps(item.get("value")) if item["type"] == "set" else ""
+        print(f"{item['revision']:>8} {item['type']:<6} {item['key']} {value}", flush=True)
+    elif item.get("deleted") is True:
+        print(f"deleted {item['key']} (version {item['version']}, revision {item['revision']})")
+    else:
+        print(f"{item['key']} = {json.dumps(item.get('value'))}  (version {item['version']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The node supervisor: supervisord runs the three roles; this module drives it.
+
+``run_node`` replaces the current process with supervisord in the foreground
+(so Ctrl-C and SIGTERM reach it directly and it stops every role, whole
+process groups, before exiting). ``Control`` talks to a running supervisord
+over its unix socket (XML-RPC), for ``concordance ctl`` and the front's
+``/cluster/status``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import xmlrpc.client
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from concordance.config import ROLES, NodeConfig, supervisor_socket
+
+GROUP = "node"
+STARTS_DIR = "run"
+
+
+class SupervisorUnavailable(RuntimeError):
+    """No supervisord answers on the node's socket (the node is not running)."""
+
+
+def config_path() -> Path:
+    """The packaged supervisord configuration (the repo's ``supervisor.conf``)."""
+    return Path(str(resources.files("concordance").joinpath("supervisor.conf")))
+
+
+def node_environment(cfg: NodeConfig, base: dict[str, str]) -> dict[str, str]:
+    """The environment supervisord (and so every role) runs with."""
+    env = dict(base)
+    env.update(
+        CONCORDANCE_DATA=str(cfg.data.resolve()),
+        CONCORDANCE_PYTHON=sys.executable,
+        CONCORDANCE_SUPERVISOR_SOCK=supervisor_socket(cfg.data),
+        PYTHONUNBUFFERED="1",
+    )
+    # Roles import `procs`, which lives beside the `concordance` package.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def prepare(cfg: NodeConfig) -> None:
+    """Create the data dir layout and record the configuration for the roles."""
+    for sub in ("logs", "raft", "state", STARTS_DIR):
+        (cfg.data / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.data, 0o700)
+    cfg.save()
+
+
+def run_node(cfg: NodeConfig) -> None:
+    """Become the node's supervisor (never returns)."""
+    prepare(cfg)
+    env = node_environment(cfg, dict(os.environ))
+    args = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config_path())]
+    os.execve(sys.executable, args, env)
+
+
+def record_start(data_dir: str | os.PathLike[str], role: str) -> None:
+    """Count a role's start, so restarts can be reported (called by ``procs/``)."""
+    path = Path(data_dir) / STARTS_DIR / f"{role}.starts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
+    """How many times ``role`` started after its first start in this data dir."""
+    path = Path(data_dir) / STARTS_DIR / f"{role}.starts"
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+@dataclass(frozen=True)
+class RoleState:
+    name: str
+    state: str
+    pid: int | None
+    description: str
+
+    @property
+    def up(self) -> bool:
+        return self.state == "RUNNING"
+
+
+class Control:
+    """Operator control of one node's roles through its supervisord."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = data_dir
+        socket = supervisor_socket(data_dir)
+        transport = SupervisorTransport(None, None, f"unix://{socket}")
+        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._proxy.supervisor, method)(*args)
+        except xmlrpc.client.Fault as e:
+            raise RuntimeError(e.faultString) from e
+        except OSError as e:
+            raise SupervisorUnavailable(
+                f"no supervisor answers for {self.data_dir} (is the node running?)"
+            ) from e
+
+    def states(self) -> dict[str, RoleState]:
+        infos = cast(list[dict[str, Any]], self._call("getAllProcessInfo"))
+        out = {}
+        for info in infos:
+            pid = int(info["pid"]) or None
+            out[info["name"]] = RoleState(info["name"], info["statename"], pid, info["description"])
+        return out
+
+    def start(self, role: str) -> None:
+        self._call("startProcess", f"{GROUP}:{_role(role)}", True)
+
+    def stop(self, role: str) -> None:
+        self._call("stopProcess", f"{GROUP}:{_role(role)}", True)
+
+    def restart(self, role: str) -> None:
+        state = self.states().get(_role(role))
+        if state is not None and state.state in ("RUNNING", "STARTING", "BACKOFF"):
+            self.stop(role)
+        self.start(role)
+
+    def shutdown(self) -> None:
+        self._call("shutdown")
+
+
+def _role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    return role
+
+
+def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
+    """``{"front": {"pid", "up", "restarts"}, ...}`` for ``/cluster/status``.
+
+    Blocking (XML-RPC over a unix socket): call it from an executor.
+    """
+    try:
+        states = Control(cfg.data).states()
+    except SupervisorUnavailable:
+        states = {}
+    result = {}
+    for role in ROLES:
+        state = states.get(role)
+        result[role] = {
+            "pid": state.pid if state and state.up else None,
+            "up": bool(state and state.up),
+            "restarts": restarts(cfg.data, role),
+        }
+    return result
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this role if its supervisor dies (even by SIGKILL),
+    so a crashed supervisor never leaves orphaned roles holding the port."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's own stop path still applies
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
