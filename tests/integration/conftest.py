@@ -1,0 +1,43 @@
+"""Fixtures that start real nodes; every test here carries the integration marker."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.helpers import Node, short_tmpdir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    """One real single-node cluster shared by a module's read-mostly tests."""
+    root = short_tmpdir()
+    n = Node("n1", data=root / "n1")
+    try:
+        n.start()
+        yield n
+    finally:
+        n.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_node() -> Iterator[Node]:
+    """A node of its own, for tests that kill or restart its roles."""
+    root = short_tmpdir()
+    n = Node("n1", data=root / "n1")
+    try:
+        n.start()
+        yield n
+    finally:
+        n.stop()
+        shutil.rmtree(root, ignore_errors=True)
