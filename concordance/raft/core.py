@@ -346,6 +346,9 @@ class RaftCore:
         self._reset_timers()
         if was_leader:
             self._abort_reads()
+            # A broadcast still owed from our leadership must not go out now:
+            # ready() would send it at our *current* term, posing as a leader.
+            self._needs_broadcast = False
         log.debug("%s became %s at term %d", self.id, self.role.value, term)
 
     def _become_pre_candidate(self) -> None:
@@ -636,7 +639,10 @@ class RaftCore:
         elif isinstance(msg, ReadIndexRequest):
             self._leader_read(msg.ctx, msg.src)
         elif isinstance(msg, TransferLeader):
-            self._start_transfer(msg.target)
+            try:
+                self._start_transfer(msg.target)
+            except ProposalDropped as e:  # a peer's bad request must not raise out of step()
+                log.info("%s refused leadership transfer from %s: %s", self.id, msg.src, e)
 
     def _check_can_accept(self, size: int) -> None:
         if self.lead_transferee is not None:
@@ -689,6 +695,7 @@ class RaftCore:
         removed = not self.membership.contains(self.id)
         if removed and self._configs and self._configs[-1][0] <= self.log.commit:
             log.info("%s was removed from the cluster; stepping down", self.id)
+            self._broadcast_append()  # still leader of this term: tell the commit
             self._become_follower(self.term, None)
 
     def _broadcast_append(self) -> None:
