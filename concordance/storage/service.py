@@ -1,0 +1,415 @@
+"""The storage role: one actor that owns state.db and speaks docs/PROTOCOL.md for it.
+
+It wraps :class:`~concordance.storage.fsm.StateMachine` with three sockets:
+the ``storage`` ROUTER (reads from the front), the ``events`` PUB (change
+batches and write results) and a DEALER to ``consensus`` (committed entries
+in; ``hello``, ``applied``, ``snapshot_taken`` and TTL proposals out).
+
+Why SQLite is called synchronously, on the event loop, with no thread:
+
+* state.db has exactly one writer, this process, and Raft hands it entries
+  in order, so applies are sequential by nature; a thread would add locking
+  and buy no parallelism;
+* while an apply runs there is nothing else useful to do: a read must not see
+  half a batch anyway, and the next ``apply`` depends on this one;
+* reads are point lookups and index range scans on a local file, far
+  shorter than the IPC round trip that carries them.
+
+The one exception is ``backup``, which may copy a large file while writes
+must continue: it runs in a worker thread on its own read-only connection,
+inside one read transaction (WAL lets the writer go on), so the copy is one
+consistent state whose ``applied_index`` is read back from the copy itself.
+
+Rules / theory of operation:
+
+* Committed entries are applied in the order they arrive, one ``apply``
+  message per transaction; entries at or below ``applied_index`` are skipped,
+  and a gap drops the batch and sends ``hello`` at once so consensus rewinds.
+  After each applied batch: ``change_batch`` (topic c), then one ``results``
+  per origin (topic r), then ``applied`` to consensus.
+* Every one-way send may be lost (consensus down or restarting); the
+  ``hello`` every second repairs all of them. Replies to vanished clients are
+  dropped by ``RpcServer``; their requests time out and are retried.
+* ``wait_applied`` requests park in a heap until an apply reaches their
+  index, and are dropped at their deadline (the client has timed out).
+* Failures of the state machine's storage during ``apply`` (I/O error, disk
+  full) stop the service: the state machine rolled the batch back, and a
+  restarted process reopens state.db and resumes from its durable index.
+  Errors of a single read or snapshot are reported and survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+
+from concordance import ipc, wire
+from concordance.config import NodeConfig
+from concordance.errors import (
+    ConcordanceError,
+    InvalidRequest,
+    IpcError,
+    RemoteProtocolError,
+    Unavailable,
+)
+from concordance.raft.entries import EntryKind
+from concordance.storage import snapshot
+from concordance.storage.fsm import Applied, ApplyGap, StateMachine
+from concordance.storage.service_ttl import ExpiryReaper, ReaperTimings, wall_ms
+from concordance.storage.service_waiters import AppliedWaiters
+
+__all__ = ["ServiceTimings", "StorageService", "copy_database"]
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
+_KINDS = frozenset(int(k) for k in EntryKind)
+_Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTimings:
+    """The service's clocks (seconds); tests shorten them."""
+
+    hello_interval: float = 1.0
+    send_timeout: float = 0.5  # one-way sends to consensus; the next hello repairs a loss
+    default_wait: float = 60.0  # a wait_applied that carries no deadline
+    snapshots_kept: int = 2  # files left in state/snapshots/ for consensus to take
+    reaper: ReaperTimings = field(default_factory=ReaperTimings)
+
+
+class StorageService:
+    """The storage role of one node. ``await run()`` serves until :meth:`stop`.
+
+    Args:
+        cfg: the node's configuration (data dir, node id, change retention).
+        ctx: the ZeroMQ context; the process's shared one by default.
+        timings: intervals and timeouts.
+    """
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        *,
+        ctx: zmq.asyncio.Context | None = None,
+        timings: ServiceTimings | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.state_dir = cfg.data / "state"
+        self.db_path = self.state_dir / "state.db"
+        self.snapshot_dir = self.state_dir / "snapshots"
+        self._ctx = ctx
+        self._t = timings or ServiceTimings()
+        self._stop = asyncio.Event()
+        self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
+        self._waiters: AppliedWaiters[_Waiter] = AppliedWaiters()
+        self._backups: set[asyncio.Task[None]] = set()
+        self._backup_lock = asyncio.Lock()
+        self._sm: StateMachine | None = None
+        self._server: ipc.RpcServer | None = None
+        self._events: ipc.Publisher | None = None
+        self._consensus: ipc.RpcClient | None = None
+        self._reaper: ExpiryReaper | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from a signal handler on the loop)."""
+        self._stop.set()
+
+    @property
+    def state(self) -> StateMachine:
+        """The open state machine (only while running)."""
+        if self._sm is None:
+            raise RuntimeError("the storage service is not running")
+        return self._sm
+
+    @property
+    def waiting(self) -> int:
+        """How many ``wait_applied`` requests are parked."""
+        return len(self._waiters)
+
+    async def run(self) -> None:
+        """Bind, open state.db, serve until :meth:`stop`, then close everything.
+
+        Raises:
+            IpcError: a socket cannot be bound (another storage holds it).
+            sqlite3.Error / OSError: state.db cannot be opened or written.
+        """
+        try:
+            await self._open()
+            await self._serve()
+        finally:
+            await self._close()
+
+    async def _open(self) -> None:
+        ctx = self._ctx or ipc.context()
+        data = self.cfg.data_dir
+        # Bind first: a second copy of this role fails here, before touching state.db.
+        self._server = await ipc.RpcServer.open(ctx, ipc.endpoint(data, "storage"))
+        self._events = await ipc.Publisher.open(ctx, ipc.endpoint(data, "events"))
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.snapshot_dir.glob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+        self._sm = StateMachine(self.db_path, retention=self.cfg.change_retention)
+        self._consensus = ipc.RpcClient(
+            ctx, ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
+        )
+        self._reaper = ExpiryReaper(self.cfg.node_id, self._sm, self._consensus, self._t.reaper)
+        sm = self._sm
+        log.info(
+            "storage %s: state.db at applied index %d (term %d), revision %d",
+            self.cfg.node_id,
+            sm.applied_index,
+            sm.applied_term,
+            sm.revision,
+        )
+
+    async def _serve(self) -> None:
+        assert self._reaper is not None
+        loops = [
+            asyncio.create_task(self._consensus_loop(), name="storage consensus"),
+            asyncio.create_task(self._read_loop(), name="storage reads"),
+            asyncio.create_task(self._heartbeat(), name="storage hello"),
+            asyncio.create_task(self._reaper.run(), name="storage ttl"),
+        ]
+        stop = asyncio.create_task(self._stop.wait(), name="storage stop")
+        try:
+            done, _ = await asyncio.wait([*loops, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [*loops, stop]:
+                task.cancel()
+            await asyncio.gather(*loops, stop, return_exceptions=True)
+        for task in done:
+            if task is not stop and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+                raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        log.info("storage %s: stopping", self.cfg.node_id)
+
+    async def _close(self) -> None:
+        if self._backups:  # their threads finish on their own; give them a moment
+            await asyncio.wait(self._backups, timeout=5.0)
+        for task in list(self._backups):
+            task.cancel()
+        self._waiters.clear()
+        for sock in (self._consensus, self._server, self._events):
+            if sock is not None:
+                await sock.close()
+        if self._sm is not None:
+            self._sm.close()
+        self._consensus = self._server = self._events = self._sm = self._reaper = None
+
+    # -- consensus -> storage ----------------------------------------------------
+    async def _consensus_loop(self) -> None:
+        while True:
+            env = await self._inbox.get()
+            body = env.body
+            if isinstance(body, wire.Apply):
+                await self._apply(body)
+            elif isinstance(body, wire.Restore):
+                await self._restore(body)
+            elif isinstance(body, wire.TakeSnapshot):
+                await self._take_snapshot()
+            else:
+                log.warning("storage: dropping unexpected %s from consensus", env.type)
+
+    async def _apply(self, body: wire.Apply) -> None:
+        sm = self.state
+        entries: list[tuple[int, int, bytes | None]] = []
+        for index, term, kind, data in body.entries:
+            if kind not in _KINDS:
+                log.warning(
+                    "storage: entry %d has unknown kind %d; applied as a no-op", index, kind
+                )
+            entries.append((index, term, data if kind == EntryKind.NORMAL else None))
+        try:
+            applied = sm.apply(entries)
+        except ApplyGap as e:
+            log.info("storage: dropping an apply batch (%s); saying hello", e)
+            await self._hello()
+            return
+        await self._publish(applied)
+        await self._release_waiters()
+        await self._send("applied", wire.Applied(sm.applied_index))
+
+    async def _publish(self, applied: list[Applied]) -> None:
+        assert self._events is not None
+        events = [event for a in applied for event in a.events]
+        by_origin: dict[str, list[tuple[int, bool, Any]]] = {}
+        for a in applied:
+            if a.origin:
+                outcome = a.result if a.error is None else a.error
+                by_origin.setdefault(a.origin, []).append((a.request_id, a.error is None, outcome))
+        try:
+            if events:
+                batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
+                await self._events.publish("change_batch", batch)
+            for origin, items in by_origin.items():
+                await self._events.publish("results", wire.Results(origin, tuple(items)))
+        except IpcError as e:  # the front repairs lost changes from the change log
+            log.warning("storage: publish failed: %s", e)
+
+    async def _restore(self, body: wire.Restore) -> None:
+        if self._backups:  # a backup reads the file about to be replaced: let it finish
+            await asyncio.wait(self._backups)
+        try:
+            index = self.state.restore_from(body.path)
+        except (RemoteProtocolError, OSError) as e:
+            log.error("storage: cannot restore from %s: %s", body.path, e)
+        else:
+            if index != body.index:
+                log.warning(
+                    "storage: snapshot %s holds index %d, not %d", body.path, index, body.index
+                )
+            log.info("storage: restored %s at applied index %d", body.path, index)
+            await self._release_waiters()
+        await self._hello()
+
+    async def _take_snapshot(self) -> None:
+        sm = self.state
+        path = self.snapshot_dir / f"{sm.applied_index:020d}.snapshot"
+        try:
+            index, term = sm.snapshot_to(path)
+        except (OSError, sqlite3.Error) as e:
+            log.error("storage: snapshot to %s failed: %s", path, e)
+            return
+        self._prune_snapshots()
+        log.info("storage: snapshot at index %d written to %s", index, path)
+        await self._send("snapshot_taken", wire.SnapshotTaken(index, term, str(path)))
+
+    def _prune_snapshots(self) -> None:
+        """Keep the newest few snapshot files; consensus moves or copies what it needs."""
+        names = sorted(p.name for p in self.snapshot_dir.iterdir() if _SNAPSHOT_NAME.match(p.name))
+        for name in names[: -self._t.snapshots_kept]:
+            (self.snapshot_dir / name).unlink(missing_ok=True)
+
+    # -- storage -> consensus ------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._hello()
+            dropped = self._waiters.expire(wall_ms())
+            if dropped:
+                log.debug("storage: %d wait_applied requests reached their deadline", dropped)
+            await asyncio.sleep(self._t.hello_interval)
+
+    async def _hello(self) -> None:
+        sm = self.state
+        await self._send("hello", wire.Hello(sm.applied_index, sm.applied_term))
+
+    async def _send(self, type: str, body: wire.Body) -> None:
+        assert self._consensus is not None
+        try:
+            await self._consensus.send(type, body, timeout=self._t.send_timeout)
+        except IpcError as e:  # consensus is down or restarting; the next hello repairs this
+            log.debug("storage: %s to consensus lost: %s", type, e)
+
+    # -- front -> storage ------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        assert self._server is not None
+        while True:
+            peer, env = await self._server.recv()
+            await self._handle(peer, env)
+
+    async def _handle(self, peer: bytes, env: wire.Envelope) -> None:
+        assert self._server is not None
+        body, sm = env.body, self.state
+        if env.reply_to is not None or env.type in wire.ONE_WAY:
+            log.warning("storage: dropping %s from %r: not a request", env.type, peer)
+            return
+        reply: wire.Body | ConcordanceError
+        try:
+            if isinstance(body, wire.Get):
+                reply = wire.GetOk(sm.get(body.key, body.now))
+            elif isinstance(body, wire.List):
+                page = sm.list(body.prefix, body.limit, body.cursor, body.now)
+                reply = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
+            elif isinstance(body, wire.Changes):
+                found = sm.changes(body.prefix, body.since, body.limit)
+                reply = wire.ChangesOk(tuple(found["changes"]), found["revision"])
+            elif isinstance(body, wire.StorageStatus):
+                reply = wire.StorageStatusOk(sm.applied_index, sm.applied_term, sm.revision)
+            elif isinstance(body, wire.WaitApplied):
+                if sm.applied_index < body.index:
+                    if self._park(peer, env, body.index):
+                        return
+                    reply = Unavailable("too many waiting reads")
+                else:
+                    reply = wire.WaitAppliedOk(sm.applied_index)
+            elif isinstance(body, wire.Backup):
+                task = asyncio.create_task(self._backup(peer, env, body.path))
+                self._backups.add(task)
+                task.add_done_callback(self._backups.discard)
+                return
+            else:
+                reply = InvalidRequest(f"storage does not serve {env.type}")
+        except ConcordanceError as e:
+            reply = e
+        except sqlite3.Error as e:
+            log.exception("storage: %s failed", env.type)
+            reply = Unavailable(f"storage read failed: {e}")
+        await self._server.reply(peer, env, reply)
+
+    def _park(self, peer: bytes, env: wire.Envelope, index: int) -> bool:
+        """Park a wait_applied until ``index`` is applied; False if too many wait already."""
+        deadline = env.deadline_ms
+        if deadline is None:
+            deadline = wall_ms() + int(self._t.default_wait * 1000)
+        return self._waiters.park(index, deadline, (peer, env))
+
+    async def _release_waiters(self) -> None:
+        assert self._server is not None
+        applied = self.state.applied_index
+        for peer, env in self._waiters.release(applied, wall_ms()):
+            await self._server.reply(peer, env, wire.WaitAppliedOk(applied))
+
+    async def _backup(self, peer: bytes, env: wire.Envelope, path: str) -> None:
+        assert self._server is not None
+        reply: wire.Body | ConcordanceError
+        try:
+            dest = self._backup_target(path)
+            async with self._backup_lock:
+                size, index = await asyncio.to_thread(copy_database, self.db_path, dest)
+            reply = wire.BackupOk(str(dest), size, index)
+            log.info("storage: backup at index %d written to %s (%d bytes)", index, dest, size)
+        except ConcordanceError as e:
+            reply = e
+        except (OSError, sqlite3.Error, RemoteProtocolError) as e:
+            log.warning("storage: backup to %s failed: %s", path, e)
+            reply = Unavailable(f"backup failed: {e}")
+        if self._server is not None:  # not closed meanwhile
+            await self._server.reply(peer, env, reply)
+
+    def _backup_target(self, path: str) -> Path:
+        dest = Path(path)
+        if not dest.is_absolute():
+            raise InvalidRequest("backup path must be absolute")
+        if Path(os.path.realpath(dest)).is_relative_to(os.path.realpath(self.state_dir)):
+            raise InvalidRequest("backup path must be outside the state directory")
+        return dest
+
+
+def copy_database(db_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> tuple[int, int]:
+    """Copy a live state.db to ``dest`` as one consistent file; return (bytes, applied_index).
+
+    Runs on a worker thread with its own read-only connection. The whole copy
+    is one backup step, i.e. one read transaction: in WAL mode the writer is
+    not blocked, and the copy cannot restart halfway because of its writes.
+    ``dest`` appears atomically, complete and fsynced.
+    """
+    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
+    src = sqlite3.connect(uri, uri=True)
+    try:
+        snapshot.write(src, dest)
+    finally:
+        src.close()
+    index, _ = snapshot.vet(dest)
+    return os.path.getsize(dest), index

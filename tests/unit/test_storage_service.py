@@ -1,0 +1,342 @@
+"""The storage role in-process over real ipc sockets and a real state.db.
+
+Consensus and front are played by the bench (``storage_service_harness``);
+every wait is bounded, and the only sleeps are where a test must show that
+something does *not* happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+
+import pytest
+import zmq.asyncio
+
+from concordance import errors, wire
+from concordance.commands import Command, Delete, Expire, Set
+from concordance.raft.entries import EntryKind
+from concordance.storage import snapshot
+from concordance.storage.fsm import StateMachine
+from concordance.storage.service import ServiceTimings
+from concordance.storage.service_ttl import wall_ms
+from tests.unit.storage_service_harness import (
+    FAST,
+    T0,
+    Writer,
+    bench,
+    next_of,
+    run,
+    short_tmp,
+)
+
+K = "tenant:acme/settings/theme"
+
+
+def test_hello_at_start_then_every_interval() -> None:
+    timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d, timings=timings, sync=False) as b:
+            assert b.log.index == 0  # the bench's first hello said index 0
+            first = time.monotonic()
+            await b.consensus.hello()
+            await b.consensus.hello()
+            assert time.monotonic() - first < 1.0
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_apply_publishes_changes_and_results_per_origin_then_acks() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            log = b.log
+            batch = [
+                log.set(K, b'"dark"', origin="n1"),
+                log.noop(),
+                log.set(K + "2", b"[1,2]", origin="n2"),
+                log.noop(EntryKind.CONFIG),
+                log.set(K, b'"light"', origin="n1", if_version=7),  # CAS fails
+                log.normal(Delete(K), origin="n1"),
+            ]
+            await b.consensus.apply(*batch)
+            await b.consensus.acked(log.index)
+            changes = await b.front.changes()
+            events = changes.events
+            assert [(e["type"], e["key"]) for e in events] == [
+                ("set", K),
+                ("set", K + "2"),
+                ("delete", K),
+            ]
+            assert events[0]["value"] == b'"dark"'  # JSON text bytes, spliced by the front
+            revisions = [e["revision"] for e in events]
+            assert revisions == sorted(revisions) and changes.revision == revisions[-1]
+            by_origin = {}
+            for _ in range(2):
+                results = await b.front.results()
+                by_origin[results.origin] = results.items
+            ids = [e[3] for e in batch]
+            n1 = by_origin["n1"]
+            assert [item[0] for item in n1] == [
+                Command.decode(ids[i]).request_id for i in (0, 4, 5)
+            ]
+            assert [item[1] for item in n1] == [True, False, True]
+            assert n1[0][2]["value"] == b'"dark"' and n1[0][2]["version"] == 1
+            assert n1[1][2]["code"] == "version_conflict"
+            assert n1[2][2]["deleted"] is True
+            [(rid, ok, entry)] = by_origin["n2"]
+            assert (rid, ok, entry["key"]) == (Command.decode(ids[2]).request_id, True, K + "2")
+            status = await b.front.request("storage_status", wire.StorageStatus())
+            assert status == wire.StorageStatusOk(log.index, 1, revisions[-1])
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_reapplying_applied_entries_changes_nothing() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            entries = [b.log.set(K, b"1"), b.log.set(K, b"2")]
+            await b.consensus.apply(*entries)
+            await b.consensus.acked(b.log.index)
+            await b.front.changes()
+            await b.front.results()
+            await b.consensus.apply(*entries)  # redelivered after a consensus restart
+            await b.consensus.acked(b.log.index)
+            got = await b.front.request("get", wire.Get(K, T0))
+            assert got.entry["version"] == 2 and got.entry["value"] == b"2"
+            with pytest.raises(TimeoutError):  # nothing new to announce
+                await b.front.event(0.1)
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_a_gap_drops_the_batch_and_says_hello_at_once() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            at = b.log.index
+            b.log.index += 1  # entry at+1 never sent
+            await b.consensus.apply(b.log.set(K), b.log.set(K))
+            assert (await b.consensus.hello(timeout=2.0)).applied_index == at
+            got = await b.front.request("get", wire.Get(K, T0))
+            assert got.entry is None
+            b.log.index = at
+            await b.consensus.apply(b.log.set(K))  # resent from where storage stands
+            await b.consensus.acked(at + 1)
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_reads_over_ipc_get_list_changes_and_compacted() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d, change_retention=16) as b:
+            keys = [f"tenant:acme/k{i:02d}" for i in range(40)]
+            await b.consensus.apply(*(b.log.set(k, b"%d" % i) for i, k in enumerate(keys)))
+            await b.consensus.acked(b.log.index)
+            got = await b.front.request("get", wire.Get(keys[3], T0))
+            assert got.entry["key"] == keys[3] and got.entry["value"] == b"3"
+            assert (await b.front.request("get", wire.Get("tenant:acme/nope", T0))).entry is None
+            page = await b.front.request("list", wire.List("tenant:acme/", 25, None, T0))
+            assert [e["key"] for e in page.entries] == keys[:25] and page.next
+            rest = await b.front.request("list", wire.List("tenant:acme/", 25, page.next, T0))
+            assert [e["key"] for e in rest.entries] == keys[25:] and rest.next is None
+            status = await b.front.request("storage_status", wire.StorageStatus())
+            recent = await b.front.request(
+                "changes", wire.Changes("tenant:acme/", status.revision - 3, 100)
+            )
+            assert [c["key"] for c in recent.changes] == keys[-3:]
+            assert recent.revision == status.revision
+            with pytest.raises(errors.Compacted) as caught:
+                await b.front.request("changes", wire.Changes("tenant:acme/", 0, 100))
+            assert caught.value.extra["oldest"] > 1
+            with pytest.raises(errors.InvalidKey):
+                await b.front.request("list", wire.List("tenant:acme", 10, None, T0))
+            with pytest.raises(errors.InvalidRequest):  # not a storage request
+                await b.front.request("status", wire.Status())
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_wait_applied_answers_when_a_later_apply_lands_and_drops_at_deadline() -> None:
+    timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d, timings=timings) as b:
+            svc = b.service
+            assert svc is not None
+            now = b.log.index
+            done = await b.front.request("wait_applied", wire.WaitApplied(now))
+            assert done == wire.WaitAppliedOk(now)
+            waiting = asyncio.ensure_future(
+                b.front.request("wait_applied", wire.WaitApplied(now + 2), timeout=5.0)
+            )
+            with pytest.raises(errors.IpcTimeout):
+                await b.front.request("wait_applied", wire.WaitApplied(now + 50), timeout=0.1)
+            await b.consensus.apply(b.log.set(K))
+            await b.consensus.acked(now + 1)
+            assert not waiting.done()
+            await b.consensus.apply(b.log.set(K))
+            assert await asyncio.wait_for(waiting, 2.0) == wire.WaitAppliedOk(now + 2)
+            deadline = time.monotonic() + 2.0
+            while svc.waiting:  # the expired waiter is swept by the heartbeat
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_restore_from_a_snapshot_of_another_state_machine() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        other = Writer(term=4)
+        with StateMachine(os.path.join(d, "other.db")) as sm:
+            sm.apply([e[:2] + e[3:] for e in (other.set(K, b'"x"'), other.set(K + "/b"))])
+            sm.apply([(*other.noop()[:2], None)])
+            snap = os.path.join(d, "snap.db")
+            assert sm.snapshot_to(snap) == (3, 4)
+        async with bench(ctx, d) as b:
+            await b.consensus.send("restore", wire.Restore(snap, 3, 4))
+            hello = await b.consensus.hello()
+            assert (hello.applied_index, hello.applied_term) == (3, 4)
+            got = await b.front.request("get", wire.Get(K, T0))
+            assert got.entry["value"] == b'"x"'
+            probe = await b.front.request("get", wire.Get("tenant:probe/p1", T0))
+            assert probe.entry is None  # the old state is gone
+            b.log = Writer(3, 4)
+            await b.consensus.apply(b.log.set(K, b'"y"'))
+            await b.consensus.acked(4)
+            # a file that is not a snapshot changes nothing, and storage says where it is
+            bad = os.path.join(d, "bad.db")
+            with open(bad, "wb") as f:
+                f.write(b"not sqlite")
+            await b.consensus.send("restore", wire.Restore(bad, 9, 9))
+            assert (await b.consensus.hello()).applied_index == 4
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_take_snapshot_answers_snapshot_taken_with_a_readable_file() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            await b.consensus.apply(b.log.set(K, b'"s"'), b.log.noop())
+            await b.consensus.acked(b.log.index)
+            await b.consensus.send("take_snapshot", wire.TakeSnapshot())
+            taken = await next_of(b.consensus.snapshots)
+            assert (taken.index, taken.term) == (b.log.index, 1)
+            assert taken.path.startswith(os.path.join(d, "state", "snapshots"))
+            assert str(taken.index) in os.path.basename(taken.path)
+            assert snapshot.vet(taken.path) == (taken.index, 1)
+            copy = os.path.join(d, "copy.db")
+            os.rename(taken.path, copy)  # consensus takes ownership
+            with StateMachine(copy) as sm:
+                entry = sm.get(K, T0)
+                assert entry is not None and entry["value"] == b'"s"'
+
+    with short_tmp() as d:
+        run(main)
+
+
+@pytest.mark.slow
+def test_backup_during_writes_is_one_consistent_state() -> None:
+    big = b'"' + b"x" * 100_000 + b'"'
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            for start in range(0, 200, 50):  # ~20 MB, so the copy takes a while
+                await b.consensus.apply(
+                    *(b.log.set(f"tenant:big/{i}", big) for i in range(start, start + 50))
+                )
+            await b.consensus.acked(b.log.index)
+            stop, acks_during = asyncio.Event(), []
+
+            async def keep_writing() -> None:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    await b.consensus.apply(b.log.set(f"tenant:w/{n}", b"%d" % n))
+                    await b.consensus.acked(b.log.index)
+                    acks_during.append(b.log.index)
+
+            writer = asyncio.ensure_future(keep_writing())
+            await asyncio.sleep(0.02)
+            before = len(acks_during)
+            dest = os.path.join(d, "backup.db")
+            reply = await b.front.request("backup", wire.Backup(dest), timeout=30.0)
+            after = len(acks_during)
+            stop.set()
+            await writer
+            assert after > before, "writes stalled during the backup"
+            assert reply.path == dest and reply.bytes == os.path.getsize(dest)
+            conn = sqlite3.connect(dest)
+            try:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                index, revision = conn.execute(
+                    "SELECT applied_index, revision FROM meta"
+                ).fetchone()
+                rows = conn.execute("SELECT count(*), max(revision) FROM kv").fetchone()
+            finally:
+                conn.close()
+            # every entry set one new key at its own revision: the copy is exactly "up to index"
+            assert index == reply.index and rows == (index, revision) == (revision, index)
+            assert index > 200  # the big writes, at least
+            with pytest.raises(errors.InvalidRequest):
+                await b.front.request("backup", wire.Backup("relative.db"))
+            with pytest.raises(errors.InvalidRequest):
+                await b.front.request("backup", wire.Backup(str(b.service.db_path)))  # type: ignore[union-attr]
+
+    with short_tmp() as d:
+        run(main)
+
+
+@pytest.mark.slow
+def test_leader_proposes_each_expired_entry_once_and_the_expiry_applies() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            now = wall_ms()
+            await b.consensus.apply(
+                b.log.set(K, b'"t"', expires_at=now - 1, ts=now - 1000),
+                b.log.set(K + "/later", expires_at=now + 3_600_000, ts=now),
+            )
+            await b.consensus.acked(b.log.index)
+            deadline = time.monotonic() + 2.0
+            while not b.consensus.proposals:
+                assert time.monotonic() < deadline, "no expire proposal"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # many scans later: still one proposal (in flight)
+            [cmd] = b.consensus.proposals
+            assert cmd.origin == "n1" and cmd.op == Expire(K, 1, now - 1)
+            assert cmd.timestamp_ms >= now
+            # consensus commits it: the entry goes with an expire event
+            await b.front.changes()  # of the sets
+            await b.front.results()  # of the sets
+            await b.consensus.apply(b.log.normal(cmd.op, ts=cmd.timestamp_ms))
+            changes = await b.front.changes()
+            assert [(e["type"], e["key"]) for e in changes.events] == [("expire", K)]
+
+    with short_tmp() as d:
+        run(main)
+
+
+@pytest.mark.slow
+def test_a_follower_never_proposes_expiries() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            b.consensus.role = "follower"
+            now = wall_ms()
+            await b.consensus.apply(b.log.normal(Set(K, b"1", None, now - 1), ts=now - 1000))
+            await b.consensus.acked(b.log.index)
+            await asyncio.sleep(0.4)
+            assert b.consensus.status_asked >= 2  # it kept asking, the answer stayed no
+            assert b.consensus.proposals == []
+            got = await b.front.request("get", wire.Get(K, wall_ms()))
+            assert got.entry is None  # hidden on reads all the same
+
+    with short_tmp() as d:
+        run(main)
