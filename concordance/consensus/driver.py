@@ -1,0 +1,383 @@
+"""The consensus driver: one asyncio task that owns a RaftCore and moves its inputs and outputs.
+
+Rules / theory of operation
+---------------------------
+
+* **One owner.** Only the main task (:meth:`ConsensusDriver.run`) calls the
+  core. A receive task drains the ``consensus`` socket into an inbox and a
+  ticker counts ticks; both only wake the main task.
+* **The loop.** Each turn feeds everything in the inbox to the core (IPC
+  requests, ``raft_in`` frames, storage reports, ticks), then handles at most
+  one Ready in the order of the driver contract (``concordance.raft``):
+  persist (on the db thread, see ``disk.py``) -> send -> restore/apply ->
+  read states -> ``advance``. Then the apply stream and the snapshot policy
+  get their turn.
+* **Group commit.** While a Ready is being persisted the core is not touched
+  (the gate in ``disk.py``); what arrives meanwhile waits in the inbox and
+  goes into the next Ready, so one fsync covers every proposal that arrived
+  during the previous one.
+* **Never block on a peer role.** Server-side sends never wait (``RpcServer``):
+  ``raft_out`` to a dead or slow front is dropped (Raft retransmits), ``apply``
+  to a dead storage pauses the apply stream until its next ``hello``.
+* **Failure is fatal.** An error while persisting leaves raft.db's state
+  unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
+  process exits and supervisord restarts it from what is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections import deque
+
+import zmq.asyncio
+
+from concordance import ipc, wire
+from concordance.config import NodeConfig
+from concordance.consensus.apply_stream import ApplyStream
+from concordance.consensus.disk import RaftDisk
+from concordance.consensus.snapshots import SnapshotCoordinator
+from concordance.consensus.status import api_role, build_status
+from concordance.consensus.waiters import Waiters
+from concordance.errors import (
+    ConcordanceError,
+    InvalidRequest,
+    IpcError,
+    RemoteProtocolError,
+    Unavailable,
+)
+from concordance.raft.config import RaftConfig
+from concordance.raft.core import RaftCore
+from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
+from concordance.raft.messages import Message
+from concordance.raft.ready import Ready, Role
+
+__all__ = ["ConsensusDriver", "boot_membership"]
+
+log = logging.getLogger("concordance.consensus")
+
+FRONT = b"front"
+STORAGE = b"storage"
+MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
+MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
+
+
+def boot_membership(cfg: NodeConfig) -> Membership:
+    """The membership a brand-new raft.db starts with (ignored once it exists)."""
+    if cfg.peers:
+        return Membership(tuple(cfg.peers), (), tuple(cfg.peers.items()))
+    if cfg.join:
+        return Membership()  # a joiner waits to be added by the cluster
+    return Membership((cfg.node_id,), (), ((cfg.node_id, cfg.listen),))
+
+
+class ConsensusDriver:
+    """The consensus role of one node. Build with :meth:`open`, then ``await run()``."""
+
+    def __init__(
+        self, cfg: NodeConfig, disk: RaftDisk, server: ipc.RpcServer, core: RaftCore
+    ) -> None:
+        self.cfg = cfg
+        self.disk = disk
+        self.server = server
+        self.core = core
+        self.stream = ApplyStream(self._send_storage, disk)
+        self.snapshots = SnapshotCoordinator(
+            disk, self._send_storage, self.server.reply, cfg.snapshot_every, cfg.snapshot_trailing
+        )
+        self.reads = Waiters()
+        self.readies = 0
+        self.raft_out_dropped = 0
+        self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
+        self._ticks = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._addresses: dict[str, str] = dict(cfg.peers)
+        self._remember_addresses(core.membership)
+        self._role = Role.FOLLOWER  # every core starts as one; the first Ready says otherwise
+
+    @classmethod
+    async def open(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context | None = None) -> ConsensusDriver:
+        """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
+
+        The socket comes first: its abstract name can be held by one process
+        only, so a second copy of the role fails here, before touching raft.db.
+        """
+        endpoint = ipc.endpoint(cfg.data_dir, "consensus")
+        server = await ipc.RpcServer.open(ctx or ipc.context(), endpoint)
+        try:
+            disk = await RaftDisk.open(cfg.data / "raft", lambda: boot_membership(cfg))
+        except BaseException:
+            await server.close()
+            raise
+        try:
+            core = RaftCore(
+                cfg.node_id,
+                disk.view,
+                disk.initial_hard_state,
+                disk.initial_snapshot,
+                RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
+                random.Random(int.from_bytes(os.urandom(8), "big")),
+                snapshots=disk.snapshots,
+            )
+        except BaseException:
+            await server.close()
+            await disk.close()
+            raise
+        if disk.bootstrapped:
+            log.info("%s bootstrapped %s", cfg.node_id, core.membership)
+        if core.membership.voters == (cfg.node_id,):
+            core.campaign()  # a cluster of one leads at once
+        return cls(cfg, disk, server, core)
+
+    def summary(self) -> str:
+        """Counters worth a log line at shutdown."""
+        return (
+            f"term {self.core.term}, commit {self.core.log.commit}, "
+            f"{self.readies} readies, {self.disk.fsyncs} fsyncs, "
+            f"{self.stream.batches_sent} apply batches, {self.snapshots.taken} snapshots, "
+            f"{self.raft_out_dropped} raft frames dropped"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its current step and shut down (safe from a signal handler)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drive the core until :meth:`stop`; then close the socket and raft.db.
+
+        Raises whatever made the driver fail (a persist error, a dead socket).
+        """
+        receiver = asyncio.create_task(self._receive(), name="consensus-recv")
+        ticker = asyncio.create_task(self._tick_forever(), name="consensus-tick")
+        try:
+            await self._loop()
+        finally:
+            for task in (receiver, ticker):
+                task.cancel()
+            await asyncio.gather(receiver, ticker, return_exceptions=True)
+            await self.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def close(self) -> None:
+        """Close the socket and raft.db (idempotent; :meth:`run` calls it)."""
+        await self.server.close()
+        await self.disk.close()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            busy = self._inbox or self._ticks or self.core.has_ready()
+            if not busy and self.stream.idle:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._feed()
+            if self.core.has_ready():
+                await self._handle_ready(self.core.ready())
+            await self.stream.pump()
+            await self.snapshots.maybe_ask(self.stream.acked)
+
+    async def _receive(self) -> None:
+        try:
+            while True:
+                if len(self._inbox) >= MAX_INBOX:
+                    self._room.clear()
+                    await self._room.wait()
+                self._inbox.append(await self.server.recv())
+                self._wake.set()
+        except IpcError as e:
+            self._fail(e)
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.cfg.tick_ms / 1000
+        due = loop.time()
+        while True:
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            self._ticks += 1
+            self._wake.set()
+
+    def _fail(self, error: BaseException) -> None:
+        log.critical("%s consensus driver failed: %r", self.cfg.node_id, error)
+        self._fatal = self._fatal or error
+        self.stop()
+
+    # ------------------------------------------------------------------ inputs
+    async def _feed(self) -> None:
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            self.core.tick()
+        if ticks:
+            self.reads.expire()
+            self.snapshots.waiters.expire()
+        while self._inbox:
+            peer, env = self._inbox.popleft()
+            await self._dispatch(peer, env)
+        self._room.set()
+
+    async def _dispatch(self, peer: bytes, env: wire.Envelope) -> None:
+        body = env.body
+        if isinstance(body, wire.RaftIn):
+            self._step_frames(body.frames)
+        elif isinstance(body, wire.Propose):
+            await self._answer(peer, env, self._propose(body))
+        elif isinstance(body, wire.ReadIndex):
+            await self._read_index(peer, env)
+        elif isinstance(body, wire.Status):
+            await self.server.reply(peer, env, build_status(self.core, self.stream.acked or 0))
+        elif isinstance(body, wire.ConfChange):
+            await self._answer(peer, env, self._conf_change(body))
+        elif isinstance(body, wire.Transfer):
+            await self._answer(peer, env, self._transfer(body))
+        elif isinstance(body, wire.SnapshotNow):
+            await self.snapshots.snapshot_now(peer, env)
+        elif isinstance(body, wire.Hello | wire.Applied | wire.SnapshotTaken):
+            if peer != STORAGE:
+                log.warning(
+                    "ignoring %s from %r: only storage reports its position", env.type, peer
+                )
+            elif isinstance(body, wire.Hello):
+                self.stream.on_hello(body.applied_index)
+            elif isinstance(body, wire.Applied):
+                self.stream.on_applied(body.index)
+            else:
+                await self.snapshots.adopt(self.core, body)
+        elif env.type in wire.REPLIES:
+            await self.server.reply(
+                peer, env, InvalidRequest(f"consensus does not serve {env.type}")
+            )
+        else:
+            log.debug("ignoring %s from %r", env.type, peer)
+
+    async def _answer(
+        self, peer: bytes, env: wire.Envelope, result: wire.Body | ConcordanceError
+    ) -> None:
+        await self.server.reply(peer, env, result)
+
+    def _step_frames(self, frames: tuple[bytes, ...]) -> None:
+        for frame in frames:
+            try:
+                msg = wire.decode_raft(frame)
+            except RemoteProtocolError as e:
+                log.warning("dropping an undecodable raft frame: %s", e)
+                continue
+            self.core.step(msg)
+
+    def _propose(self, body: wire.Propose) -> wire.Body | ConcordanceError:
+        if not body.commands:
+            return InvalidRequest("propose carries no commands")
+        try:
+            index = self.core.propose_batch(body.commands)
+        except Unavailable as e:
+            return e
+        return wire.Proposed(index or 0, forwarded=index is None)
+
+    def _conf_change(self, body: wire.ConfChange) -> wire.Body | ConcordanceError:
+        try:
+            op = ConfChangeOp(body.op)
+        except ValueError:
+            return InvalidRequest(f"unknown membership change {body.op!r}")
+        if not body.node_id:
+            return InvalidRequest("conf_change needs a node_id")
+        if body.address:
+            self._addresses[body.node_id] = body.address
+        try:
+            index = self.core.propose_conf_change(ConfChange(op, body.node_id, body.address))
+        except Unavailable as e:
+            return e
+        return wire.Proposed(index or 0, forwarded=index is None)
+
+    def _transfer(self, body: wire.Transfer) -> wire.Body | ConcordanceError:
+        try:
+            self.core.transfer_leadership(body.to)
+        except Unavailable as e:
+            return e
+        return wire.Ok()
+
+    async def _read_index(self, peer: bytes, env: wire.Envelope) -> None:
+        ctx = self.reads.park(peer, env)
+        try:
+            self.core.read_index(ctx)
+        except Unavailable as e:
+            self.reads.pop(ctx)
+            await self.server.reply(peer, env, e)
+
+    # ------------------------------------------------------------------ Ready
+    async def _handle_ready(self, rd: Ready) -> None:
+        """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py)."""
+        self.readies += 1
+        if rd.soft_state is not None:
+            self._note_soft_state(rd)
+        try:
+            await self.disk.persist(rd)
+        except Exception as e:
+            self._fail(e)
+            raise
+        await self._send_messages(rd.messages)
+        if rd.snapshot is not None:
+            self.stream.installed(rd.snapshot)
+            self._remember_addresses(rd.snapshot.membership)
+        self.stream.committed_entries(rd.committed)
+        for rs in rd.read_states:
+            waiter = self.reads.pop(rs.ctx)
+            if waiter is None:
+                continue  # its asker gave up, or it was meant for an earlier incarnation
+            answer: wire.Body | ConcordanceError = (
+                wire.ReadIndexOk(rs.index)
+                if rs.index
+                else Unavailable("leadership could not be confirmed")
+            )
+            await self.server.reply(waiter.peer, waiter.request, answer)
+        self.core.advance(rd)
+        self._remember_addresses(self.core.membership)
+
+    def _note_soft_state(self, rd: Ready) -> None:
+        soft = rd.soft_state
+        assert soft is not None
+        if soft.role is not self._role:
+            log.info("%s became %s at term %d", self.cfg.node_id, api_role(soft.role), soft.term)
+            if self._role is Role.LEADER:
+                log.info("%s stepped down; leader is now %s", self.cfg.node_id, soft.leader_id)
+            self._role = soft.role
+
+    async def _send_messages(self, messages: tuple[Message, ...]) -> None:
+        """Group frames per peer into ``raft_out`` (bounded size) for the front to relay."""
+        if not messages:
+            return
+        per_peer: dict[str, list[list[bytes]]] = {}
+        sizes: dict[str, int] = {}
+        for msg in messages:
+            frame = wire.encode_raft(msg)
+            batches = per_peer.setdefault(msg.dst, [[]])
+            if batches[-1] and sizes.get(msg.dst, 0) + len(frame) > MAX_RAFT_OUT_BYTES:
+                batches.append([])
+                sizes[msg.dst] = 0
+            batches[-1].append(frame)
+            sizes[msg.dst] = sizes.get(msg.dst, 0) + len(frame)
+        for peer, batches in per_peer.items():
+            address = self._addresses.get(peer, "")
+            for frames in batches:
+                try:
+                    await self.server.send(
+                        FRONT, "raft_out", wire.RaftOut(peer, address, tuple(frames))
+                    )
+                except IpcError as e:
+                    self.raft_out_dropped += len(frames)
+                    log.debug("dropping %d frames for %s: %s", len(frames), peer, e)
+
+    async def _send_storage(self, type: str, body: wire.Body) -> None:
+        await self.server.send(STORAGE, type, body)
+
+    def _remember_addresses(self, membership: Membership) -> None:
+        # Old addresses are kept: a node being removed still needs its last messages.
+        for node_id, address in membership.addresses:
+            self._addresses[node_id] = address

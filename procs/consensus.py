@@ -1,0 +1,82 @@
+"""Entry point of the consensus role: ``python -m procs.consensus --data DIR``.
+
+Thin on purpose (the logic is in ``concordance.consensus``): read the node's
+configuration, run the driver on uvloop, stop cleanly on SIGTERM/SIGINT.
+supervisord captures stdout, so logs go there, one line per event.
+Exit status: 0 after a clean stop, 1 when the driver failed (supervisord
+restarts the role, which then resumes from what raft.db holds), 2 on a bad
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import uvloop
+
+from concordance import config
+from concordance.consensus import ConsensusDriver
+
+log = logging.getLogger("concordance.consensus")
+
+
+class _NoCoreRoleLines(logging.Filter):
+    """The driver logs every role change itself; drop the core's own "became" lines
+    so each change appears once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        core_line = record.name == "concordance.raft" and isinstance(record.msg, str)
+        return not (core_line and record.msg.startswith("%s became "))
+
+
+def setup_logging(node_id: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s consensus[{node_id}] %(levelname)s %(name)s: %(message)s")
+    )
+    handler.addFilter(_NoCoreRoleLines())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("CONCORDANCE_LOG_LEVEL", "INFO").upper())
+
+
+async def main(cfg: config.NodeConfig) -> int:
+    """Run the consensus driver until SIGTERM/SIGINT; the exit status."""
+    try:
+        driver = await ConsensusDriver.open(cfg)
+    except Exception:
+        log.exception("%s consensus cannot start", cfg.node_id)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, driver.stop)
+    log.info("%s consensus started (data %s)", cfg.node_id, cfg.data_dir)
+    try:
+        await driver.run()
+    except Exception:
+        log.exception("%s consensus failed", cfg.node_id)
+        return 1
+    log.info("%s consensus stopped: %s", cfg.node_id, driver.summary())
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procs.consensus", description=__doc__)
+    parser.add_argument("--data", required=True, help="the node's data directory")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.data, os.environ)
+    except config.ConfigError as e:
+        print(f"consensus: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.node_id)
+    return uvloop.run(main(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

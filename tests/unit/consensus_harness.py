@@ -1,0 +1,341 @@
+"""Test doubles for the roles around a consensus driver: a storage and a front over real ipc.
+
+The driver under test is the real one (real zmq sockets, real raft.db); the
+doubles play the *other* roles through ``concordance.ipc.RpcClient`` with the
+routing ids those roles use (``storage``, ``front``). Waits poll a condition
+against a deadline; nothing sleeps a fixed time to "let things happen".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+
+from concordance import ipc, wire
+from concordance.config import NodeConfig
+from concordance.consensus import ConsensusDriver
+
+DEADLINE = 20.0  # seconds; a whole test body runs under it
+
+
+def run(main: Callable[[zmq.asyncio.Context], Awaitable[None]], deadline: float = DEADLINE) -> None:
+    """Run ``main(ctx)`` on a fresh loop and zmq context, bounded by ``deadline``."""
+
+    async def outer() -> None:
+        ctx = zmq.asyncio.Context()
+        try:
+            await asyncio.wait_for(main(ctx), deadline)
+        finally:
+            ctx.destroy(linger=0)
+
+    asyncio.run(outer())
+
+
+@contextmanager
+def temp_dir() -> Iterator[str]:
+    """A short data dir under /tmp (ipc endpoints derive from its path)."""
+    path = tempfile.mkdtemp(prefix="cc-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig:
+    settings: dict[str, Any] = {
+        "node_id": node_id,
+        "listen": "127.0.0.1:4100",
+        "data_dir": data_dir,
+        "insecure": True,
+        "tick_ms": 10,
+        "election_ticks": 10,
+        "heartbeat_ticks": 1,
+    }
+    settings.update(overrides)
+    return NodeConfig(**settings).validate()
+
+
+async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll ``cond`` until it returns something truthy (and return that)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.005)
+
+
+class Node:
+    """A running driver plus the task running it."""
+
+    def __init__(self, driver: ConsensusDriver, task: asyncio.Task[None]) -> None:
+        self.driver = driver
+        self.task = task
+
+    @classmethod
+    async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context) -> Node:
+        driver = await ConsensusDriver.open(cfg, ctx)
+        return cls(driver, asyncio.create_task(driver.run()))
+
+    async def stop(self) -> None:
+        self.driver.stop()
+        await self.task
+
+
+@asynccontextmanager
+async def running(cfg: NodeConfig, ctx: zmq.asyncio.Context) -> AsyncIterator[Node]:
+    node = await Node.start(cfg, ctx)
+    try:
+        yield node
+    finally:
+        if not node.task.done():
+            await node.stop()
+
+
+class FakeStorage:
+    """Plays the storage role: says hello, applies ``apply`` by index, acks, snapshots.
+
+    ``entries`` maps index -> (term, kind, data) of everything applied;
+    ``batches`` lists the index ranges of every ``apply`` received.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        data_dir: str,
+        applied: int = 0,
+        applied_term: int = 0,
+        auto_ack: bool = True,
+        snapshot_dir: str | None = None,
+    ) -> None:
+        self.applied = applied
+        self.applied_term = applied_term
+        self.auto_ack = auto_ack
+        self.entries: dict[int, tuple[int, int, bytes]] = {}
+        self.batches: list[tuple[int, int]] = []
+        self.restores: list[wire.Restore] = []
+        self.snapshots_written: list[str] = []
+        self.snapshot_dir = Path(snapshot_dir or data_dir)
+        self._outbox: asyncio.Queue[tuple[str, wire.Body]] = asyncio.Queue()
+        self.client = ipc.RpcClient(
+            ctx, ipc.endpoint(data_dir, "consensus"), "storage", on_message=self._on_message
+        )
+        self._task = asyncio.create_task(self._send_loop())
+
+    async def hello(self) -> None:
+        await self.client.send("hello", wire.Hello(self.applied, self.applied_term))
+
+    def _on_message(self, env: wire.Envelope) -> None:
+        body = env.body
+        if isinstance(body, wire.Apply):
+            self.batches.append((body.entries[0][0], body.entries[-1][0]))
+            first = body.entries[0][0]
+            if first > self.applied + 1:
+                self._outbox.put_nowait(("hello", wire.Hello(self.applied, self.applied_term)))
+                return
+            for index, term, kind, data in body.entries:
+                if index <= self.applied:
+                    continue
+                self.entries[index] = (term, kind, data)
+                self.applied, self.applied_term = index, term
+            if self.auto_ack:
+                self._outbox.put_nowait(("applied", wire.Applied(self.applied)))
+        elif isinstance(body, wire.Restore):
+            self.restores.append(body)
+            assert Path(body.path).exists(), body.path
+            self.applied, self.applied_term = body.index, body.term
+            self._outbox.put_nowait(("hello", wire.Hello(self.applied, self.applied_term)))
+        elif isinstance(body, wire.TakeSnapshot):
+            path = self.snapshot_dir / f"storage-snap-{self.applied}-{time.monotonic_ns()}"
+            path.write_bytes(b"state up to %d\n" % self.applied)
+            self.snapshots_written.append(str(path))
+            taken = wire.SnapshotTaken(self.applied, self.applied_term, str(path))
+            self._outbox.put_nowait(("snapshot_taken", taken))
+
+    async def _send_loop(self) -> None:
+        while True:
+            type_, body = await self._outbox.get()
+            # The driver may be stopping; a lost report is repaired by the next hello.
+            with contextlib.suppress(Exception):
+                await self.client.send(type_, body)
+
+    def commands(self) -> list[bytes]:
+        """The NORMAL entries applied, in index order."""
+        return [data for _, (_, kind, data) in sorted(self.entries.items()) if kind == 0]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.close()
+
+
+class FakeFront:
+    """Plays the front role: makes requests and records ``raft_out``."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+        self.raft_out: list[wire.RaftOut] = []
+        self.client = ipc.RpcClient(
+            ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
+        )
+
+    def _on_message(self, env: wire.Envelope) -> None:
+        if isinstance(env.body, wire.RaftOut):
+            self.raft_out.append(env.body)
+
+    async def request(self, type_: str, body: wire.Body, timeout: float = 3.0) -> Any:
+        return await self.client.request(type_, body, timeout)
+
+    async def propose(self, *commands: bytes, timeout: float = 3.0) -> wire.Proposed:
+        reply = await self.request("propose", wire.Propose(tuple(commands)), timeout)
+        assert isinstance(reply, wire.Proposed)
+        return reply
+
+    async def status(self) -> wire.StatusOk:
+        reply = await self.request("status", wire.Status())
+        assert isinstance(reply, wire.StatusOk)
+        return reply
+
+    async def read_index(self, timeout: float = 3.0) -> int:
+        reply = await self.request("read_index", wire.ReadIndex(), timeout)
+        assert isinstance(reply, wire.ReadIndexOk)
+        return reply.index
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def wait_leader(front: FakeFront, timeout: float = 10.0) -> wire.StatusOk:
+    return await wait_status(front, lambda s: s.role == "leader", timeout)
+
+
+async def wait_status(
+    front: FakeFront, pred: Callable[[wire.StatusOk], bool], timeout: float = 10.0
+) -> wire.StatusOk:
+    """Poll ``status`` until ``pred`` holds."""
+
+    async def poll() -> wire.StatusOk:
+        while True:
+            status = await front.status()
+            if pred(status):
+                return status
+            await asyncio.sleep(0.01)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+class Cluster:
+    """N drivers in one process; the front of each is a relay that hands every
+    ``raft_out`` to the destination driver's ``raft_in`` (the real front would
+    carry it over WebSocket). A stopped node's frames are dropped."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, dirs: list[str], **cfg: Any) -> None:
+        self.ctx = ctx
+        ids = [f"n{i}" for i in range(1, len(dirs) + 1)]
+        peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(ids, 1)}
+        self.cfgs = {
+            nid: make_cfg(d, nid, listen=peers[nid], peers=peers, **cfg)
+            for nid, d in zip(ids, dirs, strict=True)
+        }
+        self.nodes: dict[str, Node] = {}
+        self.fronts: dict[str, FakeFront] = {}
+        self.storages: dict[str, FakeStorage] = {}
+        self._queues: dict[str, asyncio.Queue[tuple[bytes, ...]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.relayed = 0
+
+    async def start(self) -> None:
+        for nid, cfg in self.cfgs.items():
+            front = FakeFront(self.ctx, cfg.data_dir)
+            front.client._on_message = self._relay_from(nid)
+            self.fronts[nid] = front
+            self._queues[nid] = asyncio.Queue()
+            self._tasks.append(asyncio.create_task(self._deliver(nid)))
+        for nid in self.cfgs:
+            await self.start_node(nid)
+
+    async def start_node(self, nid: str) -> None:
+        cfg = self.cfgs[nid]
+        self.nodes[nid] = await Node.start(cfg, self.ctx)
+        storage = self.storages.get(nid)
+        if storage is None:
+            storage = self.storages[nid] = FakeStorage(self.ctx, cfg.data_dir)
+        await storage.hello()
+
+    async def stop_node(self, nid: str) -> None:
+        node = self.nodes.pop(nid)
+        await node.stop()
+
+    def _relay_from(self, src: str) -> Callable[[wire.Envelope], None]:
+        def on_message(env: wire.Envelope) -> None:
+            body = env.body
+            if isinstance(body, wire.RaftOut) and body.peer in self.nodes:
+                self._queues[body.peer].put_nowait(body.frames)
+
+        return on_message
+
+    async def _deliver(self, dst: str) -> None:
+        queue = self._queues[dst]
+        while True:
+            frames = await queue.get()
+            if dst not in self.nodes:
+                continue
+            try:
+                await self.fronts[dst].client.send("raft_in", wire.RaftIn(frames), timeout=0.05)
+                self.relayed += 1
+            except Exception:
+                pass  # the node is down: Raft retransmits
+
+    def leaders(self) -> list[str]:
+        from concordance.raft.ready import Role
+
+        return [nid for nid, n in self.nodes.items() if n.driver.core.role is Role.LEADER]
+
+    async def wait_one_leader(self, timeout: float = 10.0) -> str:
+        def one() -> str | None:
+            leaders = self.leaders()
+            if len(leaders) != 1:
+                return None
+            term = self.nodes[leaders[0]].driver.core.term
+            known = all(
+                n.driver.core.leader_id == leaders[0] and n.driver.core.term == term
+                for n in self.nodes.values()
+            )
+            return leaders[0] if known else None
+
+        leader: str = await wait_for(one, timeout, "one leader known to all")
+        return leader
+
+    async def close(self) -> None:
+        for nid in list(self.nodes):
+            await self.stop_node(nid)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for front in self.fronts.values():
+            await front.close()
+        for storage in self.storages.values():
+            await storage.close()
+
+
+@asynccontextmanager
+async def cluster(ctx: zmq.asyncio.Context, n: int = 3, **cfg: Any) -> AsyncIterator[Cluster]:
+    dirs = [tempfile.mkdtemp(prefix="cc-", dir="/tmp") for _ in range(n)]
+    c = Cluster(ctx, dirs, **cfg)
+    try:
+        await c.start()
+        yield c
+    finally:
+        await c.close()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)

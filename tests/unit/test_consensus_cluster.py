@@ -1,0 +1,123 @@
+"""Three consensus drivers in one process, joined by a relay standing in for their fronts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import zmq.asyncio
+
+from concordance import wire
+from tests.unit.consensus_harness import FakeStorage, cluster, run, wait_for
+
+
+def applied_at_least(storage: FakeStorage, index: int) -> Callable[[], bool]:
+    return lambda: storage.applied >= index
+
+
+def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3) as c:
+            leader = await c.wait_one_leader()
+            term = c.nodes[leader].driver.core.term
+            front = c.fronts[leader]
+            last = 0
+            for n in range(20):
+                reply = await front.propose(b"k%d" % n)
+                assert not reply.forwarded
+                last = reply.index
+            for nid, storage in c.storages.items():
+                await wait_for(applied_at_least(storage, last), what=f"apply on {nid}")
+                assert storage.commands() == [b"k%d" % n for n in range(20)]
+            status = await front.status()
+            assert status.role == "leader" and len(status.members) == 3
+            assert all(m.voter and m.match >= last for m in status.members)
+            assert {m.address for m in status.members} == {
+                "127.0.0.1:4101",
+                "127.0.0.1:4102",
+                "127.0.0.1:4103",
+            }
+
+            await c.stop_node(leader)
+            new_leader = await c.wait_one_leader()
+            assert new_leader != leader
+            assert c.nodes[new_leader].driver.core.term > term
+            after = (await c.fronts[new_leader].propose(b"after")).index
+            for nid in c.nodes:
+                await wait_for(applied_at_least(c.storages[nid], after), what=f"apply on {nid}")
+
+            # The old leader comes back as a follower and catches up.
+            await c.start_node(leader)
+            old = c.storages[leader]
+            await wait_for(lambda: old.applied >= after, what="catch-up")
+            assert old.commands()[-1] == b"after"
+            assert c.nodes[leader].driver.core.leader_id == new_leader
+
+    run(main)
+
+
+def test_followers_forward_proposals_and_read_index_to_the_leader() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3) as c:
+            leader = await c.wait_one_leader()
+            follower = next(nid for nid in c.nodes if nid != leader)
+            front = c.fronts[follower]
+            reply = await front.propose(b"via-follower")
+            assert reply.forwarded and reply.index == 0
+            storage = c.storages[follower]
+            await wait_for(lambda: b"via-follower" in storage.commands())
+            applied = storage.applied
+            index = await front.read_index()
+            assert index >= applied
+            status = await front.status()
+            assert status.role == "follower" and status.leader_id == leader
+            mine = next(m for m in status.members if m.node_id == follower)
+            assert mine.match >= applied
+            assert all(m.match == 0 for m in status.members if m.node_id != follower)
+
+    run(main)
+
+
+def test_leadership_transfer() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3) as c:
+            leader = await c.wait_one_leader()
+            target = next(nid for nid in sorted(c.nodes) if nid != leader)
+            await c.fronts[leader].propose(b"before")
+            await wait_for(
+                lambda: all(
+                    s.applied >= c.nodes[leader].driver.core.log.commit for s in c.storages.values()
+                )
+            )
+            assert isinstance(
+                await c.fronts[leader].request("transfer", wire.Transfer(target)), wire.Ok
+            )
+            await wait_for(lambda: c.leaders() == [target], what="transfer")
+            assert await c.wait_one_leader() == target
+
+    run(main)
+
+
+def test_a_follower_far_behind_gets_the_leaders_snapshot() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3, snapshot_every=10, snapshot_trailing=0) as c:
+            leader = await c.wait_one_leader()
+            lagger = next(nid for nid in sorted(c.nodes) if nid != leader)
+            await c.stop_node(lagger)
+            for n in range(60):
+                last = (await c.fronts[leader].propose(b"s%d" % n)).index
+            disk = c.nodes[leader].driver.disk
+            await wait_for(lambda: disk.first_index() > 20, what="leader compaction")
+            await c.start_node(lagger)
+            storage = c.storages[lagger]
+            await wait_for(lambda: storage.restores, what="restore on the lagger")
+            restore = storage.restores[-1]
+            assert restore.index > 20  # beyond what the leader still has in its log
+            # The lagger's log restarted after the snapshot (it may have snapshotted since).
+            assert c.nodes[lagger].driver.disk.first_index() > 20
+            await wait_for(lambda: storage.applied >= last, what="lagger catches up")
+            after = (await c.fronts[leader].propose(b"end")).index
+            await wait_for(lambda: storage.applied >= after)
+            assert storage.commands()[-1] == b"end"
+            assert min(i for i in storage.entries if i > restore.index) == restore.index + 1
+
+    run(main)

@@ -1,0 +1,313 @@
+"""The consensus driver on one node: real zmq, real raft.db, storage and front played by doubles."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import zmq.asyncio
+
+from concordance import errors, wire
+from concordance.consensus import ConsensusDriver, boot_membership
+from concordance.raft.entries import EntryKind
+from tests.unit.consensus_harness import (
+    FakeFront,
+    FakeStorage,
+    Node,
+    make_cfg,
+    run,
+    running,
+    temp_dir,
+    wait_for,
+    wait_leader,
+    wait_status,
+)
+
+
+def test_single_node_leads_and_applies_proposals_in_order() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx):
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                status = await wait_leader(front)
+                assert status.leader_id == "n1" and status.term >= 1
+                await storage.hello()
+                last = 0
+                for n in range(20):
+                    reply = await front.propose(b"cmd-%d" % n)
+                    assert not reply.forwarded and reply.index > last
+                    last = reply.index
+                await wait_for(lambda: storage.applied >= last, what="apply")
+                assert storage.commands() == [b"cmd-%d" % n for n in range(20)]
+                # Every index arrives once and in order: NOOP first, then the commands.
+                assert sorted(storage.entries) == list(range(1, last + 1))
+                assert storage.entries[1][1] == EntryKind.NOOP
+                await wait_status(front, lambda s: s.applied >= last)
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_nothing_is_applied_before_hello_and_batches_follow_it() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                await wait_leader(front)
+                reply = await front.propose(*[b"c%d" % n for n in range(50)])
+                await wait_for(lambda: node.driver.core.log.applied >= reply.index)
+                assert storage.batches == []  # no hello yet: nothing sent
+                await storage.hello()
+                await wait_for(lambda: storage.applied >= reply.index)
+                assert len(storage.commands()) == 50
+                assert node.driver.stream.acked == reply.index
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_concurrent_proposals_share_fsyncs() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                await wait_leader(front)
+                await storage.hello()
+                before = node.driver.disk.fsyncs
+                rounds, per_round = 5, 50
+                for r in range(rounds):
+                    replies = await asyncio.gather(
+                        *[front.propose(b"r%d-%d" % (r, n)) for n in range(per_round)]
+                    )
+                    assert len({p.index for p in replies}) == per_round
+                total = rounds * per_round
+                last = max(p.index for p in replies)
+                await wait_for(lambda: storage.applied >= last)
+                fsyncs = node.driver.disk.fsyncs - before
+                assert fsyncs < total / 4, f"{fsyncs} fsyncs for {total} proposals"
+                assert len(storage.commands()) == total
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_read_index_covers_acknowledged_proposals() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx):
+                front = FakeFront(ctx, d)
+                await wait_leader(front)
+                for n in range(5):
+                    proposed = await front.propose(b"x%d" % n)
+                    # The read index may be served once committed: it covers the write.
+                    index = await wait_read_index_at_least(front, proposed.index)
+                    assert index >= proposed.index
+                await front.close()
+
+    run(main)
+
+
+async def wait_read_index_at_least(front: FakeFront, index: int) -> int:
+    while True:
+        got = await front.read_index()
+        if got >= index:
+            return got
+        await asyncio.sleep(0.005)
+
+
+def test_read_index_is_never_below_commit_at_request_time() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front = FakeFront(ctx, d)
+                await wait_leader(front)
+                proposed = await front.propose(b"a", b"b")
+                await wait_for(lambda: node.driver.core.log.commit >= proposed.index)
+                assert await front.read_index() >= proposed.index
+                await front.close()
+
+    run(main)
+
+
+def test_status_fields() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            cfg = make_cfg(d, listen="127.0.0.1:4555")
+            async with running(cfg, ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                await wait_leader(front)
+                await storage.hello()
+                proposed = await front.propose(b"s")
+                await wait_for(lambda: storage.applied >= proposed.index)
+                await wait_for(lambda: node.driver.stream.acked == proposed.index)
+                status = await front.status()
+                assert status.node_id == "n1"
+                assert status.role == "leader"
+                assert status.leader_id == "n1"
+                assert status.commit == proposed.index
+                assert status.applied == proposed.index
+                assert status.term == node.driver.core.term
+                assert status.members == (
+                    wire.MemberStatus("n1", "127.0.0.1:4555", True, proposed.index),
+                )
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_restart_keeps_log_and_resumes_apply_where_storage_is() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            cfg = make_cfg(d)
+            node = await Node.start(cfg, ctx)
+            front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            await wait_leader(front)
+            await storage.hello()
+            last = 0
+            for n in range(10):
+                last = (await front.propose(b"p%d" % n)).index
+            await wait_for(lambda: storage.applied >= last)
+            term, commit = node.driver.core.term, node.driver.core.log.commit
+            await node.stop()
+            await storage.close()
+
+            # A storage that had applied only up to index 4 (say it lost its tail).
+            node = await Node.start(make_cfg(d, peers={}, join=None), ctx)
+            core = node.driver.core
+            assert core.term >= term and core.log.commit >= commit
+            assert core.log.last_index() >= last
+            assert not node.driver.disk.bootstrapped
+            storage2 = FakeStorage(ctx, d, applied=4, applied_term=term)
+            await wait_leader(front)
+            await storage2.hello()
+            await wait_for(lambda: storage2.applied >= last)
+            assert min(storage2.entries) == 5  # resumed right after storage's index
+            assert storage2.batches[0][0] == 5
+            assert (
+                storage2.commands() == [b"p%d" % n for n in range(10)][-len(storage2.commands()) :]
+            )
+            more = (await front.propose(b"after")).index
+            await wait_for(lambda: storage2.applied >= more)
+            assert storage2.commands()[-1] == b"after"
+            await node.stop()
+            await front.close()
+            await storage2.close()
+
+    run(main)
+
+
+def test_storage_hello_with_older_index_gets_entries_again() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx):
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                await wait_leader(front)
+                await storage.hello()
+                last = (await front.propose(*[b"e%d" % n for n in range(30)])).index
+                await wait_for(lambda: storage.applied >= last)
+                # Storage restarts from an older state.db: it says so with hello.
+                storage.applied = 3
+                storage.entries = {i: e for i, e in storage.entries.items() if i <= 3}
+                await storage.hello()
+                await wait_for(lambda: storage.applied >= last)
+                assert sorted(storage.entries) == list(range(1, last + 1))
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_a_gap_makes_storage_say_hello_and_the_stream_recovers() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d, auto_ack=False)
+                await wait_leader(front)
+                await storage.hello()
+                first = (await front.propose(b"g1")).index
+                await wait_for(lambda: storage.applied >= first)
+                # Pretend the next batch was lost on the way: storage never saw it.
+                second = (await front.propose(b"g2")).index
+                await wait_for(lambda: storage.applied >= second)
+                storage.applied = first
+                del storage.entries[second]
+                # A stale window is resent on the next hello (STALL is 1 s).
+                node.driver.stream._inflight[0] = (second, 0.0)
+                await storage.hello()
+                await wait_for(lambda: second in storage.entries)
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+def test_join_mode_node_is_not_leader_and_refuses() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d, join="127.0.0.1:4200"), ctx) as node:
+                front = FakeFront(ctx, d)
+                assert node.driver.core.membership.voters == ()
+                with pytest.raises(errors.Unavailable):
+                    await front.propose(b"nope")
+                with pytest.raises(errors.Unavailable):
+                    await front.read_index()
+                with pytest.raises(errors.Unavailable):
+                    await front.request("transfer", wire.Transfer())
+                status = await front.status()
+                assert status.role == "learner" and status.leader_id is None
+                assert status.members == ()
+                await front.close()
+
+    run(main)
+
+
+def test_bad_requests_and_garbage_frames_do_not_hurt() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front = FakeFront(ctx, d)
+                await wait_leader(front)
+                await front.client.send("raft_in", wire.RaftIn((b"\xc1garbage", b"")))
+                with pytest.raises(errors.InvalidRequest):
+                    await front.request("propose", wire.Propose(()))
+                with pytest.raises(errors.InvalidRequest):
+                    await front.request("conf_change", wire.ConfChange("promote", "n9"))
+                with pytest.raises(errors.InvalidRequest):
+                    await front.request("get", wire.Get("tenant:a/k", 0))
+                # Storage reports from the front are ignored.
+                await front.client.send("hello", wire.Hello(99, 9))
+                assert (await front.propose(b"still fine")).index > 0
+                assert node.driver.stream.acked is None
+                await front.close()
+
+    run(main)
+
+
+def test_boot_membership() -> None:
+    with temp_dir() as d:
+        single = boot_membership(make_cfg(d, listen="127.0.0.1:4001"))
+        assert single.voters == ("n1",) and single.address_of("n1") == "127.0.0.1:4001"
+        peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2"}
+        multi = boot_membership(make_cfg(d, peers=peers))
+        assert multi.voters == ("n1", "n2") and multi.address_of("n2") == "127.0.0.1:2"
+        joiner = boot_membership(make_cfg(d, join="127.0.0.1:9"))
+        assert joiner.voters == () and joiner.learners == ()
+
+
+def test_peers_are_ignored_once_raft_db_exists() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            driver = await ConsensusDriver.open(make_cfg(d), ctx)
+            assert driver.disk.bootstrapped
+            await driver.close()
+            peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2"}
+            driver = await ConsensusDriver.open(make_cfg(d, peers=peers), ctx)
+            assert not driver.disk.bootstrapped
+            assert driver.core.membership.voters == ("n1",)
+            await driver.close()
+
+    run(main)
