@@ -1,0 +1,191 @@
+"""The front's aiohttp application factory: state, services, the event pump, shutdown order.
+
+Why a factory taking a client factory: the role clients own ZeroMQ sockets
+and tasks, which must be created inside the running loop and closed on the
+way out, so they live in a cleanup context (STYLE.md 14); tests pass a
+factory of in-memory fakes instead of ``ipc_clients.connect``.
+
+Lifecycle:
+
+* startup: connect the clients, build the proposer, watch hub, kv service and
+  peer relay, and start the event pump: one task that reads storage's events
+  in order, resolving write waiters from ``results`` and fanning
+  ``change_batch`` out to watchers.
+* shutdown (``on_shutdown``, before cleanup): every WebSocket session says
+  goodbye (``watch/cancelled`` with ``shutdown``, then close); long-polls are
+  woken. Cleanup then stops the pump, fails pending writes, closes the peer
+  links and the role sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+from aiohttp import web
+
+from concordance import wire
+from concordance.config import NodeConfig
+from concordance.crypto import Cipher
+from concordance.errors import Unavailable
+from concordance.front.appkeys import (
+    CIPHER,
+    CLIENTS,
+    CLOCK,
+    CONFIG,
+    HUB,
+    KV,
+    METRICS,
+    PEERS,
+    PROPOSER,
+    ROLE_STATES,
+    STREAMS,
+    Closable,
+    RoleStates,
+)
+from concordance.front.clients import Clients, EventSource
+from concordance.front.cluster import supervisor_role_states
+from concordance.front.codec import Renderer
+from concordance.front.metrics import Metrics
+from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
+from concordance.front.relay import CONNECT_TIMEOUT, PeerRelay
+from concordance.front.routes import setup_routes
+from concordance.front.service import KvService
+from concordance.front.watch import WatchHub
+from concordance.front.writes import Proposer
+
+__all__ = ["BODY_SLACK", "ClientsFactory", "make_app", "now_ms", "static_clients"]
+
+log = logging.getLogger(__name__)
+
+BODY_SLACK = 64 * 1024  # a request body may exceed the value limit by this much (API.md §2)
+STORAGE_PROBE_TIMEOUT = 2.0
+
+ClientsFactory = Callable[[], AbstractAsyncContextManager[Clients]]
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def static_clients(clients: Clients) -> ClientsFactory:
+    """A factory that hands out already-built clients (tests, embedding)."""
+
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[Clients]:
+        yield clients
+
+    return connect
+
+
+def make_app(
+    cfg: NodeConfig,
+    connect: ClientsFactory,
+    *,
+    clock: Callable[[], int] = now_ms,
+    role_states: RoleStates = supervisor_role_states,
+) -> web.Application:
+    """The front of node ``cfg``.
+
+    Args:
+        cfg: the node's configuration (secrets included).
+        connect: opens the clients of the other roles for the app's lifetime
+            (``concordance.front.ipc_clients.connect(cfg.data_dir)`` in production).
+        clock: epoch milliseconds, for timestamps, ttlMs and expiry.
+        role_states: the supervisor's view of the roles (blocking; run in an executor).
+    """
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=cfg.max_value_bytes + BODY_SLACK,
+    )
+    app[CONFIG] = cfg
+    app[CLOCK] = clock
+    app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
+    app[METRICS] = Metrics()
+    app[ROLE_STATES] = role_states
+    app[STREAMS] = weakref.WeakSet[Closable]()
+    setup_routes(app)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        async with (
+            connect() as clients,
+            _http_session() as http,
+            _running(app, clients, http),
+        ):
+            yield
+
+    app.cleanup_ctx.append(services)
+    app.on_shutdown.append(_say_goodbye)
+    return app
+
+
+def _http_session() -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT
+    )
+    return aiohttp.ClientSession(timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    app: web.Application, clients: Clients, http: aiohttp.ClientSession
+) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    proposer = Proposer(cfg.node_id, clients.consensus, cfg.request_timeout_ms, app[CLOCK])
+    hub = WatchHub(
+        clients.storage,
+        Renderer(app[CIPHER]),
+        storage_timeout=min(STORAGE_PROBE_TIMEOUT, cfg.request_timeout_ms / 1000),
+    )
+    relay = PeerRelay(http, cfg.secrets.peer_key, clients.consensus.raft_in)
+    app[CLIENTS] = clients
+    app[PROPOSER] = proposer
+    app[HUB] = hub
+    app[PEERS] = relay
+    app[KV] = KvService(clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK])
+    clients.consensus.on_raft_out(relay.send)
+    pump = asyncio.get_running_loop().create_task(_pump(clients.events, proposer, hub))
+    try:
+        yield
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        await hub.close()
+        proposer.fail_all(Unavailable("the front is shutting down"))
+        await relay.close()
+
+
+async def _pump(events: EventSource, proposer: Proposer, hub: WatchHub) -> None:
+    """Storage's events, in order: results to write waiters, change batches to watchers."""
+    while True:
+        try:
+            event = await events.recv()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event source failed; retrying")
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            if isinstance(event, wire.Results):
+                proposer.deliver(event)
+            else:
+                hub.publish(event)
+        except Exception:  # one bad event must not stop the node's watches or writes
+            log.exception("cannot handle %s", type(event).__name__)
+
+
+async def _say_goodbye(app: web.Application) -> None:
+    streams = app[STREAMS]
+    sessions = [s for s in streams]
+    await asyncio.gather(*(s.shutdown() for s in sessions), return_exceptions=True)
+    if HUB in app:
+        app[HUB].wake_all()

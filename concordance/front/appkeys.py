@@ -1,0 +1,74 @@
+"""Every typed key of the front's aiohttp application and request state, in one place.
+
+Why one module (STYLE.md 14): a reader finds all shared state of the front
+here, and handlers reach it only through these typed keys. The service
+objects they name are created in ``app``'s cleanup context, once the role
+clients are connected.
+"""
+
+from __future__ import annotations
+
+import enum
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from concordance.config import NodeConfig
+from concordance.crypto import Cipher
+from concordance.front.clients import Clients
+from concordance.front.metrics import Metrics
+from concordance.front.relay import PeerRelay
+from concordance.front.service import KvService
+from concordance.front.watch import WatchHub
+from concordance.front.writes import Proposer
+
+__all__ = [
+    "ACCESS",
+    "CIPHER",
+    "CLIENTS",
+    "CLOCK",
+    "CONFIG",
+    "HUB",
+    "KV",
+    "METRICS",
+    "PEERS",
+    "PROPOSER",
+    "ROLE_STATES",
+    "STREAMS",
+    "Access",
+    "Closable",
+    "RoleStates",
+]
+
+
+class Access(enum.Enum):
+    """What the caller's key allows (API.md §3)."""
+
+    FULL = "full"  # the API key, or an insecure node without one
+    READ = "read"  # the agent key: reads and watches only
+
+
+class Closable(Protocol):
+    """A long-lived connection the front closes on shutdown (WebSocket sessions)."""
+
+    async def shutdown(self) -> None: ...
+
+
+RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
+
+CONFIG = web.AppKey("config", NodeConfig)
+CLOCK = web.AppKey[Callable[[], int]]("clock")
+CIPHER = web.AppKey("cipher", Cipher)
+METRICS = web.AppKey("metrics", Metrics)
+ROLE_STATES = web.AppKey[RoleStates]("role_states")
+STREAMS = web.AppKey("streams", weakref.WeakSet[Closable])
+PEERS = web.AppKey("peers", PeerRelay)
+# Set once the role clients are connected (cleanup context):
+CLIENTS = web.AppKey("clients", Clients)
+PROPOSER = web.AppKey("proposer", Proposer)
+HUB = web.AppKey("hub", WatchHub)
+KV = web.AppKey("kv", KvService)
+
+ACCESS = web.RequestKey("access", Access)

@@ -1,0 +1,97 @@
+"""The narrow views of the other roles that the front needs, as Protocols.
+
+The front never touches a socket to consensus or storage directly: it talks
+to these Protocols, which ``ipc_clients`` implements over ZeroMQ
+(docs/PROTOCOL.md) and the unit tests implement with in-memory fakes.
+
+Contract shared by every implementation:
+
+* Every call takes ``timeout`` (seconds): the most it may take. Idempotent
+  calls retry inside it and raise ``Unavailable`` when the role did not
+  answer in time (a read may always be retried, so its failure is a 503).
+* ``propose`` returns once consensus accepted the commands (the log index,
+  0 when forwarded to the leader). ``Unavailable`` means certainly not
+  appended; ``IpcError`` means the outcome is unknown (the caller keeps
+  waiting for the result event until its own deadline).
+* Other role errors arrive as the ``ConcordanceError`` the role raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from concordance import wire
+
+__all__ = [
+    "Clients",
+    "ConsensusClient",
+    "EventSource",
+    "RaftOutHandler",
+    "StorageClient",
+]
+
+RaftOutHandler = Callable[[wire.RaftOut], None]
+
+
+class ConsensusClient(Protocol):
+    """The consensus role, as the front uses it."""
+
+    async def propose(self, commands: Sequence[bytes], timeout: float) -> int: ...
+
+    async def read_index(self, timeout: float) -> int: ...
+
+    async def status(self, timeout: float) -> wire.StatusOk: ...
+
+    async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None: ...
+
+    async def transfer(self, to: str, timeout: float) -> None: ...
+
+    async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk: ...
+
+    async def raft_in(self, frames: Sequence[bytes]) -> None:
+        """Hand peer frames to consensus; may drop them (Raft retransmits)."""
+        ...
+
+    def on_raft_out(self, handler: RaftOutHandler) -> None:
+        """Route ``raft_out`` messages from consensus to ``handler`` (called on the loop)."""
+        ...
+
+
+class StorageClient(Protocol):
+    """The storage role's local reads, as the front uses them.
+
+    Entries and change events carry ``value`` as JSON text bytes, as stored.
+    """
+
+    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None: ...
+
+    async def list(
+        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+    ) -> wire.ListOk: ...
+
+    async def changes(
+        self, prefix: str, since: int, limit: int, timeout: float
+    ) -> wire.ChangesOk: ...
+
+    async def wait_applied(self, index: int, timeout: float) -> int: ...
+
+    async def backup(self, path: str, timeout: float) -> wire.BackupOk: ...
+
+    async def status(self, timeout: float) -> wire.StorageStatusOk: ...
+
+
+class EventSource(Protocol):
+    """Storage's events: change batches and write results, in publication order."""
+
+    async def recv(self) -> wire.ChangeBatch | wire.Results: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """The front's connections to the other roles of its node."""
+
+    consensus: ConsensusClient
+    storage: StorageClient
+    events: EventSource

@@ -1,0 +1,333 @@
+"""Cluster, health and metrics routes (API.md §3, §3.3).
+
+These answer operators, so they favour a prompt, partial answer over a
+complete late one: each role is asked with a short timeout, and a role that
+does not answer shows up as down (``up: false``) or as null fields instead of
+failing the whole request. Role process states come from the supervisor
+(``concordance.supervise.role_states``, a blocking XML-RPC call run in an
+executor); without it, the front reports itself and judges the other roles
+by whether they answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import logging
+import os
+import secrets
+from typing import Any, Final
+
+from aiohttp import web
+
+from concordance import wire
+from concordance.config import ROLES, ConfigError, NodeConfig, parse_address, validate_node_id
+from concordance.errors import InvalidRequest, Unavailable
+from concordance.front import metrics as prom
+from concordance.front.appkeys import (
+    CLIENTS,
+    CONFIG,
+    HUB,
+    METRICS,
+    PEERS,
+    PROPOSER,
+    ROLE_STATES,
+    STREAMS,
+)
+from concordance.front.codec import parse_json
+from concordance.front.kv import json_response
+from concordance.front.validate import require_object
+
+__all__ = [
+    "add_member",
+    "backup",
+    "healthz",
+    "leader",
+    "members",
+    "metrics",
+    "readyz",
+    "remove_member",
+    "snapshot",
+    "status",
+    "supervisor_role_states",
+]
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT: Final = 1.0  # seconds a status probe of one role may take
+ROLE_STATES_TIMEOUT: Final = 2.0
+MEMBERSHIP_WAIT: Final = 2.0  # seconds a member change waits to show in the status
+HEAVY_TIMEOUT: Final = 60.0  # snapshot and backup
+CHUNK: Final = 256 * 1024
+
+
+@functools.cache
+def _supervise() -> Any:
+    # Looked up once: a missing module would otherwise be searched for on every scrape.
+    try:
+        return importlib.import_module("concordance.supervise")
+    except ImportError:
+        return None
+
+
+def supervisor_role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
+    """The supervisor's view of this node's roles (blocking; run it in an executor).
+
+    Raises:
+        LookupError: ``concordance.supervise`` is not available.
+    """
+    module = _supervise()
+    if module is None:
+        raise LookupError("concordance.supervise is not available")
+    states: dict[str, dict[str, Any]] = module.role_states(cfg)
+    return states
+
+
+async def _probe(coro: Any) -> Any:
+    """The result of a role call, or None if the role did not answer."""
+    try:
+        return await coro
+    except Exception as e:  # any failure of a probe means "down" here
+        log.debug("probe failed: %s", e)
+        return None
+
+
+async def _role_states(app: web.Application) -> dict[str, dict[str, Any]] | None:
+    loop = asyncio.get_running_loop()
+    call = loop.run_in_executor(None, app[ROLE_STATES], app[CONFIG])
+    try:
+        states = await asyncio.wait_for(call, ROLE_STATES_TIMEOUT)
+    except Exception as e:
+        log.debug("no role states from the supervisor: %s", e)
+        return None
+    return states if isinstance(states, dict) else None
+
+
+def _roles(
+    states: dict[str, dict[str, Any]] | None, answered: dict[str, bool]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        state = states.get(role) if states is not None else None
+        if isinstance(state, dict) and "up" in state:
+            pid = state.get("pid")
+            # a role that just answered is up, whatever an unreachable supervisor reported
+            up = bool(state["up"]) or answered.get(role, False)
+            out[role] = {"pid": pid if isinstance(pid, int) else None, "up": up}
+        elif role == "front":
+            out[role] = {"pid": os.getpid(), "up": True}
+        else:  # unknown to the supervisor: judge by whether it answered just now
+            out[role] = {"pid": None, "up": answered.get(role, False)}
+    out["front"] = {"pid": out["front"]["pid"] or os.getpid(), "up": True}
+    return out
+
+
+def _members(st: wire.StatusOk) -> list[dict[str, Any]]:
+    return [
+        {"id": m.node_id, "address": m.address, "voter": m.voter, "matchIndex": m.match}
+        for m in st.members
+    ]
+
+
+async def status(request: web.Request) -> web.Response:
+    app = request.app
+    clients, cfg = app[CLIENTS], app[CONFIG]
+    st, ss, states = await asyncio.gather(
+        _probe(clients.consensus.status(PROBE_TIMEOUT)),
+        _probe(clients.storage.status(PROBE_TIMEOUT)),
+        _role_states(app),
+    )
+    answered = {"consensus": st is not None, "storage": ss is not None}
+    body: dict[str, Any] = {
+        "nodeId": cfg.node_id,
+        "role": st.role if st else None,
+        "term": st.term if st else None,
+        "leaderId": st.leader_id if st else None,
+        "commitIndex": st.commit if st else None,
+        "appliedIndex": ss.applied_index if ss else (st.applied if st else None),
+        "revision": ss.revision if ss else None,
+        "members": _members(st) if st else [],
+        "roles": _roles(states, answered),
+    }
+    return json_response(body)
+
+
+async def members(request: web.Request) -> web.Response:
+    st = await request.app[CLIENTS].consensus.status(PROBE_TIMEOUT * 2)
+    return json_response({"members": _members(st)})
+
+
+async def _object_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
+    return require_object(parse_json(raw))
+
+
+def _node_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest("id must be a string")
+    try:
+        return validate_node_id(value)
+    except ConfigError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+async def _change_members(
+    request: web.Request, op: str, node_id: str, address: str
+) -> web.Response:
+    cfg, consensus = request.app[CONFIG], request.app[CLIENTS].consensus
+    await consensus.conf_change(op, node_id, address, cfg.request_timeout_ms / 1000)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MEMBERSHIP_WAIT
+    while True:  # answer with the membership once the change shows (or after a short wait)
+        st = await consensus.status(PROBE_TIMEOUT * 2)
+        present = any(m.node_id == node_id for m in st.members)
+        voter = any(m.node_id == node_id and m.voter for m in st.members)
+        done = {"remove": not present, "add_voter": voter}.get(op, present)
+        if done or loop.time() >= deadline:
+            return json_response({"members": _members(st)})
+        await asyncio.sleep(0.05)
+
+
+async def add_member(request: web.Request) -> web.Response:
+    """``{"id", "address", "voter"?}``: add as a learner, or as / promote to a voter."""
+    body = await _object_body(request)
+    unknown = body.keys() - {"id", "address", "voter"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    node_id = _node_id(body.get("id"))
+    address = body.get("address")
+    voter = body.get("voter", False)
+    if not isinstance(address, str) or not isinstance(voter, bool):
+        raise InvalidRequest("address must be a HOST:PORT string and voter a boolean")
+    try:
+        parse_address(address)
+    except ConfigError as e:
+        raise InvalidRequest(str(e)) from None
+    return await _change_members(request, "add_voter" if voter else "add_learner", node_id, address)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    return await _change_members(request, "remove", _node_id(request.match_info["id"]), "")
+
+
+async def leader(request: web.Request) -> web.Response:
+    body = await _object_body(request, optional=True)
+    if body.keys() - {"to"}:
+        raise InvalidRequest("the only field is 'to'")
+    to = body.get("to") or ""
+    if to:
+        _node_id(to)
+    cfg = request.app[CONFIG]
+    await request.app[CLIENTS].consensus.transfer(to, cfg.request_timeout_ms / 1000)
+    return json_response({})
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    got = await request.app[CLIENTS].consensus.snapshot_now(HEAVY_TIMEOUT)
+    return json_response({"index": got.index, "term": got.term, "bytes": got.bytes})
+
+
+async def backup(request: web.Request) -> web.StreamResponse:
+    """The whole state as a SQLite file, written by storage to a temporary file, then deleted."""
+    cfg = request.app[CONFIG]
+    path = os.path.join(os.path.realpath(cfg.data_dir), f".backup-{secrets.token_hex(8)}.db")
+    loop = asyncio.get_running_loop()
+    try:
+        done = await request.app[CLIENTS].storage.backup(path, HEAVY_TIMEOUT)
+        f = await loop.run_in_executor(None, open, done.path, "rb")
+    finally:  # unlinked as soon as it is open: nothing is left behind, whatever happens next
+        with contextlib.suppress(FileNotFoundError):
+            await loop.run_in_executor(None, os.unlink, path)
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{cfg.node_id}-{done.index}.db"',
+            }
+        )
+        response.content_length = size
+        await response.prepare(request)
+        while chunk := await loop.run_in_executor(None, f.read, CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 iff a leader is known and storage has applied up to consensus's commit index."""
+    clients = request.app[CLIENTS]
+    st = await _probe(clients.consensus.status(PROBE_TIMEOUT))
+    if st is None:
+        raise Unavailable("not ready: consensus is not answering")
+    if not st.leader_id:
+        raise Unavailable("not ready: no leader is known")
+    applied = await _probe(clients.storage.wait_applied(st.commit, PROBE_TIMEOUT))
+    if applied is None or applied < st.commit:
+        raise Unavailable(f"not ready: storage has not applied up to {st.commit}")
+    return json_response({"ready": True, "leaderId": st.leader_id, "commitIndex": st.commit})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    clients = app[CLIENTS]
+    st, ss, states = await asyncio.gather(
+        _probe(clients.consensus.status(PROBE_TIMEOUT)),
+        _probe(clients.storage.status(PROBE_TIMEOUT)),
+        _role_states(app),
+    )
+    fams = app[METRICS].families()
+
+    def gauge(name: str, help: str, value: float | None, kind: str = "gauge") -> None:
+        fam = prom.Family(name, kind, help)
+        if value is not None:
+            fam.add(value)
+        fams.append(fam)
+
+    gauge("concordance_raft_term", "Current Raft term.", st.term if st else None)
+    gauge("concordance_raft_commit_index", "Raft commit index.", st.commit if st else None)
+    gauge("concordance_raft_applied_index", "Raft applied index.", st.applied if st else None)
+    gauge(
+        "concordance_raft_is_leader",
+        "1 if this node is the Raft leader.",
+        (1 if st.role == "leader" else 0) if st else None,
+    )
+    gauge("concordance_storage_applied_index", "Storage applied index.",
+          ss.applied_index if ss else None)  # fmt: skip
+    gauge("concordance_revision", "Storage revision (last change).", ss.revision if ss else None)
+    gauge("concordance_watchers", "Live watch subscriptions.", app[HUB].watchers)
+    gauge("concordance_websockets", "Open WebSocket sessions (stream and raft).", len(app[STREAMS]))
+    gauge("concordance_writes_pending", "Writes waiting for their result.", app[PROPOSER].pending)
+    dropped = prom.Family(
+        "concordance_peer_frames_dropped_total", "counter", "Raft frames dropped per peer queue."
+    )
+    for peer, link in sorted(app[PEERS].links.items()):
+        dropped.add(link.dropped, (("peer", peer),))
+    fams.append(dropped)
+    fams.extend(_role_families(states))
+    text = prom.render(fams)
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
+
+
+def _role_families(states: dict[str, dict[str, Any]] | None) -> list[prom.Family]:
+    up = prom.Family("concordance_role_up", "gauge", "1 if the role process is running.")
+    restarts = prom.Family(
+        "concordance_role_restarts_total", "counter", "Role restarts seen by the supervisor."
+    )
+    for role in ROLES:
+        state = (states or {}).get(role)
+        if not isinstance(state, dict):
+            continue
+        up.add(1 if state.get("up") else 0, (("role", role),))
+        count = state.get("restarts")
+        if isinstance(count, int) and not isinstance(count, bool):
+            restarts.add(count, (("role", role),))
+    return [f for f in (up, restarts) if f.samples]

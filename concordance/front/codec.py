@@ -1,0 +1,122 @@
+"""JSON in and out of the front: strict request parsing, canonical value text, API rendering.
+
+Why one module: values cross three representations (the client's JSON, the
+canonical JSON text that is proposed and stored, possibly sealed by
+``concordance.crypto``, and the decoded value in responses), and every path
+(HTTP, WebSocket, watch events, write results) must convert them the same way.
+
+Rules:
+
+* Request JSON is parsed strictly: ``NaN``/``Infinity``, numbers that
+  overflow to infinity, invalid UTF-8, lone surrogates and nesting deeper
+  than the parser allows are ``400 invalid_request``, never a 500.
+* A value's canonical text is compact UTF-8 JSON (no ASCII escaping); its
+  length is what the size limit measures (API.md §2).
+* Values from storage are JSON text bytes; sensitive keys are opened with the
+  node's :class:`~concordance.crypto.Cipher` before decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from concordance.crypto import Cipher, DecryptionFailed
+from concordance.errors import InvalidRequest
+
+__all__ = ["Renderer", "dumps", "encode_value", "parse_json"]
+
+log = logging.getLogger(__name__)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Parse request JSON.
+
+    Raises:
+        InvalidRequest: not valid JSON text.
+    """
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise InvalidRequest(f"body is not valid JSON: {_short(e)}") from None
+
+
+def encode_value(value: Any) -> bytes:
+    """The canonical JSON text of a value, as proposed and stored.
+
+    Raises:
+        InvalidRequest: the value cannot be represented (infinite numbers,
+            lone surrogates, too deep).
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode("utf-8")
+    except (ValueError, RecursionError, TypeError) as e:
+        raise InvalidRequest(f"value cannot be stored as JSON: {_short(e)}") from None
+
+
+def dumps(obj: Any) -> str:
+    """Response JSON (compact)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _short(e: BaseException) -> str:
+    return str(e)[:120]
+
+
+class Renderer:
+    """Turns storage's shapes (values as stored JSON text) into API shapes."""
+
+    def __init__(self, cipher: Cipher) -> None:
+        self.cipher = cipher
+
+    def value(self, key: str, stored: Any) -> Any:
+        """The decoded value of ``key`` from its stored text.
+
+        Raises:
+            DecryptionFailed: a sensitive value that does not open.
+        """
+        if isinstance(stored, str):
+            stored = stored.encode("utf-8")
+        if not isinstance(stored, bytes):
+            return stored  # already decoded (never sent by storage; tolerated)
+        return json.loads(self.cipher.open(key, stored))
+
+    def entry(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An API entry (API.md §2) from storage's entry."""
+        if entry is None:
+            return None
+        out = dict(entry)
+        out["value"] = self.value(entry["key"], entry.get("value"))
+        return out
+
+    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An API change event (API.md §3.2). A value that does not open becomes null
+        (logged): a notification stream must not stop or skip because of one value."""
+        if "value" not in event:
+            return event
+        out = dict(event)
+        try:
+            out["value"] = self.value(event["key"], event["value"])
+        except (DecryptionFailed, ValueError) as e:
+            log.error(
+                "change event of %s at revision %s: %s", event.get("key"), event.get("revision"), e
+            )
+            out["value"] = None
+        return out
+
+    def result(self, result: Any) -> Any:
+        """A write result: an entry, a delete result, a delete-prefix result or a batch."""
+        if isinstance(result, dict):
+            if "createdAt" in result and "key" in result:
+                return self.entry(result)
+            if "results" in result:
+                out = dict(result)
+                out["results"] = [self.result(item) for item in result["results"]]
+                return out
+        return result

@@ -1,0 +1,255 @@
+"""The real role clients: the front's Protocols over ``concordance.ipc`` (docs/PROTOCOL.md §4).
+
+Why a separate module: the retry rules of PROTOCOL.md §4 live in one place,
+and the rest of the front only knows the Protocols in ``clients``.
+
+Retry rules:
+
+* idempotent requests (``get``, ``list``, ``changes``, ``status``,
+  ``storage_status``, ``read_index``, ``wait_applied``) are re-sent on
+  ``IpcTimeout`` until the caller's deadline; each attempt is capped so that a
+  restarted role is found again quickly. A deadline that passes without an
+  answer is ``Unavailable`` (a read is always safe to retry).
+* ``propose`` and ``conf_change`` are re-sent only after ``unavailable``
+  (certainly not appended), with a short backoff, for at most
+  ``UNAVAILABLE_RETRY`` seconds; an ``IpcTimeout`` is passed up as is, since
+  the outcome is unknown.
+* ``backup`` and ``snapshot_now`` are not retried (they are heavy).
+* A role that is down is told apart from a slow one before sending: the
+  DEALER sockets set ``IMMEDIATE``, so they are writable (``POLLOUT``) only
+  while a connection to the role exists. A request to a role with no
+  connection for ``CONNECT_GRACE`` seconds is ``Unavailable`` at once: for a
+  proposal this is certain (nothing was handed over), so the client gets a
+  503 rather than a 504 after the whole deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import zmq.asyncio
+
+from concordance import ipc, wire
+from concordance.errors import IpcError, IpcTimeout, Unavailable
+from concordance.front.clients import Clients, RaftOutHandler
+
+__all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
+UNAVAILABLE_RETRY = 1.5  # seconds propose keeps retrying "unavailable" before giving up
+RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
+CONNECT_GRACE = 1.0  # seconds to wait for a (re)connection before calling a role down
+
+_B = TypeVar("_B", bound=wire.Body)
+
+
+def _connected(rpc: ipc.RpcClient) -> bool:
+    # RpcClient has no public "connected" query; its socket's POLLOUT is exactly that under
+    # IMMEDIATE=1 (docs/PROTOCOL.md §4). Unknown internals: assume connected, rely on timeouts.
+    sock = getattr(rpc, "_sock", None)
+    if sock is None:
+        return True
+    try:
+        return bool(sock.get(zmq.EVENTS) & zmq.POLLOUT)
+    except zmq.ZMQError:
+        return True
+
+
+async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:
+    """Wait up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not _connected(rpc):
+        if loop.time() >= deadline:
+            raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
+        await asyncio.sleep(0.02)
+
+
+async def _idempotent(
+    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
+) -> _B:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
+        await _ensure_connected(rpc, kind, min(left, CONNECT_GRACE))
+        left = deadline - time.monotonic()
+        try:
+            got = await rpc.request(kind, body, min(left, ATTEMPT_CAP))
+        except IpcTimeout:
+            continue
+        except IpcError as e:
+            raise Unavailable(f"cannot reach the {_role(rpc)} role: {e}") from e
+        if not isinstance(got, reply):  # pragma: no cover - RpcClient checks the type
+            raise Unavailable(f"unexpected reply {type(got).__name__} to {kind}")
+        return got
+
+
+def _role(rpc: ipc.RpcClient) -> str:
+    return rpc.endpoint.rsplit("-", 1)[-1]
+
+
+async def _retry_unavailable(
+    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float
+) -> wire.Body:
+    start = time.monotonic()
+    delay = 0.02
+    while True:
+        await _ensure_connected(rpc, kind, min(max(timeout, 0), CONNECT_GRACE))
+        left = timeout - (time.monotonic() - start)
+        try:
+            return await rpc.request(kind, body, max(left, 0.001))
+        except Unavailable:
+            spent = time.monotonic() - start
+            if spent + delay >= min(timeout, UNAVAILABLE_RETRY):
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class IpcConsensus:
+    """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+        self._handler: RaftOutHandler | None = None
+        self._rpc = ipc.RpcClient(
+            ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
+        )
+
+    def _on_message(self, env: wire.Envelope) -> None:
+        if isinstance(env.body, wire.RaftOut) and self._handler is not None:
+            self._handler(env.body)
+        else:
+            log.debug("consensus sent an unexpected %s", env.type)
+
+    def on_raft_out(self, handler: RaftOutHandler) -> None:
+        self._handler = handler
+
+    async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+        got = await _retry_unavailable(self._rpc, "propose", wire.Propose(tuple(commands)), timeout)
+        assert isinstance(got, wire.Proposed)
+        return got.index
+
+    async def read_index(self, timeout: float) -> int:
+        got = await _idempotent(
+            self._rpc, "read_index", wire.ReadIndex(), timeout, wire.ReadIndexOk
+        )
+        return got.index
+
+    async def status(self, timeout: float) -> wire.StatusOk:
+        return await _idempotent(self._rpc, "status", wire.Status(), timeout, wire.StatusOk)
+
+    async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
+        await _retry_unavailable(
+            self._rpc, "conf_change", wire.ConfChange(op, node_id, address), timeout
+        )
+
+    async def transfer(self, to: str, timeout: float) -> None:
+        await _ensure_connected(self._rpc, "transfer", min(timeout, CONNECT_GRACE))
+        try:
+            await self._rpc.request("transfer", wire.Transfer(to), timeout)
+        except IpcTimeout as e:
+            raise Unavailable("consensus did not answer the leadership transfer") from e
+
+    async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk:
+        await _ensure_connected(self._rpc, "snapshot_now", CONNECT_GRACE)
+        try:
+            got = await self._rpc.request("snapshot_now", wire.SnapshotNow(), timeout)
+        except IpcTimeout as e:
+            raise Unavailable("consensus did not answer the snapshot request") from e
+        assert isinstance(got, wire.SnapshotNowOk)
+        return got
+
+    async def raft_in(self, frames: Sequence[bytes]) -> None:
+        if not _connected(self._rpc):  # consensus is down: drop at once, do not hold the peer
+            log.debug("consensus not connected: dropping %d peer frame(s)", len(frames))
+            return
+        try:
+            await self._rpc.send("raft_in", wire.RaftIn(tuple(frames)), RAFT_IN_TIMEOUT)
+        except IpcError as e:
+            log.debug("dropping %d peer frame(s): %s", len(frames), e)
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+
+class IpcStorage:
+    """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+        self._rpc = ipc.RpcClient(ctx, ipc.endpoint(data_dir, "storage"), "front")
+
+    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None:
+        got = await _idempotent(self._rpc, "get", wire.Get(key, now), timeout, wire.GetOk)
+        return got.entry
+
+    async def list(
+        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+    ) -> wire.ListOk:
+        body = wire.List(prefix, limit, cursor, now)
+        return await _idempotent(self._rpc, "list", body, timeout, wire.ListOk)
+
+    async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:
+        body = wire.Changes(prefix, since, limit)
+        return await _idempotent(self._rpc, "changes", body, timeout, wire.ChangesOk)
+
+    async def wait_applied(self, index: int, timeout: float) -> int:
+        body = wire.WaitApplied(index)
+        got = await _idempotent(self._rpc, "wait_applied", body, timeout, wire.WaitAppliedOk)
+        return got.applied
+
+    async def backup(self, path: str, timeout: float) -> wire.BackupOk:
+        await _ensure_connected(self._rpc, "backup", CONNECT_GRACE)
+        try:
+            got = await self._rpc.request("backup", wire.Backup(path), timeout)
+        except IpcTimeout as e:
+            raise Unavailable("storage did not finish the backup in time") from e
+        assert isinstance(got, wire.BackupOk)
+        return got
+
+    async def status(self, timeout: float) -> wire.StorageStatusOk:
+        body = wire.StorageStatus()
+        return await _idempotent(self._rpc, "storage_status", body, timeout, wire.StorageStatusOk)
+
+    async def close(self) -> None:
+        await self._rpc.close()
+
+
+class IpcEvents:
+    """:class:`~concordance.front.clients.EventSource` over storage's events PUB."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+        self._sub = ipc.Subscriber(ctx, ipc.endpoint(data_dir, "events"))
+
+    async def recv(self) -> wire.ChangeBatch | wire.Results:
+        while True:
+            env = await self._sub.recv()
+            if isinstance(env.body, wire.ChangeBatch | wire.Results):
+                return env.body
+            log.debug("ignoring event %s", env.type)  # pragma: no cover - Subscriber filters
+
+    async def close(self) -> None:
+        await self._sub.close()
+
+
+@contextlib.asynccontextmanager
+async def connect(data_dir: str) -> AsyncIterator[Clients]:
+    """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context)."""
+    ctx = ipc.context()
+    consensus = IpcConsensus(ctx, data_dir)
+    storage = IpcStorage(ctx, data_dir)
+    events = IpcEvents(ctx, data_dir)
+    try:
+        yield Clients(consensus, storage, events)
+    finally:
+        await events.close()
+        await storage.close()
+        await consensus.close()

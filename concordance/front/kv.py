@@ -1,0 +1,112 @@
+"""HTTP handlers of the key-value routes (API.md §3, §3.1, §3.2).
+
+Thin by design: read the path, query and body, validate them (``validate``),
+call the shared :class:`~concordance.front.service.KvService`, answer JSON.
+Every failure is raised as a ``ConcordanceError`` for the error middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from concordance.errors import NotFound
+from concordance.front.appkeys import CONFIG, KV
+from concordance.front.codec import dumps, parse_json
+from concordance.front.validate import (
+    parse_batch,
+    parse_delete,
+    parse_set,
+    query_bool,
+    query_int,
+    query_opt_int,
+    query_str,
+    require_object,
+)
+from concordance.keys import validate_key, validate_prefix
+
+__all__ = [
+    "batch",
+    "changes",
+    "delete_key",
+    "delete_prefix",
+    "get_key",
+    "json_response",
+    "list_keys",
+    "put_key",
+]
+
+LIST_LIMIT = (100, 1000)  # default, max
+CHANGES_LIMIT = (1000, 10_000)
+MAX_WAIT_MS = 60_000
+
+
+def json_response(data: Any) -> web.Response:
+    return web.json_response(data, dumps=dumps)
+
+
+async def _json_body(request: web.Request) -> Any:
+    # read() enforces client_max_size (413, mapped to request_too_large by the middleware)
+    return parse_json(await request.read())
+
+
+def _key(request: web.Request) -> str:
+    return validate_key(request.match_info["key"])
+
+
+def _prefix(request: web.Request) -> str:
+    return validate_prefix(query_str(request.query, "prefix") or "")
+
+
+async def put_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    body = require_object(await _json_body(request))
+    kv = request.app[KV]
+    args = parse_set(key, body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
+    return json_response(await kv.set(args))
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    consistent = query_bool(request.query, "consistent")
+    entry = await request.app[KV].get(key, consistent=consistent)
+    if entry is None:
+        raise NotFound(f"{key} does not exist")
+    return json_response(entry)
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    args = parse_delete(key, {"ifVersion": query_opt_int(request.query, "ifVersion")})
+    return json_response(await request.app[KV].delete(args))
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    prefix = _prefix(request)
+    default, most = LIST_LIMIT
+    limit = query_int(request.query, "limit", default, lo=1, hi=most)
+    cursor = query_str(request.query, "cursor") or None
+    consistent = query_bool(request.query, "consistent")
+    page = await request.app[KV].list(prefix, limit, cursor, consistent=consistent)
+    return json_response(page)
+
+
+async def delete_prefix(request: web.Request) -> web.Response:
+    return json_response(await request.app[KV].delete_prefix(_prefix(request)))
+
+
+async def batch(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    kv = request.app[KV]
+    ops = parse_batch(body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
+    return json_response(await kv.batch(ops))
+
+
+async def changes(request: web.Request) -> web.Response:
+    prefix = _prefix(request)
+    since = query_int(request.query, "since", 0)
+    default, most = CHANGES_LIMIT
+    limit = query_int(request.query, "limit", default, lo=1, hi=most)
+    wait_ms = query_int(request.query, "waitMs", 0, hi=MAX_WAIT_MS)
+    return json_response(await request.app[KV].changes(prefix, since, limit, wait_ms))

@@ -1,0 +1,190 @@
+"""The front's middlewares: metrics, the one error-to-JSON mapping, and authentication.
+
+Why middlewares (STYLE.md 15): handlers raise ``ConcordanceError`` and never
+build an error body; the error middleware is the single place that turns an
+exception into ``{"error": {"code", "message", ...}}`` with its status (and
+``Retry-After`` on 503 unavailable). Authentication is decided per route
+name before any handler runs, so no route can forget it.
+
+Order, outermost first: metrics (sees the final status), errors, auth.
+
+Who may call what (API.md §3):
+
+* ``healthz``, ``readyz``, ``metrics``: no key.
+* ``raft``: the cluster key (``Secrets.peer_key``); 401 before the upgrade.
+* everything else: the full key, or the agent key for ``GET``/``HEAD``
+  except ``cluster_backup`` (``/stream`` checks each method itself).
+* a node started ``--insecure`` without an API key lets everything through.
+
+Keys are compared with ``hmac.compare_digest`` on their UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from concordance.config import NodeConfig
+from concordance.errors import (
+    ConcordanceError,
+    Forbidden,
+    InvalidRequest,
+    IpcError,
+    NotFound,
+    RequestTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from concordance.front.appkeys import ACCESS, CONFIG, METRICS, Access
+from concordance.front.codec import dumps
+
+__all__ = [
+    "AGENT_FORBIDDEN",
+    "PUBLIC_ROUTES",
+    "auth_middleware",
+    "authenticate",
+    "error_middleware",
+    "error_response",
+    "metrics_middleware",
+]
+
+log = logging.getLogger(__name__)
+
+PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics"})
+PEER_ROUTE: Final = "raft"
+STREAM_ROUTE: Final = "stream"
+AGENT_FORBIDDEN: Final = frozenset({"cluster_backup"})
+_READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+class MethodNotAllowed(ConcordanceError):
+    code, http_status = "method_not_allowed", 405
+
+
+def _token(request: web.Request, *, allow_query: bool) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if allow_query:
+        return request.query.get("token") or None
+    return None
+
+
+def _same(given: str, expected: str | None) -> bool:
+    if not expected:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+def authenticate(cfg: NodeConfig, token: str | None) -> Access:
+    """The access a bearer token grants.
+
+    Raises:
+        Unauthorized: no token, or one that matches no configured key.
+    """
+    secrets = cfg.secrets
+    if not secrets.api_key and cfg.insecure:
+        return Access.FULL
+    if token is None:
+        raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
+    full = _same(token, secrets.api_key)
+    agent = _same(token, secrets.agent_key)  # both compared: no timing hint of which
+    if full:
+        return Access.FULL
+    if agent:
+        return Access.READ
+    raise Unauthorized("unknown API key")
+
+
+def _check_peer(cfg: NodeConfig, request: web.Request) -> None:
+    expected = cfg.secrets.peer_key
+    if not expected and cfg.insecure:
+        return
+    token = _token(request, allow_query=False)
+    if token is None or not _same(token, expected):
+        raise Unauthorized("the cluster key is required on /raft")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    cfg = request.app[CONFIG]
+    name = request.match_info.route.name
+    if name in PUBLIC_ROUTES:
+        return await handler(request)
+    if name == PEER_ROUTE:
+        _check_peer(cfg, request)
+        return await handler(request)
+    access = authenticate(cfg, _token(request, allow_query=name == STREAM_ROUTE))
+    if access is Access.READ and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
+        raise Forbidden("the agent key is read-only")
+    request[ACCESS] = access
+    return await handler(request)
+
+
+def error_response(error: ConcordanceError, allow: str | None = None) -> web.Response:
+    """The one place an error body is built."""
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
+    if allow is not None:
+        headers["Allow"] = allow
+    return web.Response(
+        status=error.http_status,
+        text=dumps({"error": error.to_dict()}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _from_http(exc: web.HTTPException) -> ConcordanceError:
+    """aiohttp's own refusals (body too large, no route, bad upgrade...) as API errors."""
+    if exc.status == 413:
+        return RequestTooLarge("the request body is larger than the limit")
+    if exc.status == 404:
+        return NotFound("no such route")
+    if exc.status == 405:
+        return MethodNotAllowed(f"{exc.reason}")
+    if exc.status == 503:
+        return Unavailable(exc.text or "unavailable")
+    if exc.status < 500:
+        return InvalidRequest(exc.text or exc.reason)
+    return ConcordanceError(exc.text or exc.reason)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ConcordanceError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(_from_http(e), e.headers.get("Allow"))
+    except IpcError as e:  # a role client leaked plumbing: the role is not answering
+        log.warning("%s %s: %s", request.method, request.path, e)
+        return error_response(Unavailable("a role of this node is not answering"))
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(ConcordanceError("internal error"))
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe(route, request.method, status, time.monotonic() - started)

@@ -1,0 +1,150 @@
+"""The key-value operations of API.md §3, shared by the HTTP routes and the /stream methods.
+
+Why a service layer: HTTP handlers and JSON-RPC methods differ only in how
+they receive arguments and send answers; what a read or a write means
+(consistent reads, sealing credentials, rendering values, CAS conflict
+bodies, long-polls) is decided once, here. Inputs are already validated
+(``validate``); outputs are API shapes with decoded values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from concordance import commands
+from concordance.crypto import Cipher, DecryptionFailed
+from concordance.errors import ConcordanceError, VersionConflict
+from concordance.front.clients import Clients
+from concordance.front.codec import Renderer
+from concordance.front.validate import CheckArgs, DeleteArgs, SetArgs
+from concordance.front.watch import WatchHub
+from concordance.front.writes import Proposer
+from concordance.keys import validate_key, validate_prefix
+
+__all__ = ["KvService"]
+
+
+class KvService:
+    """Reads from local storage, writes through consensus, values rendered for the API.
+
+    Args:
+        clients: the node's role clients.
+        proposer: the write path.
+        hub: the watch fan-out (long-polls wait on it).
+        cipher: seals values of sensitive keys before they are proposed.
+        timeout_ms: the deadline of one request.
+        clock: epoch milliseconds ("now" for expiry).
+    """
+
+    def __init__(
+        self,
+        clients: Clients,
+        proposer: Proposer,
+        hub: WatchHub,
+        cipher: Cipher,
+        timeout_ms: int,
+        clock: Callable[[], int],
+    ) -> None:
+        self._consensus = clients.consensus
+        self._storage = clients.storage
+        self._proposer = proposer
+        self._hub = hub
+        self._cipher = cipher
+        self.renderer = Renderer(cipher)
+        self._timeout = timeout_ms / 1000
+        self.clock = clock
+
+    # -- reads -------------------------------------------------------------
+    async def _linearize(self) -> None:
+        """ReadIndex: wait until this node's storage has applied what the leader committed."""
+        index = await self._consensus.read_index(self._timeout)
+        await self._storage.wait_applied(index, self._timeout)
+
+    async def get(self, key: str, *, consistent: bool = False) -> dict[str, Any] | None:
+        validate_key(key)
+        if consistent:
+            await self._linearize()
+        entry = await self._storage.get(key, self.clock(), self._timeout)
+        return self.renderer.entry(entry)
+
+    async def list(
+        self, prefix: str, limit: int, cursor: str | None, *, consistent: bool = False
+    ) -> dict[str, Any]:
+        validate_prefix(prefix)
+        if consistent:
+            await self._linearize()
+        page = await self._storage.list(prefix, limit, cursor, self.clock(), self._timeout)
+        return {
+            "entries": [self.renderer.entry(e) for e in page.entries],
+            "next": page.next,
+            "revision": page.revision,
+        }
+
+    async def changes(self, prefix: str, since: int, limit: int, wait_ms: int) -> dict[str, Any]:
+        """Change events under ``prefix`` after ``since``; with ``wait_ms``, long-poll.
+
+        When nothing newer exists yet, wait for the first change under the
+        prefix (or the timeout), then read again and answer.
+        """
+        validate_prefix(prefix)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        with self._hub.waiter(prefix, since) as waiter:
+            page = await self._storage.changes(prefix, since, limit, self._timeout)
+            while not page.changes:
+                left = deadline - loop.time()
+                if left <= 0 or not await waiter.wait(left):
+                    break
+                page = await self._storage.changes(prefix, since, limit, self._timeout)
+        return {
+            "changes": [self.renderer.event(e) for e in page.changes],
+            "revision": page.revision,
+        }
+
+    # -- writes ------------------------------------------------------------
+    def _set_op(self, args: SetArgs) -> commands.Set:
+        sealed = self._cipher.seal(args.key, args.value_json)
+        return commands.Set(args.key, sealed, args.if_version, args.expires_at)
+
+    async def _write(self, op: commands.Op) -> Any:
+        try:
+            result = await self._proposer.submit(op)
+        except VersionConflict as e:
+            self._render_current(e)
+            raise
+        return self.renderer.result(result)
+
+    def _render_current(self, error: ConcordanceError) -> None:
+        current = error.extra.get("current")
+        if isinstance(current, dict):
+            try:
+                error.extra["current"] = self.renderer.entry(current)
+            except (DecryptionFailed, ValueError):
+                error.extra["current"] = None
+
+    async def set(self, args: SetArgs) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(self._set_op(args))
+        return result
+
+    async def delete(self, args: DeleteArgs) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(commands.Delete(args.key, args.if_version))
+        return result
+
+    async def delete_prefix(self, prefix: str) -> dict[str, Any]:
+        validate_prefix(prefix)
+        result: dict[str, Any] = await self._write(commands.DeletePrefix(prefix))
+        return result
+
+    async def batch(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> dict[str, Any]:
+        built: list[commands.BatchOp] = []
+        for op in ops:
+            if isinstance(op, SetArgs):
+                built.append(self._set_op(op))
+            elif isinstance(op, DeleteArgs):
+                built.append(commands.Delete(op.key, op.if_version))
+            else:
+                built.append(commands.Check(op.key, op.version))
+        result: dict[str, Any] = await self._write(commands.Batch(tuple(built)))
+        return result

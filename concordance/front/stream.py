@@ -1,0 +1,398 @@
+"""WebSocket ``/stream``: JSON-RPC 2.0 over text frames (API.md §4), and watch notifications.
+
+Why it is shaped like this:
+
+* One connection = one reader (requests, handled in arrival order, so a
+  client that pipelines a set and a get sees its own write) and one writer
+  task draining a bounded :class:`Outbox`. Replies wait for room in the
+  outbox; ``watch/change`` notifications never wait: one that does not fit
+  cancels its subscription (``slow_consumer``), so a client that stops
+  reading cannot make the node buffer without bound.
+* A subscription starts delivering only after its ``watch/subscribe`` reply
+  is queued, so a client always learns the subscription id first.
+* Errors: protocol faults use the JSON-RPC codes (-32700 parse, -32600
+  invalid request, -32601 unknown method, -32602 invalid params, which
+  includes ``invalid_request`` from validation); API errors use the HTTP
+  status as ``error.code`` and the API error (code, message, extras) as
+  ``error.data``. :func:`rpc_error` is the one place such an error is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from aiohttp import WSMsgType, web
+
+from concordance.errors import (
+    ConcordanceError,
+    Forbidden,
+    InvalidRequest,
+    IpcError,
+    NotFound,
+    Unavailable,
+)
+from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS, Access
+from concordance.front.codec import dumps, parse_json
+from concordance.front.validate import (
+    SET_FIELDS,
+    opt_int,
+    parse_delete,
+    parse_set,
+)
+from concordance.front.watch import Subscription
+from concordance.keys import validate_key, validate_prefix
+
+__all__ = ["OUTBOX_LIMIT", "Outbox", "StreamConnection", "rpc_error", "stream_handler"]
+
+log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT: Final = 1024  # messages queued for one connection
+MAX_SUBSCRIPTIONS: Final = 1024
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32603,
+)
+_MISSING: Final = object()
+
+Method = Callable[["StreamConnection", dict[str, Any]], Awaitable[Any]]
+
+
+class Outbox:
+    """A connection's send queue: bounded for notifications and replies, not for goodbyes."""
+
+    def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
+        self.limit = limit
+        self._items: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, text: str) -> bool:
+        """Queue if there is room; False (nothing queued) otherwise."""
+        if self.closed or len(self._items) >= self.limit:
+            return False
+        self._append(text)
+        return True
+
+    def push(self, text: str) -> None:
+        """Queue regardless of the bound (one goodbye per subscription at most)."""
+        if not self.closed:
+            self._append(text)
+
+    async def put(self, text: str) -> None:
+        """Queue, waiting for room."""
+        while len(self._items) >= self.limit and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+        self.push(text)
+
+    def _append(self, text: str) -> None:
+        self._items.append(text)
+        self._ready.set()
+
+    async def get(self) -> str | None:
+        """The next message, or None once closed and drained."""
+        while not self._items:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        text = self._items.popleft()
+        if len(self._items) < self.limit:
+            self._room.set()
+        return text
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+        self._room.set()
+
+
+def rpc_error(request_id: Any, exc: BaseException | tuple[int, str]) -> dict[str, Any]:
+    """A JSON-RPC error response for a protocol fault ``(code, message)`` or an exception."""
+    if isinstance(exc, tuple):
+        code, message = exc
+        error: dict[str, Any] = {"code": code, "message": message}
+    elif isinstance(exc, InvalidRequest):
+        error = {"code": INVALID_PARAMS, "message": exc.message, "data": exc.to_dict()}
+    elif isinstance(exc, ConcordanceError):
+        error = {"code": exc.http_status, "message": exc.message, "data": exc.to_dict()}
+    elif isinstance(exc, IpcError):
+        err = Unavailable("a role of this node is not answering")
+        error = {"code": err.http_status, "message": err.message, "data": err.to_dict()}
+    else:
+        error = {"code": INTERNAL, "message": "internal error"}
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _valid_id(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int | float) and not isinstance(value, bool))
+    )
+
+
+def _fields(params: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
+    unknown = params.keys() - allowed
+    if unknown:
+        raise InvalidRequest(f"unknown param(s): {', '.join(sorted(unknown)[:5])}")
+
+
+def _str_param(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    return value
+
+
+class StreamConnection:
+    """One /stream session: reads requests, runs methods, owns its subscriptions."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, access: Access) -> None:
+        self.app = request.app
+        self.ws = ws
+        self.access = access
+        self.outbox = Outbox(OUTBOX_LIMIT)
+        self.subs: dict[int, Subscription] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- Sink (watch.py) ----------------------------------------------------
+    def notify(self, subscription_id: int, events: list[dict[str, Any]]) -> bool:
+        params = {"subscriptionId": subscription_id, "events": events}
+        return self.outbox.offer(
+            dumps({"jsonrpc": "2.0", "method": "watch/change", "params": params})
+        )
+
+    def cancelled(self, subscription_id: int, reason: str) -> None:
+        self.subs.pop(subscription_id, None)
+        params = {"subscriptionId": subscription_id, "reason": reason}
+        self.outbox.push(dumps({"jsonrpc": "2.0", "method": "watch/cancelled", "params": params}))
+
+    # -- session ------------------------------------------------------------
+    async def run(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._handle_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self._send(rpc_error(None, (INVALID_REQUEST, "send JSON in text frames")))
+        finally:
+            self._drop_subscriptions()
+            self.outbox.close()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+                await asyncio.wait_for(self._writer, 1.0)
+
+    async def _write_loop(self) -> None:
+        try:
+            while (text := await self.outbox.get()) is not None:
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError) as e:  # the client went away
+            log.debug("stream writer stops: %s", e)
+            self.outbox.close()
+
+    async def shutdown(self) -> None:
+        """Say goodbye: cancel every subscription (``shutdown``), flush, close."""
+        hub = self.app[HUB]
+        for sub_id, sub in list(self.subs.items()):
+            hub.unsubscribe(sub)
+            self.cancelled(sub_id, "shutdown")
+        self.outbox.close()
+        if self._writer is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
+        await self.ws.close(code=1001, message=b"shutting down")
+
+    def _drop_subscriptions(self) -> None:
+        hub = self.app[HUB]
+        for sub in self.subs.values():
+            hub.unsubscribe(sub)
+        self.subs.clear()
+
+    async def _send(self, response: Any) -> None:
+        await self.outbox.put(dumps(response))
+
+    # -- JSON-RPC -------------------------------------------------------------
+    async def _handle_text(self, text: str) -> None:
+        try:
+            message = parse_json(text)
+        except InvalidRequest:
+            await self._send(rpc_error(None, (PARSE_ERROR, "parse error")))
+            return
+        if isinstance(message, list):
+            if not message:
+                await self._send(rpc_error(None, (INVALID_REQUEST, "empty batch")))
+                return
+            replies, starts = [], []
+            for item in message:
+                reply, start = await self._call(item)
+                if reply is not None:
+                    replies.append(reply)
+                starts += start
+            if replies:
+                await self._send(replies)
+        else:
+            reply, starts = await self._call(message)
+            if reply is not None:
+                await self._send(reply)
+        for sub in starts:  # only now: the subscribe reply is queued before any event
+            sub.start()
+
+    async def _call(self, message: Any) -> tuple[dict[str, Any] | None, list[Subscription]]:
+        if not isinstance(message, dict):
+            return rpc_error(None, (INVALID_REQUEST, "a request is a JSON object")), []
+        request_id = message.get("id", _MISSING)
+        has_id = request_id is not _MISSING
+        reply_id = request_id if has_id and _valid_id(request_id) else None
+        method = message.get("method")
+        params = message.get("params", {})
+        if (
+            message.get("jsonrpc") != "2.0"
+            or not isinstance(method, str)
+            or (has_id and not _valid_id(request_id))
+            or not isinstance(params, dict | list)
+            or message.keys() - {"jsonrpc", "id", "method", "params"}
+        ):
+            return rpc_error(reply_id, (INVALID_REQUEST, "invalid request")), []
+        entry = METHODS.get(method)
+        if entry is None:
+            fault = (METHOD_NOT_FOUND, f"unknown method {method[:60]!r}")
+            return (rpc_error(reply_id, fault) if has_id else None), []
+        starts: list[Subscription] = []
+        try:
+            fn, read_only = entry
+            if not isinstance(params, dict):
+                raise InvalidRequest("params must be an object")
+            if self.access is Access.READ and not read_only:
+                raise Forbidden("the agent key is read-only")
+            result = await fn(self, params)
+            if isinstance(result, _Started):
+                starts.append(result.sub)
+                result = result.result
+        except Exception as e:
+            if not isinstance(e, ConcordanceError):
+                log.exception("stream method %s failed", method)
+            return (rpc_error(reply_id, e) if has_id else None), starts
+        return ({"jsonrpc": "2.0", "id": request_id, "result": result} if has_id else None), starts
+
+
+class _Started:
+    """A method result that also starts a subscription once the reply is queued."""
+
+    def __init__(self, result: Any, sub: Subscription) -> None:
+        self.result = result
+        self.sub = sub
+
+
+# -- methods ----------------------------------------------------------------
+
+
+async def _kv_get(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    _fields(params, {"key", "consistent"})
+    consistent = params.get("consistent", False)
+    if not isinstance(consistent, bool):
+        raise InvalidRequest("consistent must be a boolean")
+    key = validate_key(_str_param(params, "key"))
+    return await conn.app[KV].get(key, consistent=consistent)
+
+
+async def _kv_set(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    key = _str_param(params, "key")
+    fields = {k: v for k, v in params.items() if k != "key"}
+    kv = conn.app[KV]
+    args = parse_set(
+        key,
+        fields,
+        now=kv.clock(),
+        max_value_bytes=conn.app[CONFIG].max_value_bytes,
+        allowed=SET_FIELDS,
+        what="params",
+    )
+    return await kv.set(args)
+
+
+async def _kv_delete(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    key = _str_param(params, "key")
+    args = parse_delete(key, {k: v for k, v in params.items() if k != "key"})
+    return await conn.app[KV].delete(args)
+
+
+async def _kv_list(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    _fields(params, {"prefix", "limit", "cursor", "consistent"})
+    prefix = validate_prefix(_str_param(params, "prefix"))
+    limit = opt_int(params, "limit", lo=1, hi=1000) or 100
+    cursor = params.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise InvalidRequest("cursor must be a string")
+    consistent = params.get("consistent", False)
+    if not isinstance(consistent, bool):
+        raise InvalidRequest("consistent must be a boolean")
+    return await conn.app[KV].list(prefix, limit, cursor or None, consistent=consistent)
+
+
+async def _watch_subscribe(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    _fields(params, {"prefix", "key", "sinceRevision"})
+    since = opt_int(params, "sinceRevision")
+    if ("prefix" in params) == ("key" in params):
+        raise InvalidRequest("give exactly one of prefix or key")
+    if "key" in params:
+        key: str | None = validate_key(_str_param(params, "key"))
+        prefix = key
+    else:
+        key, prefix = None, validate_prefix(_str_param(params, "prefix"))
+    if len(conn.subs) >= MAX_SUBSCRIPTIONS:
+        raise InvalidRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+    assert prefix is not None
+    sub, revision = await conn.app[HUB].subscribe(conn, prefix=prefix, key=key, since=since)
+    conn.subs[sub.id] = sub
+    return _Started({"subscriptionId": sub.id, "revision": revision}, sub)
+
+
+async def _watch_unsubscribe(conn: StreamConnection, params: dict[str, Any]) -> Any:
+    _fields(params, {"subscriptionId"})
+    sub_id = params.get("subscriptionId")
+    sub = None
+    if isinstance(sub_id, int) and not isinstance(sub_id, bool):
+        sub = conn.subs.pop(sub_id, None)
+    if sub is None:
+        raise NotFound("no such subscription on this connection")
+    conn.app[HUB].unsubscribe(sub)
+    return True
+
+
+METHODS: dict[str, tuple[Method, bool]] = {  # name -> (method, allowed to the agent key)
+    "kv/get": (_kv_get, True),
+    "kv/set": (_kv_set, False),
+    "kv/delete": (_kv_delete, False),
+    "kv/list": (_kv_list, True),
+    "watch/subscribe": (_watch_subscribe, True),
+    "watch/unsubscribe": (_watch_unsubscribe, True),
+}
+
+
+async def stream_handler(request: web.Request) -> web.WebSocketResponse:
+    """GET /stream: authenticated by the middleware before the upgrade."""
+    cfg = request.app[CONFIG]
+    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, heartbeat=30.0)
+    await ws.prepare(request)
+    conn = StreamConnection(request, ws, request[ACCESS])
+    streams = request.app[STREAMS]
+    streams.add(conn)
+    try:
+        await conn.run()
+    finally:
+        streams.discard(conn)
+    return ws

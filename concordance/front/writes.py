@@ -1,0 +1,124 @@
+"""Proposing a write and waiting for its applied result: the front's half of the write path.
+
+Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
+
+* Each write becomes one :class:`~concordance.commands.Command` carrying this
+  node's id and a request id unique in this process (a counter from a random
+  62-bit start, so a restarted front never reuses a live id).
+* A waiter for the request id is registered BEFORE proposing: on a single
+  node the result can be published before ``propose`` even returns.
+* Storage publishes the outcome on the ``results`` topic once the entry is
+  applied on THIS node, so answering then gives read-your-writes here.
+* ``Unavailable`` from consensus means certainly not appended: 503. An
+  ``IpcError`` from propose means the outcome is unknown: keep waiting for the
+  result. No result by the deadline: ``504 timeout`` (outcome unknown).
+* Results for other origins, unknown or late ids are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from concordance import wire
+from concordance.commands import Command, Op
+from concordance.errors import ConcordanceError, IpcError, Timeout, from_code
+from concordance.front.clients import ConsensusClient
+
+__all__ = ["Proposer"]
+
+log = logging.getLogger(__name__)
+
+_Outcome = tuple[bool, Any]
+
+
+class Proposer:
+    """Proposes commands and resolves them from the ``results`` events.
+
+    Args:
+        node_id: this node's id, the ``origin`` of every command.
+        consensus: where to propose.
+        timeout_ms: how long a write may wait for its result.
+        clock: epoch milliseconds (the command timestamp).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        consensus: ConsensusClient,
+        timeout_ms: int,
+        clock: Callable[[], int],
+    ) -> None:
+        self._node_id = node_id
+        self._consensus = consensus
+        self._timeout = timeout_ms / 1000
+        self._clock = clock
+        self._ids = itertools.count(secrets.randbits(62))
+        self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiters)
+
+    def command(self, op: Op) -> Command:
+        """A command for ``op`` with a fresh request id and the current time."""
+        return Command(self._node_id, next(self._ids), self._clock(), op)
+
+    async def submit(self, op: Op) -> Any:
+        """Propose ``op`` and return its result (values still as stored JSON text).
+
+        Raises:
+            ConcordanceError: the applied command's error (``VersionConflict``,
+                ``NotFound``, ...), ``Unavailable`` (not appended) or ``Timeout``.
+        """
+        cmd = self.command(op)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Outcome] = loop.create_future()
+        self._waiters[cmd.request_id] = future
+        deadline = loop.time() + self._timeout
+        try:
+            try:
+                await self._consensus.propose([cmd.encode()], self._timeout)
+            except IpcError as e:
+                log.debug("request %d: propose outcome unknown (%s); waiting", cmd.request_id, e)
+            left = deadline - loop.time()
+            try:
+                async with asyncio.timeout(max(left, 0)):
+                    ok, payload = await future
+            except TimeoutError:
+                raise Timeout(
+                    "no result before the deadline: the write may or may not have been applied"
+                ) from None
+        finally:
+            self._waiters.pop(cmd.request_id, None)
+        if ok:
+            return payload
+        raise _error_of(payload)
+
+    def deliver(self, results: wire.Results) -> None:
+        """Resolve the waiters named in a ``results`` event (called by the event pump)."""
+        if results.origin != self._node_id:
+            return
+        for item in results.items:
+            request_id, ok, payload = item
+            future = self._waiters.get(request_id)
+            if future is not None and not future.done():
+                future.set_result((bool(ok), payload))
+
+    def fail_all(self, error: ConcordanceError) -> None:
+        """Fail every pending write (shutdown)."""
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _error_of(payload: Any) -> ConcordanceError:
+    if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
+        return ConcordanceError(f"malformed error result: {payload!r:.80}")
+    extra = {k: v for k, v in payload.items() if k not in ("code", "message")}
+    message = payload.get("message")
+    return from_code(payload["code"], message if isinstance(message, str) else "", **extra)

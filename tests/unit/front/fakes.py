@@ -1,0 +1,285 @@
+"""In-memory stand-ins for the consensus and storage roles, around a real StateMachine.
+
+A proposal is "committed" at once: the fake consensus applies it to a real
+``StateMachine`` (so versions, CAS, batches and change history behave as in
+production) and publishes results and change batches on a fake events source,
+through the real wire codec so shapes are exactly what the front receives.
+Knobs let tests refuse proposals, swallow them, hold them, drop published
+batches (gaps) or take storage down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from concordance import wire
+from concordance.config import NodeConfig, Secrets
+from concordance.errors import IpcError, Unavailable
+from concordance.front.app import make_app, static_clients
+from concordance.front.clients import Clients, RaftOutHandler
+from concordance.storage.fsm import StateMachine
+
+FULL = "full-key"
+AGENT = "agent-key"
+PEER = "cluster-key"
+ENC_KEY = ("kid1", bytes(range(32)))
+OLD_KEY = ("kid0", bytes(range(100, 132)))
+T0 = 1_764_230_400_000
+
+
+def roundtrip(type_name: str, body: wire.Body) -> wire.Body:
+    env = wire.decode_envelope(wire.encode_envelope(wire.Envelope(type_name, 1, body)))
+    return env.body
+
+
+class FakeClock:
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Knobs:
+    unavailable: int = 0  # refuse this many proposals with Unavailable
+    unknown: bool = False  # propose raises IpcError (outcome unknown), but applies
+    swallow: bool = False  # accept proposals but never apply them (no result: 504)
+    hold: bool = False  # queue proposals; apply with FakeNode.release()
+    drop_batches: int = 0  # do not publish this many change batches (gaps)
+    storage_down: bool = False
+    leader: str | None = "n1"
+    lag: int = 0  # storage reports applied = commit - lag
+    read_index_calls: int = 0
+    proposed: list[bytes] = field(default_factory=list)
+    conf_changes: list[tuple[str, str, str]] = field(default_factory=list)
+    transfers: list[str] = field(default_factory=list)
+    raft_in: list[bytes] = field(default_factory=list)
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[wire.ChangeBatch | wire.Results] = asyncio.Queue()
+
+    async def recv(self) -> wire.ChangeBatch | wire.Results:
+        return await self.queue.get()
+
+
+class FakeNode:
+    """Consensus + storage + events of one node over one StateMachine."""
+
+    def __init__(self, path: Path, retention: int = 100_000) -> None:
+        self.sm = StateMachine(path / "state.db", retention=retention)
+        self.knobs = Knobs()
+        self.events = FakeEvents()
+        self.index = 0
+        self.held: list[bytes] = []
+        self.raft_out: RaftOutHandler | None = None
+        self.members = [wire.MemberStatus("n1", "127.0.0.1:1", True, 0)]
+        self.consensus = FakeConsensus(self)
+        self.storage = FakeStorage(self)
+
+    def clients(self) -> Clients:
+        return Clients(self.consensus, self.storage, self.events)
+
+    def apply(self, data: bytes, publish: bool = True) -> None:
+        self.index += 1
+        for applied in self.sm.apply([(self.index, 1, data)]):
+            if applied.events:
+                batch = wire.ChangeBatch(tuple(applied.events), self.sm.revision)
+                if self.knobs.drop_batches > 0:
+                    self.knobs.drop_batches -= 1
+                elif publish:
+                    self.events.queue.put_nowait(roundtrip("change_batch", batch))  # type: ignore[arg-type]
+            outcome = applied.result if applied.error is None else applied.error
+            item = (applied.request_id, applied.error is None, outcome)
+            results = wire.Results(applied.origin, (item,))
+            self.events.queue.put_nowait(roundtrip("results", results))  # type: ignore[arg-type]
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for data in held:
+            self.apply(data)
+
+    def close(self) -> None:
+        self.sm.close()
+
+
+class FakeConsensus:
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+
+    async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+        k = self.node.knobs
+        if k.unavailable > 0:
+            k.unavailable -= 1
+            raise Unavailable("no leader")
+        for data in commands:
+            k.proposed.append(data)
+            if k.swallow:
+                continue
+            if k.hold:
+                self.node.held.append(data)
+            else:
+                self.node.apply(data)
+        if k.unknown:
+            raise IpcError("lost the reply")
+        return self.node.index
+
+    async def read_index(self, timeout: float) -> int:
+        self.node.knobs.read_index_calls += 1
+        if self.node.knobs.leader is None:
+            raise Unavailable("no leader")
+        return self.node.index
+
+    async def status(self, timeout: float) -> wire.StatusOk:
+        n = self.node
+        return wire.StatusOk("n1", "leader", 3, n.knobs.leader, n.index, n.index, tuple(n.members))
+
+    async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
+        self.node.knobs.conf_changes.append((op, node_id, address))
+        others = [m for m in self.node.members if m.node_id != node_id]
+        if op != "remove":
+            others.append(wire.MemberStatus(node_id, address, op == "add_voter", 0))
+        self.node.members = others
+
+    async def transfer(self, to: str, timeout: float) -> None:
+        self.node.knobs.transfers.append(to)
+
+    async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk:
+        return wire.SnapshotNowOk(self.node.index, 1, 4096)
+
+    async def raft_in(self, frames: Sequence[bytes]) -> None:
+        self.node.knobs.raft_in.extend(frames)
+
+    def on_raft_out(self, handler: RaftOutHandler) -> None:
+        self.node.raft_out = handler
+
+
+class FakeStorage:
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+        self.changes_calls: list[tuple[str, int, int]] = []
+
+    def _up(self) -> StateMachine:
+        if self.node.knobs.storage_down:
+            raise Unavailable("storage is down")
+        return self.node.sm
+
+    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None:
+        got = roundtrip("get_ok", wire.GetOk(self._up().get(key, now)))
+        assert isinstance(got, wire.GetOk)
+        return got.entry
+
+    async def list(
+        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+    ) -> wire.ListOk:
+        page = self._up().list(prefix, limit, cursor, now)
+        body = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
+        return roundtrip("list_ok", body)  # type: ignore[return-value]
+
+    async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:
+        self.changes_calls.append((prefix, since, limit))
+        page = self._up().changes(prefix, since, limit)
+        return roundtrip("changes_ok", wire.ChangesOk(tuple(page["changes"]), page["revision"]))  # type: ignore[return-value]
+
+    async def wait_applied(self, index: int, timeout: float) -> int:
+        return self._up().applied_index - self.node.knobs.lag
+
+    async def backup(self, path: str, timeout: float) -> wire.BackupOk:
+        sm = self._up()
+        sm.snapshot_to(path)
+        return wire.BackupOk(path, Path(path).stat().st_size, sm.applied_index)
+
+    async def status(self, timeout: float) -> wire.StorageStatusOk:
+        sm = self._up()
+        return wire.StorageStatusOk(sm.applied_index - self.node.knobs.lag, 1, sm.revision)
+
+
+def make_config(path: Path, **overrides: Any) -> NodeConfig:
+    secrets = overrides.pop(
+        "secrets",
+        Secrets(api_key=FULL, agent_key=AGENT, cluster_key=PEER, encryption_keys=(ENC_KEY,)),
+    )
+    base: dict[str, Any] = {
+        "node_id": "n1",
+        "listen": "127.0.0.1:1",
+        "data_dir": str(path),
+        "request_timeout_ms": 2000,
+        "max_value_bytes": 1024,
+    }
+    base.update(overrides)
+    return NodeConfig(secrets=secrets, **base)
+
+
+def no_supervisor(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
+    raise ImportError("no supervisor in unit tests")
+
+
+@dataclass
+class Harness:
+    client: TestClient[web.Request, web.Application]
+    node: FakeNode
+    clock: FakeClock
+    app: web.Application
+
+    async def call(
+        self, method: str, path: str, *, key: str | None = FULL, **kwargs: Any
+    ) -> tuple[int, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        async with self.client.request(method, path, headers=headers, **kwargs) as resp:
+            body = await resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+            if ctype.startswith("application/json"):
+                return resp.status, json.loads(body)
+            return resp.status, body
+
+    async def put(self, key: str, value: Any, **fields: Any) -> tuple[int, Any]:
+        return await self.call("PUT", f"/api/v1/kv/{key}", json={"value": value, **fields})
+
+    async def put_later(self, key: str, value: Any) -> asyncio.Task[tuple[int, Any]]:
+        """Start a PUT and let it reach consensus (for use with ``knobs.hold``)."""
+        before = len(self.node.knobs.proposed)
+        task = asyncio.ensure_future(self.put(key, value))
+        for _ in range(200):
+            if len(self.node.knobs.proposed) > before:
+                break
+            await asyncio.sleep(0.001)
+        return task
+
+    async def settle(self) -> None:
+        """Let the event pump and watch tasks run until nothing is left to do."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if self.node.events.queue.empty():
+                break
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    role_states = overrides.pop("role_states", no_supervisor)
+    retention = overrides.pop("retention", 100_000)
+    node = FakeNode(path, retention=retention)
+    clock = FakeClock()
+    cfg = make_config(path, **overrides)
+    app = make_app(cfg, static_clients(node.clients()), clock=clock, role_states=role_states)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            yield Harness(client, node, clock, app)
+    finally:
+        node.close()
+        shutil.rmtree(path / "backups", ignore_errors=True)

@@ -1,0 +1,189 @@
+"""The real role clients (``ipc_clients``) against in-test consensus/storage servers over ZeroMQ.
+
+One front app, wired exactly as ``procs/front.py`` wires it, talks to a tiny
+consensus and storage served from this process over real abstract-namespace
+ipc sockets: writes go through ``propose`` and come back on the events PUB,
+reads through the storage socket, peer frames through ``raft_in``/``raft_out``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from concordance import ipc, wire
+from concordance.errors import NotLeader, Unavailable
+from concordance.front.app import make_app
+from concordance.front.appkeys import HUB
+from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
+from concordance.storage.fsm import StateMachine
+from tests.unit.front.fakes import FULL, make_config, no_supervisor
+
+
+class MiniNode:
+    """Consensus and storage roles in one object: commits every proposal at once."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.sm = StateMachine(Path(data_dir) / "state.db")
+        self.index = 0
+        self.refuse = 0
+        self.raft_in: list[bytes] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        ctx = ipc.context()
+        self.consensus = await ipc.RpcServer.open(ctx, ipc.endpoint(self.data_dir, "consensus"))
+        self.storage = await ipc.RpcServer.open(ctx, ipc.endpoint(self.data_dir, "storage"))
+        self.events = await ipc.Publisher.open(ctx, ipc.endpoint(self.data_dir, "events"))
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(self._serve_consensus()),
+            loop.create_task(self._serve_storage()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for sock in (self.consensus, self.storage, self.events):
+            await sock.close()
+        self.sm.close()
+
+    async def _serve_consensus(self) -> None:
+        while True:
+            peer, req = await self.consensus.recv()
+            body = req.body
+            if isinstance(body, wire.RaftIn):
+                self.raft_in.extend(body.frames)
+            elif isinstance(body, wire.Propose):
+                if self.refuse:
+                    self.refuse -= 1
+                    await self.consensus.reply(peer, req, NotLeader(None))
+                    continue
+                await self.consensus.reply(
+                    peer, req, wire.Proposed(self.index + len(body.commands))
+                )
+                for data in body.commands:
+                    await self._apply(data)
+            elif isinstance(body, wire.Status):
+                st = wire.StatusOk("n1", "leader", 2, "n1", self.index, self.index, ())
+                await self.consensus.reply(peer, req, st)
+            elif isinstance(body, wire.ReadIndex):
+                await self.consensus.reply(peer, req, wire.ReadIndexOk(self.index))
+
+    async def _apply(self, data: bytes) -> None:
+        self.index += 1
+        for applied in self.sm.apply([(self.index, 1, data)]):
+            if applied.events:
+                batch = wire.ChangeBatch(tuple(applied.events), self.sm.revision)
+                await self.events.publish("change_batch", batch)
+            outcome = applied.result if applied.error is None else applied.error
+            item = (applied.request_id, applied.error is None, outcome)
+            await self.events.publish("results", wire.Results(applied.origin, (item,)))
+
+    async def _serve_storage(self) -> None:
+        while True:
+            peer, req = await self.storage.recv()
+            body: Any = req.body
+            reply: wire.Body
+            if isinstance(body, wire.Get):
+                reply = wire.GetOk(self.sm.get(body.key, body.now))
+            elif isinstance(body, wire.Changes):
+                page = self.sm.changes(body.prefix, body.since, body.limit)
+                reply = wire.ChangesOk(tuple(page["changes"]), page["revision"])
+            elif isinstance(body, wire.WaitApplied):
+                reply = wire.WaitAppliedOk(self.sm.applied_index)
+            elif isinstance(body, wire.StorageStatus):
+                reply = wire.StorageStatusOk(self.sm.applied_index, 1, self.sm.revision)
+            else:
+                continue
+            await self.storage.reply(peer, req, reply)
+
+    async def announce(self, hub: Any) -> None:
+        """Publish until the front's SUB is connected (PUB/SUB slow joiner)."""
+        for _ in range(500):
+            await self.events.publish("change_batch", wire.ChangeBatch((), self.sm.revision))
+            await asyncio.sleep(0.002)
+            if hub.last is not None:
+                return
+        raise AssertionError("the front never subscribed")
+
+
+@contextlib.asynccontextmanager
+async def mini_front() -> AsyncIterator[tuple[TestClient[Any, Any], MiniNode]]:
+    with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
+        node = MiniNode(data_dir)
+        await node.start()
+        cfg = make_config(Path(data_dir))
+        app = make_app(cfg, lambda: connect(data_dir), role_states=no_supervisor)
+        try:
+            async with TestClient(TestServer(app)) as client:
+                await node.announce(app[HUB])
+                yield client, node
+        finally:
+            await node.stop()
+            ipc.context().destroy(linger=0)
+
+
+AUTH = {"Authorization": f"Bearer {FULL}"}
+
+
+def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
+    async def main() -> None:
+        async with mini_front() as (client, node):
+            ws = await client.ws_connect("/stream", headers=AUTH)
+            await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe",
+                                "params": {"prefix": "tenant:a/"}})  # fmt: skip
+            assert (await ws.receive_json(timeout=5))["result"]["revision"] == 0
+            node.refuse = 1  # one "unavailable" is retried by the client
+            async with client.put("/api/v1/kv/tenant:a/x", json={"value": [1]}, headers=AUTH) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["version"] == 1
+            async with client.get("/api/v1/kv/tenant:a/x?consistent=true", headers=AUTH) as r:
+                assert (await r.json())["value"] == [1]
+            note = await ws.receive_json(timeout=5)
+            assert note["method"] == "watch/change"
+            assert note["params"]["events"][0]["value"] == [1]
+            async with client.get("/api/v1/changes?prefix=tenant:a/", headers=AUTH) as r:
+                assert [c["key"] for c in (await r.json())["changes"]] == ["tenant:a/x"]
+            await ws.close()
+
+            raft = await client.ws_connect("/raft", headers={"Authorization": "Bearer cluster-key"})
+            await raft.send_bytes(b"frame")
+            for _ in range(500):
+                if node.raft_in:
+                    break
+                await asyncio.sleep(0.002)
+            assert node.raft_in == [b"frame"]
+            await raft.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_roles_that_do_not_answer_are_unavailable() -> None:
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
+            ctx = ipc.context()
+            consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
+            try:
+                with pytest.raises(Unavailable):
+                    await storage.get("tenant:a/x", 0, 0.1)
+                with pytest.raises(Unavailable):
+                    await consensus.status(0.1)
+                with pytest.raises(Unavailable):  # certainly not sent: a 503, not a 504
+                    await consensus.propose([b"x"], 0.1)
+            finally:
+                await consensus.close()
+                await storage.close()
+                ctx.destroy(linger=0)
+
+    asyncio.run(main())

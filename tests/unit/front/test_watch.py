@@ -1,0 +1,301 @@
+"""The watch fan-out alone: order, replay, gap repair, duplicates, slow consumers, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from concordance import wire
+from concordance.commands import Command, Delete, Set
+from concordance.crypto import Cipher
+from concordance.front.codec import Renderer
+from concordance.front.watch import Subscription, WatchHub
+from tests.unit.front.fakes import ENC_KEY, FakeNode
+
+
+class ListSink:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self.notes: list[tuple[int, list[dict[str, Any]]]] = []
+        self.cancels: list[tuple[int, str]] = []
+
+    def notify(self, subscription_id: int, events: list[dict[str, Any]]) -> bool:
+        if len(self.notes) >= self.capacity:
+            return False
+        self.notes.append((subscription_id, events))
+        return True
+
+    def cancelled(self, subscription_id: int, reason: str) -> None:
+        self.cancels.append((subscription_id, reason))
+
+    def events(self, sub: Subscription | None = None) -> list[dict[str, Any]]:
+        return [e for sid, evs in self.notes if sub is None or sid == sub.id for e in evs]
+
+    def revisions(self, sub: Subscription | None = None) -> list[int]:
+        return [e["revision"] for e in self.events(sub)]
+
+
+class World:
+    def __init__(self, tmp_path: Path, retention: int = 100_000, **hub_kw: Any) -> None:
+        self.node = FakeNode(tmp_path, retention=retention)
+        self.hub = WatchHub(self.node.storage, Renderer(Cipher((ENC_KEY,))), **hub_kw)
+        self.request_id = 0
+
+    def write(self, key: str, value: bytes = b"1", delete: bool = False) -> None:
+        self.request_id += 1
+        op = Delete(key) if delete else Set(key, value)
+        self.node.apply(Command("n1", self.request_id, 0, op).encode())
+
+    def batches(self) -> list[wire.ChangeBatch]:
+        out = []
+        while not self.node.events.queue.empty():
+            event = self.node.events.queue.get_nowait()
+            if isinstance(event, wire.ChangeBatch):
+                out.append(event)
+        return out
+
+    def pump(self) -> None:
+        for batch in self.batches():
+            self.hub.publish(batch)
+
+    async def subscribe(
+        self,
+        sink: ListSink,
+        prefix: str = "tenant:a/",
+        key: str | None = None,
+        since: int | None = None,
+    ) -> Subscription:
+        sub, _ = await self.hub.subscribe(sink, prefix=key or prefix, key=key, since=since)
+        sub.start()
+        return sub
+
+
+async def settle(rounds: int = 30) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]], **kw: Any) -> None:
+    async def main() -> None:
+        world = World(tmp_path, **kw)
+        try:
+            await scenario(world)
+        finally:
+            await world.hub.close()
+            world.node.close()
+
+    asyncio.run(main())
+
+
+def test_live_events_in_order_and_isolated_by_tenant_and_key(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        mine = await w.subscribe(sink)
+        only = await w.subscribe(sink, key="tenant:a/only")
+        w.write("tenant:b/secret")
+        w.write("tenant:a/other", b'"x"')
+        w.write("tenant:a/only", b"2")
+        w.write("tenant:a/only2", b"3")  # a key watch is exact, not a prefix
+        w.write("tenant:a/other", delete=True)
+        w.pump()
+        await settle()
+        assert [e["key"] for e in sink.events(mine)] == [
+            "tenant:a/other", "tenant:a/only", "tenant:a/only2", "tenant:a/other",
+        ]  # fmt: skip
+        assert sink.revisions(mine) == [2, 3, 4, 5]
+        assert [e["key"] for e in sink.events(only)] == ["tenant:a/only"]
+        assert sink.events(mine)[0]["value"] == "x" and "value" not in sink.events(mine)[-1]
+        assert all(not e["key"].startswith("tenant:b/") for e in sink.events())
+
+    run(tmp_path, scenario)
+
+
+def test_a_gap_is_repaired_from_storage_never_skipped(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.node.knobs.drop_batches = 2
+        w.write("tenant:a/2")
+        w.write("tenant:b/3")
+        w.write("tenant:a/4")
+        w.pump()
+        await settle()
+        assert sink.revisions(sub) == [1, 2, 4]
+        assert w.node.storage.changes_calls == [("tenant:a/", 1, w.hub.page)]
+
+    run(tmp_path, scenario)
+
+
+def test_duplicates_and_stale_batches_are_dropped(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.write("tenant:a/2")
+        batches = w.batches()
+        for batch in [*batches, *batches, batches[0]]:
+            w.hub.publish(batch)
+        await settle()
+        assert sink.revisions(sub) == [1, 2]
+
+    run(tmp_path, scenario)
+
+
+def test_replay_since_then_live_without_gap_or_duplicate(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        for i in range(7):
+            w.write(f"tenant:a/k{i % 3}", str(i).encode())
+        early = w.batches()
+        sink = ListSink()
+        sub, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=2)
+        assert revision == 7
+        for batch in early[4:]:  # live batches that the replay also covers, buffered
+            w.hub.publish(batch)
+        w.write("tenant:a/live")
+        w.write("tenant:a/live2")
+        w.pump()
+        sub.start()
+        await settle()
+        assert sink.revisions(sub) == [3, 4, 5, 6, 7, 8, 9]
+        assert len(w.node.storage.changes_calls) >= 3  # paged by 2
+        assert [e["value"] for e in sink.events(sub)][:5] == [2, 3, 4, 5, 6]
+
+    run(tmp_path, scenario, page=2)
+
+
+def test_live_subscription_starts_at_the_current_revision(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        w.write("tenant:a/old")
+        sink = ListSink()
+        sub, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        assert revision == 1
+        w.pump()  # the old write's batch arrives late: not delivered
+        w.write("tenant:a/new")
+        w.pump()
+        sub.start()
+        await settle()
+        assert sink.revisions(sub) == [2]
+        assert w.node.storage.changes_calls == []
+
+    run(tmp_path, scenario)
+
+
+def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        other = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.pump()
+        await settle()
+        w.hub.unsubscribe(sub)
+        assert w.hub.watchers == 1
+        w.write("tenant:a/2")
+        w.pump()
+        await settle()
+        assert sink.revisions(sub) == [1] and sink.revisions(other) == [1, 2]
+        assert sink.cancels == []
+
+    run(tmp_path, scenario)
+
+
+def test_slow_consumer_is_cancelled(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink(capacity=2)
+        sub = await w.subscribe(sink)
+        for i in range(4):
+            w.write(f"tenant:a/{i}")
+        w.pump()
+        await settle()
+        assert sink.revisions(sub) == [1, 2]
+        assert sink.cancels == [(sub.id, "slow_consumer")]
+        assert w.hub.watchers == 0
+
+    run(tmp_path, scenario)
+
+
+def test_replay_into_compacted_history_is_cancelled(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        for i in range(40):
+            w.write(f"tenant:a/{i % 2}")
+        w.batches()
+        sink = ListSink()
+        sub = await w.subscribe(sink, since=0)
+        await settle()
+        assert sink.cancels == [(sub.id, "compacted")] and sink.notes == []
+        assert w.hub.watchers == 0
+
+    run(tmp_path, scenario, retention=16)
+
+
+def test_an_overflowing_inbox_is_repaired_from_storage(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub, _ = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        for i in range(6):
+            w.write(f"tenant:a/{i}")
+        w.pump()  # 6 batches into an inbox of 2, before the task runs
+        sub.start()
+        await settle()
+        assert sink.revisions(sub) == [1, 2, 3, 4, 5, 6]
+
+    run(tmp_path, scenario, inbox_limit=2)
+
+
+def test_storage_down_during_repair_delays_but_loses_nothing(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        w.node.knobs.drop_batches = 1
+        w.write("tenant:a/1")
+        w.write("tenant:a/2")
+        w.node.knobs.storage_down = True
+        w.pump()
+        await settle()
+        assert sink.notes == []
+        w.node.knobs.storage_down = False
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if sink.notes:
+                break
+        assert sink.revisions(sub) == [1, 2]
+
+    run(tmp_path, scenario)
+
+
+def test_values_are_decrypted_in_events(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        cipher = Cipher((ENC_KEY,))
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        key = "tenant:a/credentials/x"
+        w.write(key, cipher.seal(key, b'{"t":"s"}'))
+        w.node.knobs.drop_batches = 1
+        w.write(key, cipher.seal(key, b'{"t":"s2"}'))
+        w.write("tenant:a/y")
+        w.pump()
+        await settle()
+        assert [e.get("value") for e in sink.events(sub)] == [{"t": "s"}, {"t": "s2"}, 1]
+
+    run(tmp_path, scenario)
+
+
+def test_long_poll_waiter_wakes_only_for_its_prefix(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        w.write("tenant:a/1")
+        w.pump()
+        with w.hub.waiter("tenant:a/", 1) as waiter:
+            w.write("tenant:b/1")
+            w.pump()
+            assert not waiter.event.is_set()
+            w.write("tenant:a/2")
+            w.pump()
+            assert await waiter.wait(1)
+            w.hub.wake_all()
+            assert not await waiter.wait(1)
+        assert not w.hub._waiters
+
+    run(tmp_path, scenario)
