@@ -91,7 +91,8 @@ class RoleState:
 
     @property
     def up(self) -> bool:
-        return self.state == "RUNNING"
+        # STARTING = spawned and alive, not yet past startsecs: it is serving.
+        return self.state in ("RUNNING", "STARTING") and self.pid is not None
 
 
 class Control:
@@ -156,7 +157,7 @@ def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
     for role in ROLES:
         state = states.get(role)
         result[role] = {
-            "pid": state.pid if state and state.up else None,
+            "pid": state.pid if state is not None and state.up else None,
             "up": bool(state and state.up),
             "restarts": restarts(cfg.data, role),
         }
