@@ -100,19 +100,22 @@ class Control:
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = data_dir
-        socket = supervisor_socket(data_dir)
-        transport = SupervisorTransport(None, None, f"unix://{socket}")
-        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        self._url = f"unix://{supervisor_socket(data_dir)}"
 
     def _call(self, method: str, *args: Any) -> Any:
+        # A transport per call, closed after it: nothing stays open between calls.
+        transport = SupervisorTransport(None, None, self._url)
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         try:
-            return getattr(self._proxy.supervisor, method)(*args)
+            return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault as e:
             raise RuntimeError(e.faultString) from e
         except OSError as e:
             raise SupervisorUnavailable(
                 f"no supervisor answers for {self.data_dir} (is the node running?)"
             ) from e
+        finally:
+            transport.close()
 
     def states(self) -> dict[str, RoleState]:
         infos = cast(list[dict[str, Any]], self._call("getAllProcessInfo"))

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,7 @@ class Node:
         timeout: float = 15.0,
     ) -> Response:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        path = urllib.parse.quote(path, safe="/:?=&%@+,;")  # non-ASCII keys are percent-encoded
         req = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         if auth:
             req.add_header("Authorization", f"Bearer {auth}")
