@@ -92,16 +92,19 @@ class ApplyStream:
         """Storage is up and at ``applied_index`` (PROTOCOL.md ``hello``)."""
         self._connected = True
         now = self._clock()
+        restore_failed = False
         if self._restoring is not None:
             index, at = self._restoring
             if applied_index < index and now - at < RESTORE_RETRY:
                 return  # still restoring; its periodic hello must not restart the restore
+            restore_failed = applied_index < index
             self._restoring = None
         previous = self.acked
         self.acked = applied_index  # hello and applied share one ordered pipe: hello is current
         self._ack_inflight()
         stale = bool(self._inflight) and now - self._inflight[0][1] >= STALL
-        if previous is None or applied_index < previous or stale or self.sent < applied_index:
+        behind = previous is None or applied_index < previous or restore_failed
+        if behind or stale or self.sent < applied_index:
             self._rewind(applied_index)
         self._trim_buffer()
 

@@ -62,6 +62,7 @@ FRONT = b"front"
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
+FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
 
 
 def boot_membership(cfg: NodeConfig) -> Membership:
@@ -163,9 +164,25 @@ class ConsensusDriver:
             for task in (receiver, ticker):
                 task.cancel()
             await asyncio.gather(receiver, ticker, return_exceptions=True)
+            await self._refuse_pending()
             await self.close()
         if self._fatal is not None:
             raise self._fatal
+
+    async def _refuse_pending(self) -> None:
+        """Answer parked and queued requests ``unavailable`` rather than let them time out."""
+        stopping = Unavailable("consensus is stopping")
+        parked = self.reads.pop_all() + self.snapshots.waiters.pop_all()
+        queued = [(peer, env) for peer, env in self._inbox if env.type in wire.REPLIES]
+        self._inbox.clear()
+        refused = [(w.peer, w.request) for w in parked] + queued
+        for peer, env in refused:
+            await self.server.reply(peer, env, stopping)
+        if refused:
+            # Sockets close with linger=0 (PROTOCOL.md §5), which would discard these
+            # answers still queued for the I/O thread: give it a moment. Best effort;
+            # an asker that misses it times out, as it would anyway.
+            await asyncio.sleep(FLUSH_BEFORE_CLOSE)
 
     async def close(self) -> None:
         """Close the socket and raft.db (idempotent; :meth:`run` calls it)."""

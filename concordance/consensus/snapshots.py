@@ -8,9 +8,10 @@ owns the log, so only consensus may compact. The handshake:
    ``ASK_TIMEOUT`` if storage never answered (it restarted);
 2. storage answers ``snapshot_taken {index, term, path}``: the file is now
    ours (``FileSnapshotStore.save_from_file`` moves it);
-3. the core checks the index (<= what it handed out, inside the log) and
-   gives the metadata; the term must match the log's, else the file belongs
-   to some other history and is deleted;
+3. the index must be newer than the latest snapshot (else the file is
+   dropped and the latest one reported), an entry the core handed out, and
+   the term the log's there (else the file belongs to some other history and
+   is deleted); only then does the core hand out the metadata;
 4. the file is made durable and recorded in raft.db, only then is the log
    compacted, to ``index - snapshot_trailing`` (entries kept for slow
    followers), and the core told; the two newest snapshot files are kept.
@@ -30,6 +31,7 @@ from concordance.consensus.disk import RaftDisk
 from concordance.consensus.waiters import Waiters
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.raft.core import RaftCore
+from concordance.raft.stores import LogCompacted, LogUnavailable
 from concordance.wire import Body, Envelope, SnapshotNowOk, SnapshotTaken, TakeSnapshot
 
 __all__ = ["SnapshotCoordinator"]
@@ -37,6 +39,7 @@ __all__ = ["SnapshotCoordinator"]
 log = logging.getLogger("concordance.consensus")
 
 ASK_TIMEOUT = 60.0  # seconds: storage restarted without answering take_snapshot
+RETRY_AFTER_DISCARD = 5.0  # seconds: do not ask again at once for what was just refused
 
 Send = Callable[[str, Body], Awaitable[None]]
 Reply = Callable[[bytes, Envelope, Body | ConcordanceError], Awaitable[None]]
@@ -64,6 +67,7 @@ class SnapshotCoordinator:
         recorded = disk.initial_snapshot
         self.last_index = max(latest.index if latest else 0, recorded.index if recorded else 0)
         self._asked_at: float | None = None
+        self._retry_at = 0.0  # no periodic request before this (after a discarded snapshot)
         self.waiters = Waiters()
         self.taken = 0
 
@@ -73,7 +77,9 @@ class SnapshotCoordinator:
 
     async def maybe_ask(self, applied: int | None) -> None:
         """Ask for a snapshot if storage applied ``snapshot_every`` entries since the last."""
-        if applied is not None and applied - self.last_index >= self._every and not self.asking:
+        if applied is None or applied - self.last_index < self._every or self.asking:
+            return
+        if self._clock() >= self._retry_at:
             await self._ask()
 
     async def snapshot_now(self, peer: bytes, request: Envelope) -> None:
@@ -93,15 +99,34 @@ class SnapshotCoordinator:
         return True
 
     async def adopt(self, core: RaftCore, body: SnapshotTaken) -> None:
-        """Storage wrote a snapshot at ``body.path``: keep it, compact, answer waiters."""
+        """Storage wrote a snapshot at ``body.path``: keep it, compact, answer waiters.
+
+        Everything is checked before ``core.snapshot_taken``: once the core has
+        the metadata it may start sending that snapshot to a follower, so its
+        file must be the one we then adopt.
+        """
         self._asked_at = None
+        latest = self._disk.latest_snapshot()
+        if latest is not None and body.index <= latest.index:
+            self._drop_file(body, f"snapshot {latest.index} is at least as new")
+            size = self._disk.snapshot_path(latest).stat().st_size
+            await self._answer(SnapshotNowOk(latest.index, latest.term, size))
+            return
+        try:
+            term = core.log.term(body.index)
+        except (LogCompacted, LogUnavailable):
+            term = -1
+        if body.index > core.log.applied or term != body.term:
+            why = (
+                f"({body.index}, term {body.term}) is not an applied entry of this log"
+                f" (applied {core.log.applied}, term there {term})"
+            )
+            await self._discard(body, why)
+            return
         try:
             meta = core.snapshot_taken(body.index)
         except ValueError as e:
-            await self._discard(body, f"{e} (log {core.log.first_index()}..{core.log.applied})")
-            return
-        if meta.term != body.term:
-            await self._discard(body, f"term {body.term} != the log's {meta.term}")
+            await self._discard(body, str(e))
             return
         size, base = await self._disk.save_snapshot(meta, body.path, body.index - self._trailing)
         core.compacted(base)
@@ -114,14 +139,19 @@ class SnapshotCoordinator:
             size,
             base,
         )
+        await self._answer(SnapshotNowOk(meta.index, meta.term, size))
+
+    async def _answer(self, answer: Body | ConcordanceError) -> None:
         for waiter in self.waiters.pop_all():
-            await self._reply(
-                waiter.peer, waiter.request, SnapshotNowOk(meta.index, meta.term, size)
-            )
+            await self._reply(waiter.peer, waiter.request, answer)
+
+    def _drop_file(self, body: SnapshotTaken, why: str) -> None:
+        log.info("not keeping storage's snapshot at %d: %s", body.index, why)
+        with suppress(OSError):
+            os.unlink(body.path)  # handed over to us; nobody else will remove it
 
     async def _discard(self, body: SnapshotTaken, why: str) -> None:
         log.warning("discarding storage's snapshot at %d: %s", body.index, why)
-        with suppress(OSError):
-            os.unlink(body.path)
-        for waiter in self.waiters.pop_all():
-            await self._reply(waiter.peer, waiter.request, Unavailable(f"snapshot failed: {why}"))
+        self._drop_file(body, why)
+        self._retry_at = self._clock() + RETRY_AFTER_DISCARD
+        await self._answer(Unavailable(f"snapshot failed: {why}"))

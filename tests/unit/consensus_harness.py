@@ -133,8 +133,10 @@ class FakeStorage:
         )
         self._task = asyncio.create_task(self._send_loop())
 
-    async def hello(self) -> None:
-        await self.client.send("hello", wire.Hello(self.applied, self.applied_term))
+    async def hello(self, timeout: float = 5.0) -> None:
+        """Say hello (the real storage also repeats it every second); waits for the
+        connection, which after a driver restart takes one zmq reconnect interval."""
+        await self.client.send("hello", wire.Hello(self.applied, self.applied_term), timeout)
 
     def _on_message(self, env: wire.Envelope) -> None:
         body = env.body

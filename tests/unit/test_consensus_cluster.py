@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+import pytest
 import zmq.asyncio
 
-from concordance import wire
+from concordance import errors, wire
 from tests.unit.consensus_harness import FakeStorage, cluster, run, wait_for
 
 
@@ -119,5 +121,23 @@ def test_a_follower_far_behind_gets_the_leaders_snapshot() -> None:
             await wait_for(lambda: storage.applied >= after)
             assert storage.commands()[-1] == b"end"
             assert min(i for i in storage.entries if i > restore.index) == restore.index + 1
+
+    run(main)
+
+
+def test_stopping_answers_parked_reads_unavailable() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3) as c:
+            leader = await c.wait_one_leader()
+            await c.fronts[leader].propose(b"x")
+            for nid in [n for n in c.nodes if n != leader]:
+                await c.stop_node(nid)
+            # Without a quorum the read cannot be confirmed: it waits, then fails fast
+            # (the leader steps down, or is stopped) instead of timing out.
+            read = asyncio.ensure_future(c.fronts[leader].read_index(timeout=5))
+            await wait_for(lambda: len(c.nodes[leader].driver.reads) or read.done())
+            await c.stop_node(leader)
+            with pytest.raises(errors.Unavailable):
+                await read
 
     run(main)

@@ -10,6 +10,7 @@ import zmq.asyncio
 from concordance import errors, wire
 from concordance.consensus import ConsensusDriver, boot_membership
 from concordance.raft.entries import EntryKind
+from concordance.raft.sqlite_store import StoreFailed
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
@@ -309,5 +310,59 @@ def test_peers_are_ignored_once_raft_db_exists() -> None:
             assert not driver.disk.bootstrapped
             assert driver.core.membership.voters == ("n1",)
             await driver.close()
+
+    run(main)
+
+
+def test_a_failed_persist_stops_the_driver_with_the_error() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            node = await Node.start(make_cfg(d), ctx)
+            front = FakeFront(ctx, d)
+            await wait_leader(front)
+            disk = node.driver.disk
+            disk.call_blocking(disk.store.close)  # the next write fails like a dead disk
+            await front.propose(b"doomed")
+            with pytest.raises(StoreFailed):
+                await asyncio.wait_for(node.task, 5)
+            await front.close()
+
+    run(main)
+
+
+def test_raft_out_without_a_front_is_dropped_and_the_driver_goes_on() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
+            async with running(make_cfg(d, peers=peers), ctx) as node:
+                await wait_for(lambda: node.driver.raft_out_dropped >= 2, what="drops")
+                front = FakeFront(ctx, d)
+                await wait_for(lambda: front.raft_out, what="raft_out once a front is up")
+                out = front.raft_out[-1]
+                assert out.peer in ("n2", "n3") and out.address == peers[out.peer]
+                assert all(isinstance(wire.decode_raft(f).term, int) for f in out.frames)
+                assert (await front.status()).role in ("follower", "candidate")
+                with pytest.raises(errors.Unavailable):
+                    await front.propose(b"no leader")
+                await front.close()
+
+    run(main)
+
+
+def test_snapshot_now_without_new_entries_reports_the_latest() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            async with running(make_cfg(d), ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                await wait_leader(front)
+                await storage.hello()
+                last = (await front.propose(b"a")).index
+                await wait_for(lambda: storage.applied >= last)
+                first = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
+                again = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
+                assert first == again
+                assert node.driver.snapshots.taken == 1
+                await front.close()
+                await storage.close()
 
     run(main)
