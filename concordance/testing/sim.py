@@ -69,6 +69,7 @@ class SimOptions:
     partition_rate: float = 0.004
     crash_rate: float = 0.0003  # per node per time unit
     restart_rate: float = 0.01  # per down node per time unit
+    torn_ready_rate: float = 0.0005  # crash in the middle of handling a Ready
     leader_fault_rate: float = 0.0  # crash or isolate the current leader, per time unit
     propose_rate: float = 0.15
     read_rate: float = 0.05
@@ -219,6 +220,10 @@ class Simulation:
         while core.has_ready():
             rd = core.ready()
             self._check_ready(node, core, rd)
+            if self.rng.random() < self.opt.torn_ready_rate and rd.must_sync:
+                # Power cut during the fsync: nothing of this Ready is durable or sent.
+                self._crash(node)
+                return
             for chunk in rd.snapshot_chunks:
                 key = (chunk.meta.index, chunk.meta.term)
                 if chunk.offset == 0:
@@ -236,6 +241,10 @@ class Simulation:
                 self.max_durable_term[node.node_id] = rd.hard_state.term
             for entry in rd.entries:
                 self._record_entry(node, entry)
+            if self.rng.random() < self.opt.torn_ready_rate:
+                # Crash after the fsync, before any message left.
+                self._crash(node)
+                return
             for msg in rd.messages:
                 self._check_durable_before_send(node, msg)
                 self._deliver_later(msg)
@@ -472,7 +481,7 @@ class Simulation:
                 self._start(node)
         self.opt.propose_rate = self.opt.read_rate = 0.0
         self.opt.churn_rate = self.opt.transfer_rate = 0.0
-        self.opt.drop = self.opt.duplicate = 0.0
+        self.opt.drop = self.opt.duplicate = self.opt.torn_ready_rate = 0.0
         deadline = self.now + self.opt.heal_budget
         probe: str | None = None
         probe_at = 0
