@@ -241,14 +241,20 @@ class Cluster:
     ``raft_out`` to the destination driver's ``raft_in`` (the real front would
     carry it over WebSocket). A stopped node's frames are dropped."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, dirs: list[str], **cfg: Any) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, dirs: list[str], joiners: int = 0, **cfg: Any
+    ) -> None:
         self.ctx = ctx
         ids = [f"n{i}" for i in range(1, len(dirs) + 1)]
-        peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(ids, 1)}
-        self.cfgs = {
-            nid: make_cfg(d, nid, listen=peers[nid], peers=peers, **cfg)
-            for nid, d in zip(ids, dirs, strict=True)
-        }
+        members = ids[: len(ids) - joiners]
+        peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(members, 1)}
+        self.cfgs = {}
+        for n, (nid, d) in enumerate(zip(ids, dirs, strict=True), 1):
+            if nid in peers:
+                self.cfgs[nid] = make_cfg(d, nid, listen=peers[nid], peers=peers, **cfg)
+            else:  # started with --join: waits to be added
+                join = peers[members[0]]
+                self.cfgs[nid] = make_cfg(d, nid, listen=f"127.0.0.1:{4100 + n}", join=join, **cfg)
         self.nodes: dict[str, Node] = {}
         self.fronts: dict[str, FakeFront] = {}
         self.storages: dict[str, FakeStorage] = {}
@@ -312,6 +318,7 @@ class Cluster:
             known = all(
                 n.driver.core.leader_id == leaders[0] and n.driver.core.term == term
                 for n in self.nodes.values()
+                if n.driver.core.membership.contains(n.driver.core.id)  # not a joiner yet
             )
             return leaders[0] if known else None
 
@@ -331,9 +338,12 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(ctx: zmq.asyncio.Context, n: int = 3, **cfg: Any) -> AsyncIterator[Cluster]:
-    dirs = [tempfile.mkdtemp(prefix="cc-", dir="/tmp") for _ in range(n)]
-    c = Cluster(ctx, dirs, **cfg)
+async def cluster(
+    ctx: zmq.asyncio.Context, n: int = 3, joiners: int = 0, **cfg: Any
+) -> AsyncIterator[Cluster]:
+    """``n`` voters from --peers, plus ``joiners`` nodes started with --join."""
+    dirs = [tempfile.mkdtemp(prefix="cc-", dir="/tmp") for _ in range(n + joiners)]
+    c = Cluster(ctx, dirs, joiners, **cfg)
     try:
         await c.start()
         yield c

@@ -141,3 +141,37 @@ def test_stopping_answers_parked_reads_unavailable() -> None:
                 await read
 
     run(main)
+
+
+def test_a_joiner_is_added_as_learner_then_promoted() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with cluster(ctx, 3, joiners=1) as c:
+            leader = await c.wait_one_leader()
+            front = c.fronts[leader]
+            joiner = c.nodes["n4"].driver
+            assert (await c.fronts["n4"].status()).role == "learner"
+            await front.propose(b"before")
+            added = await front.request(
+                "conf_change", wire.ConfChange("add_learner", "n4", "127.0.0.1:4104")
+            )
+            assert isinstance(added, wire.Proposed) and added.index > 0
+            storage = c.storages["n4"]
+            await wait_for(lambda: b"before" in storage.commands(), what="learner catches up")
+            assert joiner.core.leader_id == leader
+            status = await c.fronts["n4"].status()
+            assert status.role == "learner"
+            assert {m.node_id: m.voter for m in status.members}["n4"] is False
+            await wait_for(lambda: c.nodes[leader].driver.core.log.commit >= added.index)
+            promoted = await front.request("conf_change", wire.ConfChange("add_voter", "n4"))
+            assert isinstance(promoted, wire.Proposed)
+            await wait_for(lambda: joiner.core.membership.is_voter("n4"), what="promotion")
+            await wait_for(lambda: joiner.core.role.value == "follower")
+            leader_view = await front.status()
+            n4 = next(m for m in leader_view.members if m.node_id == "n4")
+            assert n4.voter and n4.address == "127.0.0.1:4104"
+            with pytest.raises(errors.Unavailable):  # one change at a time, or already a voter
+                await front.request("conf_change", wire.ConfChange("add_voter", "n4"))
+            last = (await front.propose(b"after")).index
+            await wait_for(lambda: storage.applied >= last)
+
+    run(main)
