@@ -19,7 +19,7 @@ import sys
 
 import uvloop
 
-from concordance import config
+from concordance import config, supervise
 from concordance.consensus import ConsensusDriver
 
 log = logging.getLogger("concordance.consensus")
@@ -75,6 +75,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"consensus: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.node_id)
+    supervise.role_started(cfg.data_dir, "consensus")
     return uvloop.run(main(cfg))
 
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import uvloop
 from aiohttp import web
 
-from concordance import config, ipc
+from concordance import config, ipc, supervise
 from concordance.front.app import make_app
 from concordance.front.ipc_clients import connect
 
@@ -75,6 +75,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as e:
         log.error("%s", e)
         return 2
+    supervise.role_started(cfg.data_dir, "front")
     try:
         uvloop.run(main(cfg))
     except Exception:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from concordance import config, ipc
+from concordance import config, ipc, supervise
 from concordance.storage.service import StorageService
 
 log = logging.getLogger("procs.storage")
@@ -57,6 +57,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as e:
         log.error("%s", e)
         return 2
+    supervise.role_started(cfg.data_dir, "storage")
     try:
         uvloop.run(main(cfg))
     except Exception:

@@ -48,9 +48,13 @@ MUST handle each Ready completely and in this order before calling
 4. **Advance**: ``advance(ready)``.
 
 ``step``, ``tick`` and ``propose`` may be called between ``ready()`` and
-``advance()`` (for example while the fsync runs in a thread); their effects
-appear in the next Ready. The group commit falls out of this: everything
-proposed while one fsync is in flight is written by the next one.
+``advance()``; their effects appear in the next Ready. But the core *reads*
+the store synchronously (terms, entries), so while another thread writes to
+that store the core must not be called unless the store allows concurrent
+reads; ``SqliteRaftStore`` does not. The consensus driver therefore queues
+inputs while a write runs and feeds them all to the core afterwards: the
+group commit falls out of this, as everything proposed during one fsync is
+written by the next.
 
 Compaction: the driver must never compact the store beyond the latest
 snapshot index, and never beyond what the state machine holds durably (with

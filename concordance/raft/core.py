@@ -265,9 +265,10 @@ class RaftCore:
         """
         if index > self.log.applied or index < self.log.first_index() - 1:
             raise ValueError(f"cannot snapshot at {index}")
+        if self.snapshot is not None and index <= self.snapshot.index:
+            raise ValueError(f"snapshot at {index} is not newer than {self.snapshot.index}")
         meta = SnapshotMeta(index, self.log.term(index), self.membership_at(index))
-        if self.snapshot is None or index > self.snapshot.index:
-            self.snapshot = meta
+        self.snapshot = meta  # only once its file is durable: the leader will send it
         return meta
 
     def compacted(self, index: int) -> None:
