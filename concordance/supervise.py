@@ -181,3 +181,9 @@ def die_with_parent() -> None:
         return  # not Linux: the supervisor's own stop path still applies
     if os.getppid() == 1:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def role_started(data_dir: str | os.PathLike[str], role: str) -> None:
+    """What every role process does first under the supervisor."""
+    die_with_parent()
+    record_start(data_dir, role)

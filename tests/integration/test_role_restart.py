@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,34 +66,45 @@ def test_kill_9_each_role_with_writes_in_flight(fresh_node: Node, role: str) -> 
 
 
 def test_ctl_restart_keeps_watchers_gapless(fresh_node: Node) -> None:
+    """Restart storage then front with `concordance ctl` while a watcher follows
+    a key and a writer writes 0..59 to it: the watcher, resubscribing from the
+    last revision it saw, gets every acknowledged value once, in order."""
     node = fresh_node
     prefix = "tenant:watch-restart"
+    total = 60
+    acked: list[int] = []
 
-    async def scenario() -> list[dict[str, Any]]:
+    def writes() -> None:
+        for i in range(total):
+            for _ in range(100):  # retry only what certainly did not apply
+                try:
+                    resp = node.put(f"{prefix}/k", i)
+                except OSError:
+                    time.sleep(0.1)  # connection refused: nothing was sent
+                    continue
+                if resp.status != 503:
+                    break
+                time.sleep(0.1)
+            if resp.status == 200:
+                acked.append(i)
+            if i == 20:
+                for role in ("storage", "front"):
+                    subprocess.run(
+                        [sys.executable, "-m", "concordance.cli", "ctl",
+                         "--data", str(node.data), "restart", role],
+                        check=True, cwd=ROOT, capture_output=True,
+                    )  # fmt: skip
+                node.wait_ready()
+
+    async def watch(writing: asyncio.Future[None]) -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
-        last: int | None = None
+        last = 0  # replay from the start: the writer may be ahead of the first subscribe
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with aiohttp.ClientSession(headers=headers) as session:
-            total = 60
-            loop = asyncio.get_running_loop()
-
-            def writes() -> None:
-                for i in range(total):
-                    node.put(f"{prefix}/k", i)
-                    if i == 20:
-                        for role in ("storage", "front"):
-                            subprocess.run(
-                                [sys.executable, "-m", "concordance.cli", "ctl",
-                                 "--data", str(node.data), "restart", role],
-                                check=True, cwd=ROOT, capture_output=True,
-                            )  # fmt: skip
-                        node.wait_ready()
-
-            writing = loop.run_in_executor(None, writes)
-            while len([e for e in seen if e["type"] == "set"]) < total:
-                params: dict[str, Any] = {"prefix": f"{prefix}/"}
-                if last is not None:
-                    params["sinceRevision"] = last
+            while not (writing.done() and seen and seen[-1]["value"] == acked[-1]):
+                if writing.done():
+                    writing.result()  # surface the writer's failure, if any
+                params = {"prefix": f"{prefix}/", "sinceRevision": last}
                 try:
                     ws = await session.ws_connect(f"{node.url}/stream")
                 except aiohttp.ClientError:
@@ -100,7 +112,13 @@ def test_ctl_restart_keeps_watchers_gapless(fresh_node: Node) -> None:
                     continue
                 await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe",
                                     "params": params})  # fmt: skip
-                async for msg in ws:
+                while True:
+                    try:
+                        msg = await ws.receive(timeout=0.5)
+                    except TimeoutError:
+                        if writing.done() and seen and seen[-1]["value"] == acked[-1]:
+                            break
+                        continue
                     if msg.type is not aiohttp.WSMsgType.TEXT:
                         break
                     data = msg.json()
@@ -110,16 +128,21 @@ def test_ctl_restart_keeps_watchers_gapless(fresh_node: Node) -> None:
                             last = event["revision"]
                     elif data.get("method") == "watch/cancelled":
                         break
-                    if len([e for e in seen if e["type"] == "set"]) >= total:
-                        break
                 await ws.close()
-            await writing
         return seen
 
-    seen = asyncio.run(asyncio.wait_for(scenario(), 90))
+    async def scenario() -> list[dict[str, Any]]:
+        writing = asyncio.get_running_loop().run_in_executor(None, writes)
+        return await watch(writing)
+
+    seen = asyncio.run(asyncio.wait_for(scenario(), 120))
     revisions = [e["revision"] for e in seen]
     assert revisions == sorted(set(revisions)), "duplicate or out-of-order events"
-    assert [e["value"] for e in seen if e["type"] == "set"] == list(range(60))
+    values = [e["value"] for e in seen if e["type"] == "set"]
+    assert values == sorted(set(values)), "a value was delivered twice or out of order"
+    missing = set(acked) - set(values)
+    assert not missing, f"acknowledged writes never reached the watcher: {sorted(missing)}"
+    assert len(acked) >= total - 5
 
 
 def test_credentials_never_on_disk_in_plaintext(fresh_node: Node) -> None:

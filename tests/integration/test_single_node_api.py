@@ -41,7 +41,8 @@ def test_put_get_entry_shape(node: Node) -> None:
 
 def test_every_json_value_round_trips(node: Node) -> None:
     base = tenant()
-    for i, value in enumerate([None, True, 0, -1.5, "ü€😀", [], {}, [1, {"a": [None]}]]):
+    values: list[Any] = [None, True, 0, -1.5, "ü€😀", [], {}, [1, {"a": [None]}]]
+    for i, value in enumerate(values):
         key = f"{base}/v/{i}"
         assert node.put(key, value).status == 200
         assert node.get(key).json()["value"] == value

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from concordance.testing.sim import SafetyViolation, Simulation, SimOptions
+from concordance.testing.sim import SafetyViolation, SimOptions, Simulation
 from concordance.testing.sim_cli import options_for, run_seed
 from tests.sim import planted_bugs
 
