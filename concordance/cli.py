@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--data", required=True, help="data directory")
     node.add_argument("--peers", default="", help="ID=HOST:PORT,... voters of a new cluster")
     node.add_argument("--join", help="HOST:PORT of a running member to join")
+    node.add_argument(
+        "--peer-overrides",
+        default="",
+        help="ID=HOST:PORT,... dial these peers here instead of their advertised address",
+    )
     node.add_argument("--insecure", action="store_true", help="allow running without API key")
     node.set_defaults(run=_run_node)
 
@@ -108,6 +113,7 @@ def _run_node(args: argparse.Namespace) -> int:
         data_dir=str(Path(args.data).resolve()),
         peers=parse_peers(args.peers),
         join=args.join,
+        peer_overrides=parse_peers(args.peer_overrides),
         insecure=args.insecure,
         secrets=Secrets.from_env(os.environ),
     )

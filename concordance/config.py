@@ -109,6 +109,7 @@ class NodeConfig:
     data_dir: str
     peers: dict[str, str] = field(default_factory=dict)  # voters of a new cluster
     join: str | None = None
+    peer_overrides: dict[str, str] = field(default_factory=dict)  # dial these instead
     insecure: bool = False
     tick_ms: int = 100
     heartbeat_ticks: int = 1

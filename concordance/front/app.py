@@ -144,7 +144,9 @@ async def _running(
         Renderer(app[CIPHER]),
         storage_timeout=min(STORAGE_PROBE_TIMEOUT, cfg.request_timeout_ms / 1000),
     )
-    relay = PeerRelay(http, cfg.secrets.peer_key, clients.consensus.raft_in)
+    relay = PeerRelay(
+        http, cfg.secrets.peer_key, clients.consensus.raft_in, overrides=cfg.peer_overrides
+    )
     app[CLIENTS] = clients
     app[PROPOSER] = proposer
     app[HUB] = hub

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 
@@ -129,6 +129,8 @@ class PeerRelay:
         http: the client session links connect with (owned by the caller).
         key: the cluster key presented to peers (None on an insecure cluster).
         inbound: hands frames received on an outgoing link to consensus.
+        overrides: peer id -> the address to dial instead of the one in the
+            membership (``--peer-overrides``: NAT, tunnels, fault-injecting proxies).
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class PeerRelay:
         inbound: Inbound,
         *,
         queue_limit: int = QUEUE_LIMIT,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.http = http
+        self.overrides = dict(overrides or {})
         self.key = key
         self.inbound = inbound
         self.queue_limit = queue_limit
@@ -147,13 +151,14 @@ class PeerRelay:
 
     def send(self, out: wire.RaftOut) -> None:
         """Queue ``out.frames`` for ``out.peer`` (never waits; called from the IPC receive loop)."""
+        address = self.overrides.get(out.peer, out.address)
         link = self.links.get(out.peer)
-        if link is not None and link.address != out.address:
-            log.info("peer %s moved from %s to %s", out.peer, link.address, out.address)
+        if link is not None and link.address != address:
+            log.info("peer %s moved from %s to %s", out.peer, link.address, address)
             asyncio.get_running_loop().create_task(link.close())
             link = None
         if link is None:
-            link = self.links[out.peer] = PeerLink(self, out.peer, out.address)
+            link = self.links[out.peer] = PeerLink(self, out.peer, address)
         link.enqueue(out.frames)
 
     async def close(self) -> None:
