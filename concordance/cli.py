@@ -115,6 +115,8 @@ def _run_node(args: argparse.Namespace) -> int:
         join=args.join,
         peer_overrides=parse_peers(args.peer_overrides),
         insecure=args.insecure,
+        snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
+        snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         secrets=Secrets.from_env(os.environ),
     )
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
@@ -122,6 +124,20 @@ def _run_node(args: argparse.Namespace) -> int:
         print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
     supervise.run_node(cfg.validate())
     return 0  # not reached: run_node execs supervisord
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer setting from the environment (tuning knobs without a flag of their own)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return value
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
