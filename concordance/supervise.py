@@ -10,6 +10,7 @@ over its unix socket (XML-RPC), for ``concordance ctl`` and the front's
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import xmlrpc.client
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def node_environment(cfg: NodeConfig, base: dict[str, str]) -> dict[str, str]:
         CONCORDANCE_DATA=str(cfg.data.resolve()),
         CONCORDANCE_PYTHON=sys.executable,
         CONCORDANCE_SUPERVISOR_SOCK=supervisor_socket(cfg.data),
+        CONCORDANCE_USER=pwd.getpwuid(os.getuid()).pw_name,
         PYTHONUNBUFFERED="1",
     )
     # Roles import `procs`, which lives beside the `concordance` package.
