@@ -22,7 +22,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from concordance.errors import NotLeader, ProposalDropped
@@ -55,6 +54,7 @@ from concordance.raft.messages import (
     TransferLeader,
 )
 from concordance.raft.progress import Progress, ProgressState
+from concordance.raft.read_only import ReadIndexQueue
 from concordance.raft.ready import ReadState, Ready, Role, SnapshotChunk, SoftState
 from concordance.raft.stores import LogCompacted, LogStore, SnapshotStore
 
@@ -65,14 +65,6 @@ class Rng(Protocol):
     """The slice of ``random.Random`` the core uses."""
 
     def randrange(self, start: int, stop: int) -> int: ...
-
-
-@dataclass(slots=True)
-class _PendingRead:
-    seq: int
-    ctx: bytes
-    index: int
-    requester: str  # this node's id for local reads
 
 
 class RaftCore:
@@ -120,11 +112,7 @@ class RaftCore:
         self._uncommitted: deque[tuple[int, int]] = deque()  # (index, bytes) this term
         self._uncommitted_bytes = 0
         # ReadIndex (thesis §6.4).
-        self._read_seq = 0
-        self._open_round: int | None = None
-        self._pending_reads: deque[_PendingRead] = deque()
-        self._reads_before_noop: list[tuple[bytes, str]] = []
-        self._read_acks: dict[str, int] = {}
+        self._reads = ReadIndexQueue()
         # Snapshot being received from the leader: (meta, next offset).
         self._receiving: tuple[SnapshotMeta, int] | None = None
         # Outputs, drained by ready().
@@ -315,7 +303,7 @@ class RaftCore:
             read_states=tuple(self._read_states),
         )
         self._msgs, self._read_states, self._chunks = [], [], []
-        self._open_round = None  # reads from now on need a fresh heartbeat round
+        self._reads.seal()  # reads from now on need a fresh heartbeat round
         self._prev_soft = soft
         return rd
 
@@ -387,7 +375,6 @@ class RaftCore:
         self.progress[self.id].match = self.log.durable_last_index()
         self._uncommitted.clear()
         self._uncommitted_bytes = 0
-        self._read_acks = {}
         self._append_new([(EntryKind.NOOP, b"")])  # paper §5.4.2 / thesis §6.4
         log.info("%s became leader at term %d", self.id, self.term)
 
@@ -425,7 +412,7 @@ class RaftCore:
             self.heartbeat_elapsed = 0
             # Carrying the latest read round lets a round whose messages were
             # lost be confirmed by a later heartbeat (sent after those reads).
-            self._broadcast_heartbeat(read_seq=self._read_seq)
+            self._broadcast_heartbeat(read_seq=self._reads.latest_round)
             self._tick_snapshots()
 
     def _in_lease(self) -> bool:
@@ -788,8 +775,9 @@ class RaftCore:
                 pr.become_probe()
             self._send_append(msg.src)
         if msg.read_seq:
-            self._read_acks[msg.src] = max(self._read_acks.get(msg.src, 0), msg.read_seq)
-            self._release_confirmed_reads()
+            self._reads.ack(msg.src, msg.read_seq)
+            for read in self._reads.confirmed(self.membership.voters, self.id):
+                self._answer_read(read.ctx, read.requester, read.index)
 
     def _broadcast_heartbeat(self, read_seq: int) -> None:
         for peer, pr in self.progress.items():
@@ -842,32 +830,19 @@ class RaftCore:
     # ------------------------------------------------------------------ ReadIndex
     def _leader_read(self, ctx: bytes, requester: str) -> None:
         if self.log.term_or_zero(self.log.commit) != self.term:
-            self._reads_before_noop.append((ctx, requester))  # thesis §6.4 step 1
+            self._reads.defer(ctx, requester)  # thesis §6.4 step 1: wait for the no-op
             return
         index = self.log.commit
         if len(self.membership.voters) <= 1 and self.membership.is_voter(self.id):
             self._answer_read(ctx, requester, index)
             return
-        if self._open_round is None:
-            self._read_seq += 1
-            self._open_round = self._read_seq
-            self._broadcast_heartbeat(self._read_seq)
-        self._pending_reads.append(_PendingRead(self._open_round, ctx, index, requester))
+        new_round = self._reads.add(ctx, requester, index)
+        if new_round is not None:
+            self._broadcast_heartbeat(new_round)
 
     def _release_reads_after_noop(self) -> None:
-        queued, self._reads_before_noop = self._reads_before_noop, []
-        for ctx, requester in queued:
+        for ctx, requester in self._reads.take_deferred():
             self._leader_read(ctx, requester)
-
-    def _release_confirmed_reads(self) -> None:
-        acks = [
-            self._read_seq if v == self.id else self._read_acks.get(v, 0)
-            for v in self.membership.voters
-        ]
-        confirmed = quorum.quorum_index(acks)
-        while self._pending_reads and self._pending_reads[0].seq <= confirmed:
-            read = self._pending_reads.popleft()
-            self._answer_read(read.ctx, read.requester, read.index)
 
     def _answer_read(self, ctx: bytes, requester: str, index: int) -> None:
         if requester == self.id:
@@ -876,10 +851,7 @@ class RaftCore:
             self._send(ReadIndexResponse(self.term, self.id, requester, ctx, index))
 
     def _abort_reads(self) -> None:
-        pending = [(r.ctx, r.requester) for r in self._pending_reads] + self._reads_before_noop
-        self._pending_reads.clear()
-        self._reads_before_noop = []
-        for ctx, requester in pending:
+        for ctx, requester in self._reads.abort():
             if requester == self.id:
                 self._read_states.append(ReadState(ctx, 0))
             # Remote askers time out; a stale-term answer would be ignored anyway.

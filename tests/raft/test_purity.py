@@ -8,7 +8,10 @@ from pathlib import Path
 import concordance
 
 FORBIDDEN = {"asyncio", "zmq", "sqlite3", "socket", "time", "random", "threading", "os", "io"}
-CORE = ["core", "log", "progress", "quorum", "ready", "entries", "messages", "config", "stores"]
+CORE = [
+    "core", "log", "progress", "quorum", "read_only", "ready", "entries", "messages", "config",
+    "stores",
+]  # fmt: skip
 PACKAGE = Path(concordance.__file__).parent
 
 
