@@ -2,6 +2,7 @@
 
     concordance node --id ID --listen HOST:PORT --data DIR [--peers ...] [--join HOST:PORT]
     concordance cluster --nodes N --base-port P --data DIR
+    concordance restore --backup FILE --data DIR --id ID --listen HOST:PORT [--peers ...]
     concordance ctl --data DIR status | restart ROLE | stop ROLE | start ROLE
     concordance kv get|put|delete|list|watch ...
 
@@ -66,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--data", required=True)
     cluster.add_argument("--insecure", action="store_true")
     cluster.set_defaults(run=_run_cluster)
+
+    restore = sub.add_parser(
+        "restore", help="build a new node's data dir from a backup (then run `concordance node`)"
+    )
+    restore.add_argument("--backup", required=True, help="a file from GET /api/v1/cluster/backup")
+    restore.add_argument("--data", required=True, help="the new node's data dir (empty)")
+    restore.add_argument("--id", required=True, dest="node_id")
+    restore.add_argument("--listen", required=True, help="HOST:PORT the new node will serve on")
+    restore.add_argument(
+        "--peers", default="", help="ID=HOST:PORT,... voters of the new cluster (default: alone)"
+    )
+    restore.set_defaults(run=_run_restore)
 
     ctl = sub.add_parser("ctl", help="status and control of one node's roles")
     ctl.add_argument("--data", required=True)
@@ -174,6 +187,22 @@ def _run_cluster(args: argparse.Namespace) -> int:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+    return 0
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from concordance.restore import restore
+
+    done = restore(args.backup, args.data, args.node_id, args.listen, parse_peers(args.peers))
+    voters = ",".join(f"{n}={a}" for n, a in done.membership.addresses)
+    print(
+        f"restored {args.backup} into {done.data_dir}: snapshot at index {done.index}"
+        f" (term {done.term}), voters {voters}"
+    )
+    print(
+        f"start it with: concordance node --id {args.node_id} --listen {args.listen}"
+        f" --data {done.data_dir}"
+    )
     return 0
 
 

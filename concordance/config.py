@@ -114,6 +114,7 @@ class NodeConfig:
     tick_ms: int = 100
     heartbeat_ticks: int = 1
     election_ticks: int = 10
+    auto_promote: bool = True  # the leader promotes caught-up learners to voters
     snapshot_every: int = 10_000  # applied entries between snapshots
     snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
     change_retention: int = 100_000

@@ -38,6 +38,7 @@ from concordance import ipc, wire
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
+from concordance.consensus.promotion import Promoter, view_of
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.consensus.status import api_role, build_status
 from concordance.consensus.waiters import Waiters
@@ -89,6 +90,7 @@ class ConsensusDriver:
             disk, self._send_storage, self.server.reply, cfg.snapshot_every, cfg.snapshot_trailing
         )
         self.reads = Waiters()
+        self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
         self.raft_out_dropped = 0
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
@@ -101,6 +103,7 @@ class ConsensusDriver:
         self._addresses: dict[str, str] = dict(cfg.peers)
         self._remember_addresses(core.membership)
         self._role = Role.FOLLOWER  # every core starts as one; the first Ready says otherwise
+        self._leader: str | None = None
 
     @classmethod
     async def open(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context | None = None) -> ConsensusDriver:
@@ -236,6 +239,8 @@ class ConsensusDriver:
         if ticks:
             self.reads.expire()
             self.snapshots.waiters.expire()
+            if self.promoter is not None and self.promoter.tick(ticks):
+                self._maybe_promote()
         while self._inbox:
             peer, env = self._inbox.popleft()
             await self._dispatch(peer, env)
@@ -280,6 +285,30 @@ class ConsensusDriver:
     ) -> None:
         await self.server.reply(peer, env, result)
 
+    def _maybe_promote(self) -> None:
+        """On the leader: propose ``add_voter`` for a learner that has caught up (promotion.py)."""
+        assert self.promoter is not None
+        change = self.promoter.check(view_of(self.core))
+        if change is None:
+            return
+        try:
+            index = self.core.propose_conf_change(change)
+        except Unavailable as e:
+            log.info("%s cannot promote %s yet: %s", self.cfg.node_id, change.node_id, e)
+            return
+        self.promoter.promoted += 1
+        self.promoter.streaks.pop(change.node_id, None)
+        log.info(
+            "%s promoting learner %s to voter (entry %s)", self.cfg.node_id, change.node_id, index
+        )
+
+    def _not_member(self) -> Unavailable | None:
+        """A node outside the membership (a joiner not added yet, a removed node) serves
+        no writes or reads: its log may never advance again, so it would only time out."""
+        if self.core.membership.contains(self.cfg.node_id):
+            return None
+        return Unavailable(f"{self.cfg.node_id} is not a member of the cluster")
+
     def _step_frames(self, frames: tuple[bytes, ...]) -> None:
         for frame in frames:
             try:
@@ -292,6 +321,8 @@ class ConsensusDriver:
     def _propose(self, body: wire.Propose) -> wire.Body | ConcordanceError:
         if not body.commands:
             return InvalidRequest("propose carries no commands")
+        if refused := self._not_member():
+            return refused
         try:
             index = self.core.propose_batch(body.commands)
         except Unavailable as e:
@@ -305,6 +336,8 @@ class ConsensusDriver:
             return InvalidRequest(f"unknown membership change {body.op!r}")
         if not body.node_id:
             return InvalidRequest("conf_change needs a node_id")
+        if refused := self._not_member():
+            return refused
         if body.address:
             self._addresses[body.node_id] = body.address
         try:
@@ -321,6 +354,9 @@ class ConsensusDriver:
         return wire.Ok()
 
     async def _read_index(self, peer: bytes, env: wire.Envelope) -> None:
+        if refused := self._not_member():
+            await self.server.reply(peer, env, refused)
+            return
         ctx = self.reads.park(peer, env)
         try:
             self.core.read_index(ctx)
@@ -333,7 +369,7 @@ class ConsensusDriver:
         """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py)."""
         self.readies += 1
         if rd.soft_state is not None:
-            self._note_soft_state(rd)
+            await self._note_soft_state(rd)
         try:
             await self.disk.persist(rd)
         except Exception as e:
@@ -357,14 +393,26 @@ class ConsensusDriver:
         self.core.advance(rd)
         self._remember_addresses(self.core.membership)
 
-    def _note_soft_state(self, rd: Ready) -> None:
+    async def _note_soft_state(self, rd: Ready) -> None:
         soft = rd.soft_state
         assert soft is not None
+        if soft.leader_id != self._leader:
+            if self._leader is not None and self._leader != self.cfg.node_id:
+                await self._fail_forwarded_reads(self._leader)
+            self._leader = soft.leader_id
         if soft.role is not self._role:
             log.info("%s became %s at term %d", self.cfg.node_id, api_role(soft.role), soft.term)
             if self._role is Role.LEADER:
                 log.info("%s stepped down; leader is now %s", self.cfg.node_id, soft.leader_id)
             self._role = soft.role
+
+    async def _fail_forwarded_reads(self, old_leader: str) -> None:
+        """Reads forwarded to a leader we no longer follow get ``unavailable`` now rather
+        than at their deadline (the old leader may be gone; a late answer is ignored)."""
+        for waiter in self.reads.pop_all():
+            await self.server.reply(
+                waiter.peer, waiter.request, Unavailable(f"leader {old_leader} was lost")
+            )
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
         """Group frames per peer into ``raft_out`` (bounded size) for the front to relay."""

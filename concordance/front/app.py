@@ -10,7 +10,8 @@ Lifecycle:
 * startup: connect the clients, build the proposer, watch hub, kv service and
   peer relay, and start the event pump: one task that reads storage's events
   in order, resolving write waiters from ``results`` and fanning
-  ``change_batch`` out to watchers.
+  ``change_batch`` out to watchers. A node started with ``--join`` also runs
+  the join task (``join.py``) until it is a member.
 * shutdown (``on_shutdown``, before cleanup): every WebSocket session says
   goodbye (``watch/cancelled`` with ``shutdown``, then close); long-polls are
   woken. Cleanup then stops the pump, fails pending writes, closes the peer
@@ -24,8 +25,9 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +54,7 @@ from concordance.front.appkeys import (
 from concordance.front.clients import Clients, EventSource
 from concordance.front.cluster import supervisor_role_states
 from concordance.front.codec import Renderer
+from concordance.front.join import join_cluster
 from concordance.front.metrics import Metrics
 from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
 from concordance.front.relay import CONNECT_TIMEOUT, PeerRelay
@@ -153,16 +156,31 @@ async def _running(
     app[PEERS] = relay
     app[KV] = KvService(clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK])
     clients.consensus.on_raft_out(relay.send)
-    pump = asyncio.get_running_loop().create_task(_pump(clients.events, proposer, hub))
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
+    if cfg.join:
+        joining = join_cluster(cfg, clients.consensus, http, relay.learn)
+        tasks.append(loop.create_task(_logged("join", joining), name="join"))
     try:
         yield
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await hub.close()
         proposer.fail_all(Unavailable("the front is shutting down"))
         await relay.close()
+
+
+async def _logged(what: str, coro: Coroutine[Any, Any, object]) -> None:
+    """Run a background job; log how it ended instead of losing an exception."""
+    try:
+        outcome = await coro
+        log.info("%s: %s", what, outcome)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s failed", what)
 
 
 async def _pump(events: EventSource, proposer: Proposer, hub: WatchHub) -> None:

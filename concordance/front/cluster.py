@@ -24,7 +24,7 @@ from aiohttp import web
 
 from concordance import wire
 from concordance.config import ROLES, ConfigError, NodeConfig, parse_address, validate_node_id
-from concordance.errors import InvalidRequest, Unavailable
+from concordance.errors import InvalidRequest, Timeout, Unavailable
 from concordance.front import metrics as prom
 from concordance.front.appkeys import (
     CLIENTS,
@@ -149,6 +149,7 @@ async def status(request: web.Request) -> web.Response:
         "appliedIndex": ss.applied_index if ss else (st.applied if st else None),
         "revision": ss.revision if ss else None,
         "members": _members(st) if st else [],
+        "member": any(m.node_id == cfg.node_id for m in st.members) if st else None,
         "roles": _roles(states, answered),
     }
     return json_response(body)
@@ -175,20 +176,50 @@ def _node_id(value: Any) -> str:
         raise InvalidRequest(str(e)) from None
 
 
+def _in_effect(op: str, node_id: str, address: str, st: wire.StatusOk) -> bool:
+    """Whether ``op`` on ``node_id`` already shows in ``st`` (so asking again changes nothing).
+
+    Raises:
+        InvalidRequest: ``node_id`` is a member at another address (node ids are never reused).
+    """
+    member = next((m for m in st.members if m.node_id == node_id), None)
+    if member is None:
+        return op == "remove"
+    if address and member.address and member.address != address:
+        raise InvalidRequest(
+            f"{node_id} is already a member at {member.address}; node ids are never reused"
+        )
+    return op == "add_learner" or (op == "add_voter" and member.voter)
+
+
 async def _change_members(
     request: web.Request, op: str, node_id: str, address: str
 ) -> web.Response:
+    """Propose a membership change and answer once it shows in this node's membership.
+
+    Idempotent: a change already in effect is answered at once without a new
+    proposal, so a joiner that lost an answer may simply ask again. On a
+    follower the change is forwarded to the leader, which may refuse it (another
+    change is still uncommitted) without telling us: if it has not shown here
+    after ``MEMBERSHIP_WAIT``, the answer is ``504 timeout`` (it may still
+    take effect; ask again or check ``GET /members``).
+    """
     cfg, consensus = request.app[CONFIG], request.app[CLIENTS].consensus
+    st = await consensus.status(PROBE_TIMEOUT * 2)
+    if _in_effect(op, node_id, address, st):
+        return json_response({"members": _members(st)})
     await consensus.conf_change(op, node_id, address, cfg.request_timeout_ms / 1000)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MEMBERSHIP_WAIT
-    while True:  # answer with the membership once the change shows (or after a short wait)
+    while True:
         st = await consensus.status(PROBE_TIMEOUT * 2)
-        present = any(m.node_id == node_id for m in st.members)
-        voter = any(m.node_id == node_id and m.voter for m in st.members)
-        done = {"remove": not present, "add_voter": voter}.get(op, present)
-        if done or loop.time() >= deadline:
+        if _in_effect(op, node_id, "", st):
             return json_response({"members": _members(st)})
+        if loop.time() >= deadline:
+            raise Timeout(
+                f"the change ({op} {node_id}) has not shown on {cfg.node_id} yet: the leader may"
+                " have refused it (one membership change at a time); it may still take effect"
+            )
         await asyncio.sleep(0.05)
 
 
@@ -312,6 +343,12 @@ async def metrics(request: web.Request) -> web.Response:
     for peer, link in sorted(app[PEERS].links.items()):
         dropped.add(link.dropped, (("peer", peer),))
     fams.append(dropped)
+    gauge(
+        "concordance_peer_frames_unroutable_total",
+        "Raft frames dropped because no address was known for their peer.",
+        app[PEERS].unroutable,
+        "counter",
+    )
     fams.extend(_role_families(states))
     text = prom.render(fams)
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})

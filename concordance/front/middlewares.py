@@ -12,6 +12,9 @@ Who may call what (API.md §3):
 
 * ``healthz``, ``readyz``, ``metrics``: no key.
 * ``raft``: the cluster key (``Secrets.peer_key``); 401 before the upgrade.
+* ``cluster_members`` (``GET``/``POST /api/v1/cluster/members``): the full
+  key, or the cluster key, which a node started with ``--join`` presents to
+  ask to be added (``join.py``).
 * everything else: the full key, or the agent key for ``GET``/``HEAD``
   except ``cluster_backup`` (``/stream`` checks each method itself).
 * a node started ``--insecure`` without an API key lets everything through.
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics"})
 PEER_ROUTE: Final = "raft"
+JOIN_ROUTE: Final = "cluster_members"  # the cluster key is accepted here too
 STREAM_ROUTE: Final = "stream"
 AGENT_FORBIDDEN: Final = frozenset({"cluster_backup"})
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
@@ -120,7 +124,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if name == PEER_ROUTE:
         _check_peer(cfg, request)
         return await handler(request)
-    access = authenticate(cfg, _token(request, allow_query=name == STREAM_ROUTE))
+    token = _token(request, allow_query=name == STREAM_ROUTE)
+    if name == JOIN_ROUTE and token is not None and _same(token, cfg.secrets.peer_key):
+        request[ACCESS] = Access.FULL
+        return await handler(request)
+    access = authenticate(cfg, token)
     if access is Access.READ and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
         raise Forbidden("the agent key is read-only")
     request[ACCESS] = access

@@ -148,10 +148,25 @@ class PeerRelay:
         self.inbound = inbound
         self.queue_limit = queue_limit
         self.links: dict[str, PeerLink] = {}
+        self.learned: dict[str, str] = {}
+        self.unroutable = 0  # frames dropped because no address is known for their peer
+
+    def learn(self, addresses: Mapping[str, str]) -> None:
+        """Remember peer addresses learned outside the log (a joiner's join answer).
+
+        Used only for a ``raft_out`` that carries no address: a joiner's
+        consensus knows no addresses until the membership reaches it through
+        the log, yet it must answer its leader's first messages.
+        """
+        self.learned.update(addresses)
 
     def send(self, out: wire.RaftOut) -> None:
         """Queue ``out.frames`` for ``out.peer`` (never waits; called from the IPC receive loop)."""
-        address = self.overrides.get(out.peer, out.address)
+        address = self.overrides.get(out.peer) or out.address or self.learned.get(out.peer, "")
+        if not address:
+            self.unroutable += len(out.frames)
+            log.debug("no address for peer %s: dropping %d frame(s)", out.peer, len(out.frames))
+            return
         link = self.links.get(out.peer)
         if link is not None and link.address != address:
             log.info("peer %s moved from %s to %s", out.peer, link.address, address)

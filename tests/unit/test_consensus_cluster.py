@@ -145,7 +145,8 @@ def test_stopping_answers_parked_reads_unavailable() -> None:
 
 def test_a_joiner_is_added_as_learner_then_promoted() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3, joiners=1) as c:
+        # Promotion by hand: the leader's automatic promotion is off here.
+        async with cluster(ctx, 3, joiners=1, auto_promote=False) as c:
             leader = await c.wait_one_leader()
             front = c.fronts[leader]
             joiner = c.nodes["n4"].driver

@@ -44,6 +44,7 @@ def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
             "nodeId": "n1", "role": "leader", "term": 3, "leaderId": "n1",
             "commitIndex": 1, "appliedIndex": 1, "revision": 1,
             "members": [{"id": "n1", "address": "127.0.0.1:1", "voter": True, "matchIndex": 0}],
+            "member": True,
             "roles": {
                 "front": {"pid": 11, "up": True},
                 "consensus": {"pid": 12, "up": True},
