@@ -10,17 +10,14 @@ configuration.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
-import uvloop
-
-from concordance import config, supervise
+from concordance import config
 from concordance.consensus import ConsensusDriver
+from procs._launch import run_role
 
 log = logging.getLogger("concordance.consensus")
 
@@ -32,17 +29,6 @@ class _NoCoreRoleLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         core_line = record.name == "concordance.raft" and isinstance(record.msg, str)
         return not (core_line and record.msg.startswith("%s became "))
-
-
-def setup_logging(node_id: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s consensus[{node_id}] %(levelname)s %(name)s: %(message)s")
-    )
-    handler.addFilter(_NoCoreRoleLines())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("CONCORDANCE_LOG_LEVEL", "INFO").upper())
 
 
 async def main(cfg: config.NodeConfig) -> int:
@@ -66,17 +52,7 @@ async def main(cfg: config.NodeConfig) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procs.consensus", description=__doc__)
-    parser.add_argument("--data", required=True, help="the node's data directory")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config.load(args.data, os.environ)
-    except config.ConfigError as e:
-        print(f"consensus: {e}", file=sys.stderr)
-        return 2
-    setup_logging(cfg.node_id)
-    supervise.role_started(cfg.data_dir, "consensus")
-    return uvloop.run(main(cfg))
+    return run_role("consensus", main, argv, log_filter=_NoCoreRoleLines())
 
 
 if __name__ == "__main__":

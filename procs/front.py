@@ -16,21 +16,18 @@ configuration.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
-import os
 import signal
 import sys
-from collections.abc import Sequence
 
-import uvloop
 from aiohttp import web
 
-from concordance import config, ipc, supervise
+from concordance import config
 from concordance.front.app import make_app
 from concordance.front.ipc_clients import connect
+from procs._launch import run_role
 
 log = logging.getLogger("procs.front")
 
@@ -60,31 +57,8 @@ async def main(cfg: config.NodeConfig) -> None:
         await runner.cleanup()
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procs.front", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the node's data directory")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=logging.INFO,
-        format="%(asctime)s front %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    try:
-        cfg = config.load(args.data, os.environ)
-    except config.ConfigError as e:
-        log.error("%s", e)
-        return 2
-    supervise.role_started(cfg.data_dir, "front")
-    try:
-        uvloop.run(main(cfg))
-    except Exception:
-        log.exception("front failed")
-        return 1
-    finally:
-        ipc.context().destroy(linger=0)
-    log.info("front stopped")
-    return 0
+def cli(argv: list[str] | None = None) -> int:
+    return run_role("front", main, argv, quiet=("aiohttp.access",))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,14 @@ unusable configuration.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
-from collections.abc import Sequence
 
-import uvloop
-
-from concordance import config, ipc, supervise
+from concordance import config
 from concordance.storage.service import StorageService
+from procs._launch import run_role
 
 log = logging.getLogger("procs.storage")
 
@@ -43,30 +39,8 @@ async def main(cfg: config.NodeConfig) -> None:
             loop.remove_signal_handler(sig)
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procs.storage", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the node's data directory")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=logging.INFO,
-        format="%(asctime)s storage %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        cfg = config.load(args.data, os.environ)
-    except config.ConfigError as e:
-        log.error("%s", e)
-        return 2
-    supervise.role_started(cfg.data_dir, "storage")
-    try:
-        uvloop.run(main(cfg))
-    except Exception:
-        log.exception("storage failed")
-        return 1
-    finally:
-        ipc.context().destroy(linger=0)
-    log.info("storage stopped")
-    return 0
+def cli(argv: list[str] | None = None) -> int:
+    return run_role("storage", main, argv)
 
 
 if __name__ == "__main__":
