@@ -3,7 +3,9 @@
 Starts a node (supervisor + three roles) on a free port with a fresh data dir,
 drives it over HTTP with concurrent clients, and prints a table: writes,
 plain and linearizable reads, a compare-and-swap storm, watch delivery
-latency, and the resident memory of each role. Results also go to
+latency, and the resident memory of each role. When an ``etcd`` binary is on
+the PATH (Debian's etcd-server), the same writes and reads run against a
+single etcd through its JSON gateway, as the reference. Results also go to
 ``.bench/latest.json`` so runs can be compared.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -134,6 +137,81 @@ async def _run(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
         return results
 
 
+async def _run_etcd(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """The same writes and reads against etcd's v3 JSON gateway."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    conn = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def put(w: int, i: int) -> bool:
+            value = json.dumps({"theme": "dark", "n": i})
+            body = {"key": b64(f"tenant:bench/w{w}/k{i % 100}"), "value": b64(value)}
+            async with session.post(f"{url}/v3/kv/put", json=body) as r:
+                await r.read()
+                return r.status == 200
+
+        def reader(serializable: bool) -> Callable[[int, int], Awaitable[bool]]:
+            async def get(w: int, i: int) -> bool:
+                body = {"key": b64(f"tenant:bench/w{w}/k{i % 100}"), "serializable": serializable}
+                async with session.post(f"{url}/v3/kv/range", json=body) as r:
+                    await r.read()
+                    return r.status == 200
+
+            return get
+
+        return {
+            "etcd put (1 client)": await _drive(1, seconds, put),
+            f"etcd put ({concurrency} clients)": await _drive(concurrency, seconds, put),
+            f"etcd get serializable ({concurrency} clients)": await _drive(
+                concurrency, seconds, reader(True)
+            ),
+            f"etcd get linearizable ({concurrency} clients)": await _drive(
+                concurrency, seconds, reader(False)
+            ),
+        }
+
+
+def _etcd(seconds: float, concurrency: int) -> dict[str, Any]:
+    binary = shutil.which("etcd")
+    if binary is None:
+        return {}
+    root = Path(tempfile.mkdtemp(prefix="cc-etcd-", dir="/tmp"))
+    client, peer = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{client}"
+    proc = subprocess.Popen(
+        [binary, "--data-dir", str(root), "--listen-client-urls", url,
+         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_http(f"{url}/health")
+        results = asyncio.run(_run_etcd(url, seconds, concurrency))
+        results["etcd memory"] = {"etcd rss MiB": round(_rss_mib(proc.pid), 1)}
+        return results
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -149,17 +227,7 @@ def main() -> int:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    pass
-                import urllib.request
-
-                if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        _wait_http(f"{url}/readyz")
         results = asyncio.run(_run(url, args.seconds, args.concurrency))
         from concordance.supervise import Control
 
@@ -171,6 +239,7 @@ def main() -> int:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
+    results.update(_etcd(args.seconds, args.concurrency))
     for name, row in results.items():
         cells = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in row.items())  # fmt: skip
