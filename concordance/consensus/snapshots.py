@@ -76,7 +76,16 @@ class SnapshotCoordinator:
         return self._asked_at is not None and self._clock() - self._asked_at < ASK_TIMEOUT
 
     async def maybe_ask(self, applied: int | None) -> None:
-        """Ask for a snapshot if storage applied ``snapshot_every`` entries since the last."""
+        """Ask for a snapshot if storage applied ``snapshot_every`` entries since the last.
+
+        "The last" includes a snapshot installed from the leader: right after one,
+        storage's state IS that snapshot, and asking would only produce a copy
+        that ``adopt`` drops (before this check, on every loop turn until the
+        next entry was applied).
+        """
+        latest = self._disk.latest_snapshot()
+        if latest is not None and latest.index > self.last_index:
+            self.last_index = latest.index
         if applied is None or applied - self.last_index < self._every or self.asking:
             return
         if self._clock() >= self._retry_at:
@@ -108,6 +117,7 @@ class SnapshotCoordinator:
         self._asked_at = None
         latest = self._disk.latest_snapshot()
         if latest is not None and body.index <= latest.index:
+            self.last_index = max(self.last_index, latest.index)
             self._drop_file(body, f"snapshot {latest.index} is at least as new")
             size = self._disk.snapshot_path(latest).stat().st_size
             await self._answer(SnapshotNowOk(latest.index, latest.term, size))
