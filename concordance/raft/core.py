@@ -656,7 +656,11 @@ class RaftCore:
         return index
 
     def _sync_progress_to_membership(self) -> None:
-        members = set(self.membership.members) | {self.id}
+        # A peer being removed keeps its progress until the removal commits, so
+        # the entry that removes it reaches it too: it then knows it is out
+        # (and never campaigns) instead of believing it is still a voter.
+        committed = self.membership_at(self.log.commit)
+        members = set(self.membership.members) | set(committed.members) | {self.id}
         last = self.log.last_index()
         for peer in sorted(members - self.progress.keys()):
             self.progress[peer] = Progress(match=0, next=last + 1, recent_active=True)
@@ -670,9 +674,14 @@ class RaftCore:
         # Paper §5.4.2: only entries of the current term are committed by counting.
         if index > self.log.commit and self.log.term_or_zero(index) == self.term:
             first_of_term = self.log.term_or_zero(self.log.commit) != self.term
+            committed_config = bool(self._configs) and (
+                self.log.commit < self._configs[-1][0] <= index
+            )
             self.log.commit_to(index)
             while self._uncommitted and self._uncommitted[0][0] <= index:
                 self._uncommitted_bytes -= self._uncommitted.popleft()[1]
+            if committed_config:
+                self._sync_progress_to_membership()  # a removed peer is dropped now
             self._needs_broadcast = True  # followers learn the commit promptly
             if first_of_term:
                 self._release_reads_after_noop()

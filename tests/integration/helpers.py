@@ -77,11 +77,13 @@ class Node:
         port: int | None = None,
         peers: str = "",
         extra_env: dict[str, str] | None = None,
+        join: str = "",
     ) -> None:
         self.node_id = node_id
         self.data = data or short_tmpdir() / node_id
         self.port = port or free_port()
         self.peers = peers
+        self.join = join  # --join HOST:PORT: ask that member to add this node
         self.env = {
             **os.environ,
             "CONCORDANCE_API_KEY": API_KEY,
@@ -108,6 +110,8 @@ class Node:
         ]  # fmt: skip
         if self.peers:
             cmd += ["--peers", self.peers]
+        if self.join:
+            cmd += ["--join", self.join]
         self.data.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.data.parent / f"{self.node_id}-supervisor.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(

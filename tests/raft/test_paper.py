@@ -968,6 +968,23 @@ def test_removed_server_stops_campaigning() -> None:
     assert of_type(RequestVote, drain(n)) == []
 
 
+def test_removed_follower_receives_the_entry_that_removes_it() -> None:
+    """The leader keeps replicating to a server being removed until the removal
+    commits, so that server learns it is out (and reports it) instead of
+    believing it is still a voter; then the leader forgets it.
+    Reference: thesis §4.2.2"""
+    net = cluster()
+    n1 = net.elect("n1")
+    index = n1.core.propose_conf_change(ConfChange(ConfChangeOp.REMOVE, "n3"))
+    assert sorted(n1.core.progress) == ["n1", "n2", "n3"]  # until it commits
+    net.stabilize()
+    assert n1.core.log.commit == index
+    assert sorted(n1.core.progress) == ["n1", "n2"]
+    n3 = net["n3"]
+    assert n3.core.log.last_index() >= index
+    assert not n3.core.membership.contains("n3") and n3.core.role is Role.LEARNER
+
+
 # ------------------------------------------------------------ leadership transfer, thesis §3.10
 
 
