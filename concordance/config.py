@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 NODE_FILE = "node.json"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 ROLES = ("storage", "consensus", "front")  # start order; stop order is reversed
 
 
@@ -140,6 +141,11 @@ class NodeConfig:
             raise ConfigError("--peers and --join are exclusive")
         if self.join:
             parse_address(self.join)
+            if parse_address(self.listen)[0] in _WILDCARD_HOSTS:
+                raise ConfigError(
+                    f"--join: --listen {self.listen} is what the cluster will dial to reach"
+                    " this node; give this machine's reachable address, not a wildcard"
+                )
         if not self.insecure and not self.secrets.api_key:
             raise ConfigError(
                 "CONCORDANCE_API_KEY is not set: refusing to start (use --insecure for a dev node)"
