@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,14 @@ class Node:
         port: int | None = None,
         peers: str = "",
         extra_env: dict[str, str] | None = None,
+        peer_overrides: str = "",
         join: str = "",
     ) -> None:
         self.node_id = node_id
         self.data = data or short_tmpdir() / node_id
         self.port = port or free_port()
         self.peers = peers
+        self.peer_overrides = peer_overrides  # --peer-overrides: e.g. through a netproxy.Net
         self.join = join  # --join HOST:PORT: ask that member to add this node
         self.env = {
             **os.environ,
@@ -110,6 +113,8 @@ class Node:
         ]  # fmt: skip
         if self.peers:
             cmd += ["--peers", self.peers]
+        if self.peer_overrides:
+            cmd += ["--peer-overrides", self.peer_overrides]
         if self.join:
             cmd += ["--join", self.join]
         self.data.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +211,64 @@ class Node:
         qs = "&".join(f"{k}={v}" for k, v in query.items())
         return self.request("GET", f"/api/v1/kv/{key}" + (f"?{qs}" if qs else ""))
 
+    def status(self, timeout: float = 3.0) -> dict[str, Any] | None:
+        """``/cluster/status``, or None if the node does not answer."""
+        try:
+            resp = self.request("GET", "/api/v1/cluster/status", timeout=timeout)
+        except OSError:
+            return None
+        return resp.json() if resp.status == 200 else None  # type: ignore[no-any-return]
+
+    def list_all(self, prefix: str, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
+        """Every entry under ``prefix`` (all pages of 1000) and the last page's revision."""
+        entries: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            path = f"/api/v1/kv?prefix={urllib.parse.quote(prefix, safe='')}&limit=1000"
+            if cursor:
+                path += f"&cursor={urllib.parse.quote(cursor, safe='')}"
+            resp = self.request("GET", path, timeout=timeout)
+            assert resp.status == 200, (self.node_id, resp.status, resp.body[:300])
+            page = resp.json()
+            entries += page["entries"]
+            cursor = page["next"]
+            if not cursor:
+                return entries, int(page["revision"])
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """``kill -9`` the whole node: its supervisor and every role, by pid.
+
+        The supervisor is frozen (SIGSTOP) first so that it cannot respawn a
+        role between the kills; nothing gets a chance to shut down cleanly.
+        """
+        assert self.proc is not None, f"{self.node_id} is not running"
+        with contextlib.suppress(SupervisorUnavailable, RuntimeError, OSError):
+            self.role_pids()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        for pid in self.seen_pids:
+            self._kill_if_ours(pid)
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+        wait_for(lambda: not self._any_role_alive(), 10, f"{self.node_id}'s roles to die")
+
+    def _any_role_alive(self) -> bool:
+        for pid in self.seen_pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            zombie = stat.rpartition(")")[2].split()[0] == "Z"
+            if not zombie and str(self.data).encode() in cmdline:
+                return True
+        return False
+
     # -- teardown -------------------------------------------------------------
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None:
@@ -232,3 +295,150 @@ class Node:
         if b"procs." in cmdline and str(self.data).encode() in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+class Cluster:
+    """N real nodes of one new cluster, every peer link routed through a :class:`Net` proxy.
+
+    ``cluster.net`` injects faults between nodes (``isolate``, ``partition``,
+    ``one_way``, ``heal``); ``cluster[node_id]`` is a :class:`Node`. Always
+    :meth:`stop` it (or use it as a context manager).
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        root: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        proxied: bool = True,
+    ) -> None:
+        from tests.integration.netproxy import Net
+
+        self.root = root or short_tmpdir()
+        self.ids = [f"n{i}" for i in range(1, size + 1)]
+        ports = {node_id: free_port() for node_id in self.ids}
+        peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in ports.items())
+        self.net = Net(ports) if proxied else None
+        self.nodes = {
+            node_id: Node(
+                node_id,
+                data=self.root / node_id,
+                port=ports[node_id],
+                peers=peers,
+                extra_env=extra_env,
+                peer_overrides=self.net.overrides(node_id) if self.net else "",
+            )
+            for node_id in self.ids
+        }
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def majority(self) -> int:
+        return len(self.ids) // 2 + 1
+
+    def start(self, timeout: float = 60.0) -> Cluster:
+        for node in self.nodes.values():
+            node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_ready(timeout)
+        return self
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.running]
+
+    def statuses(self, nodes: list[Node] | None = None) -> dict[str, dict[str, Any] | None]:
+        return {n.node_id: n.status() for n in (nodes if nodes is not None else self.running())}
+
+    def leader(self, nodes: list[Node] | None = None) -> Node | None:
+        """The leader a majority of the whole cluster agrees on (same term), among ``nodes``."""
+        statuses = self.statuses(nodes)
+        for node_id, st in statuses.items():
+            if not st or st.get("role") != "leader":
+                continue
+            backers = [
+                other
+                for other in statuses.values()
+                if other and other.get("leaderId") == node_id and other.get("term") == st["term"]
+            ]
+            if len(backers) >= self.majority:
+                return self.nodes[node_id]
+        return None
+
+    def wait_for_leader(
+        self, nodes: list[Node] | None = None, exclude: tuple[str, ...] = (), timeout: float = 20.0
+    ) -> Node:
+        def found() -> Node | None:
+            leader = self.leader(nodes)
+            return leader if leader is not None and leader.node_id not in exclude else None
+
+        try:
+            leader: Node = wait_for(found, timeout, "a leader")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nstatuses: {self.statuses(nodes)}") from None
+        return leader
+
+    def followers(self, leader: Node | None = None) -> list[Node]:
+        leader = leader or self.wait_for_leader()
+        return [n for n in self.running() if n is not leader]
+
+    def state(self, node: Node, prefix: str) -> dict[str, Any]:
+        """What must be identical on every node: the listing, its revision, the applied index."""
+        st = node.status()
+        entries, revision = node.list_all(prefix)
+        return {
+            "entries": entries,
+            "revision": revision,
+            "appliedIndex": st and st["appliedIndex"],
+            "storageRevision": st and st["revision"],
+        }
+
+    def converged(self, prefix: str, nodes: list[Node] | None = None) -> dict[str, Any] | None:
+        """The common state of ``nodes`` (default: the running ones) if they agree, else None."""
+        states = [self.state(n, prefix) for n in (nodes if nodes is not None else self.running())]
+        first = states[0]
+        if first["appliedIndex"] is None:
+            return None
+        return first if all(s == first for s in states[1:]) else None
+
+    def wait_converged(
+        self, prefix: str, nodes: list[Node] | None = None, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """Wait until every node holds the same state; on timeout, say how they differ."""
+        try:
+            state: dict[str, Any] = wait_for(
+                lambda: self.converged(prefix, nodes), timeout, f"convergence of {prefix}"
+            )
+        except AssertionError as e:
+            summary = {}
+            for n in nodes if nodes is not None else self.running():
+                try:
+                    s = self.state(n, prefix)
+                    summary[n.node_id] = (
+                        len(s["entries"]), s["revision"], s["appliedIndex"], s["storageRevision"]
+                    )  # fmt: skip
+                except Exception as err:  # report, do not mask the timeout
+                    summary[n.node_id] = repr(err)
+            raise AssertionError(
+                f"{e}\n(entries, revision, applied, storage revision): {summary}"
+            ) from None
+        return state
+
+    def stop(self) -> None:
+        """Stop every node (whatever state it is in, in parallel), then the proxies."""
+
+        def stop(node: Node) -> None:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(stop, self.nodes.values()))
+        if self.net is not None:
+            self.net.close()
