@@ -336,22 +336,51 @@ def test_one_way_partitions_still_make_progress(c3: Cluster) -> None:
 
 def test_bridge_topology_makes_progress(c3: Cluster) -> None:
     """a - b - c with a and c unable to talk (a = the leader): writes go on through
-    a and b, c rejoins once healed."""
+    a and b; c, which hears no leader, campaigns in vain (b still follows a, so
+    it refuses c's pre-votes) and never deposes a; c rejoins once healed."""
     assert c3.net is not None
     prefix = tenant("bridge")
     a, (b, c) = leader_and_followers(c3)
+    term = a.status()["term"]  # type: ignore[index]
     c3.net.cut(a.node_id, c.node_id)
     writer = Writer(lambda: [a, b], prefix)
     writer.start()
     try:
         since = time.monotonic()
         writer.wait_oks(40, since)
-        time.sleep(2.5)  # c times out; it must not disrupt a's leadership forever
+        time.sleep(2.5)  # > 2 election timeouts for c
         since = time.monotonic()
         writer.wait_oks(20, since, timeout=15)
     finally:
         writer.finish()
+    assert c3.leader() is a and a.status()["term"] == term  # type: ignore[index]
+    assert writer.statuses() == {200}, writer.statuses()
     c3.net.heal()
+    state = c3.wait_converged(prefix)
+    writer.verify(state)
+
+
+def test_slow_links_cause_no_election(c3: Cluster) -> None:
+    """Every peer link delayed by 100 ms each way (RTT 200 ms, twice the heartbeat
+    interval, a fifth of the election timeout): no spurious election, writes go on."""
+    assert c3.net is not None
+    prefix = tenant("delay")
+    leader = c3.wait_for_leader()
+    term = leader.status()["term"]  # type: ignore[index]
+    c3.net.delay(100)
+    writer = Writer(lambda: c3.running(), prefix)
+    writer.start()
+    try:
+        since = time.monotonic()
+        writer.wait_oks(15, since)
+        took = time.monotonic() - since
+    finally:
+        writer.finish()
+        c3.net.heal()
+    assert c3.leader() is leader and leader.status()["term"] == term  # type: ignore[index]
+    assert writer.statuses() == {200}, writer.statuses()
+    print(f"\n15 writes over 200 ms-RTT links in {took:.1f}s")
+    assert took > 15 * 0.2  # the delay was real: a write needs at least one round trip
     state = c3.wait_converged(prefix)
     writer.verify(state)
 
