@@ -217,7 +217,8 @@ class Node:
             resp = self.request("GET", "/api/v1/cluster/status", timeout=timeout)
         except OSError:
             return None
-        return resp.json() if resp.status == 200 else None  # type: ignore[no-any-return]
+        body: dict[str, Any] | None = resp.json() if resp.status == 200 else None
+        return body
 
     def list_all(self, prefix: str, timeout: float = 5.0) -> tuple[list[dict[str, Any]], int]:
         """Every entry under ``prefix`` (all pages of 1000) and the last page's revision."""
@@ -417,7 +418,7 @@ class Cluster:
                 lambda: self.converged(prefix, nodes), timeout, f"convergence of {prefix}"
             )
         except AssertionError as e:
-            summary = {}
+            summary: dict[str, Any] = {}
             for n in nodes if nodes is not None else self.running():
                 try:
                     s = self.state(n, prefix)

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import enum
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,7 +73,7 @@ class ProxyLoop:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def call(self, fn: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    def call(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10.0) -> T:
         """Run ``fn()`` on the loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
 
@@ -200,6 +200,9 @@ class Link:
         self._loop.call(set_mode)
 
     # -- the loop's side --------------------------------------------------------
+    def _refusing(self) -> bool:
+        return self._mode is Mode.REFUSE
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._mode is Mode.REFUSE:
             self._stats.refused += 1
@@ -218,7 +221,7 @@ class Link:
                 self._stats.refused += 1
                 writer.transport.abort()
                 return
-            if self._mode is Mode.REFUSE:  # blocked while connecting
+            if self._refusing():  # blocked while connecting
                 up_writer.transport.abort()
                 writer.transport.abort()
                 return

@@ -10,6 +10,7 @@ has a cluster of its own. Every peer link a->b goes through its own proxy
 
 from __future__ import annotations
 
+import collections
 import http.client
 import itertools
 import shutil
@@ -20,6 +21,7 @@ import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,10 @@ class Writer(threading.Thread):
     def statuses(self) -> set[int | str]:
         return {s for *_, s in self.outcomes}
 
+    def summary(self) -> str:
+        counts = collections.Counter(str(s) for *_, s in self.outcomes)
+        return f"{self.prefix}: " + ", ".join(f"{k}x{v}" for k, v in sorted(counts.items()))
+
     def wait_oks(self, n: int, since: float, timeout: float = 20.0) -> None:
         wait_for(lambda: self.check() and self.oks(since) >= n, timeout, f"{n} acknowledged writes")
 
@@ -163,6 +169,7 @@ class Writer(threading.Thread):
         self.halt.set()
         self.join(WRITE_DEADLINE + 5)
         assert not self.is_alive(), "writer hung"
+        print(f"\n{self.summary()}")
         self.check()
 
     def verify(self, state: dict[str, Any]) -> None:
@@ -265,7 +272,7 @@ def test_leader_transfer(c3: Cluster) -> None:
                 asked, target = followers
             status, body = attempt(asked, "POST", "/api/v1/cluster/leader", {"to": target.node_id})
             assert status == 200, (asked.node_id, status, body)
-            wait_for(lambda t=target: c3.leader() is t, 10, f"{target.node_id} to lead")
+            wait_for(partial(lambda t: c3.leader() is t, target), 10, f"{target.node_id} to lead")
             since = time.monotonic()
             assert put(target, f"{prefix}on-new-leader", asked.node_id)[0] == 200
             writer.wait_oks(10, since)
