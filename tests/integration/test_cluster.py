@@ -392,18 +392,26 @@ def test_slow_links_cause_no_election(c3: Cluster) -> None:
     writer.verify(state)
 
 
-def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster) -> None:
-    """A follower stopped while thousands of keys are written (the leader compacts its
-    log past it) is sent a snapshot when it comes back, and converges.
+@pytest.mark.parametrize("how", ["stopped", "isolated"])
+def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster, how: str) -> None:
+    """A follower that misses thousands of writes -- stopped, or running but cut off
+    by the network -- while the leader compacts its log past it, is sent a
+    snapshot when it comes back, installs it (while serving, when it was
+    running) and converges.
 
     The writes are 128 separate log entries (batches of 32 keys): a leader keeps
     at most 64 appends in flight to a silent follower, and its front replays
     those queued frames when the follower returns, so the follower can get that
     far from the log alone; everything after must come from the snapshot.
     """
-    prefix = tenant("snap")
+    assert c3.net is not None
+    prefix = tenant(f"snap-{how}")
     leader, (lagging, other) = leader_and_followers(c3)
-    lagging.stop()
+    consensus_at, storage_at = log_size(lagging, "consensus"), log_size(lagging, "storage")
+    if how == "stopped":
+        lagging.stop()
+    else:
+        c3.net.isolate(lagging.node_id)
     total, per_batch = 4096, 32
     start = time.monotonic()
     for lo in range(0, total, per_batch):
@@ -417,8 +425,10 @@ def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster) -> None:
     status, snap = attempt(leader, "POST", "/api/v1/cluster/snapshot")
     assert status == 200, snap
     print(f"\nwrote {total + 10} keys in {time.monotonic() - start:.1f}s; leader snapshot {snap}")
-    consensus_at, storage_at = log_size(lagging, "consensus"), log_size(lagging, "storage")
-    lagging.start()
+    if how == "stopped":
+        lagging.start()
+    else:
+        c3.net.heal()
     state = c3.wait_converged(prefix, timeout=30)
     assert len(state["entries"]) == total + 10
     consensus_log = log_tail(lagging, "consensus", consensus_at)
@@ -427,6 +437,8 @@ def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster) -> None:
     assert "storage: restored" in storage_log, storage_log[-2000:]
     # and it does not then keep copying its fresh state (fixed in consensus/snapshots.py)
     assert consensus_log.count("not keeping storage's snapshot") <= 1, consensus_log[-2000:]
+    got = lagging.get(f"{prefix}k04095")
+    assert got.status == 200 and got.json()["value"] == 4095
 
 
 def _restart_role(node: Node, role: str, how: str) -> None:
