@@ -29,13 +29,13 @@ lint: $(STAMP)
 
 # The whole suite: unit, raft paper tests, 1,000 simulation seeds, integration.
 test: $(STAMP)
-	PYTHONHASHSEED=0 $(BIN)/pytest -n auto -q
+	PYTHONHASHSEED=0 $(BIN)/pytest -n auto --dist loadgroup -q
 
 unit: $(STAMP)
 	PYTHONHASHSEED=0 $(BIN)/pytest -n auto -q -m "not integration"
 
 integration: $(STAMP)
-	$(BIN)/pytest -n auto -q -m integration
+	$(BIN)/pytest -n auto --dist loadgroup -q -m integration
 
 # Long seeded sweep of the whole-cluster simulator: make sim SEEDS=20000, or replay: make sim SEED=42
 sim: $(STAMP)

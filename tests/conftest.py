@@ -1,0 +1,20 @@
+"""Suite-wide settings: tests that run whole clusters never run two at a time.
+
+Each multi-node test starts a dozen or more processes with one-second election
+timeouts; two of them side by side on a 2-core machine would starve each
+other into spurious elections. They share one xdist group (run with
+``--dist loadgroup``), so one worker runs them in turn while the others run
+everything else.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+CLUSTER_FILES = ("test_cluster.py", "test_membership.py", "test_restore.py", "test_chaos_short.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in CLUSTER_FILES:
+            item.add_marker(pytest.mark.xdist_group("cluster"))
