@@ -83,7 +83,12 @@ def acknowledged_writes(
     v = Verdict("acknowledged-writes", True, "")
     sets = {(e["key"], e["version"]): e for e in feed if e["type"] == "set"}
     deletes = {(e["key"], e["version"]): e for e in feed if e["type"] == "delete"}
-    by_value = {(e["key"], _canon(e.get("value"))): e for e in feed if e["type"] == "set"}
+    by_value: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in feed:
+        if e["type"] == "set":
+            seen = by_value.setdefault((e["key"], _canon(e.get("value"))), e)
+            if seen is not e:
+                v.add(f"one write applied twice: {seen} and {e}")
     acked = unknown = 0
     written: dict[tuple[str, str], Record] = {}
     for r in records:

@@ -71,6 +71,20 @@ class History:
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
+def session(headers: dict[str, str]) -> aiohttp.ClientSession:
+    """An HTTP session that sends every request at most once.
+
+    aiohttp resends a request with an idempotent method (GET, PUT, DELETE) once when its
+    connection breaks (RFC 9112 §9.3.1): a PUT that reached a node which then died would be
+    sent again to the restarted node, and a refused resend would hide that the first one
+    may have applied. ``aiohttp.test_utils`` turns it off the same way.
+    """
+    http = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=0))
+    assert hasattr(http, "_retry_connection"), "aiohttp changed: check how to disable retries"
+    http._retry_connection = False
+    return http
+
+
 def keys(count: int) -> list[str]:
     return [f"{PREFIX}k{i}" for i in range(count)]
 

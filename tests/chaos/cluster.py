@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.chaos.clients import session
 from tests.integration.helpers import API_KEY, Node, free_port, short_tmpdir, wait_for
 from tests.integration.netproxy import Net
 
@@ -71,7 +72,7 @@ class ChaosCluster:
             node.wait_ready(timeout)
 
     async def open(self) -> None:
-        self.http = aiohttp.ClientSession(headers=AUTH)
+        self.http = session(AUTH)
 
     def stop(self) -> None:
         """Stop every node (paused ones are woken first) and the proxies; by pid only."""

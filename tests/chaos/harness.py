@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.chaos import checks
-from tests.chaos.clients import PREFIX, Client, History, do_request, keys
+from tests.chaos.clients import PREFIX, Client, History, do_request, keys, session
 from tests.chaos.cluster import AUTH, ChaosCluster, digest
 from tests.chaos.nemesis import KINDS, Nemesis
 from tests.chaos.watchers import Watcher
@@ -189,9 +191,7 @@ async def run(cfg: Config) -> Result:
     faults: list[Any] = []
     lin_report = None
     started = time.monotonic()
-    http = aiohttp.ClientSession(
-        headers=AUTH, connector=aiohttp.TCPConnector(limit=0, force_close=False)
-    )
+    http = session(AUTH)
     try:
         await asyncio.to_thread(cluster.start)
         await cluster.open()
@@ -276,8 +276,23 @@ async def run(cfg: Config) -> Result:
     ok = all(v.ok is True for v in verdicts)
     if ok and not cfg.keep_data:
         cluster.cleanup()
+    else:
+        _dump_history(history, cluster.root / "history.jsonl")
     return Result(cfg, ok, verdicts, history, faults, timings, final, str(cluster.root),
                   lin_report)  # fmt: skip
+
+
+def _dump_history(history: History, path: Path) -> None:
+    """Every request of the run, one JSON object a line, in call order."""
+    with path.open("w") as f:
+        for r in sorted(history.records, key=lambda r: r.op.call):
+            op = r.op
+            row = {
+                "client": op.client, "key": op.key, "kind": op.kind, "input": repr(op.input),
+                "output": repr(op.output), "call": op.call, "ret": op.ret, "status": op.status,
+                "http": r.status, "error": r.error, "node": r.node, "revision": r.revision,
+            }  # fmt: skip
+            f.write(json.dumps(row) + "\n")
 
 
 def run_sync(cfg: Config) -> Result:

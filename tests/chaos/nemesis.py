@@ -103,6 +103,7 @@ class Nemesis:
             hold = self.rng.uniform(*self.hold)
             gap = self.rng.uniform(*self.gap)
             r = [self.rng.random() for _ in range(4)]
+            hold = max(0.5, min(hold, until - time.monotonic()))  # end about on time
             fault = Fault(kind, self.now())
             self.faults.append(fault)
             try:
