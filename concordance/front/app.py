@@ -148,7 +148,11 @@ async def _running(
         storage_timeout=min(STORAGE_PROBE_TIMEOUT, cfg.request_timeout_ms / 1000),
     )
     relay = PeerRelay(
-        http, cfg.secrets.peer_key, clients.consensus.raft_in, overrides=cfg.peer_overrides
+        http,
+        cfg.secrets.peer_key,
+        clients.consensus.raft_in,
+        stale_after=cfg.tick_ms * cfg.election_ticks / 1000,  # one election timeout
+        overrides=cfg.peer_overrides,
     )
     app[CLIENTS] = clients
     app[PROPOSER] = proposer

@@ -338,11 +338,18 @@ async def metrics(request: web.Request) -> web.Response:
     gauge("concordance_websockets", "Open WebSocket sessions (stream and raft).", len(app[STREAMS]))
     gauge("concordance_writes_pending", "Writes waiting for their result.", app[PROPOSER].pending)
     dropped = prom.Family(
-        "concordance_peer_frames_dropped_total", "counter", "Raft frames dropped per peer queue."
+        "concordance_peer_frames_dropped_total",
+        "counter",
+        "Raft frames dropped from a peer's outgoing queue: full (oldest first) or stale.",
+    )
+    queued = prom.Family(
+        "concordance_peer_queue_bytes", "gauge", "Bytes of Raft frames queued for a peer."
     )
     for peer, link in sorted(app[PEERS].links.items()):
-        dropped.add(link.dropped, (("peer", peer),))
-    fams.append(dropped)
+        dropped.add(link.dropped_full, (("peer", peer), ("reason", "full")))
+        dropped.add(link.dropped_stale, (("peer", peer), ("reason", "stale")))
+        queued.add(link.queued_bytes, (("peer", peer),))
+    fams.extend((dropped, queued))
     gauge(
         "concordance_peer_frames_unroutable_total",
         "Raft frames dropped because no address was known for their peer.",

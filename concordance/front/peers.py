@@ -5,7 +5,8 @@ Why the front: all external traffic of a node uses its one port
 key is checked by the auth middleware before the upgrade (401 without it).
 Every binary message is one Raft frame, handed to consensus undecoded as
 ``raft_in``; a frame consensus cannot take in time is dropped, which Raft
-tolerates (it retransmits).
+tolerates (it retransmits). The handler pings every ``relay.HEARTBEAT``
+seconds, so a peer that went silent is closed and forgotten.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from aiohttp import WSMsgType, web
 
 from concordance.front.appkeys import CLIENTS, STREAMS
-from concordance.front.relay import MAX_FRAME
+from concordance.front.relay import HEARTBEAT, MAX_FRAME
 
 __all__ = ["PeerSession", "raft_handler"]
 
@@ -33,7 +34,7 @@ class PeerSession:
 
 
 async def raft_handler(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=5.0)
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=HEARTBEAT)
     await ws.prepare(request)
     consensus = request.app[CLIENTS].consensus
     session = PeerSession(ws)
