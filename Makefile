@@ -51,5 +51,14 @@ cluster: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Chaos run against a real cluster (tests/chaos), report in chaos-report.json; exits non-zero
+# on a violation: make chaos DURATION=300 SEED=7 NODES=5
+DURATION ?= 120
+NODES    ?= 3
+.PHONY: chaos
+chaos: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m tests.chaos.run --duration $(DURATION) \
+		--seed $(or $(SEED),1) --nodes $(NODES) --report chaos-report.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

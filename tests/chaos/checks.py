@@ -12,6 +12,8 @@ summary, and the evidence of each violation (capped). The checks:
   last state;
 * ``watchers``: each watcher's events, across all its reconnects, equal the feed exactly
   (revision, key, type, version, value), with nothing repeated or out of order;
+* ``read-your-writes``: a plain get on the node that acknowledged a client's write of a key
+  returns that write or a later version (or 404 if the feed has a later delete);
 * ``convergence``: every node's listing (all fields), revision, applied index and change feed
   are identical, and the listing is the state the feed leads to.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from concordance.testing import linearizability as lin
-from tests.chaos.clients import Record
+from tests.chaos.clients import LocalRead, Record
 from tests.chaos.watchers import Watcher, event_tuple
 
 MAX_EVIDENCE = 20
@@ -157,6 +159,33 @@ def acknowledged_writes(
         f"{acked} acknowledged writes, {unknown} writes with unknown outcome, "
         f"{len(feed)} changes in the feed, {reads} final reads"
     )
+    return v
+
+
+def read_your_writes(reads: list[LocalRead], feed: list[dict[str, Any]]) -> Verdict:
+    v = Verdict("read-your-writes", True, "")
+    deleted: dict[str, list[int]] = {}
+    for e in feed:
+        if e["type"] == "delete":
+            deleted.setdefault(e["key"], []).append(e["version"])
+    judged = 0
+    for r in reads:
+        if r.status == 200 and r.version is not None:
+            judged += 1
+            floor = r.acked_version + (r.acked == "delete")
+            if r.version < floor:
+                v.add(
+                    f"c{r.client} on {r.node}: {r.key} at version {r.version} ({r.value!r}) after"
+                    f" its {r.acked} of version {r.acked_version} was acknowledged there"
+                )
+        elif r.status == 404:
+            judged += 1
+            if r.acked == "set" and not any(d >= r.acked_version for d in deleted.get(r.key, [])):
+                v.add(
+                    f"c{r.client} on {r.node}: {r.key} absent after its set of version"
+                    f" {r.acked_version} was acknowledged there, and no later delete"
+                )
+    v.summary = f"{judged} plain reads judged ({len(reads) - judged} without an answer)"
     return v
 
 

@@ -13,6 +13,12 @@ when a request fails at the connection level or times out. Outcomes (API.md §3.
 * anything else without an answer (timeout, reset, disconnect): unknown.
 
 Calls and returns are ``time.monotonic()``; ``ret`` is None for unknown outcomes.
+
+``local-get`` checks read-your-writes (API.md §3.1: a write is answered once applied on the
+node that answered, "so a read on that same node afterwards sees it"): a plain
+(non-consistent) get of a key, on the node that acknowledged this client's last write of
+it. Plain gets may be stale in general, so they are not in the linearizability history;
+they are judged by ``checks.read_your_writes``.
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ from typing import Any
 
 import aiohttp
 
-from concordance.testing.linearizability import Operation, Write, from_http
+from concordance.testing.linearizability import Deleted, Operation, Write, Written, from_http
 
 PREFIX = "tenant:chaos/"
 TIMEOUT = 5.0  # seconds; the node's own deadline is 5 s too (then 504)
-MIX = (("get", 0.4), ("set", 0.25), ("cas", 0.2), ("delete", 0.15))
+MIX = (("get", 0.4), ("set", 0.25), ("cas", 0.2), ("delete", 0.15), ("local-get", 0.1))
 EXPECTED = {200, 404, 409, 503, 504}  # anything else is an anomaly worth reporting
 
 
@@ -47,8 +53,24 @@ class Record:
 
 
 @dataclass
+class LocalRead:
+    """A plain get on the node that acknowledged the client's last write of the key."""
+
+    client: int
+    key: str
+    node: str
+    acked: str  # "set" or "delete"
+    acked_version: int
+    call: float
+    status: int | None
+    version: int | None = None
+    value: Any = None
+
+
+@dataclass
 class History:
     records: list[Record] = field(default_factory=list)
+    local_reads: list[LocalRead] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)  # unexpected answers
 
     def add(self, record: Record) -> None:
@@ -68,6 +90,9 @@ class History:
                 c[f"http {r.status}"] += 1
             else:
                 c[f"no answer: {r.error}"] += 1
+        local = out.setdefault("local-get", Counter()) if self.local_reads else Counter()
+        for read in self.local_reads:
+            local[f"http {read.status}" if read.status else "no answer"] += 1
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
@@ -112,6 +137,7 @@ class Client:
         self.node = cid  # index into urls()
         self.seq = 0
         self.known: dict[str, int] = {}  # key -> last version this client saw
+        self.acked: dict[str, tuple[str, str, int]] = {}  # key -> (node, kind, version)
         self.stopping = False
 
     async def run(self) -> None:
@@ -119,12 +145,15 @@ class Client:
             await self.step()
             await asyncio.sleep(self.rng.uniform(0, self.think))
 
-    async def step(self) -> Record:
+    async def step(self) -> Record | None:
         kind = self.rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
         key = self.rng.choice(self.keys)
         urls = self.urls()
         url = urls[self.node % len(urls)]
         arg: Write | int | None = None
+        if kind == "local-get":
+            await self.local_get(key, urls)
+            return None
         if kind in ("set", "cas"):
             self.seq += 1
             if_version = None
@@ -139,9 +168,32 @@ class Client:
         record = await self.request(url, kind, key, arg)
         self.history.add(record)
         self.learn(key, record)
+        out = record.op.output
+        if record.op.status == "ok" and isinstance(out, Written | Deleted):
+            self.acked[key] = (url, "set" if isinstance(out, Written) else "delete", out.version)
         if record.status is None:
             self.node += 1  # that node may be down: try the next one
+            if record.op.status == "fail":  # refused: do not spin while every node is down
+                await asyncio.sleep(self.rng.uniform(0.05, 0.2))
         return record
+
+    async def local_get(self, key: str, urls: list[str]) -> None:
+        if key not in self.acked or self.acked[key][0] not in urls:
+            return  # no acknowledged write of it yet, or that node is no longer a member
+        url, acked, version = self.acked[key]
+        call = time.monotonic()
+        read = LocalRead(self.cid, key, url, acked, version, call, None)
+        try:
+            async with self.http.get(
+                f"{url}/api/v1/kv/{key}", timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as resp:
+                read.status = resp.status
+                if resp.status == 200:
+                    body = await resp.json()
+                    read.version, read.value = body["version"], body["value"]
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            pass
+        self.history.local_reads.append(read)
 
     def learn(self, key: str, record: Record) -> None:
         out = record.op.output

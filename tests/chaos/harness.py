@@ -250,6 +250,7 @@ async def run(cfg: Config) -> Result:
                 },
             }
             verdicts.append(checks.acknowledged_writes(history.records, feed, final_reads))
+            verdicts.append(checks.read_your_writes(history.local_reads, feed))
             verdicts.append(checks.watchers(watchers, feed))
             verdicts.append(checks.convergence(states, feed))
         for w in watchers:

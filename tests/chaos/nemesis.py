@@ -19,8 +19,13 @@ Faults (Jepsen / etcd robustness style):
 * ``one-way``: links cut in one direction only (leader -> a follower, a follower ->
   leader, every follower -> leader, or leader -> every follower);
 * ``transfer``: leadership transfer to a random follower;
-* ``replace-member``: remove a follower, stop it, delete its data, and let a new node (a new
-  id: ids are never reused) join with ``--join``; the fault ends when it is a voter.
+* ``replace-member``: remove a follower (now and then the leader itself), stop it, delete
+  its data, and let a new node (a new id: ids are never reused) join with ``--join``; the
+  fault ends when it is a voter;
+* ``kill-all``: ``kill -9`` of every node at once, all restarted after the hold;
+* ``kill-role-all``: ``kill -9`` of the same role on every node at once;
+* ``delay``: every peer link slowed by 50-250 ms;
+* ``compound``: a network fault and a process fault at the same time.
 """
 
 from __future__ import annotations
@@ -51,7 +56,14 @@ KINDS: dict[str, float] = {
     "one-way": 1.0,
     "transfer": 0.8,
     "replace-member": 0.6,
+    "kill-all": 0.4,
+    "kill-role-all": 0.4,
+    "delay": 0.4,
+    "compound": 1.2,
 }
+NETWORK = ("partition", "isolate-leader", "bridge", "one-way", "delay")
+PROCESS = ("kill-node", "kill-role", "pause", "transfer")
+LEADER_WAIT = 5.0  # seconds a fault that needs a leader waits for one
 PROMOTION_TIMEOUT = 40.0
 
 
@@ -102,7 +114,7 @@ class Nemesis:
             kind = self.rng.choices(names, weights)[0]
             hold = self.rng.uniform(*self.hold)
             gap = self.rng.uniform(*self.gap)
-            r = [self.rng.random() for _ in range(4)]
+            r = [self.rng.random() for _ in range(8)]
             hold = max(0.5, min(hold, until - time.monotonic()))  # end about on time
             fault = Fault(kind, self.now())
             self.faults.append(fault)
@@ -119,7 +131,11 @@ class Nemesis:
 
     # -- helpers ----------------------------------------------------------------------------
     async def _roles(self) -> tuple[Node | None, list[Node]]:
-        leader = await self.cluster.leader()
+        """The leader (waiting a little for one) and the other live members."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_WAIT
+        while (leader := await self.cluster.leader()) is None and loop.time() < deadline:
+            await asyncio.sleep(0.2)
         others = [n for n in self.cluster.live() if n is not leader]
         return leader, others
 
@@ -166,6 +182,50 @@ class Nemesis:
         pid = await asyncio.to_thread(node.kill_role, role)
         await asyncio.to_thread(node.wait_role_restarted, role, pid, 30.0)
         fault.detail["restarted_after"] = round(self.now() - fault.start, 2)
+
+    async def _kill_all(self, fault: Fault, hold: float, r: list[float]) -> None:
+        nodes = self.cluster.live()
+        fault.target = ",".join(n.node_id for n in nodes)
+        self._killed.update(n.node_id for n in nodes)
+        await asyncio.gather(*(asyncio.to_thread(n.kill) for n in nodes))
+        await asyncio.sleep(hold)
+
+    async def _kill_role_all(self, fault: Fault, hold: float, r: list[float]) -> None:
+        nodes = self.cluster.live()
+        role = ROLES[int(r[2] * len(ROLES))]
+        fault.target = ",".join(n.node_id for n in nodes)
+        fault.detail["role"] = role
+        pids = await asyncio.gather(*(asyncio.to_thread(n.kill_role, role) for n in nodes))
+        await asyncio.gather(
+            *(asyncio.to_thread(n.wait_role_restarted, role, pid, 30.0)
+              for n, pid in zip(nodes, pids, strict=True))
+        )  # fmt: skip
+        fault.detail["restarted_after"] = round(self.now() - fault.start, 2)
+
+    async def _delay(self, fault: Fault, hold: float, r: list[float]) -> None:
+        ms = 50 + int(r[2] * 200)
+        fault.target = "every link"
+        fault.detail["ms"] = ms
+        await asyncio.to_thread(self.cluster.net.delay, ms)
+        await asyncio.sleep(hold)
+
+    async def _compound(self, fault: Fault, hold: float, r: list[float]) -> None:
+        """A network fault and a process fault together, each with its own target."""
+        parts = [
+            Fault(NETWORK[int(r[3] * len(NETWORK))], fault.start),
+            Fault(PROCESS[int(r[7] * len(PROCESS))], fault.start),
+        ]
+        draws = [r[:3] + r[4:5], r[4:7] + r[3:4]]
+        got = await asyncio.gather(
+            *(getattr(self, "_" + p.kind.replace("-", "_"))(p, hold, d)
+              for p, d in zip(parts, draws, strict=True)),
+            return_exceptions=True,
+        )  # fmt: skip
+        fault.target = " + ".join(f"{p.kind} {p.target}" for p in parts)
+        fault.detail = {f"{p.kind}.{k}": v for p in parts for k, v in p.detail.items()}
+        errors = [f"{p.kind}: {e!r}" for p, e in zip(parts, got, strict=True) if e is not None]
+        if errors:
+            raise RuntimeError("; ".join(errors))
 
     async def _pause(self, fault: Fault, hold: float, r: list[float]) -> None:
         node, side = await self._pick(r[0], r[1])
@@ -265,11 +325,12 @@ class Nemesis:
         leader, others = await self._roles()
         if leader is None or not others:
             raise RuntimeError("a replacement needs a leader and a follower")
-        old = others[int(r[1] * len(others))]
+        old = leader if r[3] < 0.25 else others[int(r[1] * len(others))]
+        fault.detail["removed"] = "leader" if old is leader else "follower"
         new_id = cluster.spares[0]
         fault.target = f"{old.node_id} -> {new_id}"
         await self._change(leader, "DELETE", f"/api/v1/cluster/members/{old.node_id}", None,
-                           lambda ms: all(m["id"] != old.node_id for m in ms))  # fmt: skip
+                           lambda ms: all(m["id"] != old.node_id for m in ms), old)  # fmt: skip
         fault.detail["removed_after"] = round(self.now() - fault.start, 2)
         await asyncio.to_thread(cluster.retire, old.node_id)
         via = cluster.nodes[cluster.members[int(r[2] * len(cluster.members))]]
@@ -286,7 +347,9 @@ class Nemesis:
             await asyncio.sleep(0.3)
         raise RuntimeError(f"{new_id} was not a voter within {PROMOTION_TIMEOUT}s")
 
-    async def _change(self, leader: Node, method: str, path: str, body: Any, done: Any) -> None:
+    async def _change(
+        self, leader: Node, method: str, path: str, body: Any, done: Any, leaving: Node
+    ) -> None:
         """A membership change, asked again (it is idempotent) until the leader shows it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
@@ -294,7 +357,7 @@ class Nemesis:
         while loop.time() < deadline:
             status, _ = await self._call(target, method, path, body)
             current = await self.cluster.leader()
-            if current is not None:
+            if current is not None and current is not leaving:
                 target = current
                 if done(await self._members_view(current)):
                     return

@@ -1,0 +1,28 @@
+"""The short chaos mode of ``make test``: two fixed-seed runs against real clusters.
+
+Each run starts a cluster (3 or 5 nodes), drives clients and watchers through every node
+for ~30 s while the nemesis injects faults, heals, and requires every check to pass
+(``tests/chaos/harness.py``). Long runs: ``make chaos DURATION=... SEED=...``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos import report
+from tests.chaos.harness import Config, run_sync
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "seed"),
+    [pytest.param(3, 101, id="3-nodes"), pytest.param(5, 202, id="5-nodes")],
+)
+def test_short_chaos_run(nodes: int, seed: int) -> None:
+    result = run_sync(Config(seed=seed, nodes=nodes, duration=30.0))
+    summary = report.summary(result)
+    print(summary)
+    assert result.ok, summary
+    assert len(result.history.records) > 300, summary
+    assert len(result.faults) >= 4, summary
