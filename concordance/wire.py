@@ -179,6 +179,13 @@ class RaftOut(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class Dropped(Body):
+    """Forwarded proposals the receiver refused: certainly not appended (consensus -> front)."""
+
+    commands: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Hello(Body):
     """Storage liveness and position: at start and every second."""
 
@@ -346,6 +353,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "snapshot_now_ok": SnapshotNowOk,
     "raft_in": RaftIn,
     "raft_out": RaftOut,
+    "dropped": Dropped,
     "hello": Hello,
     "applied": Applied,
     "snapshot_taken": SnapshotTaken,
@@ -388,6 +396,7 @@ ONE_WAY: frozenset[str] = frozenset(
     {
         "raft_in",
         "raft_out",
+        "dropped",
         "hello",
         "applied",
         "snapshot_taken",

@@ -49,6 +49,7 @@ from concordance.raft.messages import (
     Message,
     Propose,
     ProposeConfChange,
+    ProposeRefused,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
@@ -86,6 +87,7 @@ RAFT_TAGS: dict[type, int] = {
     TransferLeader: 12,
     ReadIndexRequest: 13,
     ReadIndexResponse: 14,
+    ProposeRefused: 15,
 }
 
 _Check = Callable[[Any], Any]

@@ -10,8 +10,8 @@ Rules / theory of operation
   requests, ``raft_in`` frames, storage reports, ticks), then handles at most
   one Ready in the order of the driver contract (``concordance.raft``):
   persist (on the db thread, see ``disk.py``) -> send -> restore/apply ->
-  read states -> ``advance``. Then the apply stream and the snapshot policy
-  get their turn.
+  read states -> refused forwards (``dropped`` to the front) -> ``advance``.
+  Then the apply stream and the snapshot policy get their turn.
 * **Group commit.** While a Ready is being persisted the core is not touched
   (the gate in ``disk.py``); what arrives meanwhile waits in the inbox and
   goes into the next Ready, so one fsync covers every proposal that arrived
@@ -390,6 +390,8 @@ class ConsensusDriver:
                 else Unavailable("leadership could not be confirmed")
             )
             await self.server.reply(waiter.peer, waiter.request, answer)
+        if rd.dropped:
+            await self._report_dropped(rd.dropped)
         self.core.advance(rd)
         self._remember_addresses(self.core.membership)
 
@@ -438,6 +440,14 @@ class ConsensusDriver:
                 except IpcError as e:
                     self.raft_out_dropped += len(frames)
                     log.debug("dropping %d frames for %s: %s", len(frames), peer, e)
+
+    async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
+        """Tell the front which of its forwarded proposals were refused (certainly not
+        appended): their writes get ``unavailable`` now. Best effort: unsent, they time out."""
+        try:
+            await self.server.send(FRONT, "dropped", wire.Dropped(commands))
+        except IpcError as e:
+            log.debug("cannot report %d refused proposal(s): %s", len(commands), e)
 
     async def _send_storage(self, type: str, body: wire.Body) -> None:
         await self.server.send(STORAGE, type, body)

@@ -160,6 +160,7 @@ async def _running(
     app[PEERS] = relay
     app[KV] = KvService(clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK])
     clients.consensus.on_raft_out(relay.send)
+    clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
     if cfg.join:

@@ -12,7 +12,9 @@ Contract shared by every implementation:
 * ``propose`` returns once consensus accepted the commands (the log index,
   0 when forwarded to the leader). ``Unavailable`` means certainly not
   appended; ``IpcError`` means the outcome is unknown (the caller keeps
-  waiting for the result event until its own deadline).
+  waiting for the result event until its own deadline). A forwarded command
+  that the receiver refused comes back later, one-way, as ``dropped``
+  (certainly not appended either).
 * Other role errors arrive as the ``ConcordanceError`` the role raised.
 """
 
@@ -27,12 +29,14 @@ from concordance import wire
 __all__ = [
     "Clients",
     "ConsensusClient",
+    "DroppedHandler",
     "EventSource",
     "RaftOutHandler",
     "StorageClient",
 ]
 
 RaftOutHandler = Callable[[wire.RaftOut], None]
+DroppedHandler = Callable[[wire.Dropped], None]
 
 
 class ConsensusClient(Protocol):
@@ -56,6 +60,10 @@ class ConsensusClient(Protocol):
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         """Route ``raft_out`` messages from consensus to ``handler`` (called on the loop)."""
+        ...
+
+    def on_dropped(self, handler: DroppedHandler) -> None:
+        """Route ``dropped`` messages from consensus to ``handler`` (called on the loop)."""
         ...
 
 

@@ -36,7 +36,7 @@ import zmq.asyncio
 
 from concordance import ipc, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
-from concordance.front.clients import Clients, RaftOutHandler
+from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
 
@@ -120,6 +120,7 @@ class IpcConsensus:
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self._handler: RaftOutHandler | None = None
+        self._dropped: DroppedHandler | None = None
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -127,11 +128,16 @@ class IpcConsensus:
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.RaftOut) and self._handler is not None:
             self._handler(env.body)
+        elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
+            self._dropped(env.body)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         self._handler = handler
+
+    def on_dropped(self, handler: DroppedHandler) -> None:
+        self._dropped = handler
 
     async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
         got = await _retry_unavailable(self._rpc, "propose", wire.Propose(tuple(commands)), timeout)

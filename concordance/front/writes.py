@@ -12,6 +12,10 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
 * ``Unavailable`` from consensus means certainly not appended: 503. An
   ``IpcError`` from propose means the outcome is unknown: keep waiting for the
   result. No result by the deadline: ``504 timeout`` (outcome unknown).
+* A write forwarded to the leader and refused there (leadership transfer,
+  backpressure, or the receiver was not the leader) comes back from consensus
+  as ``dropped``: certainly not appended, so its waiter fails with
+  ``Unavailable`` (503) at once instead of waiting for the deadline.
 * Results for other origins, unknown or late ids are ignored.
 """
 
@@ -25,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 from concordance import wire
-from concordance.commands import Command, Op
-from concordance.errors import ConcordanceError, IpcError, Timeout, from_code
+from concordance.commands import Command, Op, peek_request
+from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable, from_code
 from concordance.front.clients import ConsensusClient
 
 __all__ = ["Proposer"]
@@ -108,6 +112,24 @@ class Proposer:
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
                 future.set_result((bool(ok), payload))
+
+    def fail_dropped(self, dropped: wire.Dropped) -> None:
+        """Fail the waiting writes among ``dropped``'s commands with ``Unavailable``.
+
+        Consensus reports forwarded proposals that the receiver refused: they
+        were certainly not appended, so a 503 (safe to retry) is the truth.
+        Commands of other origins and ids with no waiter here (answered
+        already, given up, storage's expiries) are ignored.
+        """
+        for data in dropped.commands:
+            request = peek_request(data)
+            if request is None or request[0] != self._node_id:
+                continue
+            future = self._waiters.get(request[1])
+            if future is not None and not future.done():
+                future.set_exception(
+                    Unavailable("the leader did not accept the write (not applied); retry")
+                )
 
     def fail_all(self, error: ConcordanceError) -> None:
         """Fail every pending write (shutdown)."""

@@ -13,9 +13,13 @@ Inputs (call from one task; never concurrently):
 * ``propose(data)`` / ``propose_batch(datas)`` -- new commands. A follower
   forwards them to its leader; with no leader they raise ``NotLeader``; a
   leader refuses with ``ProposalDropped`` during a leadership transfer or when
-  too much is uncommitted. A proposal that is lost after forwarding is never
-  reported: the caller learns the outcome only from the applied entry
-  (commands carry their own origin and request id) or by timing out.
+  too much is uncommitted. A forwarded proposal that its receiver does not
+  append (the leader refuses it; the receiver is not, or no longer, the
+  leader; it arrives at a stale term) comes back in ``Ready.dropped``: it was
+  certainly not appended, so its caller may fail it now (safe to retry).
+  Otherwise the caller learns the outcome only from the applied entry
+  (commands carry their own origin and request id) or by timing out, as
+  for a forward the network lost.
 * ``read_index(ctx)`` -- ask for a linearizable read index (ReadIndex, thesis
   §6.4); the answer comes back as a ``ReadState(ctx, index)``, index 0 meaning
   "leadership not confirmed: fail the read".
@@ -44,7 +48,12 @@ MUST handle each Ready completely and in this order before calling
    handed out exactly once per process lifetime (after a restart, the driver
    resumes from the state machine's own durable applied index). Deliver
    ``read_states``: a read may be served once the state machine has applied
-   at least ``index``.
+   at least ``index``. Report ``dropped`` to the proposers (volatile, like
+   read states: nothing to persist, and losing the report only means the
+   proposer times out). "Certainly not appended" assumes the transport
+   delivers each ``Propose`` at most once: a duplicated one may be appended
+   once and refused once. The real transport (ZeroMQ, WebSocket) never
+   duplicates; a transport that does must ignore ``dropped``.
 4. **Advance**: ``advance(ready)``.
 
 ``step``, ``tick`` and ``propose`` may be called between ``ready()`` and

@@ -14,11 +14,18 @@ Theory of operation:
 * Membership is single-server change: a CONFIG entry takes effect as soon as it
   is in the log (thesis §4.1), a leader appends one only after committing an
   entry of its own term and with no other change uncommitted (raft-dev 2015).
+* Forwarded proposals: a follower sends ``Propose`` to the leader it knows.
+  Whoever receives one and does not append it (a leader refusing it, any node
+  that is not leader, or one that sees it at a stale term) answers
+  ``ProposeRefused`` with the same data, and the forwarder hands the data out
+  in ``Ready.dropped``. A follower never forwards a forwarded proposal again: a
+  refusal from the next hop would reach it, not the origin. ``ProposeRefused``
+  is accepted at any term and changes no term or role: it only says "not
+  appended by its sender", which stays true.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,6 +53,7 @@ from concordance.raft.messages import (
     Message,
     Propose,
     ProposeConfChange,
+    ProposeRefused,
     ReadIndexRequest,
     ReadIndexResponse,
     RequestVote,
@@ -119,6 +127,7 @@ class RaftCore:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._chunks: list[SnapshotChunk] = []
+        self._dropped: list[bytes] = []  # forwarded proposals refused by their receiver
         self._needs_broadcast = False
         self._prev_hard = hard_state
         self._prev_soft = SoftState(self.role, None, self.term)
@@ -160,6 +169,11 @@ class RaftCore:
         """Feed one message from a peer (or a forwarded request)."""
         if msg.dst != self.id:
             return
+        if isinstance(msg, ProposeRefused):
+            # Outside the term rules: a refusal carries no Raft state, and "not
+            # appended by its sender" stays true whatever term it comes from.
+            self._dropped.extend(msg.data)
+            return
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
                 if self._in_lease() and not msg.transfer:
@@ -186,7 +200,8 @@ class RaftCore:
         """Propose a command. Returns its index on the leader, None if forwarded.
 
         Raises NotLeader when no leader is known, ProposalDropped when the leader
-        refuses (transfer in progress, too much uncommitted data).
+        refuses (transfer in progress, too much uncommitted data). A forwarded
+        proposal that its receiver does not append comes back in ``Ready.dropped``.
         """
         return self.propose_batch([data])
 
@@ -275,6 +290,7 @@ class RaftCore:
             self._msgs
             or self._needs_broadcast
             or self._read_states
+            or self._dropped
             or self._chunks
             or self.log.unstable
             or self.log.pending_snapshot is not None
@@ -301,8 +317,9 @@ class RaftCore:
             messages=tuple(self._msgs),
             committed=tuple(self.log.committed_to_apply(self.cfg.max_committed_bytes_per_ready)),
             read_states=tuple(self._read_states),
+            dropped=tuple(self._dropped),
         )
-        self._msgs, self._read_states, self._chunks = [], [], []
+        self._msgs, self._read_states, self._chunks, self._dropped = [], [], [], []
         self._reads.seal()  # reads from now on need a fresh heartbeat round
         self._prev_soft = soft
         return rd
@@ -484,6 +501,9 @@ class RaftCore:
             self._send(AppendEntriesResponse(self.term, self.id, msg.src, False))
         elif isinstance(msg, RequestVote) and msg.pre_vote:
             self._send(RequestVoteResponse(self.term, self.id, msg.src, False, True))
+        elif isinstance(msg, Propose):
+            # Its sender follows a leader of an older term: not appended, say so.
+            self._refuse_proposal(msg, f"stale term {msg.term} < {self.term}")
 
     def _step_candidate(self, msg: Message) -> None:
         pre = self.role is Role.PRE_CANDIDATE
@@ -515,7 +535,12 @@ class RaftCore:
                 self._campaign(pre=False, transfer=True)
         elif isinstance(msg, ReadIndexResponse):
             self._read_states.append(ReadState(msg.ctx, msg.index))
-        elif isinstance(msg, Propose | ProposeConfChange | ReadIndexRequest | TransferLeader):
+        elif isinstance(msg, Propose):
+            # Never forwarded again: the next hop's refusal would come back to us,
+            # not to the origin, which would wait for its deadline. Refused now,
+            # it fails fast and is retried once the origin knows the leader.
+            self._refuse(msg)
+        elif isinstance(msg, ProposeConfChange | ReadIndexRequest | TransferLeader):
             if self.leader_id is not None and self.leader_id != msg.src:
                 self._send(_redirect(msg, self.term, self.id, self.leader_id))
             else:
@@ -606,6 +631,14 @@ class RaftCore:
         """Answer a forwarded request we cannot serve so the asker fails fast."""
         if isinstance(msg, ReadIndexRequest):
             self._send(ReadIndexResponse(self.term, self.id, msg.src, msg.ctx, 0))
+        elif isinstance(msg, Propose):
+            leader = f"; leader is {self.leader_id}" if self.leader_id else ""
+            self._refuse_proposal(msg, f"{self.id} is not the leader{leader}")
+
+    def _refuse_proposal(self, msg: Propose, reason: str) -> None:
+        """Hand a forwarded proposal back: certainly not appended here."""
+        log.debug("%s refused %d proposal(s) from %s: %s", self.id, len(msg.data), msg.src, reason)
+        self._send(ProposeRefused(self.term, self.id, msg.src, msg.data, reason))
 
     # ------------------------------------------------------------------ leader
     def _step_leader(self, msg: Message) -> None:
@@ -616,9 +649,10 @@ class RaftCore:
         elif isinstance(msg, InstallSnapshotResponse):
             self._handle_snapshot_response(msg)
         elif isinstance(msg, Propose):
-            # A refused forward is dropped: the origin times out, never a false success.
-            with contextlib.suppress(ProposalDropped):
+            try:
                 self.propose_batch(msg.data)
+            except ProposalDropped as e:
+                self._refuse_proposal(msg, e.reason)
         elif isinstance(msg, ProposeConfChange):
             try:
                 self.propose_conf_change(msg.change)
@@ -893,9 +927,8 @@ class RaftCore:
 
 
 def _redirect(msg: Message, term: int, src: str, leader: str) -> Message:
-    """Forward a request that reached a follower to the leader it knows."""
-    if isinstance(msg, Propose):
-        return Propose(term, src, leader, msg.data)
+    """Forward a request that reached a follower to the leader it knows
+    (never a ``Propose``: a follower refuses those, see ``_step_follower``)."""
     if isinstance(msg, ProposeConfChange):
         return ProposeConfChange(term, src, leader, msg.change)
     if isinstance(msg, TransferLeader):

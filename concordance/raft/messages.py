@@ -128,12 +128,31 @@ class TimeoutNow:
 
 @dataclass(frozen=True, slots=True)
 class Propose:
-    """Proposals forwarded from a follower to the leader."""
+    """Proposals forwarded from a follower to the leader. The leader appends them
+    or answers :class:`ProposeRefused`; only the network loses them silently."""
 
     term: int
     src: str
     dst: str
     data: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeRefused:
+    """A forwarded ``Propose`` its receiver did not append, handed back to the sender.
+
+    Sent by a leader that refuses it (transfer in progress, too much
+    uncommitted data) and by any node that is not the leader (a follower never
+    forwards a forwarded proposal again; a candidate has no leader). ``data``
+    is the refused ``Propose.data``, unchanged; ``reason`` is for logs only.
+    The sender surfaces ``data`` in ``Ready.dropped``.
+    """
+
+    term: int
+    src: str
+    dst: str
+    data: tuple[bytes, ...]
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +208,7 @@ Message = (
     | InstallSnapshotResponse
     | TimeoutNow
     | Propose
+    | ProposeRefused
     | ProposeConfChange
     | TransferLeader
     | ReadIndexRequest
@@ -210,4 +230,5 @@ MESSAGE_TYPES: tuple[type, ...] = (
     TransferLeader,
     ReadIndexRequest,
     ReadIndexResponse,
+    ProposeRefused,
 )

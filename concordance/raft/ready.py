@@ -50,7 +50,12 @@ class SnapshotChunk:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """One batch of work for the driver. See the package docstring for the order."""
+    """One batch of work for the driver. See the package docstring for the order.
+
+    ``dropped`` holds proposals this node forwarded that the receiver refused
+    (``ProposeRefused``): certainly not appended by that forward, so their
+    proposers may fail them now (safe to retry) instead of at their deadline.
+    """
 
     soft_state: SoftState | None
     hard_state: HardState | None
@@ -60,6 +65,7 @@ class Ready:
     messages: tuple[Message, ...]
     committed: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
+    dropped: tuple[bytes, ...] = ()
 
     @property
     def must_sync(self) -> bool:

@@ -19,6 +19,13 @@ reflects is durable". At the end the cluster is healed and must elect a leader
 and commit within a bounded time (liveness), every acknowledged proposal must
 have been applied exactly once in the same order on every member, and every
 ReadIndex read must have seen every write acknowledged before it began.
+
+Forwarded proposals that come back in ``Ready.dropped`` count as failed for
+the client, and the checker holds the core to its word: a command reported
+dropped must never be in any node's log (so never applied). The promise
+needs a transport that delivers each ``Propose`` at most once, which the real
+one does and this network does not (it duplicates messages): a command whose
+``Propose`` was duplicated in flight is exempt.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from concordance.raft.entries import (
 from concordance.raft.messages import (
     AppendEntriesResponse,
     Message,
+    Propose,
     RequestVote,
     RequestVoteResponse,
 )
@@ -143,6 +151,9 @@ class Simulation:
         self._next_cmd = 0
         self.acked: dict[str, int] = {}  # command id -> ack time
         self.proposed: dict[str, str] = {}  # command id -> origin node
+        self.dropped: set[str] = set()  # reported not appended (Ready.dropped)
+        self.appended: set[str] = set()  # commands in some node's log, ever
+        self.duplicated: set[str] = set()  # commands whose Propose the network duplicated
         self.pending_reads: dict[bytes, _Read] = {}
         self.reads_checked = 0
         self.trace = hashlib.sha256()
@@ -176,6 +187,8 @@ class Simulation:
         if (msg.src, msg.dst) in self.blocked or self.rng.random() < self.opt.drop:
             return
         copies = 2 if self.rng.random() < self.opt.duplicate else 1
+        if copies == 2 and isinstance(msg, Propose):
+            self.duplicated.update(d.decode() for d in msg.data)
         for _ in range(copies):
             self._seq += 1
             at = self.now + self.rng.randint(1, self.opt.max_delay)
@@ -258,6 +271,8 @@ class Simulation:
                     self.pending_reads.pop(rs.ctx, None)
                 else:
                     node.reads.append((rs.ctx, rs.index))
+            for data in rd.dropped:
+                self._note_dropped(node, data.decode())
             core.advance(rd)
             self._record_commit(node, core)
         self._serve_reads(node)
@@ -277,6 +292,17 @@ class Simulation:
                 node.applied.append(cmd)
                 if self.proposed.get(cmd) == node.node_id and cmd not in self.acked:
                     self.acked[cmd] = self.now
+
+    def _note_dropped(self, node: SimNode, cmd: str) -> None:
+        """The client of ``node`` learns that ``cmd`` failed (not appended: retryable)."""
+        if self.proposed.get(cmd) != node.node_id:
+            self._fail(f"{node.node_id} was told of a dropped {cmd} it never forwarded")
+        self.dropped.add(cmd)
+        self._check_not_appended(cmd)
+
+    def _check_not_appended(self, cmd: str) -> None:
+        if cmd in self.dropped and cmd in self.appended and cmd not in self.duplicated:
+            self._fail(f"{cmd} was reported dropped but is in a log")
 
     def _serve_reads(self, node: SimNode) -> None:
         keep = []
@@ -339,6 +365,10 @@ class Simulation:
         seen = self.log_facts.setdefault((entry.index, entry.term), fact)
         if seen != fact:
             self._fail(f"log matching: ({entry.index},{entry.term}) differs on {node.node_id}")
+        if entry.kind is EntryKind.NORMAL:
+            cmd = entry.data.decode()
+            self.appended.add(cmd)
+            self._check_not_appended(cmd)
 
     def _record_commit(self, node: SimNode, core: RaftCore) -> None:
         commit = min(core.log.commit, node.disk.last_index())
@@ -471,7 +501,12 @@ class Simulation:
             self._step(faults=True)
         self._heal_and_check()
         return SimResult(
-            self.seed, len(self.acked), self.reads_checked, self.events, self.trace.hexdigest()
+            self.seed,
+            len(self.acked),
+            self.reads_checked,
+            self.events,
+            self.trace.hexdigest(),
+            len(self.dropped),
         )
 
     def _heal_and_check(self) -> None:
@@ -536,6 +571,7 @@ class SimResult:
     reads: int
     events: int
     trace: str
+    dropped: int = 0  # forwarded proposals reported refused (failed for the client)
 
 
 def _digest(entry: Entry) -> str:

@@ -283,6 +283,37 @@ def test_leader_transfer(c3: Cluster) -> None:
     assert writer.statuses() <= {200, 503, "refused", *UNKNOWN}
 
 
+def test_writes_refused_during_a_transfer_are_503_at_once(c3: Cluster) -> None:
+    """While the leader waits for a transfer target that lags (cut off from it, for up
+    to an election timeout) it refuses writes. Those a follower forwarded come back
+    refused: 503 at once, certainly not applied, never a 504 after the request
+    timeout; once the transfer times out, writes go through again."""
+    assert c3.net is not None
+    prefix = tenant("refused")
+    leader, (target, other) = leader_and_followers(c3)
+    c3.net.one_way(leader.node_id, target.node_id)  # the target misses what follows
+    assert put(leader, f"{prefix}lag", 0)[0] == 200
+    status, body = attempt(leader, "POST", "/api/v1/cluster/leader", {"to": target.node_id})
+    assert status == 200, body
+    outcomes: list[tuple[str, int | str, float]] = []
+    until = time.monotonic() + 3.0  # the transfer times out after one election timeout
+    for i in itertools.count():
+        sent = time.monotonic()
+        if sent > until and outcomes[-1][1] == 200:
+            break
+        status, _ = put(other, f"{prefix}k{i}", i)
+        outcomes.append((f"{prefix}k{i}", status, time.monotonic() - sent))
+        time.sleep(0.02)
+    c3.net.heal()
+    refused = {key: took for key, status, took in outcomes if status == 503}
+    print(f"\n{len(refused)} of {len(outcomes)} writes refused during the transfer")
+    assert {status for _, status, _ in outcomes} <= {200, 503}, outcomes
+    assert refused, "no write was refused: the transfer was not pending"
+    assert max(refused.values()) < 2.0, refused
+    state = c3.wait_converged(prefix)
+    assert not refused.keys() & {e["key"] for e in state["entries"]}
+
+
 def test_isolated_leader_acknowledges_nothing(c3: Cluster) -> None:
     """Blackhole every link of the leader: it acknowledges no write (503/504, never 200)
     and serves no linearizable read; the majority elects a new leader and goes on;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concordance.raft import quorum
 from concordance.raft.core import RaftCore
-from concordance.raft.messages import RequestVote, RequestVoteResponse
+from concordance.raft.messages import Message, Propose, RequestVote, RequestVoteResponse
 
 
 class CommitsPreviousTermByCounting(RaftCore):
@@ -42,3 +42,14 @@ class ReadsWithoutHeartbeatRound(RaftCore):
 
     def _leader_read(self, ctx: bytes, requester: str) -> None:
         self._answer_read(ctx, requester, self.log.commit)
+
+
+class RefusesWhatItAppended(RaftCore):
+    """Breaks the ProposeRefused promise: the leader appends a forwarded proposal and
+    still answers that it refused it, so the proposer would report a 503 for a write
+    that is applied."""
+
+    def _step_leader(self, msg: Message) -> None:
+        super()._step_leader(msg)
+        if isinstance(msg, Propose):
+            self._refuse_proposal(msg, "planted")

@@ -33,6 +33,7 @@ def test_runs_do_real_work() -> None:
     results = [Simulation(s, options_for(s)).run() for s in range(10)]
     assert sum(r.acked for r in results) > 500
     assert sum(r.reads for r in results) > 100
+    assert sum(r.dropped for r in results) > 50  # refused forwards, checked never appended
     assert len({r.trace for r in results}) == 10
 
 
@@ -56,6 +57,7 @@ def _first_violation(core_class: type, seeds: int = 100) -> str | None:
     [
         (planted_bugs.VotesForShorterLogs, "leader completeness"),
         (planted_bugs.ReadsWithoutHeartbeatRound, "stale read"),
+        (planted_bugs.RefusesWhatItAppended, "reported dropped but is in a log"),
     ],
 )
 def test_simulator_catches_planted_bug(bug: type, symptom: str) -> None:

@@ -183,10 +183,11 @@ class FakeStorage:
 
 
 class FakeFront:
-    """Plays the front role: makes requests and records ``raft_out``."""
+    """Plays the front role: makes requests and records ``raft_out`` and ``dropped``."""
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self.raft_out: list[wire.RaftOut] = []
+        self.dropped: list[bytes] = []
         self.client = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -194,6 +195,8 @@ class FakeFront:
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.RaftOut):
             self.raft_out.append(env.body)
+        elif isinstance(env.body, wire.Dropped):
+            self.dropped.extend(env.body.commands)
 
     async def request(self, type_: str, body: wire.Body, timeout: float = 3.0) -> Any:
         return await self.client.request(type_, body, timeout)
@@ -289,6 +292,8 @@ class Cluster:
             body = env.body
             if isinstance(body, wire.RaftOut) and body.peer in self.nodes:
                 self._queues[body.peer].put_nowait(body.frames)
+            elif isinstance(body, wire.Dropped):
+                self.fronts[src].dropped.extend(body.commands)
 
         return on_message
 

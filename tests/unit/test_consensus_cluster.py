@@ -16,6 +16,10 @@ def applied_at_least(storage: FakeStorage, index: int) -> Callable[[], bool]:
     return lambda: storage.applied >= index
 
 
+def holds(storage: FakeStorage, command: bytes) -> Callable[[], bool]:
+    return lambda: command in storage.commands()
+
+
 def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with cluster(ctx, 3) as c:
@@ -95,6 +99,34 @@ def test_leadership_transfer() -> None:
             )
             await wait_for(lambda: c.leaders() == [target], what="transfer")
             assert await c.wait_one_leader() == target
+
+    run(main)
+
+
+def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
+    """The bug this guards: a follower's write forwarded while the leader is
+    transferring leadership was swallowed, and the follower's front waited for
+    its deadline (504). Now the leader refuses it, the follower's consensus
+    tells its front ``dropped``, and the command is never applied anywhere."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        # 50 ticks of 10 ms: the leader keeps a stalled transfer pending for 0.5 s.
+        async with cluster(ctx, 3, election_ticks=50) as c:
+            leader = await c.wait_one_leader()
+            target, other = (nid for nid in sorted(c.nodes) if nid != leader)
+            await c.stop_node(target)  # it misses the next entry: the transfer must wait
+            await c.fronts[leader].propose(b"target-misses-this")
+            reply = await c.fronts[leader].request("transfer", wire.Transfer(target))
+            assert isinstance(reply, wire.Ok)
+            assert (await c.fronts[other].propose(b"during-transfer")).forwarded
+            await wait_for(lambda: c.fronts[other].dropped, 5, "dropped")
+            assert c.fronts[other].dropped == [b"during-transfer"]
+            # The transfer times out; the leader accepts writes again.
+            await wait_for(lambda: c.nodes[leader].driver.core.lead_transferee is None, 5)
+            await c.fronts[other].propose(b"after")
+            for storage in (c.storages[leader], c.storages[other]):
+                await wait_for(holds(storage, b"after"), 5)
+                assert b"during-transfer" not in storage.commands()
 
     run(main)
 

@@ -9,6 +9,7 @@ import zmq.asyncio
 
 from concordance import errors, wire
 from concordance.consensus import ConsensusDriver, boot_membership
+from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
 from tests.unit.consensus_harness import (
@@ -344,6 +345,39 @@ def test_raft_out_without_a_front_is_dropped_and_the_driver_goes_on() -> None:
                 assert (await front.status()).role in ("follower", "candidate")
                 with pytest.raises(errors.Unavailable):
                     await front.propose(b"no leader")
+                await front.close()
+
+    run(main)
+
+
+def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -> None:
+    """Both halves of ProposeRefused through the real driver: a ProposeRefused from a
+    peer becomes ``dropped`` to the front; a Propose reaching a node that is not the
+    leader is answered with ProposeRefused (in ``raft_out``) instead of being lost."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
+            async with running(make_cfg(d, peers=peers), ctx):
+                front = FakeFront(ctx, d)
+                await wait_status(front, lambda s: s.role != "leader")
+                refused = rm.ProposeRefused(0, "n2", "n1", (b"cmd-a", b"cmd-b"), "transfer")
+                forward = rm.Propose(0, "n3", "n1", (b"cmd-c",))
+                frames = (wire.encode_raft(refused), wire.encode_raft(forward))
+                await front.client.send("raft_in", wire.RaftIn(frames))
+                await wait_for(lambda: front.dropped, what="dropped")
+                assert front.dropped == [b"cmd-a", b"cmd-b"]
+
+                def answer() -> rm.ProposeRefused | None:
+                    for out in front.raft_out:
+                        for frame in out.frames:
+                            msg = wire.decode_raft(frame)
+                            if isinstance(msg, rm.ProposeRefused):
+                                return msg
+                    return None
+
+                back = await wait_for(answer, what="ProposeRefused to n3")
+                assert (back.src, back.dst, back.data) == ("n1", "n3", (b"cmd-c",))
                 await front.close()
 
     run(main)

@@ -50,6 +50,7 @@ RAFT_EXAMPLES: list[Any] = [
     rm.TransferLeader(4, "n2", "n1", ""),
     rm.ReadIndexRequest(4, "n2", "n1", b"ctx-1"),
     rm.ReadIndexResponse(4, "n1", "n2", b"ctx-1", 11),
+    rm.ProposeRefused(4, "n1", "n2", (b"cmd1", b""), "leadership transfer in progress"),
 ]
 
 
@@ -75,6 +76,12 @@ def test_raft_round_trip(msg: Any) -> None:
 def test_raft_frame_is_a_positional_array() -> None:
     msg = rm.TimeoutNow(4, "n1", "n2")
     assert msgpack.unpackb(wire.encode_raft(msg)) == [wire.RAFT_TAGS[rm.TimeoutNow], 4, "n1", "n2"]
+
+
+def test_propose_refused_is_tag_15_with_the_data_echoed() -> None:
+    """PROTOCOL.md §3.5: tags are never reused; ProposeRefused got the next one."""
+    msg = rm.ProposeRefused(4, "n1", "n2", (b"a", b"b"), "why")
+    assert msgpack.unpackb(wire.encode_raft(msg)) == [15, 4, "n1", "n2", [b"a", b"b"], "why"]
 
 
 def test_raft_entry_kinds_decode_to_the_enum() -> None:
@@ -184,6 +191,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "snapshot_now_ok": wire.SnapshotNowOk(100, 4, 1 << 20),
     "raft_in": wire.RaftIn((wire.encode_raft(RAFT_EXAMPLES[2]), b"")),
     "raft_out": wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
+    "dropped": wire.Dropped((b"cmd-1", b"\x00\xff")),
     "hello": wire.Hello(119, 7),
     "applied": wire.Applied(120),
     "snapshot_taken": wire.SnapshotTaken(100, 4, "/data/n1/snap/100-4.db"),

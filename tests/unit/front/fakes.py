@@ -26,7 +26,7 @@ from concordance import wire
 from concordance.config import NodeConfig, Secrets
 from concordance.errors import IpcError, Unavailable
 from concordance.front.app import make_app, static_clients
-from concordance.front.clients import Clients, RaftOutHandler
+from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 from concordance.storage.fsm import StateMachine
 
 FULL = "full-key"
@@ -85,6 +85,7 @@ class FakeNode:
         self.index = 0
         self.held: list[bytes] = []
         self.raft_out: RaftOutHandler | None = None
+        self.dropped: DroppedHandler | None = None
         self.members = [wire.MemberStatus("n1", "127.0.0.1:1", True, 0)]
         self.consensus = FakeConsensus(self)
         self.storage = FakeStorage(self)
@@ -110,6 +111,12 @@ class FakeNode:
         held, self.held = self.held, []
         for data in held:
             self.apply(data)
+
+    def refuse_held(self) -> None:
+        """The leader refused the held (forwarded) proposals: consensus says ``dropped``."""
+        held, self.held = self.held, []
+        assert self.dropped is not None, "the front did not subscribe to dropped"
+        self.dropped(roundtrip("dropped", wire.Dropped(tuple(held))))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.sm.close()
@@ -164,6 +171,9 @@ class FakeConsensus:
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         self.node.raft_out = handler
+
+    def on_dropped(self, handler: DroppedHandler) -> None:
+        self.node.dropped = handler
 
 
 class FakeStorage:

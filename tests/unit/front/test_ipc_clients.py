@@ -35,6 +35,7 @@ class MiniNode:
         self.sm = StateMachine(Path(data_dir) / "state.db")
         self.index = 0
         self.refuse = 0
+        self.drop = 0  # forward this many proposals, then report them refused (dropped)
         self.raft_in: list[bytes] = []
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -67,6 +68,11 @@ class MiniNode:
                 if self.refuse:
                     self.refuse -= 1
                     await self.consensus.reply(peer, req, NotLeader(None))
+                    continue
+                if self.drop:
+                    self.drop -= 1
+                    await self.consensus.reply(peer, req, wire.Proposed(0, forwarded=True))
+                    await self.consensus.send(peer, "dropped", wire.Dropped(body.commands))
                     continue
                 await self.consensus.reply(
                     peer, req, wire.Proposed(self.index + len(body.commands))
@@ -118,11 +124,11 @@ class MiniNode:
 
 
 @contextlib.asynccontextmanager
-async def mini_front() -> AsyncIterator[tuple[TestClient[Any, Any], MiniNode]]:
+async def mini_front(**cfg_overrides: Any) -> AsyncIterator[tuple[TestClient[Any, Any], MiniNode]]:
     with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
         node = MiniNode(data_dir)
         await node.start()
-        cfg = make_config(Path(data_dir))
+        cfg = make_config(Path(data_dir), **cfg_overrides)
         app = make_app(cfg, lambda: connect(data_dir), role_states=no_supervisor)
         try:
             async with TestClient(TestServer(app)) as client:
@@ -164,6 +170,26 @@ def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
                 await asyncio.sleep(0.002)
             assert node.raft_in == [b"frame"]
             await raft.close()
+
+    asyncio.run(main())
+
+
+def test_a_refused_forward_reported_by_consensus_is_a_prompt_503() -> None:
+    """``dropped`` over the real consensus socket reaches the write that is waiting
+    for its result: 503 long before the (60 s) deadline; the retry then applies."""
+
+    async def main() -> None:
+        async with mini_front(request_timeout_ms=60_000) as (client, node):
+            node.drop = 1
+            put = client.put("/api/v1/kv/tenant:a/x", json={"value": 1}, headers=AUTH)
+            async with asyncio.timeout(10):
+                async with put as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "1"
+                    assert (await r.json())["error"]["code"] == "unavailable"
+                async with client.put(
+                    "/api/v1/kv/tenant:a/x", json={"value": 2}, headers=AUTH
+                ) as r:
+                    assert r.status == 200 and (await r.json())["version"] == 1
 
     asyncio.run(main())
 

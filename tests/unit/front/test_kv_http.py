@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from concordance import wire
 from concordance.commands import Command, Set
 from concordance.front.appkeys import PROPOSER
 from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness
@@ -219,6 +220,60 @@ def test_result_arriving_later_answers_the_write(tmp_path: Path) -> None:
         pending = asyncio.ensure_future(h.put(K, 1))
         for _ in range(20):
             await asyncio.sleep(0)
+        assert not pending.done()
+        h.node.release()
+        assert (await pending)[0] == 200
+
+    run(tmp_path, scenario)
+
+
+def test_write_refused_by_the_leader_is_503_at_once(tmp_path: Path) -> None:
+    """A forwarded write the leader refused comes back from consensus as ``dropped``:
+    certainly not applied, so 503 + Retry-After now, not 504 at the deadline (60 s here)."""
+
+    async def scenario(h: Harness) -> None:
+        h.node.knobs.hold = True
+        headers = {"Authorization": f"Bearer {FULL}"}
+
+        async def put() -> tuple[int, str | None, Any]:
+            async with h.client.put(f"/api/v1/kv/{K}", json={"value": 1}, headers=headers) as r:
+                return r.status, r.headers.get("Retry-After"), await r.json()
+
+        pending = asyncio.ensure_future(put())
+        for _ in range(200):
+            if h.node.held:
+                break
+            await asyncio.sleep(0.001)
+        h.node.refuse_held()
+        status, retry_after, body = await asyncio.wait_for(pending, 5)
+        assert (status, retry_after, body["error"]["code"]) == (503, "1", "unavailable")
+        assert h.app[PROPOSER].pending == 0
+        h.node.knobs.hold = False
+        status, entry = await h.put(K, 2)  # the retry applies; the refused write never did
+        assert (status, entry["version"], entry["value"]) == (200, 1, 2)
+
+    run(tmp_path, scenario, request_timeout_ms=60_000)
+
+
+def test_dropped_reports_that_are_not_ours_change_nothing(tmp_path: Path) -> None:
+    """Only a waiting write of this node is failed: another origin's command with the
+    same request id, an unknown id or undecodable bytes leave the write waiting."""
+
+    async def scenario(h: Harness) -> None:
+        h.node.knobs.hold = True
+        pending = await h.put_later(K, 1)
+        mine = Command.decode(h.node.held[0])
+        assert h.node.dropped is not None
+        h.node.dropped(
+            wire.Dropped(
+                (
+                    Command("n2", mine.request_id, T0, mine.op).encode(),
+                    Command("n1", mine.request_id + 1, T0, mine.op).encode(),
+                    b"\xc1 not a command",
+                )
+            )
+        )
+        await h.settle()
         assert not pending.done()
         h.node.release()
         assert (await pending)[0] == 200
