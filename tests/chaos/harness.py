@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Result:
     final: dict[str, Any]
     data_dir: str
     linearizability: Any = None
+    watchers: list[Watcher] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         ops = self.history.records
@@ -93,6 +95,16 @@ class Result:
                 "errors": sum(1 for f in self.faults if f.error),
                 "list": [asdict(f) for f in self.faults],
             },
+            "watchers": [
+                {
+                    "events": len(w.events),
+                    "subscriptions": len(w.sessions),
+                    "ended": dict(
+                        Counter(str(s.get("end_reason", "")).split(":")[0] for s in w.sessions)
+                    ),
+                }
+                for w in self.watchers
+            ],
             "checks": {v.name: v.as_dict() for v in self.verdicts},
             "final": self.final,
             "data_dir": self.data_dir,
@@ -190,6 +202,7 @@ async def run(cfg: Config) -> Result:
     final: dict[str, Any] = {}
     faults: list[Any] = []
     lin_report = None
+    watchers: list[Watcher] = []
     started = time.monotonic()
     http = session(AUTH)
     try:
@@ -280,7 +293,7 @@ async def run(cfg: Config) -> Result:
     else:
         _dump_history(history, cluster.root / "history.jsonl")
     return Result(cfg, ok, verdicts, history, faults, timings, final, str(cluster.root),
-                  lin_report)  # fmt: skip
+                  lin_report, watchers)  # fmt: skip
 
 
 def _dump_history(history: History, path: Path) -> None:
