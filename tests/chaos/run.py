@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=5)
     p.add_argument("--watchers", type=int, default=2)
     p.add_argument("--faults", default="", help=f"comma-separated subset of {','.join(KINDS)}")
+    p.add_argument("--hold", default="2,5", help="MIN,MAX seconds a fault is held")
+    p.add_argument("--gap", default="1,3", help="MIN,MAX seconds between faults")
     p.add_argument("--report", default="chaos-report.json")
     p.add_argument("--keep-data", action="store_true", help="keep data dirs of passing runs")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             keys=args.keys,
             watchers=args.watchers,
             kinds=kinds,
+            hold=_pair(args.hold),
+            gap=_pair(args.gap),
             keep_data=args.keep_data,
         )
         result = run_sync(cfg)
@@ -68,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.report).write_text(json.dumps(body, indent=2, default=str) + "\n")
     print(f"report written to {args.report}; {len(runs) - failed}/{len(runs)} runs passed")
     return 1 if failed else 0
+
+
+def _pair(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(",")
+    return float(lo), float(hi or lo)
 
 
 if __name__ == "__main__":
