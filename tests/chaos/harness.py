@@ -246,26 +246,31 @@ async def run(cfg: Config) -> Result:
             recovered.summary = "the cluster did not recover"
         verdicts.append(recovered)
         if recovered.ok:
-            final_reads = await _final_reads(cluster, http, key_names, history)
-            leader = await cluster.wait_leader(cfg.recovery_timeout)
-            feed = await cluster.changes(leader, PREFIX)
-            states = await _states(cluster, 30.0)
-            last = max((e["revision"] for e in feed), default=0)
-            await asyncio.gather(*(w.wait_until(last, 30.0) for w in watchers))
-            final = {
-                "leader": leader.node_id,
-                "members": list(cluster.members),
-                "feed_changes": len(feed),
-                "last_revision": last,
-                "nodes": {
-                    n: {k: s.get(k) for k in ("digest", "revision", "applied", "error")}
-                    for n, s in states.items()
-                },
-            }
-            verdicts.append(checks.acknowledged_writes(history.records, feed, final_reads))
-            verdicts.append(checks.read_your_writes(history.local_reads, feed))
-            verdicts.append(checks.watchers(watchers, feed))
-            verdicts.append(checks.convergence(states, feed))
+            try:
+                final_reads = await _final_reads(cluster, http, key_names, history)
+                leader = await cluster.wait_leader(cfg.recovery_timeout)
+                feed = await cluster.changes(leader, PREFIX)
+                states = await _states(cluster, 30.0)
+                last = max((e["revision"] for e in feed), default=0)
+                await asyncio.gather(*(w.wait_until(last, 30.0) for w in watchers))
+                final = {
+                    "leader": leader.node_id,
+                    "members": list(cluster.members),
+                    "feed_changes": len(feed),
+                    "last_revision": last,
+                    "nodes": {
+                        n: {k: s.get(k) for k in ("digest", "revision", "applied", "error")}
+                        for n, s in states.items()
+                    },
+                }
+                verdicts.append(checks.acknowledged_writes(history.records, feed, final_reads))
+                verdicts.append(checks.read_your_writes(history.local_reads, feed))
+                verdicts.append(checks.watchers(watchers, feed))
+                verdicts.append(checks.convergence(states, feed))
+            except (aiohttp.ClientError, TimeoutError, OSError, AssertionError, KeyError) as e:
+                failed = checks.Verdict("final-state", False, "could not read the final state")
+                failed.add(f"{type(e).__name__}: {e}"[:500])
+                verdicts.append(failed)
         for w in watchers:
             w.stopping = True
         await asyncio.wait(wtasks, timeout=5)
