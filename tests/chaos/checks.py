@@ -139,8 +139,8 @@ def acknowledged_writes(
         last_rev = e["revision"]
         if e["type"] == "set" and e["version"] != version + 1:
             v.add(f"set after version {version} has version {e['version']}: {e}")
-        if e["type"] == "delete" and (not exists or e["version"] != version):
-            v.add(f"delete of {'absent' if not exists else f'version {version}'}: {e}")
+        if e["type"] in ("delete", "expire") and (not exists or e["version"] != version):
+            v.add(f"{e['type']} of {'absent' if not exists else f'version {version}'}: {e}")
         state[e["key"]] = (e["type"] == "set", e["version"])
     # every node's final consistent read is where the feed ends
     final = feed_state(feed)

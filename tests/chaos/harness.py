@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.chaos import checks
+from tests.chaos import checks, ttl
 from tests.chaos.clients import PREFIX, Client, History, do_request, keys, session
 from tests.chaos.cluster import AUTH, ChaosCluster, digest
 from tests.chaos.nemesis import KINDS, Nemesis
@@ -37,6 +37,7 @@ from tests.chaos.watchers import Watcher
 log = logging.getLogger("chaos")
 
 FINAL_CLIENT = 1000  # client ids of the final reads: 1000 + node index
+TTL_CLIENT = 500
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Config:
     checker_timeout: float = 60.0  # seconds per key
     recovery_timeout: float = 60.0
     keep_data: bool = False  # keep the nodes' data dirs (always kept on a violation)
+    ttl: bool = True  # the TTL workload (tests/chaos/ttl.py) alongside the KV clients
 
 
 @dataclass
@@ -194,6 +196,7 @@ async def run(cfg: Config) -> Result:
     client_rngs = [random.Random(rng.getrandbits(64)) for _ in range(cfg.clients or 2 * cfg.nodes)]
     watcher_rngs = [random.Random(rng.getrandbits(64)) for _ in range(cfg.watchers)]
     nemesis_rng = random.Random(rng.getrandbits(64))
+    ttl_rng = random.Random(rng.getrandbits(64))  # drawn last: earlier seeds keep their runs
     spares = cfg.spares or max(2, int(cfg.duration // 25) + 1)
     cluster = ChaosCluster(cfg.nodes, spares=spares)
     history = History()
@@ -219,13 +222,15 @@ async def run(cfg: Config) -> Result:
         t0 = time.monotonic()
         nemesis = Nemesis(cluster, nemesis_rng, t0, cfg.hold, cfg.gap, cfg.kinds)
         faults = nemesis.faults
-        tasks = [asyncio.create_task(c.run()) for c in clients]
+        ttl_client = ttl.TtlClient(TTL_CLIENT, ttl_rng, cluster.urls, http, history)
+        runners: list[Client | ttl.TtlClient] = [*clients, *([ttl_client] if cfg.ttl else [])]
+        tasks = [asyncio.create_task(c.run()) for c in runners]
         wtasks = [asyncio.create_task(w.run()) for w in watchers]
         try:
             await nemesis.run(until=t0 + cfg.duration)
             await asyncio.sleep(max(0.0, t0 + cfg.duration - time.monotonic()))
         finally:
-            for c in clients:
+            for c in runners:
                 c.stopping = True
             await asyncio.wait(tasks, timeout=15)
             for t in tasks:
@@ -249,7 +254,9 @@ async def run(cfg: Config) -> Result:
             try:
                 final_reads = await _final_reads(cluster, http, key_names, history)
                 leader = await cluster.wait_leader(cfg.recovery_timeout)
-                feed = await cluster.changes(leader, PREFIX)
+                feed = await ttl.wait_expired(
+                    lambda: cluster.changes(leader, PREFIX), ttl_client.ttl_of, 20.0
+                )
                 states = await _states(cluster, 30.0)
                 last = max((e["revision"] for e in feed), default=0)
                 await asyncio.gather(*(w.wait_until(last, 30.0) for w in watchers))
@@ -267,6 +274,9 @@ async def run(cfg: Config) -> Result:
                 verdicts.append(checks.read_your_writes(history.local_reads, feed))
                 verdicts.append(checks.watchers(watchers, feed))
                 verdicts.append(checks.convergence(states, feed))
+                if cfg.ttl:
+                    listings = {n: s["entries"] for n, s in states.items() if "entries" in s}
+                    verdicts.append(ttl.check(ttl_client, feed, listings))
             except (aiohttp.ClientError, TimeoutError, OSError, AssertionError, KeyError) as e:
                 failed = checks.Verdict("final-state", False, "could not read the final state")
                 failed.add(f"{type(e).__name__}: {e}"[:500])
@@ -283,7 +293,9 @@ async def run(cfg: Config) -> Result:
         await asyncio.to_thread(cluster.stop)
     t2 = time.monotonic()
     lin_verdict, lin_report = await asyncio.to_thread(
-        checks.linearizable, history.operations, cfg.checker_timeout
+        checks.linearizable,
+        [op for op in history.operations if not op.key.startswith(ttl.TTL_PREFIX)],
+        cfg.checker_timeout,
     )
     verdicts.insert(0, lin_verdict)
     anomalies = checks.Verdict("answers", not history.anomalies,

@@ -119,3 +119,23 @@ def test_linearizability_verdict_explains_a_stale_read() -> None:
     ]
     v, report = checks.linearizable(ops, timeout_s=5)
     assert v.ok is False and report.ok is False and v.evidence
+
+
+def test_ttl_expired_reads_and_missing_expiries_are_found() -> None:
+    from tests.chaos import ttl
+    from tests.chaos.clients import History
+
+    client = ttl.TtlClient(500, random.Random(0), list, None, History())  # type: ignore[arg-type]
+    key = f"{ttl.TTL_PREFIX}k0"
+    client.ttl_of = {"x": 300, "y": None}
+    feed = [ev(1, "set", 1, "x", key), ev(2, "expire", 1, key=key), ev(3, "set", 2, "y", key)]
+    kept = {"key": key, "value": "y", "version": 2, "revision": 3, "expiresAt": None}
+    assert ttl.check(client, feed, {"n1": [kept]}).ok
+    client.reads = [ttl.TtlRead("n1", key, 5_000, False, 200, {"expiresAt": 4_000})]
+    v = ttl.check(client, feed, {"n1": [kept]})
+    assert not v.ok and "after it expired" in v.evidence[0]
+    client.reads = []
+    v = ttl.check(client, feed[:1], {"n1": []})
+    assert not v.ok and "no expire change followed" in v.evidence[0]
+    v = ttl.check(client, feed, {"n1": [{**kept, "expiresAt": 9}]})
+    assert not v.ok and "without a TTL" in v.evidence[0]
