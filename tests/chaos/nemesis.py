@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +44,7 @@ import aiohttp
 
 from concordance.config import ROLES
 from tests.chaos.cluster import ChaosCluster
-from tests.integration.helpers import Node
+from tests.integration.helpers import Node, wait_for
 
 log = logging.getLogger("chaos.nemesis")
 
@@ -62,7 +64,7 @@ KINDS: dict[str, float] = {
     "compound": 1.2,
 }
 NETWORK = ("partition", "isolate-leader", "bridge", "one-way", "delay")
-PROCESS = ("kill-node", "kill-role", "pause", "transfer")
+PROCESS = ("kill-node", "kill-role", "pause", "transfer", "replace-member")
 LEADER_WAIT = 5.0  # seconds a fault that needs a leader waits for one
 PROMOTION_TIMEOUT = 40.0
 
@@ -119,7 +121,7 @@ class Nemesis:
             fault = Fault(kind, self.now())
             self.faults.append(fault)
             try:
-                await getattr(self, "_" + kind.replace("-", "_"))(fault, hold, r)
+                await self._do(fault, hold, r)
             except Exception as e:  # record it and carry on healed
                 fault.error = f"{type(e).__name__}: {e}"[:300]
                 log.warning("fault %s failed: %s", kind, fault.error)
@@ -130,6 +132,22 @@ class Nemesis:
             await asyncio.sleep(gap)
 
     # -- helpers ----------------------------------------------------------------------------
+    async def _do(self, fault: Fault, hold: float, r: list[float]) -> None:
+        await getattr(self, "_" + fault.kind.replace("-", "_"))(fault, hold, r)
+
+    async def _role_pid(self, node: Node, role: str) -> int:
+        """The role's pid once its supervisor answers and it runs (a node may be starting)."""
+        pid: int = await asyncio.to_thread(
+            wait_for, lambda: node.role_pids().get(role), 20.0, f"{node.node_id}'s {role}"
+        )
+        return pid
+
+    async def _kill_role_of(self, node: Node, role: str) -> None:
+        pid = await self._role_pid(node, role)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(node.wait_role_restarted, role, pid, 30.0)
+
     async def _roles(self) -> tuple[Node | None, list[Node]]:
         """The leader (waiting a little for one) and the other live members."""
         loop = asyncio.get_running_loop()
@@ -179,8 +197,7 @@ class Nemesis:
         role = ROLES[int(r[2] * len(ROLES))]
         fault.target = f"{node.node_id} ({side})"
         fault.detail["role"] = role
-        pid = await asyncio.to_thread(node.kill_role, role)
-        await asyncio.to_thread(node.wait_role_restarted, role, pid, 30.0)
+        await self._kill_role_of(node, role)
         fault.detail["restarted_after"] = round(self.now() - fault.start, 2)
 
     async def _kill_all(self, fault: Fault, hold: float, r: list[float]) -> None:
@@ -195,11 +212,7 @@ class Nemesis:
         role = ROLES[int(r[2] * len(ROLES))]
         fault.target = ",".join(n.node_id for n in nodes)
         fault.detail["role"] = role
-        pids = await asyncio.gather(*(asyncio.to_thread(n.kill_role, role) for n in nodes))
-        await asyncio.gather(
-            *(asyncio.to_thread(n.wait_role_restarted, role, pid, 30.0)
-              for n, pid in zip(nodes, pids, strict=True))
-        )  # fmt: skip
+        await asyncio.gather(*(self._kill_role_of(n, role) for n in nodes))
         fault.detail["restarted_after"] = round(self.now() - fault.start, 2)
 
     async def _delay(self, fault: Fault, hold: float, r: list[float]) -> None:
@@ -216,11 +229,16 @@ class Nemesis:
             Fault(PROCESS[int(r[7] * len(PROCESS))], fault.start),
         ]
         draws = [r[:3] + r[4:5], r[4:7] + r[3:4]]
+
+        async def network() -> None:  # healed after its hold, whatever the other part does
+            try:
+                await self._do(parts[0], hold, draws[0])
+            finally:
+                await asyncio.to_thread(self.cluster.net.heal)
+
         got = await asyncio.gather(
-            *(getattr(self, "_" + p.kind.replace("-", "_"))(p, hold, d)
-              for p, d in zip(parts, draws, strict=True)),
-            return_exceptions=True,
-        )  # fmt: skip
+            network(), self._do(parts[1], hold, draws[1]), return_exceptions=True
+        )
         fault.target = " + ".join(f"{p.kind} {p.target}" for p in parts)
         fault.detail = {f"{p.kind}.{k}": v for p in parts for k, v in p.detail.items()}
         errors = [f"{p.kind}: {e!r}" for p, e in zip(parts, got, strict=True) if e is not None]
