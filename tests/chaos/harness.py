@@ -32,7 +32,7 @@ from tests.chaos import checks, ttl
 from tests.chaos.clients import PREFIX, Client, History, do_request, keys, session
 from tests.chaos.cluster import AUTH, ChaosCluster, digest
 from tests.chaos.nemesis import KINDS, Nemesis
-from tests.chaos.watchers import Watcher
+from tests.chaos.watchers import Poller, Watcher
 
 log = logging.getLogger("chaos")
 
@@ -57,6 +57,7 @@ class Config:
     recovery_timeout: float = 60.0
     keep_data: bool = False  # keep the nodes' data dirs (always kept on a violation)
     ttl: bool = True  # the TTL workload (tests/chaos/ttl.py) alongside the KV clients
+    poller: bool = True  # a long-polling watcher besides the WebSocket ones
 
 
 @dataclass
@@ -197,6 +198,7 @@ async def run(cfg: Config) -> Result:
     watcher_rngs = [random.Random(rng.getrandbits(64)) for _ in range(cfg.watchers)]
     nemesis_rng = random.Random(rng.getrandbits(64))
     ttl_rng = random.Random(rng.getrandbits(64))  # drawn last: earlier seeds keep their runs
+    poller_rng = random.Random(rng.getrandbits(64))
     spares = cfg.spares or max(2, int(cfg.duration // 25) + 1)
     cluster = ChaosCluster(cfg.nodes, spares=spares)
     history = History()
@@ -219,6 +221,8 @@ async def run(cfg: Config) -> Result:
             for i, r in enumerate(client_rngs)
         ]
         watchers = [Watcher(i, r, cluster.urls, PREFIX, http) for i, r in enumerate(watcher_rngs)]
+        if cfg.poller:
+            watchers.append(Poller(len(watchers), poller_rng, cluster.urls, PREFIX, http))
         t0 = time.monotonic()
         nemesis = Nemesis(cluster, nemesis_rng, t0, cfg.hold, cfg.gap, cfg.kinds)
         faults = nemesis.faults

@@ -5,7 +5,8 @@ also gets the changes made before it connected) and records every event. Wheneve
 connection ends (node killed, removed, paused past the WebSocket heartbeat, a
 ``watch/cancelled``), it moves to the next node and subscribes again from where it was.
 It also moves on its own every few seconds (seeded), so resubscription is exercised on
-every node, not only after failures.
+every node, not only after failures. A :class:`Poller` does the same with long-polls of
+``GET /api/v1/changes`` (``waitMs``), resuming from the last answer's ``revision``.
 
 Anything that breaks API.md §4's promise (in revision order, no gaps, no duplicates) is
 visible in :attr:`Watcher.events`; the harness compares it with the authoritative change
@@ -121,3 +122,24 @@ class Watcher:
         while self.last < revision and loop.time() < deadline:
             await asyncio.sleep(0.1)
         return self.last >= revision
+
+
+class Poller(Watcher):
+    """A watcher through long-polls: ``GET /api/v1/changes?since=R&waitMs=...``, moving on
+    like a WebSocket watcher; ``since`` is the ``revision`` of the previous answer."""
+
+    async def _session(self, url: str) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rng.uniform(*self.move_every)
+        since = self.last
+        while not self.stopping and loop.time() < deadline:
+            query = f"prefix={self.prefix}&since={since}&limit=500&waitMs=1000"
+            async with self.http.get(
+                f"{url}/api/v1/changes?{query}", timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                if resp.status != 200:
+                    return f"status {resp.status}"
+                page = await resp.json()
+            self._take(page["changes"], url)
+            since = max(since, page["revision"])
+        return "moving on"
