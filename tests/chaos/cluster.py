@@ -18,8 +18,10 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +45,7 @@ class ChaosCluster:
         self.root = root or short_tmpdir()
         self.size = size
         ids = [f"n{i}" for i in range(1, size + spares + 1)]
-        self.ports = {node_id: free_port() for node_id in ids}
+        self.ports = reserve_ports(len(ids))
         self.spares = ids[size:]
         self.net = Net(self.ports)
         peers = ",".join(f"{i}=127.0.0.1:{self.ports[i]}" for i in ids[:size])
@@ -224,6 +226,32 @@ class ChaosCluster:
             if not page["changes"] or page["revision"] <= since:
                 return out
             since = page["revision"]
+
+
+def reserve_ports(count: int) -> dict[str, int]:
+    """Free ports for n1..n{count}, below the kernel's ephemeral range when possible.
+
+    A port from ``free_port()`` is free only until the kernel hands it out again, and it
+    does so for every outgoing connection and every proxy listener (bound to port 0):
+    with ~150 proxy links and busy clients, a node sometimes found its port taken at
+    start. Ports outside the ephemeral range are never handed out that way.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    pick = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = pick.randrange(10_000, low) if low > 11_000 else free_port()
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return {f"n{i}": port for i, port in enumerate(ports, start=1)}
 
 
 def digest(entries: list[dict[str, Any]]) -> str:

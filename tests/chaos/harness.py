@@ -208,6 +208,7 @@ async def run(cfg: Config) -> Result:
     faults: list[Any] = []
     lin_report = None
     watchers: list[Watcher] = []
+    wtasks: list[asyncio.Task[None]] = []
     started = time.monotonic()
     http = session(AUTH)
     try:
@@ -291,6 +292,13 @@ async def run(cfg: Config) -> Result:
         for t in wtasks:
             t.cancel()
         timings["final"] = round(time.monotonic() - t1, 2)
+    except Exception as e:  # the harness or the environment failed (a port taken, ...)
+        log.exception("chaos run aborted")
+        broken = checks.Verdict("harness", False, "the run was aborted")
+        broken.add(f"{type(e).__name__}: {e}"[:2000])
+        verdicts.append(broken)
+        for t in wtasks:
+            t.cancel()
     finally:
         await http.close()
         await cluster.close()
