@@ -2,10 +2,13 @@
 
 Like Jepsen and etcd's robustness tests: a real N-node cluster (every peer link through a
 fault-injecting proxy), K concurrent clients doing consistent gets, sets, CAS and deletes
-on a few keys through every node, watchers on the keys' prefix, and a nemesis injecting
-one fault at a time. Afterwards everything is healed and the run is judged
-(``checks.py``): linearizability of the history, no acknowledged write lost, watchers saw
-every change exactly once in order, every node converged to the same state.
+on a few keys through every node (``clients.py``), a TTL workload on other keys
+(``ttl.py``), WebSocket and long-poll watchers on the prefix (``watchers.py``), and a
+nemesis injecting faults, one kind at a time or a network and a process fault together
+(``nemesis.py``). Afterwards everything is healed and the run is judged (``checks.py``):
+the history is linearizable, no acknowledged write is lost and no failed one applied,
+read-your-writes holds on the node that answered, every watcher saw every change exactly
+once in order, every node converged to the same state, expiry behaved.
 
 Seeds: one ``random.Random(seed)`` derives the generators of the clients, the watchers
 and the nemesis, so a seed fixes every *choice* (operations, keys, values, fault kinds,
