@@ -104,24 +104,24 @@ def acknowledged_writes(
         if isinstance(out, lin.Written):
             acked += 1
             assert isinstance(op.input, lin.Write)
-            e = sets.get((op.key, out.version))
-            if e is None or _canon(e.get("value")) != _canon(op.input.value):
-                v.add(f"acknowledged write lost: {op.describe()} (feed has {e})")
-            elif r.revision is not None and e["revision"] != r.revision:
-                v.add(f"acknowledged at revision {r.revision}, feed has {e}: {op.describe()}")
+            got = sets.get((op.key, out.version))
+            if got is None or _canon(got.get("value")) != _canon(op.input.value):
+                v.add(f"acknowledged write lost: {op.describe()} (feed has {got})")
+            elif r.revision is not None and got["revision"] != r.revision:
+                v.add(f"acknowledged at revision {r.revision}, feed has {got}: {op.describe()}")
         elif isinstance(out, lin.Deleted):
             acked += 1
             if (op.key, out.version) not in deletes:
                 v.add(f"acknowledged delete lost: {op.describe()}")
     # every value in the feed comes from a write that may have applied
     for (key, value), e in by_value.items():
-        r = written.get((key, value))
-        if r is None:
+        writer = written.get((key, value))
+        if writer is None:
             v.add(f"feed holds a value nobody wrote: {e}")
-        elif r.op.status == "fail":
-            v.add(f"a write that failed (status {r.status} {r.error}) applied: {e}")
-        elif isinstance(r.op.output, lin.Written) and r.op.output.version != e["version"]:
-            v.add(f"acknowledged as version {r.op.output.version}, feed has {e}")
+        elif writer.op.status == "fail":
+            v.add(f"a write that failed (status {writer.status} {writer.error}) applied: {e}")
+        elif isinstance(out := writer.op.output, lin.Written) and out.version != e["version"]:
+            v.add(f"acknowledged as version {out.version}, feed has {e}")
     # deletes: no more applied than were attempted (acknowledged or unknown)
     tries = Counter(
         r.op.key for r in records if r.op.kind == "delete" and r.op.status in ("ok", "unknown")

@@ -113,7 +113,9 @@ def pending_expiries(feed: list[dict[str, Any]], ttl_of: dict[str, int | None]) 
         if e["key"].startswith(TTL_PREFIX):
             last[e["key"]] = e
     return [
-        k for k, e in last.items() if e["type"] == "set" and ttl_of.get(e.get("value")) is not None
+        k
+        for k, e in last.items()
+        if e["type"] == "set" and ttl_of.get(str(e.get("value"))) is not None
     ]
 
 
@@ -143,7 +145,7 @@ def check(
     for node_id, entries in listings.items():
         listed = {e["key"]: e for e in entries if e["key"].startswith(TTL_PREFIX)}
         for key, e in last.items():
-            keeps = e["type"] == "set" and client.ttl_of.get(e.get("value")) is None
+            keeps = e["type"] == "set" and client.ttl_of.get(str(e.get("value"))) is None
             got = listed.get(key)
             if keeps and (got is None or got.get("expiresAt") is not None):
                 v.add(f"{node_id}: {key} was last written without a TTL, listed as {got}")
