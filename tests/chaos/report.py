@@ -15,7 +15,8 @@ def summary(result: Result) -> str:
     ops = rep["operations"]
     lines = [
         f"chaos run: seed {cfg.seed}, {cfg.nodes} nodes, {cfg.duration:.0f}s of traffic, "
-        f"{cfg.clients or 2 * cfg.nodes} clients, {cfg.watchers} watchers",
+        f"{cfg.clients or 2 * cfg.nodes} clients{' + TTL client' if cfg.ttl else ''}, "
+        f"{cfg.watchers} watchers{' + 1 long-poller' if cfg.poller else ''}",
         "timings: " + ", ".join(f"{k} {v}s" for k, v in result.timings.items()),
         f"operations: {ops['total']} ({ops['per_second']}/s)",
     ]
