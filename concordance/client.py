@@ -3,7 +3,8 @@
 Every call raises the :mod:`concordance.errors` class of the server's error
 code, so callers handle ``VersionConflict``, ``NotFound`` and friends as
 exceptions. ``unavailable`` (certainly not applied) is retried with backoff up
-to ``retries`` times; ``timeout`` (outcome unknown) is never retried.
+to ``retries`` times; ``timeout`` (outcome unknown) is never retried, and neither is a
+request whose connection broke before the answer (aiohttp's ``ClientError`` is raised).
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ class Client:
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
         )
+        # aiohttp resends a GET/PUT/DELETE once when its connection breaks (RFC 9112
+        # §9.3.1). A write is not idempotent in effect: a resend whose first copy applied
+        # writes twice (or answers version_conflict for a CAS that succeeded), where the
+        # caller must learn that the outcome is unknown. aiohttp has no public switch;
+        # aiohttp.test_utils turns it off the same way.
+        self._session._retry_connection = False
 
     async def __aenter__(self) -> Client:
         return self
