@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 fmt: $(STAMP)
-	$(BIN)/ruff format concordance procs tests
-	$(BIN)/ruff check --fix concordance procs tests
+	$(BIN)/ruff format concordance procs tests bench
+	$(BIN)/ruff check --fix concordance procs tests bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check concordance procs tests
-	$(BIN)/ruff format --check concordance procs tests
+	$(BIN)/ruff check concordance procs tests bench
+	$(BIN)/ruff format --check concordance procs tests bench
 	$(BIN)/mypy
 
 # The whole suite: unit, raft paper tests, 1,000 simulation seeds, integration.
@@ -49,7 +49,7 @@ cluster: $(STAMP)
 	$(BIN)/concordance cluster --nodes 3 --base-port 4100 --data $(DATA)/cluster
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
 
 # Chaos run against a real cluster (tests/chaos), report in chaos-report.json; exits non-zero
 # on a violation: make chaos DURATION=300 SEED=7 NODES=5

@@ -1,253 +1,257 @@
-"""``make bench``: throughput, latency and memory of a real single node.
+"""``make bench``: Concordance against etcd, three members each, side by side in one run.
 
-Starts a node (supervisor + three roles) on a free port with a fresh data dir,
-drives it over HTTP with concurrent clients, and prints a table: writes,
-plain and linearizable reads, a compare-and-swap storm, watch delivery
-latency, and the resident memory of each role. When an ``etcd`` binary is on
-the PATH (Debian's etcd-server), the same writes and reads run against a
-single etcd through its JSON gateway, as the reference. Results also go to
-``.bench/latest.json`` so runs can be compared.
+Starts a 3-node Concordance cluster (real nodes: supervisord and three roles
+each) and, when Debian's ``etcd`` is installed, a 3-member etcd 3.4 cluster,
+both on 127.0.0.1 and both fsyncing. Every workload then runs against one,
+then the other, for ``--rounds`` rounds (interleaved, so a machine that gets
+busier halfway hurts both alike), and one table shows each system's best
+round and the ratio. The load generator is a Python aiohttp client on the
+same machine, the same for both.
+
+    python -m bench [--quick] [--seconds S] [--rounds N]
+
+``--quick`` (``make bench QUICK=1``) runs a subset in about two minutes. The
+full run adds 16 clients, a read/write mix, failover after ``kill -9`` of the
+leader, and how cost grows with clients and value size. Results also go to
+``.bench/latest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-KEY = "bench-key"
+from bench import workloads as w
+from bench.clusters import (
+    ConcordanceSystem,
+    EtcdSystem,
+    System,
+    cpu_seconds,
+    etcd_binary,
+    wait_until,
+)
+from bench.watch import watch_fanout
+
+Row = dict[str, float]
+# name -> (higher is better?, op per system), run with `clients` closed loops
+Workload = tuple[str, int, Callable[[str], w.Op]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _ops(cc: w.Op, etcd: w.Op) -> Callable[[str], w.Op]:
+    return lambda system: cc if system == "concordance" else etcd
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def matrix(quick: bool) -> list[Workload]:
+    rows: list[Workload] = [
+        ("write, 1 client", 1, _ops(w.cc_put(), w.etcd_put())),
+        ("write, 64 clients", 64, _ops(w.cc_put(), w.etcd_put())),
+        ("local read, 64 clients", 64, _ops(w.cc_get(), w.etcd_get())),
+        ("consistent read, 64 clients", 64, _ops(w.cc_get(True), w.etcd_get(True))),
+    ]
+    if not quick:
+        rows[1:1] = [("write, 16 clients", 16, _ops(w.cc_put(), w.etcd_put()))]
+        rows.append(("mixed 90/10, 64 clients", 64, _ops(w.cc_mixed(), w.etcd_mixed())))
+    return rows
 
 
-async def _drive(
-    concurrency: int, seconds: float, op: Callable[[int, int], Awaitable[bool]]
-) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(w: int) -> None:
-        nonlocal errors
-        i = 0
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            ok = await op(w, i)
-            latencies.append(time.perf_counter() - start)
-            errors += not ok
-            i += 1
-
-    began = time.monotonic()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    took = time.monotonic() - began
-    latencies.sort()
-    return {
-        "ops_per_s": len(latencies) / took,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-        "errors": errors,
-    }
-
-
-async def _watch_latency(url: str, session: aiohttp.ClientSession, n: int) -> dict[str, float]:
-    ws = await session.ws_connect(f"{url}/stream")
-    await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe",
-                        "params": {"prefix": "tenant:watch/"}})  # fmt: skip
-    await ws.receive_json()
-    delays = []
-    for i in range(n):
-        sent = time.perf_counter()
-        async with session.put(f"{url}/api/v1/kv/tenant:watch/k", json={"value": i}) as resp:
-            await resp.read()
-        while True:
-            msg = await ws.receive_json(timeout=10)
-            if msg.get("method") == "watch/change":
-                delays.append(time.perf_counter() - sent)
-                break
-    await ws.close()
-    return {"write_to_event_p50_ms": 1000 * statistics.median(delays)}
-
-
-async def _run(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    conn = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(headers=headers, connector=conn) as session:
-
-        async def put(w: int, i: int) -> bool:
-            body = {"value": {"theme": "dark", "n": i}}
-            async with session.put(f"{url}/api/v1/kv/tenant:bench/w{w}/k{i % 100}", json=body) as r:
-                await r.read()
-                return r.status == 200
-
-        async def get(w: int, i: int) -> bool:
-            async with session.get(f"{url}/api/v1/kv/tenant:bench/w{w}/k{i % 100}") as r:
-                await r.read()
-                return r.status in (200, 404)
-
-        async def get_lin(w: int, i: int) -> bool:
-            key = f"tenant:bench/w{w}/k{i % 100}"
-            async with session.get(f"{url}/api/v1/kv/{key}?consistent=true") as r:
-                await r.read()
-                return r.status in (200, 404)
-
-        async def cas(w: int, i: int) -> bool:
-            key = f"{url}/api/v1/kv/tenant:bench/cas"
-            async with session.get(key) as r:
-                version = (await r.json())["version"] if r.status == 200 else 0
-            async with session.put(key, json={"value": w, "ifVersion": version}) as r:
-                await r.read()
-                return r.status in (200, 409)
-
-        results: dict[str, Any] = {}
-        results["put (1 client)"] = await _drive(1, seconds, put)
-        results[f"put ({concurrency} clients)"] = await _drive(concurrency, seconds, put)
-        results[f"get ({concurrency} clients)"] = await _drive(concurrency, seconds, get)
-        results[f"get consistent ({concurrency} clients)"] = await _drive(
-            concurrency, seconds, get_lin
+def scaling(quick: bool) -> list[Workload]:
+    if quick:
+        return []
+    rows: list[Workload] = [
+        (f"write, {n} clients (scaling)", n, _ops(w.cc_put(), w.etcd_put())) for n in (256,)
+    ]
+    for size, label in ((100, "100 B"), (10 << 10, "10 KiB"), (512 << 10, "512 KiB")):
+        rows.append(
+            (f"write {label}, 16 clients", 16, _ops(w.cc_put(size, 10), w.etcd_put(size, 10)))
         )
-        results["cas storm (8 clients, 1 key)"] = await _drive(8, seconds, cas)
-        results["watch"] = await _watch_latency(url, session, 100)
-        return results
+    return rows
 
 
-async def _run_etcd(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    """The same writes and reads against etcd's v3 JSON gateway."""
-
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    conn = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=conn) as session:
-
-        async def put(w: int, i: int) -> bool:
-            value = json.dumps({"theme": "dark", "n": i})
-            body = {"key": b64(f"tenant:bench/w{w}/k{i % 100}"), "value": b64(value)}
-            async with session.post(f"{url}/v3/kv/put", json=body) as r:
-                await r.read()
-                return r.status == 200
-
-        def reader(serializable: bool) -> Callable[[int, int], Awaitable[bool]]:
-            async def get(w: int, i: int) -> bool:
-                body = {"key": b64(f"tenant:bench/w{w}/k{i % 100}"), "serializable": serializable}
-                async with session.post(f"{url}/v3/kv/range", json=body) as r:
-                    await r.read()
-                    return r.status == 200
-
-            return get
-
-        return {
-            "etcd put (1 client)": await _drive(1, seconds, put),
-            f"etcd put ({concurrency} clients)": await _drive(concurrency, seconds, put),
-            f"etcd get serializable ({concurrency} clients)": await _drive(
-                concurrency, seconds, reader(True)
-            ),
-            f"etcd get linearizable ({concurrency} clients)": await _drive(
-                concurrency, seconds, reader(False)
-            ),
-        }
+def run_workload(system: System, clients: int, seconds: float, op: w.Op) -> Row:
+    leader = system.leader() or wait_until(system.leader, what="leader")
+    pids = system.pids()
+    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    row = asyncio.run(w.drive(leader.url, system.headers, clients, seconds, op))  # type: ignore[union-attr]
+    cpu, took = cpu_seconds(pids) - cpu0, time.monotonic() - t0
+    done = row["ops"] * seconds
+    row["cores"] = cpu / took
+    row["core_ms_per_op"] = 1000 * cpu / done if done else float("nan")
+    return row
 
 
-def _etcd(seconds: float, concurrency: int) -> dict[str, Any]:
-    binary = shutil.which("etcd")
-    if binary is None:
-        return {}
-    root = Path(tempfile.mkdtemp(prefix="cc-etcd-", dir="/tmp"))
-    client, peer = _free_port(), _free_port()
-    url = f"http://127.0.0.1:{client}"
-    proc = subprocess.Popen(
-        [binary, "--data-dir", str(root), "--listen-client-urls", url,
-         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _wait_http(f"{url}/health")
-        results = asyncio.run(_run_etcd(url, seconds, concurrency))
-        results["etcd memory"] = {"etcd rss MiB": round(_rss_mib(proc.pid), 1)}
-        return results
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+def run_watch(system: System, watchers: int, seconds: float) -> Row:
+    leader = system.leader() or wait_until(system.leader, what="leader")
+    return asyncio.run(
+        watch_fanout(system.name, leader.url, system.headers, watchers, 10.0, seconds)  # type: ignore[union-attr]
+    )
 
 
-def _wait_http(url: str, timeout: float = 30.0) -> None:
+def run_failover(system: System) -> Row:
+    """Seconds from ``kill -9`` of the leader's whole member to the next acknowledged write."""
+    leader = wait_until(system.leader, what="leader")
+    assert leader is not None
+    others = [m for m in system.members if m is not leader]
+
+    async def first_write() -> float:
+        start = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=1)
+        async with aiohttp.ClientSession(headers=system.headers, timeout=timeout) as s:
+            i = 0
+            while time.monotonic() - start < 30:
+                url = others[i % len(others)].url
+                op = w.cc_put() if system.name == "concordance" else w.etcd_put()
+                async with aiohttp.ClientSession(
+                    base_url=url, headers=system.headers, timeout=timeout
+                ) as one:
+                    try:
+                        if await op(one, 0, i):
+                            return time.monotonic() - start
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                i += 1
+                await asyncio.sleep(0.01)
+            del s
+        return float("nan")
+
+    leader.kill()  # type: ignore[union-attr]
+    took = asyncio.run(first_write())
+    if isinstance(system, EtcdSystem):
+        system.restart_member(leader)  # type: ignore[arg-type]
+    else:
+        leader.start()  # type: ignore[union-attr]
+    wait_until(lambda: all(_serving(system, m) for m in system.members), what="all members back")
+    return {"ops": 0.0, "p50": 1000 * took, "p90": float("nan"), "p99": float("nan"), "errors": 0}
+
+
+def _serving(system: System, m: Any) -> bool:
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered")
+    path = "/readyz" if system.name == "concordance" else "/health"
+    with urllib.request.urlopen(f"{m.url}{path}", timeout=2) as r:
+        return bool(r.status == 200)
+
+
+def best(rows: list[Row], key: str = "ops") -> Row:
+    """The best round: the highest throughput (or lowest p50 for latency-only rows)."""
+    if key == "ops":
+        return max(rows, key=lambda r: r["ops"])
+    return min(rows, key=lambda r: r["p50"])
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _cells(r: Row | None, latency_only: bool) -> str:
+    if r is None:
+        return f"{'':>10} {'':>13} {'':>10}"
+    lat = f"{_fmt(r['p50'])}/{_fmt(r['p99'])}"
+    ops = "" if latency_only else _fmt(r["ops"], 0)
+    return f"{ops:>10} {lat:>13} {_fmt(r.get('core_ms_per_op'), 2):>10}"
+
+
+def table(results: dict[str, dict[str, list[Row]]]) -> str:
+    head = (
+        f"{'workload':<34} {'etcd ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  "
+        f"{'conc ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  {'ratio':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, per in results.items():
+        latency_only = name.startswith(("watch", "failover"))
+        key = "p50" if latency_only else "ops"
+        e = best(per["etcd"], key) if per.get("etcd") else None
+        c = best(per["concordance"], key)
+        if e is None:
+            ratio = None
+        elif latency_only:
+            ratio = c["p99"] / e["p99"] if name.startswith("watch") else c["p50"] / e["p50"]
+        else:
+            ratio = c["ops"] / e["ops"] if e["ops"] else None
+
+        miss = ""
+        if c.get("errors") or (e and e.get("errors")):
+            miss = f"   errors/missing: conc {int(c['errors'])}" + (
+                f", etcd {int(e['errors'])}" if e else ""
+            )
+        both = f"{_cells(e, latency_only)}  {_cells(c, latency_only)}"
+        lines.append(f"{name:<34} {both}  {_fmt(ratio, 2):>6}{miss}")
+    lines.append("")
+    lines.append(
+        "ratio: throughput Concordance/etcd; for watch p99 and failover p50, "
+        "Concordance/etcd (lower is better)"
+    )
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="a two-minute subset")
+    parser.add_argument("--seconds", type=float, default=None, help="per workload and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--no-etcd", action="store_true", help="Concordance alone")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="cc-bench-", dir="/tmp"))
-    port = _free_port()
-    env = {**os.environ, "CONCORDANCE_API_KEY": KEY}
-    node = subprocess.Popen(
-        [sys.executable, "-m", "concordance.cli", "node", "--id", "n1",
-         "--listen", f"127.0.0.1:{port}", "--data", str(root / "n1")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    seconds = args.seconds or (5.0 if args.quick else 10.0)
+    binary = None if args.no_etcd else etcd_binary()
+    if binary is None and not args.no_etcd:
+        print("etcd not found (apt-get install etcd-server): measuring Concordance alone")
+    systems: list[System] = [ConcordanceSystem()]
+    if binary:
+        systems.append(EtcdSystem(binary))
+    results: dict[str, dict[str, list[Row]]] = {}
     try:
-        _wait_http(f"{url}/readyz")
-        results = asyncio.run(_run(url, args.seconds, args.concurrency))
-        from concordance.supervise import Control
-
-        states = Control(root / "n1").states()
-        results["memory"] = {
-            f"{name} rss MiB": round(_rss_mib(s.pid), 1) for name, s in states.items() if s.pid
-        }
+        for s in systems:
+            s.start()
+        plan: list[tuple[str, Callable[[System], Row]]] = []
+        for name, clients, ops in matrix(args.quick) + scaling(args.quick):
+            plan.append((name, lambda s, c=clients, o=ops: run_workload(s, c, seconds, o(s.name))))
+        watch_seconds = seconds if args.quick else 2 * seconds
+        plan.append(
+            (
+                f"watch, {args.watchers} watchers, 10 writes/s",
+                lambda s: run_watch(s, args.watchers, watch_seconds),
+            )
+        )
+        if not args.quick:
+            plan.append(("failover after kill -9 (s)", run_failover))
+        for name, run in plan:
+            per = results.setdefault(name, {})
+            rounds = 3 if name.startswith("failover") else args.rounds
+            for _ in range(rounds):
+                for s in systems:
+                    row = run(s)
+                    per.setdefault(s.name, []).append(row)
+                    print(f"  {name:<34} {s.name:<12} {json.dumps(_rounded(row))}", flush=True)
     finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
-    results.update(_etcd(args.seconds, args.concurrency))
-    for name, row in results.items():
-        cells = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in row.items())  # fmt: skip
-        print(f"{name:<34} {cells}")
+        for s in systems:
+            s.stop()
+    for name, per in results.items():
+        if name.startswith("failover"):
+            for rows in per.values():
+                median = statistics.median(r["p50"] for r in rows)
+                for r in rows:
+                    r["p50"] = median / 1000  # seconds, as the row's name says
+    print()
+    print(table(results))
     out = Path(".bench")
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _rounded(row: Row) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in row.items()}
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ RPC_HWM = 1000  # consensus and storage sockets: the libzmq default, set explici
 EVENTS_HWM = 10_000  # events PUB/SUB: absorb bursts before PUB starts dropping
 BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in this process)
 SEND_TIMEOUT = 1.0  # default bound on a client one-way send
+FAST_BURST = 64  # messages received without yielding to the loop (see _Fast)
 
 _NAME = re.compile(r"[a-z0-9_]{1,32}")
 _T = TypeVar("_T")
@@ -107,6 +108,65 @@ def _socket(ctx: zmq.asyncio.Context, kind: int, hwm: int) -> zmq.asyncio.Socket
     except zmq.ZMQError as e:
         raise IpcError(f"cannot create socket: {e}") from e
     return sock
+
+
+class _Fast:
+    """The synchronous fast path of one asyncio socket.
+
+    ``zmq.asyncio`` wraps every send and receive in futures and event polling,
+    which costs more CPU than the message itself on this path (docs/PERFORMANCE.md).
+    A non-blocking attempt on a synchronous shadow of the same socket succeeds
+    almost always; only when it would block does the caller fall back to the
+    awaitable call. ``zmq.asyncio`` itself tries a non-blocking call first
+    before it polls. ZeroMQ's descriptor is edge-triggered, though: a synchronous
+    call may consume the edge that a pending awaitable call waits for, so after
+    each one that could, ``sock.get(EVENTS)`` (public API) makes the wrapper look
+    again. Sends keep their order: while a slow send is pending, later sends take
+    the slow path too.
+    """
+
+    __slots__ = ("_burst", "_slow_sends", "sock", "sync")
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+        self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._slow_sends = 0
+        self._burst = 0
+
+    async def recv(self) -> list[bytes]:
+        """The next message; yields to the loop at least every ``FAST_BURST`` messages."""
+        if self._burst < FAST_BURST:
+            try:
+                frames = self.sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            else:
+                self._burst += 1
+                if self._slow_sends:
+                    self.sock.get(zmq.EVENTS)  # a pending send may need the edge we took
+                return frames
+        self._burst = 0
+        return await self.sock.recv_multipart()
+
+    async def send(self, frames: list[bytes], flags: int = 0) -> None:
+        """Send now if possible; else wait like ``send_multipart(frames, flags)``."""
+        if not self._slow_sends:
+            try:
+                self.send_nowait(frames)
+                return
+            except zmq.Again:
+                if flags & zmq.DONTWAIT:
+                    raise
+        self._slow_sends += 1
+        try:
+            await self.sock.send_multipart(frames, flags=flags)
+        finally:
+            self._slow_sends -= 1
+
+    def send_nowait(self, frames: list[bytes]) -> None:
+        """Send now or raise ``zmq.Again``; a pending receive still wakes up."""
+        self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
+        self.sock.get(zmq.EVENTS)  # re-arm the wrapper: this send may have taken its edge
 
 
 def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
@@ -157,6 +217,7 @@ class RpcServer:
         _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
         self._sock = sock
+        self._fast = _Fast(sock)
         self._ids = _ids()
 
     @classmethod
@@ -174,7 +235,7 @@ class RpcServer:
         """
         while True:
             try:
-                frames = await self._sock.recv_multipart()
+                frames = await self._fast.recv()
             except zmq.ZMQError as e:
                 raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
             if len(frames) != 2:
@@ -228,7 +289,7 @@ class RpcServer:
         payload = encode_envelope(env)
         try:
             # DONTWAIT: pyzmq answers at once, so no send is ever queued here.
-            await self._sock.send_multipart([peer, payload], flags=zmq.DONTWAIT)
+            self._fast.send_nowait([peer, payload])
         except zmq.Again as e:
             raise IpcError(
                 f"{peer!r} is not keeping up (high-water mark) on {self.endpoint}"
@@ -279,6 +340,7 @@ class RpcClient:
             raise IpcError(f"cannot connect to {endpoint}: {e}") from e
         self.endpoint = endpoint
         self._sock = sock
+        self._fast = _Fast(sock)
         self._ids = _ids()
         self._pending: dict[int, asyncio.Future[Envelope]] = {}
         self._on_message = on_message
@@ -338,14 +400,14 @@ class RpcClient:
 
     async def _send(self, payload: bytes) -> None:
         try:
-            await self._sock.send_multipart([payload])
+            await self._fast.send([payload])
         except zmq.ZMQError as e:
             raise IpcError(f"send to {self.endpoint} failed: {e}") from e
 
     async def _receive_loop(self) -> None:
         while True:
             try:
-                frames = await self._sock.recv_multipart()
+                frames = await self._fast.recv()
             except zmq.ZMQError as e:
                 if not self._closed:
                     log.error("%s: receive failed, client stops: %s", self.endpoint, e)
@@ -422,6 +484,8 @@ class Publisher:
         _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
         self._sock = sock
+        # PUB never blocks: no future needed, send on a synchronous shadow.
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._ids = _ids()
 
     @classmethod
@@ -437,7 +501,7 @@ class Publisher:
             raise ValueError(f"{type!r} is not an event type")
         payload = encode_envelope(Envelope(type, next(self._ids), body))
         try:
-            await self._sock.send_multipart([topic, payload], flags=zmq.DONTWAIT)
+            self._sync.send_multipart([topic, payload], flags=zmq.DONTWAIT)
         except zmq.ZMQError as e:
             raise IpcError(f"publish on {self.endpoint} failed: {e}") from e
 
@@ -474,12 +538,13 @@ class Subscriber:
             raise IpcError(f"cannot subscribe to {endpoint}: {e}") from e
         self.endpoint = endpoint
         self._sock = sock
+        self._fast = _Fast(sock)
 
     async def recv(self) -> Envelope:
         """The next valid event; garbage and mis-topicked messages are dropped (warning)."""
         while True:
             try:
-                frames = await self._sock.recv_multipart()
+                frames = await self._fast.recv()
             except zmq.ZMQError as e:
                 raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
             if len(frames) != 2:

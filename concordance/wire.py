@@ -238,10 +238,12 @@ class TakeSnapshot(Body):
 
 @dataclass(frozen=True, slots=True)
 class Get(Body):
-    """Read one key; ``now`` (epoch ms) hides expired entries."""
+    """Read one key; ``now`` (epoch ms) hides expired entries. With ``min_index``,
+    answer only once that index is applied (a consistent read in one round trip)."""
 
     key: str
     now: int
+    min_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,7 @@ class List(Body):
     limit: int
     cursor: str | None
     now: int
+    min_index: int = 0  # as for Get
 
 
 @dataclass(frozen=True, slots=True)

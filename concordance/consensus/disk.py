@@ -1,11 +1,13 @@
-"""raft.db and the snapshot files, owned by one worker thread so the loop never waits on an fsync.
+"""raft.db and the snapshot files: the Ready write on the loop, slow file work on one thread.
 
-Why a thread of its own: ``SqliteRaftStore`` and ``FileSnapshotStore`` are
-single-thread objects (the sqlite3 connection refuses every thread but the one
-that opened it), and a commit with ``synchronous=FULL`` is an fsync that takes
-milliseconds. So every call that touches their files runs on one dedicated
-worker thread, ``raft-db``, for the store's whole life: opening, persisting,
-compacting, reading old entries, closing.
+``SqliteRaftStore`` and ``FileSnapshotStore`` are single-user objects: never
+two calls at once. The Ready write (one small transaction, one fsync, well
+under a millisecond on an SSD) runs on the loop thread itself: handing it to a
+thread and waking the loop afterwards cost more than the write, and the
+driver has nothing else to do until it is durable anyway (the core must not
+be touched meanwhile, see the gate). Everything that may take long -- opening,
+saving snapshots, compacting, reading old entries, closing -- runs on one
+dedicated worker thread, ``raft-db``.
 
 The core still reads the log synchronously through a ``LogStore``.
 :class:`LogView` gives it one on the loop thread: ``first_index``,
@@ -16,9 +18,10 @@ hop to the db thread (rare: a follower far behind, a restart).
 Rule (the gate): the driver never calls into the core while a job of this
 module runs on the db thread. The store's in-memory index is then never read
 while it changes, and a blocking hop never queues behind an fsync. Inputs
-that arrive meanwhile wait in the driver's inbox and are fed to the core
-afterwards -- which is exactly the group commit: one fsync for everything
-that arrived during the previous one.
+that arrive meanwhile wait in the driver's inbox (or, during a Ready write on
+the loop, in the socket) and are fed to the core afterwards -- which is
+exactly the group commit: one fsync for everything that arrived during the
+previous one.
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class RaftDisk:
         self.fsyncs = 0  # durable writes of Ready batches (one store.persist each)
         self.cache_misses = 0
         self._closed = False
+        self._commit_to_note: HardState | None = None
 
     @classmethod
     async def open(cls, directory: Path, boot: Callable[[], Membership]) -> RaftDisk:
@@ -216,15 +220,33 @@ class RaftDisk:
     async def persist(self, rd: Ready) -> None:
         """Step 1 of the driver contract: snapshot chunks, then hard state +
         entries + snapshot metadata in one transaction (one fsync). Returns once
-        durable. Skips the thread entirely when the Ready has nothing durable."""
+        durable. A commit-only hard state is left for :meth:`note_commit`."""
         if not rd.snapshot_chunks and not rd.must_sync:
+            if rd.hard_state is not None:
+                self._commit_to_note = rd.hard_state  # written when idle: see note_commit
             return
-        await self._run(self._persist_sync, rd)
+        self._commit_to_note = None  # this write carries the newest hard state
+        if rd.snapshot_chunks:
+            await self._run(self._persist_sync, rd)  # up to a MiB of snapshot bytes
+        else:
+            self._persist_sync(rd)
         if rd.must_sync:
             self.fsyncs += 1
         if rd.snapshot is not None:
             self.tail.clear()
         self.tail.put(rd.entries)
+
+    def note_commit(self) -> None:
+        """Write the newest commit-only hard state, without an fsync (``Ready.commit_only``).
+
+        Off the write path on purpose: the driver calls it when it has nothing
+        else to do, so an apply never waits for it. Losing it is harmless (the
+        commit index is re-learned from the leader); writing it at all lets a
+        clean restart resume with the commit index it had.
+        """
+        hard, self._commit_to_note = self._commit_to_note, None
+        if hard is not None:
+            self.store.note_commit(hard)
 
     def _persist_sync(self, rd: Ready) -> None:
         for chunk in rd.snapshot_chunks:
@@ -278,6 +300,10 @@ class RaftDisk:
         self._closed = True
 
         def work() -> None:
+            try:
+                self.note_commit()  # a clean stop keeps the newest commit index
+            except Exception as e:  # closing goes on: the commit is re-learned anyway
+                log.warning("raft.db: cannot record the commit index: %s", e)
             try:
                 self.snapshots.close()
             finally:

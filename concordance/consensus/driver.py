@@ -196,6 +196,7 @@ class ConsensusDriver:
         while not self._stopping:
             busy = self._inbox or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
+                self._note_commit()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -204,6 +205,12 @@ class ConsensusDriver:
                 await self._handle_ready(self.core.ready())
             await self.stream.pump()
             await self.snapshots.maybe_ask(self.stream.acked)
+
+    def _note_commit(self) -> None:
+        try:
+            self.disk.note_commit()
+        except Exception as e:
+            self._fail(e)
 
     async def _receive(self) -> None:
         try:
@@ -370,12 +377,13 @@ class ConsensusDriver:
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
+        await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
         try:
             await self.disk.persist(rd)
         except Exception as e:
             self._fail(e)
             raise
-        await self._send_messages(rd.messages)
+        await self._send_messages(rd.messages_after)
         if rd.snapshot is not None:
             self.stream.installed(rd.snapshot)
             self._remember_addresses(rd.snapshot.membership)

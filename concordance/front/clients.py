@@ -73,10 +73,18 @@ class StorageClient(Protocol):
     Entries and change events carry ``value`` as JSON text bytes, as stored.
     """
 
-    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None: ...
+    async def get(
+        self, key: str, now: int, timeout: float, min_index: int = 0
+    ) -> dict[str, Any] | None: ...
 
     async def list(
-        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+        self,
+        prefix: str,
+        limit: int,
+        cursor: str | None,
+        now: int,
+        timeout: float,
+        min_index: int = 0,
     ) -> wire.ListOk: ...
 
     async def changes(

@@ -193,14 +193,23 @@ class IpcStorage:
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self._rpc = ipc.RpcClient(ctx, ipc.endpoint(data_dir, "storage"), "front")
 
-    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None:
-        got = await _idempotent(self._rpc, "get", wire.Get(key, now), timeout, wire.GetOk)
+    async def get(
+        self, key: str, now: int, timeout: float, min_index: int = 0
+    ) -> dict[str, Any] | None:
+        body = wire.Get(key, now, min_index)
+        got = await _idempotent(self._rpc, "get", body, timeout, wire.GetOk)
         return got.entry
 
     async def list(
-        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+        self,
+        prefix: str,
+        limit: int,
+        cursor: str | None,
+        now: int,
+        timeout: float,
+        min_index: int = 0,
     ) -> wire.ListOk:
-        body = wire.List(prefix, limit, cursor, now)
+        body = wire.List(prefix, limit, cursor, now, min_index)
         return await _idempotent(self._rpc, "list", body, timeout, wire.ListOk)
 
     async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:

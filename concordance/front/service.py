@@ -18,6 +18,7 @@ from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import ConcordanceError, VersionConflict
 from concordance.front.clients import Clients
 from concordance.front.codec import Renderer
+from concordance.front.reads import ReadIndexBatcher
 from concordance.front.validate import CheckArgs, DeleteArgs, SetArgs
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
@@ -55,27 +56,26 @@ class KvService:
         self.renderer = Renderer(cipher)
         self._timeout = timeout_ms / 1000
         self.clock = clock
+        self._read_indexes = ReadIndexBatcher(self._consensus)
 
     # -- reads -------------------------------------------------------------
-    async def _linearize(self) -> None:
-        """ReadIndex: wait until this node's storage has applied what the leader committed."""
-        index = await self._consensus.read_index(self._timeout)
-        await self._storage.wait_applied(index, self._timeout)
+    async def _read_index(self) -> int:
+        """ReadIndex (thesis §6.4): the index storage must have applied before a consistent
+        read is served; reads of one loop turn share one request (``ReadIndexBatcher``)."""
+        return await self._read_indexes.next(self._timeout)
 
     async def get(self, key: str, *, consistent: bool = False) -> dict[str, Any] | None:
         validate_key(key)
-        if consistent:
-            await self._linearize()
-        entry = await self._storage.get(key, self.clock(), self._timeout)
+        index = await self._read_index() if consistent else 0
+        entry = await self._storage.get(key, self.clock(), self._timeout, index)
         return self.renderer.entry(entry)
 
     async def list(
         self, prefix: str, limit: int, cursor: str | None, *, consistent: bool = False
     ) -> dict[str, Any]:
         validate_prefix(prefix)
-        if consistent:
-            await self._linearize()
-        page = await self._storage.list(prefix, limit, cursor, self.clock(), self._timeout)
+        index = await self._read_index() if consistent else 0
+        page = await self._storage.list(prefix, limit, cursor, self.clock(), self._timeout, index)
         return {
             "entries": [self.renderer.entry(e) for e in page.entries],
             "next": page.next,

@@ -17,6 +17,11 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   as ``dropped``: certainly not appended, so its waiter fails with
   ``Unavailable`` (503) at once instead of waiting for the deadline.
 * Results for other origins, unknown or late ids are ignored.
+* Writes submitted in the same turn of the event loop share one ``propose``
+  (up to ``BATCH_COMMANDS`` commands or ``BATCH_BYTES``): under load one IPC
+  round trip carries many writes, and consensus appends them together. Each
+  write still has its own request id, waiter and outcome; the batch only
+  shares the answer to ``propose`` (appended, refused, or unknown).
 """
 
 from __future__ import annotations
@@ -38,6 +43,20 @@ __all__ = ["Proposer"]
 log = logging.getLogger(__name__)
 
 _Outcome = tuple[bool, Any]
+
+BATCH_COMMANDS = 256  # commands in one propose at most
+BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
+
+
+class _Batch:
+    """Commands waiting to be proposed together, and the answer they share."""
+
+    __slots__ = ("answer", "bytes", "commands")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.commands: list[bytes] = []
+        self.bytes = 0
+        self.answer: asyncio.Future[None] = loop.create_future()
 
 
 class Proposer:
@@ -63,6 +82,9 @@ class Proposer:
         self._clock = clock
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
+        self._batch: _Batch | None = None
+        self._proposing: set[asyncio.Task[None]] = set()
+        self.batches = 0  # propose requests sent (each carries one or more writes)
 
     @property
     def pending(self) -> int:
@@ -86,7 +108,7 @@ class Proposer:
         deadline = loop.time() + self._timeout
         try:
             try:
-                await self._consensus.propose([cmd.encode()], self._timeout)
+                await asyncio.shield(self._join_batch(cmd.encode()))
             except IpcError as e:
                 log.debug("request %d: propose outcome unknown (%s); waiting", cmd.request_id, e)
             left = deadline - loop.time()
@@ -102,6 +124,47 @@ class Proposer:
         if ok:
             return payload
         raise _error_of(payload)
+
+    def _join_batch(self, data: bytes) -> asyncio.Future[None]:
+        """Add ``data`` to the batch of this loop turn; the future is its propose's answer."""
+        batch = self._batch
+        if batch is not None and (
+            len(batch.commands) >= BATCH_COMMANDS or batch.bytes + len(data) > BATCH_BYTES
+        ):
+            self._flush()
+            batch = None
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._batch = _Batch(loop)
+            loop.call_soon(self._flush_if, batch)
+        batch.commands.append(data)
+        batch.bytes += len(data)
+        return batch.answer
+
+    def _flush_if(self, batch: _Batch) -> None:
+        if self._batch is batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._propose(batch))
+        self._proposing.add(task)
+        task.add_done_callback(self._proposing.discard)
+
+    async def _propose(self, batch: _Batch) -> None:
+        self.batches += 1
+        try:
+            await self._consensus.propose(batch.commands, self._timeout)
+        except asyncio.CancelledError:
+            batch.answer.cancel()
+            raise
+        except Exception as e:  # every write of the batch hears it
+            batch.answer.set_exception(e)
+            batch.answer.exception()  # marked retrieved: the writers may have given up
+        else:
+            batch.answer.set_result(None)
 
     def deliver(self, results: wire.Results) -> None:
         """Resolve the waiters named in a ``results`` event (called by the event pump)."""

@@ -308,9 +308,11 @@ class RaftCore:
             self._broadcast_append()
         soft = self.soft_state
         hard = self.hard_state
+        prev = self._prev_hard
+        same_term_vote = (hard.term, hard.vote) == (prev.term, prev.vote)
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            hard_state=hard if hard != prev else None,
             entries=tuple(self.log.unstable),
             snapshot=self.log.pending_snapshot,
             snapshot_chunks=tuple(self._chunks),
@@ -318,6 +320,8 @@ class RaftCore:
             committed=tuple(self.log.committed_to_apply(self.cfg.max_committed_bytes_per_ready)),
             read_states=tuple(self._read_states),
             dropped=tuple(self._dropped),
+            early=same_term_vote and self.role is Role.LEADER,
+            commit_only=hard != prev and same_term_vote,
         )
         self._msgs, self._read_states, self._chunks, self._dropped = [], [], [], []
         self._reads.seal()  # reads from now on need a fresh heartbeat round

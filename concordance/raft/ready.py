@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from concordance.raft.entries import Entry, HardState, SnapshotMeta
-from concordance.raft.messages import Message
+from concordance.raft.messages import AppendEntries, Heartbeat, Message
 
 
 class Role(enum.Enum):
@@ -55,6 +55,17 @@ class Ready:
     ``dropped`` holds proposals this node forwarded that the receiver refused
     (``ProposeRefused``): certainly not appended by that forward, so their
     proposers may fail them now (safe to retry) instead of at their deadline.
+
+    ``early`` says that the leader's appends and heartbeats among ``messages``
+    (:attr:`messages_first`) may be sent before, or while, this Ready is
+    persisted (thesis §10.2.1): the leader counts its own log towards a commit
+    only once ``advance`` says it is durable, so a follower may store an entry
+    before its leader does. It is never set when term or vote change.
+
+    ``commit_only`` says that ``hard_state`` differs from the durable one in
+    ``commit`` alone. Writing it is then optional and needs no fsync (the commit
+    index is re-learned from the leader after a restart), so such a Ready
+    persists nothing unless it also carries entries or a snapshot.
     """
 
     soft_state: SoftState | None
@@ -66,8 +77,28 @@ class Ready:
     committed: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
     dropped: tuple[bytes, ...] = ()
+    early: bool = False
+    commit_only: bool = False
 
     @property
     def must_sync(self) -> bool:
-        """Whether persisting this Ready needs an fsync (anything durable changed)."""
-        return bool(self.entries or self.snapshot is not None or self.hard_state is not None)
+        """Whether persisting this Ready needs an fsync (term, vote, log or snapshot changed)."""
+        durable_hard = self.hard_state is not None and not self.commit_only
+        return bool(self.entries or self.snapshot is not None or durable_hard)
+
+    @property
+    def messages_first(self) -> tuple[Message, ...]:
+        """What may be sent before the persist: a leader's appends and heartbeats."""
+        if not self.early:
+            return ()
+        return tuple(m for m in self.messages if isinstance(m, _EARLY))
+
+    @property
+    def messages_after(self) -> tuple[Message, ...]:
+        """What must wait until the persist is durable: the rest of ``messages``."""
+        if not self.early:
+            return self.messages
+        return tuple(m for m in self.messages if not isinstance(m, _EARLY))
+
+
+_EARLY = (AppendEntries, Heartbeat)

@@ -111,7 +111,8 @@ class SqliteRaftStore:
         self._db: sqlite3.Connection | None = None
         self._failed: BaseException | None = None
         created = not os.path.exists(self._path)
-        db = sqlite3.connect(self._path, isolation_level=None)
+        # Used from one thread at a time, not always the same one (consensus/disk.py).
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -303,6 +304,26 @@ class SqliteRaftStore:
         if self._db is None:
             raise StoreFailed(f"{self._path}: store is closed")
         return self._db
+
+    def note_commit(self, hard_state: HardState) -> None:
+        """Write a hard state that differs from the durable one only in ``commit``,
+        without an fsync (``Ready.commit_only``).
+
+        A crash may lose it, which Raft allows: the commit index is re-learned
+        from the leader. It is written at all so that a clean restart resumes
+        with the commit index it had; it becomes durable with the next fsync.
+        """
+        if (hard_state.term, hard_state.vote) != (self._hard_state.term, self._hard_state.vote):
+            raise ValueError("note_commit cannot change term or vote: persist them")
+        db = self._conn()
+        db.execute("PRAGMA synchronous=OFF")
+        try:
+            with self._transaction() as tx:
+                tx.execute("UPDATE meta SET hs_commit = ?", (hard_state.commit,))
+        finally:
+            if self._db is not None:
+                db.execute("PRAGMA synchronous=FULL")
+        self._hard_state = hard_state
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -47,7 +47,6 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import zmq.asyncio
 
@@ -244,17 +243,20 @@ class StorageService:
     async def _publish(self, applied: list[Applied]) -> None:
         assert self._events is not None
         events = [event for a in applied for event in a.events]
-        by_origin: dict[str, list[tuple[int, bool, Any]]] = {}
-        for a in applied:
-            if a.origin:
-                outcome = a.result if a.error is None else a.error
-                by_origin.setdefault(a.origin, []).append((a.request_id, a.error is None, outcome))
+        # Only this node's front waits for results here: other nodes' fronts hear
+        # of their writes from their own storage (PROTOCOL.md §3.4).
+        mine = self.cfg.node_id
+        items = [
+            (a.request_id, a.error is None, a.result if a.error is None else a.error)
+            for a in applied
+            if a.origin == mine
+        ]
         try:
             if events:
                 batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
                 await self._events.publish("change_batch", batch)
-            for origin, items in by_origin.items():
-                await self._events.publish("results", wire.Results(origin, tuple(items)))
+            if items:
+                await self._events.publish("results", wire.Results(mine, tuple(items)))
         except IpcError as e:  # the front repairs lost changes from the change log
             log.warning("storage: publish failed: %s", e)
 
@@ -327,7 +329,11 @@ class StorageService:
             return
         reply: wire.Body | ConcordanceError
         try:
-            if isinstance(body, wire.Get):
+            if isinstance(body, wire.Get | wire.List) and sm.applied_index < body.min_index:
+                if self._park(peer, env, body.min_index):
+                    return  # answered by _release_waiters once applied
+                reply = Unavailable("too many waiting reads")
+            elif isinstance(body, wire.Get):
                 reply = wire.GetOk(sm.get(body.key, body.now))
             elif isinstance(body, wire.List):
                 page = sm.list(body.prefix, body.limit, body.cursor, body.now)
@@ -359,7 +365,8 @@ class StorageService:
         await self._server.reply(peer, env, reply)
 
     def _park(self, peer: bytes, env: wire.Envelope, index: int) -> bool:
-        """Park a wait_applied until ``index`` is applied; False if too many wait already."""
+        """Park a wait_applied (or a read with ``min_index``) until ``index`` is applied;
+        False if too many wait already."""
         deadline = env.deadline_ms
         if deadline is None:
             deadline = wall_ms() + int(self._t.default_wait * 1000)
@@ -369,7 +376,10 @@ class StorageService:
         assert self._server is not None
         applied = self.state.applied_index
         for peer, env in self._waiters.release(applied, wall_ms()):
-            await self._server.reply(peer, env, wire.WaitAppliedOk(applied))
+            if isinstance(env.body, wire.WaitApplied):
+                await self._server.reply(peer, env, wire.WaitAppliedOk(applied))
+            else:  # a read with min_index: serve it now
+                await self._handle(peer, env)
 
     async def _backup(self, peer: bytes, env: wire.Envelope, path: str) -> None:
         assert self._server is not None

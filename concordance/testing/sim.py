@@ -233,6 +233,9 @@ class Simulation:
         while core.has_ready():
             rd = core.ready()
             self._check_ready(node, core, rd)
+            for msg in rd.messages_first:  # a leader's appends may leave before its fsync
+                self._check_durable_before_send(node, msg)
+                self._deliver_later(msg)
             if self.rng.random() < self.opt.torn_ready_rate and rd.must_sync:
                 # Power cut during the fsync: nothing of this Ready is durable or sent.
                 self._crash(node)
@@ -244,8 +247,10 @@ class Simulation:
                 node.incoming[key] += chunk.data
                 if chunk.done:
                     node.snapshots.put(chunk.meta, bytes(node.incoming.pop(key)))
-            node.disk.persist(rd.hard_state, rd.entries, rd.snapshot)
-            if rd.hard_state is not None:
+            if rd.must_sync or (rd.hard_state is not None and self.rng.random() < 0.5):
+                # A commit-only hard state needs no fsync: model both its loss and its write.
+                node.disk.persist(rd.hard_state, rd.entries, rd.snapshot)
+            if rd.hard_state is not None and rd.must_sync:
                 prev = self.max_durable_term[node.node_id]
                 if rd.hard_state.term < prev:
                     self._fail(
@@ -258,7 +263,7 @@ class Simulation:
                 # Crash after the fsync, before any message left.
                 self._crash(node)
                 return
-            for msg in rd.messages:
+            for msg in rd.messages_after:
                 self._check_durable_before_send(node, msg)
                 self._deliver_later(msg)
             if rd.snapshot is not None:

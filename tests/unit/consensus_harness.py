@@ -135,7 +135,10 @@ class FakeStorage:
 
     async def hello(self, timeout: float = 5.0) -> None:
         """Say hello (the real storage also repeats it every second); waits for the
-        connection, which after a driver restart takes one zmq reconnect interval."""
+        connection, which after a driver restart takes one zmq reconnect interval.
+        Reports already queued go first: the real storage sends hello and applied
+        down one ordered pipe, and the driver relies on that order."""
+        await self._outbox.join()
         await self.client.send("hello", wire.Hello(self.applied, self.applied_term), timeout)
 
     def _on_message(self, env: wire.Envelope) -> None:
@@ -169,8 +172,11 @@ class FakeStorage:
         while True:
             type_, body = await self._outbox.get()
             # The driver may be stopping; a lost report is repaired by the next hello.
-            with contextlib.suppress(Exception):
-                await self.client.send(type_, body)
+            try:
+                with contextlib.suppress(Exception):
+                    await self.client.send(type_, body)
+            finally:
+                self._outbox.task_done()
 
     def commands(self) -> list[bytes]:
         """The NORMAL entries applied, in index order."""

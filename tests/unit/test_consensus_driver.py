@@ -63,7 +63,7 @@ def test_nothing_is_applied_before_hello_and_batches_follow_it() -> None:
                 await storage.hello()
                 await wait_for(lambda: storage.applied >= reply.index)
                 assert len(storage.commands()) == 50
-                assert node.driver.stream.acked == reply.index
+                await wait_for(lambda: node.driver.stream.acked == reply.index)
                 await front.close()
                 await storage.close()
 

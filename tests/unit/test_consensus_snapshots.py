@@ -48,9 +48,12 @@ def test_snapshots_every_n_entries_compact_the_log_and_keep_two_files() -> None:
                 assert disk.first_index() - 1 >= node.driver.snapshots.last_index - 5 - 20
                 assert disk.store.initial_state()[1] is not None
                 assert len(snap_files(d)) <= 2
+
                 # Storage's files were adopted (moved), not copied.
-                adopted = [p for p in storage.snapshots_written if Path(p).exists()]
-                assert adopted == []
+                def left_behind() -> list[str]:
+                    return [p for p in storage.snapshots_written if Path(p).exists()]
+
+                await wait_for(lambda: left_behind() == [], what="every snapshot adopted")
                 await front.close()
                 await storage.close()
 

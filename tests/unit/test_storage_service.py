@@ -50,7 +50,7 @@ def test_hello_at_start_then_every_interval() -> None:
         run(main)
 
 
-def test_apply_publishes_changes_and_results_per_origin_then_acks() -> None:
+def test_apply_publishes_changes_and_only_this_nodes_results_then_acks() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with bench(ctx, d) as b:
             log = b.log
@@ -74,12 +74,10 @@ def test_apply_publishes_changes_and_results_per_origin_then_acks() -> None:
             assert events[0]["value"] == b'"dark"'  # JSON text bytes, spliced by the front
             revisions = [e["revision"] for e in events]
             assert revisions == sorted(revisions) and changes.revision == revisions[-1]
-            by_origin = {}
-            for _ in range(2):
-                results = await b.front.results()
-                by_origin[results.origin] = results.items
+            results = await b.front.results()  # one batch: n1's own; n2's front asks n2
+            assert results.origin == "n1"
             ids = [e[3] for e in batch]
-            n1 = by_origin["n1"]
+            n1 = results.items
             assert [item[0] for item in n1] == [
                 Command.decode(ids[i]).request_id for i in (0, 4, 5)
             ]
@@ -87,8 +85,6 @@ def test_apply_publishes_changes_and_results_per_origin_then_acks() -> None:
             assert n1[0][2]["value"] == b'"dark"' and n1[0][2]["version"] == 1
             assert n1[1][2]["code"] == "version_conflict"
             assert n1[2][2]["deleted"] is True
-            [(rid, ok, entry)] = by_origin["n2"]
-            assert (rid, ok, entry["key"]) == (Command.decode(ids[2]).request_id, True, K + "2")
             status = await b.front.request("storage_status", wire.StorageStatus())
             assert status == wire.StorageStatusOk(log.index, 1, revisions[-1])
 
@@ -187,6 +183,36 @@ def test_wait_applied_answers_when_a_later_apply_lands_and_drops_at_deadline() -
             while svc.waiting:  # the expired waiter is swept by the heartbeat
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_a_read_with_min_index_is_answered_once_that_index_is_applied() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            now = b.log.index
+            get = asyncio.ensure_future(
+                b.front.request("get", wire.Get(K, wall_ms(), min_index=now + 1), timeout=5.0)
+            )
+            listing = asyncio.ensure_future(
+                b.front.request("list", wire.List(K, 10, None, wall_ms(), now + 1), timeout=5.0)
+            )
+            svc = b.service
+            assert svc is not None
+            deadline = time.monotonic() + 2.0
+            while svc.waiting < 2:  # both parked: nothing answered before the write
+                assert time.monotonic() < deadline and not get.done()
+                await asyncio.sleep(0.01)
+            await b.consensus.apply(b.log.set(K, b'"new"'))
+            got = await asyncio.wait_for(get, 2.0)
+            assert isinstance(got, wire.GetOk) and got.entry is not None
+            assert got.entry["value"] == b'"new"'  # served after the write, not before
+            page = await asyncio.wait_for(listing, 2.0)
+            assert isinstance(page, wire.ListOk) and [e["key"] for e in page.entries] == [K]
+            # Already applied: answered at once.
+            got = await b.front.request("get", wire.Get(K, wall_ms(), min_index=now))
+            assert isinstance(got, wire.GetOk) and got.entry is not None
 
     with short_tmp() as d:
         run(main)

@@ -186,14 +186,24 @@ class FakeStorage:
             raise Unavailable("storage is down")
         return self.node.sm
 
-    async def get(self, key: str, now: int, timeout: float) -> dict[str, Any] | None:
+    async def get(
+        self, key: str, now: int, timeout: float, min_index: int = 0
+    ) -> dict[str, Any] | None:
+        await self.wait_applied(min_index, timeout)
         got = roundtrip("get_ok", wire.GetOk(self._up().get(key, now)))
         assert isinstance(got, wire.GetOk)
         return got.entry
 
     async def list(
-        self, prefix: str, limit: int, cursor: str | None, now: int, timeout: float
+        self,
+        prefix: str,
+        limit: int,
+        cursor: str | None,
+        now: int,
+        timeout: float,
+        min_index: int = 0,
     ) -> wire.ListOk:
+        await self.wait_applied(min_index, timeout)
         page = self._up().list(prefix, limit, cursor, now)
         body = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
         return roundtrip("list_ok", body)  # type: ignore[return-value]

@@ -68,3 +68,94 @@ def test_a_result_that_arrived_first_is_kept() -> None:
         assert await asyncio.wait_for(proposer.submit(Delete(KEY)), 5) == result
 
     asyncio.run(main())
+
+
+def test_writes_of_one_loop_turn_share_one_propose_and_keep_their_own_outcomes() -> None:
+    calls: list[list[bytes]] = []
+
+    def apply_each(p: Proposer, commands: Sequence[bytes]) -> None:
+        calls.append(list(commands))
+        items = tuple((request_id(c), True, {"n": i}) for i, c in enumerate(commands))
+        p.deliver(wire.Results("n1", items))
+
+    async def main() -> None:
+        proposer = proposer_with(apply_each)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(proposer.submit(Delete(f"{KEY}{i}")) for i in range(5))), 5
+        )
+        assert [len(c) for c in calls] == [5] and proposer.batches == 1
+        assert outcomes == [{"n": i} for i in range(5)]
+        assert [Command.decode(c).op for c in calls[0]] == [Delete(f"{KEY}{i}") for i in range(5)]
+        # A later turn starts a new batch.
+        await asyncio.wait_for(proposer.submit(Delete(KEY)), 5)
+        assert [len(c) for c in calls] == [5, 1] and proposer.pending == 0
+
+    asyncio.run(main())
+
+
+def test_a_refused_batch_fails_every_write_in_it_with_unavailable() -> None:
+    class Refusing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+            self.calls += 1
+            raise Unavailable("no leader")
+
+    async def main() -> None:
+        consensus = Refusing()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0)
+        outcomes = await asyncio.gather(
+            *(proposer.submit(Delete(f"{KEY}{i}")) for i in range(3)), return_exceptions=True
+        )
+        assert consensus.calls == 1
+        assert all(isinstance(o, Unavailable) for o in outcomes)
+        assert proposer.pending == 0
+
+    asyncio.run(main())
+
+
+def test_a_full_batch_is_sent_and_the_rest_go_in_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    import concordance.front.writes as writes
+
+    monkeypatch.setattr(writes, "BATCH_COMMANDS", 2)
+    sizes: list[int] = []
+
+    def apply_each(p: Proposer, commands: Sequence[bytes]) -> None:
+        sizes.append(len(commands))
+        p.deliver(wire.Results("n1", tuple((request_id(c), True, None) for c in commands)))
+
+    async def main() -> None:
+        proposer = proposer_with(apply_each)
+        await asyncio.wait_for(
+            asyncio.gather(*(proposer.submit(Delete(f"{KEY}{i}")) for i in range(5))), 5
+        )
+        assert sorted(sizes) == [1, 2, 2]
+
+    asyncio.run(main())
+
+
+def test_consistent_reads_of_one_loop_turn_share_one_read_index_request() -> None:
+    from concordance.front.reads import ReadIndexBatcher
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def read_index(self, timeout: float) -> int:
+            self.calls += 1
+            await asyncio.sleep(0)
+            return 10 * self.calls
+
+    async def main() -> None:
+        consensus = Counting()
+        reads = ReadIndexBatcher(consensus)
+        first = await asyncio.gather(*(reads.next(1.0) for _ in range(4)))
+        assert first == [10] * 4 and consensus.calls == 1
+        # A read that begins while a request is in flight waits for the next one.
+        early = asyncio.ensure_future(reads.next(1.0))
+        await asyncio.sleep(0)  # the request for `early` is now on its way
+        late = asyncio.ensure_future(reads.next(1.0))
+        assert await early == 20 and await late == 30 and consensus.calls == 3
+
+    asyncio.run(main())
