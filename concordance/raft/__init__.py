@@ -37,10 +37,18 @@ MUST handle each Ready completely and in this order before calling
    snapshot metadata (which resets the log unless the log holds its last
    entry), the entries (an entry at index i replaces every entry >= i), and
    the hard state (term, vote, commit). Nothing in this Ready may be sent
-   before this write is durable: a vote, a term or an acknowledgement that
-   was sent and then lost in a crash breaks Election Safety.
-2. **Send** ``messages``. The transport may drop, delay, duplicate or reorder
-   them; Raft tolerates all of that.
+   before this write is durable -- a vote, a term or an acknowledgement that
+   was sent and then lost in a crash breaks Election Safety -- with one
+   exception: ``messages_first`` (set only on a leader whose term and vote
+   this Ready does not change: its appends and heartbeats) may be sent
+   before or while persisting (thesis §10.2.1), since the leader counts its
+   own log towards a commit only after ``advance``. A Ready whose hard state
+   changed in ``commit`` alone (``commit_only``) needs no fsync: the driver
+   may write it later, without syncing, or not at all (the commit index is
+   re-learned from the leader); ``must_sync`` says whether an fsync is due.
+2. **Send** ``messages_after`` (all of ``messages`` that did not go first).
+   The transport may drop, delay, duplicate or reorder them; Raft tolerates
+   all of that.
 3. **Apply**: if ``snapshot`` is set, restore the state machine from it
    first; then apply ``committed`` entries in index order. Only NORMAL entries
    carry state-machine commands; NOOP and CONFIG entries just advance the

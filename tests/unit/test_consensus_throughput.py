@@ -152,7 +152,6 @@ def test_group_commit_amortizes_fsyncs() -> None:
     print(f"\n{one}\n{many}")
     assert one.fsyncs >= one.proposals  # alone, each proposal waits for its own fsync
     assert many.fsyncs / many.proposals < 0.25
-    assert many.rate > one.rate
 
 
 def main(argv: list[str]) -> None:

@@ -4,7 +4,6 @@ and anything else is a RemoteProtocolError."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -147,19 +146,6 @@ def test_raft_garbage_is_a_remote_protocol_error(data: bytes) -> None:
     with pytest.raises(errors.RemoteProtocolError) as info:
         wire.decode_raft(data)
     assert info.value.__cause__ is not None
-
-
-def test_raft_encode_decode_is_fast() -> None:
-    """The replication hot path: AppendEntries with 64 small entries, both ways."""
-    entries = tuple(Entry(7, 1000 + i, EntryKind.NORMAL, b"x" * 40) for i in range(64))
-    msg = rm.AppendEntries(7, "n1", "n2", 999, 7, entries, 998)
-    rounds = 300
-    start = time.perf_counter()
-    for _ in range(rounds):
-        wire.decode_raft(wire.encode_raft(msg))
-    per_round = (time.perf_counter() - start) / rounds
-    print(f"AppendEntries x64 encode+decode: {per_round * 1e6:.0f} us")
-    assert per_round < 2e-3  # ~80 us measured; generous for a shared 2-core machine
 
 
 # --------------------------------------------------------------------------- IPC
