@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 UNAVAILABLE_RETRY = 1.5  # seconds propose keeps retrying "unavailable" before giving up
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
+RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
 CONNECT_GRACE = 1.0  # seconds to wait for a (re)connection before calling a role down
 
 _B = TypeVar("_B", bound=wire.Body)
@@ -121,6 +122,9 @@ class IpcConsensus:
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self._handler: RaftOutHandler | None = None
         self._dropped: DroppedHandler | None = None
+        self._frames: list[bytes] = []  # peer frames waiting for the next raft_in
+        self._frames_bytes = 0
+        self._flushing: asyncio.Task[None] | None = None
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -175,15 +179,33 @@ class IpcConsensus:
         return got
 
     async def raft_in(self, frames: Sequence[bytes]) -> None:
+        """Hand peer frames to consensus. Frames that arrive in one turn of the event
+        loop (from all peers) go in one ``raft_in``; a caller waits only while more
+        than ``RAFT_IN_BATCH_BYTES`` are pending, which pushes back on a flooding peer."""
         if not _connected(self._rpc):  # consensus is down: drop at once, do not hold the peer
             log.debug("consensus not connected: dropping %d peer frame(s)", len(frames))
             return
+        self._frames.extend(frames)
+        self._frames_bytes += sum(len(f) for f in frames)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_raft_in())
+        if self._frames_bytes > RAFT_IN_BATCH_BYTES:
+            await asyncio.shield(self._flushing)
+
+    async def _flush_raft_in(self) -> None:
         try:
-            await self._rpc.send("raft_in", wire.RaftIn(tuple(frames)), RAFT_IN_TIMEOUT)
-        except IpcError as e:
-            log.debug("dropping %d peer frame(s): %s", len(frames), e)
+            while self._frames:  # frames that came in while sending go in the next message
+                frames, self._frames, self._frames_bytes = tuple(self._frames), [], 0
+                try:
+                    await self._rpc.send("raft_in", wire.RaftIn(frames), RAFT_IN_TIMEOUT)
+                except IpcError as e:
+                    log.debug("dropping %d peer frame(s): %s", len(frames), e)
+        finally:
+            self._flushing = None
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
         await self._rpc.close()
 
 

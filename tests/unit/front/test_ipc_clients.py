@@ -213,3 +213,35 @@ def test_roles_that_do_not_answer_are_unavailable() -> None:
                 ctx.destroy(linger=0)
 
     asyncio.run(main())
+
+
+def test_peer_frames_of_one_loop_turn_reach_consensus_in_one_raft_in() -> None:
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
+            ctx = ipc.context()
+            server = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "consensus"))
+            consensus = IpcConsensus(ctx, data_dir)
+            try:
+                for _ in range(500):  # the DEALER connects within a reconnect interval
+                    if _connected_to(consensus):
+                        break
+                    await asyncio.sleep(0.002)
+                await asyncio.gather(*(consensus.raft_in((b"f%d" % i,)) for i in range(3)))
+                await consensus.raft_in((b"later",))
+                got = [await asyncio.wait_for(server.recv(), 5) for _ in range(2)]
+                assert [env.body for _, env in got] == [
+                    wire.RaftIn((b"f0", b"f1", b"f2")),
+                    wire.RaftIn((b"later",)),
+                ]
+            finally:
+                await consensus.close()
+                await server.close()
+                ctx.destroy(linger=0)
+
+    asyncio.run(main())
+
+
+def _connected_to(consensus: IpcConsensus) -> bool:
+    from concordance.front.ipc_clients import _connected
+
+    return _connected(consensus._rpc)
