@@ -170,11 +170,10 @@ class StreamConnection:
         self._writer: asyncio.Task[None] | None = None
 
     # -- Sink (watch.py) ----------------------------------------------------
-    def notify(self, subscription_id: int, events: list[dict[str, Any]]) -> bool:
-        params = {"subscriptionId": subscription_id, "events": events}
-        return self.outbox.offer(
-            dumps({"jsonrpc": "2.0", "method": "watch/change", "params": params})
-        )
+    def notify(self, subscription_id: int, events_json: str) -> bool:
+        # Spliced, not re-encoded: the events are shared by every watcher of the batch.
+        head = '{"jsonrpc":"2.0","method":"watch/change","params":{"subscriptionId":'
+        return self.outbox.offer(f'{head}{int(subscription_id)},"events":{events_json}}}}}')
 
     def cancelled(self, subscription_id: int, reason: str) -> None:
         self.subs.pop(subscription_id, None)

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from concordance import wire
 from concordance.errors import Compacted, ConcordanceError
 from concordance.front.clients import StorageClient
-from concordance.front.codec import Renderer
+from concordance.front.codec import Renderer, dumps
 
 __all__ = ["ChangeWaiter", "LiveBatch", "Sink", "Subscription", "WatchHub"]
 
@@ -63,8 +63,9 @@ RETRY_MAX = 2.0  # seconds between attempts while storage does not answer
 class Sink(Protocol):
     """Where a subscription's notifications go (a WebSocket connection)."""
 
-    def notify(self, subscription_id: int, events: list[dict[str, Any]]) -> bool:
-        """Queue a ``watch/change``; False when the connection's queue is full."""
+    def notify(self, subscription_id: int, events_json: str) -> bool:
+        """Queue a ``watch/change`` whose ``events`` are the JSON array ``events_json``;
+        False when the connection's queue is full."""
         ...
 
     def cancelled(self, subscription_id: int, reason: str) -> None:
@@ -77,15 +78,25 @@ class _SlowConsumer(Exception):
 
 
 class LiveBatch:
-    """One published change batch; events are rendered at most once for all subscribers."""
+    """One published change batch; events are rendered, and each selection of them
+    encoded as JSON, at most once for all subscribers (a thousand watchers of one
+    prefix cost one encoding, not a thousand)."""
 
-    __slots__ = ("_rendered", "events", "first", "revision")
+    __slots__ = ("_encoded", "_rendered", "events", "first", "revision")
 
     def __init__(self, batch: wire.ChangeBatch) -> None:
         self.events = batch.events
         self.revision = max([batch.revision, *(_rev(e) for e in batch.events)])
         self.first = _rev(batch.events[0]) if batch.events else batch.revision
         self._rendered: dict[int, dict[str, Any]] = {}
+        self._encoded: dict[tuple[int, ...], str] = {}
+
+    def encoded(self, renderer: Renderer, indexes: tuple[int, ...]) -> str:
+        """The JSON array of the rendered events at ``indexes``."""
+        out = self._encoded.get(indexes)
+        if out is None:
+            out = self._encoded[indexes] = dumps([self.rendered(renderer, i) for i in indexes])
+        return out
 
     def rendered(self, renderer: Renderer, index: int) -> dict[str, Any]:
         out = self._rendered.get(index)
@@ -171,12 +182,13 @@ class Subscription:
             await self._catch_up(target=batch.revision)
             if batch.revision <= self.cursor:
                 return
-        events = [
-            batch.rendered(self._hub.renderer, i)
+        indexes = tuple(
+            i
             for i, event in enumerate(batch.events)
             if _rev(event) > self.cursor and self.matches(event.get("key"))
-        ]
-        self._emit(events)
+        )
+        if indexes:
+            self._emit(batch.encoded(self._hub.renderer, indexes))
         self.cursor = batch.revision
 
     async def _catch_up(self, target: int | None) -> None:
@@ -185,7 +197,8 @@ class Subscription:
             page = await self._changes()
             renderer = self._hub.renderer
             events = [renderer.event(e) for e in page.changes if self.matches(e.get("key"))]
-            self._emit(events)
+            if events:
+                self._emit(dumps(events))
             self.cursor = max(self.cursor, page.revision)
             if len(page.changes) < self._hub.page:
                 return  # the answer was complete up to storage's revision
@@ -204,8 +217,8 @@ class Subscription:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
-    def _emit(self, events: list[dict[str, Any]]) -> None:
-        if events and not self.sink.notify(self.id, events):
+    def _emit(self, events_json: str) -> None:
+        if not self.sink.notify(self.id, events_json):
             raise _SlowConsumer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,10 @@ class ListSink:
         self.notes: list[tuple[int, list[dict[str, Any]]]] = []
         self.cancels: list[tuple[int, str]] = []
 
-    def notify(self, subscription_id: int, events: list[dict[str, Any]]) -> bool:
+    def notify(self, subscription_id: int, events_json: str) -> bool:
         if len(self.notes) >= self.capacity:
             return False
-        self.notes.append((subscription_id, events))
+        self.notes.append((subscription_id, json.loads(events_json)))
         return True
 
     def cancelled(self, subscription_id: int, reason: str) -> None:
