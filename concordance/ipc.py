@@ -125,10 +125,11 @@ class _Fast:
     the slow path too.
     """
 
-    __slots__ = ("_burst", "_slow_sends", "sock", "sync")
+    __slots__ = ("_burst", "_slow_sends", "sent_at", "sock", "sync")
 
     def __init__(self, sock: zmq.asyncio.Socket) -> None:
         self.sock = sock
+        self.sent_at = -1.0  # time.monotonic() of the last send handed over at once
         self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._slow_sends = 0
         self._burst = 0
@@ -166,6 +167,7 @@ class _Fast:
     def send_nowait(self, frames: list[bytes]) -> None:
         """Send now or raise ``zmq.Again``; a pending receive still wakes up."""
         self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
+        self.sent_at = time.monotonic()
         self.sock.get(zmq.EVENTS)  # re-arm the wrapper: this send may have taken its edge
 
 
@@ -346,6 +348,15 @@ class RpcClient:
         self._on_message = on_message
         self._closed = False
         self._task = loop.create_task(self._receive_loop(), name=f"ipc-client {endpoint}")
+
+    def sent_recently(self, within: float) -> bool:
+        """Whether a send was handed to a live connection in the last ``within`` seconds.
+
+        Under ``IMMEDIATE=1`` a send that did not have to wait proves the
+        connection was up then: a cheap answer to "is the role there?" that
+        saves asking the socket on every request.
+        """
+        return time.monotonic() - self._fast.sent_at < within
 
     async def request(self, type: str, body: Body, timeout: float) -> Body:
         """Send a request and return the reply body.

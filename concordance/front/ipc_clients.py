@@ -47,11 +47,14 @@ UNAVAILABLE_RETRY = 1.5  # seconds propose keeps retrying "unavailable" before g
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
 CONNECT_GRACE = 1.0  # seconds to wait for a (re)connection before calling a role down
+RECENTLY = 0.05  # a send handed over this recently proves the role is connected
 
 _B = TypeVar("_B", bound=wire.Body)
 
 
 def _connected(rpc: ipc.RpcClient) -> bool:
+    if rpc.sent_recently(RECENTLY):  # no need to ask the socket (it costs a loop callback)
+        return True
     # RpcClient has no public "connected" query; its socket's POLLOUT is exactly that under
     # IMMEDIATE=1 (docs/PROTOCOL.md §4). Unknown internals: assume connected, rely on timeouts.
     sock = getattr(rpc, "_sock", None)
