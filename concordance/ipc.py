@@ -121,17 +121,19 @@ class _Fast:
     before it polls. ZeroMQ's descriptor is edge-triggered, though: a synchronous
     call may consume the edge that a pending awaitable call waits for, so after
     each one that could, ``sock.get(EVENTS)`` (public API) makes the wrapper look
-    again. Sends keep their order: while a slow send is pending, later sends take
-    the slow path too.
+    again (only while one waits: a receive that is not pending tries the
+    synchronous call first anyway). Sends keep their order: while a slow send is
+    pending, later sends take the slow path too.
     """
 
-    __slots__ = ("_burst", "_slow_sends", "sent_at", "sock", "sync")
+    __slots__ = ("_burst", "_receiving", "_slow_sends", "sent_at", "sock", "sync")
 
     def __init__(self, sock: zmq.asyncio.Socket) -> None:
         self.sock = sock
         self.sent_at = -1.0  # time.monotonic() of the last send handed over at once
         self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._slow_sends = 0
+        self._receiving = False  # an awaitable receive is pending on the wrapper
         self._burst = 0
 
     async def recv(self) -> list[bytes]:
@@ -147,7 +149,11 @@ class _Fast:
                     self.sock.get(zmq.EVENTS)  # a pending send may need the edge we took
                 return frames
         self._burst = 0
-        return await self.sock.recv_multipart()
+        self._receiving = True
+        try:
+            return await self.sock.recv_multipart()
+        finally:
+            self._receiving = False
 
     async def send(self, frames: list[bytes], flags: int = 0) -> None:
         """Send now if possible; else wait like ``send_multipart(frames, flags)``."""
@@ -168,7 +174,8 @@ class _Fast:
         """Send now or raise ``zmq.Again``; a pending receive still wakes up."""
         self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
         self.sent_at = time.monotonic()
-        self.sock.get(zmq.EVENTS)  # re-arm the wrapper: this send may have taken its edge
+        if self._receiving or self._slow_sends:
+            self.sock.get(zmq.EVENTS)  # re-arm the wrapper: this send may have taken its edge
 
 
 def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
