@@ -8,7 +8,10 @@ busier halfway hurts both alike), and one table shows each system's best
 round and the ratio. The load generator is a Python aiohttp client on the
 same machine, the same for both.
 
-    python -m bench [--quick] [--seconds S] [--rounds N]
+    python -m bench [--quick] [--seconds S] [--rounds N] [--against DIR]
+
+``--against DIR`` compares with the Concordance of another checkout instead
+of etcd (``git worktree add /tmp/base v1`` and point at it): before/after.
 
 ``--quick`` (``make bench QUICK=1``) runs a subset in about two minutes. The
 full run adds 16 clients, a read/write mix, failover after ``kill -9`` of the
@@ -47,7 +50,7 @@ Workload = tuple[str, int, Callable[[str], w.Op]]
 
 
 def _ops(cc: w.Op, etcd: w.Op) -> Callable[[str], w.Op]:
-    return lambda system: cc if system == "concordance" else etcd
+    return lambda kind: cc if kind == "concordance" else etcd
 
 
 def matrix(quick: bool) -> list[Workload]:
@@ -91,7 +94,7 @@ def run_workload(system: System, clients: int, seconds: float, op: w.Op) -> Row:
 def run_watch(system: System, watchers: int, seconds: float) -> Row:
     leader = system.leader() or wait_until(system.leader, what="leader")
     return asyncio.run(
-        watch_fanout(system.name, leader.url, system.headers, watchers, 10.0, seconds)  # type: ignore[union-attr]
+        watch_fanout(system.kind, leader.url, system.headers, watchers, 10.0, seconds)  # type: ignore[union-attr]
     )
 
 
@@ -108,7 +111,7 @@ def run_failover(system: System) -> Row:
             i = 0
             while time.monotonic() - start < 30:
                 url = others[i % len(others)].url
-                op = w.cc_put() if system.name == "concordance" else w.etcd_put()
+                op = w.cc_put() if system.kind == "concordance" else w.etcd_put()
                 async with aiohttp.ClientSession(
                     base_url=url, headers=system.headers, timeout=timeout
                 ) as one:
@@ -135,7 +138,7 @@ def run_failover(system: System) -> Row:
 def _serving(system: System, m: Any) -> bool:
     import urllib.request
 
-    path = "/readyz" if system.name == "concordance" else "/health"
+    path = "/readyz" if system.kind == "concordance" else "/health"
     with urllib.request.urlopen(f"{m.url}{path}", timeout=2) as r:
         return bool(r.status == 200)
 
@@ -161,16 +164,16 @@ def _cells(r: Row | None, latency_only: bool) -> str:
     return f"{ops:>10} {lat:>13} {_fmt(r.get('core_ms_per_op'), 2):>10}"
 
 
-def table(results: dict[str, dict[str, list[Row]]]) -> str:
+def table(results: dict[str, dict[str, list[Row]]], ref: str = "etcd") -> str:
     head = (
-        f"{'workload':<34} {'etcd ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  "
+        f"{'workload':<34} {ref[:6] + ' ops/s':>12} {'p50/p99 ms':>13} {'core-ms/op':>10}  "
         f"{'conc ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  {'ratio':>6}"
     )
     lines = [head, "-" * len(head)]
     for name, per in results.items():
         latency_only = name.startswith(("watch", "failover"))
         key = "p50" if latency_only else "ops"
-        e = best(per["etcd"], key) if per.get("etcd") else None
+        e = best(per[ref], key) if per.get(ref) else None
         c = best(per["concordance"], key)
         if e is None:
             ratio = None
@@ -182,14 +185,14 @@ def table(results: dict[str, dict[str, list[Row]]]) -> str:
         miss = ""
         if c.get("errors") or (e and e.get("errors")):
             miss = f"   errors/missing: conc {int(c['errors'])}" + (
-                f", etcd {int(e['errors'])}" if e else ""
+                f", {ref} {int(e['errors'])}" if e else ""
             )
         both = f"{_cells(e, latency_only)}  {_cells(c, latency_only)}"
         lines.append(f"{name:<34} {both}  {_fmt(ratio, 2):>6}{miss}")
     lines.append("")
     lines.append(
-        "ratio: throughput Concordance/etcd; for watch p99 and failover p50, "
-        "Concordance/etcd (lower is better)"
+        f"ratio: throughput Concordance/{ref}; for watch p99 and failover p50, "
+        f"Concordance/{ref} (lower is better)"
     )
     return "\n".join(lines)
 
@@ -201,21 +204,29 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--no-etcd", action="store_true", help="Concordance alone")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="compare with the Concordance of another checkout (DIR) instead of etcd",
+    )
     args = parser.parse_args()
     seconds = args.seconds or (5.0 if args.quick else 10.0)
-    binary = None if args.no_etcd else etcd_binary()
-    if binary is None and not args.no_etcd:
+    binary = None if args.no_etcd or args.against else etcd_binary()
+    if binary is None and not (args.no_etcd or args.against):
         print("etcd not found (apt-get install etcd-server): measuring Concordance alone")
     systems: list[System] = [ConcordanceSystem()]
-    if binary:
+    if args.against:
+        systems.append(ConcordanceSystem(args.against))
+    elif binary:
         systems.append(EtcdSystem(binary))
+    ref = systems[1].name if len(systems) > 1 else "etcd"
     results: dict[str, dict[str, list[Row]]] = {}
     try:
         for s in systems:
             s.start()
         plan: list[tuple[str, Callable[[System], Row]]] = []
         for name, clients, ops in matrix(args.quick) + scaling(args.quick):
-            plan.append((name, lambda s, c=clients, o=ops: run_workload(s, c, seconds, o(s.name))))
+            plan.append((name, lambda s, c=clients, o=ops: run_workload(s, c, seconds, o(s.kind))))
         watch_seconds = seconds if args.quick else 2 * seconds
         plan.append(
             (
@@ -243,7 +254,7 @@ def main() -> int:
                 for r in rows:
                     r["p50"] = median / 1000  # seconds, as the row's name says
     print()
-    print(table(results))
+    print(table(results, ref))
     out = Path(".bench")
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

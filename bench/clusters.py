@@ -99,12 +99,16 @@ class Member:
 
 
 class System:
-    """Three members of one system; subclasses know how to start them and find the leader."""
+    """Three members of one system; subclasses know how to start them and find the leader.
 
-    name = ""
+    ``kind`` says which API it speaks; ``name`` labels it in the table.
+    """
+
+    kind = ""
     headers: dict[str, str] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name or self.kind
         self.root = Path(tempfile.mkdtemp(prefix=f"cb-{self.name}-", dir="/tmp"))
         self.members: list[Member] = []
 
@@ -128,14 +132,19 @@ class System:
 
 
 class ConcordanceSystem(System):
-    name = "concordance"
+    """Concordance from this checkout, or from ``source`` (another checkout, put first
+    on PYTHONPATH of the node and its roles: before/after comparisons)."""
+
+    kind = "concordance"
     headers = {"Authorization": f"Bearer {KEY}"}
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, source: Path | None = None) -> None:
+        super().__init__("baseline" if source else "")
         ports = {f"n{i}": free_port() for i in (1, 2, 3)}
         peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
         env = {**os.environ, "CONCORDANCE_API_KEY": KEY, "CONCORDANCE_CLUSTER_KEY": CLUSTER_KEY}
+        if source is not None:
+            env["PYTHONPATH"] = str(source.resolve())
         for node_id, port in ports.items():
             args = [sys.executable, "-m", "concordance.cli", "node", "--id", node_id,
                     "--listen", f"127.0.0.1:{port}", "--data", str(self.root / node_id),
@@ -176,7 +185,7 @@ class ConcordanceSystem(System):
 
 
 class EtcdSystem(System):
-    name = "etcd"
+    kind = "etcd"
 
     def __init__(self, binary: str) -> None:
         super().__init__()
