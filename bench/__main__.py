@@ -62,7 +62,13 @@ def matrix(quick: bool) -> list[Workload]:
     ]
     if not quick:
         rows[1:1] = [("write, 16 clients", 16, _ops(w.cc_put(), w.etcd_put()))]
-        rows.append(("mixed 90/10, 64 clients", 64, _ops(w.cc_mixed(), w.etcd_mixed())))
+        rows.append(
+            (
+                "mixed 90/10, 64 clients",
+                64,
+                _ops(w.mixed(w.cc_put(), w.cc_get()), w.mixed(w.etcd_put(), w.etcd_get())),
+            )
+        )
     return rows
 
 

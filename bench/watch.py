@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from bench.workloads import b64, percentile
+from bench.workloads import b64, summary
 
 PREFIX = "tenant:watch/"
 
@@ -70,17 +70,9 @@ async def watch_fanout(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    delays = sorted(
-        max(0.0, at - acked[n]) for n, ats in received.items() if n in acked for at in ats
-    )
+    delays = [max(0.0, at - acked[n]) for n, ats in received.items() if n in acked for at in ats]
     missing = sum(watchers - len(v) for v in received.values())
-    return {
-        "ops": len(delays) / seconds,
-        "p50": 1000 * percentile(delays, 0.50),
-        "p90": 1000 * percentile(delays, 0.90),
-        "p99": 1000 * percentile(delays, 0.99),
-        "errors": missing,
-    }
+    return summary(delays, seconds, missing)
 
 
 Callback = Callable[[], None]

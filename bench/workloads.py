@@ -29,6 +29,18 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def summary(seconds_each: list[float], took: float, errors: int) -> dict[str, float]:
+    """A table row: operations per second, latency percentiles in ms, errors."""
+    done = sorted(seconds_each)
+    return {
+        "ops": len(done) / took,
+        "p50": 1000 * percentile(done, 0.50),
+        "p90": 1000 * percentile(done, 0.90),
+        "p99": 1000 * percentile(done, 0.99),
+        "errors": errors,
+    }
+
+
 async def drive(
     url: str, headers: dict[str, str], clients: int, seconds: float, op: Op
 ) -> dict[str, float]:
@@ -58,14 +70,7 @@ async def drive(
         began = time.monotonic()
         await asyncio.gather(*(client(c) for c in range(clients)))
         took = time.monotonic() - began
-    latencies.sort()
-    return {
-        "ops": len(latencies) / took,
-        "p50": 1000 * percentile(latencies, 0.50),
-        "p90": 1000 * percentile(latencies, 0.90),
-        "p99": 1000 * percentile(latencies, 0.99),
-        "errors": errors,
-    }
+    return summary(latencies, took, errors)
 
 
 def _value(i: int, size: int) -> Any:
@@ -96,8 +101,8 @@ def cc_get(consistent: bool = False) -> Op:
     return op
 
 
-def cc_mixed() -> Op:
-    put, get = cc_put(), cc_get()
+def mixed(put: Op, get: Op) -> Op:
+    """One write in ten, the rest reads."""
 
     async def op(s: aiohttp.ClientSession, c: int, i: int) -> bool:
         return await (put if i % 10 == 0 else get)(s, c, i)
@@ -123,14 +128,5 @@ def etcd_get(consistent: bool = False) -> Op:
         async with s.post("/v3/kv/range", json=body) as r:
             await r.read()
             return r.status == 200
-
-    return op
-
-
-def etcd_mixed() -> Op:
-    put, get = etcd_put(), etcd_get()
-
-    async def op(s: aiohttp.ClientSession, c: int, i: int) -> bool:
-        return await (put if i % 10 == 0 else get)(s, c, i)
 
     return op
