@@ -93,6 +93,11 @@ class SyncWatch:
         self._loop.run(self._watch.aclose())
 
     def __enter__(self) -> SyncWatch:
+        return self.start()
+
+    def start(self) -> SyncWatch:
+        """Subscribe now (``with`` does this); see :meth:`Watch.start`."""
+        self._loop.run(self._watch.start())
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from concordance import errors
+from concordance.client.endpoints import Endpoint
 from concordance.client.transport import Transport
 from concordance.client.types import Change
 
@@ -68,15 +69,23 @@ class Watch:
         self._pending: deque[Change] = deque()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._closed = False
-        self.reconnects = 0
+        self.reconnects = 0  # how often the watch resubscribed after losing its connection
+        self.endpoint: str | None = None  # the node it is subscribed on, while it is
+        self._current: Endpoint | None = None
 
     async def __aenter__(self) -> Watch:
-        return self
+        return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __aiter__(self) -> Watch:
+        return self
+
+    async def start(self) -> Watch:
+        """Subscribe now (``async with`` does this): without ``since``, the watch then
+        delivers every change after this point, even before the first ``anext``."""
+        await self._pump(until_subscribed=True)
         return self
 
     async def aclose(self) -> None:
@@ -85,18 +94,38 @@ class Watch:
             await self._ws.close()
 
     async def __anext__(self) -> Change:
+        await self._pump(until_subscribed=False)
+        change = self._pending.popleft()
+        if change.revision != self.revision:
+            self._at_revision = set()
+        self.revision = change.revision
+        self._at_revision.add(change.key)
+        return change
+
+    async def _pump(self, until_subscribed: bool) -> None:
+        """(Re)subscribe and read until a change is pending (or, ``until_subscribed``, until
+        the subscription stands); lost connections are retried with jittered backoff."""
         delay = 0.1
-        while not self._pending:
+        while until_subscribed or not self._pending:
             if self._closed:
                 raise StopAsyncIteration
+            subscribed = self._ws is not None and not self._ws.closed
+            if until_subscribed and subscribed:
+                return
             try:
-                if self._ws is None or self._ws.closed:
+                if self._ws is not None and self._ws.closed:
+                    raise _Lost("the connection closed")
+                if self._ws is None:
                     await self._subscribe()
                     delay = 0.1
+                    if until_subscribed:
+                        return
                 await self._receive()
             except _Lost as lost:
                 if self._closed:
                     raise StopAsyncIteration from None
+                if self._current is not None:  # resubscribe elsewhere first
+                    self._transport.endpoints.failed(self._current)
                 await self._drop()
                 self.reconnects += 1
                 log.warning(
@@ -105,12 +134,6 @@ class Watch:
                 )  # fmt: skip
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, 5.0)
-        change = self._pending.popleft()
-        if change.revision != self.revision:
-            self._at_revision = set()
-        self.revision = change.revision
-        self._at_revision.add(change.key)
-        return change
 
     def _describe(self) -> str:
         name, value = next(iter(self._target.items()))
@@ -119,7 +142,8 @@ class Watch:
     async def _drop(self) -> None:
         if self._ws is not None:
             await self._ws.close()
-        self._ws = None
+        self._ws = self._current = None
+        self.endpoint = None
 
     async def _subscribe(self) -> None:
         transport = self._transport
@@ -140,7 +164,7 @@ class Watch:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             transport.endpoints.failed(endpoint)
             raise _Lost(f"cannot reach {endpoint.url} ({type(e).__name__})") from None
-        self._ws = ws
+        self._ws, self._current = ws, endpoint
         params: dict[str, Any] = dict(self._target)
         if self.revision is not None:
             # From the revision before the last one delivered: a batch (one revision) split
@@ -171,6 +195,7 @@ class Watch:
             if self.revision is None:
                 self.revision = int(result["revision"])
             transport.endpoints.answered(endpoint)
+            self.endpoint = endpoint.url
             return
 
     async def _receive(self) -> None:
