@@ -207,9 +207,12 @@ class Watch:
                 change = Change.from_json(raw)
                 if self.revision is not None and (
                     change.revision < self.revision
-                    or (change.revision == self.revision and change.key in self._at_revision)
+                    or (
+                        change.revision == self.revision
+                        and (not self._at_revision or change.key in self._at_revision)
+                    )
                 ):
-                    continue  # delivered before the reconnect
+                    continue  # delivered before the reconnect, or before the start
                 self._pending.append(change)
         elif method == "watch/cancelled":
             reason = message["params"].get("reason")
