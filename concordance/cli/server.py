@@ -82,6 +82,12 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         secrets=Secrets.from_env(os.environ),
     )
+    from concordance.logfmt import formatter
+
+    try:  # the roles would each refuse it; say so once, before starting them
+        formatter(os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text", "", "")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
     if existing.exists() and (cfg.peers or cfg.join):
         print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
