@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from concordance import errors
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `concordance kv list ... | head`
         sys.stderr.close()
         return EXIT["ok"]
+    except OSError as e:  # a file to write or read: its own words
+        return _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT["error"])
+    except Exception as e:  # a bug: still one line; CONCORDANCE_DEBUG=1 shows the traceback
+        if os.environ.get("CONCORDANCE_DEBUG"):
+            raise
+        return _fail(f"unexpected {type(e).__name__}: {e} (CONCORDANCE_DEBUG=1 for more)",
+                     EXIT["error"])  # fmt: skip
 
 
 def _fail(message: str, code: int) -> int:

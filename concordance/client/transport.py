@@ -54,6 +54,14 @@ class _Retry(Exception):
         self.reason, self.rest_s = reason, rest_s
 
 
+class _LocalFileError(Exception):
+    """Writing ``save_to`` failed: the caller's file, not the network (never retried)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Transport:
     """The aiohttp session, the endpoints and the retry loop of one client."""
 
@@ -126,6 +134,8 @@ class Transport:
                 return await self._once(
                     endpoint, method, path, write, body, params, extra_timeout_s, save_to
                 )
+            except _LocalFileError as e:
+                raise e.error from None
             except _Retry as r:
                 self.endpoints.failed(endpoint, r.rest_s)
                 tried.append(f"{endpoint.url}: {r.reason}")
@@ -211,11 +221,25 @@ class Transport:
         if save_to is not None:
             part = save_to.with_name(save_to.name + ".part")
             size = 0
-            with part.open("wb") as f:
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    f.write(chunk)
-                    size += len(chunk)
-            part.replace(save_to)
+            try:
+                f = part.open("wb")
+            except OSError as e:
+                raise _LocalFileError(e) from None
+            try:
+                with f:
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        try:
+                            f.write(chunk)
+                        except OSError as e:
+                            raise _LocalFileError(e) from None
+                        size += len(chunk)
+                try:
+                    part.replace(save_to)
+                except OSError as e:
+                    raise _LocalFileError(e) from None
+            except BaseException:
+                part.unlink(missing_ok=True)  # no half file left behind
+                raise
             return size
         if resp.content_type == "application/json":
             return await resp.json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 from pathlib import Path
@@ -110,3 +111,29 @@ def test_version_and_completion(capsys: pytest.CaptureFixture[str]) -> None:
     script = capsys.readouterr().out
     assert "complete -o default -F _concordance concordance" in script
     assert "[kv]='get put delete list watch txn'" in script and "--endpoints" in script
+
+
+def test_a_file_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aiohttp import web
+
+    async def backup(request: web.Request) -> web.Response:
+        return web.Response(body=b"SQLite format 3\x00", content_type="application/octet-stream")
+
+    async def scenario() -> int:
+        app = web.Application()
+        app.router.add_get("/api/v1/cluster/backup", backup)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            target = str(tmp_path / "missing-dir" / "b.db")
+            return await asyncio.to_thread(main, ["snapshot", "save", target, "--endpoints", url])
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scenario()) == EXIT["error"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No such file or directory" in err
