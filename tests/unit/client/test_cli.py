@@ -137,3 +137,21 @@ def test_a_file_that_cannot_be_written_is_one_line(
     assert asyncio.run(scenario()) == EXIT["error"]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No such file or directory" in err
+
+
+def test_tls_flags_and_environment_reach_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concordance.cli.common import make_client
+    from tests.unit.client.test_settings import _certificate
+
+    cert, key = _certificate(tmp_path)
+    args = build_parser().parse_args(
+        ["kv", "get", "k", "--endpoints", "h:1", "--cacert", str(cert), "--cert", str(cert),
+         "--key", str(key)]
+    )  # fmt: skip
+    client = make_client(args)
+    assert client.endpoints == ["https://h:1"] and client.tls is not None
+    assert client.transport.ssl_context is client.tls
+    monkeypatch.setenv("CONCORDANCE_CACERT", str(tmp_path / "missing.pem"))
+    assert main(["kv", "get", "k", "--endpoints", "h:1"]) == EXIT["usage"]
