@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from concordance import errors
 from concordance.client import ops
-from concordance.client.client import DEFAULT_ENDPOINT, Client, Health, settings_from_env
+from concordance.client.client import DEFAULT_ENDPOINT, Client, settings_from_env
 from concordance.client.failures import ClientConfigError, EndpointsUnavailable, OutcomeUnknown
 from concordance.client.scope import Scope
 from concordance.client.scopes import SCOPES, namespace, scope_ids
@@ -30,6 +30,7 @@ from concordance.client.types import (
     ChangesPage,
     Deleted,
     Entry,
+    Health,
     Member,
     Page,
     PrefixDeleted,

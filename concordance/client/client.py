@@ -25,6 +25,7 @@ from concordance.client.types import (
     ChangesPage,
     Deleted,
     Entry,
+    Health,
     Member,
     Page,
     PrefixDeleted,
@@ -34,24 +35,13 @@ from concordance.client.types import (
 from concordance.client.watch import Watch
 
 Members = list[Member]
-Healths = list["Health"]  # an alias: the classes below define a method named list
+Healths = list[Health]  # an alias: the classes below define a method named list
 
-__all__ = ["DEFAULT_ENDPOINT", "Client", "Health"]
+__all__ = ["DEFAULT_ENDPOINT", "Client", "settings_from_env"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4100"
 MAX_PAGE = 1000
 MAX_WAIT_MS = 60_000
-
-
-class Health:
-    """One endpoint's ``/healthz`` + ``/readyz`` answer, or why there was none."""
-
-    def __init__(self, endpoint: str, healthy: bool, ready: bool, error: str | None) -> None:
-        self.endpoint, self.healthy, self.ready, self.error = endpoint, healthy, ready, error
-
-    def to_json(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "healthy": self.healthy, "ready": self.ready,
-                "error": self.error}  # fmt: skip
 
 
 class Client:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from concordance.client.client import DEFAULT_ENDPOINT, Client, Health, settings_from_env
+from concordance.client.client import DEFAULT_ENDPOINT, Client, settings_from_env
 from concordance.client.scopes import namespace
 from concordance.client.types import (
     BatchResult,
@@ -22,6 +22,7 @@ from concordance.client.types import (
     ChangesPage,
     Deleted,
     Entry,
+    Health,
     Member,
     Page,
     PrefixDeleted,

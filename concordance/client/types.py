@@ -17,6 +17,7 @@ __all__ = [
     "ChangesPage",
     "Deleted",
     "Entry",
+    "Health",
     "Member",
     "Page",
     "PrefixDeleted",
@@ -207,3 +208,13 @@ class SnapshotInfo(_Json):
     index: int
     term: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class Health(_Json):
+    """One endpoint's ``/healthz`` and ``/readyz`` answers, or why there was none."""
+
+    endpoint: str
+    healthy: bool
+    ready: bool
+    error: str | None = None

@@ -149,7 +149,9 @@ class Watch:
         transport = self._transport
         endpoint = transport.endpoints.order(read=True)[0]
         try:
-            async with asyncio.timeout(transport.timeout_s):
+            # A node that accepts the connection but never answers (a stalled proxy) must
+            # not hold the watch for a whole request timeout: a connect plus one heartbeat.
+            async with asyncio.timeout(transport.connect_timeout_s + self._heartbeat_s):
                 ws = await transport.session().ws_connect(
                     f"{endpoint.url}/stream",
                     heartbeat=self._heartbeat_s,
