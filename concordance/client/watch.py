@@ -121,6 +121,9 @@ class Watch:
                     if until_subscribed:
                         return
                 await self._receive()
+            except errors.ConcordanceError:  # not retried: the connection goes with it
+                await self.aclose()
+                raise
             except _Lost as lost:
                 if self._closed:
                     raise StopAsyncIteration from None
@@ -150,8 +153,9 @@ class Watch:
         endpoint = transport.endpoints.order(read=True)[0]
         try:
             # A node that accepts the connection but never answers (a stalled proxy) must
-            # not hold the watch for a whole request timeout: a connect plus one heartbeat.
-            async with asyncio.timeout(transport.connect_timeout_s + self._heartbeat_s):
+            # not hold the watch for a whole request timeout: a connect plus a heartbeat
+            # (at least 5 s, so that a loaded node is not mistaken for a stalled one).
+            async with asyncio.timeout(transport.connect_timeout_s + max(self._heartbeat_s, 5.0)):
                 ws = await transport.session().ws_connect(
                     f"{endpoint.url}/stream",
                     heartbeat=self._heartbeat_s,

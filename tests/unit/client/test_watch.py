@@ -122,3 +122,26 @@ def test_compacted_is_raised_not_retried() -> None:
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_subscribe_raises_and_closes_its_connection() -> None:
+    async def script(ws: web.WebSocketResponse, call: dict[str, Any], n: int) -> None:
+        error = {"code": -32602, "message": "bad prefix",
+                 "data": {"code": "invalid_key", "message": "bad prefix"}}  # fmt: skip
+        await ws.send_json({"jsonrpc": "2.0", "id": call["id"], "error": error})
+        await ws.receive()
+
+    async def scenario() -> None:
+        subscribes: list[dict[str, Any]] = []
+        runner, url = await serve(script, subscribes)
+        try:
+            async with Client(url) as c:
+                watch = c.watch("tenant:t/")
+                with pytest.raises(errors.InvalidKey, match="bad prefix"):
+                    await watch.start()
+                assert watch._ws is not None and watch._ws.closed  # not left for the GC
+            assert len(subscribes) == 1
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
