@@ -17,7 +17,7 @@ from typing import Any
 
 import uvloop
 
-from concordance import config, ipc, supervise
+from concordance import config, ipc, logfmt, supervise
 
 RoleMain = Any  # Callable[[NodeConfig], Coroutine[Any, Any, int | None]]
 
@@ -39,9 +39,12 @@ def run_role(
         print(f"{role}: {e}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {role}[{cfg.node_id}] %(levelname)s %(name)s: %(message)s")
-    )
+    try:  # CONCORDANCE_LOG_FORMAT: text (default) or json
+        kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
+        handler.setFormatter(logfmt.formatter(kind, role, cfg.node_id))
+    except ValueError as e:
+        print(f"{role}: {e}", file=sys.stderr)
+        return 2
     if log_filter is not None:
         handler.addFilter(log_filter)
     root = logging.getLogger()

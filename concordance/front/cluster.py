@@ -357,7 +357,8 @@ async def metrics(request: web.Request) -> web.Response:
         "counter",
     )
     fams.extend(_role_families(states))
-    text = prom.render(fams)
+    fams += [prom.build_info(), prom.database_sizes(app[CONFIG].data_dir)]  # build, disk
+    text = prom.render(fams) + prom.runtime_text()
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
 
 

@@ -1,21 +1,50 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: no client library is needed.
+"""Prometheus text exposition (format 0.0.4) of the front: our families, and the process's.
 
-Why by hand: the front exports a handful of families, and the format is
-small and stable. Labels only ever hold route templates (``/api/v1/kv/{key}``),
-methods, statuses and role names: metrics carry no keys, values or tokens.
+Why two sources: the process and Python collectors (CPU, memory, file
+descriptors, GC, interpreter) come from prometheus_client, which reads them
+properly on each platform. Concordance's own families keep this small
+renderer: a request's observation is on the path of every request, and
+measured there it costs 1.4 us here against 6.4 us with prometheus_client's
+labelled Histogram and Counter (200,000 observations on the dev machine);
+and the exposition of these families (integer samples, names, labels) is
+what dashboards, docs/OPERATIONS.md and the tests read.
 
-Request counters and latency histograms are recorded by a middleware; gauges
-(Raft term/commit/applied, revision, watchers, ...) are gathered when
-``/metrics`` is scraped.
+Labels only ever hold route templates (``/api/v1/kv/{key}``), methods,
+statuses, role and database names: metrics carry no keys, values or tokens.
+Request counters and latency histograms are recorded by a middleware, with
+WebSocket sessions (``/stream``, ``/raft``) in a histogram of their own so
+that hour-long sessions do not swamp request latency; gauges (Raft
+term/commit/applied, revision, watchers, database sizes, ...) are gathered
+when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
-__all__ = ["BUCKETS", "CONTENT_TYPE", "Family", "Histogram", "Metrics", "render"]
+import prometheus_client
+
+from concordance import __version__
+
+__all__ = [
+    "BUCKETS",
+    "CONTENT_TYPE",
+    "SESSION_BUCKETS",
+    "WEBSOCKET_ROUTES",
+    "Family",
+    "Histogram",
+    "Metrics",
+    "build_info",
+    "database_sizes",
+    "render",
+    "runtime_text",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS: tuple[float, ...] = (
@@ -33,6 +62,10 @@ BUCKETS: tuple[float, ...] = (
     5,
     10,
 )
+
+# A WebSocket session lasts from seconds to days: these buckets, not BUCKETS.
+SESSION_BUCKETS: tuple[float, ...] = (1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600)
+WEBSOCKET_ROUTES = frozenset({"/stream", "/raft"})
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -54,9 +87,13 @@ class Family:
 @dataclass
 class Histogram:
     buckets: Sequence[float] = BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+    counts: list[int] = field(default_factory=list)
     total: float = 0.0
     count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
 
     def observe(self, value: float) -> None:
         self.total += value
@@ -82,13 +119,19 @@ class Metrics:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[str, Histogram] = {}
+        self._sessions: dict[str, Histogram] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
-        hist = self._latency.get(route)
-        if hist is None:
-            hist = self._latency[route] = Histogram()
+        if route in WEBSOCKET_ROUTES and status == 101:
+            hist = self._sessions.get(route)
+            if hist is None:
+                hist = self._sessions[route] = Histogram(SESSION_BUCKETS)
+        else:
+            hist = self._latency.get(route)
+            if hist is None:
+                hist = self._latency[route] = Histogram()
         hist.observe(seconds)
 
     def families(self) -> list[Family]:
@@ -102,11 +145,58 @@ class Metrics:
         latency = Family(
             "concordance_http_request_duration_seconds",
             "histogram",
-            "Time to answer an HTTP request (WebSocket: the whole session), by route template.",
+            "Time to answer an HTTP request (not WebSocket sessions), by route template.",
         )
         for route, hist in sorted(self._latency.items()):
             hist.into(latency, (("route", route),))
-        return [requests, latency]
+        sessions = Family(
+            "concordance_websocket_session_duration_seconds",
+            "histogram",
+            "Length of the WebSocket sessions that ended (/stream, incoming /raft), by route.",
+        )
+        for route, hist in sorted(self._sessions.items()):
+            hist.into(sessions, (("route", route),))
+        return [requests, latency, sessions]
+
+
+def build_info() -> Family:
+    """``concordance_build_info{version, python}`` 1: which build runs where."""
+    return Family(
+        "concordance_build_info", "gauge", "Always 1; the labels say which build this node runs."
+    ).add(1, (("version", __version__), ("python", platform.python_version())))
+
+
+def database_sizes(data_dir: str | os.PathLike[str]) -> Family:
+    """``concordance_db_size_bytes{db}``: raft.db and state.db with their WAL files, on disk."""
+    fam = Family(
+        "concordance_db_size_bytes", "gauge", "Size on disk of a SQLite database and its WAL."
+    )
+    root = Path(data_dir)
+    for db, path in (("raft", root / "raft" / "raft.db"), ("state", root / "state" / "state.db")):
+        size, found = 0, False
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(f"{path}{suffix}").st_size
+                found = True
+            except OSError:
+                continue
+        if found:
+            fam.add(size, (("db", db),))
+    return fam
+
+
+@cache
+def _runtime_registry() -> prometheus_client.CollectorRegistry:
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    return registry
+
+
+def runtime_text() -> str:
+    """The front process's own families (``process_*``, ``python_*``), from prometheus_client."""
+    return prometheus_client.generate_latest(_runtime_registry()).decode("utf-8")
 
 
 def render(families: Iterable[Family]) -> str:

@@ -1,51 +1,30 @@
-"""The ``concordance`` command: run nodes, control their roles, use the store.
+"""The server-side commands of ``concordance``: run nodes, restore one, control its roles.
 
     concordance node --id ID --listen HOST:PORT --data DIR [--peers ...] [--join HOST:PORT]
     concordance cluster --nodes N --base-port P --data DIR
     concordance restore --backup FILE --data DIR --id ID --listen HOST:PORT [--peers ...]
     concordance ctl --data DIR status | restart ROLE | stop ROLE | start ROLE
-    concordance kv get|put|delete|list|watch ...
 
-Only this module (and ``procs/``) reads argv and the environment.
+These need the server's dependencies (``pip install concordance[server]``);
+they are imported only when one of these commands runs, so a client-only
+install still offers every client command.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from concordance import errors
 from concordance.config import ROLES, ConfigError, NodeConfig, Secrets, parse_peers
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.run(args)
-        return result
-    except ConfigError as e:
-        print(f"concordance: {e}", file=sys.stderr)
-        return 2
-    except errors.ConcordanceError as e:
-        print(f"concordance: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="concordance", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``node``, ``cluster``, ``restore`` and ``ctl`` to the top-level subparsers."""
     node = sub.add_parser("node", help="run one node (supervisor + roles) in the foreground")
     node.add_argument("--id", required=True, dest="node_id")
     node.add_argument("--listen", required=True, help="HOST:PORT for API, /stream and /raft")
@@ -86,35 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("role", nargs="?", choices=ROLES)
     ctl.set_defaults(run=_run_ctl)
 
-    kv = sub.add_parser("kv", help="command-line client")
-    kv.add_argument(
-        "--endpoint", default=os.environ.get("CONCORDANCE_ENDPOINT", "http://127.0.0.1:4100")
-    )
-    kv.add_argument("--api-key", default=None, help="default: $CONCORDANCE_API_KEY")
-    kv.add_argument("--json", action="store_true", help="print raw JSON")
-    kvsub = kv.add_subparsers(required=True, metavar="OP")
-    get = kvsub.add_parser("get")
-    get.add_argument("key")
-    get.add_argument("--consistent", action="store_true")
-    put = kvsub.add_parser("put")
-    put.add_argument("key")
-    put.add_argument("value", help="JSON, or a plain string")
-    put.add_argument("--if-version", type=int)
-    put.add_argument("--ttl-ms", type=int)
-    delete = kvsub.add_parser("delete")
-    delete.add_argument("key")
-    delete.add_argument("--if-version", type=int)
-    lst = kvsub.add_parser("list")
-    lst.add_argument("prefix")
-    lst.add_argument("--limit", type=int, default=100)
-    watch = kvsub.add_parser("watch")
-    watch.add_argument("prefix", nargs="?")
-    watch.add_argument("--key")
-    watch.add_argument("--since", type=int)
-    for p in (get, put, delete, lst, watch):
-        p.set_defaults(run=_run_kv, op=p.prog.split()[-1])
-    return parser
-
 
 # -- node / cluster -----------------------------------------------------------
 def _run_node(args: argparse.Namespace) -> int:
@@ -132,6 +82,12 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         secrets=Secrets.from_env(os.environ),
     )
+    from concordance.logfmt import formatter
+
+    try:  # the roles would each refuse it; say so once, before starting them
+        formatter(os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text", "", "")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
     if existing.exists() and (cfg.peers or cfg.join):
         print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
@@ -225,61 +181,3 @@ def _run_ctl(args: argparse.Namespace) -> int:
     except SupervisorUnavailable as e:
         print(f"concordance: {e}", file=sys.stderr)
         return 1
-
-
-# -- kv -------------------------------------------------------------------------
-def _run_kv(args: argparse.Namespace) -> int:
-    return asyncio.run(_kv(args))
-
-
-async def _kv(args: argparse.Namespace) -> int:
-    from concordance.client import Client
-
-    key = args.api_key or os.environ.get("CONCORDANCE_API_KEY")
-    async with Client(args.endpoint, key) as client:
-        if args.op == "get":
-            _show(args, await client.get(args.key, consistent=args.consistent))
-        elif args.op == "put":
-            result = await client.put(
-                args.key, _parse_value(args.value), args.if_version, args.ttl_ms
-            )
-            _show(args, result)
-        elif args.op == "delete":
-            _show(args, await client.delete(args.key, args.if_version))
-        elif args.op == "list":
-            page = await client.list(args.prefix, args.limit)
-            if args.json:
-                print(json.dumps(page))
-            else:
-                for entry in page["entries"]:
-                    _show(args, entry)
-        elif args.op == "watch":
-            if not args.prefix and not args.key:
-                raise errors.InvalidRequest("watch needs a prefix or --key")
-            async for event in client.watch(args.prefix, args.key, args.since):
-                _show(args, event)
-    return 0
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _show(args: argparse.Namespace, item: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(item), flush=True)
-        return
-    if "type" in item:  # a change event
-        value = json.dumps(item.get("value")) if item["type"] == "set" else ""
-        print(f"{item['revision']:>8} {item['type']:<6} {item['key']} {value}", flush=True)
-    elif item.get("deleted") is True:
-        print(f"deleted {item['key']} (version {item['version']}, revision {item['revision']})")
-    else:
-        print(f"{item['key']} = {json.dumps(item.get('value'))}  (version {item['version']})")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Flags every client command takes, anywhere on the line, and the exit codes.
+
+Why ``SUPPRESS`` defaults: the client flags are added to the top-level parser
+*and* to every client subcommand, so ``concordance --json kv get k`` and
+``concordance kv get k --json`` both work. argparse lets a subparser's
+defaults overwrite what the parent parsed; with ``SUPPRESS`` an absent flag
+sets nothing, and :func:`option` resolves flag, then environment, then default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from typing import Any
+
+from concordance import __version__, errors
+from concordance.client import Client, ClientConfigError, OutcomeUnknown
+from concordance.client.client import DEFAULT_ENDPOINT
+
+__all__ = ["EXIT", "client_flags", "exit_code", "make_client", "option", "run_client"]
+
+EXIT = {
+    "ok": 0,
+    "error": 1,
+    "usage": 2,
+    "not_found": 3,
+    "conflict": 4,
+    "unauthorized": 5,
+    "unavailable": 6,
+    "outcome_unknown": 7,
+    "compacted": 8,
+    "interrupted": 130,
+}
+
+_ENV = {
+    "endpoints": ("CONCORDANCE_ENDPOINTS", "CONCORDANCE_ENDPOINT"),
+    "api_key": ("CONCORDANCE_API_KEY",),
+    "tls_cacert": ("CONCORDANCE_CACERT",),
+    "tls_cert": ("CONCORDANCE_CERT",),
+    "tls_key": ("CONCORDANCE_KEY",),
+}
+_DEFAULTS: dict[str, Any] = {
+    "endpoints": DEFAULT_ENDPOINT,
+    "api_key": None,
+    "tls_cacert": None,
+    "tls_cert": None,
+    "tls_key": None,
+    "json": False,
+    "timeout": 30.0,
+    "retries": 2,
+}
+
+
+def client_flags() -> argparse.ArgumentParser:
+    """A parent parser with the client flags (add it to every client subcommand)."""
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("connection (anywhere on the line)")
+    g.add_argument(
+        "--endpoints", "--endpoint", metavar="URL,...",
+        help=f"[http[s]://]HOST:PORT,... (env CONCORDANCE_ENDPOINTS; default {DEFAULT_ENDPOINT})",
+    )  # fmt: skip
+    g.add_argument("--api-key", metavar="KEY", help="env CONCORDANCE_API_KEY")
+    g.add_argument(
+        "--cacert",
+        dest="tls_cacert",
+        metavar="FILE",
+        help="CA bundle for https (env CONCORDANCE_CACERT)",
+    )
+    g.add_argument(
+        "--cert", dest="tls_cert", metavar="FILE", help="client certificate (env CONCORDANCE_CERT)"
+    )
+    g.add_argument(
+        "--key", dest="tls_key", metavar="FILE", help="client certificate key (env CONCORDANCE_KEY)"
+    )
+    g.add_argument("--timeout", type=float, metavar="S", help="seconds per try (default 30)")
+    g.add_argument("--retries", type=int, metavar="N", help="tries after the first (default 2)")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    g.add_argument("--version", action="version", version=f"concordance {__version__}")
+    return p
+
+
+def option(args: argparse.Namespace, name: str) -> Any:
+    """A client setting: the flag, else its environment variable, else the default."""
+    if hasattr(args, name):
+        return getattr(args, name)
+    for var in _ENV.get(name, ()):
+        if os.environ.get(var):
+            return os.environ[var]
+    return _DEFAULTS[name]
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    return Client(
+        option(args, "endpoints"),
+        option(args, "api_key"),
+        retries=option(args, "retries"),
+        timeout_s=option(args, "timeout"),
+        cacert=option(args, "tls_cacert"),
+        cert=option(args, "tls_cert"),
+        key=option(args, "tls_key"),
+    )
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of an error (README: exit codes)."""
+    if isinstance(exc, OutcomeUnknown | errors.Timeout):
+        return EXIT["outcome_unknown"]
+    if isinstance(exc, errors.NotFound):
+        return EXIT["not_found"]
+    if isinstance(exc, errors.VersionConflict):
+        return EXIT["conflict"]
+    if isinstance(exc, errors.Unauthorized | errors.Forbidden):
+        return EXIT["unauthorized"]
+    if isinstance(exc, errors.Unavailable | errors.EncryptionUnavailable):
+        return EXIT["unavailable"]
+    if isinstance(exc, errors.Compacted):
+        return EXIT["compacted"]
+    if isinstance(exc, errors.InvalidKey | errors.InvalidRequest | ClientConfigError):
+        return EXIT["usage"]
+    return EXIT["error"]
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Run a client command (``args.command``): build the client, run it, close it."""
+    from concordance.cli.output import Output
+
+    async def main() -> int:
+        out = Output(bool(option(args, "json")))
+        async with make_client(args) as client:
+            code: int = await args.command(args, client, out)
+            return code
+
+    return asyncio.run(main())
