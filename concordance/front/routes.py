@@ -12,7 +12,9 @@ from aiohttp import web
 
 from concordance.front import cluster, kv, peers, stream
 
-__all__ = ["setup_routes"]
+__all__ = ["KEY_ROUTE", "setup_routes"]
+
+KEY_ROUTE = r"/api/v1/kv/{key:[\s\S]+}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -23,7 +25,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/raft", peers.raft_handler, name="raft", allow_head=False)
     r.add_get("/stream", stream.stream_handler, name="stream", allow_head=False)
 
-    key = r.add_resource("/api/v1/kv/{key:.+}", name="kv_key")
+    # [\s\S], not ".": the route regex has no DOTALL, so "." would not match a
+    # percent-decoded newline and a key like tenant:x/a%0Ab would be answered
+    # "no such route" (404) instead of 400 invalid_key by the key validator.
+    key = r.add_resource(KEY_ROUTE, name="kv_key")
     key.add_route("GET", kv.get_key)
     key.add_route("PUT", kv.put_key)
     key.add_route("DELETE", kv.delete_key)
