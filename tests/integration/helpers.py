@@ -29,6 +29,7 @@ from concordance.supervise import Control, SupervisorUnavailable
 
 API_KEY = "test-full-key"
 AGENT_KEY = "test-agent-key"
+CLUSTER_KEY = "test-cluster-key"  # required by every multi-member cluster
 ENCRYPTION_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +92,7 @@ class Node:
             **os.environ,
             "CONCORDANCE_API_KEY": API_KEY,
             "CONCORDANCE_AGENT_API_KEY": AGENT_KEY,
+            "CONCORDANCE_CLUSTER_KEY": CLUSTER_KEY,
             "CONCORDANCE_ENCRYPTION_KEY": ENCRYPTION_KEY,
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),
