@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import pytest
 
-CLUSTER_FILES = ("test_cluster.py", "test_membership.py", "test_restore.py", "test_chaos_short.py")
+CLUSTER_FILES = (
+    "test_cluster.py",
+    "test_membership.py",
+    "test_restore.py",
+    "test_chaos_short.py",
+    "test_tls_cluster.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
