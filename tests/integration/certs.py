@@ -76,7 +76,7 @@ class CA:
                     crl_sign=True,
                     encipher_only=False,
                     decipher_only=False,
-                ),  # fmt: skip
+                ),
                 critical=True,
             )
             .sign(self._key, hashes.SHA256())
