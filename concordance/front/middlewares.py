@@ -10,7 +10,7 @@ Order, outermost first: metrics (sees the final status), errors, auth.
 
 Who may call what (API.md §3):
 
-* ``healthz``, ``readyz``, ``metrics``: no key.
+* ``healthz``, ``readyz``, ``metrics``, ``openapi`` (the API's description): no key.
 * ``raft``: the cluster key (``Secrets.peer_key``); 401 before the upgrade.
 * ``cluster_members`` (``GET``/``POST /api/v1/cluster/members``): the full
   key, or the cluster key, which a node started with ``--join`` presents to
@@ -63,12 +63,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics"})
+PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics", "openapi"})
 PEER_ROUTE: Final = "raft"
 JOIN_ROUTE: Final = "cluster_members"  # the cluster key is accepted here too
 STREAM_ROUTE: Final = "stream"
 AGENT_FORBIDDEN: Final = frozenset({"cluster_backup"})
-SCOPED_ROUTES: Final = frozenset({"kv_key", "kv", "batch", "changes", "stream", "openapi"})
+SCOPED_ROUTES: Final = frozenset({"kv_key", "kv", "batch", "changes", "stream"})
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
