@@ -177,6 +177,9 @@ async def _running(
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
+    if not cfg.secrets.cluster_key and not cfg.insecure:
+        check = _check_cluster_key(cfg, clients)
+        tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
         joining = join_cluster(cfg, clients.consensus, http, relay.learn, ssl=relay.ssl)
         tasks.append(loop.create_task(_logged("join", joining), name="join"))
@@ -201,6 +204,35 @@ def reload(app: web.Application) -> bool:
     if TLS in app:
         ok = app[TLS].reload() and ok
     return ok
+
+
+CLUSTER_KEY_CHECK_TRIES = 60
+
+
+async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
+    """Say loudly why a member of a multi-node cluster without a cluster key gets nowhere.
+
+    ``concordance node`` refuses ``--peers``/``--join`` without the key, but a
+    node restarted on a data dir that already holds a multi-member cluster
+    gets no ``--peers``: only consensus knows. Its ``/raft`` refuses every
+    peer (no key to check against), so it never has a leader; this says why.
+    """
+    for _ in range(CLUSTER_KEY_CHECK_TRIES):
+        try:
+            st = await clients.consensus.status(STORAGE_PROBE_TIMEOUT)
+        except Exception:  # consensus not up yet
+            await asyncio.sleep(0.5)
+            continue
+        if len(st.members) > 1:
+            log.error(
+                "CONCORDANCE_CLUSTER_KEY is not set but this node is one of %d members: peers"
+                " cannot reach it on /raft nor it them; set the same cluster key on every"
+                " member and restart it",
+                len(st.members),
+            )
+            return "multi-member cluster without a cluster key"
+        return "single member: no cluster key needed"
+    return "consensus did not answer; not checked"
 
 
 async def _logged(what: str, coro: Coroutine[Any, Any, object]) -> None:
