@@ -222,6 +222,8 @@ async def _fuzz(node: Node) -> None:
                 await _drain_until(ws, marker)
 
         # A flood sent without reading, and a watcher that never reads while writes go on.
+        # The flood is sent from a task: once the node's outbox and the socket buffers are
+        # full the node stops reading (backpressure), so the sender waits until we drain.
         async with http.ws_connect(url, headers=headers, max_msg_size=0) as ws:
             sub = {
                 "jsonrpc": "2.0",
@@ -233,23 +235,26 @@ async def _fuzz(node: Node) -> None:
             get = json.dumps(
                 {"jsonrpc": "2.0", "id": 1, "method": "kv/list", "params": {"prefix": "tenant:fz/"}}
             )
-            for _ in range(max(2000, FRAMES)):
-                await ws.send_str(get)
-            for i in range(200):
-                assert (
-                    await asyncio.to_thread(node.put, f"tenant:fz/flood/{i % 7}", i)
-                ).status == 200
-            await ws.send_str(
-                json.dumps(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": "end-flood",
-                        "method": "kv/get",
-                        "params": {"key": "tenant:fz/k"},
-                    }
-                )
+            end = json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": "end-flood",
+                    "method": "kv/get",
+                    "params": {"key": "tenant:fz/k"},
+                }
             )
+
+            async def flood() -> None:
+                for _ in range(max(2000, FRAMES)):
+                    await ws.send_str(get)
+                await ws.send_str(end)
+
+            sender = asyncio.get_running_loop().create_task(flood())
+            for i in range(200):
+                put = await asyncio.to_thread(node.put, f"tenant:fz/flood/{i % 7}", i)
+                assert put.status == 200
             await _drain_until(ws, "end-flood")
+            await sender
 
         # A frame over the limit: the node closes that connection (1009), nothing else.
         async with http.ws_connect(url, headers=headers) as ws:
