@@ -8,6 +8,9 @@ description below, so adding a route or a body field without describing it
 fails the unit tests (``tests/unit/front/test_openapi.py``) and the fuzzer
 (``tests/fuzz``) then checks the live node's answers against the result.
 
+Unknown query parameters are ignored (only JSON body fields are strict, API.md
+§3); the document lists every parameter a route reads.
+
 The key path parameter is described by a simplified pattern (tenant prefix,
 no control characters, at most 1024 bytes); the finer rules (no empty, ``.``
 or ``..`` segments) are in its description and answered ``400 invalid_key``.

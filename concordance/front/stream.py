@@ -154,7 +154,8 @@ def _valid_id(value: Any) -> bool:
 def _fields(params: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
     unknown = params.keys() - allowed
     if unknown:
-        raise InvalidRequest(f"unknown param(s): {', '.join(sorted(unknown)[:5])}")
+        names = ", ".join(sorted(repr(k)[:40] for k in unknown)[:5])
+        raise InvalidRequest(f"unknown param(s): {names}")
 
 
 def _str_param(params: dict[str, Any], name: str) -> str:
@@ -213,6 +214,11 @@ class StreamConnection:
         except (ConnectionError, RuntimeError) as e:  # the client went away
             log.debug("stream writer stops: %s", e)
             self.outbox.close()
+        except Exception:  # a writer that died silently would leave the client hanging
+            log.exception("stream writer failed; closing the connection")
+            self.outbox.close()
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1011, message=b"internal error")
 
     async def shutdown(self) -> None:
         """Say goodbye: cancel every subscription (``shutdown``), flush, close."""

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from concordance.scopes import hash_secret
 from tests.integration.helpers import API_KEY, Node, short_tmpdir
 
 pytestmark = pytest.mark.slow
@@ -34,12 +35,19 @@ SEED = int(os.environ.get("FUZZ_SEED", "20261202"))
 ROUND = 100
 METHODS = ["kv/get", "kv/set", "kv/delete", "kv/list", "watch/subscribe", "watch/unsubscribe"]
 INTERNAL = -32603
+DRAIN_TIMEOUT = 120.0  # seconds for the replies of one round; a silent connection fails the test
+SCOPED = "fuzz-scoped-secret"  # readwrite on tenant:fz/ without credentials: every other round
 
 
 @pytest.fixture(scope="module")
 def stream_node() -> Iterator[Node]:
     root = short_tmpdir()
-    node = Node("n1", data=root / "n1")
+    keys = root / "keys.json"
+    grants = [{"prefix": "tenant:fz/", "access": "readwrite"}]
+    keys.write_text(
+        json.dumps({"keys": [{"id": "fz", "sha256": hash_secret(SCOPED), "grants": grants}]})
+    )
+    node = Node("n1", data=root / "n1", keys_file=keys)
     try:
         node.start()
         yield node
@@ -116,7 +124,12 @@ class Frames:
         params = {n: self.value() for n in chosen}
         if r.random() < 0.6:
             params["key" if r.random() < 0.5 else "prefix"] = r.choice(
-                ["tenant:fz/k", "tenant:fz/", "tenant:fz/k/" + str(r.randint(0, 9))]
+                [
+                    "tenant:fz/k",
+                    "tenant:fz/",
+                    "tenant:fz/k/" + str(r.randint(0, 9)),
+                    "tenant:fz/credentials/c",
+                ]
             )
         return params
 
@@ -183,8 +196,15 @@ def check_message(data: Any) -> None:
 
 
 async def _drain_until(ws: aiohttp.ClientWebSocketResponse, marker: str) -> None:
+    # One deadline for the whole drain: receive(timeout) starts over on every server ping,
+    # so a connection that went silent (the node's writer died) would never time out.
+    async with asyncio.timeout(DRAIN_TIMEOUT):
+        await _drain(ws, marker)
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse, marker: str) -> None:
     while True:
-        msg = await ws.receive(timeout=60)
+        msg = await ws.receive()
         assert msg.type == aiohttp.WSMsgType.TEXT, msg
         data = json.loads(msg.data)
         check_message(data)
@@ -199,8 +219,10 @@ async def _fuzz(node: Node) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession() as http:
         sent = 0
+        scoped = {"Authorization": f"Bearer {SCOPED}"}
         while sent < FRAMES:
-            async with http.ws_connect(url, headers=headers, max_msg_size=0) as ws:
+            token = scoped if (sent // ROUND) % 2 else headers
+            async with http.ws_connect(url, headers=token, max_msg_size=0) as ws:
                 for _ in range(ROUND):
                     frame = frames.frame()
                     if isinstance(frame, bytes):
