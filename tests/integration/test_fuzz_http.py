@@ -39,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from concordance.front import openapi
 from tests.integration.helpers import API_KEY, Node, short_tmpdir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]  # one node, one worker
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SKIPPED = (

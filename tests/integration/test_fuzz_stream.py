@@ -28,7 +28,7 @@ import pytest
 from concordance.scopes import hash_secret
 from tests.integration.helpers import API_KEY, Node, short_tmpdir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]  # one node, one worker
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "1500"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261202"))
