@@ -8,7 +8,7 @@ SEED    ?=
 LISTEN  ?= 127.0.0.1:4100
 DATA    ?= ./data
 
-.PHONY: install fmt lint test unit sim integration run cluster bench clean
+.PHONY: install fmt lint test unit sim integration fuzz run cluster bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,14 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest -n auto --dist loadgroup -q -m integration
+
+# Long fuzzing of a real node: schemathesis from /api/v1/openapi.json (FUZZ_EXAMPLES per
+# operation) and the /stream JSON-RPC fuzzer (FUZZ_FRAMES frames); make test runs both short.
+FUZZ_EXAMPLES ?= 500
+FUZZ_FRAMES   ?= 20000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FRAMES=$(FUZZ_FRAMES) $(BIN)/pytest -p no:xdist -q \
+		tests/integration/test_fuzz_http.py tests/integration/test_fuzz_stream.py
 
 # Long seeded sweep of the whole-cluster simulator: make sim SEEDS=20000, or replay: make sim SEED=42
 sim: $(STAMP)

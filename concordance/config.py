@@ -72,7 +72,12 @@ class Secrets:
 
     @property
     def peer_key(self) -> str | None:
-        return self.cluster_key or self.api_key
+        """The secret peers present on ``/raft`` (and a joiner on ``/cluster/members``).
+
+        Only ``CONCORDANCE_CLUSTER_KEY``: it used to default to the API key,
+        which every client holds, so any client could pose as a peer.
+        """
+        return self.cluster_key
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
@@ -121,11 +126,25 @@ class NodeConfig:
     change_retention: int = 100_000
     max_value_bytes: int = 1 << 20
     request_timeout_ms: int = 5_000
+    keys_file: str | None = None  # --keys: scoped access keys (concordance.scopes)
+    tls_cert: str | None = None  # --tls-cert/--tls-key: serve HTTPS/WSS (concordance.tls)
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # --tls-client-ca: require client certificates (mTLS)
+    tls_peer_ca: str | None = None  # --tls-peer-ca: verify peers (default: client CA, system)
     secrets: Secrets = field(default_factory=Secrets, compare=False)
 
     @property
     def data(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def scheme(self) -> str:
+        """``https`` on a TLS node (peers dial ``wss``), else ``http``."""
+        return "https" if self.tls else "http"
 
     @property
     def address(self) -> str:
@@ -150,12 +169,40 @@ class NodeConfig:
             raise ConfigError(
                 "CONCORDANCE_API_KEY is not set: refusing to start (use --insecure for a dev node)"
             )
+        self._validate_cluster_key()
+        self._validate_files()
         for name in ("tick_ms", "heartbeat_ticks", "snapshot_every", "change_retention"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
         if self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("election_ticks must exceed heartbeat_ticks")
         return self
+
+    def _validate_cluster_key(self) -> None:
+        if self.insecure or self.secrets.cluster_key:
+            return
+        if len(self.peers) > 1 or self.join:
+            raise ConfigError(
+                "CONCORDANCE_CLUSTER_KEY is not set: a cluster of more than one member needs it"
+                " (peers present it on /raft and a joiner on /cluster/members). It no longer"
+                " defaults to the API key, which clients hold. Set the same random secret on"
+                " every member, e.g. from `openssl rand -hex 32`."
+            )
+
+    def _validate_files(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if not self.tls and (self.tls_client_ca or self.tls_peer_ca):
+            raise ConfigError("--tls-client-ca/--tls-peer-ca need --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+            ("--tls-peer-ca", self.tls_peer_ca),
+            ("--keys", self.keys_file),
+        ):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{flag} {path}: not a readable file")
 
     def save(self) -> Path:
         """Write the non-secret settings to ``{data}/node.json`` (atomically)."""

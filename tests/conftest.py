@@ -17,6 +17,7 @@ CLUSTER_FILES = (
     "test_restore.py",
     "test_chaos_short.py",
     "test_client_cluster.py",
+    "test_tls_cluster.py",
 )
 
 

@@ -37,6 +37,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="ID=HOST:PORT,... dial these peers here instead of their advertised address",
     )
     node.add_argument("--insecure", action="store_true", help="allow running without API key")
+    node.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS/WSS, dial wss peers")
+    node.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    node.add_argument("--tls-client-ca", help="CA bundle: require client certificates (mTLS)")
+    node.add_argument("--tls-peer-ca", help="CA bundle peers are verified against")
+    node.add_argument("--keys", help="scoped access key file (JSON or .toml), reread on SIGHUP")
     node.set_defaults(run=_run_node)
 
     cluster = sub.add_parser("cluster", help="run a local dev cluster in the foreground")
@@ -81,7 +86,13 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         secrets=Secrets.from_env(os.environ),
+        keys_file=_abspath(args.keys),
+        tls_cert=_abspath(args.tls_cert),
+        tls_key=_abspath(args.tls_key),
+        tls_client_ca=_abspath(args.tls_client_ca),
+        tls_peer_ca=_abspath(args.tls_peer_ca),
     )
+    _check_files(cfg.validate())
     from concordance.logfmt import formatter
 
     try:  # the roles would each refuse it; say so once, before starting them
@@ -93,6 +104,21 @@ def _run_node(args: argparse.Namespace) -> int:
         print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
     supervise.run_node(cfg.validate())
     return 0  # not reached: run_node execs supervisord
+
+
+def _abspath(path: str | None) -> str | None:
+    """Role processes do not share our working directory: record absolute paths."""
+    return str(Path(path).resolve()) if path else None
+
+
+def _check_files(cfg: NodeConfig) -> None:
+    """Load the key file and TLS files once here, so a bad one stops the node with a reason."""
+    from concordance.scopes import KeyRing
+    from concordance.tls import TlsContexts
+
+    KeyRing(cfg.keys_file)
+    if cfg.tls:
+        TlsContexts(cfg)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -112,6 +138,12 @@ def _env_int(name: str, default: int) -> int:
 def _run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{i}" for i in range(1, args.nodes + 1)]
     peers = ",".join(f"{n}={args.host}:{args.base_port + i}" for i, n in enumerate(ids))
+    env = dict(os.environ)
+    if not args.insecure and not env.get("CONCORDANCE_CLUSTER_KEY"):
+        # A dev cluster gets a throwaway cluster key; real clusters set their own.
+        import secrets
+
+        env["CONCORDANCE_CLUSTER_KEY"] = secrets.token_hex(32)
     procs = []
     for i, node_id in enumerate(ids):
         cmd = [
@@ -121,7 +153,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if args.insecure:
             cmd.append("--insecure")
-        procs.append(subprocess.Popen(cmd, start_new_session=True))
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
         print(f"{node_id}: http://{args.host}:{args.base_port + i}  (data {args.data}/{node_id})")
     stopping = False
 

@@ -42,12 +42,14 @@ from concordance.front.appkeys import (
     CLOCK,
     CONFIG,
     HUB,
+    KEYRING,
     KV,
     METRICS,
     PEERS,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
+    TLS,
     Closable,
     RoleStates,
 )
@@ -62,8 +64,10 @@ from concordance.front.routes import setup_routes
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
+from concordance.scopes import KeyRing
+from concordance.tls import TlsContexts
 
-__all__ = ["BODY_SLACK", "ClientsFactory", "make_app", "now_ms", "static_clients"]
+__all__ = ["BODY_SLACK", "ClientsFactory", "make_app", "now_ms", "reload", "static_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ def make_app(
     *,
     clock: Callable[[], int] = now_ms,
     role_states: RoleStates = supervisor_role_states,
+    tls: TlsContexts | None = None,
 ) -> web.Application:
     """The front of node ``cfg``.
 
@@ -103,6 +108,11 @@ def make_app(
             (``concordance.front.ipc_clients.connect(cfg.data_dir)`` in production).
         clock: epoch milliseconds, for timestamps, ttlMs and expiry.
         role_states: the supervisor's view of the roles (blocking; run in an executor).
+        tls: on a TLS node, the contexts the server uses (the caller serves with
+            ``tls.server``); peers and ``--join`` are then dialed with ``tls.client``.
+
+    Raises:
+        ConfigError: the key file (``--keys``) is unreadable or invalid.
     """
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
@@ -114,6 +124,9 @@ def make_app(
     app[METRICS] = Metrics()
     app[ROLE_STATES] = role_states
     app[STREAMS] = weakref.WeakSet[Closable]()
+    app[KEYRING] = KeyRing(cfg.keys_file)
+    if tls is not None:
+        app[TLS] = tls
     setup_routes(app)
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -153,6 +166,7 @@ async def _running(
         clients.consensus.raft_in,
         stale_after=cfg.tick_ms * cfg.election_ticks / 1000,  # one election timeout
         overrides=cfg.peer_overrides,
+        ssl=app[TLS].client if TLS in app else None,
     )
     app[CLIENTS] = clients
     app[PROPOSER] = proposer
@@ -163,8 +177,11 @@ async def _running(
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
+    if not cfg.secrets.cluster_key and not cfg.insecure:
+        check = _check_cluster_key(cfg, clients)
+        tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
-        joining = join_cluster(cfg, clients.consensus, http, relay.learn)
+        joining = join_cluster(cfg, clients.consensus, http, relay.learn, ssl=relay.ssl)
         tasks.append(loop.create_task(_logged("join", joining), name="join"))
     try:
         yield
@@ -175,6 +192,47 @@ async def _running(
         await hub.close()
         proposer.fail_all(Unavailable("the front is shutting down"))
         await relay.close()
+
+
+def reload(app: web.Application) -> bool:
+    """SIGHUP: re-read the key file and the TLS certificate and key; False if one was refused.
+
+    Whatever fails to load keeps its previous version (and is logged), so a
+    bad edit never locks every client out of a running node.
+    """
+    ok = app[KEYRING].reload()
+    if TLS in app:
+        ok = app[TLS].reload() and ok
+    return ok
+
+
+CLUSTER_KEY_CHECK_TRIES = 60
+
+
+async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
+    """Say loudly why a member of a multi-node cluster without a cluster key gets nowhere.
+
+    ``concordance node`` refuses ``--peers``/``--join`` without the key, but a
+    node restarted on a data dir that already holds a multi-member cluster
+    gets no ``--peers``: only consensus knows. Its ``/raft`` refuses every
+    peer (no key to check against), so it never has a leader; this says why.
+    """
+    for _ in range(CLUSTER_KEY_CHECK_TRIES):
+        try:
+            st = await clients.consensus.status(STORAGE_PROBE_TIMEOUT)
+        except Exception:  # consensus not up yet
+            await asyncio.sleep(0.5)
+            continue
+        if len(st.members) > 1:
+            log.error(
+                "CONCORDANCE_CLUSTER_KEY is not set but this node is one of %d members: peers"
+                " cannot reach it on /raft nor it them; set the same cluster key on every"
+                " member and restart it",
+                len(st.members),
+            )
+            return "multi-member cluster without a cluster key"
+        return "single member: no cluster key needed"
+    return "consensus did not answer; not checked"
 
 
 async def _logged(what: str, coro: Coroutine[Any, Any, object]) -> None:

@@ -8,7 +8,6 @@ clients are connected.
 
 from __future__ import annotations
 
-import enum
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,6 +22,8 @@ from concordance.front.relay import PeerRelay
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
+from concordance.scopes import KeyRing, Principal
+from concordance.tls import TlsContexts
 
 __all__ = [
     "ACCESS",
@@ -31,23 +32,17 @@ __all__ = [
     "CLOCK",
     "CONFIG",
     "HUB",
+    "KEYRING",
     "KV",
     "METRICS",
     "PEERS",
     "PROPOSER",
     "ROLE_STATES",
     "STREAMS",
-    "Access",
+    "TLS",
     "Closable",
     "RoleStates",
 ]
-
-
-class Access(enum.Enum):
-    """What the caller's key allows (API.md §3)."""
-
-    FULL = "full"  # the API key, or an insecure node without one
-    READ = "read"  # the agent key: reads and watches only
 
 
 class Closable(Protocol):
@@ -64,6 +59,8 @@ CIPHER = web.AppKey("cipher", Cipher)
 METRICS = web.AppKey("metrics", Metrics)
 ROLE_STATES = web.AppKey[RoleStates]("role_states")
 STREAMS = web.AppKey("streams", weakref.WeakSet[Closable])
+KEYRING = web.AppKey("keyring", KeyRing)  # scoped keys (--keys), reloaded on SIGHUP
+TLS = web.AppKey("tls", TlsContexts)  # set on a TLS node only
 PEERS = web.AppKey("peers", PeerRelay)
 # Set once the role clients are connected (cleanup context):
 CLIENTS = web.AppKey("clients", Clients)
@@ -71,4 +68,5 @@ PROPOSER = web.AppKey("proposer", Proposer)
 HUB = web.AppKey("hub", WatchHub)
 KV = web.AppKey("kv", KvService)
 
-ACCESS = web.RequestKey("access", Access)
+# What the caller's key allows (concordance.scopes: FULL, AGENT or a scoped key).
+ACCESS = web.RequestKey("access", Principal)

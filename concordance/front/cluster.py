@@ -238,6 +238,13 @@ async def add_member(request: web.Request) -> web.Response:
         parse_address(address)
     except ConfigError as e:
         raise InvalidRequest(str(e)) from None
+    cfg = request.app[CONFIG]
+    if not cfg.secrets.cluster_key and not cfg.insecure:
+        # Without it no peer could pass /raft here: the new member would never catch up.
+        raise InvalidRequest(
+            "this node has no CONCORDANCE_CLUSTER_KEY: a cluster of more than one member"
+            " needs one; restart every member with the same key first"
+        )
     return await _change_members(request, "add_voter" if voter else "add_learner", node_id, address)
 
 

@@ -61,8 +61,21 @@ def encode_value(value: Any) -> bytes:
 
 
 def dumps(obj: Any) -> str:
-    """Response JSON (compact)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Response JSON (compact), always encodable as UTF-8.
+
+    A lone surrogate (``"\\ud800"`` in a request, echoed in an error message)
+    cannot be encoded: sent raw it killed a ``/stream`` connection's writer and
+    left the connection silent (found by the ``/stream`` fuzzer). Such a text
+    is rendered with ``\\u`` escapes instead; the check runs on non-ASCII
+    text only.
+    """
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def _short(e: BaseException) -> str:

@@ -11,7 +11,8 @@ Theory of operation:
   holds cluster state (it was added before, or removed, or restored) never
   asks again: ``--join`` is ignored then.
 * It POSTs ``{"id", "address"}`` to ``http://HOST:PORT/api/v1/cluster/members``
-  with the cluster key (``CONCORDANCE_CLUSTER_KEY``, else the API key). Any
+  (``https://`` on a TLS node, with the peer context of ``concordance.tls``)
+  with the cluster key (``CONCORDANCE_CLUSTER_KEY``). Any
   member will do: a follower forwards the change to its leader. The route is
   idempotent (asking to add a node that is already a member answers 200), so
   asking again after a lost answer is safe.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_
 from collections.abc import Callable
 from typing import Any
 
@@ -87,10 +89,11 @@ async def join_cluster(
     *,
     backoff_max: float = BACKOFF_MAX,
     reask: float = REASK,
+    ssl: ssl_.SSLContext | None = None,
 ) -> str:
     """Ask ``cfg.join`` to add this node until it is a member; returns a :class:`JoinOutcome`."""
     assert cfg.join is not None
-    url = f"http://{cfg.join}/api/v1/cluster/members"
+    url = f"{'https' if ssl is not None else 'http'}://{cfg.join}/api/v1/cluster/members"
     body = {"id": cfg.node_id, "address": cfg.address}
     key = cfg.secrets.peer_key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -117,7 +120,7 @@ async def join_cluster(
             await asyncio.sleep(POLL)  # added: wait for the leader's first entries
             continue
         if st is not None:  # consensus answered: this node is fresh
-            members = await _ask(http, url, headers, body)
+            members = await _ask(http, url, headers, body, ssl)
             if members is not None and cfg.node_id in members:
                 learn(members)
                 log.info("%s asked %s to add it; members: %s", cfg.node_id, cfg.join, members)
@@ -137,12 +140,20 @@ async def _status(consensus: ConsensusClient) -> wire.StatusOk | None:
 
 
 async def _ask(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, str]
+    http: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, str],
+    ssl: ssl_.SSLContext | None = None,
 ) -> dict[str, str] | None:
     """POST the join request; the members it answers with (id -> address), or None."""
     try:
         async with http.post(
-            url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            url,
+            json=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ssl=ssl if ssl is not None else True,
         ) as resp:
             answer: Any = await resp.json(content_type=None)
             if resp.status != 200:

@@ -3,6 +3,10 @@
 Thin by design: read the path, query and body, validate them (``validate``),
 call the shared :class:`~concordance.front.service.KvService`, answer JSON.
 Every failure is raised as a ``ConcordanceError`` for the error middleware.
+Each handler checks the caller's key (``request[ACCESS]``, see
+``concordance.scopes``) on every key and prefix it touches, after validating
+them and before anything is read or proposed, and filters what lists and
+change feeds return to what the key may see.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from concordance.errors import NotFound
-from concordance.front.appkeys import CONFIG, KV
+from concordance.front.appkeys import ACCESS, CONFIG, KV
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
+    DeleteArgs,
+    SetArgs,
     parse_batch,
     parse_delete,
     parse_set,
@@ -61,6 +67,7 @@ def _prefix(request: web.Request) -> str:
 
 async def put_key(request: web.Request) -> web.Response:
     key = _key(request)
+    request[ACCESS].check_write(key)
     body = require_object(await _json_body(request))
     kv = request.app[KV]
     args = parse_set(key, body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
@@ -69,6 +76,7 @@ async def put_key(request: web.Request) -> web.Response:
 
 async def get_key(request: web.Request) -> web.Response:
     key = _key(request)
+    request[ACCESS].check_read(key)
     consistent = query_bool(request.query, "consistent")
     entry = await request.app[KV].get(key, consistent=consistent)
     if entry is None:
@@ -78,35 +86,53 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def delete_key(request: web.Request) -> web.Response:
     key = _key(request)
+    request[ACCESS].check_write(key)
     args = parse_delete(key, {"ifVersion": query_opt_int(request.query, "ifVersion")})
     return json_response(await request.app[KV].delete(args))
 
 
 async def list_keys(request: web.Request) -> web.Response:
     prefix = _prefix(request)
+    access = request[ACCESS]
+    access.check_read_prefix(prefix)
     default, most = LIST_LIMIT
     limit = query_int(request.query, "limit", default, lo=1, hi=most)
     cursor = query_str(request.query, "cursor") or None
     consistent = query_bool(request.query, "consistent")
     page = await request.app[KV].list(prefix, limit, cursor, consistent=consistent)
+    if access.scoped:  # a page may then hold fewer than `limit` entries; `next` still holds
+        page["entries"] = access.visible(page["entries"])
     return json_response(page)
 
 
 async def delete_prefix(request: web.Request) -> web.Response:
-    return json_response(await request.app[KV].delete_prefix(_prefix(request)))
+    prefix = _prefix(request)
+    request[ACCESS].check_write_prefix(prefix)
+    return json_response(await request.app[KV].delete_prefix(prefix))
 
 
 async def batch(request: web.Request) -> web.Response:
     body = await _json_body(request)
     kv = request.app[KV]
     ops = parse_batch(body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
+    access = request[ACCESS]
+    for op in ops:  # all checked before anything is proposed: a refused batch changes nothing
+        if isinstance(op, SetArgs | DeleteArgs):
+            access.check_write(op.key)
+        else:
+            access.check_read(op.key)
     return json_response(await kv.batch(ops))
 
 
 async def changes(request: web.Request) -> web.Response:
     prefix = _prefix(request)
+    access = request[ACCESS]
+    access.check_read_prefix(prefix)
     since = query_int(request.query, "since", 0)
     default, most = CHANGES_LIMIT
     limit = query_int(request.query, "limit", default, lo=1, hi=most)
     wait_ms = query_int(request.query, "waitMs", 0, hi=MAX_WAIT_MS)
-    return json_response(await request.app[KV].changes(prefix, since, limit, wait_ms))
+    feed = await request.app[KV].changes(prefix, since, limit, wait_ms)
+    if access.scoped:  # `revision` still says how far the answer is complete
+        feed["changes"] = access.visible(feed["changes"])
+    return json_response(feed)

@@ -10,16 +10,20 @@ Order, outermost first: metrics (sees the final status), errors, auth.
 
 Who may call what (API.md §3):
 
-* ``healthz``, ``readyz``, ``metrics``: no key.
+* ``healthz``, ``readyz``, ``metrics``, ``openapi`` (the API's description): no key.
 * ``raft``: the cluster key (``Secrets.peer_key``); 401 before the upgrade.
 * ``cluster_members`` (``GET``/``POST /api/v1/cluster/members``): the full
   key, or the cluster key, which a node started with ``--join`` presents to
   ask to be added (``join.py``).
 * everything else: the full key, or the agent key for ``GET``/``HEAD``
   except ``cluster_backup`` (``/stream`` checks each method itself).
+* scoped keys (``--keys``, ``concordance.scopes``): the key-value routes
+  and ``/stream`` only; the handlers check each key and prefix against the
+  key's grants and filter what lists and feeds show.
 * a node started ``--insecure`` without an API key lets everything through.
 
-Keys are compared with ``hmac.compare_digest`` on their UTF-8 bytes.
+Keys are compared with ``hmac.compare_digest`` on their UTF-8 bytes (scoped
+keys on the SHA-256 of the token).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ from concordance.errors import (
     Unauthorized,
     Unavailable,
 )
-from concordance.front.appkeys import ACCESS, CONFIG, METRICS, Access
+from concordance.front.appkeys import ACCESS, CONFIG, KEYRING, METRICS
 from concordance.front.codec import dumps
+from concordance.scopes import AGENT, FULL, KeyRing, Principal
 
 __all__ = [
     "AGENT_FORBIDDEN",
@@ -58,11 +63,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics"})
+PUBLIC_ROUTES: Final = frozenset({"healthz", "readyz", "metrics", "openapi"})
 PEER_ROUTE: Final = "raft"
 JOIN_ROUTE: Final = "cluster_members"  # the cluster key is accepted here too
 STREAM_ROUTE: Final = "stream"
 AGENT_FORBIDDEN: Final = frozenset({"cluster_backup"})
+SCOPED_ROUTES: Final = frozenset({"kv_key", "kv", "batch", "changes", "stream"})
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
@@ -86,23 +92,26 @@ def _same(given: str, expected: str | None) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def authenticate(cfg: NodeConfig, token: str | None) -> Access:
-    """The access a bearer token grants.
+def authenticate(cfg: NodeConfig, token: str | None, keyring: KeyRing | None = None) -> Principal:
+    """What a bearer token may do.
 
     Raises:
         Unauthorized: no token, or one that matches no configured key.
     """
     secrets = cfg.secrets
     if not secrets.api_key and cfg.insecure:
-        return Access.FULL
+        return FULL
     if token is None:
         raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
     full = _same(token, secrets.api_key)
-    agent = _same(token, secrets.agent_key)  # both compared: no timing hint of which
+    agent = _same(token, secrets.agent_key)  # all compared: no timing hint of which
+    scoped = keyring.find(token) if keyring is not None else None
     if full:
-        return Access.FULL
+        return FULL
     if agent:
-        return Access.READ
+        return AGENT
+    if scoped is not None:
+        return scoped
     raise Unauthorized("unknown API key")
 
 
@@ -126,11 +135,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     token = _token(request, allow_query=name == STREAM_ROUTE)
     if name == JOIN_ROUTE and token is not None and _same(token, cfg.secrets.peer_key):
-        request[ACCESS] = Access.FULL
+        request[ACCESS] = FULL
         return await handler(request)
-    access = authenticate(cfg, token)
-    if access is Access.READ and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
+    access = authenticate(cfg, token, request.app[KEYRING])
+    if access is AGENT and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
         raise Forbidden("the agent key is read-only")
+    if access.scoped and name is not None and name not in SCOPED_ROUTES:
+        raise Forbidden(f"key {access.name!r} is scoped to keys: the key-value API only")
     request[ACCESS] = access
     return await handler(request)
 

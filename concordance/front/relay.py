@@ -38,7 +38,8 @@ full socket is cancelled when that happens. Closing is bounded by
 a full socket buffer, or a merely slow link would be cut.
 
 A link connects lazily when it has frames, reconnects with exponential
-backoff capped at ``BACKOFF_MAX``, and presents the cluster key. Binary
+backoff capped at ``BACKOFF_MAX``, and presents the cluster key; on a TLS
+node it dials ``wss://`` and verifies the peer's certificate (``concordance.tls``). Binary
 messages received on an outgoing link are handed to consensus like those
 received on ``/raft``. Drops are counted per peer and reason
 (``concordance_peer_frames_dropped_total{peer,reason}``).
@@ -49,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as ssl_
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -162,7 +164,7 @@ class PeerLink:
 
     async def _session(self) -> None:
         relay = self._relay
-        url = f"ws://{self.address}/raft"
+        url = f"{'wss' if relay.ssl is not None else 'ws'}://{self.address}/raft"
         headers = {"Authorization": f"Bearer {relay.key}"} if relay.key else {}
         async with asyncio.timeout(relay.handshake_timeout):
             ws = await relay.http.ws_connect(
@@ -172,6 +174,7 @@ class PeerLink:
                 heartbeat=relay.heartbeat,
                 autoping=True,
                 max_msg_size=MAX_FRAME,
+                ssl=relay.ssl if relay.ssl is not None else True,
             )
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._read(ws), name=f"peer {self.peer} reader")
@@ -231,6 +234,8 @@ class PeerRelay:
         heartbeat: WebSocket ping interval (a pong must come within half of it).
         overrides: peer id -> the address to dial instead of the one in the
             membership (``--peer-overrides``: NAT, tunnels, fault-injecting proxies).
+        ssl: on a TLS node, the context peers are dialed with (``wss://``; it
+            verifies their certificate and presents ours under mTLS).
     """
 
     def __init__(
@@ -245,8 +250,10 @@ class PeerRelay:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         heartbeat: float = HEARTBEAT,
         overrides: Mapping[str, str] | None = None,
+        ssl: ssl_.SSLContext | None = None,
     ) -> None:
         self.http = http
+        self.ssl = ssl
         self.overrides = dict(overrides or {})
         self.key = key
         self.inbound = inbound

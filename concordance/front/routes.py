@@ -1,7 +1,7 @@
 """Every route of the front, in one table (STYLE.md 14).
 
 Route names matter: the auth middleware decides who may call a route by its
-name (``healthz``/``readyz``/``metrics`` are public, ``raft`` needs the
+name (``healthz``/``readyz``/``metrics``/``openapi`` are public, ``raft`` needs the
 cluster key, ``cluster_backup`` is closed to the agent key), and the metrics
 middleware labels requests by the route's template, never by its values.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from concordance.front import cluster, kv, peers, stream
+from concordance.front import cluster, kv, openapi, peers, stream
 
-__all__ = ["setup_routes"]
+__all__ = ["KEY_ROUTE", "setup_routes"]
+
+KEY_ROUTE = r"/api/v1/kv/{key:[\s\S]+}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -23,7 +25,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/raft", peers.raft_handler, name="raft", allow_head=False)
     r.add_get("/stream", stream.stream_handler, name="stream", allow_head=False)
 
-    key = r.add_resource("/api/v1/kv/{key:.+}", name="kv_key")
+    # [\s\S], not ".": the route regex has no DOTALL, so "." would not match a
+    # percent-decoded newline and a key like tenant:x/a%0Ab would be answered
+    # "no such route" (404) instead of 400 invalid_key by the key validator.
+    key = r.add_resource(KEY_ROUTE, name="kv_key")
     key.add_route("GET", kv.get_key)
     key.add_route("PUT", kv.put_key)
     key.add_route("DELETE", kv.delete_key)
@@ -32,6 +37,7 @@ def setup_routes(app: web.Application) -> None:
     keys.add_route("DELETE", kv.delete_prefix)
     r.add_post("/api/v1/batch", kv.batch, name="batch")
     r.add_get("/api/v1/changes", kv.changes, name="changes", allow_head=False)
+    r.add_get("/api/v1/openapi.json", openapi.openapi_handler, name="openapi", allow_head=False)
 
     r.add_get("/api/v1/cluster/status", cluster.status, name="cluster_status", allow_head=False)
     members = r.add_resource("/api/v1/cluster/members", name="cluster_members")

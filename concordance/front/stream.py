@@ -15,6 +15,11 @@ Why it is shaped like this:
   includes ``invalid_request`` from validation); API errors use the HTTP
   status as ``error.code`` and the API error (code, message, extras) as
   ``error.data``. :func:`rpc_error` is the one place such an error is built.
+* The connection's key (``concordance.scopes``) is checked on every key and
+  prefix a method touches (``403``/``forbidden`` outside its grants), and
+  :meth:`StreamConnection.notify` drops the events it may not see, so a
+  scoped key watching ``tenant:acme/`` never sees ``tenant:acme/credentials``
+  without a grant for it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from concordance.errors import (
     NotFound,
     Unavailable,
 )
-from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS, Access
+from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
     SET_FIELDS,
@@ -46,6 +51,7 @@ from concordance.front.validate import (
 )
 from concordance.front.watch import Subscription
 from concordance.keys import validate_key, validate_prefix
+from concordance.scopes import Principal
 
 __all__ = ["OUTBOX_LIMIT", "Outbox", "StreamConnection", "rpc_error", "stream_handler"]
 
@@ -148,7 +154,8 @@ def _valid_id(value: Any) -> bool:
 def _fields(params: dict[str, Any], allowed: set[str] | frozenset[str]) -> None:
     unknown = params.keys() - allowed
     if unknown:
-        raise InvalidRequest(f"unknown param(s): {', '.join(sorted(unknown)[:5])}")
+        names = ", ".join(sorted(repr(k)[:40] for k in unknown)[:5])
+        raise InvalidRequest(f"unknown param(s): {names}")
 
 
 def _str_param(params: dict[str, Any], name: str) -> str:
@@ -161,7 +168,7 @@ def _str_param(params: dict[str, Any], name: str) -> str:
 class StreamConnection:
     """One /stream session: reads requests, runs methods, owns its subscriptions."""
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, access: Access) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, access: Principal) -> None:
         self.app = request.app
         self.ws = ws
         self.access = access
@@ -170,8 +177,18 @@ class StreamConnection:
         self._writer: asyncio.Task[None] | None = None
 
     # -- Sink (watch.py) ----------------------------------------------------
-    def notify(self, subscription_id: int, events_json: str) -> bool:
-        # Spliced, not re-encoded: the events are shared by every watcher of the batch.
+    def notify(
+        self, subscription_id: int, events: list[dict[str, Any]], events_json: str | None
+    ) -> bool:
+        if self.access.scoped:  # a scoped key sees only the events of its grants
+            visible = self.access.visible(events)
+            if not visible:
+                return True
+            if len(visible) != len(events):
+                events, events_json = visible, None
+        if events_json is None:
+            events_json = dumps(events)
+        # Spliced, not re-encoded: the events' JSON is shared by every watcher of the batch.
         head = '{"jsonrpc":"2.0","method":"watch/change","params":{"subscriptionId":'
         return self.outbox.offer(f'{head}{int(subscription_id)},"events":{events_json}}}}}')
 
@@ -202,6 +219,11 @@ class StreamConnection:
         except (ConnectionError, RuntimeError) as e:  # the client went away
             log.debug("stream writer stops: %s", e)
             self.outbox.close()
+        except Exception:  # a writer that died silently would leave the client hanging
+            log.exception("stream writer failed; closing the connection")
+            self.outbox.close()
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1011, message=b"internal error")
 
     async def shutdown(self) -> None:
         """Say goodbye: cancel every subscription (``shutdown``), flush, close."""
@@ -275,8 +297,8 @@ class StreamConnection:
             fn, read_only = entry
             if not isinstance(params, dict):
                 raise InvalidRequest("params must be an object")
-            if self.access is Access.READ and not read_only:
-                raise Forbidden("the agent key is read-only")
+            if not self.access.writer and not read_only:
+                raise Forbidden(f"key {self.access.name!r} is read-only")
             result = await fn(self, params)
             if isinstance(result, _Started):
                 starts.append(result.sub)
@@ -305,11 +327,13 @@ async def _kv_get(conn: StreamConnection, params: dict[str, Any]) -> Any:
     if not isinstance(consistent, bool):
         raise InvalidRequest("consistent must be a boolean")
     key = validate_key(_str_param(params, "key"))
+    conn.access.check_read(key)
     return await conn.app[KV].get(key, consistent=consistent)
 
 
 async def _kv_set(conn: StreamConnection, params: dict[str, Any]) -> Any:
-    key = _str_param(params, "key")
+    key = validate_key(_str_param(params, "key"))
+    conn.access.check_write(key)
     fields = {k: v for k, v in params.items() if k != "key"}
     kv = conn.app[KV]
     args = parse_set(
@@ -324,7 +348,8 @@ async def _kv_set(conn: StreamConnection, params: dict[str, Any]) -> Any:
 
 
 async def _kv_delete(conn: StreamConnection, params: dict[str, Any]) -> Any:
-    key = _str_param(params, "key")
+    key = validate_key(_str_param(params, "key"))
+    conn.access.check_write(key)
     args = parse_delete(key, {k: v for k, v in params.items() if k != "key"})
     return await conn.app[KV].delete(args)
 
@@ -332,6 +357,7 @@ async def _kv_delete(conn: StreamConnection, params: dict[str, Any]) -> Any:
 async def _kv_list(conn: StreamConnection, params: dict[str, Any]) -> Any:
     _fields(params, {"prefix", "limit", "cursor", "consistent"})
     prefix = validate_prefix(_str_param(params, "prefix"))
+    conn.access.check_read_prefix(prefix)
     limit = opt_int(params, "limit", lo=1, hi=1000) or 100
     cursor = params.get("cursor")
     if cursor is not None and not isinstance(cursor, str):
@@ -339,7 +365,10 @@ async def _kv_list(conn: StreamConnection, params: dict[str, Any]) -> Any:
     consistent = params.get("consistent", False)
     if not isinstance(consistent, bool):
         raise InvalidRequest("consistent must be a boolean")
-    return await conn.app[KV].list(prefix, limit, cursor or None, consistent=consistent)
+    page = await conn.app[KV].list(prefix, limit, cursor or None, consistent=consistent)
+    if conn.access.scoped:
+        page["entries"] = conn.access.visible(page["entries"])
+    return page
 
 
 async def _watch_subscribe(conn: StreamConnection, params: dict[str, Any]) -> Any:
@@ -348,10 +377,13 @@ async def _watch_subscribe(conn: StreamConnection, params: dict[str, Any]) -> An
     if ("prefix" in params) == ("key" in params):
         raise InvalidRequest("give exactly one of prefix or key")
     if "key" in params:
-        key: str | None = validate_key(_str_param(params, "key"))
-        prefix = key
+        one = validate_key(_str_param(params, "key"))
+        conn.access.check_read(one)
+        key: str | None = one
+        prefix = one
     else:
         key, prefix = None, validate_prefix(_str_param(params, "prefix"))
+        conn.access.check_read_prefix(prefix)
     if len(conn.subs) >= MAX_SUBSCRIPTIONS:
         raise InvalidRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
     assert prefix is not None

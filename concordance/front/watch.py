@@ -63,9 +63,12 @@ RETRY_MAX = 2.0  # seconds between attempts while storage does not answer
 class Sink(Protocol):
     """Where a subscription's notifications go (a WebSocket connection)."""
 
-    def notify(self, subscription_id: int, events_json: str) -> bool:
-        """Queue a ``watch/change`` whose ``events`` are the JSON array ``events_json``;
-        False when the connection's queue is full."""
+    def notify(
+        self, subscription_id: int, events: list[dict[str, Any]], events_json: str | None
+    ) -> bool:
+        """Queue a ``watch/change`` of ``events``; ``events_json`` is their JSON array
+        when already encoded (shared by the watchers of a batch). False when the
+        connection's queue is full."""
         ...
 
     def cancelled(self, subscription_id: int, reason: str) -> None:
@@ -188,7 +191,9 @@ class Subscription:
             if _rev(event) > self.cursor and self.matches(event.get("key"))
         )
         if indexes:
-            self._emit(batch.encoded(self._hub.renderer, indexes))
+            renderer = self._hub.renderer
+            events = [batch.rendered(renderer, i) for i in indexes]
+            self._emit(events, batch.encoded(renderer, indexes))
         self.cursor = batch.revision
 
     async def _catch_up(self, target: int | None) -> None:
@@ -198,7 +203,7 @@ class Subscription:
             renderer = self._hub.renderer
             events = [renderer.event(e) for e in page.changes if self.matches(e.get("key"))]
             if events:
-                self._emit(dumps(events))
+                self._emit(events, None)
             self.cursor = max(self.cursor, page.revision)
             if len(page.changes) < self._hub.page:
                 return  # the answer was complete up to storage's revision
@@ -217,8 +222,8 @@ class Subscription:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
-    def _emit(self, events_json: str) -> None:
-        if not self.sink.notify(self.id, events_json):
+    def _emit(self, events: list[dict[str, Any]], events_json: str | None) -> None:
+        if not self.sink.notify(self.id, events, events_json):
             raise _SlowConsumer
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from concordance.supervise import Control, SupervisorUnavailable
 
 API_KEY = "test-full-key"
 AGENT_KEY = "test-agent-key"
+CLUSTER_KEY = "test-cluster-key"  # required by every multi-member cluster
 ENCRYPTION_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,8 +71,31 @@ class Response:
         return json.loads(self.body)
 
 
+@dataclass
+class NodeTls:
+    """A node's TLS files (``--tls-*``) and the context the test's own requests use."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # --tls-client-ca: mutual TLS
+    peer_ca: Path | None = None  # --tls-peer-ca
+    context: ssl.SSLContext | None = None  # for Node.request (trusts the CA, mTLS cert)
+
+    def args(self) -> list[str]:
+        out = ["--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        if self.client_ca is not None:
+            out += ["--tls-client-ca", str(self.client_ca)]
+        if self.peer_ca is not None:
+            out += ["--tls-peer-ca", str(self.peer_ca)]
+        return out
+
+
 class Node:
-    """One real node; use as a context manager or call :meth:`stop`."""
+    """One real node; use as a context manager or call :meth:`stop`.
+
+    ``tls`` serves HTTPS/WSS with those files (requests then go to ``https://``);
+    ``keys_file`` is passed as ``--keys``. Both are off by default.
+    """
 
     def __init__(
         self,
@@ -80,8 +106,12 @@ class Node:
         extra_env: dict[str, str] | None = None,
         peer_overrides: str = "",
         join: str = "",
+        tls: NodeTls | None = None,
+        keys_file: Path | None = None,
     ) -> None:
         self.node_id = node_id
+        self.tls = tls
+        self.keys_file = keys_file
         self.data = data or short_tmpdir() / node_id
         self.port = port or free_port()
         self.peers = peers
@@ -91,6 +121,7 @@ class Node:
             **os.environ,
             "CONCORDANCE_API_KEY": API_KEY,
             "CONCORDANCE_AGENT_API_KEY": AGENT_KEY,
+            "CONCORDANCE_CLUSTER_KEY": CLUSTER_KEY,
             "CONCORDANCE_ENCRYPTION_KEY": ENCRYPTION_KEY,
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),
@@ -100,7 +131,7 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
@@ -117,6 +148,10 @@ class Node:
             cmd += ["--peer-overrides", self.peer_overrides]
         if self.join:
             cmd += ["--join", self.join]
+        if self.tls is not None:
+            cmd += self.tls.args()
+        if self.keys_file is not None:
+            cmd += ["--keys", str(self.keys_file)]
         self.data.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.data.parent / f"{self.node_id}-supervisor.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -199,7 +234,8 @@ class Node:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            context = self.tls.context if self.tls is not None else None
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return Response(resp.status, resp.read(), dict(resp.headers))
         except urllib.error.HTTPError as e:
             return Response(e.code, e.read(), dict(e.headers))
@@ -302,7 +338,8 @@ class Cluster:
     """N real nodes of one new cluster, every peer link routed through a :class:`Net` proxy.
 
     ``cluster.net`` injects faults between nodes (``isolate``, ``partition``,
-    ``one_way``, ``heal``); ``cluster[node_id]`` is a :class:`Node`. Always
+    ``one_way``, ``heal``); ``cluster[node_id]`` is a :class:`Node`. ``tls``
+    gives each node its TLS files by id; ``keys_file`` is every node's ``--keys``. Always
     :meth:`stop` it (or use it as a context manager).
     """
 
@@ -312,6 +349,8 @@ class Cluster:
         root: Path | None = None,
         extra_env: dict[str, str] | None = None,
         proxied: bool = True,
+        tls: Callable[[str], NodeTls] | None = None,
+        keys_file: Path | None = None,
     ) -> None:
         from tests.integration.netproxy import Net
 
@@ -328,6 +367,8 @@ class Cluster:
                 peers=peers,
                 extra_env=extra_env,
                 peer_overrides=self.net.overrides(node_id) if self.net else "",
+                tls=tls(node_id) if tls is not None else None,
+                keys_file=keys_file,
             )
             for node_id in self.ids
         }

@@ -360,6 +360,12 @@ BAD_REQUESTS = [
     ("PUT", "/api/v1/kv/tenant:a/", {"value": 1}, 400, "invalid_key"),
     ("PUT", "/api/v1/kv/tenant:a/x//y", {"value": 1}, 400, "invalid_key"),
     ("PUT", "/api/v1/kv/tenant:a/x%00", {"value": 1}, 400, "invalid_key"),
+    # Regression: a newline in the key did not match the route ("no such route", 404).
+    ("PUT", "/api/v1/kv/tenant:x/a%0Ab", {"value": 1}, 400, "invalid_key"),
+    ("GET", "/api/v1/kv/tenant:x/a%0Ab", None, 400, "invalid_key"),
+    ("DELETE", "/api/v1/kv/tenant:x/a%0Ab", None, 400, "invalid_key"),
+    ("GET", "/api/v1/kv/tenant:x/%0A", None, 400, "invalid_key"),
+    ("GET", "/api/v1/kv/tenant:x/a%0D%0Ab", None, 400, "invalid_key"),
     ("PUT", "/api/v1/kv/tenant:bad!/x", {"value": 1}, 400, "invalid_key"),
     ("PUT", "/api/v1/kv/tenant:a/x", {}, 400, "invalid_request"),
     ("PUT", "/api/v1/kv/tenant:a/x", {"value": 1, "extra": 2}, 400, "invalid_request"),

@@ -334,3 +334,19 @@ def test_outbox_bounds_notifications_but_not_goodbyes() -> None:
         assert [await box.get(), await box.get(), await box.get()] == ["bye", "reply", None]
 
     asyncio.run(main())
+
+
+def test_a_lone_surrogate_in_a_request_does_not_silence_the_connection(tmp_path: Path) -> None:
+    """Regression (found by the /stream fuzzer): an error message that echoed a lone
+    surrogate could not be encoded, the connection's writer died and no reply came again."""
+
+    async def scenario(h: Harness, rpc: Rpc) -> None:
+        bad = '{"jsonrpc": "2.0", "id": 1, "method": "kv/get", "params": {"\\ud800": 1}}'
+        reply = await rpc.raw(bad)
+        assert reply["id"] == 1 and reply["error"]["code"] == -32602
+        assert "\\ud800" in reply["error"]["message"]  # escaped, not raw
+        reply = await rpc.raw('{"jsonrpc": "2.0", "id": "\\udfff", "method": "nope/\\ud800"}')
+        assert reply["error"]["code"] == -32601
+        assert (await rpc.call("kv/get", {"key": "tenant:a/x"}))["result"] is None  # still serving
+
+    run(tmp_path, scenario)

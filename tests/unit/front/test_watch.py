@@ -22,10 +22,14 @@ class ListSink:
         self.notes: list[tuple[int, list[dict[str, Any]]]] = []
         self.cancels: list[tuple[int, str]] = []
 
-    def notify(self, subscription_id: int, events_json: str) -> bool:
+    def notify(
+        self, subscription_id: int, events: list[dict[str, Any]], events_json: str | None
+    ) -> bool:
         if len(self.notes) >= self.capacity:
             return False
-        self.notes.append((subscription_id, json.loads(events_json)))
+        if events_json is not None:  # the shared encoding says the same as the events
+            assert json.loads(events_json) == json.loads(json.dumps(events))
+        self.notes.append((subscription_id, events))
         return True
 
     def cancelled(self, subscription_id: int, reason: str) -> None:

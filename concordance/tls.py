@@ -1,0 +1,79 @@
+"""TLS for the one port: the server context (HTTPS, WSS) and the context peers dial with.
+
+Why one object for both: a node's certificate is its identity in both
+directions. It serves the API, ``/stream`` and ``/raft`` with it, and, when
+``--tls-client-ca`` asks every caller for a certificate (mutual TLS), it
+presents the same certificate when it dials a peer's ``/raft`` or a member's
+``/cluster/members`` (``--join``). So the certificate needs the addresses
+peers dial in its subjectAltName, and both the serverAuth and clientAuth
+extended key usages (or none) when mTLS is on (docs/SECURITY.md).
+
+Peers are verified against ``--tls-peer-ca``, else the client CA, else the
+system store, with hostname (or IP) checking: a peer whose certificate comes
+from another CA, or names another host, fails the handshake.
+
+Reloading (SIGHUP): :meth:`TlsContexts.reload` loads the certificate and key
+again into the same contexts, so connections made afterwards use the new
+pair and open ones are left alone; the listening socket never closes. The
+new pair is first loaded into a scratch context, so a bad file (a key that
+does not match, a half-written file) is refused and the old pair stays.
+CA files are read at start only (OpenSSL adds to a trust store, it cannot
+drop from one): changing a CA needs a restart of the front.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+from concordance.config import ConfigError, NodeConfig
+
+__all__ = ["TlsContexts"]
+
+log = logging.getLogger(__name__)
+
+
+class TlsContexts:
+    """The server and peer-client SSL contexts of a TLS node (``cfg.tls`` must be true)."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        assert cfg.tls_cert is not None and cfg.tls_key is not None
+        self.cert, self.key = cfg.tls_cert, cfg.tls_key
+        self.mutual = cfg.tls_client_ca is not None
+        try:
+            self.server = self._server_context(cfg.tls_client_ca)
+            self.client = self._client_context(cfg.tls_peer_ca or cfg.tls_client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"TLS: cannot load {self.cert} / {self.key} or a CA file: {e}") from e
+
+    def _server_context(self, client_ca: str | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        if client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=client_ca)
+        return ctx
+
+    def _client_context(self, peer_ca: str | None) -> ssl.SSLContext:
+        # cafile None: the system store. Hostname checking is on (create_default_context).
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=peer_ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.mutual:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def reload(self) -> bool:
+        """Read the certificate and key again (SIGHUP); False, old pair kept, if they are bad."""
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as e:
+            log.error(
+                "TLS: cannot reload %s / %s (%s); keeping the old pair", self.cert, self.key, e
+            )
+            return False
+        self.server.load_cert_chain(self.cert, self.key)
+        if self.mutual:
+            self.client.load_cert_chain(self.cert, self.key)
+        log.info("TLS: reloaded %s", self.cert)
+        return True
