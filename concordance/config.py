@@ -66,6 +66,7 @@ class Secrets:
     agent_key: str | None = None
     cluster_key: str | None = None
     encryption_keys: tuple[tuple[str, bytes], ...] = ()  # (key id, 32 bytes); first encrypts
+    require_cluster_key: bool = False  # CONCORDANCE_REQUIRE_CLUSTER_KEY=1: no API-key fallback
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -74,10 +75,20 @@ class Secrets:
     def peer_key(self) -> str | None:
         """The secret peers present on ``/raft`` (and a joiner on ``/cluster/members``).
 
-        Only ``CONCORDANCE_CLUSTER_KEY``: it used to default to the API key,
-        which every client holds, so any client could pose as a peer.
+        ``CONCORDANCE_CLUSTER_KEY``, defaulting to the API key as API.md §1 says.
+        That default lets every holder of the API key pose as a peer, so a
+        multi-member node without its own cluster key warns at start, and
+        ``CONCORDANCE_REQUIRE_CLUSTER_KEY=1`` turns the default off (such a
+        node then refuses to start; docs/SECURITY.md).
         """
-        return self.cluster_key
+        if self.cluster_key or self.require_cluster_key:
+            return self.cluster_key
+        return self.api_key
+
+    @property
+    def own_cluster_key(self) -> bool:
+        """Whether peers use a secret of their own rather than the clients' API key."""
+        return bool(self.cluster_key)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
@@ -93,6 +104,7 @@ class Secrets:
             agent_key=env.get("CONCORDANCE_AGENT_API_KEY") or None,
             cluster_key=env.get("CONCORDANCE_CLUSTER_KEY") or None,
             encryption_keys=tuple(keys),
+            require_cluster_key=env.get("CONCORDANCE_REQUIRE_CLUSTER_KEY", "") in ("1", "true"),
         )
 
 
@@ -179,14 +191,14 @@ class NodeConfig:
         return self
 
     def _validate_cluster_key(self) -> None:
-        if self.insecure or self.secrets.cluster_key:
-            return
+        if self.insecure or self.secrets.cluster_key or not self.secrets.require_cluster_key:
+            return  # without the opt-in, the API key stands in (API.md §1); the front warns
         if len(self.peers) > 1 or self.join:
             raise ConfigError(
-                "CONCORDANCE_CLUSTER_KEY is not set: a cluster of more than one member needs it"
-                " (peers present it on /raft and a joiner on /cluster/members). It no longer"
-                " defaults to the API key, which clients hold. Set the same random secret on"
-                " every member, e.g. from `openssl rand -hex 32`."
+                "CONCORDANCE_CLUSTER_KEY is not set and CONCORDANCE_REQUIRE_CLUSTER_KEY=1:"
+                " a cluster of more than one member needs it (peers present it on /raft and"
+                " a joiner on /cluster/members). Set the same random secret on every"
+                " member, e.g. from `openssl rand -hex 32`."
             )
 
     def _validate_files(self) -> None:

@@ -177,7 +177,7 @@ async def _running(
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
-    if not cfg.secrets.cluster_key and not cfg.insecure:
+    if not cfg.secrets.own_cluster_key and not cfg.insecure:
         check = _check_cluster_key(cfg, clients)
         tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
@@ -210,12 +210,14 @@ CLUSTER_KEY_CHECK_TRIES = 60
 
 
 async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
-    """Say loudly why a member of a multi-node cluster without a cluster key gets nowhere.
+    """Say loudly that a member of a multi-node cluster has no cluster key of its own.
 
+    Peers then authenticate with the API key (API.md §1), which every client
+    holds: a warning. With ``CONCORDANCE_REQUIRE_CLUSTER_KEY=1`` it is worse:
     ``concordance node`` refuses ``--peers``/``--join`` without the key, but a
-    node restarted on a data dir that already holds a multi-member cluster
-    gets no ``--peers``: only consensus knows. Its ``/raft`` refuses every
-    peer (no key to check against), so it never has a leader; this says why.
+    node restarted on a data dir that already holds a multi-member cluster gets
+    no ``--peers`` (only consensus knows), and its ``/raft`` refuses every peer,
+    so it never has a leader; this says why.
     """
     for _ in range(CLUSTER_KEY_CHECK_TRIES):
         try:
@@ -223,7 +225,7 @@ async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
         except Exception:  # consensus not up yet
             await asyncio.sleep(0.5)
             continue
-        if len(st.members) > 1:
+        if len(st.members) > 1 and cfg.secrets.peer_key is None:
             log.error(
                 "CONCORDANCE_CLUSTER_KEY is not set but this node is one of %d members: peers"
                 " cannot reach it on /raft nor it them; set the same cluster key on every"
@@ -231,6 +233,14 @@ async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
                 len(st.members),
             )
             return "multi-member cluster without a cluster key"
+        if len(st.members) > 1:
+            log.warning(
+                "CONCORDANCE_CLUSTER_KEY is not set and this node is one of %d members: peers"
+                " authenticate with the API key, which every client holds; set the same"
+                " cluster key on every member (docs/SECURITY.md)",
+                len(st.members),
+            )
+            return "multi-member cluster on the API key"
         return "single member: no cluster key needed"
     return "consensus did not answer; not checked"
 

@@ -239,7 +239,7 @@ async def add_member(request: web.Request) -> web.Response:
     except ConfigError as e:
         raise InvalidRequest(str(e)) from None
     cfg = request.app[CONFIG]
-    if not cfg.secrets.cluster_key and not cfg.insecure:
+    if cfg.secrets.peer_key is None and not cfg.insecure:
         # Without it no peer could pass /raft here: the new member would never catch up.
         raise InvalidRequest(
             "this node has no CONCORDANCE_CLUSTER_KEY: a cluster of more than one member"

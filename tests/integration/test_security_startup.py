@@ -26,9 +26,13 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def node(root: Path, *args: str, cluster_key: bool = False) -> subprocess.CompletedProcess[str]:
+def node(
+    root: Path, *args: str, cluster_key: bool = False, require: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONCORDANCE_API_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
     env.pop("CONCORDANCE_CLUSTER_KEY", None)
+    if require:
+        env["CONCORDANCE_REQUIRE_CLUSTER_KEY"] = "1"
     if cluster_key:
         env["CONCORDANCE_CLUSTER_KEY"] = "k"
     cmd = [sys.executable, "-m", "concordance.cli", "node", "--id", "n1",
@@ -36,13 +40,15 @@ def node(root: Path, *args: str, cluster_key: bool = False) -> subprocess.Comple
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_a_cluster_without_a_cluster_key_refuses_to_start(root: Path) -> None:
+def test_a_cluster_without_a_cluster_key_refuses_to_start_when_one_is_required(
+    root: Path,
+) -> None:
     peers = "n1=127.0.0.1:1,n2=127.0.0.1:2,n3=127.0.0.1:3"
-    done = node(root, "--peers", peers)
+    done = node(root, "--peers", peers, require=True)
     assert done.returncode == 2
     assert "CONCORDANCE_CLUSTER_KEY is not set" in done.stderr
-    assert "no longer defaults to the API key" in " ".join(done.stderr.split())
-    joined = node(root, "--join", "127.0.0.1:1")
+    assert "CONCORDANCE_REQUIRE_CLUSTER_KEY=1" in " ".join(done.stderr.split())
+    joined = node(root, "--join", "127.0.0.1:1", require=True)
     assert joined.returncode == 2 and "CONCORDANCE_CLUSTER_KEY" in joined.stderr
     assert not (root / "n1" / "node.json").exists()  # refused before anything was written
 

@@ -22,20 +22,29 @@ def cfg(tmp_path: Path, **over: object) -> NodeConfig:
     return NodeConfig(secrets=secrets, **base)  # type: ignore[arg-type]
 
 
-def test_a_cluster_needs_its_own_cluster_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"CONCORDANCE_CLUSTER_KEY is not set.*no longer"):
-        cfg(tmp_path, peers=PEERS).validate()
+def test_a_cluster_without_its_own_key_starts_on_the_api_key_unless_required(
+    tmp_path: Path,
+) -> None:
+    cfg(tmp_path, peers=PEERS).validate()  # API.md §1: the API key stands in (with a warning)
+    strict = Secrets(api_key="api", require_cluster_key=True)
+    with pytest.raises(ConfigError, match=r"CONCORDANCE_CLUSTER_KEY is not set.*REQUIRE"):
+        cfg(tmp_path, peers=PEERS, secrets=strict).validate()
     with pytest.raises(ConfigError, match="CONCORDANCE_CLUSTER_KEY"):
-        cfg(tmp_path, join="127.0.0.1:4101").validate()
-    cfg(tmp_path).validate()  # a single node does not
-    cfg(tmp_path, peers={"n1": "127.0.0.1:4100"}).validate()
-    cfg(tmp_path, peers=PEERS, secrets=Secrets(api_key="api", cluster_key="c")).validate()
+        cfg(tmp_path, join="127.0.0.1:4101", secrets=strict).validate()
+    cfg(tmp_path, secrets=strict).validate()  # a single node does not need one
+    cfg(tmp_path, peers={"n1": "127.0.0.1:4100"}, secrets=strict).validate()
+    own = Secrets(api_key="api", cluster_key="c", require_cluster_key=True)
+    cfg(tmp_path, peers=PEERS, secrets=own).validate()
     cfg(tmp_path, peers=PEERS, secrets=Secrets(), insecure=True).validate()  # dev: explicit
 
 
-def test_the_cluster_key_no_longer_defaults_to_the_api_key() -> None:
-    assert Secrets(api_key="api").peer_key is None
+def test_the_cluster_key_defaults_to_the_api_key_unless_required() -> None:
+    assert Secrets(api_key="api").peer_key == "api"
+    assert not Secrets(api_key="api").own_cluster_key
     assert Secrets(api_key="api", cluster_key="c").peer_key == "c"
+    assert Secrets(api_key="api", require_cluster_key=True).peer_key is None
+    env = {"CONCORDANCE_API_KEY": "a", "CONCORDANCE_REQUIRE_CLUSTER_KEY": "1"}
+    assert Secrets.from_env(env).require_cluster_key
 
 
 def test_tls_flags(tmp_path: Path) -> None:
