@@ -48,6 +48,7 @@ class Config:
     seed: int = 1
     nodes: int = 3
     duration: float = 60.0  # seconds of traffic under faults
+    min_faults: int = 0  # go on past the duration (up to twice it) until this many faults
     clients: int = 0  # 0: 2 per node
     keys: int = 5
     watchers: int = 2
@@ -202,7 +203,8 @@ async def run(cfg: Config) -> Result:
     nemesis_rng = random.Random(rng.getrandbits(64))
     ttl_rng = random.Random(rng.getrandbits(64))  # drawn last: earlier seeds keep their runs
     poller_rng = random.Random(rng.getrandbits(64))
-    spares = cfg.spares or max(2, int(cfg.duration // 25) + 1)
+    longest = cfg.duration * (2 if cfg.min_faults else 1)  # see Config.min_faults
+    spares = cfg.spares or max(2, int(longest // 25) + 1)
     cluster = ChaosCluster(cfg.nodes, spares=spares)
     history = History()
     timings: dict[str, float] = {}
@@ -235,7 +237,7 @@ async def run(cfg: Config) -> Result:
         tasks = [asyncio.create_task(c.run()) for c in runners]
         wtasks = [asyncio.create_task(w.run()) for w in watchers]
         try:
-            await nemesis.run(until=t0 + cfg.duration)
+            await nemesis.run(t0 + cfg.duration, cfg.min_faults, t0 + 2 * cfg.duration)
             await asyncio.sleep(max(0.0, t0 + cfg.duration - time.monotonic()))
         finally:
             for c in runners:

@@ -107,12 +107,18 @@ class Nemesis:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    async def run(self, until: float) -> None:
-        """Inject faults until the monotonic time ``until`` (the last one is healed first)."""
+    async def run(self, until: float, min_faults: int = 0, limit: float | None = None) -> None:
+        """Inject faults until the monotonic time ``until`` (the last one is healed first),
+        and on until ``min_faults`` were injected, but not past ``limit``: a busy
+        machine slows faults down (a member replacement can take 20 s), and a run
+        must still exercise what it promises."""
         names = list(self.kinds)
         weights = [self.kinds[k] for k in names]
+        limit = until if limit is None else max(until, limit)
         await asyncio.sleep(self.rng.uniform(*self.gap))
-        while time.monotonic() < until:
+        while time.monotonic() < until or (
+            len(self.faults) < min_faults and time.monotonic() < limit
+        ):
             kind = self.rng.choices(names, weights)[0]
             hold = self.rng.uniform(*self.hold)
             gap = self.rng.uniform(*self.gap)

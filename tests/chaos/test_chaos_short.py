@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
     [pytest.param(3, 574, id="3-nodes"), pytest.param(5, 35, id="5-nodes")],
 )
 def test_short_chaos_run(nodes: int, seed: int) -> None:
-    result = run_sync(Config(seed=seed, nodes=nodes, duration=30.0))
+    result = run_sync(Config(seed=seed, nodes=nodes, duration=30.0, min_faults=4))
     summary = report.summary(result)
     print(summary)
     assert result.ok, summary

@@ -26,9 +26,8 @@ from concordance.raft.sqlite_store import SqliteRaftStore
 from tests.raft.crash_writer import digest, payload
 
 SEED = 20260527
-KILLS = 40  # aim; at least MIN_KILLS must happen within BUDGET
-MIN_KILLS = 30
-BUDGET = 15.0  # seconds for the whole test
+KILLS = 30  # SIGKILLs per run; a busy machine takes longer, it does not do fewer
+BUDGET = 180.0  # seconds: a safety cap only (about 12 s on an idle machine)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -142,5 +141,5 @@ def test_sigkill_never_loses_or_tears_what_was_reported_durable(tmp_path: Path) 
         f"\n{tally.kills} kills ({tally.before_start} before start), "
         f"{tally.durable_calls} durable calls, {tally.landed_unreported} landed unreported"
     )
-    assert tally.kills >= MIN_KILLS, f"only {tally.kills} kills in {BUDGET}s"
+    assert tally.kills >= KILLS, f"only {tally.kills} kills in {BUDGET}s"
     assert tally.durable_calls > 10 * tally.kills  # the writer did real work between kills
