@@ -141,6 +141,9 @@ class StatusOk(Body):
     commit: int
     applied: int
     members: tuple[MemberStatus, ...]
+    leader_changes: int = 0  # times this process saw the leader change to a new node
+    fsync_counts: tuple[int, ...] = ()  # Ready fsyncs per latency.BUCKETS (+ overflow)
+    fsync_total_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +323,8 @@ class StorageStatusOk(Body):
     applied_index: int
     applied_term: int
     revision: int
+    apply_counts: tuple[int, ...] = ()  # applied batches per latency.BUCKETS (+ overflow)
+    apply_total_us: int = 0
 
 
 # -- events (PUB) ------------------------------------------------------------

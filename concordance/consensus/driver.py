@@ -27,9 +27,11 @@ Rules / theory of operation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
+import time
 from collections import deque
 
 import zmq.asyncio
@@ -49,6 +51,7 @@ from concordance.errors import (
     RemoteProtocolError,
     Unavailable,
 )
+from concordance.latency import LatencyCounts
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
@@ -93,6 +96,8 @@ class ConsensusDriver:
         self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
         self.raft_out_dropped = 0
+        self.leader_changes = 0
+        self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
         self._ticks = 0
         self._wake = asyncio.Event()
@@ -262,7 +267,13 @@ class ConsensusDriver:
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
         elif isinstance(body, wire.Status):
-            await self.server.reply(peer, env, build_status(self.core, self.stream.acked or 0))
+            status = build_status(self.core, self.stream.acked or 0)
+            counts, total_us = self.fsync_latency.snapshot()
+            status = dataclasses.replace(
+                status, leader_changes=self.leader_changes, fsync_counts=counts,
+                fsync_total_us=total_us,
+            )  # fmt: skip
+            await self.server.reply(peer, env, status)
         elif isinstance(body, wire.ConfChange):
             await self._answer(peer, env, self._conf_change(body))
         elif isinstance(body, wire.Transfer):
@@ -378,11 +389,14 @@ class ConsensusDriver:
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
+        started = time.perf_counter()
         try:
             await self.disk.persist(rd)
         except Exception as e:
             self._fail(e)
             raise
+        if rd.must_sync:
+            self.fsync_latency.observe(time.perf_counter() - started)
         await self._send_messages(rd.messages_after)
         if rd.snapshot is not None:
             self.stream.installed(rd.snapshot)
@@ -409,6 +423,8 @@ class ConsensusDriver:
         if soft.leader_id != self._leader:
             if self._leader is not None and self._leader != self.cfg.node_id:
                 await self._fail_forwarded_reads(self._leader)
+            if soft.leader_id is not None:
+                self.leader_changes += 1
             self._leader = soft.leader_id
         if soft.role is not self._role:
             log.info("%s became %s at term %d", self.cfg.node_id, api_role(soft.role), soft.term)

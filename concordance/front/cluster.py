@@ -344,6 +344,34 @@ async def metrics(request: web.Request) -> web.Response:
     gauge("concordance_watchers", "Live watch subscriptions.", app[HUB].watchers)
     gauge("concordance_websockets", "Open WebSocket sessions (stream and raft).", len(app[STREAMS]))
     gauge("concordance_writes_pending", "Writes waiting for their result.", app[PROPOSER].pending)
+    gauge(
+        "concordance_raft_leader_changes_total",
+        "Times this node's consensus saw a new leader (since the role started).",
+        st.leader_changes if st else None,
+        "counter",
+    )
+    failed = prom.Family(
+        "concordance_proposals_failed_total",
+        "counter",
+        "Writes of this front answered unavailable (not applied) or timeout (outcome unknown).",
+    )
+    for reason, n in sorted(app[PROPOSER].failed.items()):
+        failed.add(n, (("reason", reason),))
+    fams.append(failed)
+    fams.append(
+        prom.latency_family(
+            "concordance_fsync_duration_seconds",
+            "Time of each Raft log write with fsync (raft.db), since consensus started.",
+            (st.fsync_counts, st.fsync_total_us) if st else None,
+        )
+    )
+    fams.append(
+        prom.latency_family(
+            "concordance_apply_duration_seconds",
+            "Time storage took to apply each batch of committed entries to state.db.",
+            (ss.apply_counts, ss.apply_total_us) if ss else None,
+        )
+    )
     dropped = prom.Family(
         "concordance_peer_frames_dropped_total",
         "counter",

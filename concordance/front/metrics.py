@@ -30,7 +30,7 @@ from pathlib import Path
 
 import prometheus_client
 
-from concordance import __version__
+from concordance import __version__, latency
 
 __all__ = [
     "BUCKETS",
@@ -42,6 +42,7 @@ __all__ = [
     "Metrics",
     "build_info",
     "database_sizes",
+    "latency_family",
     "render",
     "runtime_text",
 ]
@@ -157,6 +158,19 @@ class Metrics:
         for route, hist in sorted(self._sessions.items()):
             hist.into(sessions, (("route", route),))
         return [requests, latency, sessions]
+
+
+def latency_family(name: str, help: str, shipped: tuple[Sequence[int], int] | None) -> Family:
+    """A histogram from a role's :class:`~concordance.latency.LatencyCounts` snapshot
+    (per-bucket counts with the overflow last, total microseconds); empty when the
+    role did not answer or sent none."""
+    family = Family(name, "histogram", help)
+    if shipped is None or len(shipped[0]) != len(latency.BUCKETS) + 1:
+        return family
+    counts, total_us = shipped
+    hist = Histogram(latency.BUCKETS, list(counts[:-1]), total_us / 1e6, sum(counts))
+    hist.into(family, ())
+    return family
 
 
 def build_info() -> Family:

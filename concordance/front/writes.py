@@ -83,6 +83,7 @@ class Proposer:
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
         self._batch: _Batch | None = None
+        self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
 
@@ -101,6 +102,16 @@ class Proposer:
             ConcordanceError: the applied command's error (``VersionConflict``,
                 ``NotFound``, ...), ``Unavailable`` (not appended) or ``Timeout``.
         """
+        try:
+            return await self._submit(op)
+        except Timeout:
+            self.failed["timeout"] += 1
+            raise
+        except Unavailable:
+            self.failed["unavailable"] += 1
+            raise
+
+    async def _submit(self, op: Op) -> Any:
         cmd = self.command(op)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Outcome] = loop.create_future()

@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from concordance.errors import (
     RemoteProtocolError,
     Unavailable,
 )
+from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
@@ -102,6 +104,7 @@ class StorageService:
         timings: ServiceTimings | None = None,
     ) -> None:
         self.cfg = cfg
+        self.apply_latency = LatencyCounts()  # applied batches, for /metrics
         self.state_dir = cfg.data / "state"
         self.db_path = self.state_dir / "state.db"
         self.snapshot_dir = self.state_dir / "snapshots"
@@ -230,12 +233,14 @@ class StorageService:
                     "storage: entry %d has unknown kind %d; applied as a no-op", index, kind
                 )
             entries.append((index, term, data if kind == EntryKind.NORMAL else None))
+        started = time.perf_counter()
         try:
             applied = sm.apply(entries)
         except ApplyGap as e:
             log.info("storage: dropping an apply batch (%s); saying hello", e)
             await self._hello()
             return
+        self.apply_latency.observe(time.perf_counter() - started)
         await self._publish(applied)
         await self._release_waiters()
         await self._send("applied", wire.Applied(sm.applied_index))
@@ -342,7 +347,10 @@ class StorageService:
                 found = sm.changes(body.prefix, body.since, body.limit)
                 reply = wire.ChangesOk(tuple(found["changes"]), found["revision"])
             elif isinstance(body, wire.StorageStatus):
-                reply = wire.StorageStatusOk(sm.applied_index, sm.applied_term, sm.revision)
+                counts, total_us = self.apply_latency.snapshot()
+                reply = wire.StorageStatusOk(
+                    sm.applied_index, sm.applied_term, sm.revision, counts, total_us
+                )
             elif isinstance(body, wire.WaitApplied):
                 if sm.applied_index < body.index:
                     if self._park(peer, env, body.index):

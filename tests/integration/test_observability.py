@@ -22,6 +22,14 @@ def test_json_logs_and_metrics_of_a_real_node() -> None:
         assert 'concordance_db_size_bytes{db="state"}' in text
         assert "process_cpu_seconds_total" in text and "python_info" in text
         assert "concordance_http_requests_total" in text and API_KEY not in text
+        samples = dict(
+            line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
+        assert float(samples["concordance_fsync_duration_seconds_count"]) >= 1  # the write
+        assert float(samples["concordance_apply_duration_seconds_count"]) >= 1
+        assert float(samples["concordance_fsync_duration_seconds_sum"]) > 0
+        assert samples["concordance_raft_leader_changes_total"] == "1"  # it elected itself
+        assert samples['concordance_proposals_failed_total{reason="timeout"}'] == "0"
         roles = set()
         for log in sorted((node.data / "logs").glob("*.log")):
             for line in log.read_text().splitlines():
