@@ -84,7 +84,13 @@ def test_apply_publishes_changes_and_only_this_nodes_results_then_acks() -> None
             assert n1[1][2]["code"] == "version_conflict"
             assert n1[2][2]["deleted"] is True
             status = await b.front.request("storage_status", wire.StorageStatus())
-            assert status == wire.StorageStatusOk(log.index, 1, revisions[-1])
+            assert isinstance(status, wire.StorageStatusOk)
+            assert (status.applied_index, status.applied_term, status.revision) == (
+                log.index,
+                1,
+                revisions[-1],
+            )
+            assert sum(status.apply_counts) >= 1 and status.apply_total_us > 0  # timed
 
     with short_tmp() as d:
         run(main)
