@@ -72,11 +72,13 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # `python -m` puts the working directory first on sys.path
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             self.args,
             env=self.env,
+            cwd=self.cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -149,7 +151,8 @@ class ConcordanceSystem(System):
             args = [sys.executable, "-m", "concordance.cli", "node", "--id", node_id,
                     "--listen", f"127.0.0.1:{port}", "--data", str(self.root / node_id),
                     "--peers", peers]  # fmt: skip
-            self.members.append(Member(node_id, f"http://127.0.0.1:{port}", None, args, env))
+            cwd = source.resolve() if source is not None else None
+            self.members.append(Member(node_id, f"http://127.0.0.1:{port}", None, args, env, cwd))
 
     def _status(self, m: Member) -> dict[str, object]:
         got = _get_json(f"{m.url}/api/v1/cluster/status", self.headers)
