@@ -12,7 +12,22 @@ import json
 import logging
 from datetime import UTC, datetime
 
-__all__ = ["FORMATS", "JsonFormatter", "formatter"]
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def level(text: str) -> str:
+    """The log level named by ``CONCORDANCE_LOG_LEVEL`` (empty: INFO).
+
+    Raises:
+        ValueError: not one of ``LEVELS``, in one line.
+    """
+    name = text.strip().upper() or "INFO"
+    if name not in LEVELS:
+        raise ValueError(f"CONCORDANCE_LOG_LEVEL={text!r}: use one of {', '.join(LEVELS)}")
+    return name
+
+
+__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "formatter", "level"]
 
 FORMATS = ("text", "json")
 

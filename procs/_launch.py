@@ -42,6 +42,7 @@ def run_role(
     try:  # CONCORDANCE_LOG_FORMAT: text (default) or json
         kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
         handler.setFormatter(logfmt.formatter(kind, role, cfg.node_id))
+        level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
     except ValueError as e:
         print(f"{role}: {e}", file=sys.stderr)
         return 2
@@ -49,7 +50,7 @@ def run_role(
         handler.addFilter(log_filter)
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(os.environ.get("CONCORDANCE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger(f"procs.{role}")

@@ -93,10 +93,11 @@ def _run_node(args: argparse.Namespace) -> int:
         tls_peer_ca=_abspath(args.tls_peer_ca),
     )
     _check_files(cfg.validate())
-    from concordance.logfmt import formatter
+    from concordance.logfmt import formatter, level
 
-    try:  # the roles would each refuse it; say so once, before starting them
+    try:  # the roles would each refuse them; say so once, before starting them
         formatter(os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text", "", "")
+        level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"

@@ -54,5 +54,13 @@ def test_a_bad_log_format_is_refused_in_one_line() -> None:
         )  # fmt: skip
         assert done.returncode == 2
         assert done.stderr.strip().count("\n") == 0 and "text, json" in done.stderr
+        done = subprocess.run(
+            [sys.executable, "-m", "concordance.cli", "node", "--id", "n1", "--listen",
+             "127.0.0.1:1", "--data", str(root / "n1"), "--insecure"],
+            capture_output=True, text=True, timeout=60,
+            env={"CONCORDANCE_LOG_LEVEL": "loud", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().count("\n") == 0 and "CONCORDANCE_LOG_LEVEL" in done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
