@@ -228,7 +228,16 @@ def test_sighup_reloads_the_certificate_and_the_key_file(cluster: Cluster, pki: 
 
     wait_for(lambda: served_serial(node, ctx) == fresh.serial, 20, "the new certificate")
     key = "/api/v1/kv/tenant:acme/settings/theme"
-    wait_for(lambda: node.request("GET", key, auth=ROTATED).status == 200, 20, "the new key")
+    seen: list[int] = []
+
+    def rotated_key_reads() -> bool:
+        seen.append(node.request("GET", key, auth=ROTATED).status)
+        return seen[-1] == 200
+
+    try:
+        wait_for(rotated_key_reads, 20, "the new key")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; statuses {sorted(set(seen))}\n{node.logs(30)}") from None
     assert node.request("GET", key, auth=SCOPED).status == 200  # the old one still works
 
     write_keys(pki.keys, acme_key("acme-2", ROTATED))  # retire the old key
