@@ -356,14 +356,21 @@ class RpcClient:
         self._closed = False
         self._task = loop.create_task(self._receive_loop(), name=f"ipc-client {endpoint}")
 
-    def sent_recently(self, within: float) -> bool:
-        """Whether a send was handed to a live connection in the last ``within`` seconds.
+    def connected(self, recently: float = 0.0) -> bool:
+        """Whether the server is connected now: a live pipe has room (``POLLOUT`` under
+        ``IMMEDIATE=1``, PROTOCOL.md §4).
 
-        Under ``IMMEDIATE=1`` a send that did not have to wait proves the
-        connection was up then: a cheap answer to "is the role there?" that
-        saves asking the socket on every request.
+        A send handed over at once within the last ``recently`` seconds proved
+        it already: that answer costs nothing, where asking the socket costs a
+        loop callback, which adds up on every request.
         """
-        return time.monotonic() - self._fast.sent_at < within
+        if recently and time.monotonic() - self._fast.sent_at < recently:
+            return True
+        try:
+            events = int(self._sock.get(zmq.EVENTS))
+        except zmq.ZMQError:
+            return True  # unknown: the request's own timeout decides
+        return bool(events & zmq.POLLOUT)
 
     async def request(self, type: str, body: Body, timeout: float) -> Body:
         """Send a request and return the reply body.

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from concordance.client.client import DEFAULT_ENDPOINT, Client, settings_from_env
+from concordance.client.client import DEFAULT_ENDPOINT, Client, Healths, Members, settings_from_env
 from concordance.client.scopes import namespace
 from concordance.client.types import (
     BatchResult,
@@ -22,17 +22,12 @@ from concordance.client.types import (
     ChangesPage,
     Deleted,
     Entry,
-    Health,
-    Member,
     Page,
     PrefixDeleted,
     SnapshotInfo,
     Status,
 )
 from concordance.client.watch import Watch
-
-Members = list[Member]
-Healths = list[Health]  # an alias: the classes below define a method named list
 
 __all__ = ["SyncClient", "SyncScope", "SyncWatch"]
 

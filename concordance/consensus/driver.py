@@ -27,7 +27,6 @@ Rules / theory of operation
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import random
@@ -267,12 +266,9 @@ class ConsensusDriver:
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
         elif isinstance(body, wire.Status):
-            status = build_status(self.core, self.stream.acked or 0)
-            counts, total_us = self.fsync_latency.snapshot()
-            status = dataclasses.replace(
-                status, leader_changes=self.leader_changes, fsync_counts=counts,
-                fsync_total_us=total_us,
-            )  # fmt: skip
+            status = build_status(
+                self.core, self.stream.acked or 0, self.leader_changes, self.fsync_latency
+            )
             await self.server.reply(peer, env, status)
         elif isinstance(body, wire.ConfChange):
             await self._answer(peer, env, self._conf_change(body))

@@ -7,6 +7,7 @@ detail), a non-voter as ``learner``.
 
 from __future__ import annotations
 
+from concordance.latency import LatencyCounts
 from concordance.raft.core import RaftCore
 from concordance.raft.ready import Role
 from concordance.wire import MemberStatus, StatusOk
@@ -26,12 +27,16 @@ def api_role(role: Role) -> str:
     return _API_ROLES[role]
 
 
-def build_status(core: RaftCore, applied: int) -> StatusOk:
-    """``applied`` is storage's reported applied index (0 before it said hello).
+def build_status(
+    core: RaftCore, applied: int, leader_changes: int = 0, fsyncs: LatencyCounts | None = None
+) -> StatusOk:
+    """``applied`` is storage's reported applied index (0 before it said hello);
+    ``leader_changes`` and ``fsyncs`` are the driver's counters for ``/metrics``.
 
     A member's ``match`` is the leader's view of its log; a non-leader knows
     only its own (its last index) and reports 0 for the others.
     """
+    counts, total_us = fsyncs.snapshot() if fsyncs is not None else ((), 0)
     membership = core.membership
     leading = core.role is Role.LEADER
     members = []
@@ -57,4 +62,7 @@ def build_status(core: RaftCore, applied: int) -> StatusOk:
         commit=core.log.commit,
         applied=applied,
         members=tuple(members),
+        leader_changes=leader_changes,
+        fsync_counts=counts,
+        fsync_total_us=total_us,
     )

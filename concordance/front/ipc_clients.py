@@ -53,17 +53,7 @@ _B = TypeVar("_B", bound=wire.Body)
 
 
 def _connected(rpc: ipc.RpcClient) -> bool:
-    if rpc.sent_recently(RECENTLY):  # no need to ask the socket (it costs a loop callback)
-        return True
-    # RpcClient has no public "connected" query; its socket's POLLOUT is exactly that under
-    # IMMEDIATE=1 (docs/PROTOCOL.md §4). Unknown internals: assume connected, rely on timeouts.
-    sock = getattr(rpc, "_sock", None)
-    if sock is None:
-        return True
-    try:
-        return bool(sock.get(zmq.EVENTS) & zmq.POLLOUT)
-    except zmq.ZMQError:
-        return True
+    return rpc.connected(recently=RECENTLY)
 
 
 async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:

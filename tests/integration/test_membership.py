@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.helpers import Node, free_port, short_tmpdir, wait_for
+from tests.integration.helpers import Node, free_port, wait_for
 
 PREFIX = "tenant:grow/"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def status(node: Node) -> dict[str, Any]:

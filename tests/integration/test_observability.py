@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.integration.helpers import API_KEY, ROOT, Node, short_tmpdir
 
@@ -43,24 +44,19 @@ def test_json_logs_and_metrics_of_a_real_node() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_bad_log_format_is_refused_in_one_line() -> None:
-    root = short_tmpdir()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "concordance.cli", "node", "--id", "n1", "--listen",
-             "127.0.0.1:1", "--data", str(root / "n1"), "--insecure"],
-            capture_output=True, text=True, timeout=60,
-            env={"CONCORDANCE_LOG_FORMAT": "yaml", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
-        )  # fmt: skip
-        assert done.returncode == 2
-        assert done.stderr.strip().count("\n") == 0 and "text, json" in done.stderr
-        done = subprocess.run(
-            [sys.executable, "-m", "concordance.cli", "node", "--id", "n1", "--listen",
-             "127.0.0.1:1", "--data", str(root / "n1"), "--insecure"],
-            capture_output=True, text=True, timeout=60,
-            env={"CONCORDANCE_LOG_LEVEL": "loud", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
-        )  # fmt: skip
-        assert done.returncode == 2
-        assert done.stderr.strip().count("\n") == 0 and "CONCORDANCE_LOG_LEVEL" in done.stderr
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def _node_with(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "concordance.cli", "node", "--id", "n1", "--listen",
+         "127.0.0.1:1", "--data", str(root / "n1"), "--insecure"],
+        capture_output=True, text=True, timeout=60,
+        env={**env, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
+    )  # fmt: skip
+
+
+def test_a_bad_log_format_or_level_is_refused_in_one_line(root: Path) -> None:
+    done = _node_with(root, {"CONCORDANCE_LOG_FORMAT": "yaml"})
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "text, json" in done.stderr
+    done = _node_with(root, {"CONCORDANCE_LOG_LEVEL": "loud"})
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "CONCORDANCE_LOG_LEVEL" in done.stderr

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.helpers import ROOT, Node, free_port, short_tmpdir, wait_for
+from tests.integration.helpers import ROOT, Node, free_port, wait_for
 from tests.integration.test_membership import listing, status, voters, wait_converged
 
 PREFIX = "tenant:bk/"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def download_backup(node: Node, dest: Path) -> None:
