@@ -21,7 +21,21 @@ CLUSTER_FILES = (
 )
 
 
+# tryfirst: xdist's own hook turns group marks into ``@group`` node-id suffixes, and a
+# mark added after it has run is ignored: the cluster tests would spread over all workers.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in CLUSTER_FILES:
             item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test that ``--dist loadgroup`` did not group (it fails silently)."""
+    loadgroup = getattr(item.config.option, "loadgroup", False)  # xdist sets it on workers
+    if loadgroup and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(
+            "--dist loadgroup did not group this test: this pytest / pytest-xdist pair does"
+            " not suffix node ids (see the pin in pyproject.toml)",
+            pytrace=False,
+        )

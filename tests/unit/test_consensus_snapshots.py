@@ -71,8 +71,17 @@ def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
                 await wait_leader(front)
                 await storage.hello()
                 for n in range(40):
-                    await front.propose(b"w%d" % n)
+                    last = (await front.propose(b"w%d" % n)).index
                 await wait_for(lambda: node.driver.disk.first_index() > 11, what="compaction")
+                # Let the snapshot for the last ten entries land first: one still being taken
+                # when the restore is chosen would make "the latest" move under the assertion.
+                await wait_for(lambda: storage.applied >= last, what="every entry applied")
+
+                def no_snapshot_due() -> bool:
+                    latest = node.driver.disk.latest_snapshot()
+                    return latest is not None and last - latest.index < 10
+
+                await wait_for(no_snapshot_due, what="the last snapshot")
                 await storage.close()
                 # A new storage with an empty state: the log no longer starts at 1.
                 fresh = FakeStorage(ctx, d)
