@@ -73,13 +73,13 @@ def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
                 for n in range(40):
                     last = (await front.propose(b"w%d" % n)).index
                 await wait_for(lambda: node.driver.disk.first_index() > 11, what="compaction")
-                # Let the snapshot for the last ten entries land first: one still being taken
+                # Let the snapshot of the last entries land first: one still being taken
                 # when the restore is chosen would make "the latest" move under the assertion.
                 await wait_for(lambda: storage.applied >= last, what="every entry applied")
 
                 def no_snapshot_due() -> bool:
                     latest = node.driver.disk.latest_snapshot()
-                    return latest is not None and last - latest.index < 10
+                    return latest is not None and last - latest.index < cfg.snapshot_every
 
                 await wait_for(no_snapshot_due, what="the last snapshot")
                 await storage.close()
