@@ -38,9 +38,10 @@ import os
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -110,72 +111,197 @@ def _socket(ctx: zmq.asyncio.Context, kind: int, hwm: int) -> zmq.asyncio.Socket
     return sock
 
 
-class _Fast:
-    """The synchronous fast path of one asyncio socket.
+class _Pump:
+    """One ZeroMQ socket driven by the event loop's reader callback, with no futures per message.
 
-    ``zmq.asyncio`` wraps every send and receive in futures and event polling,
-    which costs more CPU than the message itself on this path (docs/PERFORMANCE.md).
-    A non-blocking attempt on a synchronous shadow of the same socket succeeds
-    almost always; only when it would block does the caller fall back to the
-    awaitable call. ``zmq.asyncio`` itself tries a non-blocking call first
-    before it polls. ZeroMQ's descriptor is edge-triggered, though: a synchronous
-    call may consume the edge that a pending awaitable call waits for, so after
-    each one that could, ``sock.get(EVENTS)`` (public API) makes the wrapper look
-    again (only while one waits: a receive that is not pending tries the
-    synchronous call first anyway). Sends keep their order: while a slow send is
-    pending, later sends take the slow path too.
+    ``zmq.asyncio`` wraps every send and receive in futures and re-registers
+    event polling for each, which costs more CPU than the message itself on
+    this path (docs/PERFORMANCE.md). Here the socket's descriptor stays
+    registered with the loop for the socket's life; when it fires, every
+    message waiting is read with non-blocking calls and handed to
+    ``on_frames`` synchronously (at most ``FAST_BURST`` per loop turn, so one
+    busy socket cannot starve the loop). ZeroMQ's descriptor is edge-triggered
+    and any send or ``EVENTS`` query may consume an edge, so after each of
+    those a look at ``EVENTS`` is scheduled for the end of the loop turn
+    (once per turn, however many sends). Sends never block the loop: one that
+    finds no room waits in order for ``POLLOUT``; later sends queue behind it.
     """
 
-    __slots__ = ("_burst", "_receiving", "_slow_sends", "sent_at", "sock", "sync")
+    __slots__ = (
+        "_check_due",
+        "_closed",
+        "_fd",
+        "_loop",
+        "_on_error",
+        "_on_frames",
+        "_paused",
+        "_waiting_sends",
+        "sent_at",
+        "sock",
+        "sync",
+    )
 
-    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+    def __init__(
+        self,
+        sock: zmq.asyncio.Socket,
+        on_frames: Callable[[list[bytes]], None] | None,
+        on_error: Callable[[zmq.ZMQError], None] | None = None,
+    ) -> None:
         self.sock = sock
-        self.sent_at = -1.0  # time.monotonic() of the last send handed over at once
         self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        self._slow_sends = 0
-        self._receiving = False  # an awaitable receive is pending on the wrapper
-        self._burst = 0
+        self.sent_at = -1.0  # time.monotonic() of the last send handed over at once
+        self._loop = asyncio.get_running_loop()
+        self._on_frames = on_frames
+        self._on_error = on_error
+        self._waiting_sends: deque[tuple[list[bytes], asyncio.Future[None]]] = deque()
+        self._check_due = False
+        self._paused = False
+        self._closed = False
+        self._fd = int(self.sync.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._service)
+        self._schedule_check()
 
-    async def recv(self) -> list[bytes]:
-        """The next message; yields to the loop at least every ``FAST_BURST`` messages."""
-        if self._burst < FAST_BURST:
-            try:
-                frames = self.sync.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            else:
-                self._burst += 1
-                if self._slow_sends:
-                    self.sock.get(zmq.EVENTS)  # a pending send may need the edge we took
-                return frames
-        self._burst = 0
-        self._receiving = True
+    def _schedule_check(self) -> None:
+        if not self._check_due and not self._closed:
+            self._check_due = True
+            self._loop.call_soon(self._service)
+
+    def pause(self) -> None:
+        """Stop reading (the consumer is full); ZeroMQ's high-water mark pushes back."""
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._schedule_check()
+
+    def events(self) -> int:
+        """``EVENTS`` now (the query may take an edge: a check is scheduled)."""
+        events = int(self.sync.getsockopt(zmq.EVENTS))
+        self._schedule_check()
+        return events
+
+    def _service(self) -> None:
+        self._check_due = False
+        if self._closed:
+            return
+        sync = self.sync
+        received = 0
         try:
-            return await self.sock.recv_multipart()
-        finally:
-            self._receiving = False
+            while True:
+                events = sync.getsockopt(zmq.EVENTS)
+                if self._waiting_sends and events & zmq.POLLOUT:
+                    self._flush_waiting()
+                    continue
+                if not events & zmq.POLLIN or self._paused or self._on_frames is None:
+                    return
+                if received >= FAST_BURST:
+                    self._schedule_check()  # let the loop run; go on next turn
+                    return
+                frames = sync.recv_multipart(zmq.NOBLOCK)
+                received += 1
+                self._on_frames(frames)
+                if self._closed:
+                    return
+        except zmq.Again:
+            return
+        except zmq.ZMQError as e:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._fd)
+                if self._on_error is not None:
+                    self._on_error(e)
+                else:
+                    log.error("socket failed: %s", e)
 
-    async def send(self, frames: list[bytes], flags: int = 0) -> None:
-        """Send now if possible; else wait like ``send_multipart(frames, flags)``."""
-        if not self._slow_sends:
+    def _flush_waiting(self) -> None:
+        while self._waiting_sends:
+            frames, future = self._waiting_sends[0]
+            if future.done():  # its sender gave up (timeout): never send it late
+                self._waiting_sends.popleft()
+                continue
+            try:
+                self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                self._waiting_sends.popleft()
+                future.set_exception(e)
+                continue
+            self._waiting_sends.popleft()
+            self.sent_at = time.monotonic()
+            future.set_result(None)
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Send now if there is room; else wait, in order, until there is."""
+        if not self._waiting_sends:
             try:
                 self.send_nowait(frames)
                 return
             except zmq.Again:
-                if flags & zmq.DONTWAIT:
-                    raise
-        self._slow_sends += 1
-        try:
-            await self.sock.send_multipart(frames, flags=flags)
-        finally:
-            self._slow_sends -= 1
+                pass
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiting_sends.append((frames, future))
+        self._schedule_check()
+        await future
 
     def send_nowait(self, frames: list[bytes]) -> None:
-        """Send now or raise ``zmq.Again``; a pending receive still wakes up."""
+        """Send now or raise ``zmq.Again``."""
         self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
         self.sent_at = time.monotonic()
-        if self._receiving or self._slow_sends:
-            self.sock.get(zmq.EVENTS)  # re-arm the wrapper: this send may have taken its edge
+        self._schedule_check()  # this send may have taken an edge a receive waits for
+
+    def close(self) -> None:
+        """Unregister from the loop and close the socket (``linger=0``)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fd is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+        for _, future in self._waiting_sends:
+            if not future.done():
+                future.set_exception(zmq.ZMQError(zmq.ENOTSOCK, "socket closed"))
+        self._waiting_sends.clear()
+        self.sock.close(linger=0)
+
+
+class _Inbox(Generic[_T]):
+    """Messages received but not yet taken, for one consumer task; pauses its pump when full."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[_T] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.pump: _Pump | None = None
+
+    def put(self, item: _T) -> None:
+        self._items.append(item)
+        if len(self._items) >= self._limit and self.pump is not None:
+            self.pump.pause()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> _T:
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if self.pump is not None and len(self._items) < self._limit // 2:
+            self.pump.resume()
+        return item
 
 
 def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
@@ -225,9 +351,10 @@ class RpcServer:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client takes its routing id back
         _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
-        self._sock = sock
-        self._fast = _Fast(sock)
         self._ids = _ids()
+        self._inbox: _Inbox[tuple[bytes, Envelope]] = _Inbox(hwm)
+        self._pump = _Pump(sock, self._on_frames, self._on_error)
+        self._inbox.pump = self._pump
 
     @classmethod
     async def open(
@@ -242,26 +369,27 @@ class RpcServer:
         Garbage is dropped (warning); requests whose deadline already passed
         are dropped (debug): their client has given up.
         """
-        while True:
-            try:
-                frames = await self._fast.recv()
-            except zmq.ZMQError as e:
-                raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
-            if len(frames) != 2:
-                log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
-                continue
-            peer, payload = frames
-            try:
-                env = decode_envelope(payload)
-            except RemoteProtocolError as e:
-                log.warning("%s: dropping garbage from %r: %s", self.endpoint, peer, e)
-                continue
-            if env.deadline_ms is not None and env.deadline_ms < _now_ms():
-                log.debug(
-                    "%s: dropping expired %s id=%d from %r", self.endpoint, env.type, env.id, peer
-                )
-                continue
-            return peer, env
+        return await self._inbox.get()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
+            return
+        peer, payload = frames
+        try:
+            env = decode_envelope(payload)
+        except RemoteProtocolError as e:
+            log.warning("%s: dropping garbage from %r: %s", self.endpoint, peer, e)
+            return
+        if env.deadline_ms is not None and env.deadline_ms < _now_ms():
+            log.debug(
+                "%s: dropping expired %s id=%d from %r", self.endpoint, env.type, env.id, peer
+            )
+            return
+        self._inbox.put((peer, env))
+
+    def _on_error(self, e: zmq.ZMQError) -> None:
+        self._inbox.fail(IpcError(f"receive on {self.endpoint} failed: {e}"))
 
     async def reply(
         self, peer_id: bytes | str, request: Envelope, body: Body | ConcordanceError
@@ -297,8 +425,7 @@ class RpcServer:
     async def _send_now(self, peer: bytes, env: Envelope) -> None:
         payload = encode_envelope(env)
         try:
-            # DONTWAIT: pyzmq answers at once, so no send is ever queued here.
-            self._fast.send_nowait([peer, payload])
+            self._pump.send_nowait([peer, payload])
         except zmq.Again as e:
             raise IpcError(
                 f"{peer!r} is not keeping up (high-water mark) on {self.endpoint}"
@@ -309,7 +436,8 @@ class RpcServer:
             raise IpcError(f"send on {self.endpoint} failed: {e}") from e
 
     async def close(self) -> None:
-        self._sock.close(linger=0)
+        self._pump.close()
+        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
 
     async def __aenter__(self) -> Self:
         return self
@@ -338,7 +466,6 @@ class RpcClient:
         on_message: MessageHandler | None = None,
         hwm: int = RPC_HWM,
     ) -> None:
-        loop = asyncio.get_running_loop()
         sock = _socket(ctx, zmq.DEALER, hwm)
         try:
             sock.setsockopt(zmq.ROUTING_ID, _as_bytes(identity))
@@ -348,13 +475,11 @@ class RpcClient:
             sock.close(linger=0)
             raise IpcError(f"cannot connect to {endpoint}: {e}") from e
         self.endpoint = endpoint
-        self._sock = sock
-        self._fast = _Fast(sock)
         self._ids = _ids()
         self._pending: dict[int, asyncio.Future[Envelope]] = {}
         self._on_message = on_message
         self._closed = False
-        self._task = loop.create_task(self._receive_loop(), name=f"ipc-client {endpoint}")
+        self._pump = _Pump(sock, self._on_frames, self._on_error)
 
     def connected(self, recently: float = 0.0) -> bool:
         """Whether the server is connected now: a live pipe has room (``POLLOUT`` under
@@ -364,10 +489,10 @@ class RpcClient:
         it already: that answer costs nothing, where asking the socket costs a
         loop callback, which adds up on every request.
         """
-        if recently and time.monotonic() - self._fast.sent_at < recently:
+        if recently and time.monotonic() - self._pump.sent_at < recently:
             return True
         try:
-            events = int(self._sock.get(zmq.EVENTS))
+            events = self._pump.events()
         except zmq.ZMQError:
             return True  # unknown: the request's own timeout decides
         return bool(events & zmq.POLLOUT)
@@ -425,45 +550,38 @@ class RpcClient:
 
     async def _send(self, payload: bytes) -> None:
         try:
-            await self._fast.send([payload])
+            await self._pump.send([payload])
         except zmq.ZMQError as e:
             raise IpcError(f"send to {self.endpoint} failed: {e}") from e
 
-    async def _receive_loop(self) -> None:
-        while True:
-            try:
-                frames = await self._fast.recv()
-            except zmq.ZMQError as e:
-                if not self._closed:
-                    log.error("%s: receive failed, client stops: %s", self.endpoint, e)
-                    self._fail_pending(IpcError(f"receive from {self.endpoint} failed: {e}"))
-                return
-            if len(frames) != 1:
-                log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
-                continue
-            try:
-                env = decode_envelope(frames[0])
-            except RemoteProtocolError as e:
-                log.warning("%s: dropping garbage: %s", self.endpoint, e)
-                continue
-            if env.reply_to is not None:
-                future = self._pending.get(env.reply_to)
-                if future is None or future.done():
-                    log.debug(
-                        "%s: dropping late or unmatched %s re=%d",
-                        self.endpoint,
-                        env.type,
-                        env.reply_to,
-                    )
-                else:
-                    future.set_result(env)
-            elif self._on_message is None:
-                log.debug("%s: no handler, dropping %s", self.endpoint, env.type)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            log.warning("%s: dropping a message of %d frames", self.endpoint, len(frames))
+            return
+        try:
+            env = decode_envelope(frames[0])
+        except RemoteProtocolError as e:
+            log.warning("%s: dropping garbage: %s", self.endpoint, e)
+            return
+        if env.reply_to is not None:
+            future = self._pending.get(env.reply_to)
+            if future is None or future.done():
+                log.debug(
+                    "%s: dropping late or unmatched %s re=%d", self.endpoint, env.type, env.reply_to
+                )
             else:
-                try:
-                    self._on_message(env)
-                except Exception:
-                    log.exception("%s: message handler failed on %s", self.endpoint, env.type)
+                future.set_result(env)
+        elif self._on_message is None:
+            log.debug("%s: no handler, dropping %s", self.endpoint, env.type)
+        else:
+            try:
+                self._on_message(env)
+            except Exception:
+                log.exception("%s: message handler failed on %s", self.endpoint, env.type)
+
+    def _on_error(self, e: zmq.ZMQError) -> None:
+        log.error("%s: receive failed, client stops: %s", self.endpoint, e)
+        self._fail_pending(IpcError(f"receive from {self.endpoint} failed: {e}"))
 
     def _fail_pending(self, error: IpcError) -> None:
         for future in self._pending.values():
@@ -475,10 +593,7 @@ class RpcClient:
         if self._closed:
             return
         self._closed = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._sock.close(linger=0)
+        self._pump.close()
         self._fail_pending(IpcError(f"client of {self.endpoint} closed"))
 
     async def __aenter__(self) -> Self:
@@ -562,32 +677,35 @@ class Subscriber:
             sock.close(linger=0)
             raise IpcError(f"cannot subscribe to {endpoint}: {e}") from e
         self.endpoint = endpoint
-        self._sock = sock
-        self._fast = _Fast(sock)
+        self._inbox: _Inbox[Envelope] = _Inbox(hwm)
+        self._pump = _Pump(sock, self._on_frames, self._on_error)
+        self._inbox.pump = self._pump
 
     async def recv(self) -> Envelope:
         """The next valid event; garbage and mis-topicked messages are dropped (warning)."""
-        while True:
-            try:
-                frames = await self._fast.recv()
-            except zmq.ZMQError as e:
-                raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
-            if len(frames) != 2:
-                log.warning("%s: dropping an event of %d frames", self.endpoint, len(frames))
-                continue
-            topic, payload = frames
-            try:
-                env = decode_envelope(payload)
-            except RemoteProtocolError as e:
-                log.warning("%s: dropping garbage: %s", self.endpoint, e)
-                continue
-            if TOPICS.get(env.type) != topic:
-                log.warning("%s: dropping %s sent on topic %r", self.endpoint, env.type, topic)
-                continue
-            return env
+        return await self._inbox.get()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("%s: dropping an event of %d frames", self.endpoint, len(frames))
+            return
+        topic, payload = frames
+        try:
+            env = decode_envelope(payload)
+        except RemoteProtocolError as e:
+            log.warning("%s: dropping garbage: %s", self.endpoint, e)
+            return
+        if TOPICS.get(env.type) != topic:
+            log.warning("%s: dropping %s sent on topic %r", self.endpoint, env.type, topic)
+            return
+        self._inbox.put(env)
+
+    def _on_error(self, e: zmq.ZMQError) -> None:
+        self._inbox.fail(IpcError(f"receive on {self.endpoint} failed: {e}"))
 
     async def close(self) -> None:
-        self._sock.close(linger=0)
+        self._pump.close()
+        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
 
     async def __aenter__(self) -> Self:
         return self
