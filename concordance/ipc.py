@@ -189,7 +189,7 @@ class _Pump:
         received = 0
         try:
             while True:
-                events = sync.getsockopt(zmq.EVENTS)
+                events = int(sync.getsockopt(zmq.EVENTS))
                 if self._waiting_sends and events & zmq.POLLOUT:
                     self._flush_waiting()
                     continue
