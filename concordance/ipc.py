@@ -67,6 +67,14 @@ BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in 
 SEND_TIMEOUT = 1.0  # default bound on a client one-way send
 FAST_BURST = 64  # messages received without yielding to the loop (see _Fast)
 
+# Plain ints: pyzmq's enum constants cost a Python-level enum operation per use, on
+# every message of the hot path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+_DONTWAIT = int(zmq.DONTWAIT)
+
 _NAME = re.compile(r"[a-z0-9_]{1,32}")
 _T = TypeVar("_T")
 MessageHandler = Callable[[Envelope], None]
@@ -177,7 +185,7 @@ class _Pump:
 
     def events(self) -> int:
         """``EVENTS`` now (the query may take an edge: a check is scheduled)."""
-        events = int(self.sync.getsockopt(zmq.EVENTS))
+        events: int = self.sync.getsockopt(_EVENTS)  # type: ignore[assignment]
         self._schedule_check()
         return events
 
@@ -189,16 +197,16 @@ class _Pump:
         received = 0
         try:
             while True:
-                events = int(sync.getsockopt(zmq.EVENTS))
-                if self._waiting_sends and events & zmq.POLLOUT:
+                events: int = sync.getsockopt(_EVENTS)  # type: ignore[assignment]
+                if self._waiting_sends and events & _POLLOUT:
                     self._flush_waiting()
                     continue
-                if not events & zmq.POLLIN or self._paused or self._on_frames is None:
+                if not events & _POLLIN or self._paused or self._on_frames is None:
                     return
                 if received >= FAST_BURST:
                     self._schedule_check()  # let the loop run; go on next turn
                     return
-                frames = sync.recv_multipart(zmq.NOBLOCK)
+                frames = sync.recv_multipart(_NOBLOCK)
                 received += 1
                 self._on_frames(frames)
                 if self._closed:
@@ -222,7 +230,7 @@ class _Pump:
                 self._waiting_sends.popleft()
                 continue
             try:
-                self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
+                self.sync.send_multipart(frames, flags=_DONTWAIT)
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
@@ -246,9 +254,15 @@ class _Pump:
         self._schedule_check()
         await future
 
+    def try_send(self, frames: list[bytes]) -> None:
+        """Send now, behind no waiting send, or raise ``zmq.Again``."""
+        if self._waiting_sends:
+            raise zmq.Again()
+        self.send_nowait(frames)
+
     def send_nowait(self, frames: list[bytes]) -> None:
         """Send now or raise ``zmq.Again``."""
-        self.sync.send_multipart(frames, flags=zmq.DONTWAIT)
+        self.sync.send_multipart(frames, flags=_DONTWAIT)
         self.sent_at = time.monotonic()
         self._schedule_check()  # this send may have taken an edge a receive waits for
 
@@ -353,6 +367,8 @@ class RpcServer:
         self.endpoint = endpoint
         self._ids = _ids()
         self._inbox: _Inbox[tuple[bytes, Envelope]] = _Inbox(hwm)
+        self._handler: Callable[[bytes, Envelope], None] | None = None
+        self._failed: Callable[[IpcError], None] | None = None
         self._pump = _Pump(sock, self._on_frames, self._on_error)
         self._inbox.pump = self._pump
 
@@ -386,10 +402,39 @@ class RpcServer:
                 "%s: dropping expired %s id=%d from %r", self.endpoint, env.type, env.id, peer
             )
             return
-        self._inbox.put((peer, env))
+        if self._handler is not None:
+            self._handler(peer, env)
+        else:
+            self._inbox.put((peer, env))
 
     def _on_error(self, e: zmq.ZMQError) -> None:
-        self._inbox.fail(IpcError(f"receive on {self.endpoint} failed: {e}"))
+        error = IpcError(f"receive on {self.endpoint} failed: {e}")
+        self._inbox.fail(error)
+        if self._failed is not None:
+            self._failed(error)
+
+    def deliver_to(
+        self,
+        handler: Callable[[bytes, Envelope], None],
+        failed: Callable[[IpcError], None] | None = None,
+    ) -> None:
+        """Hand each valid message to ``handler`` as it arrives, on the loop, instead of
+        queueing it for :meth:`recv`: no task switch per message. ``handler`` must not
+        block; it may :meth:`pause` the socket while it is full, and :meth:`resume` it."""
+        self._handler = handler
+        self._failed = failed
+
+    def sent_within(self, seconds: float) -> bool:
+        """Whether a message was handed to ZeroMQ in the last ``seconds`` (it may still be
+        queued for the I/O thread, which a ``linger=0`` close would discard)."""
+        return time.monotonic() - self._pump.sent_at < seconds
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume`; ZeroMQ's high-water mark pushes back on senders."""
+        self._pump.pause()
+
+    def resume(self) -> None:
+        self._pump.resume()
 
     async def reply(
         self, peer_id: bytes | str, request: Envelope, body: Body | ConcordanceError
@@ -495,7 +540,7 @@ class RpcClient:
             events = self._pump.events()
         except zmq.ZMQError:
             return True  # unknown: the request's own timeout decides
-        return bool(events & zmq.POLLOUT)
+        return bool(events & _POLLOUT)
 
     async def request(self, type: str, body: Body, timeout: float) -> Body:
         """Send a request and return the reply body.
@@ -543,10 +588,29 @@ class RpcClient:
             raise IpcError(f"client of {self.endpoint} is closed")
         payload = encode_envelope(Envelope(type, next(self._ids), body))
         try:
+            self._pump.try_send([payload])  # almost always: no timer needed
+            return
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as e:
+            raise IpcError(f"send to {self.endpoint} failed: {e}") from e
+        try:
             async with asyncio.timeout(timeout):
                 await self._send(payload)
         except TimeoutError as e:
             raise IpcError(f"could not hand {type} to {self.endpoint} in {timeout:g}s") from e
+
+    def send_nowait(self, type: str, body: Body) -> None:
+        """Send a one-way message now, or raise ``IpcError`` (no room, or another send
+        is still waiting: order is kept)."""
+        if type not in ONE_WAY:
+            raise ValueError(f"{type!r} is not a one-way message type")
+        if self._closed:
+            raise IpcError(f"client of {self.endpoint} is closed")
+        try:
+            self._pump.try_send([encode_envelope(Envelope(type, next(self._ids), body))])
+        except zmq.ZMQError as e:
+            raise IpcError(f"could not hand {type} to {self.endpoint} now: {e}") from e
 
     async def _send(self, payload: bytes) -> None:
         try:
@@ -641,7 +705,7 @@ class Publisher:
             raise ValueError(f"{type!r} is not an event type")
         payload = encode_envelope(Envelope(type, next(self._ids), body))
         try:
-            self._sync.send_multipart([topic, payload], flags=zmq.DONTWAIT)
+            self._sync.send_multipart([topic, payload], flags=_DONTWAIT)
         except zmq.ZMQError as e:
             raise IpcError(f"publish on {self.endpoint} failed: {e}") from e
 

@@ -32,6 +32,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import zmq.asyncio
 
@@ -65,6 +66,7 @@ FRONT = b"front"
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
+NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
 FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
 
 
@@ -98,10 +100,10 @@ class ConsensusDriver:
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
+        self._deferred: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
         self._ticks = 0
+        self._commit_noted_at = -NOTE_COMMIT_EVERY
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
         self._stopping = False
         self._fatal: BaseException | None = None
         self._addresses: dict[str, str] = dict(cfg.peers)
@@ -163,14 +165,13 @@ class ConsensusDriver:
 
         Raises whatever made the driver fail (a persist error, a dead socket).
         """
-        receiver = asyncio.create_task(self._receive(), name="consensus-recv")
+        self.server.deliver_to(self._received, self._fail)
         ticker = asyncio.create_task(self._tick_forever(), name="consensus-tick")
         try:
             await self._loop()
         finally:
-            for task in (receiver, ticker):
-                task.cancel()
-            await asyncio.gather(receiver, ticker, return_exceptions=True)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
             await self._refuse_pending()
             await self.close()
         if self._fatal is not None:
@@ -185,7 +186,8 @@ class ConsensusDriver:
         refused = [(w.peer, w.request) for w in parked] + queued
         for peer, env in refused:
             await self.server.reply(peer, env, stopping)
-        if refused:
+        await self._send_deferred()  # proposals appended before the stop keep their answer
+        if refused or self.server.sent_within(FLUSH_BEFORE_CLOSE):
             # Sockets close with linger=0 (PROTOCOL.md §5), which would discard these
             # answers still queued for the I/O thread: give it a moment. Best effort;
             # an asker that misses it times out, as it would anyway.
@@ -200,32 +202,37 @@ class ConsensusDriver:
         while not self._stopping:
             busy = self._inbox or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
-                self._note_commit()
+                self._note_commit(time.monotonic())
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._feed()
             if self.core.has_ready():
-                await self._handle_ready(self.core.ready())
+                await self._handle_ready(self.core.ready(), self._send_deferred)
+            await self._send_deferred()
             await self.stream.pump()
             await self.snapshots.maybe_ask(self.stream.acked)
 
-    def _note_commit(self) -> None:
+    def _note_commit(self, now: float | None = None) -> None:
+        """Write the commit index unsynced (``disk.note_commit``), at most every
+        ``NOTE_COMMIT_EVERY`` seconds while running: it only spares a clean restart
+        re-learning it, and one SQLite write per idle moment (per write, at one
+        client) costs every node CPU. ``disk.close`` writes the last one."""
+        if now is not None:
+            if now - self._commit_noted_at < NOTE_COMMIT_EVERY:
+                return
+            self._commit_noted_at = now
         try:
             self.disk.note_commit()
         except Exception as e:
             self._fail(e)
 
-    async def _receive(self) -> None:
-        try:
-            while True:
-                if len(self._inbox) >= MAX_INBOX:
-                    self._room.clear()
-                    await self._room.wait()
-                self._inbox.append(await self.server.recv())
-                self._wake.set()
-        except IpcError as e:
-            self._fail(e)
+    def _received(self, peer: bytes, env: wire.Envelope) -> None:
+        """Called by the socket as each message arrives (no task switch per message)."""
+        self._inbox.append((peer, env))
+        if len(self._inbox) >= MAX_INBOX:
+            self.server.pause()
+        self._wake.set()
 
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -255,14 +262,16 @@ class ConsensusDriver:
         while self._inbox:
             peer, env = self._inbox.popleft()
             await self._dispatch(peer, env)
-        self._room.set()
+        self.server.resume()
 
     async def _dispatch(self, peer: bytes, env: wire.Envelope) -> None:
         body = env.body
         if isinstance(body, wire.RaftIn):
             self._step_frames(body.frames)
         elif isinstance(body, wire.Propose):
-            await self._answer(peer, env, self._propose(body))
+            # Answered after this turn's Ready: its appends leave first (they are on
+            # the write's path; the answer only tells the front it was taken).
+            self._deferred.append((peer, env, self._propose(body)))
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
         elif isinstance(body, wire.Status):
@@ -298,6 +307,11 @@ class ConsensusDriver:
         self, peer: bytes, env: wire.Envelope, result: wire.Body | ConcordanceError
     ) -> None:
         await self.server.reply(peer, env, result)
+
+    async def _send_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for peer, env, result in deferred:
+            await self.server.reply(peer, env, result)
 
     def _maybe_promote(self) -> None:
         """On the leader: propose ``add_voter`` for a learner that has caught up (promotion.py)."""
@@ -379,12 +393,27 @@ class ConsensusDriver:
             await self.server.reply(peer, env, e)
 
     # ------------------------------------------------------------------ Ready
-    async def _handle_ready(self, rd: Ready) -> None:
-        """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py)."""
+    async def _handle_ready(
+        self, rd: Ready, after_first: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py).
+
+        ``after_first`` runs once the leader's early messages are out (answers to
+        proposals: the appends are on the write's path, the answers are not)."""
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
+        applied_first = bool(rd.committed) and not rd.entries and rd.snapshot is None
+        if applied_first:
+            # Nothing of the log is written by this Ready, so its committed entries
+            # are already durable here: storage gets them before the messages go
+            # out, so the leader's apply (the write's answer) does not wait behind
+            # the followers' work on the commit broadcast for the two cores.
+            self.stream.committed_entries(rd.committed)
+            await self.stream.pump()
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
+        if after_first is not None:
+            await after_first()
         started = time.perf_counter()
         try:
             await self.disk.persist(rd)
@@ -397,7 +426,8 @@ class ConsensusDriver:
         if rd.snapshot is not None:
             self.stream.installed(rd.snapshot)
             self._remember_addresses(rd.snapshot.membership)
-        self.stream.committed_entries(rd.committed)
+        if not applied_first:
+            self.stream.committed_entries(rd.committed)
         for rs in rd.read_states:
             waiter = self.reads.pop(rs.ctx)
             if waiter is None:

@@ -118,6 +118,7 @@ class IpcConsensus:
         self._frames: list[bytes] = []  # peer frames waiting for the next raft_in
         self._frames_bytes = 0
         self._flushing: asyncio.Task[None] | None = None
+        self._flush_due = False
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -180,10 +181,27 @@ class IpcConsensus:
             return
         self._frames.extend(frames)
         self._frames_bytes += sum(len(f) for f in frames)
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush_raft_in())
+        if self._flushing is None and not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
         if self._frames_bytes > RAFT_IN_BATCH_BYTES:
-            await asyncio.shield(self._flushing)
+            if self._flushing is None:
+                self._flush_now()
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
+
+    def _flush_now(self) -> None:
+        """At the end of the loop turn: hand the frames over at once if there is room
+        (no task, no timer); else a task waits for room (``_flush_raft_in``)."""
+        self._flush_due = False
+        if not self._frames or self._flushing is not None:
+            return
+        try:
+            self._rpc.send_nowait("raft_in", wire.RaftIn(tuple(self._frames)))
+        except IpcError:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_raft_in())
+        else:
+            self._frames, self._frames_bytes = [], 0
 
     async def _flush_raft_in(self) -> None:
         try:
