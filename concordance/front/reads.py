@@ -1,13 +1,17 @@
-"""Consistent reads that begin together share one ReadIndex request.
+"""Consistent reads share ReadIndex requests: at most one in flight, the next one shared by
+every read that began meanwhile.
 
 A consistent read needs an index that the leader confirmed after the read
 began (ReadIndex, thesis §6.4); storage then answers once it has applied that
-index. Every read that begins in the same turn of the event loop can use the
-same request, since it is sent after all of them began. A read that begins
-while a request is already on its way must not join it (the leader may have
-fixed that index before a write the reader already saw was acknowledged), so
-each turn starts a new batch; under load one IPC round trip and one
-heartbeat round serve many reads.
+index. A read that begins while a request is already on its way must not
+join it (the leader may have fixed that index before a write the reader
+already saw was acknowledged): it waits for the next request. That next
+request is sent when the one in flight is answered, so it serves every read
+that began in between: under load one IPC round trip and one heartbeat round
+serve a whole round trip's worth of reads, whatever the number of readers
+(etcd's linearizable read loop works the same way). Should the request in
+flight take longer than ``STALL`` (a lost leader, a slow round), the next one
+is sent anyway, so a read never waits for two whole timeouts.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Protocol
 
-__all__ = ["ReadIndexBatcher"]
+__all__ = ["STALL", "ReadIndexBatcher"]
+
+STALL = 0.1  # seconds a request in flight holds back the next one at most
 
 
 class _ReadIndexSource(Protocol):
@@ -24,11 +30,13 @@ class _ReadIndexSource(Protocol):
 
 
 class ReadIndexBatcher:
-    """Hands out read indexes, one ``read_index`` request per loop turn that needs any."""
+    """Hands out read indexes: one ``read_index`` request in flight, the next one shared."""
 
-    def __init__(self, consensus: _ReadIndexSource) -> None:
+    def __init__(self, consensus: _ReadIndexSource, stall: float = STALL) -> None:
         self._consensus = consensus
-        self._waiting: asyncio.Future[int] | None = None
+        self._stall = stall
+        self._waiting: asyncio.Future[int] | None = None  # the next request's readers
+        self._timeout = 0.0  # the next request's timeout: the longest its readers asked for
         self._asking: set[asyncio.Task[None]] = set()
         self.requests = 0
 
@@ -41,14 +49,27 @@ class ReadIndexBatcher:
         if waiting is None:
             loop = asyncio.get_running_loop()
             waiting = self._waiting = loop.create_future()
-            loop.call_soon(self._send, waiting, timeout)
+            self._timeout = timeout
+            if self._asking:  # sent when the one in flight is answered, or stalls
+                loop.call_later(self._stall, self._send, waiting)
+            else:  # at the end of this loop turn: the reads of this turn share it
+                loop.call_soon(self._send, waiting)
+        else:
+            self._timeout = max(self._timeout, timeout)
         return await asyncio.shield(waiting)
 
-    def _send(self, waiting: asyncio.Future[int], timeout: float) -> None:
-        self._waiting = None  # later reads wait for a request sent after they began
-        task = asyncio.get_running_loop().create_task(self._ask(waiting, timeout))
+    def _send(self, waiting: asyncio.Future[int]) -> None:
+        if self._waiting is not waiting:
+            return  # already sent (the request before it was answered first)
+        self._waiting = None
+        task = asyncio.get_running_loop().create_task(self._ask(waiting, self._timeout))
         self._asking.add(task)
-        task.add_done_callback(self._asking.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._asking.discard(task)
+        if self._waiting is not None and not self._asking:
+            self._send(self._waiting)
 
     async def _ask(self, waiting: asyncio.Future[int], timeout: float) -> None:
         self.requests += 1

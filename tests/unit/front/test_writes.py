@@ -159,3 +159,66 @@ def test_consistent_reads_of_one_loop_turn_share_one_read_index_request() -> Non
         assert await early == 20 and await late == 30 and consensus.calls == 3
 
     asyncio.run(main())
+
+
+def test_reads_that_begin_during_a_request_share_the_next_one_sent_after_it() -> None:
+    from concordance.front.reads import ReadIndexBatcher
+
+    class Gated:
+        """Answers each request when the test says so, with an index it chose then."""
+
+        def __init__(self) -> None:
+            self.asked: list[asyncio.Future[int]] = []
+
+        async def read_index(self, timeout: float) -> int:
+            answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self.asked.append(answer)
+            return await answer
+
+    async def main() -> None:
+        consensus = Gated()
+        reads = ReadIndexBatcher(consensus, stall=60.0)
+        first = asyncio.ensure_future(reads.next(1.0))
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 1
+        # Three reads begin while the first request is in flight, over several turns.
+        later = [asyncio.ensure_future(reads.next(1.0))]
+        await asyncio.sleep(0.01)
+        later += [asyncio.ensure_future(reads.next(1.0)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 1  # none of them joined it, none was sent yet
+        consensus.asked[0].set_result(5)
+        assert await first == 5
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 2  # one request for all three, sent after the first
+        consensus.asked[1].set_result(9)
+        assert await asyncio.gather(*later) == [9, 9, 9]
+
+    asyncio.run(main())
+
+
+def test_a_stalled_read_index_request_does_not_hold_back_the_next_one() -> None:
+    from concordance.front.reads import ReadIndexBatcher
+
+    class Answering:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.stuck: asyncio.Future[int] | None = None
+
+        async def read_index(self, timeout: float) -> int:
+            self.calls += 1
+            if self.calls == 1:  # the first request never comes back
+                self.stuck = asyncio.get_running_loop().create_future()
+                return await self.stuck
+            return 7
+
+    async def main() -> None:
+        consensus = Answering()
+        reads = ReadIndexBatcher(consensus, stall=0.05)
+        stuck = asyncio.ensure_future(reads.next(1.0))
+        await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(reads.next(1.0), 1.0) == 7
+        assert consensus.calls == 2 and not stuck.done()
+        stuck.cancel()
+
+    asyncio.run(main())
