@@ -1,4 +1,4 @@
-"""A small reader and runner for scenario files: commands, each followed by the output it must produce.
+"""A small reader and runner for scenario files: commands, each followed by its output.
 
 File format (one scenario per file)::
 
