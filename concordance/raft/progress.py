@@ -94,8 +94,9 @@ class Progress:
 
     def acknowledge(self, index: int) -> bool:
         """A successful AppendEntries response for ``index``; True if ``match``
-        moved forward. A follower that answers is streamed to (REPLICATE), even
-        when the answer is a duplicate, once it matches where it says."""
+        moved forward. A probed follower whose answer confirms where its log
+        matches moves to REPLICATE even if ``match`` did not move; a follower
+        past its snapshot leaves SNAPSHOT the same way."""
         old_state = self.state
         if self.update_match(index):
             if self.state is ProgressState.PROBE:
