@@ -82,7 +82,10 @@ latest snapshot metadata); ``applied`` defaults to the snapshot index, so
 committed entries after it are handed out again. Node ids are never reused.
 
 Theory of operation and the rules each module keeps are at the top of
-``core.py``, ``log.py`` and ``progress.py``.
+``core.py``, ``log.py``, ``progress.py`` and the collaborators ``core.py``
+names. Tests: ``tests/raft/test_paper.py`` (one per claim of the paper) and
+``tests/raft/testdata/*.txt`` (scenarios with the Readys they produce, run by
+``tests/raft/test_datadriven.py``; ``REWRITE=1`` regenerates them).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Tunables of the Raft core, in ticks and bytes."""
+"""Tunables of the Raft core, in ticks and bytes, and the randomness it is given."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +40,10 @@ class RaftConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         return self
+
+
+class Rng(Protocol):
+    """The slice of ``random.Random`` the core uses (election timeouts): a
+    seeded instance replays a whole cluster exactly."""
+
+    def randrange(self, start: int, stop: int) -> int: ...

@@ -127,6 +127,15 @@ class RaftLog:
                 hi = mid - 1
         return lo
 
+    def conflict_hint(self, prev_index: int) -> tuple[int, int]:
+        """Where a leader whose AppendEntries at ``prev_index`` we reject should
+        retry, and our term there (0 if our log is too short): the first index
+        of that term, so the leader skips the whole conflicting term at once."""
+        if prev_index > self.last_index():
+            return self.last_index() + 1, 0
+        hint_term = self.term_or_zero(prev_index)
+        return self.last_index_of_term_at_most(hint_term - 1, prev_index) + 1, hint_term
+
     # -- writing ------------------------------------------------------------
     def append(self, entries: Sequence[Entry]) -> None:
         """Append ``entries``; the first one's index may rewrite a suffix."""

@@ -92,6 +92,23 @@ class Progress:
         self.next = max(self.next, index + 1)
         return True
 
+    def acknowledge(self, index: int) -> bool:
+        """A successful AppendEntries response for ``index``; True if ``match``
+        moved forward. A probed follower whose answer confirms where its log
+        matches moves to REPLICATE even if ``match`` did not move; a follower
+        past its snapshot leaves SNAPSHOT the same way."""
+        old_state = self.state
+        if self.update_match(index):
+            if self.state is ProgressState.PROBE:
+                self.become_replicate()
+            elif self.state is ProgressState.SNAPSHOT and self.match >= self.snapshot_index:
+                self.become_probe()
+                self.become_replicate()
+            return True
+        if old_state is ProgressState.PROBE and self.match == index:
+            self.become_replicate()
+        return False
+
     def back_off(self, rejected: int, hint_next: int) -> bool:
         """Handle a rejection of the AppendEntries whose prev index was ``rejected``.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from concordance.raft.entries import Entry, HardState, SnapshotMeta
 from concordance.raft.messages import AppendEntries, Heartbeat, Message
@@ -102,3 +102,16 @@ class Ready:
 
 
 _EARLY = (AppendEntries, Heartbeat)
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What the core produced since the last Ready, in production order."""
+
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    chunks: list[SnapshotChunk] = field(default_factory=list)
+    dropped: list[bytes] = field(default_factory=list)  # forwarded proposals refused
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.read_states or self.chunks or self.dropped)
