@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import zmq.asyncio
@@ -323,7 +324,10 @@ def test_a_failed_persist_stops_the_driver_with_the_error() -> None:
             await wait_leader(front)
             disk = node.driver.disk
             disk.call_blocking(disk.store.close)  # the next write fails like a dead disk
-            await front.propose(b"doomed")
+            # The proposal's own persist or the driver's unsynced commit-index write,
+            # whichever comes first, meets the dead store: the answer may be lost.
+            with contextlib.suppress(errors.IpcTimeout):
+                await front.propose(b"doomed")
             with pytest.raises(StoreFailed):
                 await asyncio.wait_for(node.task, 5)
             await front.close()
