@@ -1,0 +1,111 @@
+"""Timestamped hop traces of a running node, for ``python -m bench.trace``.
+
+Python imports this module at start-up when its folder is on ``PYTHONPATH``;
+it does something only in a role process (supervisord sets
+``SUPERVISOR_PROCESS_NAME``) and only when ``CC_TRACE_DIR`` names a folder.
+It then wraps the few functions every hop of a write crosses (IPC envelope
+encode and decode, TCP data in and out, WebSocket frames out, the Raft
+persist) to write ``monotonic_ns role event`` lines to
+``{CC_TRACE_DIR}/{pid}.tr``. ``CLOCK_MONOTONIC`` is one clock for the whole
+machine, so the lines of the nine processes merge into one timeline. Nothing
+of Concordance itself changes: a traced node runs the same code, a little
+slower (a few microseconds a mark).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _install(folder: str, role: str) -> None:
+    node = (
+        sys.argv[sys.argv.index("--data") + 1].rsplit("/", 1)[-1] if "--data" in sys.argv else "?"
+    )
+    name = f"{node}-{role[:3]}"
+    out = open(f"{folder}/{os.getpid()}.tr", "w", buffering=1 << 16)  # noqa: SIM115 - process-long
+
+    def mark(event: str) -> None:
+        out.write(f"{time.monotonic_ns()} {name} {event}\n")
+
+    def flush_forever() -> None:
+        while True:
+            time.sleep(0.2)
+            out.flush()
+
+    threading.Thread(target=flush_forever, daemon=True).start()
+
+    import aiohttp._websocket.writer as ws_writer
+    import aiohttp.client_proto as client_proto
+    import aiohttp.http_writer as http_writer
+    import aiohttp.web_protocol as web_protocol
+
+    import concordance.wire as wire
+
+    decode, encode = wire.decode_envelope, wire.encode_envelope
+
+    def traced_decode(data: bytes) -> Any:
+        env = decode(data)
+        mark(f"recv {env.type}")
+        return env
+
+    def traced_encode(env: Any) -> bytes:
+        mark(f"send {env.type}")
+        return encode(env)
+
+    wire.decode_envelope, wire.encode_envelope = traced_decode, traced_encode  # type: ignore[assignment]
+
+    server_in = web_protocol.RequestHandler.data_received
+
+    def traced_server_in(self: Any, data: bytes) -> None:
+        mark(f"tcp_in {len(data)} {bytes(data[:4])!r}")
+        server_in(self, data)
+
+    web_protocol.RequestHandler.data_received = traced_server_in  # type: ignore[method-assign]
+
+    client_in = client_proto.ResponseHandler.data_received
+
+    def traced_client_in(self: Any, data: bytes) -> None:
+        mark(f"tcp_in_client {len(data)}")
+        client_in(self, data)
+
+    client_proto.ResponseHandler.data_received = traced_client_in  # type: ignore[method-assign]
+
+    http_out = http_writer.StreamWriter._writelines
+
+    def traced_http_out(self: Any, chunks: Any) -> None:
+        mark("http_out")
+        http_out(self, chunks)
+
+    http_writer.StreamWriter._writelines = traced_http_out  # type: ignore[method-assign]
+
+    frame_out = ws_writer.WebSocketWriter.send_frame
+
+    async def traced_frame_out(
+        self: Any, message: bytes, opcode: int, compress: Any = None
+    ) -> None:
+        mark(f"ws_out {len(message)}")
+        await frame_out(self, message, opcode, compress)
+
+    ws_writer.WebSocketWriter.send_frame = traced_frame_out  # type: ignore[method-assign]
+
+    if role == "consensus":
+        import concordance.consensus.disk as disk
+
+        persist = disk.RaftDisk.persist
+
+        async def traced_persist(self: Any, rd: Any) -> None:
+            mark("persist_begin")
+            await persist(self, rd)
+            mark("persist_end")
+
+        disk.RaftDisk.persist = traced_persist  # type: ignore[method-assign]
+
+
+_folder = os.environ.get("CC_TRACE_DIR")
+_role = os.environ.get("SUPERVISOR_PROCESS_NAME")
+if _folder and _role:
+    _install(_folder, _role)
