@@ -74,6 +74,31 @@ _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
 _DONTWAIT = int(zmq.DONTWAIT)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+# pyzmq's Cython calls, without the pure-Python send_multipart/recv_multipart layer
+# (a few microseconds of flag enums and type checks per message; ours are bytes).
+_send_part = zmq.backend.Socket.send
+_recv_part = zmq.backend.Socket.recv
+_get_option = zmq.backend.Socket.get
+
+
+def _send_frames(sock: zmq.Socket[bytes], frames: list[bytes], flags: int) -> None:
+    """``send_multipart(frames, flags)`` for a list of bytes (all or nothing: ZeroMQ checks
+    room and routing on the first part)."""
+    last = len(frames) - 1
+    for i in range(last):
+        _send_part(sock, frames[i], _SNDMORE | flags)
+    _send_part(sock, frames[last], flags)
+
+
+def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """``recv_multipart(NOBLOCK)``: every part of the next message, as bytes."""
+    frames: list[bytes] = [_recv_part(sock, _NOBLOCK)]
+    while _get_option(sock, _RCVMORE):
+        frames.append(_recv_part(sock, _NOBLOCK))
+    return frames
+
 
 _NAME = re.compile(r"[a-z0-9_]{1,32}")
 _T = TypeVar("_T")
@@ -185,7 +210,7 @@ class _Pump:
 
     def events(self) -> int:
         """``EVENTS`` now (the query may take an edge: a check is scheduled)."""
-        events: int = self.sync.getsockopt(_EVENTS)  # type: ignore[assignment]
+        events: int = _get_option(self.sync, _EVENTS)
         self._schedule_check()
         return events
 
@@ -197,7 +222,7 @@ class _Pump:
         received = 0
         try:
             while True:
-                events: int = sync.getsockopt(_EVENTS)  # type: ignore[assignment]
+                events: int = _get_option(sync, _EVENTS)
                 if self._waiting_sends and events & _POLLOUT:
                     self._flush_waiting()
                     continue
@@ -206,7 +231,7 @@ class _Pump:
                 if received >= FAST_BURST:
                     self._schedule_check()  # let the loop run; go on next turn
                     return
-                frames = sync.recv_multipart(_NOBLOCK)
+                frames = _recv_frames(sync)
                 received += 1
                 self._on_frames(frames)
                 if self._closed:
@@ -230,7 +255,7 @@ class _Pump:
                 self._waiting_sends.popleft()
                 continue
             try:
-                self.sync.send_multipart(frames, flags=_DONTWAIT)
+                _send_frames(self.sync, frames, _DONTWAIT)
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
@@ -262,7 +287,7 @@ class _Pump:
 
     def send_nowait(self, frames: list[bytes]) -> None:
         """Send now or raise ``zmq.Again``."""
-        self.sync.send_multipart(frames, flags=_DONTWAIT)
+        _send_frames(self.sync, frames, _DONTWAIT)
         self.sent_at = time.monotonic()
         self._schedule_check()  # this send may have taken an edge a receive waits for
 
@@ -705,7 +730,7 @@ class Publisher:
             raise ValueError(f"{type!r} is not an event type")
         payload = encode_envelope(Envelope(type, next(self._ids), body))
         try:
-            self._sync.send_multipart([topic, payload], flags=_DONTWAIT)
+            _send_frames(self._sync, [topic, payload], _DONTWAIT)
         except zmq.ZMQError as e:
             raise IpcError(f"publish on {self.endpoint} failed: {e}") from e
 
