@@ -210,7 +210,7 @@ class _Pump:
 
     def events(self) -> int:
         """``EVENTS`` now (the query may take an edge: a check is scheduled)."""
-        events: int = _get_option(self.sync, _EVENTS)
+        events: int = _get_option(self.sync, _EVENTS)  # type: ignore[assignment]
         self._schedule_check()
         return events
 
@@ -222,7 +222,7 @@ class _Pump:
         received = 0
         try:
             while True:
-                events: int = _get_option(sync, _EVENTS)
+                events: int = _get_option(sync, _EVENTS)  # type: ignore[assignment]
                 if self._waiting_sends and events & _POLLOUT:
                     self._flush_waiting()
                     continue
