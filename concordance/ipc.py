@@ -343,6 +343,15 @@ class _Inbox(Generic[_T]):
         return item
 
 
+def _late(type: str, endpoint: str, timeout: float) -> IpcTimeout:
+    return IpcTimeout(f"no reply to {type} from {endpoint} in {timeout:g}s")
+
+
+def _expire(future: asyncio.Future[Envelope], type: str, endpoint: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(_late(type, endpoint, timeout))
+
+
 def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
     """Bind, admitting only processes of ``allow_uid`` (default: ours); close on failure."""
     try:
@@ -585,14 +594,27 @@ class RpcClient:
         rid = next(self._ids)
         env = Envelope(type, rid, body, deadline_ms=_now_ms() + int(timeout * 1000))
         payload = encode_envelope(env)
-        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
         self._pending[rid] = future
         try:
-            async with asyncio.timeout(timeout):
-                await self._send(payload)
-                reply = await future
-        except TimeoutError as e:
-            raise IpcTimeout(f"no reply to {type} from {self.endpoint} in {timeout:g}s") from e
+            try:
+                self._pump.try_send([payload])
+            except zmq.Again:  # no room or no connection yet: wait for both, bounded
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._send(payload)
+                        reply = await future
+                except TimeoutError as e:
+                    raise _late(type, self.endpoint, timeout) from e
+            except zmq.ZMQError as e:
+                raise IpcError(f"send to {self.endpoint} failed: {e}") from e
+            else:  # handed over (almost always): a plain timer is all the bound needs
+                timer = loop.call_later(timeout, _expire, future, type, self.endpoint, timeout)
+                try:
+                    reply = await future
+                finally:
+                    timer.cancel()
         finally:
             self._pending.pop(rid, None)
         if isinstance(reply.body, ErrorReply):
