@@ -146,7 +146,9 @@ class ConcordanceSystem(System):
         peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
         env = {**os.environ, "CONCORDANCE_API_KEY": KEY, "CONCORDANCE_CLUSTER_KEY": CLUSTER_KEY}
         if source is not None:
-            env["PYTHONPATH"] = str(source.resolve())
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(source.resolve()), env.get("PYTHONPATH", "")) if p
+            )
         for node_id, port in ports.items():
             args = [sys.executable, "-m", "concordance.cli", "node", "--id", node_id,
                     "--listen", f"127.0.0.1:{port}", "--data", str(self.root / node_id),

@@ -8,7 +8,9 @@ another's), and prints the merged timeline of the last ``--show`` writes in
 milliseconds from the HTTP request reaching the leader. docs/PERFORMANCE.md
 reads such a timeline.
 
-    python -m bench.trace [--writes 20] [--show 1] [--pause 0.2]
+    python -m bench.trace [--writes 20] [--show 1] [--pause 0.2] [--source DIR]
+
+``--source DIR`` traces the Concordance of another checkout (before/after).
 """
 
 from __future__ import annotations
@@ -64,13 +66,14 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=20)
     parser.add_argument("--show", type=int, default=1)
     parser.add_argument("--pause", type=float, default=0.2)
+    parser.add_argument("--source", type=Path, default=None, help="another checkout to trace")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="cc-trace-", dir="/tmp"))
     os.environ["CC_TRACE_DIR"] = str(folder)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(HOOKS), os.environ.get("PYTHONPATH", "")) if p
     )
-    system = ConcordanceSystem()
+    system = ConcordanceSystem(args.source)
     try:
         system.start()
         leader = system.leader()
