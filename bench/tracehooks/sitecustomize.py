@@ -1,4 +1,4 @@
-"""Timestamped hop traces of a running node, for ``python -m bench.trace``.
+"""Timestamped hop traces and per-role profiles of a running node (``python -m bench.trace``).
 
 Python imports this module at start-up when its folder is on ``PYTHONPATH``;
 it does something only in a role process (supervisord sets
@@ -10,6 +10,11 @@ persist) to write ``monotonic_ns role event`` lines to
 machine, so the lines of the nine processes merge into one timeline. Nothing
 of Concordance itself changes: a traced node runs the same code, a little
 slower (a few microseconds a mark).
+
+With ``CC_PROFILE_DIR`` set instead, each role runs under cProfile: ``SIGUSR1``
+starts a fresh profile, ``SIGUSR2`` writes it to
+``{CC_PROFILE_DIR}/{node}-{role}.prof`` (read it with ``pstats``), so a
+profile covers exactly a load's window (docs/PERFORMANCE.md, "Measuring").
 """
 
 from __future__ import annotations
@@ -105,7 +110,31 @@ def _install(folder: str, role: str) -> None:
         disk.RaftDisk.persist = traced_persist  # type: ignore[method-assign]
 
 
-_folder = os.environ.get("CC_TRACE_DIR")
+def _profile(folder: str, role: str) -> None:
+    import cProfile
+    import signal
+
+    args = sys.argv
+    node = args[args.index("--data") + 1].rsplit("/", 1)[-1] if "--data" in args else "?"
+    current = [cProfile.Profile()]
+
+    def restart(*_: object) -> None:
+        current[0].disable()
+        current[0] = cProfile.Profile()
+        current[0].enable()
+
+    def dump(*_: object) -> None:
+        current[0].disable()
+        current[0].dump_stats(f"{folder}/{node}-{role}.prof")
+        current[0].enable()
+
+    signal.signal(signal.SIGUSR1, restart)
+    signal.signal(signal.SIGUSR2, dump)
+    current[0].enable()
+
+
 _role = os.environ.get("SUPERVISOR_PROCESS_NAME")
-if _folder and _role:
-    _install(_folder, _role)
+if _role and os.environ.get("CC_TRACE_DIR"):
+    _install(os.environ["CC_TRACE_DIR"], _role)
+elif _role and os.environ.get("CC_PROFILE_DIR"):
+    _profile(os.environ["CC_PROFILE_DIR"], _role)
