@@ -137,34 +137,29 @@ class Proposer:
         raise _error_of(payload)
 
     def _join_batch(self, data: bytes) -> asyncio.Future[None]:
-        """Add ``data`` to the batch of this loop turn; the future is its propose's answer."""
+        """Add ``data`` to the batch of this loop turn; the future is its propose's answer.
+
+        A batch's task is created with the batch: its first step runs on the next
+        loop turn, after every write of this one has joined, and closes the batch
+        (no separate flush callback, one loop turn less before the propose leaves)."""
         batch = self._batch
         if batch is not None and (
             len(batch.commands) >= BATCH_COMMANDS or batch.bytes + len(data) > BATCH_BYTES
         ):
-            self._flush()
-            batch = None
+            self._batch = batch = None  # full: its task sends it; later writes start anew
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._batch = _Batch(loop)
-            loop.call_soon(self._flush_if, batch)
+            task = loop.create_task(self._propose(batch))
+            self._proposing.add(task)
+            task.add_done_callback(self._proposing.discard)
         batch.commands.append(data)
         batch.bytes += len(data)
         return batch.answer
 
-    def _flush_if(self, batch: _Batch) -> None:
-        if self._batch is batch:
-            self._flush()
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, None
-        if batch is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._propose(batch))
-        self._proposing.add(task)
-        task.add_done_callback(self._proposing.discard)
-
     async def _propose(self, batch: _Batch) -> None:
+        if self._batch is batch:
+            self._batch = None  # closed: writes of later loop turns make the next batch
         self.batches += 1
         try:
             await self._consensus.propose(batch.commands, self._timeout)
