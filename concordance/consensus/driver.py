@@ -340,6 +340,9 @@ class ConsensusDriver:
             await self._answer(peer, env, self._transfer(body))
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
+        elif isinstance(body, wire.Stopping):
+            if peer == STORAGE:
+                self.stream.on_stopping()
         elif isinstance(body, wire.Hello | wire.Applied | wire.SnapshotTaken):
             if peer != STORAGE:
                 log.warning(

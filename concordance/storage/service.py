@@ -231,7 +231,11 @@ class StorageService:
             await self._server.send(b"front", "stopping", wire.Stopping("storage"))
         except IpcError as e:
             log.debug("storage: cannot tell the front it is stopping: %s", e)
+        await self._send("stopping", wire.Stopping("storage"))  # consensus: no more apply
         await asyncio.sleep(self._t.drain)
+        stopping = Unavailable("storage is stopping")  # the front asks the next one
+        for peer, env in self._waiters.clear():
+            await self._server.reply(peer, env, stopping)
 
     async def _close(self) -> None:
         if self._planned and self._server is not None:

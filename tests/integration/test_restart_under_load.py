@@ -107,28 +107,30 @@ class Load:
         """One subscription for the whole run: a restart of storage or consensus must
         not end it (no reconnect, no resubscribe)."""
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.ws_connect(f"{self.watch_on.url}/stream") as ws:
-                params = {"prefix": PREFIX, "sinceRevision": 0}
-                await ws.send_json(
-                    {"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe", "params": params}
-                )
-                while True:
-                    try:
-                        msg = await ws.receive(timeout=0.3)
-                    except TimeoutError:
-                        if self.stop.is_set() and self._caught_up():
-                            return
-                        continue
-                    if msg.type is not aiohttp.WSMsgType.TEXT:
-                        raise AssertionError(f"the watch stream ended: {msg.type}")
-                    data = msg.json()
-                    if data.get("method") == "watch/change":
-                        self.events.extend(data["params"]["events"])
-                    elif data.get("method") == "watch/cancelled":
-                        raise AssertionError(f"the watch was cancelled: {data}")
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.ws_connect(f"{self.watch_on.url}/stream") as ws,
+        ):
+            params = {"prefix": PREFIX, "sinceRevision": 0}
+            await ws.send_json(
+                {"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe", "params": params}
+            )
+            while True:
+                try:
+                    msg = await ws.receive(timeout=0.3)
+                except TimeoutError:
                     if self.stop.is_set() and self._caught_up():
                         return
+                    continue
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    raise AssertionError(f"the watch stream ended: {msg.type}")
+                data = msg.json()
+                if data.get("method") == "watch/change":
+                    self.events.extend(data["params"]["events"])
+                elif data.get("method") == "watch/cancelled":
+                    raise AssertionError(f"the watch was cancelled: {data}")
+                if self.stop.is_set() and self._caught_up():
+                    return
 
     def _caught_up(self) -> bool:
         with self.lock:
@@ -176,8 +178,10 @@ def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, 
     target.wait_role_restarted(role, old_pid)
     # Serving again: a write and a consistent read through the node both succeed.
     wait_for(
-        lambda: target.put(f"{PREFIX}probe", 1).status == 200
-        and target.get(f"{PREFIX}probe", consistent="true").status == 200,
+        lambda: (
+            target.put(f"{PREFIX}probe", 1).status == 200
+            and target.get(f"{PREFIX}probe", consistent="true").status == 200
+        ),
         30,
         "serving again",
     )
