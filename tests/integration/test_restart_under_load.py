@@ -227,3 +227,30 @@ def test_cluster_restart_is_invisible(cluster: Cluster, which: str, role: str) -
         # The leader handed over instead of leaving the others to an election timeout.
         log = (target.data / "logs" / "consensus.log").read_text(errors="replace")
         assert "transferring leadership" in log, target.logs()
+
+
+def test_remote_rolling_restart_with_ctl_endpoint(single: list[Node]) -> None:
+    """``ctl --endpoint URL restart all``: every role gets a new process, one after
+    the other, and the node serves again; the agent key may not restart anything."""
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import AGENT_KEY, ROOT
+
+    node = single[0]
+    assert (
+        node.request("POST", "/api/v1/cluster/roles/storage/restart", auth=AGENT_KEY).status == 403
+    )
+    bad = node.request("POST", "/api/v1/cluster/roles/nope/restart")
+    assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_request"
+    before = node.role_pids()
+    done = subprocess.run(
+        [sys.executable, "-m", "concordance.cli", "ctl", "--endpoint", node.url,
+         "--api-key", API_KEY, "restart", "all"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=node.env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+    after = node.role_pids()
+    assert all(after[r] and after[r] != before[r] for r in ("storage", "consensus", "front"))
+    assert node.put(f"{PREFIX}after", 1).status == 200
