@@ -11,16 +11,22 @@ Retry rules:
   restarted role is found again quickly. A deadline that passes without an
   answer is ``Unavailable`` (a read is always safe to retry).
 * ``propose`` and ``conf_change`` are re-sent only after ``unavailable``
-  (certainly not appended), with a short backoff, for at most
-  ``UNAVAILABLE_RETRY`` seconds; an ``IpcTimeout`` is passed up as is, since
-  the outcome is unknown.
+  (certainly not appended), with a short backoff, within the hold budget
+  (below); an ``IpcTimeout`` is passed up as is, since the outcome is unknown.
 * ``backup`` and ``snapshot_now`` are not retried (they are heavy).
 * A role that is down is told apart from a slow one before sending: the
   DEALER sockets set ``IMMEDIATE``, so they are writable (``POLLOUT``) only
-  while a connection to the role exists. A request to a role with no
-  connection for ``CONNECT_GRACE`` seconds is ``Unavailable`` at once: for a
-  proposal this is certain (nothing was handed over), so the client gets a
-  503 rather than a 504 after the whole deadline.
+  while a connection to the role exists.
+* Holding (a role restart is invisible to clients): a request to a role that
+  is down or restarting is not sent and not failed; it waits for the role to
+  connect again, within its own deadline (a proposal within its deadline
+  less ``RESULT_MARGIN``, which is left for its result). Only when that
+  passes is it ``Unavailable``: for a proposal this is certain (nothing was
+  handed over), so the client gets a 503 rather than a 504. An idempotent
+  request answered ``unavailable`` (no leader, consensus stopping) is asked
+  again the same way. A role about to stop says ``stopping`` first; from
+  then on requests to it are held until its old connection is gone and a
+  new one is up, so none is handed to a process that is closing.
 """
 
 from __future__ import annotations
@@ -43,48 +49,99 @@ __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
 log = logging.getLogger(__name__)
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
-UNAVAILABLE_RETRY = 1.5  # seconds propose keeps retrying "unavailable" before giving up
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
-CONNECT_GRACE = 1.0  # seconds to wait for a (re)connection before calling a role down
+CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
+RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
+STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
+HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
 
 _B = TypeVar("_B", bound=wire.Body)
 
 
+class _Stopping:
+    """Roles that announced a planned stop (``stopping``), by client socket.
+
+    Why a flag and a watcher: after ``stopping`` the old process still holds its
+    connection for a moment, and anything handed to it then may be lost with
+    it. So the role counts as down until its old connection is seen gone (the
+    successor always takes longer than ``HOLD_POLL`` to start), or at most
+    ``STOPPING_BOUND`` seconds if it never goes.
+    """
+
+    def __init__(self) -> None:
+        self.rpcs: set[ipc.RpcClient] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def announce(self, rpc: ipc.RpcClient) -> None:
+        if rpc in self.rpcs:
+            return
+        log.info("the %s role is stopping: holding its requests until it is back", _role(rpc))
+        self.rpcs.add(rpc)
+        task = asyncio.get_running_loop().create_task(self._watch(rpc))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, rpc: ipc.RpcClient) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + STOPPING_BOUND
+        try:
+            while rpc in self.rpcs and rpc.connected() and loop.time() < until:
+                await asyncio.sleep(HOLD_POLL)
+        finally:
+            self.rpcs.discard(rpc)
+
+
+_STOPPING = _Stopping()
+
+
 def _connected(rpc: ipc.RpcClient) -> bool:
-    return rpc.connected(recently=RECENTLY)
+    return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
 
 
 async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:
-    """Wait up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
+    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not _connected(rpc):
         if loop.time() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(HOLD_POLL)
 
 
 async def _idempotent(
     rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
 ) -> _B:
     deadline = time.monotonic() + timeout
+    delay = 0.02
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        await _ensure_connected(rpc, kind, min(left, CONNECT_GRACE))
+        await _ensure_connected(rpc, kind, left)
         left = deadline - time.monotonic()
         try:
-            got = await rpc.request(kind, body, min(left, ATTEMPT_CAP))
+            got = await rpc.request(kind, body, max(min(left, ATTEMPT_CAP), 0.001))
         except IpcTimeout:
+            continue
+        except Unavailable:  # no leader yet, consensus stopping: safe to ask again
+            if deadline - time.monotonic() <= delay:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
             continue
         except IpcError as e:
             raise Unavailable(f"cannot reach the {_role(rpc)} role: {e}") from e
         if not isinstance(got, reply):  # pragma: no cover - RpcClient checks the type
             raise Unavailable(f"unexpected reply {type(got).__name__} to {kind}")
         return got
+
+
+def hold_budget(timeout: float) -> float:
+    """How long a proposal with ``timeout`` may be held (not sent, or refused
+    ``unavailable``) before it is answered 503: the rest is for its result."""
+    return max(timeout - RESULT_MARGIN, timeout / 2)
 
 
 def _role(rpc: ipc.RpcClient) -> str:
@@ -95,15 +152,16 @@ async def _retry_unavailable(
     rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float
 ) -> wire.Body:
     start = time.monotonic()
+    budget = hold_budget(max(timeout, 0))
     delay = 0.02
     while True:
-        await _ensure_connected(rpc, kind, min(max(timeout, 0), CONNECT_GRACE))
+        await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0))
         left = timeout - (time.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
         except Unavailable:
             spent = time.monotonic() - start
-            if spent + delay >= min(timeout, UNAVAILABLE_RETRY):
+            if spent + delay >= budget:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
@@ -128,6 +186,8 @@ class IpcConsensus:
             self._handler(env.body)
         elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
+        elif isinstance(env.body, wire.Stopping):
+            _STOPPING.announce(self._rpc)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
 
@@ -217,6 +277,7 @@ class IpcConsensus:
     async def close(self) -> None:
         if self._flushing is not None:
             self._flushing.cancel()
+        _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
 
@@ -224,7 +285,15 @@ class IpcStorage:
     """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
-        self._rpc = ipc.RpcClient(ctx, ipc.endpoint(data_dir, "storage"), "front")
+        self._rpc = ipc.RpcClient(
+            ctx, ipc.endpoint(data_dir, "storage"), "front", on_message=self._on_message
+        )
+
+    def _on_message(self, env: wire.Envelope) -> None:
+        if isinstance(env.body, wire.Stopping):
+            _STOPPING.announce(self._rpc)
+        else:
+            log.debug("storage sent an unexpected %s", env.type)
 
     async def get(
         self, key: str, now: int, timeout: float, min_index: int = 0
@@ -268,6 +337,7 @@ class IpcStorage:
         return await _idempotent(self._rpc, "storage_status", body, timeout, wire.StorageStatusOk)
 
     async def close(self) -> None:
+        _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
 
