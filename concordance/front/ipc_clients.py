@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
+RAFT_IN_HOLD = 2.0  # seconds peer frames are kept for a restarting consensus at most
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
 STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
@@ -177,6 +179,9 @@ class IpcConsensus:
         self._frames_bytes = 0
         self._flushing: asyncio.Task[None] | None = None
         self._flush_due = False
+        self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
+        self._held_bytes = 0
+        self._releasing: asyncio.Task[None] | None = None
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -236,8 +241,8 @@ class IpcConsensus:
         """Hand peer frames to consensus. Frames that arrive in one turn of the event
         loop (from all peers) go in one ``raft_in``; a caller waits only while more
         than ``RAFT_IN_BATCH_BYTES`` are pending, which pushes back on a flooding peer."""
-        if not _connected(self._rpc):  # consensus is down: drop at once, do not hold the peer
-            log.debug("consensus not connected: dropping %d peer frame(s)", len(frames))
+        if not _connected(self._rpc):  # stopping or down: keep them for its successor
+            self._hold_frames(frames)
             return
         self._frames.extend(frames)
         self._frames_bytes += sum(len(f) for f in frames)
@@ -249,6 +254,46 @@ class IpcConsensus:
                 self._flush_now()
             if self._flushing is not None:
                 await asyncio.shield(self._flushing)
+
+    def _hold_frames(self, frames: Sequence[bytes]) -> None:
+        """Keep peer frames while consensus restarts (never waits: a peer is not held).
+
+        Why: among them may be proposals another node forwarded here. The next
+        consensus refuses what it does not lead, and the refusal reaches the
+        proposer, which proposes again where the leader now is; a frame dropped
+        here instead would leave that write's outcome unknown (a 504). Frames
+        older than ``RAFT_IN_HOLD`` are dropped when handed over (Raft has moved
+        on and retransmits what still matters), and at most
+        ``RAFT_IN_BATCH_BYTES`` are kept, the oldest dropped first.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for frame in frames:
+            self._held.append((now, frame))
+            self._held_bytes += len(frame)
+        while len(self._held) > 1 and self._held_bytes > RAFT_IN_BATCH_BYTES:
+            self._held_bytes -= len(self._held.popleft()[1])
+        if self._releasing is None:
+            self._releasing = loop.create_task(self._release_held())
+
+    async def _release_held(self) -> None:
+        """Hand the held frames over once consensus is back (or drop them after
+        ``RAFT_IN_HOLD``: a successor that takes longer gets fresh ones)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._held:
+                if _connected(self._rpc):
+                    fresh = [f for t, f in self._held if loop.time() - t < RAFT_IN_HOLD]
+                    self._held.clear()
+                    self._held_bytes = 0
+                    if fresh:
+                        await self.raft_in(fresh)
+                    return
+                while self._held and loop.time() - self._held[0][0] >= RAFT_IN_HOLD:
+                    self._held_bytes -= len(self._held.popleft()[1])
+                await asyncio.sleep(HOLD_POLL)
+        finally:
+            self._releasing = None
 
     def _flush_now(self) -> None:
         """At the end of the loop turn: hand the frames over at once if there is room
@@ -275,8 +320,9 @@ class IpcConsensus:
             self._flushing = None
 
     async def close(self) -> None:
-        if self._flushing is not None:
-            self._flushing.cancel()
+        for task in (self._flushing, self._releasing):
+            if task is not None:
+                task.cancel()
         _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 

@@ -378,3 +378,35 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
                 await new.close()
 
     asyncio.run(main())
+
+
+def test_peer_frames_wait_for_a_restarting_consensus_and_stale_ones_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames that arrive while consensus is down reach its successor (a forwarded
+    proposal there gets refused, and so proposed again, instead of lost); frames
+    older than ``RAFT_IN_HOLD`` by then are not delivered."""
+    monkeypatch.setattr(ipc_clients, "RAFT_IN_HOLD", 0.5)
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="cc-", dir="/tmp") as d:
+            consensus = IpcConsensus(ipc.context(), d)
+            try:
+                await consensus.raft_in([b"old"])  # nobody is bound yet: held
+                await asyncio.sleep(0.6)  # older than the hold by the time it is back
+                await consensus.raft_in([b"fresh-1"])
+                await consensus.raft_in([b"fresh-2"])
+                server = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(d, "consensus"))
+                try:
+                    _peer, env = await asyncio.wait_for(server.recv(), 5)
+                    assert isinstance(env.body, wire.RaftIn)
+                    assert env.body.frames == (b"fresh-1", b"fresh-2")
+                    await consensus.raft_in([b"live"])  # connected now: straight through
+                    _peer, env = await asyncio.wait_for(server.recv(), 5)
+                    assert isinstance(env.body, wire.RaftIn) and env.body.frames == (b"live",)
+                finally:
+                    await server.close()
+            finally:
+                await consensus.close()
+
+    asyncio.run(main())
