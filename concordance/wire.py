@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import msgpack  # type: ignore[import-untyped]
 
 from concordance import codec
-from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError, from_code
+from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError
 from concordance.wire_raft import RAFT_TAGS as RAFT_TAGS  # re-exported: wire is the one door
 from concordance.wire_raft import decode_raft as decode_raft
 from concordance.wire_raft import encode_raft as encode_raft
@@ -56,7 +56,7 @@ class Ok(Body):
 
 @dataclass(frozen=True, slots=True)
 class ErrorReply(Body):
-    """A ConcordanceError crossing a process boundary (``errors.from_code`` rebuilds it)."""
+    """A ConcordanceError crossing processes (rebuilt by ``ConcordanceError.from_dict``)."""
 
     code: str
     message: str
@@ -67,9 +67,10 @@ class ErrorReply(Body):
         return cls(exc.code, exc.message, dict(exc.extra))
 
     def to_exception(self) -> ConcordanceError:
-        # "code" and "message" in extra would clash with from_code's own arguments.
-        extra = {k: v for k, v in self.extra.items() if k not in ("code", "message")}
-        return from_code(self.code, self.message, **extra)
+        # "code" and "message" inside extra lose to the reply's own.
+        return ConcordanceError.from_dict(
+            {**self.extra, "code": self.code, "message": self.message}
+        )
 
 
 # -- to consensus ------------------------------------------------------------
