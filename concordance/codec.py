@@ -193,11 +193,12 @@ def maker(cls: type) -> Callable[..., Any]:
     ):
         return cls
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    # Positional names of our own, so no field name can shadow a local.
+    lines = [f"def make({', '.join(f'_a{i}' for i in range(len(names)))}):", "    _o = _new(_cls)"]
     for i, name in enumerate(names):
         namespace[f"_s{i}"] = cls.__dict__[name].__set__  # the slot's own descriptor
-        lines.append(f"    _s{i}(o, {name})")
-    lines.append("    return o")
+        lines.append(f"    _s{i}(_o, _a{i})")
+    lines.append("    return _o")
     return _compile("make", "\n".join(lines), namespace)
 
 
@@ -215,21 +216,15 @@ class Record:
     make: Callable[..., Any]  # every field, positionally
     from_tuple: Callable[[Sequence[Any]], Any]  # every field, after the tag if any
     from_map: Callable[[dict[str, Any]], Any]  # every field by name (KeyError if absent)
-    to_tuple: Callable[[Any], tuple[Any, ...]]  # ``(tag?, *fields)``, encoders applied
-    to_map: Callable[[Any], dict[str, Any]]  # ``{name: field}``, encoders applied
+    to_tuple: Callable[[Any], tuple[Any, ...]]  # ``(tag?, *fields)``
+    to_map: Callable[[Any], dict[str, Any]]  # ``{name: field}``
 
 
-def record(
-    cls: type,
-    checks: Sequence[Check],
-    *,
-    tag: int | None = None,
-    encoders: dict[str, Callable[[Any], Any]] | None = None,
-) -> Record:
+def record(cls: type, checks: Sequence[Check], *, tag: int | None = None) -> Record:
     """The record of dataclass ``cls``: one validator per field in field order.
 
-    ``tag`` is put first in ``to_tuple``; ``encoders`` convert a field before
-    packing (e.g. an enum to its value).
+    ``tag`` goes first in ``to_tuple`` and is skipped by ``from_tuple``. Nested
+    values are left as they are: the format's packer ``default`` hook converts them.
     """
     dc_fields = fields(cls)
     if len(checks) != len(dc_fields):
@@ -248,14 +243,7 @@ def record(
             continue
         required = min(required, i)
     namespace: dict[str, Any] = {}
-    values = []
-    for name in names:
-        enc = (encoders or {}).get(name)
-        if enc is None:
-            values.append(f"o.{name}")
-        else:
-            namespace[f"_e_{name}"] = enc
-            values.append(f"_e_{name}(o.{name})")
+    values = [f"o.{name}" for name in names]
     parts = ([] if tag is None else [repr(tag)]) + values
     as_tuple = f"({', '.join(parts)},)" if parts else "()"
     to_tuple = _compile("f", f"def f(o): return {as_tuple}", namespace)
