@@ -22,11 +22,16 @@ Retry rules:
   connect again, within its own deadline (a proposal within its deadline
   less ``RESULT_MARGIN``, which is left for its result). Only when that
   passes is it ``Unavailable``: for a proposal this is certain (nothing was
-  handed over), so the client gets a 503 rather than a 504. An idempotent
-  request answered ``unavailable`` (no leader, consensus stopping) is asked
-  again the same way. A role about to stop says ``stopping`` first; from
+  handed over), so the client gets a 503 rather than a 504. A role about to
+  stop says ``stopping`` first; from
   then on requests to it are held until its old connection is gone and a
   new one is up, so none is handed to a process that is closing.
+* A role that is up but answers ``unavailable`` (no leader known, not a
+  member, stopping) is asked again with a backoff for at most
+  ``UNAVAILABLE_RETRY`` seconds from its first such answer: long enough for the
+  election that follows a planned leader hand-over, short enough that a node
+  cut off from any leader answers 503 promptly (API.md: 503 is "safe to
+  retry", and the client, not the front, decides to wait longer).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
 RAFT_IN_HOLD = 2.0  # seconds peer frames are kept for a restarting consensus at most
+UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
 STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
@@ -116,7 +122,7 @@ async def _idempotent(
     rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
 ) -> _B:
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    backoff = _Backoff()
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -128,10 +134,9 @@ async def _idempotent(
         except IpcTimeout:
             continue
         except Unavailable:  # no leader yet, consensus stopping: safe to ask again
-            if deadline - time.monotonic() <= delay:
+            if not backoff.may_wait(deadline):
                 raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            await backoff.wait()
             continue
         except IpcError as e:
             raise Unavailable(f"cannot reach the {_role(rpc)} role: {e}") from e
@@ -155,18 +160,36 @@ async def _retry_unavailable(
 ) -> wire.Body:
     start = time.monotonic()
     budget = hold_budget(max(timeout, 0))
-    delay = 0.02
+    backoff = _Backoff()
     while True:
         await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0))
         left = timeout - (time.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
         except Unavailable:
-            spent = time.monotonic() - start
-            if spent + delay >= budget:
+            if not backoff.may_wait(start + budget):
                 raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
+            await backoff.wait()
+
+
+class _Backoff:
+    """Pauses between asks of a role that answered ``unavailable``: doubling from
+    20 ms to 200 ms, for at most ``UNAVAILABLE_RETRY`` seconds from the first
+    answer and never past ``deadline``; then the caller passes the answer on."""
+
+    def __init__(self) -> None:
+        self._delay = 0.02
+        self._first: float | None = None
+
+    def may_wait(self, deadline: float) -> bool:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        return now + self._delay < min(deadline, self._first + UNAVAILABLE_RETRY)
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 0.2)
 
 
 class IpcConsensus:

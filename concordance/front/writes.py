@@ -15,9 +15,11 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
 * A write forwarded to the leader and refused there (leadership transfer,
   backpressure, or the receiver was not the leader) comes back from consensus
   as ``dropped``: certainly not appended, so it is proposed again (the same
-  command, after ``REPROPOSE_DELAY``: a leader hand-over is usually done by
-  then), at most ``MAX_REPROPOSALS`` times; then its waiter fails with
-  ``Unavailable`` (503). A re-proposal answered ``unavailable`` fails it too;
+  command, after ``REPROPOSE_DELAY``: a planned leader hand-over is done in a
+  few milliseconds), for at most ``REPROPOSE_WINDOW`` seconds from the first
+  refusal; then its waiter fails with ``Unavailable`` (503), so a leader that
+  keeps refusing (an operator's transfer to a lagging member) is still
+  answered promptly. A re-proposal answered ``unavailable`` fails it too;
   one whose answer is lost leaves it waiting for its result (never sent twice
   while its outcome is unknown).
 * Results for other origins, unknown or late ids are ignored.
@@ -51,7 +53,7 @@ _Outcome = tuple[bool, Any]
 BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
 REPROPOSE_DELAY = 0.05  # seconds before a refused (dropped) write is proposed again
-MAX_REPROPOSALS = 20  # refusals of one write before it is answered 503
+REPROPOSE_WINDOW = 0.5  # seconds from a write's first refusal until it is answered 503
 
 
 class _Batch:
@@ -88,7 +90,7 @@ class Proposer:
         self._clock = clock
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
-        self._refusals: dict[int, int] = {}  # request id -> times consensus reported it dropped
+        self._refused_at: dict[int, float] = {}  # request id -> when consensus first dropped it
         self._batch: _Batch | None = None
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
@@ -139,7 +141,7 @@ class Proposer:
                 ) from None
         finally:
             self._waiters.pop(cmd.request_id, None)
-            self._refusals.pop(cmd.request_id, None)
+            self._refused_at.pop(cmd.request_id, None)
         if ok:
             return payload
         raise _error_of(payload)
@@ -196,8 +198,8 @@ class Proposer:
         Consensus reports forwarded proposals that the receiver refused: they
         were certainly not appended, so sending the same command once more
         cannot apply it twice. A leader refuses during a hand-over (a planned
-        restart of its consensus), which is over in a moment; after
-        ``MAX_REPROPOSALS`` refusals the write gets a 503 (safe to retry).
+        restart of its consensus), which is over in a moment; refused for
+        longer than ``REPROPOSE_WINDOW``, the write gets a 503 (safe to retry).
         Commands of other origins and ids with no waiter here (answered
         already, given up, storage's expiries) are ignored.
         """
@@ -210,9 +212,8 @@ class Proposer:
             future = self._waiters.get(request_id)
             if future is None or future.done():
                 continue
-            refusals = self._refusals.get(request_id, 0) + 1
-            self._refusals[request_id] = refusals
-            if refusals > MAX_REPROPOSALS:
+            first = self._refused_at.setdefault(request_id, loop.time())
+            if loop.time() - first >= REPROPOSE_WINDOW:
                 future.set_exception(
                     Unavailable("the leader did not accept the write (not applied); retry")
                 )

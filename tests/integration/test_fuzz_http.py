@@ -48,6 +48,9 @@ SKIPPED = (
     "cluster_leader_post",
     "cluster_snapshot_post",
     "cluster_backup_get",
+    # restarts the fuzzed node's own roles; test_role_restart_route and
+    # test_restart_under_load cover it
+    "cluster_role_restart",
 )
 WRITES = frozenset({"PUT", "DELETE", "POST"})
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -346,6 +346,34 @@ def test_unavailable_answers_to_reads_are_asked_again_within_the_deadline() -> N
     asyncio.run(main())
 
 
+def test_a_role_that_keeps_answering_unavailable_is_503_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No leader for good (cut off, removed): both a read and a proposal are
+    ``Unavailable`` after ``UNAVAILABLE_RETRY`` of refusals, not at the deadline."""
+    monkeypatch.setattr(ipc_clients, "UNAVAILABLE_RETRY", 0.3)
+
+    async def main() -> None:
+        async with role_clients() as (data_dir, consensus, _storage):
+            c = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(data_dir, "consensus"))
+            task = asyncio.ensure_future(serve_once(c, lambda _: NotLeader(None)))
+            loop = asyncio.get_running_loop()
+            try:
+                asks = (lambda: consensus.read_index(30.0), lambda: consensus.propose([b"c"], 30.0))
+                for ask in asks:
+                    started = loop.time()
+                    with pytest.raises(Unavailable):
+                        await asyncio.wait_for(ask(), 10)
+                    assert 0.1 <= loop.time() - started < 5.0
+            finally:
+                task.cancel()
+                seen = await task
+                await c.close()
+            assert seen.count("read_index") > 1 and seen.count("propose") > 1  # asked again
+
+    asyncio.run(main())
+
+
 def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
     """A role that says ``stopping`` gets no new request, even while its connection
     lives on; they go to the process that binds after it."""

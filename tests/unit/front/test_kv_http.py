@@ -258,12 +258,12 @@ def test_write_refused_by_the_leader_is_proposed_again_and_applied_once(tmp_path
     run(tmp_path, scenario, request_timeout_ms=60_000)
 
 
-def test_write_refused_too_often_is_503_at_once(
+def test_write_refused_for_too_long_is_503_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past ``MAX_REPROPOSALS`` refusals: 503 + Retry-After now (certainly not
+    """Refused for longer than ``REPROPOSE_WINDOW``: 503 + Retry-After now (certainly not
     applied), not 504 at the deadline (60 s here)."""
-    monkeypatch.setattr(writes, "MAX_REPROPOSALS", 0)
+    monkeypatch.setattr(writes, "REPROPOSE_WINDOW", 0)
 
     async def scenario(h: Harness) -> None:
         h.node.knobs.hold = True
