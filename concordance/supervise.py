@@ -75,13 +75,18 @@ def record_start(data_dir: str | os.PathLike[str], role: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
-def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
-    """How many times ``role`` started after its first start in this data dir."""
-    path = Path(data_dir) / STARTS_DIR / f"{role}.starts"
+def starts(data_dir: str | os.PathLike[str], role: str) -> int:
+    """How many times ``role`` started in this data dir (0 if never under ``procs/``):
+    it only grows, so it orders a role's processes (the fronts' ROUTING_IDs)."""
     try:
-        return max(0, len(path.read_text().splitlines()) - 1)
+        return len((Path(data_dir) / STARTS_DIR / f"{role}.starts").read_text().splitlines())
     except OSError:
         return 0
+
+
+def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
+    """How many times ``role`` started after its first start in this data dir."""
+    return max(0, starts(data_dir, role) - 1)
 
 
 @dataclass(frozen=True)

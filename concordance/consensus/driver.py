@@ -56,9 +56,11 @@ from concordance.errors import (
     ConcordanceError,
     InvalidRequest,
     IpcError,
+    PeerGone,
     RemoteProtocolError,
     Unavailable,
 )
+from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
@@ -70,7 +72,6 @@ __all__ = ["ConsensusDriver", "boot_membership"]
 
 log = logging.getLogger("concordance.consensus")
 
-FRONT = b"front"
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
@@ -107,6 +108,7 @@ class ConsensusDriver:
         self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
         self.raft_out_dropped = 0
+        self.fronts = Fronts()  # raft_out goes to the newest; dropped and stopping to all
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
@@ -206,10 +208,7 @@ class ConsensusDriver:
         log.info(
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
         )
-        try:
-            await self.server.send(FRONT, "stopping", wire.Stopping("consensus"))
-        except IpcError as e:
-            log.debug("cannot tell the front consensus is stopping: %s", e)
+        await self._to_fronts("stopping", wire.Stopping("consensus"))
 
     async def run(self) -> None:
         """Drive the core until :meth:`stop`; then close the socket and raft.db.
@@ -284,6 +283,7 @@ class ConsensusDriver:
 
     def _received(self, peer: bytes, env: wire.Envelope) -> None:
         """Called by the socket as each message arrives (no task switch per message)."""
+        self.fronts.note(peer)
         self._inbox.append((peer, env))
         if len(self._inbox) >= MAX_INBOX:
             self.server.pause()
@@ -340,6 +340,8 @@ class ConsensusDriver:
             await self._answer(peer, env, self._transfer(body))
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
+        elif isinstance(body, wire.FrontHello):
+            pass  # the sender was noted on receipt (``_received``)
         elif isinstance(body, wire.Stopping):
             if peer == STORAGE:
                 self.stream.on_stopping()
@@ -541,21 +543,34 @@ class ConsensusDriver:
         for peer, batches in per_peer.items():
             address = self._addresses.get(peer, "")
             for frames in batches:
+                front = self.fronts.current
                 try:
+                    if front is None:
+                        raise IpcError("no front has said hello yet")
                     await self.server.send(
-                        FRONT, "raft_out", wire.RaftOut(peer, address, tuple(frames))
+                        front, "raft_out", wire.RaftOut(peer, address, tuple(frames))
                     )
                 except IpcError as e:
+                    if isinstance(e, PeerGone) and front is not None:
+                        self.fronts.forget(front)
                     self.raft_out_dropped += len(frames)
                     log.debug("dropping %d frames for %s: %s", len(frames), peer, e)
 
     async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
         """Tell the front which of its forwarded proposals were refused (certainly not
         appended): their writes get ``unavailable`` now. Best effort: unsent, they time out."""
-        try:
-            await self.server.send(FRONT, "dropped", wire.Dropped(commands))
-        except IpcError as e:
-            log.debug("cannot report %d refused proposal(s): %s", len(commands), e)
+        await self._to_fronts("dropped", wire.Dropped(commands))
+
+    async def _to_fronts(self, type: str, body: wire.Body) -> None:
+        """Push to every front (during a hand-over the old one still waits for
+        answers); best effort, a front that is gone is forgotten."""
+        for front in self.fronts.all():
+            try:
+                await self.server.send(front, type, body)
+            except IpcError as e:
+                if isinstance(e, PeerGone):
+                    self.fronts.forget(front)
+                log.debug("cannot send %s to %r: %s", type, front, e)
 
     async def _send_storage(self, type: str, body: wire.Body) -> None:
         await self.server.send(STORAGE, type, body)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -46,7 +47,7 @@ from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import fronts, ipc, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 
@@ -64,6 +65,8 @@ RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not
 STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
 HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
+HELLO_POLL = 0.05  # seconds between two looks at the roles' connections (front_hello)
+HELLO_EVERY = 4  # polls between two front_hello to a connected role (0.2 s)
 
 _B = TypeVar("_B", bound=wire.Body)
 
@@ -195,7 +198,9 @@ class _Backoff:
 class IpcConsensus:
     """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+    ) -> None:
         self._handler: RaftOutHandler | None = None
         self._dropped: DroppedHandler | None = None
         self._frames: list[bytes] = []  # peer frames waiting for the next raft_in
@@ -206,8 +211,12 @@ class IpcConsensus:
         self._held_bytes = 0
         self._releasing: asyncio.Task[None] | None = None
         self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
+            ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
         )
+
+    @property
+    def rpc(self) -> ipc.RpcClient:
+        return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.RaftOut) and self._handler is not None:
@@ -353,10 +362,16 @@ class IpcConsensus:
 class IpcStorage:
     """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+    ) -> None:
         self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "storage"), "front", on_message=self._on_message
+            ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
+
+    @property
+    def rpc(self) -> ipc.RpcClient:
+        return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.Stopping):
@@ -428,15 +443,41 @@ class IpcEvents:
 
 
 @contextlib.asynccontextmanager
-async def connect(data_dir: str) -> AsyncIterator[Clients]:
-    """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context)."""
+async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterator[Clients]:
+    """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context).
+
+    ``incarnation`` (default: this data dir's count of front starts) names this
+    front to the roles, so two fronts can be connected at once (a hand-over).
+    """
+    if incarnation is None:
+        incarnation = supervise.starts(data_dir, "front")
+    identity = fronts.routing_id(incarnation)
     ctx = ipc.context()
-    consensus = IpcConsensus(ctx, data_dir)
-    storage = IpcStorage(ctx, data_dir)
+    consensus = IpcConsensus(ctx, data_dir, identity)
+    storage = IpcStorage(ctx, data_dir, identity)
     events = IpcEvents(ctx, data_dir)
+    greeting = asyncio.create_task(
+        _greet((consensus.rpc, storage.rpc), wire.FrontHello(incarnation))
+    )
     try:
         yield Clients(consensus, storage, events)
     finally:
+        greeting.cancel()
         await events.close()
         await storage.close()
         await consensus.close()
+
+
+async def _greet(rpcs: Sequence[ipc.RpcClient], hello: wire.FrontHello) -> None:
+    """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
+    role that just started learns this front before it has to push anything
+    (PROTOCOL.md §1). One-way and best effort: the next one repairs a loss."""
+    connected = dict.fromkeys(rpcs, False)
+    for poll in itertools.count():
+        for rpc in rpcs:
+            now = rpc.connected()
+            if now and (not connected[rpc] or poll % HELLO_EVERY == 0):
+                with contextlib.suppress(IpcError):
+                    rpc.send_nowait("front_hello", hello)
+            connected[rpc] = now
+        await asyncio.sleep(HELLO_POLL)
