@@ -21,6 +21,7 @@ on the hot path::
 Log entries live forever (snapshots aside), so ``FORMAT`` is bumped rather
 than the meaning of a field ever changed. Anything that does not decode to a
 well-typed command with valid keys raises :class:`RemoteProtocolError`.
+Each layout is a ``concordance.codec`` record (see the bottom of this module).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 
+from concordance import codec
 from concordance.errors import InvalidKey, RemoteProtocolError
 from concordance.keys import validate_key, validate_prefix
 
@@ -121,8 +123,7 @@ class Command:
 
     def encode(self) -> bytes:
         """The entry data for the Raft log."""
-        body = [FORMAT, self.origin, self.request_id, self.timestamp_ms, _pack_op(self.op)]
-        return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+        return _pack(_COMMAND.to_tuple(self))
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
@@ -134,10 +135,7 @@ class Command:
         body = _unpack(data)
         if not isinstance(body, list) or len(body) != 5 or body[0] != FORMAT:
             raise RemoteProtocolError("not a command (format or shape)")
-        _, origin, request_id, timestamp_ms, op = body
-        if not isinstance(origin, str):
-            raise RemoteProtocolError("command origin is not a string")
-        return cls(origin, _request_id(request_id), _int(timestamp_ms), _unpack_op(op, top=True))
+        return _COMMAND.from_tuple(body)  # type: ignore[no-any-return]
 
 
 def peek_request(data: bytes) -> tuple[str, int] | None:
@@ -156,22 +154,6 @@ def peek_request(data: bytes) -> tuple[str, int] | None:
     return None
 
 
-def _pack_op(op: Op) -> list[Any]:
-    if isinstance(op, Set):
-        return [_SET, op.key, op.value_json, op.if_version, op.expires_at]
-    if isinstance(op, Delete):
-        return [_DELETE, op.key, op.if_version]
-    if isinstance(op, Check):
-        return [_CHECK, op.key, op.version]
-    if isinstance(op, DeletePrefix):
-        return [_DELETE_PREFIX, op.prefix]
-    if isinstance(op, Batch):
-        return [_BATCH, [_pack_op(o) for o in op.ops]]
-    if isinstance(op, Expire):
-        return [_EXPIRE, op.key, op.version, op.expires_at]
-    raise TypeError(f"not an op: {op!r}")
-
-
 def _unpack(data: bytes) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RemoteProtocolError(f"command data is {type(data).__name__}, not bytes")
@@ -181,41 +163,7 @@ def _unpack(data: bytes) -> Any:
         raise RemoteProtocolError(f"command does not decode: {e}") from e
 
 
-def _unpack_op(raw: Any, *, top: bool) -> Op:
-    if not isinstance(raw, list) or not raw:
-        raise RemoteProtocolError("op is not a non-empty array")
-    tag, n = raw[0], len(raw)
-    if tag == _SET and n == 5:
-        value = raw[2]
-        if not isinstance(value, bytes):
-            raise RemoteProtocolError("set value is not bytes")
-        return Set(_key(raw[1]), value, _opt_uint(raw[3]), _opt_int(raw[4]))
-    if tag == _DELETE and n == 3:
-        return Delete(_key(raw[1]), _opt_uint(raw[2]))
-    if tag == _CHECK and n == 3:
-        return Check(_key(raw[1]), _uint(raw[2]))
-    if top and tag == _DELETE_PREFIX and n == 2:
-        try:
-            return DeletePrefix(validate_prefix(raw[1]))
-        except InvalidKey as e:
-            raise RemoteProtocolError(f"bad prefix in command: {e.message}") from e
-    if top and tag == _BATCH and n == 2:
-        return Batch(_unpack_batch_ops(raw[1]))
-    if top and tag == _EXPIRE and n == 4:
-        return Expire(_key(raw[1]), _uint(raw[2]), _int(raw[3]))
-    where = "" if top else " inside a batch"
-    raise RemoteProtocolError(f"unknown op tag {tag!r} with {n} fields{where}")
-
-
-def _unpack_batch_ops(raw: Any) -> tuple[BatchOp, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise RemoteProtocolError("batch ops is not a non-empty array")
-    ops: list[BatchOp] = []
-    for item in raw:
-        op = _unpack_op(item, top=False)
-        assert isinstance(op, Set | Delete | Check)  # top=False admits nothing else
-        ops.append(op)
-    return tuple(ops)
+# -- field validators: each returns the value or raises RemoteProtocolError ------------
 
 
 def _key(raw: Any) -> str:
@@ -223,6 +171,25 @@ def _key(raw: Any) -> str:
         return validate_key(raw)
     except InvalidKey as e:
         raise RemoteProtocolError(f"bad key in command: {e.message}") from e
+
+
+def _prefix(raw: Any) -> str:
+    try:
+        return validate_prefix(raw)
+    except InvalidKey as e:
+        raise RemoteProtocolError(f"bad prefix in command: {e.message}") from e
+
+
+def _origin(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise RemoteProtocolError("command origin is not a string")
+    return raw
+
+
+def _value(raw: Any) -> bytes:
+    if not isinstance(raw, bytes):
+        raise RemoteProtocolError("set value is not bytes")
+    return raw
 
 
 def _int(raw: Any) -> int:
@@ -250,3 +217,60 @@ def _opt_int(raw: Any) -> int | None:
 
 def _opt_uint(raw: Any) -> int | None:
     return None if raw is None else _uint(raw)
+
+
+def _top_op(raw: Any) -> Op:
+    return _unpack_op(raw, top=True)
+
+
+def _batch_ops(raw: Any) -> tuple[BatchOp, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise RemoteProtocolError("batch ops is not a non-empty array")
+    ops: list[BatchOp] = []
+    for item in raw:
+        op = _unpack_op(item, top=False)
+        assert isinstance(op, Set | Delete | Check)  # top=False admits nothing else
+        ops.append(op)
+    return tuple(ops)
+
+
+# -- records: the layout of each op and of the command itself --------------------------
+
+# tag -> (record, allowed inside a batch)
+_OPS: dict[int, tuple[codec.Record, bool]] = {
+    _SET: (codec.record(Set, [_key, _value, _opt_uint, _opt_int], tag=_SET), True),
+    _DELETE: (codec.record(Delete, [_key, _opt_uint], tag=_DELETE), True),
+    _CHECK: (codec.record(Check, [_key, _uint], tag=_CHECK), True),
+    _DELETE_PREFIX: (codec.record(DeletePrefix, [_prefix], tag=_DELETE_PREFIX), False),
+    _BATCH: (codec.record(Batch, [_batch_ops], tag=_BATCH), False),
+    _EXPIRE: (codec.record(Expire, [_key, _uint, _int], tag=_EXPIRE), False),
+}
+_OP_CLASSES: dict[type, codec.Record] = {rec.cls: rec for rec, _ in _OPS.values()}
+_COMMAND = codec.record(Command, [_origin, _request_id, _int, _top_op], tag=FORMAT)
+
+
+def _pack_op(op: Any) -> tuple[Any, ...]:
+    """msgpack ``default`` hook: an op (also inside a batch) as its tagged array."""
+    rec = _OP_CLASSES.get(type(op))
+    if rec is None:
+        raise TypeError(f"not an op: {op!r}")
+    return rec.to_tuple(op)
+
+
+_pack = codec.packer(default=_pack_op)
+
+
+def _unpack_op(raw: Any, *, top: bool) -> Op:
+    if not isinstance(raw, list) or not raw:
+        raise RemoteProtocolError("op is not a non-empty array")
+    tag, n = raw[0], len(raw)
+    try:
+        entry = _OPS.get(tag)
+    except TypeError:  # an unhashable tag
+        entry = None
+    if entry is not None:
+        rec, in_batch = entry
+        if n == len(rec.names) + 1 and (top or in_batch):
+            return rec.from_tuple(raw)  # type: ignore[no-any-return]
+    where = "" if top else " inside a batch"
+    raise RemoteProtocolError(f"unknown op tag {tag!r} with {n} fields{where}")

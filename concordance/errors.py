@@ -29,6 +29,7 @@ Handlers raise these; one middleware in the front turns them into
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -46,6 +47,20 @@ class ConcordanceError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """The body of ``{"error": ...}``."""
         return {"code": self.code, "message": self.message, **self.extra}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> ConcordanceError:
+        """The inverse of :meth:`to_dict`, for an error that crossed a process boundary.
+
+        The one place that rebuilds errors (IPC replies, write results, the
+        client's HTTP and WebSocket answers). An unknown or missing code gives
+        ``Unavailable`` (as :func:`from_code`); a missing or non-str message
+        gives the class's default one. Callers that must tell a malformed
+        payload apart check it first.
+        """
+        message = data.get("message")
+        extra = {k: v for k, v in data.items() if k != "code" and k != "message"}
+        return from_code(data.get("code"), message if isinstance(message, str) else "", **extra)
 
 
 class InvalidKey(ConcordanceError):
@@ -152,7 +167,7 @@ BY_CODE: dict[str, type[ConcordanceError]] = {
 }
 
 
-def from_code(code: str, message: str = "", **extra: Any) -> ConcordanceError:
-    """Rebuild an API error that crossed a process boundary as (code, message, extra)."""
+def from_code(code: Any, message: str = "", **extra: Any) -> ConcordanceError:
+    """The error class of ``code`` (``Unavailable`` if unknown) built from message and extra."""
     cls = BY_CODE.get(code, Unavailable)
     return cls(message, **extra)

@@ -382,7 +382,22 @@ async def _open_retrying(make: Callable[[], _T], wait: float) -> _T:
         await asyncio.sleep(0.01)
 
 
-class RpcServer:
+class _Closing:
+    """``async with`` for the socket classes below: leaving the block closes the socket."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class RpcServer(_Closing):
     """The ROUTER a role binds (``consensus`` or ``storage``): requests in, replies and
     one-way messages out to connected DEALERs by their routing id."""
 
@@ -518,16 +533,8 @@ class RpcServer:
         self._pump.close()
         self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-class RpcClient:
+class RpcClient(_Closing):
     """A role's DEALER to another role's RpcServer: concurrent requests matched by id, one-way
     sends, and a receive task that hands unsolicited messages to ``on_message``.
 
@@ -707,16 +714,8 @@ class RpcClient:
         self._pump.close()
         self._fail_pending(IpcError(f"client of {self.endpoint} closed"))
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-class Publisher:
+class Publisher(_Closing):
     """Storage's events PUB: ``change_batch`` on topic ``c``, ``results`` on ``r``.
 
     Never waits; a subscriber that is slow or not yet subscribed misses
@@ -759,16 +758,8 @@ class Publisher:
     async def close(self) -> None:
         self._sock.close(linger=0)
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-class Subscriber:
+class Subscriber(_Closing):
     """The front's SUB on storage's events; reconnects by itself."""
 
     def __init__(
@@ -817,11 +808,3 @@ class Subscriber:
     async def close(self) -> None:
         self._pump.close()
         self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -12,9 +12,9 @@ Rules / theory of operation:
   the wire and cheap enough off the replication hot path).
 - Body classes are frozen dataclasses registered by type name in
   ``IPC_TYPES``; ``REPLIES``, ``ONE_WAY`` and ``TOPICS`` say how each type is
-  used. Validators are built once at import from the type hints, so adding a
-  field is adding an annotated attribute; an unsupported annotation fails at
-  import.
+  used. Validators are built once at import from the type hints into
+  ``concordance.codec`` records, so adding a field is adding an annotated
+  attribute; an unsupported annotation fails at import.
 - Decoding is strict: unknown keys or fields, missing required fields and
   wrong types raise ``RemoteProtocolError`` chained to the cause. Encoding a
   body under the wrong type name is a local bug (``TypeError``); a value
@@ -25,26 +25,18 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, NoReturn
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError, from_code
-from concordance.wire_raft import DECODE_ERRORS
+from concordance import codec
+from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError
 from concordance.wire_raft import RAFT_TAGS as RAFT_TAGS  # re-exported: wire is the one door
 from concordance.wire_raft import decode_raft as decode_raft
 from concordance.wire_raft import encode_raft as encode_raft
 
 PROTOCOL_VERSION = 1
-
-_Check = Callable[[Any], Any]
-
-
-def _fail(what: str, value: Any) -> NoReturn:
-    raise ValueError(f"expected {what}, got {type(value).__name__} {value!r:.60}")
-
 
 # --------------------------------------------------------------------------
 # IPC bodies (PROTOCOL.md §3)
@@ -64,7 +56,7 @@ class Ok(Body):
 
 @dataclass(frozen=True, slots=True)
 class ErrorReply(Body):
-    """A ConcordanceError crossing a process boundary (``errors.from_code`` rebuilds it)."""
+    """A ConcordanceError crossing processes (rebuilt by ``ConcordanceError.from_dict``)."""
 
     code: str
     message: str
@@ -75,9 +67,10 @@ class ErrorReply(Body):
         return cls(exc.code, exc.message, dict(exc.extra))
 
     def to_exception(self) -> ConcordanceError:
-        # "code" and "message" in extra would clash with from_code's own arguments.
-        extra = {k: v for k, v in self.extra.items() if k not in ("code", "message")}
-        return from_code(self.code, self.message, **extra)
+        # "code" and "message" inside extra lose to the reply's own.
+        return ConcordanceError.from_dict(
+            {**self.extra, "code": self.code, "message": self.message}
+        )
 
 
 # -- to consensus ------------------------------------------------------------
@@ -426,127 +419,54 @@ def type_name(body: Body) -> str:
 
 # -- body codec, built from the type hints ------------------------------------
 
-_Enc = Callable[[Any], Any] | None  # None: msgpack packs the value as it is
+_SCALARS: dict[Any, codec.Check] = {t: codec.exact(t) for t in (int, str, bytes, bool)}
+_SCALARS[Any] = codec.any_value
+_int = _SCALARS[int]
 
 
-def _exact(cls: type) -> _Check:
-    """A validator accepting exactly ``cls`` (so a bool is not an int)."""
-
-    def check(v: Any) -> Any:
-        if type(v) is cls:
-            return v
-        _fail(cls.__name__, v)
-
-    return check
-
-
-_int = _exact(int)
-
-
-def _any(v: Any) -> Any:
-    return v
-
-
-def _str_map(v: Any) -> dict[str, Any]:
-    if type(v) is dict and all(type(k) is str for k in v):
-        return v
-    _fail("a map with str keys", v)
-
-
-def _seq(v: Any) -> list[Any] | tuple[Any, ...]:
-    if type(v) is list or type(v) is tuple:
-        return typing.cast(list[Any], v)
-    _fail("an array", v)
-
-
-def _codec(hint: Any) -> tuple[_Check, _Enc]:
-    """Validator (decoded value -> field value) and encoder for one field type."""
-    scalars: dict[Any, _Check] = {t: _exact(t) for t in (int, str, bytes, bool)}
-    scalars[Any] = _any
-    if hint in scalars:
-        return scalars[hint], None
+def _check(hint: Any) -> codec.Check:
+    """The validator (decoded value -> field value) for one field type."""
+    if hint in _SCALARS:
+        return _SCALARS[hint]
     if isinstance(hint, type) and issubclass(hint, Body):
-        spec = _body_spec(hint)
-        return (lambda v: _decode_body(spec, v)), (lambda b: _encode_body(spec, b))
+        rec = _record(hint)  # nested: encoded by _pack's default hook
+        return lambda v: codec.decode_map(rec, v)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is types.UnionType and len(args) == 2 and type(None) in args:
-        inner_check, inner_enc = _codec(next(a for a in args if a is not type(None)))
-        check = lambda v: None if v is None else inner_check(v)  # noqa: E731
-        if inner_enc is None:
-            return check, None
-        return check, lambda v: None if v is None else inner_enc(v)
+        return codec.optional(_check(next(a for a in args if a is not type(None))))
     if origin is dict and args == (str, Any):
-        return _str_map, None
+        return codec.str_map
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        item_check, item_enc = _codec(args[0])
-        check = lambda v: tuple([item_check(x) for x in _seq(v)])  # noqa: E731
-        if item_enc is None:
-            return check, None
-        return check, lambda v: [item_enc(x) for x in v]
+        return codec.array_of(_check(args[0]))
     if origin is tuple and Ellipsis not in args:
-        item_codecs = [_codec(a) for a in args]
-        if any(enc is not None for _, enc in item_codecs):
+        if any(isinstance(a, type) and issubclass(a, Body) for a in args):
             raise TypeError(f"wire: nested bodies inside a fixed tuple are not supported: {hint}")
-        checks = [c for c, _ in item_codecs]
-
-        def check_fixed(v: Any) -> tuple[Any, ...]:
-            items = _seq(v)
-            if len(items) != len(checks):
-                _fail(f"an array of {len(checks)}", v)
-            return tuple([c(x) for c, x in zip(checks, items, strict=True)])
-
-        return check_fixed, None
+        return codec.fixed_array([_check(a) for a in args])
     raise TypeError(f"wire: unsupported IPC field type {hint!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class _BodySpec:
-    cls: type[Body]
-    fields: tuple[tuple[str, _Check, _Enc, bool], ...]  # name, check, encode, required
-    names: frozenset[str]
+_RECORDS: dict[type, codec.Record] = {}
 
 
-_BODY_SPECS: dict[type[Body], _BodySpec] = {}
-
-
-def _body_spec(cls: type[Body]) -> _BodySpec:
-    spec = _BODY_SPECS.get(cls)
-    if spec is None:
+def _record(cls: type) -> codec.Record:
+    rec = _RECORDS.get(cls)
+    if rec is None:
         hints = typing.get_type_hints(cls)
-        entries = []
-        for f in fields(cls):  # type: ignore[arg-type]
-            check, enc = _codec(hints[f.name])
-            required = f.default is MISSING and f.default_factory is MISSING
-            entries.append((f.name, check, enc, required))
-        spec = _BodySpec(cls, tuple(entries), frozenset(name for name, *_ in entries))
-        _BODY_SPECS[cls] = spec
-    return spec
+        checks = [_check(hints[f.name]) for f in fields(cls)]
+        rec = _RECORDS[cls] = codec.record(cls, checks)
+    return rec
 
 
-def _encode_body(spec: _BodySpec, body: Body) -> dict[str, Any]:
-    out = {}
-    for name, _, enc, _ in spec.fields:
-        value = getattr(body, name)
-        out[name] = value if enc is None else enc(value)
-    return out
+def _nested(obj: Any) -> Any:
+    """msgpack ``default`` hook: a body nested in a body, as a map."""
+    rec = _RECORDS.get(type(obj))
+    if rec is None:
+        raise TypeError(f"cannot pack {type(obj).__name__}")
+    return rec.to_map(obj)
 
 
-def _decode_body(spec: _BodySpec, value: Any) -> Body:
-    if type(value) is not dict:
-        _fail(f"a map for {spec.cls.__name__}", value)
-    unknown = value.keys() - spec.names
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(map(str, unknown))} in {spec.cls.__name__}")
-    kwargs = {}
-    for name, check, _, required in spec.fields:
-        if name in value:
-            kwargs[name] = check(value[name])
-        elif required:
-            raise ValueError(f"missing field {name!r} in {spec.cls.__name__}")
-    return spec.cls(**kwargs)
-
-
-_TYPE_SPECS: dict[str, _BodySpec] = {name: _body_spec(cls) for name, cls in IPC_TYPES.items()}
+_pack = codec.packer(default=_nested)
+_TYPE_RECORDS: dict[str, codec.Record] = {name: _record(cls) for name, cls in IPC_TYPES.items()}
 
 
 # -- envelope ----------------------------------------------------------------
@@ -566,19 +486,23 @@ class Envelope:
     KEYS: ClassVar[frozenset[str]] = frozenset({"v", "t", "id", "re", "dl", "b"})
 
 
+_make_envelope = codec.maker(Envelope)
+
+
 def encode_envelope(env: Envelope) -> bytes:
     """The msgpack payload frame of an envelope (PROTOCOL.md §2)."""
-    spec = _TYPE_SPECS.get(env.type)
-    if spec is None or type(env.body) is not spec.cls:
+    rec = _TYPE_RECORDS.get(env.type)
+    if rec is None or type(env.body) is not rec.cls:
         raise TypeError(f"body {type(env.body).__name__} does not match IPC type {env.type!r}")
+    # Key order is part of the bytes: v, t, id, re?, dl?, b.
     out: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": env.type, "id": env.id}
     if env.reply_to is not None:
         out["re"] = env.reply_to
     if env.deadline_ms is not None:
         out["dl"] = env.deadline_ms
-    out["b"] = _encode_body(spec, env.body)
+    out["b"] = rec.to_map(env.body)
     try:
-        return msgpack.packb(out, use_bin_type=True)  # type: ignore[no-any-return]
+        return _pack(out)
     except (TypeError, ValueError, OverflowError) as e:
         raise IpcError(f"cannot encode {env.type!r}: {e}") from e
 
@@ -592,7 +516,7 @@ def decode_envelope(data: bytes) -> Envelope:
     try:
         m = msgpack.unpackb(data, raw=False)
         if type(m) is not dict:
-            _fail("an envelope map", m)
+            codec.fail("an envelope map", m)
         if not m.keys() <= Envelope.KEYS:
             raise ValueError(
                 f"unknown envelope key(s) {sorted(map(str, m.keys() - Envelope.KEYS))}"
@@ -600,17 +524,17 @@ def decode_envelope(data: bytes) -> Envelope:
         if m.get("v") != PROTOCOL_VERSION or type(m.get("v")) is not int:
             raise ValueError(f"unsupported protocol version {m.get('v')!r}")
         name = m.get("t")
-        spec = _TYPE_SPECS.get(name) if isinstance(name, str) else None
-        if spec is None or not isinstance(name, str):
+        rec = _TYPE_RECORDS.get(name) if type(name) is str else None
+        if rec is None or type(name) is not str:
             raise ValueError(f"unknown message type {name!r}")
         reply_to, deadline = m.get("re"), m.get("dl")
-        env = Envelope(
+        env: Envelope = _make_envelope(
             name,
             _int(m.get("id")),
-            _decode_body(spec, m.get("b")),
+            codec.decode_map(rec, m.get("b")),
             None if reply_to is None else _int(reply_to),
             None if deadline is None else _int(deadline),
         )
-    except DECODE_ERRORS as e:
+    except codec.DECODE_ERRORS as e:
         raise RemoteProtocolError(f"bad IPC message: {e}") from e
     return env

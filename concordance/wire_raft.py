@@ -11,10 +11,11 @@ Rules / theory of operation (docs/PROTOCOL.md §3.5):
 - A frame is ``[tag, *fields]`` in dataclass field order; nested values
   (Entry, SnapshotMeta, Membership, ConfChange) are arrays too. Tags come
   from the explicit table ``RAFT_TAGS`` and are never renumbered or reused.
-- Encoding is one ``attrgetter`` plus ``packb`` with a ``default`` hook for
-  the nested types. Decoding is one ``unpackb(use_list=False)`` plus one
-  validator per field, chosen once at import from the dataclass type hints;
-  an unsupported field type fails at import, not on the wire.
+- Each message type is a ``concordance.codec`` record built at import from
+  the dataclass type hints (an unsupported field type fails at import, not
+  on the wire). Encoding is the record's field tuple packed with a ``default``
+  hook for the nested types; decoding is one ``unpackb(use_list=False)`` plus
+  one validator per field.
 - Trailing fields that have a default may be missing (older senders); extra
   fields are rejected. Ints must be non-negative ints (bools are not ints here).
 - Any decoding failure raises ``RemoteProtocolError`` chained to the cause.
@@ -22,14 +23,13 @@ Rules / theory of operation (docs/PROTOCOL.md §3.5):
 
 from __future__ import annotations
 
-import operator
 import typing
-from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, NoReturn
+from dataclasses import fields
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+from concordance import codec
 from concordance.errors import IpcError, RemoteProtocolError
 from concordance.raft.entries import (
     ConfChange,
@@ -60,16 +60,7 @@ from concordance.raft.messages import (
 
 __all__ = ["DECODE_ERRORS", "RAFT_TAGS", "decode_raft", "encode_raft"]
 
-# Everything decoding hostile bytes may raise; msgpack's own errors are
-# ValueError subclasses or UnpackException.
-DECODE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    OverflowError,
-    msgpack.UnpackException,
-)
+DECODE_ERRORS = codec.DECODE_ERRORS  # re-exported for wire's users
 
 # Part of the wire format: never renumber or reuse a tag.
 RAFT_TAGS: dict[type, int] = {
@@ -90,50 +81,20 @@ RAFT_TAGS: dict[type, int] = {
     ProposeRefused: 15,
 }
 
-_Check = Callable[[Any], Any]
 _KINDS = {int(kind): kind for kind in EntryKind}
 _OPS = {op.value: op for op in ConfChangeOp}
-
-
-def _fail(what: str, value: Any) -> NoReturn:
-    raise ValueError(f"expected {what}, got {type(value).__name__} {value!r:.60}")
-
-
-def _uint(v: Any) -> int:
-    if type(v) is int and v >= 0:
-        return v
-    _fail("a non-negative int", v)
-
-
-def _str(v: Any) -> str:
-    if type(v) is str:
-        return v
-    _fail("str", v)
-
-
-def _bytes(v: Any) -> bytes:
-    if type(v) is bytes:
-        return v
-    _fail("bytes", v)
-
-
-def _bool(v: Any) -> bool:
-    if type(v) is bool:
-        return v
-    _fail("bool", v)
+_make_entry = codec.maker(Entry)
+_uint = codec.uint
+_str = codec.exact(str)
+_bytes = codec.exact(bytes)
+_bool = codec.exact(bool)
 
 
 def _array(v: Any, n: int | None = None) -> tuple[Any, ...]:
     # Frames are unpacked with use_list=False: arrays arrive as tuples.
     if type(v) is tuple and (n is None or len(v) == n):
         return v
-    _fail("an array" if n is None else f"an array of {n}", v)
-
-
-def _bytes_tuple(v: Any) -> tuple[bytes, ...]:
-    for item in _array(v):
-        _bytes(item)
-    return typing.cast(tuple[bytes, ...], v)
+    codec.fail("an array" if n is None else f"an array of {n}", v)
 
 
 def _str_tuple(v: Any) -> tuple[str, ...]:
@@ -142,24 +103,25 @@ def _str_tuple(v: Any) -> tuple[str, ...]:
     return typing.cast(tuple[str, ...], v)
 
 
-def _entry(v: Any) -> Entry:
-    # Inlined checks: this runs once per replicated entry.
-    if type(v) is tuple and len(v) == 4:
-        term, index, kind, data = v
-        if (
-            type(term) is int
-            and term >= 0
-            and type(index) is int
-            and index >= 0
-            and type(kind) is int
-            and type(data) is bytes
-        ):
-            return Entry(term, index, _KINDS[kind], data)
-    _fail("an entry [term, index, kind, data]", v)
-
-
 def _entries(v: Any) -> tuple[Entry, ...]:
-    return tuple([_entry(e) for e in _array(v)])
+    # One loop, checks inlined: this runs once per replicated entry.
+    out: list[Entry] = []
+    append = out.append
+    for e in _array(v):
+        if type(e) is tuple and len(e) == 4:
+            term, index, kind, data = e
+            if (
+                type(term) is int
+                and term >= 0
+                and type(index) is int
+                and index >= 0
+                and type(kind) is int
+                and type(data) is bytes
+            ):
+                append(_make_entry(term, index, _KINDS[kind], data))
+                continue
+        codec.fail("an entry [term, index, kind, data]", e)
+    return tuple(out)
 
 
 def _membership(v: Any) -> Membership:
@@ -178,13 +140,13 @@ def _conf_change(v: Any) -> ConfChange:
     return ConfChange(_OPS[_str(op)], _str(node_id), _str(address))
 
 
-_CHECKS: dict[Any, _Check] = {
+_CHECKS: dict[Any, codec.Check] = {
     int: _uint,
     str: _str,
     bytes: _bytes,
     bool: _bool,
     tuple[Entry, ...]: _entries,
-    tuple[bytes, ...]: _bytes_tuple,
+    tuple[bytes, ...]: codec.array_of(_bytes),
     SnapshotMeta: _snapshot_meta,
     ConfChange: _conf_change,
 }
@@ -204,31 +166,20 @@ def _pack_nested(obj: Any) -> Any:
     raise TypeError(f"cannot encode {cls.__name__} in a Raft frame")
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    tag: int
-    cls: type
-    getter: Callable[[Any], tuple[Any, ...]]
-    checks: tuple[_Check, ...]
-    min_fields: int
-
-
-def _spec(cls: type, tag: int) -> _Spec:
+def _record(cls: type, tag: int) -> codec.Record:
     hints = typing.get_type_hints(cls)
-    dc_fields = fields(cls)
     checks = []
-    for f in dc_fields:
+    for f in fields(cls):
         check = _CHECKS.get(hints[f.name])
         if check is None:
             raise TypeError(f"wire: no Raft codec for {cls.__name__}.{f.name}: {hints[f.name]}")
         checks.append(check)
-    required = [f for f in dc_fields if f.default is MISSING and f.default_factory is MISSING]
-    getter = operator.attrgetter(*(f.name for f in dc_fields))
-    return _Spec(tag, cls, getter, tuple(checks), len(required))
+    return codec.record(cls, checks, tag=tag)
 
 
-_BY_CLASS: dict[type, _Spec] = {cls: _spec(cls, tag) for cls, tag in RAFT_TAGS.items()}
-_BY_TAG: dict[int, _Spec] = {spec.tag: spec for spec in _BY_CLASS.values()}
+_BY_CLASS: dict[type, codec.Record] = {cls: _record(cls, tag) for cls, tag in RAFT_TAGS.items()}
+_BY_TAG: dict[int, codec.Record] = {RAFT_TAGS[cls]: rec for cls, rec in _BY_CLASS.items()}
+_pack = codec.packer(default=_pack_nested)
 
 
 def encode_raft(msg: Message) -> bytes:
@@ -238,16 +189,13 @@ def encode_raft(msg: Message) -> bytes:
         TypeError: ``msg`` is not a registered Raft message (a local bug).
         IpcError: a field holds something msgpack cannot pack.
     """
-    spec = _BY_CLASS.get(type(msg))
-    if spec is None:
+    rec = _BY_CLASS.get(type(msg))
+    if rec is None:
         raise TypeError(f"not a registered Raft message: {type(msg).__name__}")
     try:
-        frame: bytes = msgpack.packb(
-            (spec.tag, *spec.getter(msg)), default=_pack_nested, use_bin_type=True
-        )
+        return _pack(rec.to_tuple(msg))
     except (TypeError, ValueError, OverflowError) as e:
         raise IpcError(f"cannot encode {type(msg).__name__}: {e}") from e
-    return frame
 
 
 def decode_raft(data: bytes) -> Message:
@@ -259,15 +207,15 @@ def decode_raft(data: bytes) -> Message:
     try:
         arr = msgpack.unpackb(data, raw=False, use_list=False)
         if type(arr) is not tuple or not arr:
-            _fail("a non-empty array", arr)
+            codec.fail("a non-empty array", arr)
         tag = arr[0]
-        spec = _BY_TAG.get(tag) if type(tag) is int else None
-        if spec is None:
+        rec = _BY_TAG.get(tag) if type(tag) is int else None
+        if rec is None:
             raise ValueError(f"unknown Raft message tag {tag!r}")
-        n = len(arr) - 1
-        if not spec.min_fields <= n <= len(spec.checks):
-            raise ValueError(f"{spec.cls.__name__} has {n} fields, expected {len(spec.checks)}")
-        msg = spec.cls(*[check(v) for check, v in zip(spec.checks, arr[1:], strict=False)])
+        if len(arr) == len(rec.names) + 1:
+            msg = rec.from_tuple(arr)
+        else:  # trailing defaults left out, or a wrong field count
+            msg = codec.decode_array(rec, arr[1:])
     except DECODE_ERRORS as e:
         raise RemoteProtocolError(f"bad Raft frame: {e}") from e
     return typing.cast(Message, msg)

@@ -251,12 +251,13 @@ async def _error_of(resp: aiohttp.ClientResponse) -> errors.ConcordanceError | N
     try:
         body = await resp.json(content_type=None)
         detail = dict(body["error"])
-        code, message = detail.pop("code"), detail.pop("message", "")
+        code = detail["code"]
     except (ValueError, KeyError, TypeError, aiohttp.ClientError):
         return None
     if not isinstance(code, str) or code not in errors.BY_CODE:
         return None
-    return errors.from_code(code, str(message), **detail)
+    detail["message"] = str(detail.get("message", ""))  # whatever the server sent, as text
+    return errors.ConcordanceError.from_dict(detail)
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:

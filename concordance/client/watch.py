@@ -250,8 +250,7 @@ class Watch:
 
 def _rpc_error(error: dict[str, Any]) -> errors.ConcordanceError:
     data = error.get("data") or {}
-    detail = {k: v for k, v in data.items() if k not in ("code", "message")}
-    return errors.from_code(
-        data.get("code", "invalid_request"), data.get("message") or error.get("message", ""),
-        **detail,
-    )  # fmt: skip
+    message = data.get("message") or error.get("message", "")
+    return errors.ConcordanceError.from_dict(
+        {**data, "code": data.get("code", "invalid_request"), "message": message}
+    )

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concordance.consensus.disk import RaftDisk
 from concordance.errors import IpcError
 from concordance.raft.entries import Entry, SnapshotMeta
+from concordance.raft.stores import limit_size
 from concordance.wire import Apply, Body, Restore
 
 __all__ = ["ApplyStream"]
@@ -191,13 +192,7 @@ class ApplyStream:
         if not self._buffered(lo):
             return None
         start = lo - self._buffer[0].index
-        out = self._buffer[start : start + (hi - lo)]
-        total = 0
-        for n, entry in enumerate(out):
-            total += entry.size()
-            if total > BATCH_BYTES and n > 0:
-                return out[:n]
-        return out
+        return limit_size(self._buffer[start : start + (hi - lo)], BATCH_BYTES)
 
     def _drop_buffer(self) -> None:
         self._buffer, self._buffer_bytes = [], 0

@@ -37,7 +37,7 @@ from concordance.raft.entries import Entry, HardState, Membership, SnapshotMeta
 from concordance.raft.ready import Ready
 from concordance.raft.snapshot_files import FileSnapshotStore
 from concordance.raft.sqlite_store import SqliteRaftStore
-from concordance.raft.stores import LogCompacted, LogUnavailable
+from concordance.raft.stores import LogCompacted, LogUnavailable, limit_size
 
 __all__ = ["LogView", "RaftDisk"]
 
@@ -90,15 +90,7 @@ class _Tail:
         """Entries in [lo, hi) with the LogStore size rule, or None if not all held."""
         if not self._entries or lo < self._first or hi > self._first + len(self._entries):
             return None
-        out = self._entries[lo - self._first : hi - self._first]
-        if max_bytes is None:
-            return out
-        total = 0
-        for n, entry in enumerate(out):
-            total += entry.size()
-            if total > max_bytes and n > 0:
-                return out[:n]
-        return out
+        return limit_size(self._entries[lo - self._first : hi - self._first], max_bytes)
 
     def _trim(self) -> None:
         # Trim in chunks (to 3/4 of the bound) so deleting from the front stays amortized.

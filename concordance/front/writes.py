@@ -35,7 +35,7 @@ from typing import Any
 
 from concordance import wire
 from concordance.commands import Command, Op, peek_request
-from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable, from_code
+from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 
 __all__ = ["Proposer"]
@@ -210,6 +210,4 @@ class Proposer:
 def _error_of(payload: Any) -> ConcordanceError:
     if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
         return ConcordanceError(f"malformed error result: {payload!r:.80}")
-    extra = {k: v for k, v in payload.items() if k not in ("code", "message")}
-    message = payload.get("message")
-    return from_code(payload["code"], message if isinstance(message, str) else "", **extra)
+    return ConcordanceError.from_dict(payload)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from concordance.raft.entries import Entry, SnapshotMeta
-from concordance.raft.stores import LogCompacted, LogStore, LogUnavailable
+from concordance.raft.stores import LogCompacted, LogStore, LogUnavailable, limit_size
 
 
 class RaftLog:
@@ -101,13 +101,8 @@ class RaftLog:
         if hi > self.unstable_offset:
             start = max(lo, self.unstable_offset) - self.unstable_offset
             tail = self.unstable[start : hi - self.unstable_offset]
-            budget = None if max_bytes is None else max_bytes - sum(e.size() for e in out)
-            for entry in tail:
-                if budget is not None and out and budget - entry.size() < 0:
-                    break
-                out.append(entry)
-                if budget is not None:
-                    budget -= entry.size()
+            spent = 0 if max_bytes is None else sum(e.size() for e in out)
+            out.extend(limit_size(tail, max_bytes, spent))
         return out
 
     def last_index_of_term_at_most(self, term: int, upto: int) -> int:

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from concordance.durable import fsync_dir, fsync_path
 from concordance.raft.entries import Membership, SnapshotMeta
 
 __all__ = ["FileSnapshotStore"]
@@ -106,7 +107,7 @@ class FileSnapshotStore:
         """
         src = Path(src_path)
         final = self.path(meta)
-        _fsync_file(src)
+        fsync_path(src)
         self._invalidate(meta)
         try:
             os.replace(src, final)
@@ -117,8 +118,8 @@ class FileSnapshotStore:
             src.unlink()
         else:
             if src.parent.resolve() != self._dir.resolve():
-                _fsync_dir(src.parent)  # the old name is gone for good too
-        _fsync_dir(self._dir)
+                fsync_dir(src.parent)  # the old name is gone for good too
+        fsync_dir(self._dir)
         self._commit(meta, final.stat().st_size)
         return final
 
@@ -165,7 +166,7 @@ class FileSnapshotStore:
         self._invalidate(meta)
         final = self.path(meta)
         os.replace(receive.path, final)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._commit(meta, receive.offset)
         return final
 
@@ -186,7 +187,7 @@ class FileSnapshotStore:
         for path in doomed:
             if _is_ours(path.name):
                 path.unlink()
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def close(self) -> None:
         """Abandon any snapshot being received (its partial file stays until retain())."""
@@ -214,7 +215,7 @@ class FileSnapshotStore:
         sidecar = self._dir / f"{_stem(meta)}.meta"
         if sidecar.exists():
             sidecar.unlink()
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             if self._latest is not None and _key(self._latest) == _key(meta):
                 complete = self._complete()
                 self._latest = max(complete, key=_key) if complete else None
@@ -233,7 +234,7 @@ class FileSnapshotStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._dir / f"{_stem(meta)}.meta")
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         if self._latest is None or _key(meta) >= _key(self._latest):
             self._latest = meta
 
@@ -275,16 +276,3 @@ def _key(meta: SnapshotMeta) -> _Key:
 
 def _stem(meta: SnapshotMeta) -> str:
     return f"{meta.index:020d}-{meta.term:020d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

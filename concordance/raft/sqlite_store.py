@@ -49,6 +49,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 
+from concordance.durable import fsync_dir
 from concordance.raft.entries import Entry, EntryKind, HardState, Membership, SnapshotMeta
 from concordance.raft.stores import LogCompacted, LogUnavailable
 
@@ -127,7 +128,7 @@ class SqliteRaftStore:
             ) = self._load_meta(db)
             self._terms = self._load_terms(db, self._base_index)
             if created:
-                _fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+                fsync_dir(os.path.dirname(os.path.abspath(self._path)))
         except BaseException:
             db.close()
             raise
@@ -392,12 +393,3 @@ def _entry(row: tuple[int, int, int, bytes]) -> Entry:
 
 def _snapshot_row(meta: SnapshotMeta) -> tuple[int, int, bytes]:
     return meta.index, meta.term, meta.membership.encode()
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's name durable (SQLite syncs the WAL's name, not the db's)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

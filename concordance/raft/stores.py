@@ -118,7 +118,7 @@ class MemoryRaftStore:
             raise LogUnavailable(hi)
         # max(lo, hi): an inverted range is empty, not a negative (wrapping) slice.
         out = self._log[lo - self._base_index - 1 : max(lo, hi) - self._base_index - 1]
-        return _limit_size(out, max_bytes)
+        return limit_size(out, max_bytes)
 
     def config_entries(self) -> list[Entry]:
         return [e for e in self._log if e.kind is EntryKind.CONFIG]
@@ -190,12 +190,19 @@ class MemorySnapshotStore:
         return self.get(meta)[offset : offset + size]
 
 
-def _limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
+def limit_size(entries: list[Entry], max_bytes: int | None, spent: int = 0) -> list[Entry]:
+    """The longest prefix of ``entries`` whose sizes, added to ``spent``, fit in ``max_bytes``.
+
+    The one byte-budget cut of entry batches (log stores, the Raft log's
+    unstable tail, consensus's apply batches). With nothing ``spent`` the first
+    entry always goes, however large, so a batch is never empty; ``None`` is
+    no limit.
+    """
     if max_bytes is None or not entries:
         return entries
-    total = 0
+    total = spent
     for n, entry in enumerate(entries):
         total += entry.size()
-        if total > max_bytes and n > 0:
+        if total > max_bytes and (n > 0 or spent > 0):
             return entries[:n]
     return entries

@@ -59,7 +59,6 @@ from concordance.errors import (
     NotFound,
     RemoteProtocolError,
     VersionConflict,
-    from_code,
 )
 from concordance.storage import db, snapshot, ttl
 from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row
@@ -105,8 +104,7 @@ class Applied:
     def unwrap(self) -> Any:
         """The result, or raise the error it carries as a :class:`ConcordanceError`."""
         if self.error is not None:
-            extra = {k: v for k, v in self.error.items() if k not in ("code", "message")}
-            raise from_code(self.error["code"], self.error.get("message", ""), **extra)
+            raise ConcordanceError.from_dict(self.error)
         return self.result
 
 

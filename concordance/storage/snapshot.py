@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 
+from concordance.durable import fsync_dir, fsync_path
 from concordance.errors import RemoteProtocolError
 from concordance.storage.schema import is_state_db
 
@@ -39,9 +40,9 @@ def write(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
         dest.execute("PRAGMA journal_mode=DELETE")
     finally:
         dest.close()
-    _fsync_file(tmp)
+    fsync_path(tmp)
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent, best_effort=True)
 
 
 def vet(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -76,11 +77,11 @@ def install(snapshot: str | os.PathLike[str], db_path: str | os.PathLike[str]) -
     target = Path(db_path)
     tmp = target.with_name(target.name + ".restore")
     shutil.copyfile(snapshot, tmp)
-    _fsync_file(tmp)
+    fsync_path(tmp)
     for suffix in ("-wal", "-shm"):
         _unlink(target.with_name(target.name + suffix))
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent, best_effort=True)
 
 
 def digest(conn: sqlite3.Connection) -> str:
@@ -97,19 +98,6 @@ def digest(conn: sqlite3.Connection) -> str:
     for row in rows:
         h.update(msgpack.packb(row, use_bin_type=True))
     return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can fsync a directory
-        _fsync_file(path)
 
 
 def _unlink(path: Path) -> None:

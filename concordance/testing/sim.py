@@ -150,6 +150,7 @@ class Simulation:
         # Client bookkeeping.
         self._next_cmd = 0
         self.acked: dict[str, int] = {}  # command id -> ack time
+        self.probes: set[str] = set()  # the heal phase's own proposals, not the workload's
         self.proposed: dict[str, str] = {}  # command id -> origin node
         self.dropped: set[str] = set()  # reported not appended (Ready.dropped)
         self.appended: set[str] = set()  # commands in some node's log, ever
@@ -507,7 +508,7 @@ class Simulation:
         self._heal_and_check()
         return SimResult(
             self.seed,
-            len(self.acked),
+            len(self.acked.keys() - self.probes),
             self.reads_checked,
             self.events,
             self.trace.hexdigest(),
@@ -534,6 +535,7 @@ class Simulation:
                 # A client retry: the previous probe may have died with a leader.
                 self._next_cmd += 1
                 probe, probe_at = f"c{self._next_cmd}", self.now
+                self.probes.add(probe)
                 try:
                     leader.core.propose(probe.encode())
                     self.proposed[probe] = leader.node_id
@@ -572,7 +574,7 @@ class Simulation:
 @dataclass(frozen=True)
 class SimResult:
     seed: int
-    acked: int
+    acked: int  # workload writes acknowledged (the heal phase's probes not counted)
     reads: int
     events: int
     trace: str
