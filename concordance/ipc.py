@@ -729,8 +729,10 @@ class Publisher(_Closing):
         *,
         allow_uid: int | None = None,
         hwm: int = EVENTS_HWM,
+        xpub: bool = False,
     ) -> None:
-        sock = _socket(ctx, zmq.PUB, hwm)
+        # XPUB sends like PUB and also shows subscriptions (wait_subscribed).
+        sock = _socket(ctx, zmq.XPUB if xpub else zmq.PUB, hwm)
         _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
         self._sock = sock
@@ -754,6 +756,33 @@ class Publisher(_Closing):
             _send_frames(self._sync, [topic, payload], _DONTWAIT)
         except zmq.ZMQError as e:
             raise IpcError(f"publish on {self.endpoint} failed: {e}") from e
+
+    def take_subscriptions(self) -> list[bytes]:
+        """Subscription messages received so far (an ``xpub=True`` publisher only):
+        ``b"\\x01" + topic`` for a subscribe, ``b"\\x00" + topic`` for an unsubscribe."""
+        got = []
+        while True:
+            try:
+                got.append(self._sync.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return got
+            except zmq.ZMQError as e:
+                raise IpcError(f"receive on {self.endpoint} failed: {e}") from e
+
+    async def wait_subscribed(self, topic: bytes, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a subscriber of ``topic`` (``xpub=True`` only).
+
+        Why: a new publisher's first messages are lost to subscribers that have not
+        reconnected yet (ZeroMQ's slow joiner); a restarted storage waits for its
+        front before it publishes write results."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while True:
+            if b"\x01" + topic in self.take_subscriptions():
+                return True
+            if loop.time() >= until:
+                return False
+            await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         self._sock.close(linger=0)

@@ -139,6 +139,12 @@ class Control:
             self.stop(role)
         self.start(role)
 
+    def signal(self, role: str, name: str) -> None:
+        """Send signal ``name`` (``TERM``...) to the role; with ``autorestart`` a role
+        that exits on it is started again by supervisord (how a front restarts itself:
+        it cannot call ``start`` after its own stop)."""
+        self._call("signalProcess", f"{GROUP}:{_role(role)}", name)
+
     def shutdown(self) -> None:
         self._call("shutdown")
 

@@ -182,6 +182,14 @@ class Dropped(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class Stopping(Body):
+    """A role's planned stop has begun (consensus or storage -> front): the front holds
+    new requests to it until its successor connects, so none is lost in the close."""
+
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
 class Hello(Body):
     """Storage liveness and position: at start and every second."""
 
@@ -355,6 +363,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "raft_in": RaftIn,
     "raft_out": RaftOut,
     "dropped": Dropped,
+    "stopping": Stopping,
     "hello": Hello,
     "applied": Applied,
     "snapshot_taken": SnapshotTaken,
@@ -398,6 +407,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "raft_in",
         "raft_out",
         "dropped",
+        "stopping",
         "hello",
         "applied",
         "snapshot_taken",

@@ -1,7 +1,8 @@
 """Entry point of the consensus role: ``python -m procs.consensus --data DIR``.
 
 Thin on purpose (the logic is in ``concordance.consensus``): read the node's
-configuration, run the driver on uvloop, stop cleanly on SIGTERM/SIGINT.
+configuration, run the driver on uvloop, stop cleanly on SIGTERM/SIGINT (a
+planned stop: a leader hands leadership over first, see the driver).
 supervisord captures stdout, so logs go there, one line per event.
 Exit status: 0 after a clean stop, 1 when the driver failed (supervisord
 restarts the role, which then resumes from what raft.db holds), 2 on a bad
@@ -40,7 +41,7 @@ async def main(cfg: config.NodeConfig) -> int:
         return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, driver.stop)
+        loop.add_signal_handler(sig, driver.shutdown)  # planned: hand over, drain
     log.info("%s consensus started (data %s)", cfg.node_id, cfg.data_dir)
     try:
         await driver.run()

@@ -4,7 +4,8 @@ A thin entry point so that supervisord has one command per role and the
 service itself stays importable and testable in-process: it loads the node's
 configuration from ``{DIR}/node.json`` and the environment, runs
 :class:`~concordance.storage.service.StorageService` on uvloop, and turns
-SIGTERM/SIGINT into a graceful stop (sockets closed, state.db closed, exit 0).
+SIGTERM/SIGINT into a graceful stop (the front told ``stopping``, requests
+already sent answered, sockets closed, state.db closed, exit 0).
 
 Exit codes: 0 after a requested stop, 1 when the service failed (supervisord
 restarts it; state.db resumes from its durable applied index), 2 for an
@@ -31,7 +32,7 @@ async def main(cfg: config.NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
-        loop.add_signal_handler(sig, service.stop)
+        loop.add_signal_handler(sig, service.shutdown)  # planned: drain, flush
     try:
         await service.run()
     finally:

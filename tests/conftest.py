@@ -18,6 +18,7 @@ CLUSTER_FILES = (
     "test_chaos_short.py",
     "test_client_cluster.py",
     "test_tls_cluster.py",
+    "test_restart_under_load.py",
 )
 
 

@@ -3,7 +3,8 @@
     concordance node --id ID --listen HOST:PORT --data DIR [--peers ...] [--join HOST:PORT]
     concordance cluster --nodes N --base-port P --data DIR
     concordance restore --backup FILE --data DIR --id ID --listen HOST:PORT [--peers ...]
-    concordance ctl --data DIR status | restart ROLE | stop ROLE | start ROLE
+    concordance ctl --data DIR status | restart ROLE|all | stop ROLE | start ROLE
+    concordance ctl --endpoint URL [--api-key K] restart ROLE|all
 
 These need the server's dependencies (``pip install concordance[server]``);
 they are imported only when one of these commands runs, so a client-only
@@ -65,9 +66,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     restore.set_defaults(run=_run_restore)
 
     ctl = sub.add_parser("ctl", help="status and control of one node's roles")
-    ctl.add_argument("--data", required=True)
+    where = ctl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="the node's data dir: through its supervisor, locally")
+    where.add_argument(
+        "--endpoint", help="the node's URL: through its API (restart only; full API key)"
+    )
+    ctl.add_argument(
+        "--api-key", default=None, help="with --endpoint (default: $CONCORDANCE_API_KEY)"
+    )
     ctl.add_argument("action", choices=["status", "restart", "stop", "start"])
-    ctl.add_argument("role", nargs="?", choices=ROLES)
+    ctl.add_argument(
+        "role", nargs="?", choices=[*ROLES, "all"], help="all: restart storage, consensus, front"
+    )
     ctl.set_defaults(run=_run_ctl)
 
 
@@ -195,11 +205,26 @@ def _run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+ROLLING_ORDER = ("storage", "consensus", "front")  # ``restart all``: the front last
+
+
 def _run_ctl(args: argparse.Namespace) -> int:
     from concordance.supervise import Control, SupervisorUnavailable
 
+    if args.role == "all" and args.action != "restart":
+        print("concordance ctl: only restart takes 'all'", file=sys.stderr)
+        return 2
+    if args.endpoint is not None:
+        from concordance.cli.remote_ctl import run_remote
+
+        return run_remote(args)
     control = Control(args.data)
     try:
+        if args.role == "all":
+            for role in ROLLING_ORDER:  # each start waits until supervisord runs it
+                control.restart(role)
+                print(f"{role}: restart done")
+            return 0
         if args.action == "status":
             for name, state in sorted(control.states().items()):
                 pid = state.pid or "-"

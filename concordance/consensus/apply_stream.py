@@ -109,6 +109,13 @@ class ApplyStream:
             self._rewind(applied_index)
         self._trim_buffer()
 
+    def on_stopping(self) -> None:
+        """Storage is stopping (a planned restart): send nothing more, and resume
+        from whatever its successor's ``hello`` says, at once (not after ``STALL``):
+        batches sent to the old process after it stopped reading are lost with it."""
+        self._connected = False
+        self.acked = None
+
     def on_applied(self, index: int) -> None:
         if self.acked is None:
             return  # not before a hello: the position is unknown

@@ -19,6 +19,14 @@ Rules / theory of operation
 * **Never block on a peer role.** Server-side sends never wait (``RpcServer``):
   ``raft_out`` to a dead or slow front is dropped (Raft retransmits), ``apply``
   to a dead storage pauses the apply stream until its next ``hello``.
+* **Planned stop** (:meth:`shutdown`, SIGTERM). A leader with other voters
+  hands leadership to the most caught-up one first (the core refuses new
+  proposals from then on, and sends ``TimeoutNow`` only once the target holds
+  every entry this leader appended, so nothing appended is left behind), and
+  waits to hear of the new leader. Then every role stops the same way: it
+  tells the front ``stopping`` (the front holds new requests from then on),
+  keeps serving for ``SHUTDOWN_DRAIN`` so requests already on their way are
+  answered, and stops. All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
   process exits and supervisord restarts it from what is durable.
@@ -68,6 +76,8 @@ MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes b
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
 FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
+SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
+SHUTDOWN_DRAIN = 0.1  # seconds served after telling the front ``stopping``
 
 
 def boot_membership(cfg: NodeConfig) -> Membership:
@@ -105,6 +115,8 @@ class ConsensusDriver:
         self._commit_noted_at = -NOTE_COMMIT_EVERY
         self._wake = asyncio.Event()
         self._stopping = False
+        self._shutdown_at: float | None = None  # when a planned stop was asked for
+        self._drain_until: float | None = None  # set once the front was told ``stopping``
         self._fatal: BaseException | None = None
         self._addresses: dict[str, str] = dict(cfg.peers)
         self._remember_addresses(core.membership)
@@ -160,6 +172,45 @@ class ConsensusDriver:
         self._stopping = True
         self._wake.set()
 
+    def shutdown(self) -> None:
+        """Ask for a planned stop: hand leadership over, drain, stop (safe from a signal
+        handler; the steps run on the main task, the only one that touches the core)."""
+        if self._shutdown_at is None:
+            self._shutdown_at = time.monotonic()
+        self._wake.set()
+
+    async def _shutdown_step(self, now: float) -> None:
+        """One look at a planned stop's progress (called every turn, at least every tick)."""
+        assert self._shutdown_at is not None
+        if self._drain_until is not None:
+            if now >= self._drain_until:
+                self._stopping = True
+            return
+        core = self.core
+        in_time = now - self._shutdown_at < SHUTDOWN_BOUND
+        others = [v for v in core.membership.voters if v != self.cfg.node_id]
+        if in_time and core.role is Role.LEADER and others:
+            if core.lead_transferee is None:  # again if an earlier attempt timed out
+                try:
+                    core.transfer_leadership()
+                except Unavailable as e:
+                    log.info("%s cannot hand leadership over: %s", self.cfg.node_id, e)
+                    await self._start_drain(now)
+            return
+        if in_time and core.role is not Role.LEADER and core.leader_id is None and others:
+            return  # an election (maybe the one we started) is on: wait to learn its winner
+        await self._start_drain(now)
+
+    async def _start_drain(self, now: float) -> None:
+        self._drain_until = now + SHUTDOWN_DRAIN
+        log.info(
+            "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
+        )
+        try:
+            await self.server.send(FRONT, "stopping", wire.Stopping("consensus"))
+        except IpcError as e:
+            log.debug("cannot tell the front consensus is stopping: %s", e)
+
     async def run(self) -> None:
         """Drive the core until :meth:`stop`; then close the socket and raft.db.
 
@@ -200,6 +251,10 @@ class ConsensusDriver:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            if self._shutdown_at is not None:
+                await self._shutdown_step(time.monotonic())
+                if self._stopping:
+                    break
             busy = self._inbox or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
                 self._note_commit(time.monotonic())
@@ -285,6 +340,9 @@ class ConsensusDriver:
             await self._answer(peer, env, self._transfer(body))
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
+        elif isinstance(body, wire.Stopping):
+            if peer == STORAGE:
+                self.stream.on_stopping()
         elif isinstance(body, wire.Hello | wire.Applied | wire.SnapshotTaken):
             if peer != STORAGE:
                 log.warning(

@@ -11,16 +11,27 @@ Retry rules:
   restarted role is found again quickly. A deadline that passes without an
   answer is ``Unavailable`` (a read is always safe to retry).
 * ``propose`` and ``conf_change`` are re-sent only after ``unavailable``
-  (certainly not appended), with a short backoff, for at most
-  ``UNAVAILABLE_RETRY`` seconds; an ``IpcTimeout`` is passed up as is, since
-  the outcome is unknown.
+  (certainly not appended), with a short backoff, within the hold budget
+  (below); an ``IpcTimeout`` is passed up as is, since the outcome is unknown.
 * ``backup`` and ``snapshot_now`` are not retried (they are heavy).
 * A role that is down is told apart from a slow one before sending: the
   DEALER sockets set ``IMMEDIATE``, so they are writable (``POLLOUT``) only
-  while a connection to the role exists. A request to a role with no
-  connection for ``CONNECT_GRACE`` seconds is ``Unavailable`` at once: for a
-  proposal this is certain (nothing was handed over), so the client gets a
-  503 rather than a 504 after the whole deadline.
+  while a connection to the role exists.
+* Holding (a role restart is invisible to clients): a request to a role that
+  is down or restarting is not sent and not failed; it waits for the role to
+  connect again, within its own deadline (a proposal within its deadline
+  less ``RESULT_MARGIN``, which is left for its result). Only when that
+  passes is it ``Unavailable``: for a proposal this is certain (nothing was
+  handed over), so the client gets a 503 rather than a 504. A role about to
+  stop says ``stopping`` first; from
+  then on requests to it are held until its old connection is gone and a
+  new one is up, so none is handed to a process that is closing.
+* A role that is up but answers ``unavailable`` (no leader known, not a
+  member, stopping) is asked again with a backoff for at most
+  ``UNAVAILABLE_RETRY`` seconds from its first such answer: long enough for the
+  election that follows a planned leader hand-over, short enough that a node
+  cut off from any leader answers 503 promptly (API.md: 503 is "safe to
+  retry", and the client, not the front, decides to wait longer).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
@@ -43,48 +55,100 @@ __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
 log = logging.getLogger(__name__)
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
-UNAVAILABLE_RETRY = 1.5  # seconds propose keeps retrying "unavailable" before giving up
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
-CONNECT_GRACE = 1.0  # seconds to wait for a (re)connection before calling a role down
+RAFT_IN_HOLD = 2.0  # seconds peer frames are kept for a restarting consensus at most
+UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
+CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
+RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
+STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
+HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
 
 _B = TypeVar("_B", bound=wire.Body)
 
 
+class _Stopping:
+    """Roles that announced a planned stop (``stopping``), by client socket.
+
+    Why a flag and a watcher: after ``stopping`` the old process still holds its
+    connection for a moment, and anything handed to it then may be lost with
+    it. So the role counts as down until its old connection is seen gone (the
+    successor always takes longer than ``HOLD_POLL`` to start), or at most
+    ``STOPPING_BOUND`` seconds if it never goes.
+    """
+
+    def __init__(self) -> None:
+        self.rpcs: set[ipc.RpcClient] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def announce(self, rpc: ipc.RpcClient) -> None:
+        if rpc in self.rpcs:
+            return
+        log.info("the %s role is stopping: holding its requests until it is back", _role(rpc))
+        self.rpcs.add(rpc)
+        task = asyncio.get_running_loop().create_task(self._watch(rpc))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, rpc: ipc.RpcClient) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + STOPPING_BOUND
+        try:
+            while rpc in self.rpcs and rpc.connected() and loop.time() < until:
+                await asyncio.sleep(HOLD_POLL)
+        finally:
+            self.rpcs.discard(rpc)
+
+
+_STOPPING = _Stopping()
+
+
 def _connected(rpc: ipc.RpcClient) -> bool:
-    return rpc.connected(recently=RECENTLY)
+    return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
 
 
 async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:
-    """Wait up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
+    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not _connected(rpc):
         if loop.time() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(HOLD_POLL)
 
 
 async def _idempotent(
     rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
 ) -> _B:
     deadline = time.monotonic() + timeout
+    backoff = _Backoff()
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        await _ensure_connected(rpc, kind, min(left, CONNECT_GRACE))
+        await _ensure_connected(rpc, kind, left)
         left = deadline - time.monotonic()
         try:
-            got = await rpc.request(kind, body, min(left, ATTEMPT_CAP))
+            got = await rpc.request(kind, body, max(min(left, ATTEMPT_CAP), 0.001))
         except IpcTimeout:
+            continue
+        except Unavailable:  # no leader yet, consensus stopping: safe to ask again
+            if not backoff.may_wait(deadline):
+                raise
+            await backoff.wait()
             continue
         except IpcError as e:
             raise Unavailable(f"cannot reach the {_role(rpc)} role: {e}") from e
         if not isinstance(got, reply):  # pragma: no cover - RpcClient checks the type
             raise Unavailable(f"unexpected reply {type(got).__name__} to {kind}")
         return got
+
+
+def hold_budget(timeout: float) -> float:
+    """How long a proposal with ``timeout`` may be held (not sent, or refused
+    ``unavailable``) before it is answered 503: the rest is for its result."""
+    return max(timeout - RESULT_MARGIN, timeout / 2)
 
 
 def _role(rpc: ipc.RpcClient) -> str:
@@ -95,18 +159,37 @@ async def _retry_unavailable(
     rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float
 ) -> wire.Body:
     start = time.monotonic()
-    delay = 0.02
+    budget = hold_budget(max(timeout, 0))
+    backoff = _Backoff()
     while True:
-        await _ensure_connected(rpc, kind, min(max(timeout, 0), CONNECT_GRACE))
+        await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0))
         left = timeout - (time.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
         except Unavailable:
-            spent = time.monotonic() - start
-            if spent + delay >= min(timeout, UNAVAILABLE_RETRY):
+            if not backoff.may_wait(start + budget):
                 raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
+            await backoff.wait()
+
+
+class _Backoff:
+    """Pauses between asks of a role that answered ``unavailable``: doubling from
+    20 ms to 200 ms, for at most ``UNAVAILABLE_RETRY`` seconds from the first
+    answer and never past ``deadline``; then the caller passes the answer on."""
+
+    def __init__(self) -> None:
+        self._delay = 0.02
+        self._first: float | None = None
+
+    def may_wait(self, deadline: float) -> bool:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        return now + self._delay < min(deadline, self._first + UNAVAILABLE_RETRY)
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 0.2)
 
 
 class IpcConsensus:
@@ -119,6 +202,9 @@ class IpcConsensus:
         self._frames_bytes = 0
         self._flushing: asyncio.Task[None] | None = None
         self._flush_due = False
+        self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
+        self._held_bytes = 0
+        self._releasing: asyncio.Task[None] | None = None
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
         )
@@ -128,6 +214,8 @@ class IpcConsensus:
             self._handler(env.body)
         elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
+        elif isinstance(env.body, wire.Stopping):
+            _STOPPING.announce(self._rpc)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
 
@@ -176,8 +264,8 @@ class IpcConsensus:
         """Hand peer frames to consensus. Frames that arrive in one turn of the event
         loop (from all peers) go in one ``raft_in``; a caller waits only while more
         than ``RAFT_IN_BATCH_BYTES`` are pending, which pushes back on a flooding peer."""
-        if not _connected(self._rpc):  # consensus is down: drop at once, do not hold the peer
-            log.debug("consensus not connected: dropping %d peer frame(s)", len(frames))
+        if not _connected(self._rpc):  # stopping or down: keep them for its successor
+            self._hold_frames(frames)
             return
         self._frames.extend(frames)
         self._frames_bytes += sum(len(f) for f in frames)
@@ -189,6 +277,46 @@ class IpcConsensus:
                 self._flush_now()
             if self._flushing is not None:
                 await asyncio.shield(self._flushing)
+
+    def _hold_frames(self, frames: Sequence[bytes]) -> None:
+        """Keep peer frames while consensus restarts (never waits: a peer is not held).
+
+        Why: among them may be proposals another node forwarded here. The next
+        consensus refuses what it does not lead, and the refusal reaches the
+        proposer, which proposes again where the leader now is; a frame dropped
+        here instead would leave that write's outcome unknown (a 504). Frames
+        older than ``RAFT_IN_HOLD`` are dropped when handed over (Raft has moved
+        on and retransmits what still matters), and at most
+        ``RAFT_IN_BATCH_BYTES`` are kept, the oldest dropped first.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for frame in frames:
+            self._held.append((now, frame))
+            self._held_bytes += len(frame)
+        while len(self._held) > 1 and self._held_bytes > RAFT_IN_BATCH_BYTES:
+            self._held_bytes -= len(self._held.popleft()[1])
+        if self._releasing is None:
+            self._releasing = loop.create_task(self._release_held())
+
+    async def _release_held(self) -> None:
+        """Hand the held frames over once consensus is back (or drop them after
+        ``RAFT_IN_HOLD``: a successor that takes longer gets fresh ones)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._held:
+                if _connected(self._rpc):
+                    fresh = [f for t, f in self._held if loop.time() - t < RAFT_IN_HOLD]
+                    self._held.clear()
+                    self._held_bytes = 0
+                    if fresh:
+                        await self.raft_in(fresh)
+                    return
+                while self._held and loop.time() - self._held[0][0] >= RAFT_IN_HOLD:
+                    self._held_bytes -= len(self._held.popleft()[1])
+                await asyncio.sleep(HOLD_POLL)
+        finally:
+            self._releasing = None
 
     def _flush_now(self) -> None:
         """At the end of the loop turn: hand the frames over at once if there is room
@@ -215,8 +343,10 @@ class IpcConsensus:
             self._flushing = None
 
     async def close(self) -> None:
-        if self._flushing is not None:
-            self._flushing.cancel()
+        for task in (self._flushing, self._releasing):
+            if task is not None:
+                task.cancel()
+        _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
 
@@ -224,7 +354,15 @@ class IpcStorage:
     """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
-        self._rpc = ipc.RpcClient(ctx, ipc.endpoint(data_dir, "storage"), "front")
+        self._rpc = ipc.RpcClient(
+            ctx, ipc.endpoint(data_dir, "storage"), "front", on_message=self._on_message
+        )
+
+    def _on_message(self, env: wire.Envelope) -> None:
+        if isinstance(env.body, wire.Stopping):
+            _STOPPING.announce(self._rpc)
+        else:
+            log.debug("storage sent an unexpected %s", env.type)
 
     async def get(
         self, key: str, now: int, timeout: float, min_index: int = 0
@@ -268,6 +406,7 @@ class IpcStorage:
         return await _idempotent(self._rpc, "storage_status", body, timeout, wire.StorageStatusOk)
 
     async def close(self) -> None:
+        _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
 

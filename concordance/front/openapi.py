@@ -314,6 +314,41 @@ def _operations() -> dict[tuple[str, str], Schema]:
             "summary": "Take a snapshot now",
             "responses": {"200": _json({"type": "object"}), **_errors(504)},
         },
+        ("cluster_role_restart", "POST"): {
+            "summary": "Restart one role of this node (full key only): storage and consensus"
+            " answer 200 once the new process runs; front answers 202, then restarts",
+            "parameters": [
+                {
+                    "name": "role",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": ["front", "consensus", "storage"]},
+                }
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string"},
+                            "restarted": {"type": "boolean"},
+                            "pid": {"type": ["integer", "null"]},
+                        },
+                    }
+                ),
+                "202": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string"},
+                            "restarted": {"type": "boolean"},
+                            "restarting": {"type": "boolean"},
+                        },
+                    }
+                ),
+                **_errors(400, 403, 503),
+            },
+        },
         ("cluster_backup", "GET"): {
             "summary": "The whole state as a SQLite file (credentials stay encrypted)",
             "responses": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from concordance.front import cluster, kv, openapi, peers, stream
+from concordance.front import cluster, kv, openapi, peers, restart, stream
 
 __all__ = ["KEY_ROUTE", "setup_routes"]
 
@@ -46,4 +46,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_delete("/api/v1/cluster/members/{id}", cluster.remove_member, name="cluster_member")
     r.add_post("/api/v1/cluster/leader", cluster.leader, name="cluster_leader")
     r.add_post("/api/v1/cluster/snapshot", cluster.snapshot, name="cluster_snapshot")
+    r.add_post(
+        "/api/v1/cluster/roles/{role}/restart", restart.restart_role, name="cluster_role_restart"
+    )
     r.add_get("/api/v1/cluster/backup", cluster.backup, name="cluster_backup", allow_head=False)

@@ -14,8 +14,14 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   result. No result by the deadline: ``504 timeout`` (outcome unknown).
 * A write forwarded to the leader and refused there (leadership transfer,
   backpressure, or the receiver was not the leader) comes back from consensus
-  as ``dropped``: certainly not appended, so its waiter fails with
-  ``Unavailable`` (503) at once instead of waiting for the deadline.
+  as ``dropped``: certainly not appended, so it is proposed again (the same
+  command, after ``REPROPOSE_DELAY``: a planned leader hand-over is done in a
+  few milliseconds), for at most ``REPROPOSE_WINDOW`` seconds from the first
+  refusal; then its waiter fails with ``Unavailable`` (503), so a leader that
+  keeps refusing (an operator's transfer to a lagging member) is still
+  answered promptly. A re-proposal answered ``unavailable`` fails it too;
+  one whose answer is lost leaves it waiting for its result (never sent twice
+  while its outcome is unknown).
 * Results for other origins, unknown or late ids are ignored.
 * Writes submitted in the same turn of the event loop share one ``propose``
   (up to ``BATCH_COMMANDS`` commands or ``BATCH_BYTES``): under load one IPC
@@ -46,6 +52,8 @@ _Outcome = tuple[bool, Any]
 
 BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
+REPROPOSE_DELAY = 0.05  # seconds before a refused (dropped) write is proposed again
+REPROPOSE_WINDOW = 0.5  # seconds from a write's first refusal until it is answered 503
 
 
 class _Batch:
@@ -82,6 +90,7 @@ class Proposer:
         self._clock = clock
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
+        self._refused_at: dict[int, float] = {}  # request id -> when consensus first dropped it
         self._batch: _Batch | None = None
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
@@ -132,6 +141,7 @@ class Proposer:
                 ) from None
         finally:
             self._waiters.pop(cmd.request_id, None)
+            self._refused_at.pop(cmd.request_id, None)
         if ok:
             return payload
         raise _error_of(payload)
@@ -183,22 +193,47 @@ class Proposer:
                 future.set_result((bool(ok), payload))
 
     def fail_dropped(self, dropped: wire.Dropped) -> None:
-        """Fail the waiting writes among ``dropped``'s commands with ``Unavailable``.
+        """Propose again the waiting writes among ``dropped``'s commands.
 
         Consensus reports forwarded proposals that the receiver refused: they
-        were certainly not appended, so a 503 (safe to retry) is the truth.
+        were certainly not appended, so sending the same command once more
+        cannot apply it twice. A leader refuses during a hand-over (a planned
+        restart of its consensus), which is over in a moment; refused for
+        longer than ``REPROPOSE_WINDOW``, the write gets a 503 (safe to retry).
         Commands of other origins and ids with no waiter here (answered
         already, given up, storage's expiries) are ignored.
         """
+        loop = asyncio.get_running_loop()
         for data in dropped.commands:
             request = peek_request(data)
             if request is None or request[0] != self._node_id:
                 continue
-            future = self._waiters.get(request[1])
-            if future is not None and not future.done():
+            request_id = request[1]
+            future = self._waiters.get(request_id)
+            if future is None or future.done():
+                continue
+            first = self._refused_at.setdefault(request_id, loop.time())
+            if loop.time() - first >= REPROPOSE_WINDOW:
                 future.set_exception(
                     Unavailable("the leader did not accept the write (not applied); retry")
                 )
+                continue
+            task = loop.create_task(self._repropose(request_id, data))
+            self._proposing.add(task)
+            task.add_done_callback(self._proposing.discard)
+
+    async def _repropose(self, request_id: int, data: bytes) -> None:
+        await asyncio.sleep(REPROPOSE_DELAY)
+        future = self._waiters.get(request_id)
+        if future is None or future.done():
+            return  # answered or given up meanwhile
+        try:
+            await asyncio.shield(self._join_batch(data))
+        except Unavailable as e:  # certainly not appended, and the hold budget is spent
+            if not future.done():
+                future.set_exception(e)
+        except (ConcordanceError, IpcError) as e:  # outcome unknown: wait for the result
+            log.debug("request %d: re-proposal outcome unknown (%s); waiting", request_id, e)
 
     def fail_all(self, error: ConcordanceError) -> None:
         """Fail every pending write (shutdown)."""

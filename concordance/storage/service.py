@@ -32,6 +32,18 @@ Rules / theory of operation:
   dropped by ``RpcServer``; their requests time out and are retried.
 * ``wait_applied`` requests park in a heap until an apply reaches their
   index, and are dropped at their deadline (the client has timed out).
+* Restarts without failed requests: at start, storage waits (at most
+  ``subscriber_wait``) for its front to subscribe to the results topic before
+  the first ``hello``, so the results of the entries it applies first are not
+  lost to a front that has not reconnected yet; and it says ``hello`` as soon
+  as it sees consensus connect again (a restarted consensus resumes ``apply``
+  at once, not at the next periodic ``hello``). A planned stop
+  (:meth:`shutdown`, SIGTERM) tells the front ``stopping`` (it holds new
+  requests), serves ``drain`` seconds more so requests already sent are
+  answered, and leaves its last answers and events ``flush`` seconds to go
+  out before the sockets close (they close with linger 0). An apply and the
+  publication of its results run without a suspension point in between, so
+  a stop never separates them.
 * Failures of the state machine's storage during ``apply`` (I/O error, disk
   full) stop the service: the state machine rolled the batch back, and a
   restarted process reopens state.db and resumes from its durable index.
@@ -85,6 +97,10 @@ class ServiceTimings:
     default_wait: float = 60.0  # a wait_applied that carries no deadline
     snapshots_kept: int = 2  # files left in state/snapshots/ for consensus to take
     reaper: ReaperTimings = field(default_factory=ReaperTimings)
+    subscriber_wait: float = 1.0  # at start, for the front's subscription to results
+    reconnect_poll: float = 0.05  # how often a lost consensus connection is looked for
+    drain: float = 0.1  # a planned stop serves this long after saying ``stopping``
+    flush: float = 0.05  # for the last answers and events to leave before closing
 
 
 class StorageService:
@@ -111,6 +127,7 @@ class StorageService:
         self._ctx = ctx
         self._t = timings or ServiceTimings()
         self._stop = asyncio.Event()
+        self._planned = False  # a shutdown(): drain and flush before closing
         self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
         self._waiters: AppliedWaiters[_Waiter] = AppliedWaiters()
         self._backups: set[asyncio.Task[None]] = set()
@@ -124,6 +141,11 @@ class StorageService:
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`run` to finish (safe from a signal handler on the loop)."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """A planned stop (SIGTERM): tell the front, drain, flush, then stop."""
+        self._planned = True
         self._stop.set()
 
     @property
@@ -156,7 +178,7 @@ class StorageService:
         data = self.cfg.data_dir
         # Bind first: a second copy of this role fails here, before touching state.db.
         self._server = await ipc.RpcServer.open(ctx, ipc.endpoint(data, "storage"))
-        self._events = await ipc.Publisher.open(ctx, ipc.endpoint(data, "events"))
+        self._events = await ipc.Publisher.open(ctx, ipc.endpoint(data, "events"), xpub=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.snapshot_dir.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
@@ -185,6 +207,8 @@ class StorageService:
         stop = asyncio.create_task(self._stop.wait(), name="storage stop")
         try:
             done, _ = await asyncio.wait([*loops, stop], return_when=asyncio.FIRST_COMPLETED)
+            if stop in done and self._planned:
+                await self._drain()
         finally:
             for task in [*loops, stop]:
                 task.cancel()
@@ -197,7 +221,25 @@ class StorageService:
                 raise RuntimeError(f"{task.get_name()} ended unexpectedly")
         log.info("storage %s: stopping", self.cfg.node_id)
 
+    async def _drain(self) -> None:
+        """Tell the front ``stopping`` and keep serving for ``drain`` seconds."""
+        assert self._server is not None
+        log.info(
+            "storage %s: stopping (applied index %d)", self.cfg.node_id, self.state.applied_index
+        )
+        try:
+            await self._server.send(b"front", "stopping", wire.Stopping("storage"))
+        except IpcError as e:
+            log.debug("storage: cannot tell the front it is stopping: %s", e)
+        await self._send("stopping", wire.Stopping("storage"))  # consensus: no more apply
+        await asyncio.sleep(self._t.drain)
+        stopping = Unavailable("storage is stopping")  # the front asks the next one
+        for peer, env in self._waiters.clear():
+            await self._server.reply(peer, env, stopping)
+
     async def _close(self) -> None:
+        if self._planned and self._server is not None:
+            await asyncio.sleep(self._t.flush)  # linger=0 would discard what is still queued
         if self._backups:  # their threads finish on their own; give them a moment
             await asyncio.wait(self._backups, timeout=5.0)
         for task in list(self._backups):
@@ -301,12 +343,24 @@ class StorageService:
 
     # -- storage -> consensus ------------------------------------------------------
     async def _heartbeat(self) -> None:
+        assert self._events is not None and self._consensus is not None
+        if not await self._events.wait_subscribed(b"r", self._t.subscriber_wait):
+            log.info("storage: no front subscribed yet; its first results may be lost")
+        loop = asyncio.get_running_loop()
         while True:
             await self._hello()
+            self._events.take_subscriptions()  # only the first one matters; do not pile up
             dropped = self._waiters.expire(wall_ms())
             if dropped:
                 log.debug("storage: %d wait_applied requests reached their deadline", dropped)
-            await asyncio.sleep(self._t.hello_interval)
+            due = loop.time() + self._t.hello_interval
+            was_connected = self._consensus.connected()
+            while (left := due - loop.time()) > 0:
+                await asyncio.sleep(min(left, self._t.reconnect_poll))
+                connected = self._consensus.connected()
+                if connected and not was_connected:
+                    break  # consensus (re)started: tell it where to resume at once
+                was_connected = connected
 
     async def _hello(self) -> None:
         sm = self.state

@@ -178,6 +178,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "raft_in": wire.RaftIn((wire.encode_raft(RAFT_EXAMPLES[2]), b"")),
     "raft_out": wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
     "dropped": wire.Dropped((b"cmd-1", b"\x00\xff")),
+    "stopping": wire.Stopping("storage"),
     "hello": wire.Hello(119, 7),
     "applied": wire.Applied(120),
     "snapshot_taken": wire.SnapshotTaken(100, 4, "/data/n1/snap/100-4.db"),

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from concordance import ipc, wire
 from concordance.errors import NotLeader, Unavailable
+from concordance.front import ipc_clients
 from concordance.front.app import make_app
 from concordance.front.appkeys import HUB
 from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
@@ -174,22 +175,23 @@ def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
     asyncio.run(main())
 
 
-def test_a_refused_forward_reported_by_consensus_is_a_prompt_503() -> None:
+def test_a_refused_forward_reported_by_consensus_is_proposed_again() -> None:
     """``dropped`` over the real consensus socket reaches the write that is waiting
-    for its result: 503 long before the (60 s) deadline; the retry then applies."""
+    for its result: it is proposed again long before the (60 s) deadline and
+    applied once."""
 
     async def main() -> None:
         async with mini_front(request_timeout_ms=60_000) as (client, node):
-            node.drop = 1
+            node.drop = 2
             put = client.put("/api/v1/kv/tenant:a/x", json={"value": 1}, headers=AUTH)
             async with asyncio.timeout(10):
                 async with put as r:
-                    assert r.status == 503 and r.headers["Retry-After"] == "1"
-                    assert (await r.json())["error"]["code"] == "unavailable"
+                    assert r.status == 200 and (await r.json())["version"] == 1
                 async with client.put(
                     "/api/v1/kv/tenant:a/x", json={"value": 2}, headers=AUTH
                 ) as r:
-                    assert r.status == 200 and (await r.json())["version"] == 1
+                    assert r.status == 200 and (await r.json())["version"] == 2
+            assert node.drop == 0
 
     asyncio.run(main())
 
@@ -245,3 +247,194 @@ def _connected_to(consensus: IpcConsensus) -> bool:
     from concordance.front.ipc_clients import _connected
 
     return _connected(consensus._rpc)
+
+
+@contextlib.asynccontextmanager
+async def role_clients() -> AsyncIterator[tuple[str, IpcConsensus, IpcStorage]]:
+    """The front's role clients of a data dir where no role runs yet."""
+    with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
+        ctx = ipc.context()
+        consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
+        try:
+            yield data_dir, consensus, storage
+        finally:
+            await consensus.close()
+            await storage.close()
+            ctx.destroy(linger=0)
+
+
+async def serve_once(server: ipc.RpcServer, answer: Any) -> list[str]:
+    """Answer requests with ``answer(body)`` until cancelled; the types seen."""
+    seen: list[str] = []
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            peer, req = await server.recv()
+            seen.append(req.type)
+            await server.reply(peer, req, answer(req.body))
+    return seen
+
+
+def test_requests_to_a_role_not_yet_running_are_held_until_it_starts() -> None:
+    """No role for a while (a restart): a read and a proposal are neither failed nor
+    lost; each is sent once the role binds, within its own deadline."""
+
+    async def main() -> None:
+        async with role_clients() as (data_dir, consensus, storage):
+            read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
+            propose = asyncio.ensure_future(consensus.propose([b"cmd"], 5.0))
+            await asyncio.sleep(0.3)  # longer than one attempt would take with no holding
+            assert not read.done() and not propose.done()
+            ctx = ipc.context()
+            s = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "storage"))
+            c = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "consensus"))
+            tasks = [
+                asyncio.ensure_future(serve_once(s, lambda b: wire.GetOk(None))),
+                asyncio.ensure_future(serve_once(c, lambda b: wire.Proposed(7))),
+            ]
+            try:
+                async with asyncio.timeout(5):
+                    assert await read is None
+                    assert await propose == 7
+            finally:
+                for t in tasks:
+                    t.cancel()
+                seen = await asyncio.gather(*tasks)
+                await s.close()
+                await c.close()
+            assert seen == [["get"], ["propose"]]  # each sent exactly once
+
+    asyncio.run(main())
+
+
+def test_a_proposal_is_503_once_its_hold_budget_is_spent() -> None:
+    """A role that never comes back: the proposal is certainly not sent, so 503,
+    and not before the hold budget (its deadline less the result margin)."""
+
+    async def main() -> None:
+        async with role_clients() as (_, consensus, _storage):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(Unavailable):
+                await consensus.propose([b"cmd"], 0.6)
+            assert loop.time() - started >= ipc_clients.hold_budget(0.6) * 0.9
+
+    asyncio.run(main())
+
+
+def test_unavailable_answers_to_reads_are_asked_again_within_the_deadline() -> None:
+    """``read_index`` answered ``unavailable`` (no leader yet, consensus stopping)
+    is asked again instead of failing the read at once."""
+
+    async def main() -> None:
+        async with role_clients() as (data_dir, consensus, _storage):
+            c = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(data_dir, "consensus"))
+            refusals = [NotLeader(None), NotLeader(None)]
+
+            def answer(_: Any) -> Any:
+                return refusals.pop() if refusals else wire.ReadIndexOk(5)
+
+            task = asyncio.ensure_future(serve_once(c, answer))
+            try:
+                async with asyncio.timeout(5):
+                    assert await consensus.read_index(3.0) == 5
+            finally:
+                task.cancel()
+                seen = await task
+                await c.close()
+            assert seen == ["read_index"] * 3
+
+    asyncio.run(main())
+
+
+def test_a_role_that_keeps_answering_unavailable_is_503_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No leader for good (cut off, removed): both a read and a proposal are
+    ``Unavailable`` after ``UNAVAILABLE_RETRY`` of refusals, not at the deadline."""
+    monkeypatch.setattr(ipc_clients, "UNAVAILABLE_RETRY", 0.3)
+
+    async def main() -> None:
+        async with role_clients() as (data_dir, consensus, _storage):
+            c = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(data_dir, "consensus"))
+            task = asyncio.ensure_future(serve_once(c, lambda _: NotLeader(None)))
+            loop = asyncio.get_running_loop()
+            try:
+                asks = (lambda: consensus.read_index(30.0), lambda: consensus.propose([b"c"], 30.0))
+                for ask in asks:
+                    started = loop.time()
+                    with pytest.raises(Unavailable):
+                        await asyncio.wait_for(ask(), 10)
+                    assert 0.1 <= loop.time() - started < 5.0
+            finally:
+                task.cancel()
+                seen = await task
+                await c.close()
+            assert seen.count("read_index") > 1 and seen.count("propose") > 1  # asked again
+
+    asyncio.run(main())
+
+
+def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
+    """A role that says ``stopping`` gets no new request, even while its connection
+    lives on; they go to the process that binds after it."""
+
+    async def main() -> None:
+        async with role_clients() as (data_dir, _consensus, storage):
+            ctx = ipc.context()
+            where = ipc.endpoint(data_dir, "storage")
+            old = await ipc.RpcServer.open(ctx, where)
+            old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk({"by": "old"})))
+            async with asyncio.timeout(5):
+                assert await storage.get("tenant:a/x", 0, 3.0) == {"by": "old"}
+            await old.send(b"front", "stopping", wire.Stopping("storage"))
+            await asyncio.sleep(0.05)  # the announcement is in
+            read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
+            await asyncio.sleep(0.2)  # the old one still serves: nothing may reach it
+            assert not read.done()
+            old_task.cancel()
+            assert await old_task == ["get"]
+            await old.close()
+            await asyncio.sleep(0.05)
+            new = await ipc.RpcServer.open(ctx, where)
+            new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk({"by": "new"})))
+            try:
+                async with asyncio.timeout(5):
+                    assert await read == {"by": "new"}
+            finally:
+                new_task.cancel()
+                await new_task
+                await new.close()
+
+    asyncio.run(main())
+
+
+def test_peer_frames_wait_for_a_restarting_consensus_and_stale_ones_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames that arrive while consensus is down reach its successor (a forwarded
+    proposal there gets refused, and so proposed again, instead of lost); frames
+    older than ``RAFT_IN_HOLD`` by then are not delivered."""
+    monkeypatch.setattr(ipc_clients, "RAFT_IN_HOLD", 0.5)
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="cc-", dir="/tmp") as d:
+            consensus = IpcConsensus(ipc.context(), d)
+            try:
+                await consensus.raft_in([b"old"])  # nobody is bound yet: held
+                await asyncio.sleep(0.6)  # older than the hold by the time it is back
+                await consensus.raft_in([b"fresh-1"])
+                await consensus.raft_in([b"fresh-2"])
+                server = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(d, "consensus"))
+                try:
+                    _peer, env = await asyncio.wait_for(server.recv(), 5)
+                    assert isinstance(env.body, wire.RaftIn)
+                    assert env.body.frames == (b"fresh-1", b"fresh-2")
+                    await consensus.raft_in([b"live"])  # connected now: straight through
+                    _peer, env = await asyncio.wait_for(server.recv(), 5)
+                    assert isinstance(env.body, wire.RaftIn) and env.body.frames == (b"live",)
+                finally:
+                    await server.close()
+            finally:
+                await consensus.close()
+
+    asyncio.run(main())

@@ -12,6 +12,7 @@ import pytest
 
 from concordance import wire
 from concordance.commands import Command, Set
+from concordance.front import writes
 from concordance.front.appkeys import PROPOSER
 from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness
 
@@ -227,9 +228,42 @@ def test_result_arriving_later_answers_the_write(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_write_refused_by_the_leader_is_503_at_once(tmp_path: Path) -> None:
+def test_write_refused_by_the_leader_is_proposed_again_and_applied_once(tmp_path: Path) -> None:
     """A forwarded write the leader refused comes back from consensus as ``dropped``:
-    certainly not applied, so 503 + Retry-After now, not 504 at the deadline (60 s here)."""
+    certainly not applied, so the front proposes the same command again (a leader
+    hand-over refuses for a moment); the client sees one success, applied once."""
+
+    async def scenario(h: Harness) -> None:
+        h.node.knobs.hold = True
+        headers = {"Authorization": f"Bearer {FULL}"}
+
+        async def put() -> tuple[int, Any]:
+            async with h.client.put(f"/api/v1/kv/{K}", json={"value": 1}, headers=headers) as r:
+                return r.status, await r.json()
+
+        pending = asyncio.ensure_future(put())
+        await _until(lambda: bool(h.node.held))
+        first = list(h.node.held)
+        h.node.refuse_held()
+        await _until(lambda: bool(h.node.held))  # proposed again
+        assert h.node.held == first  # the same command (same request id), not a new write
+        h.node.knobs.hold = False
+        h.node.release()
+        status, body = await asyncio.wait_for(pending, 5)
+        assert (status, body["version"], body["value"]) == (200, 1, 1)
+        assert h.app[PROPOSER].pending == 0
+        status, entry = await h.put(K, 2)  # the refused write was applied once only
+        assert (status, entry["version"]) == (200, 2)
+
+    run(tmp_path, scenario, request_timeout_ms=60_000)
+
+
+def test_write_refused_for_too_long_is_503_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused for longer than ``REPROPOSE_WINDOW``: 503 + Retry-After now (certainly not
+    applied), not 504 at the deadline (60 s here)."""
+    monkeypatch.setattr(writes, "REPROPOSE_WINDOW", 0)
 
     async def scenario(h: Harness) -> None:
         h.node.knobs.hold = True
@@ -240,10 +274,7 @@ def test_write_refused_by_the_leader_is_503_at_once(tmp_path: Path) -> None:
                 return r.status, r.headers.get("Retry-After"), await r.json()
 
         pending = asyncio.ensure_future(put())
-        for _ in range(200):
-            if h.node.held:
-                break
-            await asyncio.sleep(0.001)
+        await _until(lambda: bool(h.node.held))
         h.node.refuse_held()
         status, retry_after, body = await asyncio.wait_for(pending, 5)
         assert (status, retry_after, body["error"]["code"]) == (503, "1", "unavailable")
@@ -253,6 +284,14 @@ def test_write_refused_by_the_leader_is_503_at_once(tmp_path: Path) -> None:
         assert (status, entry["version"], entry["value"]) == (200, 1, 2)
 
     run(tmp_path, scenario, request_timeout_ms=60_000)
+
+
+async def _until(check: Any, limit: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit
+    while not check():
+        assert loop.time() < until, "condition not reached"
+        await asyncio.sleep(0.002)
 
 
 def test_dropped_reports_that_are_not_ours_change_nothing(tmp_path: Path) -> None:
