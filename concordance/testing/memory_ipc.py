@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import ConcordanceError, IpcError, IpcTimeout, RemoteProtocolError
 from concordance.ipc import SEND_TIMEOUT, MessageHandler
+from concordance.sockets import Sockets
 from concordance.wire import (
     ONE_WAY,
     REPLIES,
@@ -376,3 +377,8 @@ class MemorySubscriber:
         if self in subs:
             subs.remove(self)
         self._inbox.close()
+
+
+def _conforms(net: MemoryIpc) -> Sockets:
+    """Never called: mypy checks here that the memory ends keep the Protocols' shape."""
+    return net
