@@ -229,6 +229,14 @@ class TakeSnapshot(Body):
     """Write a snapshot and answer with ``snapshot_taken``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Leadership(Body):
+    """Whether this node leads at ``term``: pushed on a change and in answer to ``hello``."""
+
+    leading: bool
+    term: int
+
+
 # -- to storage --------------------------------------------------------------
 
 
@@ -361,6 +369,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "apply": Apply,
     "restore": Restore,
     "take_snapshot": TakeSnapshot,
+    "leadership": Leadership,
     "get": Get,
     "get_ok": GetOk,
     "list": List,
@@ -404,6 +413,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "apply",
         "restore",
         "take_snapshot",
+        "leadership",
     }
 )
 TOPICS: dict[str, bytes] = {"change_batch": b"c", "results": b"r"}
