@@ -287,9 +287,13 @@ class _Pump:
 
     def send_nowait(self, frames: list[bytes]) -> None:
         """Send now or raise ``zmq.Again``."""
-        _send_frames(self.sync, frames, _DONTWAIT)
+        try:
+            _send_frames(self.sync, frames, _DONTWAIT)
+        finally:
+            # This send, even a failed one (EHOSTUNREACH), may have taken an edge that a
+            # receive waits for.
+            self._schedule_check()
         self.sent_at = time.monotonic()
-        self._schedule_check()  # this send may have taken an edge a receive waits for
 
     def close(self) -> None:
         """Unregister from the loop and close the socket (``linger=0``)."""
