@@ -14,6 +14,7 @@ nothing touches a socket and time moves only when the test advances it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -72,6 +73,14 @@ def node_config(data_dir: str, **overrides: Any) -> NodeConfig:
     return replace(cfg, **overrides).validate()
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait for ``condition`` (real I/O progressing); the bound only fails the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
 async def next_of(queue: asyncio.Queue[Any], timeout: float = WAIT) -> Any:
     return await asyncio.wait_for(queue.get(), timeout)
 
@@ -107,10 +116,9 @@ class FakeConsensus:
         await self._tell_leadership()
 
     async def _tell_leadership(self) -> None:
-        try:
+        # Storage not connected (yet): its next hello is answered.
+        with contextlib.suppress(errors.IpcError):
             await self.send("leadership", wire.Leadership(self.role == "leader", self.term))
-        except errors.IpcError:
-            pass  # storage not connected (yet): its next hello is answered
 
     async def _loop(self) -> None:
         while True:
