@@ -392,6 +392,12 @@ class _Closing:
     async def close(self) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _close_pumped(pump: _Pump, inbox: _Inbox[Any], endpoint: str) -> None:
+        """Close a pumped socket, then wake its consumer with ``IpcError`` (server, SUB)."""
+        pump.close()
+        inbox.fail(IpcError(f"{endpoint} is closed"))
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -534,8 +540,7 @@ class RpcServer(_Closing):
             raise IpcError(f"send on {self.endpoint} failed: {e}") from e
 
     async def close(self) -> None:
-        self._pump.close()
-        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
+        self._close_pumped(self._pump, self._inbox, self.endpoint)
 
 
 class RpcClient(_Closing):
@@ -810,5 +815,4 @@ class Subscriber(_Closing):
         self._inbox.fail(IpcError(f"receive on {self.endpoint} failed: {e}"))
 
     async def close(self) -> None:
-        self._pump.close()
-        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
+        self._close_pumped(self._pump, self._inbox, self.endpoint)
