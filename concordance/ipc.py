@@ -293,9 +293,13 @@ class _Pump:
 
     def send_nowait(self, frames: list[bytes]) -> None:
         """Send now or raise ``zmq.Again``."""
-        _send_frames(self.sync, frames, _DONTWAIT)
+        try:
+            _send_frames(self.sync, frames, _DONTWAIT)
+        finally:
+            # This send, even a failed one (EHOSTUNREACH), may have taken an edge that a
+            # receive waits for.
+            self._schedule_check()
         self.sent_at = time.monotonic()
-        self._schedule_check()  # this send may have taken an edge a receive waits for
 
     def close(self) -> None:
         """Unregister from the loop and close the socket (``linger=0``)."""
@@ -393,6 +397,12 @@ class _Closing:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _close_pumped(pump: _Pump, inbox: _Inbox[Any], endpoint: str) -> None:
+        """Close a pumped socket, then wake its consumer with ``IpcError`` (server, SUB)."""
+        pump.close()
+        inbox.fail(IpcError(f"{endpoint} is closed"))
 
     async def __aenter__(self) -> Self:
         return self
@@ -536,8 +546,7 @@ class RpcServer(_Closing):
             raise IpcError(f"send on {self.endpoint} failed: {e}") from e
 
     async def close(self) -> None:
-        self._pump.close()
-        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
+        self._close_pumped(self._pump, self._inbox, self.endpoint)
 
 
 class RpcClient(_Closing):
@@ -841,5 +850,4 @@ class Subscriber(_Closing):
         self._inbox.fail(IpcError(f"receive on {self.endpoint} failed: {e}"))
 
     async def close(self) -> None:
-        self._pump.close()
-        self._inbox.fail(IpcError(f"{self.endpoint} is closed"))
+        self._close_pumped(self._pump, self._inbox, self.endpoint)

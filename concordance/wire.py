@@ -245,6 +245,14 @@ class TakeSnapshot(Body):
     """Write a snapshot and answer with ``snapshot_taken``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Leadership(Body):
+    """Whether this node leads at ``term``: pushed on a change and in answer to ``hello``."""
+
+    leading: bool
+    term: int
+
+
 # -- to storage --------------------------------------------------------------
 
 
@@ -379,6 +387,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "apply": Apply,
     "restore": Restore,
     "take_snapshot": TakeSnapshot,
+    "leadership": Leadership,
     "get": Get,
     "get_ok": GetOk,
     "list": List,
@@ -424,6 +433,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "apply",
         "restore",
         "take_snapshot",
+        "leadership",
     }
 )
 TOPICS: dict[str, bytes] = {"change_batch": b"c", "results": b"r"}

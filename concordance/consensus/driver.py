@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 import zmq.asyncio
 
 from concordance import ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
@@ -94,17 +95,28 @@ class ConsensusDriver:
     """The consensus role of one node. Build with :meth:`open`, then ``await run()``."""
 
     def __init__(
-        self, cfg: NodeConfig, disk: RaftDisk, server: ipc.RpcServer, core: RaftCore
+        self,
+        cfg: NodeConfig,
+        disk: RaftDisk,
+        server: ipc.RpcServer,
+        core: RaftCore,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.cfg = cfg
         self.disk = disk
         self.server = server
         self.core = core
-        self.stream = ApplyStream(self._send_storage, disk)
+        self.clock = clock
+        self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
         self.snapshots = SnapshotCoordinator(
-            disk, self._send_storage, self.server.reply, cfg.snapshot_every, cfg.snapshot_trailing
+            disk,
+            self._send_storage,
+            self.server.reply,
+            cfg.snapshot_every,
+            cfg.snapshot_trailing,
+            clock,
         )
-        self.reads = Waiters()
+        self.reads = Waiters(clock)
         self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
         self.raft_out_dropped = 0
@@ -126,7 +138,9 @@ class ConsensusDriver:
         self._leader: str | None = None
 
     @classmethod
-    async def open(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context | None = None) -> ConsensusDriver:
+    async def open(
+        cls, cfg: NodeConfig, ctx: zmq.asyncio.Context | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> ConsensusDriver:
         """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
 
         The socket comes first: its abstract name can be held by one process
@@ -157,7 +171,7 @@ class ConsensusDriver:
             log.info("%s bootstrapped %s", cfg.node_id, core.membership)
         if core.membership.voters == (cfg.node_id,):
             core.campaign()  # a cluster of one leads at once
-        return cls(cfg, disk, server, core)
+        return cls(cfg, disk, server, core, clock)
 
     def summary(self) -> str:
         """Counters worth a log line at shutdown."""
@@ -178,7 +192,7 @@ class ConsensusDriver:
         """Ask for a planned stop: hand leadership over, drain, stop (safe from a signal
         handler; the steps run on the main task, the only one that touches the core)."""
         if self._shutdown_at is None:
-            self._shutdown_at = time.monotonic()
+            self._shutdown_at = self.clock.monotonic()
         self._wake.set()
 
     async def _shutdown_step(self, now: float) -> None:
@@ -239,7 +253,8 @@ class ConsensusDriver:
         await self._send_deferred()  # proposals appended before the stop keep their answer
         if refused or self.server.sent_within(FLUSH_BEFORE_CLOSE):
             # Sockets close with linger=0 (PROTOCOL.md §5), which would discard these
-            # answers still queued for the I/O thread: give it a moment. Best effort;
+            # answers still queued for the I/O thread: give it a moment (real time, not
+            # the clock's: it waits for that thread). Best effort;
             # an asker that misses it times out, as it would anyway.
             await asyncio.sleep(FLUSH_BEFORE_CLOSE)
 
@@ -251,12 +266,12 @@ class ConsensusDriver:
     async def _loop(self) -> None:
         while not self._stopping:
             if self._shutdown_at is not None:
-                await self._shutdown_step(time.monotonic())
+                await self._shutdown_step(self.clock.monotonic())
                 if self._stopping:
                     break
             busy = self._inbox or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
-                self._note_commit(time.monotonic())
+                self._note_commit(self.clock.monotonic())
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -290,12 +305,12 @@ class ConsensusDriver:
         self._wake.set()
 
     async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         interval = self.cfg.tick_ms / 1000
-        due = loop.time()
+        due = clock.monotonic()
         while True:
             due += interval
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            await clock.sleep(max(0.0, due - clock.monotonic()))
             self._ticks += 1
             self._wake.set()
 
@@ -352,6 +367,7 @@ class ConsensusDriver:
                 )
             elif isinstance(body, wire.Hello):
                 self.stream.on_hello(body.applied_index)
+                await self._tell_leadership()  # repairs a lost push, tells a new storage
             elif isinstance(body, wire.Applied):
                 self.stream.on_applied(body.index)
             else:
@@ -514,9 +530,21 @@ class ConsensusDriver:
             self._leader = soft.leader_id
         if soft.role is not self._role:
             log.info("%s became %s at term %d", self.cfg.node_id, api_role(soft.role), soft.term)
-            if self._role is Role.LEADER:
+            was_leader = self._role is Role.LEADER
+            if was_leader:
                 log.info("%s stepped down; leader is now %s", self.cfg.node_id, soft.leader_id)
             self._role = soft.role
+            if was_leader or soft.role is Role.LEADER:
+                await self._tell_leadership(soft.term)
+
+    async def _tell_leadership(self, term: int | None = None) -> None:
+        """Push ``leadership`` to storage (its TTL reaper proposes only on the leader).
+        Best effort: storage's next ``hello`` is answered with it again."""
+        body = wire.Leadership(self._role is Role.LEADER, self.core.term if term is None else term)
+        try:
+            await self._send_storage("leadership", body)
+        except IpcError as e:
+            log.debug("leadership to storage lost: %s", e)
 
     async def _fail_forwarded_reads(self, old_leader: str) -> None:
         """Reads forwarded to a leader we no longer follow get ``unavailable`` now rather

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.consensus.disk import RaftDisk
 from concordance.consensus.waiters import Waiters
 from concordance.errors import ConcordanceError, IpcError, Unavailable
@@ -55,7 +55,7 @@ class SnapshotCoordinator:
         reply: Reply,
         every: int,
         trailing: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._disk = disk
         self._send = send
@@ -68,12 +68,12 @@ class SnapshotCoordinator:
         self.last_index = max(latest.index if latest else 0, recorded.index if recorded else 0)
         self._asked_at: float | None = None
         self._retry_at = 0.0  # no periodic request before this (after a discarded snapshot)
-        self.waiters = Waiters()
+        self.waiters = Waiters(clock)
         self.taken = 0
 
     @property
     def asking(self) -> bool:
-        return self._asked_at is not None and self._clock() - self._asked_at < ASK_TIMEOUT
+        return self._asked_at is not None and self._clock.monotonic() - self._asked_at < ASK_TIMEOUT
 
     async def maybe_ask(self, applied: int | None) -> None:
         """Ask for a snapshot if storage applied ``snapshot_every`` entries since the last.
@@ -88,7 +88,7 @@ class SnapshotCoordinator:
             self.last_index = latest.index
         if applied is None or applied - self.last_index < self._every or self.asking:
             return
-        if self._clock() >= self._retry_at:
+        if self._clock.monotonic() >= self._retry_at:
             await self._ask()
 
     async def snapshot_now(self, peer: bytes, request: Envelope) -> None:
@@ -104,7 +104,7 @@ class SnapshotCoordinator:
         except IpcError as e:
             log.debug("cannot ask storage for a snapshot: %s", e)
             return False
-        self._asked_at = self._clock()
+        self._asked_at = self._clock.monotonic()
         return True
 
     async def adopt(self, core: RaftCore, body: SnapshotTaken) -> None:
@@ -163,5 +163,5 @@ class SnapshotCoordinator:
     async def _discard(self, body: SnapshotTaken, why: str) -> None:
         log.warning("discarding storage's snapshot at %d: %s", body.index, why)
         self._drop_file(body, why)
-        self._retry_at = self._clock() + RETRY_AFTER_DISCARD
+        self._retry_at = self._clock.monotonic() + RETRY_AFTER_DISCARD
         await self._answer(Unavailable(f"snapshot failed: {why}"))

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from dataclasses import dataclass
 
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.wire import Envelope
 
 __all__ = ["DEFAULT_WAIT_MS", "Waiter", "Waiters"]
 
 DEFAULT_WAIT_MS = 10_000  # for a request sent without a deadline
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +37,8 @@ class Waiters:
     incarnation (a late ReadIndexResponse from the leader) never matches.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock  # its wall time: deadlines are the askers' epoch milliseconds
         self._prefix = os.urandom(8)
         self._seq = itertools.count(1)
         self._parked: dict[bytes, Waiter] = {}
@@ -49,7 +46,7 @@ class Waiters:
     def park(self, peer: bytes, request: Envelope) -> bytes:
         """Park ``request`` and return its new, unique context."""
         ctx = self._prefix + next(self._seq).to_bytes(8, "big")
-        deadline = request.deadline_ms or now_ms() + DEFAULT_WAIT_MS
+        deadline = request.deadline_ms or self._clock.wall_ms() + DEFAULT_WAIT_MS
         self._parked[ctx] = Waiter(peer, request, deadline)
         return ctx
 
@@ -63,7 +60,7 @@ class Waiters:
 
     def expire(self, now: int | None = None) -> int:
         """Drop every waiter whose asker has given up; returns how many."""
-        now = now_ms() if now is None else now
+        now = self._clock.wall_ms() if now is None else now
         dead = [ctx for ctx, w in self._parked.items() if w.deadline_ms < now]
         for ctx in dead:
             del self._parked[ctx]

@@ -33,6 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.crypto import Cipher
 from concordance.errors import Unavailable
@@ -49,6 +50,7 @@ from concordance.front.appkeys import (
     PROPOSER,
     ROLE_STATES,
     STREAMS,
+    TIMERS,
     TLS,
     Closable,
     RoleStates,
@@ -97,6 +99,7 @@ def make_app(
     connect: ClientsFactory,
     *,
     clock: Callable[[], int] = now_ms,
+    timers: Clock = SYSTEM_CLOCK,
     role_states: RoleStates = supervisor_role_states,
     tls: TlsContexts | None = None,
 ) -> web.Application:
@@ -107,6 +110,8 @@ def make_app(
         connect: opens the clients of the other roles for the app's lifetime
             (``concordance.front.ipc_clients.connect(cfg.data_dir)`` in production).
         clock: epoch milliseconds, for timestamps, ttlMs and expiry.
+        timers: the monotonic clock of the proposer's deadlines, the watch hub's
+            waits and the peer relay's queues and backoffs (a manual one in tests).
         role_states: the supervisor's view of the roles (blocking; run in an executor).
         tls: on a TLS node, the contexts the server uses (the caller serves with
             ``tls.server``); peers and ``--join`` are then dialed with ``tls.client``.
@@ -120,6 +125,7 @@ def make_app(
     )
     app[CONFIG] = cfg
     app[CLOCK] = clock
+    app[TIMERS] = timers
     app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
     app[METRICS] = Metrics()
     app[ROLE_STATES] = role_states
@@ -154,11 +160,15 @@ async def _running(
     app: web.Application, clients: Clients, http: aiohttp.ClientSession
 ) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    proposer = Proposer(cfg.node_id, clients.consensus, cfg.request_timeout_ms, app[CLOCK])
+    timers = app[TIMERS]
+    proposer = Proposer(
+        cfg.node_id, clients.consensus, cfg.request_timeout_ms, app[CLOCK], timers=timers
+    )
     hub = WatchHub(
         clients.storage,
         Renderer(app[CIPHER]),
         storage_timeout=min(STORAGE_PROBE_TIMEOUT, cfg.request_timeout_ms / 1000),
+        clock=timers,
     )
     relay = PeerRelay(
         http,
@@ -167,6 +177,7 @@ async def _running(
         stale_after=cfg.tick_ms * cfg.election_ticks / 1000,  # one election timeout
         overrides=cfg.peer_overrides,
         ssl=app[TLS].client if TLS in app else None,
+        clock=timers,
     )
     app[CLIENTS] = clients
     app[PROPOSER] = proposer

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from concordance.clock import Clock
 from concordance.config import NodeConfig
 from concordance.crypto import Cipher
 from concordance.front.clients import Clients
@@ -39,6 +40,7 @@ __all__ = [
     "PROPOSER",
     "ROLE_STATES",
     "STREAMS",
+    "TIMERS",
     "TLS",
     "Closable",
     "RoleStates",
@@ -55,6 +57,7 @@ RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
 
 CONFIG = web.AppKey("config", NodeConfig)
 CLOCK = web.AppKey[Callable[[], int]]("clock")
+TIMERS = web.AppKey[Clock]("timers")  # monotonic time, sleeps, timeouts
 CIPHER = web.AppKey("cipher", Cipher)
 METRICS = web.AppKey("metrics", Metrics)
 ROLE_STATES = web.AppKey[RoleStates]("role_states")

@@ -57,6 +57,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import aiohttp
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
     "BACKOFF_MAX",
@@ -107,7 +108,7 @@ class PeerLink:
         return self.dropped_full + self.dropped_stale
 
     def enqueue(self, frames: Sequence[bytes]) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._relay.clock.monotonic()
         if not self.connected:
             self._expire(now)
         for frame in frames:
@@ -140,14 +141,14 @@ class PeerLink:
             log.debug("peer %s: dropped %d stale frame(s)", self.peer, n)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._relay.clock
         backoff = BACKOFF_MIN
         while True:
-            self._expire(loop.time())
+            self._expire(clock.monotonic())
             while not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
-            started = loop.time()
+            started = clock.monotonic()
             try:
                 await self._session()
                 why = "closed"
@@ -156,17 +157,17 @@ class PeerLink:
             except Exception:  # a link must outlive any bug in one session
                 log.exception("peer %s at %s: session failed", self.peer, self.address)
                 why = "failed"
-            if loop.time() - started > STABLE:
+            if clock.monotonic() - started > STABLE:
                 backoff = BACKOFF_MIN  # it worked for a while: reconnect promptly
             log.debug("peer %s at %s: %s; retrying in %.2fs", self.peer, self.address, why, backoff)
-            await asyncio.sleep(backoff)
+            await clock.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
         relay = self._relay
         url = f"{'wss' if relay.ssl is not None else 'ws'}://{self.address}/raft"
         headers = {"Authorization": f"Bearer {relay.key}"} if relay.key else {}
-        async with asyncio.timeout(relay.handshake_timeout):
+        async with relay.clock.timeout(relay.handshake_timeout):
             ws = await relay.http.ws_connect(
                 url,
                 headers=headers,
@@ -180,7 +181,7 @@ class PeerLink:
         reader = loop.create_task(self._read(ws), name=f"peer {self.peer} reader")
         writer = loop.create_task(self._write(ws), name=f"peer {self.peer} writer")
         self.connected = True
-        self._expire(loop.time())  # what waited through a long handshake is stale too
+        self._expire(relay.clock.monotonic())  # what waited through a long handshake is stale too
         try:
             # The reader ends when the connection does (closed by the peer, or a
             # missed pong); the writer ends only by an error. Either ends the session:
@@ -236,6 +237,8 @@ class PeerRelay:
             membership (``--peer-overrides``: NAT, tunnels, fault-injecting proxies).
         ssl: on a TLS node, the context peers are dialed with (``wss://``; it
             verifies their certificate and presents ours under mTLS).
+        clock: queue ages, backoffs and the handshake bound run on it (WebSocket
+            heartbeats are aiohttp's own and run on the loop).
     """
 
     def __init__(
@@ -251,8 +254,10 @@ class PeerRelay:
         heartbeat: float = HEARTBEAT,
         overrides: Mapping[str, str] | None = None,
         ssl: ssl_.SSLContext | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.http = http
+        self.clock = clock
         self.ssl = ssl
         self.overrides = dict(overrides or {})
         self.key = key

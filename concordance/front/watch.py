@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import Compacted, ConcordanceError
 from concordance.front.clients import StorageClient
 from concordance.front.codec import Renderer, dumps
@@ -219,7 +220,7 @@ class Subscription:
                 raise
             except ConcordanceError as e:
                 log.info("watch %d: storage not answering (%s); retrying", self.id, e)
-            await asyncio.sleep(delay)
+            await self._hub.clock.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
     def _emit(self, events: list[dict[str, Any]], events_json: str | None) -> None:
@@ -230,9 +231,10 @@ class Subscription:
 class ChangeWaiter:
     """A long-poll's registration: set when a change under ``prefix`` after ``since`` may exist."""
 
-    def __init__(self, prefix: str, since: int) -> None:
+    def __init__(self, prefix: str, since: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.prefix = prefix
         self.since = since
+        self.clock = clock
         self.event = asyncio.Event()
         self.closed = False
 
@@ -244,7 +246,7 @@ class ChangeWaiter:
         if self.closed:
             return False
         try:
-            async with asyncio.timeout(timeout):
+            async with self.clock.timeout(timeout):
                 await self.event.wait()
         except TimeoutError:
             return False
@@ -263,8 +265,10 @@ class WatchHub:
         page: int = PAGE,
         inbox_limit: int = INBOX_LIMIT,
         storage_timeout: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.storage = storage
+        self.clock = clock  # long-poll timeouts and storage retry backoff run on it
         self.renderer = renderer
         self.page = page
         self.inbox_limit = inbox_limit
@@ -325,7 +329,7 @@ class WatchHub:
     @contextlib.contextmanager
     def waiter(self, prefix: str, since: int) -> Iterator[ChangeWaiter]:
         """Register a long-poll for the duration of the ``with`` block."""
-        w = ChangeWaiter(prefix, since)
+        w = ChangeWaiter(prefix, since, self.clock)
         self._waiters.add(w)
         try:
             yield w

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.commands import Command, Op, peek_request
 from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
@@ -75,6 +76,7 @@ class Proposer:
         consensus: where to propose.
         timeout_ms: how long a write may wait for its result.
         clock: epoch milliseconds (the command timestamp).
+        timers: the monotonic clock a write's deadline runs on.
     """
 
     def __init__(
@@ -83,11 +85,14 @@ class Proposer:
         consensus: ConsensusClient,
         timeout_ms: int,
         clock: Callable[[], int],
+        *,
+        timers: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._node_id = node_id
         self._consensus = consensus
         self._timeout = timeout_ms / 1000
         self._clock = clock
+        self._timers = timers
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
         self._refused_at: dict[int, float] = {}  # request id -> when consensus first dropped it
@@ -125,15 +130,15 @@ class Proposer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Outcome] = loop.create_future()
         self._waiters[cmd.request_id] = future
-        deadline = loop.time() + self._timeout
+        deadline = self._timers.monotonic() + self._timeout
         try:
             try:
                 await asyncio.shield(self._join_batch(cmd.encode()))
             except IpcError as e:
                 log.debug("request %d: propose outcome unknown (%s); waiting", cmd.request_id, e)
-            left = deadline - loop.time()
+            left = deadline - self._timers.monotonic()
             try:
-                async with asyncio.timeout(max(left, 0)):
+                async with self._timers.timeout(max(left, 0)):
                     ok, payload = await future
             except TimeoutError:
                 raise Timeout(
@@ -212,8 +217,9 @@ class Proposer:
             future = self._waiters.get(request_id)
             if future is None or future.done():
                 continue
-            first = self._refused_at.setdefault(request_id, loop.time())
-            if loop.time() - first >= REPROPOSE_WINDOW:
+            now = self._timers.monotonic()
+            first = self._refused_at.setdefault(request_id, now)
+            if now - first >= REPROPOSE_WINDOW:
                 future.set_exception(
                     Unavailable("the leader did not accept the write (not applied); retry")
                 )
@@ -223,7 +229,7 @@ class Proposer:
             task.add_done_callback(self._proposing.discard)
 
     async def _repropose(self, request_id: int, data: bytes) -> None:
-        await asyncio.sleep(REPROPOSE_DELAY)
+        await self._timers.sleep(REPROPOSE_DELAY)
         future = self._waiters.get(request_id)
         if future is None or future.done():
             return  # answered or given up meanwhile

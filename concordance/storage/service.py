@@ -64,6 +64,7 @@ from pathlib import Path
 import zmq.asyncio
 
 from concordance import ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.errors import (
     ConcordanceError,
@@ -75,9 +76,10 @@ from concordance.errors import (
 from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
+from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
-from concordance.storage.service_ttl import ExpiryReaper, ReaperTimings, wall_ms
+from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
 
 __all__ = ["ServiceTimings", "StorageService", "copy_database"]
@@ -111,6 +113,8 @@ class StorageService:
         cfg: the node's configuration (data dir, node id, change retention).
         ctx: the ZeroMQ context; the process's shared one by default.
         timings: intervals and timeouts.
+        clock: what those run on (the system clock; tests pass a manual one).
+        sockets: opens its IPC ends (ZeroMQ on ``ctx``; tests may pass in-memory ones).
     """
 
     def __init__(
@@ -119,14 +123,17 @@ class StorageService:
         *,
         ctx: zmq.asyncio.Context | None = None,
         timings: ServiceTimings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        sockets: Sockets | None = None,
     ) -> None:
         self.cfg = cfg
         self.apply_latency = LatencyCounts()  # applied batches, for /metrics
         self.state_dir = cfg.data / "state"
         self.db_path = self.state_dir / "state.db"
         self.snapshot_dir = self.state_dir / "snapshots"
-        self._ctx = ctx
+        self._sockets = sockets or ZmqSockets(ctx)
         self._t = timings or ServiceTimings()
+        self._clock = clock
         self._stop = asyncio.Event()
         self._planned = False  # a shutdown(): drain and flush before closing
         self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
@@ -134,10 +141,10 @@ class StorageService:
         self._backups: set[asyncio.Task[None]] = set()
         self._backup_lock = asyncio.Lock()
         self._sm: StateMachine | None = None
-        self._server: ipc.RpcServer | None = None
+        self._server: Server | None = None
         self._fronts = Fronts()
-        self._events: ipc.Publisher | None = None
-        self._consensus: ipc.RpcClient | None = None
+        self._events: Publisher | None = None
+        self._consensus: Client | None = None
         self._reaper: ExpiryReaper | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -176,19 +183,25 @@ class StorageService:
             await self._close()
 
     async def _open(self) -> None:
-        ctx = self._ctx or ipc.context()
-        data = self.cfg.data_dir
+        data, socks = self.cfg.data_dir, self._sockets
         # Bind first: a second copy of this role fails here, before touching state.db.
-        self._server = await ipc.RpcServer.open(ctx, ipc.endpoint(data, "storage"))
-        self._events = await ipc.Publisher.open(ctx, ipc.endpoint(data, "events"), xpub=True)
+        self._server = await socks.server(ipc.endpoint(data, "storage"))
+        self._events = await socks.publisher(ipc.endpoint(data, "events"))
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.snapshot_dir.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
         self._sm = StateMachine(self.db_path, retention=self.cfg.change_retention)
-        self._consensus = ipc.RpcClient(
-            ctx, ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
+        self._consensus = socks.client(
+            ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
         )
-        self._reaper = ExpiryReaper(self.cfg.node_id, self._sm, self._consensus, self._t.reaper)
+        self._reaper = ExpiryReaper(
+            self.cfg.node_id,
+            self._sm,
+            self._consensus,
+            self._t.reaper,
+            trust=TRUST_HELLOS * self._t.hello_interval,
+            clock=self._clock,
+        )
         sm = self._sm
         log.info(
             "storage %s: state.db at applied index %d (term %d), revision %d",
@@ -235,7 +248,7 @@ class StorageService:
             except IpcError as e:
                 log.debug("storage: cannot tell %r it is stopping: %s", front, e)
         await self._send("stopping", wire.Stopping("storage"))  # consensus: no more apply
-        await asyncio.sleep(self._t.drain)
+        await self._clock.sleep(self._t.drain)
         stopping = Unavailable("storage is stopping")  # the front asks the next one
         for peer, env in self._waiters.clear():
             await self._server.reply(peer, env, stopping)
@@ -266,6 +279,9 @@ class StorageService:
                 await self._restore(body)
             elif isinstance(body, wire.TakeSnapshot):
                 await self._take_snapshot()
+            elif isinstance(body, wire.Leadership):
+                assert self._reaper is not None
+                self._reaper.on_leadership(body)
             else:
                 log.warning("storage: dropping unexpected %s from consensus", env.type)
 
@@ -349,17 +365,16 @@ class StorageService:
         assert self._events is not None and self._consensus is not None
         if not await self._events.wait_subscribed(b"r", self._t.subscriber_wait):
             log.info("storage: no front subscribed yet; its first results may be lost")
-        loop = asyncio.get_running_loop()
         while True:
             await self._hello()
             self._events.take_subscriptions()  # only the first one matters; do not pile up
-            dropped = self._waiters.expire(wall_ms())
+            dropped = self._waiters.expire(self._clock.wall_ms())
             if dropped:
                 log.debug("storage: %d wait_applied requests reached their deadline", dropped)
-            due = loop.time() + self._t.hello_interval
+            due = self._clock.monotonic() + self._t.hello_interval
             was_connected = self._consensus.connected()
-            while (left := due - loop.time()) > 0:
-                await asyncio.sleep(min(left, self._t.reconnect_poll))
+            while (left := due - self._clock.monotonic()) > 0:
+                await self._clock.sleep(min(left, self._t.reconnect_poll))
                 connected = self._consensus.connected()
                 if connected and not was_connected:
                     break  # consensus (re)started: tell it where to resume at once
@@ -437,13 +452,13 @@ class StorageService:
         False if too many wait already."""
         deadline = env.deadline_ms
         if deadline is None:
-            deadline = wall_ms() + int(self._t.default_wait * 1000)
+            deadline = self._clock.wall_ms() + int(self._t.default_wait * 1000)
         return self._waiters.park(index, deadline, (peer, env))
 
     async def _release_waiters(self) -> None:
         assert self._server is not None
         applied = self.state.applied_index
-        for peer, env in self._waiters.release(applied, wall_ms()):
+        for peer, env in self._waiters.release(applied, self._clock.wall_ms()):
             if isinstance(env.body, wire.WaitApplied):
                 await self._server.reply(peer, env, wire.WaitAppliedOk(applied))
             else:  # a read with min_index: serve it now

@@ -9,38 +9,45 @@ propose, whatever their own clocks say; a stale or duplicate proposal is
 harmless anyway because each ``Expire`` is conditional on the version and
 expiry it saw.
 
-Why it asks consensus instead of being told: storage has no other use for
-the Raft role, and one ``status`` request per half second while something is
-expired is cheaper than a new push message in the IPC contract. Nothing is
-asked while nothing is expired.
+How it knows this node leads: consensus pushes ``leadership`` (PROTOCOL.md
+§3.2) when the node becomes leader or stops, and again in answer to every
+``hello`` storage sends (every ``hello_interval``). Nothing is polled. A
+``leading`` push is trusted for ``TRUST_HELLOS`` hello intervals only, and
+that is the one fallback kept, for safety of a different kind than
+correctness: if consensus goes silent (dead, wedged, restarting) storage
+stops proposing within a few seconds instead of leaving expiries in flight
+against nobody; a lost push is repaired by the next hello's answer well
+inside the window. A stale ``leading`` costs at most proposals that the
+cluster refuses or applies as no-ops (each ``Expire`` is conditional), so no
+status request is needed to double-check it.
 
 Proposals in flight are remembered by (key, version, expiresAt) for a few
 seconds so that the next scan, 200 ms later, does not propose them again
 before they are applied; an ``unavailable`` answer (certainly not appended)
-forgets them at once so the next leader check retries.
+forgets them at once so the next scan retries.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.commands import Command, Expire
 from concordance.errors import ConcordanceError, IpcError, Unavailable
-from concordance.ipc import RpcClient
+from concordance.sockets import Client
 from concordance.storage.fsm import StateMachine
-from concordance.wire import Propose, Status, StatusOk
+from concordance.wire import Leadership, Propose
 
-__all__ = ["ExpiryReaper", "ReaperTimings", "wall_ms"]
+__all__ = ["TRUST_HELLOS", "ExpiryReaper", "ReaperTimings", "wall_ms"]
 
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, int, int]  # key, version, expires_at
+TRUST_HELLOS = 3  # hello intervals a ``leading`` push is believed for
 
 
 def wall_ms() -> int:
@@ -53,33 +60,40 @@ class ReaperTimings:
     """How often and how much the reaper works (seconds unless noted)."""
 
     interval: float = 0.2  # longest sleep between looks at ``next_expiry``
-    leader_ttl: float = 0.5  # how long a ``status`` answer is trusted
-    status_timeout: float = 1.0
     propose_timeout: float = 3.0  # PROTOCOL.md §4
     remember: float = 5.0  # how long a proposal counts as in flight
     batch: int = 100  # expire commands per proposal
 
 
 class ExpiryReaper:
-    """Proposes ``Expire`` commands for ``state``'s expired entries while this node leads."""
+    """Proposes ``Expire`` commands for ``state``'s expired entries while this node leads.
+
+    Args:
+        trust: seconds a ``leading`` push is believed (``TRUST_HELLOS`` hello intervals).
+        clock: scans, in-flight memory and expiry run on it (wall time judges expiry).
+    """
 
     def __init__(
         self,
         node_id: str,
         state: StateMachine,
-        consensus: RpcClient,
+        consensus: Client,
         timings: ReaperTimings | None = None,
         *,
-        now_ms: Callable[[], int] = wall_ms,
+        trust: float = TRUST_HELLOS * 1.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._node_id = node_id
         self._state = state
         self._consensus = consensus
         self._t = timings or ReaperTimings()
-        self._now_ms = now_ms
+        self._trust = trust
+        self._clock = clock
         self._request_ids = itertools.count(secrets.randbits(62))
         self._inflight: dict[_Key, float] = {}  # -> monotonic time to forget it
-        self._leader: tuple[bool, float] = (False, 0.0)  # answer, monotonic expiry
+        self._leading_until: float | None = None  # monotonic; None: not told we lead
+        self.pushes = 0  # leadership messages received
+        self.scans = 0  # looks that found something expired
 
     @property
     def in_flight(self) -> int:
@@ -89,7 +103,7 @@ class ExpiryReaper:
     async def run(self) -> None:
         """Scan forever: at most every ``interval``, sooner when the next expiry is sooner."""
         while True:
-            await asyncio.sleep(self._delay())
+            await self._clock.sleep(self._delay())
             await self.scan_once()
 
     def _delay(self) -> float:
@@ -98,62 +112,61 @@ class ExpiryReaper:
         Something already expired waits for the regular look too: it is in
         flight, or this node does not lead; either way there is nothing to do sooner.
         """
-        nxt, now = self._state.next_expiry(), self._now_ms()
+        nxt, now = self._state.next_expiry(), self._clock.wall_ms()
         if nxt is None or nxt <= now:
             return self._t.interval
         return min(self._t.interval, (nxt - now) / 1000)
 
     async def scan_once(self) -> int:
         """One look: propose what expired and is not in flight, if leader. Returns the count."""
-        now = self._now_ms()
+        now = self._clock.wall_ms()
         nxt = self._state.next_expiry()
         if nxt is None or nxt > now:
             return 0
-        if not await self.is_leader():
+        self.scans += 1
+        if not self.leads():
             return 0
-        self._forget_old(time.monotonic())
+        self._forget_old(self._clock.monotonic())
         # Ask past the ones already in flight, so a large backlog keeps moving.
         limit = min(self._t.batch + len(self._inflight), 10 * self._t.batch)
         fresh = [
             op
-            for op in self._state.expired(self._now_ms(), limit)
+            for op in self._state.expired(self._clock.wall_ms(), limit)
             if (op.key, op.version, op.expires_at) not in self._inflight
         ][: self._t.batch]
         if fresh:
             await self._propose(fresh)
         return len(fresh)
 
-    async def is_leader(self) -> bool:
-        """Whether consensus says this node leads; answers are cached for ``leader_ttl``."""
-        answer, until = self._leader
-        now = time.monotonic()
-        if now < until:
-            return answer
-        try:
-            status = await self._consensus.request("status", Status(), self._t.status_timeout)
-        except (IpcError, ConcordanceError) as e:
-            log.debug("ttl: no status from consensus: %s", e)
-            answer = False
-        else:
-            answer = isinstance(status, StatusOk) and status.role == "leader"
-        self._leader = (answer, time.monotonic() + self._t.leader_ttl)
-        return answer
+    def on_leadership(self, pushed: Leadership) -> None:
+        """Consensus said whether this node leads (on a change, and after each hello)."""
+        self.pushes += 1
+        was = self.leads()
+        self._leading_until = self._clock.monotonic() + self._trust if pushed.leading else None
+        if pushed.leading != was:
+            log.info(
+                "ttl: %s at term %d", "leading" if pushed.leading else "not leading", pushed.term
+            )
+
+    def leads(self) -> bool:
+        """Whether the last push said this node leads, and is recent enough to believe."""
+        until = self._leading_until
+        return until is not None and self._clock.monotonic() < until
 
     async def _propose(self, ops: list[Expire]) -> None:
-        now = self._now_ms()
+        now = self._clock.wall_ms()
         commands = tuple(
             Command(self._node_id, next(self._request_ids), now, op).encode() for op in ops
         )
         keys = [(op.key, op.version, op.expires_at) for op in ops]
-        forget_at = time.monotonic() + self._t.remember
+        forget_at = self._clock.monotonic() + self._t.remember
         for key in keys:
             self._inflight[key] = forget_at
         try:
             await self._consensus.request("propose", Propose(commands), self._t.propose_timeout)
-        except Unavailable as e:  # certainly not appended: retry after the next leader check
+        except Unavailable as e:  # certainly not appended: the next scan retries
             log.info("ttl: %d expiries not proposed: %s", len(ops), e)
             self._forget(keys)
-            self._leader = (False, 0.0)
         except ConcordanceError as e:
             log.warning("ttl: %d expiries refused: %s", len(ops), e)
             self._forget(keys)

@@ -1,16 +1,20 @@
 """A bench for the storage role: real ZeroMQ over ipc, real SQLite, the other roles played here.
 
-``FakeConsensus`` is a real ``RpcServer`` bound on the node's consensus
-endpoint: it records what storage sends (hello, applied, snapshot_taken,
-proposals), answers ``status`` with a role the test picks, and pushes
-``apply``/``restore``/``take_snapshot`` like the real driver. ``FakeFront``
-is the front's DEALER and SUB. The service runs in-process on the test's
-loop (``bench``) or as a real ``python -m procs.storage`` (tests pick).
+``FakeConsensus`` is a server bound on the node's consensus endpoint: it
+records what storage sends (hello, applied, snapshot_taken, proposals),
+answers each ``hello`` with ``leadership`` for a role the test picks (as the
+real driver does), and pushes ``apply``/``restore``/``take_snapshot``.
+``FakeFront`` is the front's DEALER and SUB. The service runs in-process on
+the test's loop (``bench``) or as a real ``python -m procs.storage`` (tests
+pick). ``bench`` uses real ZeroMQ sockets and the system clock unless the
+test passes in-memory ends (``MemoryIpc``) and a ``ManualClock``: then
+nothing touches a socket and time moves only when the test advances it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -22,9 +26,11 @@ from typing import Any
 import zmq.asyncio
 
 from concordance import errors, ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.commands import Command, Op, Set
 from concordance.config import NodeConfig
 from concordance.raft.entries import EntryKind
+from concordance.sockets import Server, Sockets, ZmqSockets
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.storage.service_ttl import ReaperTimings
 
@@ -33,7 +39,7 @@ WAIT = 5.0  # seconds any single expected message may take
 T0 = 1_764_230_400_000
 FAST = ServiceTimings(
     hello_interval=30.0,  # hellos only at start and on demand, unless a test wants them
-    reaper=ReaperTimings(interval=0.02, leader_ttl=0.05, status_timeout=0.5, propose_timeout=1.0),
+    reaper=ReaperTimings(interval=0.02, propose_timeout=1.0),
 )
 
 Entry = tuple[int, int, int, bytes]
@@ -67,6 +73,14 @@ def node_config(data_dir: str, **overrides: Any) -> NodeConfig:
     return replace(cfg, **overrides).validate()
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait for ``condition`` (real I/O progressing); the bound only fails the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
 async def next_of(queue: asyncio.Queue[Any], timeout: float = WAIT) -> Any:
     return await asyncio.wait_for(queue.get(), timeout)
 
@@ -74,9 +88,10 @@ async def next_of(queue: asyncio.Queue[Any], timeout: float = WAIT) -> Any:
 class FakeConsensus:
     """Plays the consensus role for one storage process."""
 
-    def __init__(self, server: ipc.RpcServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.role = "leader"
+        self.term = 1
         self.hellos: asyncio.Queue[wire.Hello] = asyncio.Queue()
         self.applied: asyncio.Queue[int] = asyncio.Queue()
         self.snapshots: asyncio.Queue[wire.SnapshotTaken] = asyncio.Queue()
@@ -89,8 +104,21 @@ class FakeConsensus:
         self._task = asyncio.create_task(self._loop())
 
     @classmethod
-    async def open(cls, ctx: zmq.asyncio.Context, data_dir: str) -> FakeConsensus:
-        return cls(await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "consensus")))
+    async def open(
+        cls, ctx: zmq.asyncio.Context | None, data_dir: str, sockets: Sockets | None = None
+    ) -> FakeConsensus:
+        sockets = sockets or ZmqSockets(ctx)
+        return cls(await sockets.server(ipc.endpoint(data_dir, "consensus")))
+
+    async def set_role(self, role: str) -> None:
+        """Change role and push ``leadership``, as the driver does on a role change."""
+        self.role = role
+        await self._tell_leadership()
+
+    async def _tell_leadership(self) -> None:
+        # Storage not connected (yet): its next hello is answered.
+        with contextlib.suppress(errors.IpcError):
+            await self.send("leadership", wire.Leadership(self.role == "leader", self.term))
 
     async def _loop(self) -> None:
         while True:
@@ -98,6 +126,7 @@ class FakeConsensus:
             body = env.body
             if isinstance(body, wire.Hello):
                 self.hellos.put_nowait(body)
+                await self._tell_leadership()
             elif isinstance(body, wire.Applied):
                 self.applied.put_nowait(body.index)
             elif isinstance(body, wire.SnapshotTaken):
@@ -142,9 +171,12 @@ class FakeConsensus:
 class FakeFront:
     """The front's two sockets to storage."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
-        self.client = ipc.RpcClient(ctx, ipc.endpoint(data_dir, "storage"), "front")
-        self.sub = ipc.Subscriber(ctx, ipc.endpoint(data_dir, "events"))
+    def __init__(
+        self, ctx: zmq.asyncio.Context | None, data_dir: str, sockets: Sockets | None = None
+    ) -> None:
+        sockets = sockets or ZmqSockets(ctx)
+        self.client = sockets.client(ipc.endpoint(data_dir, "storage"), "front")
+        self.sub = sockets.subscriber(ipc.endpoint(data_dir, "events"))
 
     async def request(self, type: str, body: wire.Body, timeout: float = 2.0) -> Any:
         return await self.client.request(type, body, timeout)
@@ -224,22 +256,26 @@ class Bench:
 
 @asynccontextmanager
 async def bench(
-    ctx: zmq.asyncio.Context,
+    ctx: zmq.asyncio.Context | None,
     data_dir: str,
     *,
     timings: ServiceTimings = FAST,
     sync: bool = True,
+    sockets: Sockets | None = None,
+    clock: Clock = SYSTEM_CLOCK,
     **cfg: Any,
 ) -> AsyncIterator[Bench]:
-    """Consensus and front played here, the storage service in-process on this loop."""
+    """Consensus and front played here, the storage service in-process on this loop
+    (over ``sockets``, ZeroMQ on ``ctx`` by default, and on ``clock``)."""
     config = node_config(data_dir, **cfg)
-    consensus = await FakeConsensus.open(ctx, data_dir)
-    service = StorageService(config, ctx=ctx, timings=timings)
+    sockets = sockets or ZmqSockets(ctx)
+    consensus = await FakeConsensus.open(ctx, data_dir, sockets)
+    service = StorageService(config, timings=timings, clock=clock, sockets=sockets)
     task = asyncio.create_task(service.run())
     b: Bench | None = None
     try:
         hello = await consensus.hello()  # storage is bound: the front connects at once
-        front = FakeFront(ctx, data_dir)
+        front = FakeFront(ctx, data_dir, sockets)
         b = Bench(config, consensus, front, Writer(hello.applied_index, max(hello.applied_term, 1)))
         b.service = service
         if sync:

@@ -1,8 +1,9 @@
 """The storage role in-process over real ipc sockets and a real state.db.
 
 Consensus and front are played by the bench (``storage_service_harness``);
-every wait is bounded, and the only sleeps are where a test must show that
-something does *not* happen.
+every wait is bounded. Tests about time (deadlines, heartbeats, the TTL
+reaper) run over in-memory ends on a manual clock instead, so "nothing
+happens for a while" is shown by advancing the clock, not by sleeping.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 
 import pytest
 import zmq.asyncio
@@ -22,6 +22,8 @@ from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
 from concordance.storage.service import ServiceTimings
 from concordance.storage.service_ttl import wall_ms
+from concordance.testing.clock import ManualClock
+from concordance.testing.memory_ipc import MemoryIpc
 from tests.unit.storage_service_harness import (
     FAST,
     T0,
@@ -30,6 +32,7 @@ from tests.unit.storage_service_harness import (
     next_of,
     run,
     short_tmp,
+    until,
 )
 
 K = "tenant:acme/settings/theme"
@@ -165,9 +168,10 @@ def test_reads_over_ipc_get_list_changes_and_compacted() -> None:
 
 def test_wait_applied_answers_when_a_later_apply_lands_and_drops_at_deadline() -> None:
     timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+    clock = ManualClock()
 
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d, timings=timings) as b:
+        async with bench(None, d, timings=timings, sockets=MemoryIpc(clock), clock=clock) as b:
             svc = b.service
             assert svc is not None
             now = b.log.index
@@ -176,17 +180,21 @@ def test_wait_applied_answers_when_a_later_apply_lands_and_drops_at_deadline() -
             waiting = asyncio.ensure_future(
                 b.front.request("wait_applied", wire.WaitApplied(now + 2), timeout=5.0)
             )
+            given_up = asyncio.ensure_future(
+                b.front.request("wait_applied", wire.WaitApplied(now + 50), timeout=0.1)
+            )
+            await clock.advance(0.1)
             with pytest.raises(errors.IpcTimeout):
-                await b.front.request("wait_applied", wire.WaitApplied(now + 50), timeout=0.1)
+                await given_up
+            assert svc.waiting == 2  # not swept yet: its deadline is now, not before
             await b.consensus.apply(b.log.set(K))
             await b.consensus.acked(now + 1)
             assert not waiting.done()
             await b.consensus.apply(b.log.set(K))
             assert await asyncio.wait_for(waiting, 2.0) == wire.WaitAppliedOk(now + 2)
-            deadline = time.monotonic() + 2.0
-            while svc.waiting:  # the expired waiter is swept by the heartbeat
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            assert svc.waiting == 1
+            await clock.advance(timings.hello_interval)  # the heartbeat sweeps it
+            assert svc.waiting == 0
 
     with short_tmp() as d:
         run(main)
@@ -204,10 +212,8 @@ def test_a_read_with_min_index_is_answered_once_that_index_is_applied() -> None:
             )
             svc = b.service
             assert svc is not None
-            deadline = time.monotonic() + 2.0
-            while svc.waiting < 2:  # both parked: nothing answered before the write
-                assert time.monotonic() < deadline and not get.done()
-                await asyncio.sleep(0.01)
+            await until(lambda: svc.waiting == 2, "both reads to park")
+            assert not get.done() and not listing.done()  # nothing answered before the write
             await b.consensus.apply(b.log.set(K, b'"new"'))
             got = await asyncio.wait_for(get, 2.0)
             assert isinstance(got, wire.GetOk) and got.entry is not None
@@ -295,7 +301,7 @@ def test_backup_during_writes_is_one_consistent_state() -> None:
                     acks_during.append(b.log.index)
 
             writer = asyncio.ensure_future(keep_writing())
-            await asyncio.sleep(0.02)
+            await until(lambda: len(acks_during) > 0, "the writer to get going")
             before = len(acks_during)
             dest = os.path.join(d, "backup.db")
             reply = await b.front.request("backup", wire.Backup(dest), timeout=30.0)
@@ -325,21 +331,25 @@ def test_backup_during_writes_is_one_consistent_state() -> None:
         run(main)
 
 
-@pytest.mark.slow
 def test_leader_proposes_each_expired_entry_once_and_the_expiry_applies() -> None:
+    clock = ManualClock()
+    interval = FAST.reaper.interval
+
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d) as b:
-            now = wall_ms()
+        async with bench(None, d, sockets=MemoryIpc(clock), clock=clock) as b:
+            reaper = b.service._reaper  # type: ignore[union-attr]
+            assert reaper is not None and reaper.leads()  # told so in answer to the hello
+            now = clock.wall_ms()
             await b.consensus.apply(
                 b.log.set(K, b'"t"', expires_at=now - 1, ts=now - 1000),
                 b.log.set(K + "/later", expires_at=now + 3_600_000, ts=now),
             )
             await b.consensus.acked(b.log.index)
-            deadline = time.monotonic() + 2.0
-            while not b.consensus.proposals:
-                assert time.monotonic() < deadline, "no expire proposal"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)  # many scans later: still one proposal (in flight)
+            await clock.advance(interval)
+            await until(lambda: len(b.consensus.proposals) == 1, "the expire proposal")
+            scans = reaper.scans
+            await clock.advance(10 * interval)  # many scans later: still one (in flight)
+            assert reaper.scans >= scans + 10 and len(b.consensus.proposals) == 1
             [cmd] = b.consensus.proposals
             assert cmd.origin == "n1" and cmd.op == Expire(K, 1, now - 1)
             assert cmd.timestamp_ms >= now
@@ -354,19 +364,43 @@ def test_leader_proposes_each_expired_entry_once_and_the_expiry_applies() -> Non
         run(main)
 
 
-@pytest.mark.slow
-def test_a_follower_never_proposes_expiries() -> None:
+def test_a_follower_never_proposes_expiries_and_never_asks_for_status() -> None:
+    clock = ManualClock()
+    interval = FAST.reaper.interval
+
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d) as b:
-            b.consensus.role = "follower"
-            now = wall_ms()
+        async with bench(None, d, sockets=MemoryIpc(clock), clock=clock) as b:
+            reaper = b.service._reaper  # type: ignore[union-attr]
+            assert reaper is not None
+            await b.consensus.set_role("follower")  # pushed, as on a step-down
+            await until(lambda: not reaper.leads(), "the push to land")
+            now = clock.wall_ms()
             await b.consensus.apply(b.log.normal(Set(K, b"1", None, now - 1), ts=now - 1000))
             await b.consensus.acked(b.log.index)
-            await asyncio.sleep(0.4)
-            assert b.consensus.status_asked >= 2  # it kept asking, the answer stayed no
-            assert b.consensus.proposals == []
-            got = await b.front.request("get", wire.Get(K, wall_ms()))
+            await clock.advance(20 * interval)
+            assert reaper.scans >= 10  # it looked, and did not propose
+            assert b.consensus.proposals == [] and b.consensus.status_asked == 0
+            got = await b.front.request("get", wire.Get(K, clock.wall_ms()))
             assert got.entry is None  # hidden on reads all the same
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_a_leading_push_is_trusted_for_three_hellos_only() -> None:
+    """A consensus that goes silent stops the reaper: no hello answer, no belief."""
+    clock = ManualClock()
+    timings = ServiceTimings(hello_interval=1.0, reaper=FAST.reaper)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(None, d, timings=timings, sockets=MemoryIpc(clock), clock=clock) as b:
+            reaper = b.service._reaper  # type: ignore[union-attr]
+            assert reaper is not None and reaper.leads()
+            await clock.advance(2.5)  # hellos answered at 1 s and 2 s: still believed
+            assert reaper.leads() and reaper.pushes >= 3
+            await b.consensus.close()  # silent from now on
+            await clock.advance(3.0)
+            assert not reaper.leads()
 
     with short_tmp() as d:
         run(main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -14,6 +13,8 @@ from concordance.commands import Expire
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.storage.service_ttl import ExpiryReaper, ReaperTimings, wall_ms
 from concordance.storage.service_waiters import AppliedWaiters
+from concordance.testing.clock import ManualClock
+from concordance.testing.memory_ipc import MemoryIpc
 from tests.unit.storage_service_harness import (
     FAST,
     T0,
@@ -22,6 +23,7 @@ from tests.unit.storage_service_harness import (
     node_config,
     run,
     short_tmp,
+    until,
 )
 
 # --------------------------------------------------------------------------- waiters
@@ -62,47 +64,73 @@ class _ExpiredState:
         return [Expire("tenant:a/k", 1, 1)]
 
 
-class _FollowerConsensus:
+class _NoConsensus:
+    """A follower is never told it leads, so it never asks consensus anything."""
+
     async def request(self, type: str, body: Any, timeout: float) -> Any:
-        return wire.StatusOk("n1", "follower", 1, "n2", 0, 0, ())
+        raise AssertionError(f"the reaper asked consensus for {type}")
 
 
 def test_the_reaper_does_not_spin_on_an_expired_entry_it_may_not_delete() -> None:
     state = _ExpiredState()
-    timings = ReaperTimings(interval=0.02, leader_ttl=0.05)
-    reaper = ExpiryReaper("n1", state, _FollowerConsensus(), timings)  # type: ignore[arg-type]
+    clock = ManualClock()
+    timings = ReaperTimings(interval=0.02)
+    reaper = ExpiryReaper("n1", state, _NoConsensus(), timings, clock=clock)  # type: ignore[arg-type]
 
     async def main() -> None:
         task = asyncio.ensure_future(reaper.run())
-        await asyncio.sleep(0.1)
+        await clock.advance(0.1)  # five intervals; a busy loop would look every loop turn
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
-    assert state.looks <= 20  # about 2 per interval, not a busy loop
+    assert reaper.scans == 5 and state.looks <= 12  # about 2 per interval
 
 
-@pytest.mark.slow
+def test_the_reaper_believes_a_leading_push_for_its_trust_window() -> None:
+    clock = ManualClock()
+    reaper = ExpiryReaper("n1", _ExpiredState(), _NoConsensus(), trust=3.0, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert not reaper.leads()
+        reaper.on_leadership(wire.Leadership(True, 4))
+        await clock.advance(2.9)
+        assert reaper.leads()
+        await clock.advance(0.1)
+        assert not reaper.leads()  # consensus went silent: stop proposing
+        reaper.on_leadership(wire.Leadership(True, 4))
+        reaper.on_leadership(wire.Leadership(False, 5))
+        assert not reaper.leads()
+
+    asyncio.run(main())
+
+
 def test_an_unavailable_proposal_is_retried_and_a_lost_one_after_remember() -> None:
+    interval, remember = 0.02, 0.3
     timings = ServiceTimings(
         hello_interval=30.0,
-        reaper=ReaperTimings(interval=0.02, leader_ttl=0.05, propose_timeout=1.0, remember=0.3),
+        reaper=ReaperTimings(interval=interval, propose_timeout=1.0, remember=remember),
     )
+    clock = ManualClock()
 
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d, timings=timings) as b:
+        async with bench(None, d, timings=timings, sockets=MemoryIpc(clock), clock=clock) as b:
             b.consensus.propose_error = errors.Unavailable("no leader")
-            now = wall_ms()
+            now = clock.wall_ms()
             await b.consensus.apply(b.log.set("tenant:a/k", expires_at=now - 1, ts=now - 9))
             await b.consensus.acked(b.log.index)
-            await _until(lambda: len(b.consensus.proposals) >= 2)  # certainly not appended
+            await clock.advance(interval)
+            assert len(b.consensus.proposals) == 1 and b.reaper_in_flight() == 0
+            await clock.advance(interval)  # certainly not appended: the next scan retries
+            assert len(b.consensus.proposals) == 2
             b.consensus.propose_error = None
-            await _until(lambda: b.consensus.proposed_ok == 1)
-            assert b.reaper_in_flight() == 1
+            await clock.advance(interval)
+            assert b.consensus.proposed_ok == 1 and b.reaper_in_flight() == 1
             count = len(b.consensus.proposals)
-            await asyncio.sleep(0.1)  # in flight: not again yet
-            assert len(b.consensus.proposals) == count
-            await _until(lambda: len(b.consensus.proposals) > count)  # forgotten: again
+            await clock.advance(remember - 2 * interval)  # many retry intervals later
+            assert len(b.consensus.proposals) == count  # in flight: not proposed again yet
+            await clock.advance(3 * interval)  # past ``remember``: forgotten, so once again
+            assert len(b.consensus.proposals) == count + 1
 
     with short_tmp() as d:
         run(main)
@@ -111,7 +139,7 @@ def test_an_unavailable_proposal_is_retried_and_a_lost_one_after_remember() -> N
 def test_a_backlog_is_proposed_in_batches_past_the_ones_in_flight() -> None:
     timings = ServiceTimings(
         hello_interval=30.0,
-        reaper=ReaperTimings(interval=0.02, leader_ttl=0.05, batch=100),
+        reaper=ReaperTimings(interval=0.02, batch=100),
     )
 
     async def main(ctx: zmq.asyncio.Context) -> None:
@@ -120,19 +148,12 @@ def test_a_backlog_is_proposed_in_batches_past_the_ones_in_flight() -> None:
             sets = [b.log.set(f"tenant:a/k{i:03d}", expires_at=now - 1, ts=T0) for i in range(150)]
             await b.consensus.apply(*sets)
             await b.consensus.acked(b.log.index)
-            await _until(lambda: len(b.consensus.proposals) >= 150)
+            await until(lambda: len(b.consensus.proposals) >= 150, "150 proposals")
             keys = [c.op.key for c in b.consensus.proposals if isinstance(c.op, Expire)]
             assert sorted(keys) == [f"tenant:a/k{i:03d}" for i in range(150)]  # each once
 
     with short_tmp() as d:
         run(main)
-
-
-async def _until(condition: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- a second copy
@@ -158,13 +179,16 @@ def test_a_second_storage_on_the_same_data_dir_fails_and_the_first_keeps_serving
 
 def test_a_restarted_consensus_gets_hello_and_resumes_apply() -> None:
     timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+    clock = ManualClock()
+    net = MemoryIpc(clock)
 
     async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d, timings=timings) as b:
+        async with bench(None, d, timings=timings, sockets=net, clock=clock) as b:
             at = b.log.index
             await b.consensus.close()
-            await asyncio.sleep(0.1)  # storage's sends fail meanwhile; it keeps going
-            b.consensus = await FakeConsensus.open(ctx, d)
+            # Two hello intervals and a send timeout: storage's sends fail meanwhile.
+            await clock.advance(2 * timings.hello_interval + timings.send_timeout)
+            b.consensus = await FakeConsensus.open(None, d, net)
             assert (await b.consensus.hello()).applied_index == at
             await b.consensus.apply(b.log.set("tenant:a/after"))
             await b.consensus.acked(at + 1)

@@ -185,6 +185,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "apply": wire.Apply(((11, 3, 0, b"set"), (12, 4, 2, b'{"v":[]}'))),
     "restore": wire.Restore("/data/n1/snap/100-4.db", 100, 4),
     "take_snapshot": wire.TakeSnapshot(),
+    "leadership": wire.Leadership(True, 7),
     "get": wire.Get("tenant:acme/a", 1764230400000),
     "get_ok": wire.GetOk({"key": "tenant:acme/a", "value": {"x": [1, 2.5, None]}, "version": 2}),
     "list": wire.List("tenant:acme/", 100, None, 1764230400000),

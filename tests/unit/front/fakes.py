@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK
 from concordance.config import NodeConfig, Secrets
 from concordance.errors import IpcError, Unavailable
 from concordance.front.app import make_app, static_clients
@@ -293,10 +294,13 @@ class Harness:
 async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     role_states = overrides.pop("role_states", no_supervisor)
     retention = overrides.pop("retention", 100_000)
+    timers = overrides.pop("timers", SYSTEM_CLOCK)
     node = FakeNode(path, retention=retention)
     clock = FakeClock()
     cfg = make_config(path, **overrides)
-    app = make_app(cfg, static_clients(node.clients()), clock=clock, role_states=role_states)
+    app = make_app(
+        cfg, static_clients(node.clients()), clock=clock, timers=timers, role_states=role_states
+    )
     try:
         async with TestClient(TestServer(app)) as client:
             yield Harness(client, node, clock, app)

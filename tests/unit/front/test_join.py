@@ -13,9 +13,11 @@ import pytest
 from concordance import wire
 from concordance.config import NodeConfig, Secrets
 from concordance.front import cluster
+from concordance.front.appkeys import METRICS
 from concordance.front.join import JoinOutcome, is_fresh, join_cluster
 from concordance.front.relay import PeerRelay
 from tests.unit.front.fakes import AGENT, PEER, Harness, harness
+from tests.unit.front.test_relay import until
 
 
 class JoinerConsensus:
@@ -44,6 +46,12 @@ def joiner_cfg(path: Path, join: str, key: str | None = PEER) -> NodeConfig:
     )
 
 
+def refusals(h: Harness) -> int:
+    """How many requests this front answered 401 (its metrics count every answer)."""
+    counts = h.app[METRICS]._requests
+    return sum(n for (_, method, status), n in counts.items() if (method, status) == ("POST", 401))
+
+
 def run(tmp_path: Path, scenario: Any) -> None:
     async def main() -> None:
         async with harness(tmp_path) as h:
@@ -62,10 +70,7 @@ def test_a_joiner_asks_until_added_then_waits_for_the_log(tmp_path: Path) -> Non
             task = asyncio.ensure_future(
                 join_cluster(joiner_cfg(tmp_path, member), mine, http, learned.update)
             )
-            for _ in range(400):
-                if learned:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: bool(learned), "the join answer")
             assert learned == {"n1": "127.0.0.1:1", "n9": "127.0.0.1:4109"}
             assert h.node.knobs.conf_changes == [("add_learner", "n9", "127.0.0.1:4109")]
             assert not task.done()  # added, but the log has not reached it yet
@@ -85,17 +90,14 @@ def test_a_refused_join_is_retried(tmp_path: Path) -> None:
             task = asyncio.ensure_future(
                 join_cluster(wrong, mine, http, learned.update, backoff_max=0.05)
             )
-            await asyncio.sleep(0.5)
+            await until(lambda: refusals(h) >= 2, "two refused join requests")
             assert not learned and not h.node.knobs.conf_changes  # 401: asked, refused, again
             task.cancel()
             ok = joiner_cfg(tmp_path, member)
             task = asyncio.ensure_future(
                 join_cluster(ok, mine, http, learned.update, backoff_max=0.05)
             )
-            for _ in range(500):
-                if learned:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: bool(learned), "the join answer")
             assert "n9" in learned
             mine.members = (wire.MemberStatus("n9", "127.0.0.1:4109", False, 0),)
             assert await asyncio.wait_for(task, 5) == JoinOutcome.JOINED

@@ -6,7 +6,7 @@ that records frames, or refuses the upgrade while ``down``) and a
 ``SilentPeer`` (plain asyncio: accepts TCP and reads the request, then never
 writes; with ``upgrade=True`` it completes the WebSocket handshake first and
 then neither reads nor answers pings). Waits are polls with generous bounds,
-never tight timing asserts.
+never tight timing asserts; frame ages run on a manual clock.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from concordance import wire
 from concordance.front import peers
 from concordance.front.relay import PeerRelay
+from concordance.testing.clock import ManualClock
 from tests.unit.front.fakes import PEER, harness
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
@@ -157,11 +158,12 @@ def test_the_queue_is_bounded_by_bytes_dropping_the_oldest_first() -> None:
 def test_drops_are_counted_per_peer_and_reason_in_metrics(tmp_path: Path) -> None:
     async def main() -> None:
         # election timeout 20 ms x 5 = 0.1 s: frames older than that are stale
-        async with harness(tmp_path, tick_ms=20, election_ticks=5) as h:
+        clock = ManualClock()
+        async with harness(tmp_path, tick_ms=20, election_ticks=5, timers=clock) as h:
             assert h.node.raft_out is not None
             mib = b"m" * (1 << 20)
             h.node.raft_out(wire.RaftOut("n3", DEAD, (mib,) * 9))  # 9 MiB: the oldest goes
-            await asyncio.sleep(0.3)
+            await clock.advance(0.3)
             h.node.raft_out(wire.RaftOut("n3", DEAD, (b"fresh",)))  # the 8 MiB are stale now
             async with h.client.get("/metrics") as resp:
                 text = await resp.text()
@@ -306,7 +308,9 @@ def test_a_dead_or_stalled_peer_does_not_delay_frames_to_a_healthy_one() -> None
             relay.send(wire.RaftOut("stalled", stalled.address, (chunk,) * 32))
             link = relay.links["stalled"]
             await until(lambda: link.connected and hung.accepted == 1, "both bad links to connect")
-            await asyncio.sleep(0.2)  # let the stalled writer fill the socket and block
+            # The writer is under way on 32 MiB that the peer never reads: it blocks on the
+            # full socket and stays blocked (the last assert shows it still holds frames).
+            await until(lambda: len(link.queue) < 32, "the stalled writer to start")
             frames = tuple(b"f%d" % i for i in range(100))
             relay.send(wire.RaftOut("n2", healthy.address, frames))
             await until(lambda: len(healthy.frames) == 100, "the healthy peer's frames")

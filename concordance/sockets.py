@@ -1,0 +1,124 @@
+"""The IPC ends role logic uses, as narrow Protocols, and the factory that opens real ones.
+
+Why: a role should not care whether its messages cross ZeroMQ sockets
+(``concordance.ipc``, what ships) or in-memory queues
+(``concordance.testing.memory_ipc``, test support only). Each Protocol is the
+subset of the ``ipc`` class that the roles call; :class:`ZmqSockets` opens the
+real ones and is the default wherever a role accepts ``sockets=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import zmq.asyncio
+
+from concordance import ipc
+from concordance.errors import ConcordanceError, IpcError
+from concordance.wire import Body, Envelope
+
+__all__ = ["Client", "Publisher", "Server", "Sockets", "Subscriber", "ZmqSockets"]
+
+
+class Server(Protocol):
+    """A role's bound request socket (``ipc.RpcServer``)."""
+
+    endpoint: str
+
+    async def recv(self) -> tuple[bytes, Envelope]: ...
+
+    def deliver_to(
+        self,
+        handler: Callable[[bytes, Envelope], None],
+        failed: Callable[[IpcError], None] | None = None,
+    ) -> None: ...
+
+    async def reply(
+        self, peer_id: bytes | str, request: Envelope, body: Body | ConcordanceError
+    ) -> None: ...
+
+    async def send(self, peer_id: bytes | str, type: str, body: Body) -> None: ...
+
+    def sent_within(self, seconds: float) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Client(Protocol):
+    """A role's connection to another role's server (``ipc.RpcClient``)."""
+
+    endpoint: str
+
+    def connected(self, recently: float = 0.0) -> bool: ...
+
+    async def request(self, type: str, body: Body, timeout: float) -> Body: ...
+
+    async def send(self, type: str, body: Body, timeout: float = ipc.SEND_TIMEOUT) -> None: ...
+
+    def send_nowait(self, type: str, body: Body) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Publisher(Protocol):
+    """Storage's events publisher (``ipc.Publisher``)."""
+
+    endpoint: str
+
+    async def publish(self, type: str, body: Body) -> None: ...
+
+    async def wait_subscribed(self, topic: bytes, timeout: float) -> bool: ...
+
+    def take_subscriptions(self) -> list[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class Subscriber(Protocol):
+    """The front's events subscriber (``ipc.Subscriber``)."""
+
+    endpoint: str
+
+    async def recv(self) -> Envelope: ...
+
+    async def close(self) -> None: ...
+
+
+class Sockets(Protocol):
+    """Opens the ends above for one process."""
+
+    async def server(self, endpoint: str) -> Server: ...
+
+    async def publisher(self, endpoint: str) -> Publisher: ...
+
+    def client(
+        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+    ) -> Client: ...
+
+    def subscriber(self, endpoint: str) -> Subscriber: ...
+
+
+class ZmqSockets:
+    """The real ends, on one ZeroMQ context (the process's own by default)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context | None = None) -> None:
+        self.ctx = ctx or ipc.context()
+
+    async def server(self, endpoint: str) -> ipc.RpcServer:
+        return await ipc.RpcServer.open(self.ctx, endpoint)
+
+    async def publisher(self, endpoint: str) -> ipc.Publisher:
+        return await ipc.Publisher.open(self.ctx, endpoint, xpub=True)
+
+    def client(
+        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+    ) -> ipc.RpcClient:
+        return ipc.RpcClient(self.ctx, endpoint, identity, on_message=on_message)
+
+    def subscriber(self, endpoint: str) -> ipc.Subscriber:
+        return ipc.Subscriber(self.ctx, endpoint)
