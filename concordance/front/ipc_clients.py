@@ -51,7 +51,7 @@ from concordance import fronts, ipc, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 
-__all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
+__all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,9 @@ class IpcConsensus:
         self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
         self._held_bytes = 0
         self._releasing: asyncio.Task[None] | None = None
+        # set once raft_out has a handler: only then may consensus learn of this
+        # front (``front_hello``) and send its peer frames here, not to the old one
+        self.relaying = asyncio.Event()
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
         )
@@ -230,6 +233,7 @@ class IpcConsensus:
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         self._handler = handler
+        self.relaying.set()
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         self._dropped = handler
@@ -456,9 +460,7 @@ async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterato
     consensus = IpcConsensus(ctx, data_dir, identity)
     storage = IpcStorage(ctx, data_dir, identity)
     events = IpcEvents(ctx, data_dir)
-    greeting = asyncio.create_task(
-        _greet((consensus.rpc, storage.rpc), wire.FrontHello(incarnation))
-    )
+    greeting = asyncio.create_task(_greet_when_relaying(consensus, storage, incarnation))
     try:
         yield Clients(consensus, storage, events)
     finally:
@@ -468,7 +470,14 @@ async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterato
         await consensus.close()
 
 
-async def _greet(rpcs: Sequence[ipc.RpcClient], hello: wire.FrontHello) -> None:
+async def _greet_when_relaying(
+    consensus: IpcConsensus, storage: IpcStorage, incarnation: int
+) -> None:
+    await consensus.relaying.wait()
+    await greet((consensus.rpc, storage.rpc), wire.FrontHello(incarnation))
+
+
+async def greet(rpcs: Sequence[ipc.RpcClient], hello: wire.FrontHello) -> None:
     """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
     role that just started learns this front before it has to push anything
     (PROTOCOL.md §1). One-way and best effort: the next one repairs a loss."""
