@@ -1,23 +1,29 @@
 """The front role process: ``python -m procs.front --data DIR``.
 
-A thin entry point so that supervisord has one command per role and the app
-itself stays importable and testable in-process: it loads the node's
-configuration from ``{DIR}/node.json`` and the environment, serves
-:func:`concordance.front.app.make_app` (wired to the real role clients of
-``concordance.front.ipc_clients``) on uvloop at ``cfg.listen``, and turns
-SIGTERM/SIGINT into a graceful stop: the listener closes, WebSocket sessions
-are told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get
-up to ``SHUTDOWN_GRACE`` seconds, then the role sockets close; exit 0.
-With ``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads
-the key file (``--keys``) and the TLS certificate and key without a restart
-(send it to the front's pid, not to supervisord, which restarts every role on
-SIGHUP: ``concordance ctl --data DIR status`` shows the pid).
+A thin entry point so that the app itself stays importable and testable
+in-process: it loads the node's configuration from ``{DIR}/node.json`` and the
+environment and serves :func:`concordance.front.app.make_app` (wired to the
+real role clients of ``concordance.front.ipc_clients``) on uvloop. Under the
+node's supervisor it runs as the child of the front keeper
+(``procs/front_keeper.py``) and serves on the listening socket the keeper
+passes down (``CONCORDANCE_LISTEN_FD``), telling it when it serves
+(``CONCORDANCE_READY_FD``); run by itself it binds ``cfg.listen``.
 
-Exit codes: 0 after a requested stop, 1 when the front failed (supervisord
-restarts it; clients reconnect and watchers resubscribe), 2 for an unusable
-configuration.
+SIGTERM/SIGINT is a graceful stop: the front accepts no more connections,
+drains its incoming peer links (PROTOCOL.md §3.5) and waits ``ACCEPT_GRACE``
+for requests on connections it just accepted, then WebSocket sessions are
+told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
+to ``SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
+``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads the
+key file (``--keys``) and the TLS certificate and key without a restart (send
+it to the front keeper's pid, which ``concordance ctl --data DIR status``
+shows, or to this process; not to supervisord, which restarts every role on
+SIGHUP).
+
+Exit codes: 0 after a requested stop, 1 when the front failed (its keeper
+exits too and supervisord restarts both; clients reconnect and watchers
+resubscribe), 2 for an unusable configuration.
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -67,6 +67,7 @@ from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
+from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
 
 __all__ = ["ConsensusDriver", "boot_membership"]
@@ -80,6 +81,7 @@ NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit ind
 FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
 SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
 SHUTDOWN_DRAIN = 0.1  # seconds served after telling the front ``stopping``
+MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
 
 
 def boot_membership(cfg: NodeConfig) -> Membership:
@@ -125,6 +127,8 @@ class ConsensusDriver:
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
         self._deferred: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
+        self._held_forwards: list[RaftPropose] = []  # see _holds_proposals
+        self._held_requests: list[tuple[bytes, wire.Envelope]] = []
         self._ticks = 0
         self._commit_noted_at = -NOTE_COMMIT_EVERY
         self._wake = asyncio.Event()
@@ -205,6 +209,8 @@ class ConsensusDriver:
         core = self.core
         in_time = now - self._shutdown_at < SHUTDOWN_BOUND
         others = [v for v in core.membership.voters if v != self.cfg.node_id]
+        if core.role is not Role.LEADER and (self._held_forwards or self._held_requests):
+            await self._release_proposals()
         if in_time and core.role is Role.LEADER and others:
             if core.lead_transferee is None:  # again if an earlier attempt timed out
                 try:
@@ -219,6 +225,7 @@ class ConsensusDriver:
 
     async def _start_drain(self, now: float) -> None:
         self._drain_until = now + SHUTDOWN_DRAIN
+        await self._release_proposals()
         log.info(
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
         )
@@ -338,6 +345,8 @@ class ConsensusDriver:
         body = env.body
         if isinstance(body, wire.RaftIn):
             self._step_frames(body.frames)
+        elif isinstance(body, wire.Propose) and self._holds_proposals():
+            self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
             # Answered after this turn's Ready: its appends leave first (they are on
             # the write's path; the answer only tells the front it was taken).
@@ -420,7 +429,32 @@ class ConsensusDriver:
             except RemoteProtocolError as e:
                 log.warning("dropping an undecodable raft frame: %s", e)
                 continue
+            if isinstance(msg, RaftPropose) and self._holds_proposals():
+                self._held_forwards.append(msg)
+                continue
             self.core.step(msg)
+
+    def _holds_proposals(self) -> bool:
+        """Whether proposals are kept aside: this leader is handing leadership over
+        before a planned stop. Refused now, their writers would retry against a
+        leader still busy handing over, and give up (503) if that took long; kept
+        until the hand-over ends, they are refused (or taken) then, and the refusal
+        names the new leader. Bounded by ``SHUTDOWN_BOUND`` and ``MAX_HELD_PROPOSALS``."""
+        return (
+            self._shutdown_at is not None
+            and self._drain_until is None
+            and self.core.role is Role.LEADER
+            and len(self._held_forwards) + len(self._held_requests) < MAX_HELD_PROPOSALS
+        )
+
+    async def _release_proposals(self) -> None:
+        """The hand-over is over (or abandoned): step what was kept aside."""
+        forwards, self._held_forwards = self._held_forwards, []
+        requests, self._held_requests = self._held_requests, []
+        for msg in forwards:
+            self.core.step(msg)
+        for peer, env in requests:
+            await self._dispatch(peer, env)
 
     def _propose(self, body: wire.Propose) -> wire.Body | ConcordanceError:
         if not body.commands:

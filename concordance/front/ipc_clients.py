@@ -111,14 +111,18 @@ def _connected(rpc: ipc.RpcClient) -> bool:
     return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
 
 
-async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:
-    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
+async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool:
+    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
+    True if it had to wait (the role was down or restarting)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
+    held = False
     while not _connected(rpc):
         if loop.time() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
+        held = True
         await asyncio.sleep(HOLD_POLL)
+    return held
 
 
 async def _idempotent(
@@ -130,7 +134,8 @@ async def _idempotent(
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        await _ensure_connected(rpc, kind, left)
+        if await _ensure_connected(rpc, kind, left):
+            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = deadline - time.monotonic()
         try:
             got = await rpc.request(kind, body, max(min(left, ATTEMPT_CAP), 0.001))
@@ -165,7 +170,8 @@ async def _retry_unavailable(
     budget = hold_budget(max(timeout, 0))
     backoff = _Backoff()
     while True:
-        await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0))
+        if await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0)):
+            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = timeout - (time.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
@@ -178,7 +184,10 @@ async def _retry_unavailable(
 class _Backoff:
     """Pauses between asks of a role that answered ``unavailable``: doubling from
     20 ms to 200 ms, for at most ``UNAVAILABLE_RETRY`` seconds from the first
-    answer and never past ``deadline``; then the caller passes the answer on."""
+    answer and never past ``deadline``; then the caller passes the answer on.
+    A request held for a restarting role starts a new one (the old process's
+    answers say nothing about its successor, which needs a moment to learn
+    the leader)."""
 
     def __init__(self) -> None:
         self._delay = 0.02
