@@ -24,6 +24,7 @@ Exit codes: 0 after a requested stop, 1 when the front failed (its keeper
 exits too and supervisord restarts both; clients reconnect and watchers
 resubscribe), 2 for an unusable configuration.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -192,9 +192,9 @@ class Keeper:
                 self.done.set_result(0)
         elif child is self.serving:
             log.error("the serving front %d exited (%d): the keeper exits too", child.pid, code)
-            self.stop()
             if not self.done.done():
-                self.done.set_result(code or 1)
+                self.done.set_result(code if code > 0 else 1)  # a signal is a failure too
+            self.stop()
         else:
             log.info("front %d exited (%d)", child.pid, code)
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stdout)
     try:  # the same variables as the roles (procs/_launch.py)
         kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
-        handler.setFormatter(logfmt.formatter(kind, "front-keeper", cfg.node_id))
+        handler.setFormatter(logfmt.formatter(kind, "front", cfg.node_id))  # the front role
         level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
     except ValueError as e:
         print(f"front keeper: {e}", file=sys.stderr)

@@ -58,7 +58,7 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
         "data_dir": data_dir,
         "insecure": True,
         "tick_ms": 10,
-        "election_ticks": 10,
+        "election_ticks": 30,  # 300 ms: a busy machine stalls a process for 100 ms
         "heartbeat_ticks": 1,
     }
     settings.update(overrides)
