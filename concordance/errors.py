@@ -148,6 +148,10 @@ class IpcTimeout(IpcError):
     """No reply arrived before the request's deadline."""
 
 
+class PeerGone(IpcError):
+    """A server-side send found its peer not connected (``EHOSTUNREACH``)."""
+
+
 BY_CODE: dict[str, type[ConcordanceError]] = {
     cls.code: cls
     for cls in (

@@ -46,7 +46,13 @@ from typing import Any, Generic, Self, TypeVar
 import zmq
 import zmq.asyncio
 
-from concordance.errors import ConcordanceError, IpcError, IpcTimeout, RemoteProtocolError
+from concordance.errors import (
+    ConcordanceError,
+    IpcError,
+    IpcTimeout,
+    PeerGone,
+    RemoteProtocolError,
+)
 from concordance.wire import (
     ONE_WAY,
     REPLIES,
@@ -536,7 +542,7 @@ class RpcServer(_Closing):
             ) from e
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                raise IpcError(f"{peer!r} is not connected to {self.endpoint}") from e
+                raise PeerGone(f"{peer!r} is not connected to {self.endpoint}") from e
             raise IpcError(f"send on {self.endpoint} failed: {e}") from e
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import sys
+import time
 import xmlrpc.client
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +25,7 @@ from concordance.config import ROLES, NodeConfig, supervisor_socket
 
 GROUP = "node"
 STARTS_DIR = "run"
+HAND_OVER_TIMEOUT = 30.0  # seconds a new front may take to serve before a restart fails
 
 
 class SupervisorUnavailable(RuntimeError):
@@ -75,13 +77,41 @@ def record_start(data_dir: str | os.PathLike[str], role: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
-def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
-    """How many times ``role`` started after its first start in this data dir."""
-    path = Path(data_dir) / STARTS_DIR / f"{role}.starts"
+def starts(data_dir: str | os.PathLike[str], role: str) -> int:
+    """How many times ``role`` started in this data dir (0 if never under ``procs/``):
+    it only grows, so it orders a role's processes (the fronts' ROUTING_IDs)."""
     try:
-        return max(0, len(path.read_text().splitlines()) - 1)
+        return len((Path(data_dir) / STARTS_DIR / f"{role}.starts").read_text().splitlines())
     except OSError:
         return 0
+
+
+def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
+    """How many times ``role`` started after its first start in this data dir."""
+    return max(0, starts(data_dir, role) - 1)
+
+
+def front_pid_path(data_dir: str | os.PathLike[str]) -> Path:
+    """Where the front keeper (``procs/front_keeper.py``) records the serving front."""
+    return Path(data_dir) / STARTS_DIR / "front.pid"
+
+
+def serving_front(data_dir: str | os.PathLike[str]) -> int | None:
+    """The pid of the front process serving now, by its keeper's record."""
+    try:
+        return int(front_pid_path(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -134,10 +164,34 @@ class Control:
         self._call("stopProcess", f"{GROUP}:{_role(role)}", True)
 
     def restart(self, role: str) -> None:
+        """Restart ``role``: the front by a hand-over (``hand_over_front``) when it
+        runs; any other role, or a front that is down, by stop and start."""
         state = self.states().get(_role(role))
-        if state is not None and state.state in ("RUNNING", "STARTING", "BACKOFF"):
+        running = state is not None and state.state in ("RUNNING", "STARTING")
+        if role == "front" and running:
+            self.hand_over_front()
+            return
+        if running or (state is not None and state.state == "BACKOFF"):
             self.stop(role)
         self.start(role)
+
+    def hand_over_front(self, timeout: float = HAND_OVER_TIMEOUT) -> int:
+        """Ask the front keeper for a new front beside the serving one (SIGUSR2); return
+        the new front's pid once it serves. The old front then drains and exits
+        (``wait_gone``); clients never find the port closed.
+
+        Raises:
+            RuntimeError: no new front served within ``timeout`` (the old one goes on).
+        """
+        old = serving_front(self.data_dir)
+        self.signal("front", "USR2")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = serving_front(self.data_dir)
+            if new is not None and new != old:
+                return new
+            time.sleep(0.02)
+        raise RuntimeError(f"the front hand-over did not complete in {timeout:.0f} s")
 
     def signal(self, role: str, name: str) -> None:
         """Send signal ``name`` (``TERM``...) to the role; with ``autorestart`` a role
@@ -147,6 +201,16 @@ class Control:
 
     def shutdown(self) -> None:
         self._call("shutdown")
+
+
+def wait_gone(pid: int | None, timeout: float = 10.0) -> bool:
+    """Wait until process ``pid`` exited (an old front draining after a hand-over)."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _role(role: str) -> str:

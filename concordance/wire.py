@@ -190,6 +190,14 @@ class Stopping(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class FrontHello(Body):
+    """A front is here (to consensus and storage, at connection and every 0.2 s): how
+    a role learns which fronts to push to (PROTOCOL.md §1, ``concordance.fronts``)."""
+
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Hello(Body):
     """Storage liveness and position: at start and every second."""
 
@@ -372,6 +380,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "raft_out": RaftOut,
     "dropped": Dropped,
     "stopping": Stopping,
+    "front_hello": FrontHello,
     "hello": Hello,
     "applied": Applied,
     "snapshot_taken": SnapshotTaken,
@@ -417,6 +426,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "raft_out",
         "dropped",
         "stopping",
+        "front_hello",
         "hello",
         "applied",
         "snapshot_taken",

@@ -1,41 +1,55 @@
 """The front role process: ``python -m procs.front --data DIR``.
 
-A thin entry point so that supervisord has one command per role and the app
-itself stays importable and testable in-process: it loads the node's
-configuration from ``{DIR}/node.json`` and the environment, serves
-:func:`concordance.front.app.make_app` (wired to the real role clients of
-``concordance.front.ipc_clients``) on uvloop at ``cfg.listen``, and turns
-SIGTERM/SIGINT into a graceful stop: the listener closes, WebSocket sessions
-are told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get
-up to ``SHUTDOWN_GRACE`` seconds, then the role sockets close; exit 0.
-With ``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads
-the key file (``--keys``) and the TLS certificate and key without a restart
-(send it to the front's pid, not to supervisord, which restarts every role on
-SIGHUP: ``concordance ctl --data DIR status`` shows the pid).
+A thin entry point so that the app itself stays importable and testable
+in-process: it loads the node's configuration from ``{DIR}/node.json`` and the
+environment and serves :func:`concordance.front.app.make_app` (wired to the
+real role clients of ``concordance.front.ipc_clients``) on uvloop. Under the
+node's supervisor it runs as the child of the front keeper
+(``procs/front_keeper.py``) and serves on the listening socket the keeper
+passes down (``CONCORDANCE_LISTEN_FD``), telling it when it serves
+(``CONCORDANCE_READY_FD``); run by itself it binds ``cfg.listen``.
 
-Exit codes: 0 after a requested stop, 1 when the front failed (supervisord
-restarts it; clients reconnect and watchers resubscribe), 2 for an unusable
-configuration.
+SIGTERM/SIGINT is a graceful stop: the front accepts no more connections,
+drains its incoming peer links (PROTOCOL.md §3.5) and waits ``ACCEPT_GRACE``
+for requests on connections it just accepted, then WebSocket sessions are
+told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
+to ``SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
+``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads the
+key file (``--keys``) and the TLS certificate and key without a restart (send
+it to the front keeper's pid, which ``concordance ctl --data DIR status``
+shows, or to this process; not to supervisord, which restarts every role on
+SIGHUP).
+
+Exit codes: 0 after a requested stop, 1 when the front failed (its keeper
+exits too and supervisord restarts both; clients reconnect and watchers
+resubscribe), 2 for an unusable configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import signal
+import socket
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from concordance import config
 from concordance.front.app import make_app, reload
 from concordance.front.ipc_clients import connect
+from concordance.front.peers import drain_peer_links
 from concordance.tls import TlsContexts
 from procs._launch import run_role
+from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV
 
 log = logging.getLogger("procs.front")
 
+ACCEPT_GRACE = 0.3  # seconds between the last accept and closing idle connections
 SHUTDOWN_GRACE = 5.0  # seconds requests in flight may take after SIGTERM (< stopwaitsecs)
 
 
@@ -52,17 +66,43 @@ async def main(cfg: config.NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, app)
     try:
-        host, port = config.parse_address(cfg.listen)
         ssl_context = tls.server if tls is not None else None
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        site = _site(runner, cfg, ssl_context)
         await site.start()
         log.info("front of %s listening on %s://%s", cfg.node_id, cfg.scheme, cfg.listen)
+        _say_ready()
         await stop.wait()
         log.info("stopping")
+        await site.stop()  # accept no more: the next front (if any) takes them all
+        # Before the runner's cleanup, which stops reading every connection: the
+        # peers' last frames (forwarded writes among them) still reach consensus,
+        # and a connection accepted just now gets its request in (closing it as
+        # idle would fail that request).
+        await asyncio.gather(drain_peer_links(app), asyncio.sleep(ACCEPT_GRACE))
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSite:
+    """On the socket the keeper passed down (``procs/front_keeper.py``), or, run
+    by itself, on one of its own at ``cfg.listen``."""
+    inherited = os.environ.get(LISTEN_FD_ENV)
+    if inherited:
+        sock = socket.socket(fileno=int(inherited))
+        return web.SockSite(runner, sock, ssl_context=ssl)
+    host, port = config.parse_address(cfg.listen)
+    return web.TCPSite(runner, host, port, reuse_address=True, reuse_port=True, ssl_context=ssl)
+
+
+def _say_ready() -> None:
+    """Tell the keeper this front serves (one byte on its pipe), so it may stop the old one."""
+    fd = os.environ.get(READY_FD_ENV)
+    if fd:
+        with contextlib.suppress(OSError):
+            os.write(int(fd), b"1")
+            os.close(int(fd))
 
 
 def _reload(app: web.Application) -> None:

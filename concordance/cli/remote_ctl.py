@@ -73,7 +73,7 @@ def restart_one(base: str, key: str | None, role: str) -> float:
     old = _pid(base, key, role)
     started = time.monotonic()
     status, body = _call(base, "POST", f"/api/v1/cluster/roles/{role}/restart", key)
-    if status not in (200, 202):
+    if status != 200:
         error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
         raise CtlError(f"{role}: {status} {error.get('code', '')}: {error.get('message', '')}")
     deadline = started + SERVING_WAIT

@@ -20,8 +20,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from concordance.config import ROLES, ConfigError, NodeConfig, Secrets, parse_peers
+
+if TYPE_CHECKING:
+    from concordance.supervise import Control
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -208,6 +212,21 @@ def _run_restore(args: argparse.Namespace) -> int:
 ROLLING_ORDER = ("storage", "consensus", "front")  # ``restart all``: the front last
 
 
+def _restart(control: Control, role: str) -> None:
+    """Restart one role; the front by a hand-over, waiting for the old one to drain."""
+    from concordance.supervise import serving_front, wait_gone
+
+    old = serving_front(control.data_dir) if role == "front" else None
+    control.restart(role)
+    if role == "front":
+        new = serving_front(control.data_dir)
+        drained = wait_gone(old) if old != new else True
+        note = "" if drained else " (the old front is still draining)"
+        print(f"front: handed over to pid {new}{note}")
+    else:
+        print(f"{role}: restart done")
+
+
 def _run_ctl(args: argparse.Namespace) -> int:
     from concordance.supervise import Control, SupervisorUnavailable
 
@@ -220,10 +239,9 @@ def _run_ctl(args: argparse.Namespace) -> int:
         return run_remote(args)
     control = Control(args.data)
     try:
-        if args.role == "all":
-            for role in ROLLING_ORDER:  # each start waits until supervisord runs it
-                control.restart(role)
-                print(f"{role}: restart done")
+        if args.action == "restart" and args.role is not None:
+            for role in ROLLING_ORDER if args.role == "all" else (args.role,):
+                _restart(control, role)  # each waits until the role serves again
             return 0
         if args.action == "status":
             for name, state in sorted(control.states().items()):

@@ -57,21 +57,23 @@ from concordance.errors import (
     ConcordanceError,
     InvalidRequest,
     IpcError,
+    PeerGone,
     RemoteProtocolError,
     Unavailable,
 )
+from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
+from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
 
 __all__ = ["ConsensusDriver", "boot_membership"]
 
 log = logging.getLogger("concordance.consensus")
 
-FRONT = b"front"
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
@@ -79,6 +81,7 @@ NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit ind
 FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
 SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
 SHUTDOWN_DRAIN = 0.1  # seconds served after telling the front ``stopping``
+MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
 
 
 def boot_membership(cfg: NodeConfig) -> Membership:
@@ -119,10 +122,13 @@ class ConsensusDriver:
         self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
         self.raft_out_dropped = 0
+        self.fronts = Fronts()  # raft_out goes to the newest; dropped and stopping to all
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
         self._deferred: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
+        self._held_forwards: list[RaftPropose] = []  # see _holds_proposals
+        self._held_requests: list[tuple[bytes, wire.Envelope]] = []
         self._ticks = 0
         self._commit_noted_at = -NOTE_COMMIT_EVERY
         self._wake = asyncio.Event()
@@ -203,6 +209,8 @@ class ConsensusDriver:
         core = self.core
         in_time = now - self._shutdown_at < SHUTDOWN_BOUND
         others = [v for v in core.membership.voters if v != self.cfg.node_id]
+        if core.role is not Role.LEADER and (self._held_forwards or self._held_requests):
+            await self._release_proposals()
         if in_time and core.role is Role.LEADER and others:
             if core.lead_transferee is None:  # again if an earlier attempt timed out
                 try:
@@ -217,13 +225,11 @@ class ConsensusDriver:
 
     async def _start_drain(self, now: float) -> None:
         self._drain_until = now + SHUTDOWN_DRAIN
+        await self._release_proposals()
         log.info(
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
         )
-        try:
-            await self.server.send(FRONT, "stopping", wire.Stopping("consensus"))
-        except IpcError as e:
-            log.debug("cannot tell the front consensus is stopping: %s", e)
+        await self._to_fronts("stopping", wire.Stopping("consensus"))
 
     async def run(self) -> None:
         """Drive the core until :meth:`stop`; then close the socket and raft.db.
@@ -299,6 +305,7 @@ class ConsensusDriver:
 
     def _received(self, peer: bytes, env: wire.Envelope) -> None:
         """Called by the socket as each message arrives (no task switch per message)."""
+        self.fronts.note(peer)
         self._inbox.append((peer, env))
         if len(self._inbox) >= MAX_INBOX:
             self.server.pause()
@@ -338,6 +345,8 @@ class ConsensusDriver:
         body = env.body
         if isinstance(body, wire.RaftIn):
             self._step_frames(body.frames)
+        elif isinstance(body, wire.Propose) and self._holds_proposals():
+            self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
             # Answered after this turn's Ready: its appends leave first (they are on
             # the write's path; the answer only tells the front it was taken).
@@ -355,6 +364,8 @@ class ConsensusDriver:
             await self._answer(peer, env, self._transfer(body))
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
+        elif isinstance(body, wire.FrontHello):
+            pass  # the sender was noted on receipt (``_received``)
         elif isinstance(body, wire.Stopping):
             if peer == STORAGE:
                 self.stream.on_stopping()
@@ -418,7 +429,32 @@ class ConsensusDriver:
             except RemoteProtocolError as e:
                 log.warning("dropping an undecodable raft frame: %s", e)
                 continue
+            if isinstance(msg, RaftPropose) and self._holds_proposals():
+                self._held_forwards.append(msg)
+                continue
             self.core.step(msg)
+
+    def _holds_proposals(self) -> bool:
+        """Whether proposals are kept aside: this leader is handing leadership over
+        before a planned stop. Refused now, their writers would retry against a
+        leader still busy handing over, and give up (503) if that took long; kept
+        until the hand-over ends, they are refused (or taken) then, and the refusal
+        names the new leader. Bounded by ``SHUTDOWN_BOUND`` and ``MAX_HELD_PROPOSALS``."""
+        return (
+            self._shutdown_at is not None
+            and self._drain_until is None
+            and self.core.role is Role.LEADER
+            and len(self._held_forwards) + len(self._held_requests) < MAX_HELD_PROPOSALS
+        )
+
+    async def _release_proposals(self) -> None:
+        """The hand-over is over (or abandoned): step what was kept aside."""
+        forwards, self._held_forwards = self._held_forwards, []
+        requests, self._held_requests = self._held_requests, []
+        for msg in forwards:
+            self.core.step(msg)
+        for peer, env in requests:
+            await self._dispatch(peer, env)
 
     def _propose(self, body: wire.Propose) -> wire.Body | ConcordanceError:
         if not body.commands:
@@ -569,21 +605,34 @@ class ConsensusDriver:
         for peer, batches in per_peer.items():
             address = self._addresses.get(peer, "")
             for frames in batches:
+                front = self.fronts.current
                 try:
+                    if front is None:
+                        raise IpcError("no front has said hello yet")
                     await self.server.send(
-                        FRONT, "raft_out", wire.RaftOut(peer, address, tuple(frames))
+                        front, "raft_out", wire.RaftOut(peer, address, tuple(frames))
                     )
                 except IpcError as e:
+                    if isinstance(e, PeerGone) and front is not None:
+                        self.fronts.forget(front)
                     self.raft_out_dropped += len(frames)
                     log.debug("dropping %d frames for %s: %s", len(frames), peer, e)
 
     async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
         """Tell the front which of its forwarded proposals were refused (certainly not
         appended): their writes get ``unavailable`` now. Best effort: unsent, they time out."""
-        try:
-            await self.server.send(FRONT, "dropped", wire.Dropped(commands))
-        except IpcError as e:
-            log.debug("cannot report %d refused proposal(s): %s", len(commands), e)
+        await self._to_fronts("dropped", wire.Dropped(commands))
+
+    async def _to_fronts(self, type: str, body: wire.Body) -> None:
+        """Push to every front (during a hand-over the old one still waits for
+        answers); best effort, a front that is gone is forgotten."""
+        for front in self.fronts.all():
+            try:
+                await self.server.send(front, type, body)
+            except IpcError as e:
+                if isinstance(e, PeerGone):
+                    self.fronts.forget(front)
+                log.debug("cannot send %s to %r: %s", type, front, e)
 
     async def _send_storage(self, type: str, body: wire.Body) -> None:
         await self.server.send(STORAGE, type, body)

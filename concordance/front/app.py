@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 BODY_SLACK = 64 * 1024  # a request body may exceed the value limit by this much (API.md §2)
 STORAGE_PROBE_TIMEOUT = 2.0
+RELAY_FLUSH = 0.5  # seconds the peer links get to send what they queued, on the way out
 
 ClientsFactory = Callable[[], AbstractAsyncContextManager[Clients]]
 
@@ -202,7 +203,7 @@ async def _running(
         await asyncio.gather(*tasks, return_exceptions=True)
         await hub.close()
         proposer.fail_all(Unavailable("the front is shutting down"))
-        await relay.close()
+        await relay.close(flush=RELAY_FLUSH)
 
 
 def reload(app: web.Application) -> bool:

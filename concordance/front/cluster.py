@@ -120,7 +120,8 @@ def _roles(
             out[role] = {"pid": os.getpid(), "up": True}
         else:  # unknown to the supervisor: judge by whether it answered just now
             out[role] = {"pid": None, "up": answered.get(role, False)}
-    out["front"] = {"pid": out["front"]["pid"] or os.getpid(), "up": True}
+    # the front that answers: supervisord knows only its keeper (procs/front_keeper.py)
+    out["front"] = {"pid": os.getpid(), "up": True}
     return out
 
 

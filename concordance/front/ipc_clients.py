@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -46,24 +47,26 @@ from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import fronts, ipc, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 
-__all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect"]
+__all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
-RAFT_IN_HOLD = 2.0  # seconds peer frames are kept for a restarting consensus at most
+RAFT_IN_HOLD = 5.0  # seconds peer frames are kept for a restarting consensus (a request deadline)
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
 STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
 HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
+HELLO_POLL = 0.05  # seconds between two looks at the roles' connections (front_hello)
+HELLO_EVERY = 4  # polls between two front_hello to a connected role (0.2 s)
 
 _B = TypeVar("_B", bound=wire.Body)
 
@@ -108,14 +111,18 @@ def _connected(rpc: ipc.RpcClient) -> bool:
     return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
 
 
-async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> None:
-    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``."""
+async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool:
+    """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
+    True if it had to wait (the role was down or restarting)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
+    held = False
     while not _connected(rpc):
         if loop.time() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
+        held = True
         await asyncio.sleep(HOLD_POLL)
+    return held
 
 
 async def _idempotent(
@@ -127,7 +134,8 @@ async def _idempotent(
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        await _ensure_connected(rpc, kind, left)
+        if await _ensure_connected(rpc, kind, left):
+            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = deadline - time.monotonic()
         try:
             got = await rpc.request(kind, body, max(min(left, ATTEMPT_CAP), 0.001))
@@ -162,7 +170,8 @@ async def _retry_unavailable(
     budget = hold_budget(max(timeout, 0))
     backoff = _Backoff()
     while True:
-        await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0))
+        if await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0)):
+            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = timeout - (time.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
@@ -175,7 +184,10 @@ async def _retry_unavailable(
 class _Backoff:
     """Pauses between asks of a role that answered ``unavailable``: doubling from
     20 ms to 200 ms, for at most ``UNAVAILABLE_RETRY`` seconds from the first
-    answer and never past ``deadline``; then the caller passes the answer on."""
+    answer and never past ``deadline``; then the caller passes the answer on.
+    A request held for a restarting role starts a new one (the old process's
+    answers say nothing about its successor, which needs a moment to learn
+    the leader)."""
 
     def __init__(self) -> None:
         self._delay = 0.02
@@ -195,7 +207,9 @@ class _Backoff:
 class IpcConsensus:
     """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+    ) -> None:
         self._handler: RaftOutHandler | None = None
         self._dropped: DroppedHandler | None = None
         self._frames: list[bytes] = []  # peer frames waiting for the next raft_in
@@ -205,9 +219,16 @@ class IpcConsensus:
         self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
         self._held_bytes = 0
         self._releasing: asyncio.Task[None] | None = None
+        # set once raft_out has a handler: only then may consensus learn of this
+        # front (``front_hello``) and send its peer frames here, not to the old one
+        self.relaying = asyncio.Event()
         self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
+            ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
         )
+
+    @property
+    def rpc(self) -> ipc.RpcClient:
+        return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.RaftOut) and self._handler is not None:
@@ -221,6 +242,7 @@ class IpcConsensus:
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         self._handler = handler
+        self.relaying.set()
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         self._dropped = handler
@@ -353,10 +375,16 @@ class IpcConsensus:
 class IpcStorage:
     """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+    ) -> None:
         self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "storage"), "front", on_message=self._on_message
+            ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
+
+    @property
+    def rpc(self) -> ipc.RpcClient:
+        return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.Stopping):
@@ -428,15 +456,46 @@ class IpcEvents:
 
 
 @contextlib.asynccontextmanager
-async def connect(data_dir: str) -> AsyncIterator[Clients]:
-    """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context)."""
+async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterator[Clients]:
+    """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context).
+
+    ``incarnation`` (default: this data dir's count of front starts) names this
+    front to the roles, so two fronts can be connected at once (a hand-over).
+    """
+    if incarnation is None:
+        incarnation = supervise.starts(data_dir, "front")
+    identity = fronts.routing_id(incarnation)
     ctx = ipc.context()
-    consensus = IpcConsensus(ctx, data_dir)
-    storage = IpcStorage(ctx, data_dir)
+    consensus = IpcConsensus(ctx, data_dir, identity)
+    storage = IpcStorage(ctx, data_dir, identity)
     events = IpcEvents(ctx, data_dir)
+    greeting = asyncio.create_task(_greet_when_relaying(consensus, storage, incarnation))
     try:
         yield Clients(consensus, storage, events)
     finally:
+        greeting.cancel()
         await events.close()
         await storage.close()
         await consensus.close()
+
+
+async def _greet_when_relaying(
+    consensus: IpcConsensus, storage: IpcStorage, incarnation: int
+) -> None:
+    await consensus.relaying.wait()
+    await greet((consensus.rpc, storage.rpc), wire.FrontHello(incarnation))
+
+
+async def greet(rpcs: Sequence[ipc.RpcClient], hello: wire.FrontHello) -> None:
+    """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
+    role that just started learns this front before it has to push anything
+    (PROTOCOL.md §1). One-way and best effort: the next one repairs a loss."""
+    connected = dict.fromkeys(rpcs, False)
+    for poll in itertools.count():
+        for rpc in rpcs:
+            now = rpc.connected()
+            if now and (not connected[rpc] or poll % HELLO_EVERY == 0):
+                with contextlib.suppress(IpcError):
+                    rpc.send_nowait("front_hello", hello)
+            connected[rpc] = now
+        await asyncio.sleep(HELLO_POLL)

@@ -315,8 +315,8 @@ def _operations() -> dict[tuple[str, str], Schema]:
             "responses": {"200": _json({"type": "object"}), **_errors(504)},
         },
         ("cluster_role_restart", "POST"): {
-            "summary": "Restart one role of this node (full key only): storage and consensus"
-            " answer 200 once the new process runs; front answers 202, then restarts",
+            "summary": "Restart one role of this node (full key only); 200 once the new"
+            " process serves (the front by a hand-over on the same socket)",
             "parameters": [
                 {
                     "name": "role",
@@ -333,16 +333,6 @@ def _operations() -> dict[tuple[str, str], Schema]:
                             "role": {"type": "string"},
                             "restarted": {"type": "boolean"},
                             "pid": {"type": ["integer", "null"]},
-                        },
-                    }
-                ),
-                "202": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "role": {"type": "string"},
-                            "restarted": {"type": "boolean"},
-                            "restarting": {"type": "boolean"},
                         },
                     }
                 ),

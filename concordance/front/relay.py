@@ -82,6 +82,7 @@ HANDSHAKE_TIMEOUT = 2.0  # TCP connect + HTTP upgrade
 HEARTBEAT = 2.0  # ping interval on both sides; a pong must come within half of it
 CLOSE_TIMEOUT = 1.0
 STABLE = 1.0  # seconds a session must last for the backoff to start over
+DRAIN = "drain"  # text message: "stop sending here, close, reconnect" (peers.py)
 MAX_FRAME = 64 << 20  # snapshot chunks are bounded by consensus; this only bounds garbage
 
 Inbound = Callable[[Sequence[bytes]], Awaitable[None]]
@@ -98,6 +99,7 @@ class PeerLink:
         self.dropped_full = 0  # oldest frames dropped for room (frame or byte bound)
         self.dropped_stale = 0  # frames that waited longer than stale_after for a connection
         self.connected = False
+        self.drained = False  # the last session ended on the peer's ``drain``
         self._stamps: deque[float] = deque()  # loop time each queued frame was queued at
         self._relay = relay
         self._wake = asyncio.Event()
@@ -157,6 +159,11 @@ class PeerLink:
             except Exception:  # a link must outlive any bug in one session
                 log.exception("peer %s at %s: session failed", self.peer, self.address)
                 why = "failed"
+            if self.drained:  # the peer asked for it: reconnect now, to its next front
+                self.drained = False
+                log.debug("peer %s at %s: drained; reconnecting", self.peer, self.address)
+                backoff = BACKOFF_MIN
+                continue
             if clock.monotonic() - started > STABLE:
                 backoff = BACKOFF_MIN  # it worked for a while: reconnect promptly
             log.debug("peer %s at %s: %s; retrying in %.2fs", self.peer, self.address, why, backoff)
@@ -213,6 +220,12 @@ class PeerLink:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 await self._relay.inbound([msg.data])
+            elif msg.type == aiohttp.WSMsgType.TEXT and msg.data == DRAIN:
+                # The peer's front is stopping (a hand-over): end this session
+                # cleanly, so all sent before our close reaches it, and reconnect
+                # at once (to its next front).
+                self.drained = True
+                return
 
     async def close(self) -> None:
         self._task.cancel()
@@ -296,7 +309,15 @@ class PeerRelay:
             link = self.links[out.peer] = PeerLink(self, out.peer, address)
         link.enqueue(out.frames)
 
-    async def close(self) -> None:
+    async def close(self, flush: float = 0.0) -> None:
+        """Close every link, first giving connected ones up to ``flush`` seconds to
+        send what they queued (a front that stops after a hand-over may hold a
+        forwarded proposal, which Raft would not send again)."""
+        deadline = self.clock.monotonic() + flush
+        while self.clock.monotonic() < deadline and any(
+            link.queue and link.connected for link in self.links.values()
+        ):
+            await self.clock.sleep(0.01)
         links = list(self.links.values())
         self.links.clear()
         await asyncio.gather(*(link.close() for link in links))

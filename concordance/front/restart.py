@@ -9,10 +9,10 @@ as the local command: SIGTERM, the role's graceful stop, a new process.
 * ``storage`` and ``consensus``: stop then start, awaited; ``200`` with the new
   pid once supervisord reports the new process running. Requests meanwhile
   are held by this front, not failed.
-* ``front``: the front cannot wait for its own restart, so it answers ``202``
-  first, and only once the answer is written asks supervisord to send it
-  SIGTERM; it stops gracefully and supervisord starts a new one
-  (``autorestart``).
+* ``front``: a hand-over (``Control.hand_over_front``): the front keeper
+  starts a new front on the same listening socket and, once it serves, stops
+  this one, which finishes this request (and every other in flight) before it
+  exits; ``200`` with the new front's pid.
 
 Auth is by route name in the auth middleware: the full key only (the agent
 key is read-only, scoped keys reach the key-value API only).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Final
 
 from aiohttp import web
 
@@ -36,37 +35,26 @@ __all__ = ["Restarter", "restart_role", "supervisor_restarter"]
 
 log = logging.getLogger(__name__)
 
-FRONT_DELAY: Final = 0.1  # seconds between answering and asking for the front's own SIGTERM
-
 
 class Restarter:
-    """What the route needs from the supervisor (blocking calls; replaced in tests)."""
+    """What the route needs from the supervisor (a blocking call; replaced in tests)."""
 
-    def __init__(
-        self,
-        restart: Callable[[NodeConfig, str], int | None],
-        terminate: Callable[[NodeConfig, str], None],
-    ) -> None:
-        self.restart = restart  # stop + start; the new pid
-        self.terminate = terminate  # SIGTERM to the role; supervisord starts it again
+    def __init__(self, restart: Callable[[NodeConfig, str], int | None]) -> None:
+        self.restart = restart  # restart the role; the pid of the process serving after it
 
 
 def _restart(cfg: NodeConfig, role: str) -> int | None:
-    from concordance.supervise import Control
+    from concordance.supervise import Control, serving_front
 
     control = Control(cfg.data)
     control.restart(role)
+    if role == "front":
+        return serving_front(cfg.data)
     state = control.states().get(role)
     return state.pid if state is not None else None
 
 
-def _terminate(cfg: NodeConfig, role: str) -> None:
-    from concordance.supervise import Control
-
-    Control(cfg.data).signal(role, "TERM")
-
-
-supervisor_restarter = Restarter(_restart, _terminate)  # tests replace it
+supervisor_restarter = Restarter(_restart)  # tests replace it
 
 
 async def restart_role(request: web.Request) -> web.StreamResponse:
@@ -74,28 +62,10 @@ async def restart_role(request: web.Request) -> web.StreamResponse:
     if role not in ROLES:
         raise InvalidRequest(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     cfg = request.app[CONFIG]
-    restarter = supervisor_restarter
     loop = asyncio.get_running_loop()
     log.info("restart of %s requested over the API", role)
-    if role != "front":
-        try:
-            pid = await loop.run_in_executor(None, restarter.restart, cfg, role)
-        except Exception as e:  # no supervisor, or it refused: nothing was restarted
-            raise Unavailable(f"the supervisor could not restart {role}: {e}") from e
-        return json_response({"role": role, "restarted": True, "pid": pid})
-    response = json_response({"role": role, "restarted": False, "restarting": True})
-    response.set_status(202)
-    await response.prepare(request)
-    await response.write_eof()  # answered before the front goes away
-    loop.call_later(FRONT_DELAY, _terminate_soon, loop, restarter, cfg)
-    return response
-
-
-def _terminate_soon(loop: asyncio.AbstractEventLoop, restarter: Restarter, cfg: Any) -> None:
-    future = loop.run_in_executor(None, restarter.terminate, cfg, "front")
-    future.add_done_callback(_log_failure)
-
-
-def _log_failure(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("could not ask the supervisor to restart the front: %s", future.exception())
+    try:
+        pid = await loop.run_in_executor(None, supervisor_restarter.restart, cfg, role)
+    except Exception as e:  # no supervisor, or it refused: nothing was restarted
+        raise Unavailable(f"the supervisor could not restart {role}: {e}") from e
+    return json_response({"role": role, "restarted": True, "pid": pid})

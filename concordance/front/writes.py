@@ -16,12 +16,14 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   backpressure, or the receiver was not the leader) comes back from consensus
   as ``dropped``: certainly not appended, so it is proposed again (the same
   command, after ``REPROPOSE_DELAY``: a planned leader hand-over is done in a
-  few milliseconds), for at most ``REPROPOSE_WINDOW`` seconds from the first
-  refusal; then its waiter fails with ``Unavailable`` (503), so a leader that
-  keeps refusing (an operator's transfer to a lagging member) is still
-  answered promptly. A re-proposal answered ``unavailable`` fails it too;
-  one whose answer is lost leaves it waiting for its result (never sent twice
-  while its outcome is unknown).
+  few milliseconds) while it has been refused for less than
+  ``REPROPOSE_WINDOW`` seconds in a row (a pause as long between two
+  refusals, the proposal held for a restarting role, starts a new run); then
+  its waiter fails with ``Unavailable`` (503), so a leader that keeps refusing
+  (an operator's transfer to a lagging member) is still answered promptly. A
+  re-proposal answered ``unavailable`` fails it too; one whose answer is lost
+  leaves it waiting for its result (never sent twice while its outcome is
+  unknown).
 * Results for other origins, unknown or late ids are ignored.
 * Writes submitted in the same turn of the event loop share one ``propose``
   (up to ``BATCH_COMMANDS`` commands or ``BATCH_BYTES``): under load one IPC
@@ -95,7 +97,8 @@ class Proposer:
         self._timers = timers
         self._ids = itertools.count(secrets.randbits(62))
         self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
-        self._refused_at: dict[int, float] = {}  # request id -> when consensus first dropped it
+        # request id -> (first, last) refusal of its current run of refusals
+        self._refused_at: dict[int, tuple[float, float]] = {}
         self._batch: _Batch | None = None
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
@@ -218,7 +221,10 @@ class Proposer:
             if future is None or future.done():
                 continue
             now = self._timers.monotonic()
-            first = self._refused_at.setdefault(request_id, now)
+            first, last = self._refused_at.get(request_id, (now, now))
+            if now - last >= REPROPOSE_WINDOW:
+                first = now  # a pause between refusals: it was held somewhere (a restart)
+            self._refused_at[request_id] = (first, now)
             if now - first >= REPROPOSE_WINDOW:
                 future.set_exception(
                     Unavailable("the leader did not accept the write (not applied); retry")

@@ -73,6 +73,7 @@ from concordance.errors import (
     RemoteProtocolError,
     Unavailable,
 )
+from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
@@ -141,6 +142,7 @@ class StorageService:
         self._backup_lock = asyncio.Lock()
         self._sm: StateMachine | None = None
         self._server: Server | None = None
+        self._fronts = Fronts()
         self._events: Publisher | None = None
         self._consensus: Client | None = None
         self._reaper: ExpiryReaper | None = None
@@ -240,10 +242,11 @@ class StorageService:
         log.info(
             "storage %s: stopping (applied index %d)", self.cfg.node_id, self.state.applied_index
         )
-        try:
-            await self._server.send(b"front", "stopping", wire.Stopping("storage"))
-        except IpcError as e:
-            log.debug("storage: cannot tell the front it is stopping: %s", e)
+        for front in self._fronts.all():  # during a front hand-over, both fronts
+            try:
+                await self._server.send(front, "stopping", wire.Stopping("storage"))
+            except IpcError as e:
+                log.debug("storage: cannot tell %r it is stopping: %s", front, e)
         await self._send("stopping", wire.Stopping("storage"))  # consensus: no more apply
         await self._clock.sleep(self._t.drain)
         stopping = Unavailable("storage is stopping")  # the front asks the next one
@@ -398,6 +401,9 @@ class StorageService:
     async def _handle(self, peer: bytes, env: wire.Envelope) -> None:
         assert self._server is not None
         body, sm = env.body, self.state
+        self._fronts.note(peer)
+        if isinstance(body, wire.FrontHello):
+            return  # noted: where ``stopping`` goes
         if env.reply_to is not None or env.type in wire.ONE_WAY:
             log.warning("storage: dropping %s from %r: not a request", env.type, peer)
             return

@@ -1,11 +1,13 @@
-"""Planned restarts of storage and consensus under steady load: clients see nothing.
+"""Planned role restarts under steady load: clients see nothing.
 
 Several writers and readers over HTTP (spread over every node) and a WebSocket
 watcher run while one role of one node is restarted the way an operator does
-it (supervisord stop + start: SIGTERM, a graceful stop). Asserted: no request
-failed (every write 200, every read 200/404, no connection error), the watcher
-saw every revision once and in order with no gap, and every acknowledged write
-is there afterwards. The numbers (requests during the restart, time until the
+it: storage and consensus by supervisord stop + start (SIGTERM, a graceful
+stop), the front by a hand-over (``Control.hand_over_front``). Asserted: no
+request failed (every write 200, every read 200/404, no connection error), the
+watcher saw every revision once and in order with no gap (resuming once, with
+``sinceRevision``, after the front's ``shutdown``; never for the other roles),
+and every acknowledged write is there afterwards. The numbers (requests during the restart, time until the
 node served again) are printed for docs/OPERATIONS.md, never asserted.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from concordance.supervise import serving_front, wait_gone
 from tests.integration.helpers import API_KEY, Cluster, Node, short_tmpdir, wait_for
 
 PREFIX = "tenant:load/"
@@ -42,6 +45,7 @@ class Load:
         self.acked: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
         self.watch_error: BaseException | None = None
+        self.resumed = 0  # watch connections resumed after a front's shutdown
         self.threads = [
             threading.Thread(target=self._write, args=(j,), daemon=True) for j in range(WRITERS)
         ] + [threading.Thread(target=self._read, args=(j,), daemon=True) for j in range(READERS)]
@@ -104,14 +108,20 @@ class Load:
             self.watch_error = e
 
     async def _watch(self) -> None:
-        """One subscription for the whole run: a restart of storage or consensus must
-        not end it (no reconnect, no resubscribe)."""
+        """A restart of storage or consensus must not end the subscription (no
+        reconnect, no resubscribe); a front hand-over ends it with ``watch/cancelled``
+        (``shutdown``), and the client resumes as API.md says: a new connection,
+        ``sinceRevision`` = the last revision it saw. Any other end fails the test."""
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with (
-            aiohttp.ClientSession(headers=headers) as session,
-            session.ws_connect(f"{self.watch_on.url}/stream") as ws,
-        ):
-            params = {"prefix": PREFIX, "sinceRevision": 0}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            while not await self._watch_once(session):
+                self.resumed += 1
+
+    async def _watch_once(self, session: aiohttp.ClientSession) -> bool:
+        """Watch over one connection: True when done, False after a ``shutdown``."""
+        since = self.events[-1]["revision"] if self.events else 0
+        async with session.ws_connect(f"{self.watch_on.url}/stream") as ws:
+            params = {"prefix": PREFIX, "sinceRevision": since}
             await ws.send_json(
                 {"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe", "params": params}
             )
@@ -120,7 +130,7 @@ class Load:
                     msg = await ws.receive(timeout=0.3)
                 except TimeoutError:
                     if self.stop.is_set() and self._caught_up():
-                        return
+                        return True
                     continue
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     raise AssertionError(f"the watch stream ended: {msg.type}")
@@ -128,9 +138,11 @@ class Load:
                 if data.get("method") == "watch/change":
                     self.events.extend(data["params"]["events"])
                 elif data.get("method") == "watch/cancelled":
-                    raise AssertionError(f"the watch was cancelled: {data}")
+                    if data["params"].get("reason") != "shutdown":
+                        raise AssertionError(f"the watch was cancelled: {data}")
+                    return False
                 if self.stop.is_set() and self._caught_up():
-                    return
+                    return True
 
     def _caught_up(self) -> bool:
         with self.lock:
@@ -170,12 +182,18 @@ def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, 
     load.start()
     wait_for(lambda: len(load.acked) >= 2 * WRITERS, 30, "load running")
     time.sleep(1.0)
-    old_pid = target.role_pids()[role]
-    assert old_pid
     began = time.monotonic()
-    target.control().stop(role)  # waits until the old process is gone
-    target.control().start(role)  # waits startsecs (1 s) once the new one runs
-    target.wait_role_restarted(role, old_pid)
+    if role == "front":  # a hand-over: the new front serves before the old one stops
+        old_front = serving_front(target.data)
+        new_front = target.control().hand_over_front()
+        assert new_front != old_front
+        assert wait_gone(old_front), "the old front did not finish draining"
+    else:
+        old_pid = target.role_pids()[role]
+        assert old_pid
+        target.control().stop(role)  # waits until the old process is gone
+        target.control().start(role)  # waits startsecs (1 s) once the new one runs
+        target.wait_role_restarted(role, old_pid)
     # Serving again: a write and a consistent read through the node both succeed.
     wait_for(
         lambda: (
@@ -195,11 +213,14 @@ def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, 
         "failed": len(load.failed),
         "max_latency_s": round(max(during, default=0.0), 2),
         "events": len(load.events),
+        "watch_resumed": load.resumed,
     }
     print("restart numbers:", numbers)
     assert load.watch_error is None, repr(load.watch_error)
     assert not load.failed, load.failed[:10]
     assert load.ok > 0
+    # only the front's own watchers reconnect, once; other restarts keep the stream
+    assert load.resumed == (1 if role == "front" else 0), load.resumed
     # The watch: every revision once, in order, no gap.
     revisions = [e["revision"] for e in load.events]
     assert revisions == list(range(revisions[0], revisions[0] + len(revisions))), (
@@ -212,12 +233,12 @@ def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, 
     return numbers
 
 
-@pytest.mark.parametrize("role", ["storage", "consensus"])
+@pytest.mark.parametrize("role", ["storage", "consensus", "front"])
 def test_single_node_restart_is_invisible(single: list[Node], role: str) -> None:
     restart_under_load(single, single[0], role)
 
 
-@pytest.mark.parametrize("role", ["storage", "consensus"])
+@pytest.mark.parametrize("role", ["storage", "consensus", "front"])
 @pytest.mark.parametrize("which", ["leader", "follower"])
 def test_cluster_restart_is_invisible(cluster: Cluster, which: str, role: str) -> None:
     leader = cluster.wait_for_leader()
@@ -243,7 +264,7 @@ def test_remote_rolling_restart_with_ctl_endpoint(single: list[Node]) -> None:
     )
     bad = node.request("POST", "/api/v1/cluster/roles/nope/restart")
     assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_request"
-    before = node.role_pids()
+    before = {**node.role_pids(), "front": serving_front(node.data)}
     done = subprocess.run(
         [sys.executable, "-m", "concordance.cli", "ctl", "--endpoint", node.url,
          "--api-key", API_KEY, "restart", "all"],
@@ -251,6 +272,6 @@ def test_remote_rolling_restart_with_ctl_endpoint(single: list[Node]) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     print(done.stdout)
-    after = node.role_pids()
+    after = {**node.role_pids(), "front": serving_front(node.data)}
     assert all(after[r] and after[r] != before[r] for r in ("storage", "consensus", "front"))
     assert node.put(f"{PREFIX}after", 1).status == 200

@@ -20,9 +20,10 @@ from typing import Any
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import fronts, ipc, wire
 from concordance.config import NodeConfig
 from concordance.consensus import ConsensusDriver
+from concordance.front.ipc_clients import greet
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
@@ -57,7 +58,7 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
         "data_dir": data_dir,
         "insecure": True,
         "tick_ms": 10,
-        "election_ticks": 10,
+        "election_ticks": 30,  # 300 ms: a busy machine stalls a process for 100 ms
         "heartbeat_ticks": 1,
     }
     settings.update(overrides)
@@ -195,8 +196,13 @@ class FakeFront:
         self.raft_out: list[wire.RaftOut] = []
         self.dropped: list[bytes] = []
         self.client = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), "front", on_message=self._on_message
+            ctx,
+            ipc.endpoint(data_dir, "consensus"),
+            fronts.routing_id(0),
+            on_message=self._on_message,
         )
+        # as the real front does: consensus pushes only to fronts it has heard from
+        self._greeting = asyncio.ensure_future(greet((self.client,), wire.FrontHello(0)))
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.RaftOut):
@@ -223,6 +229,8 @@ class FakeFront:
         return reply.index
 
     async def close(self) -> None:
+        self._greeting.cancel()
+        await asyncio.gather(self._greeting, return_exceptions=True)
         await self.client.close()
 
 

@@ -186,6 +186,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "restore": wire.Restore("/data/n1/snap/100-4.db", 100, 4),
     "take_snapshot": wire.TakeSnapshot(),
     "leadership": wire.Leadership(True, 7),
+    "front_hello": wire.FrontHello(3),
     "get": wire.Get("tenant:acme/a", 1764230400000),
     "get_ok": wire.GetOk({"key": "tenant:acme/a", "value": {"x": [1, 2.5, None]}, "version": 2}),
     "list": wire.List("tenant:acme/", 100, None, 1764230400000),

@@ -46,7 +46,7 @@ def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
             "members": [{"id": "n1", "address": "127.0.0.1:1", "voter": True, "matchIndex": 0}],
             "member": True,
             "roles": {
-                "front": {"pid": 11, "up": True},
+                "front": {"pid": os.getpid(), "up": True},  # the front answering, not its keeper
                 "consensus": {"pid": 12, "up": True},
                 "storage": {"pid": None, "up": True},  # answered just now, so it is up
             },

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import ipc, wire
+from concordance import fronts, ipc, wire
 from concordance.errors import NotLeader, Unavailable
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
@@ -264,11 +264,14 @@ async def role_clients() -> AsyncIterator[tuple[str, IpcConsensus, IpcStorage]]:
 
 
 async def serve_once(server: ipc.RpcServer, answer: Any) -> list[str]:
-    """Answer requests with ``answer(body)`` until cancelled; the types seen."""
+    """Answer requests with ``answer(body)`` until cancelled; the types seen (the
+    front's ``front_hello`` aside: it is not a request)."""
     seen: list[str] = []
     with contextlib.suppress(asyncio.CancelledError):
         while True:
             peer, req = await server.recv()
+            if req.type == "front_hello":
+                continue
             seen.append(req.type)
             await server.reply(peer, req, answer(req.body))
     return seen
@@ -386,7 +389,7 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
             old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk({"by": "old"})))
             async with asyncio.timeout(5):
                 assert await storage.get("tenant:a/x", 0, 3.0) == {"by": "old"}
-            await old.send(b"front", "stopping", wire.Stopping("storage"))
+            await old.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
             await asyncio.sleep(0.05)  # the announcement is in
             read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
             await asyncio.sleep(0.2)  # the old one still serves: nothing may reach it

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -84,3 +86,114 @@ def test_serves_and_stops_on_sigterm() -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _serving(data: str) -> int | None:
+    try:
+        return int((Path(data) / "run" / "front.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait(check: Any, what: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_the_keeper_hands_over_without_refusing_a_connection() -> None:
+    """``procs.front_keeper``: SIGUSR2 starts a new front on the same socket and
+    stops the old one once the new one serves; a client hammering the port with
+    new connections meanwhile sees no refusal or reset. A front that dies on its
+    own takes the keeper with it (supervisord restarts both); SIGTERM stops all."""
+    with tempfile.TemporaryDirectory(prefix="cck", dir="/tmp") as data:
+        port = free_port()
+        NodeConfig(node_id="n1", listen=f"127.0.0.1:{port}", data_dir=data).save()
+        env = {**os.environ, "CONCORDANCE_API_KEY": "k", "PYTHONPATH": str(ROOT)}
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "procs.front_keeper", "--data", data],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        fronts: list[int] = []
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait(lambda: _serving(data) is not None, "the first front")
+            first = _serving(data)
+            assert first is not None
+            fronts.append(first)
+            assert status_of(f"{base}/healthz") == 200
+            failures: list[str] = []
+            answered = [0]
+            done = threading.Event()
+
+            def hammer() -> None:
+                while not done.is_set():
+                    try:
+                        assert status_of(f"{base}/healthz") == 200
+                        answered[0] += 1
+                    except (OSError, AssertionError) as e:
+                        failures.append(repr(e))
+
+            client = threading.Thread(target=hammer)
+            client.start()
+            try:
+                time.sleep(0.2)
+                keeper.send_signal(signal.SIGUSR2)
+                _wait(lambda: _serving(data) not in (None, first), "the new front")
+                second = _serving(data)
+                assert second is not None
+                fronts.append(second)
+                _wait(lambda: _gone(first), "the old front to exit")
+                time.sleep(0.2)
+            finally:
+                done.set()
+                client.join()
+            assert not failures, failures[:5]
+            assert answered[0] > 10
+            assert keeper.poll() is None
+
+            os.kill(second, signal.SIGKILL)  # a crash of the serving front
+            out, _ = keeper.communicate(timeout=20)
+            assert keeper.returncode == 1, out.decode()
+            assert b"hand-over: front" in out
+        finally:
+            if keeper.poll() is None:
+                keeper.send_signal(signal.SIGTERM)
+                keeper.wait(timeout=20)
+            for pid in fronts:
+                _wait(lambda pid=pid: _gone(pid), f"front {pid} to exit")
+
+
+@pytest.mark.slow
+def test_the_keeper_stops_its_front_on_sigterm() -> None:
+    with tempfile.TemporaryDirectory(prefix="cck", dir="/tmp") as data:
+        port = free_port()
+        NodeConfig(node_id="n1", listen=f"127.0.0.1:{port}", data_dir=data).save()
+        env = {**os.environ, "CONCORDANCE_API_KEY": "k", "PYTHONPATH": str(ROOT)}
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "procs.front_keeper", "--data", data],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait(lambda: _serving(data) is not None, "the front")
+            front = _serving(data)
+            assert front is not None
+            keeper.send_signal(signal.SIGTERM)
+            out, _ = keeper.communicate(timeout=20)
+            assert keeper.returncode == 0, out.decode()
+            assert b"front stopped" in out
+            assert _gone(front)
+        finally:
+            if keeper.poll() is None:
+                keeper.kill()
+                keeper.wait()
