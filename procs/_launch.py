@@ -22,6 +22,36 @@ from concordance import config, ipc, logfmt, supervise
 RoleMain = Any  # Callable[[NodeConfig], Coroutine[Any, Any, int | None]]
 
 
+def load_and_log(
+    prog: str, role: str, argv: Sequence[str] | None, log_filter: logging.Filter | None = None
+) -> config.NodeConfig | int:
+    """Parse ``--data``, load the node's configuration and log to stdout as ``role``
+    (``CONCORDANCE_LOG_FORMAT``: text or json; ``CONCORDANCE_LOG_LEVEL``); the
+    configuration, or exit status 2 when it or the log settings are unusable."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"the {prog} process")
+    parser.add_argument("--data", required=True, help="the node's data directory")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.data, os.environ)
+    except config.ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stdout)
+    try:
+        kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
+        handler.setFormatter(logfmt.formatter(kind, role, cfg.node_id))
+        level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    if log_filter is not None:
+        handler.addFilter(log_filter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return cfg
+
+
 def run_role(
     role: str,
     main: RoleMain,
@@ -30,27 +60,9 @@ def run_role(
     log_filter: logging.Filter | None = None,
     quiet: Sequence[str] = (),
 ) -> int:
-    parser = argparse.ArgumentParser(prog=f"procs.{role}", description=f"the {role} role")
-    parser.add_argument("--data", required=True, help="the node's data directory")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config.load(args.data, os.environ)
-    except config.ConfigError as e:
-        print(f"{role}: {e}", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler(sys.stdout)
-    try:  # CONCORDANCE_LOG_FORMAT: text (default) or json
-        kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
-        handler.setFormatter(logfmt.formatter(kind, role, cfg.node_id))
-        level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
-    except ValueError as e:
-        print(f"{role}: {e}", file=sys.stderr)
-        return 2
-    if log_filter is not None:
-        handler.addFilter(log_filter)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
+    cfg = load_and_log(f"procs.{role}", role, argv, log_filter)
+    if isinstance(cfg, int):
+        return cfg
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger(f"procs.{role}")

@@ -25,7 +25,6 @@ serves: ``concordance ctl`` and the restart API wait for it to change.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -34,7 +33,8 @@ import signal
 import socket
 import sys
 
-from concordance import config, logfmt, supervise
+from concordance import config, supervise
+from procs._launch import load_and_log
 
 log = logging.getLogger("procs.front_keeper")
 
@@ -229,27 +229,12 @@ async def run(data_dir: str, listen: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procs.front_keeper", description="the front keeper")
-    parser.add_argument("--data", required=True, help="the node's data directory")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config.load(args.data, os.environ)
-    except config.ConfigError as e:
-        print(f"front keeper: {e}", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler(sys.stdout)
-    try:  # the same variables as the roles (procs/_launch.py)
-        kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
-        handler.setFormatter(logfmt.formatter(kind, "front", cfg.node_id))  # the front role
-        level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
-    except ValueError as e:
-        print(f"front keeper: {e}", file=sys.stderr)
-        return 2
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(level)
+    cfg = load_and_log("procs.front_keeper", "front", argv)  # logs as the front role
+    if isinstance(cfg, int):
+        return cfg
     supervise.die_with_parent()
     try:
-        return asyncio.run(run(args.data, cfg.listen))
+        return asyncio.run(run(cfg.data_dir, cfg.listen))
     except OSError as e:
         log.error("cannot serve on %s: %s", cfg.listen, e)
         return 1
