@@ -7,8 +7,9 @@ stop), the front by a hand-over (``Control.hand_over_front``). Asserted: no
 request failed (every write 200, every read 200/404, no connection error), the
 watcher saw every revision once and in order with no gap (resuming once, with
 ``sinceRevision``, after the front's ``shutdown``; never for the other roles),
-and every acknowledged write is there afterwards. The numbers (requests during the restart, time until the
-node served again) are printed for docs/OPERATIONS.md, never asserted.
+and every acknowledged write is there afterwards. The numbers (requests during
+the restart, time until the node served again) are printed for
+docs/OPERATIONS.md, never asserted.
 """
 
 from __future__ import annotations
