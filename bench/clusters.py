@@ -65,6 +65,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """``roots`` and every live process below them, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
 @dataclass
 class Member:
     name: str
@@ -175,18 +192,9 @@ class ConcordanceSystem(System):
         return None
 
     def pids(self) -> list[int]:
-        from concordance.supervise import Control
-
-        out: list[int] = []
-        for m in self.members:
-            if m.proc is not None:
-                out.append(m.proc.pid)
-            try:
-                states = Control(self.root / m.name).states()
-            except Exception:  # a member that is down has no roles to count
-                continue
-            out += [s.pid for s in states.values() if s.pid]
-        return out
+        # every descendant of each node's supervisor: the roles, and the front
+        # server under its keeper (supervisord knows only the keeper)
+        return descendants([m.proc.pid for m in self.members if m.proc is not None])
 
 
 class EtcdSystem(System):
