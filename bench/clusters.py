@@ -65,23 +65,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-def descendants(roots: list[int]) -> list[int]:
-    """``roots`` and every live process below them, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
 @dataclass
 class Member:
     name: str
@@ -194,6 +177,8 @@ class ConcordanceSystem(System):
     def pids(self) -> list[int]:
         # every descendant of each node's supervisor: the roles, and the front
         # server under its keeper (supervisord knows only the keeper)
+        from concordance.supervise import descendants
+
         return descendants([m.proc.pid for m in self.members if m.proc is not None])
 
 

@@ -203,6 +203,24 @@ class Control:
         self._call("shutdown")
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """``roots`` and every live process below them (from /proc), each parent before
+    its children: a node's supervisor, its roles and the front under its keeper."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], list(reversed(roots))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += reversed(children.get(pid, []))
+    return out
+
+
 def wait_gone(pid: int | None, timeout: float = 10.0) -> bool:
     """Wait until process ``pid`` exited (an old front draining after a hand-over)."""
     deadline = time.monotonic() + timeout

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from concordance.supervise import descendants
 from tests.chaos.clients import session
 from tests.integration.helpers import API_KEY, Node, free_port, short_tmpdir, wait_for
 from tests.integration.netproxy import Net
@@ -152,10 +153,10 @@ class ChaosCluster:
 
     # -- faults on processes (blocking) ---------------------------------------------------
     def pids(self, node: Node) -> list[int]:
-        """The supervisor and its roles, supervisor first."""
+        """The supervisor and every process below it (the roles, the front under its
+        keeper), each parent first: a parent must not see its children stop."""
         assert node.proc is not None
-        roles = [p for p in node.role_pids().values() if p]
-        return [node.proc.pid, *roles]
+        return descendants([node.proc.pid])
 
     def pause(self, node: Node) -> list[int]:
         pids = self.pids(node)
