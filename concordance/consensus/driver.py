@@ -24,9 +24,12 @@ Rules / theory of operation
   proposals from then on, and sends ``TimeoutNow`` only once the target holds
   every entry this leader appended, so nothing appended is left behind), and
   waits to hear of the new leader. Then every role stops the same way: it
-  tells the front ``stopping`` (the front holds new requests from then on),
-  keeps serving for ``SHUTDOWN_DRAIN`` so requests already on their way are
-  answered, and stops. All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
+  tells the fronts ``stopping`` (a front holds new requests and peer frames
+  from then on, and says ``front_hello`` once: the last message it sends this
+  process), keeps serving until every front's hello came in and what came
+  before it was stepped (a forwarded proposal among the peer frames must be
+  refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, and stops.
+  All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
   process exits and supervisord restarts it from what is durable.
@@ -78,9 +81,9 @@ STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
-FLUSH_BEFORE_CLOSE = 0.05  # seconds for last answers to leave before the socket closes
+FLUSH_BEFORE_CLOSE = 0.2  # seconds for last answers to leave before the socket closes
 SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
-SHUTDOWN_DRAIN = 0.1  # seconds served after telling the front ``stopping``
+SHUTDOWN_DRAIN = 0.5  # seconds served after telling the fronts ``stopping``, at most
 MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
 
 
@@ -135,6 +138,7 @@ class ConsensusDriver:
         self._stopping = False
         self._shutdown_at: float | None = None  # when a planned stop was asked for
         self._drain_until: float | None = None  # set once the front was told ``stopping``
+        self._unacked: set[bytes] = set()  # fronts told ``stopping`` that did not say hello yet
         self._fatal: BaseException | None = None
         self._addresses: dict[str, str] = dict(cfg.peers)
         self._remember_addresses(core.membership)
@@ -203,7 +207,8 @@ class ConsensusDriver:
         """One look at a planned stop's progress (called every turn, at least every tick)."""
         assert self._shutdown_at is not None
         if self._drain_until is not None:
-            if now >= self._drain_until:
+            settled = not self._unacked and not self._inbox and not self.core.has_ready()
+            if settled or now >= self._drain_until:
                 self._stopping = True
             return
         core = self.core
@@ -230,6 +235,7 @@ class ConsensusDriver:
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
         )
         await self._to_fronts("stopping", wire.Stopping("consensus"))
+        self._unacked = set(self.fronts.all())  # those told: a gone one was forgotten
 
     async def run(self) -> None:
         """Drive the core until :meth:`stop`; then close the socket and raft.db.
@@ -365,7 +371,7 @@ class ConsensusDriver:
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
         elif isinstance(body, wire.FrontHello):
-            pass  # the sender was noted on receipt (``_received``)
+            self._unacked.discard(peer)  # during a drain: that front's last message
         elif isinstance(body, wire.Stopping):
             if peer == STORAGE:
                 self.stream.on_stopping()

@@ -222,6 +222,7 @@ class IpcConsensus:
         # set once raft_out has a handler: only then may consensus learn of this
         # front (``front_hello``) and send its peer frames here, not to the old one
         self.relaying = asyncio.Event()
+        self._hello = wire.FrontHello(fronts.incarnation_of(identity) or 0)
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
         )
@@ -237,6 +238,10 @@ class IpcConsensus:
             self._dropped(env.body)
         elif isinstance(env.body, wire.Stopping):
             _STOPPING.announce(self._rpc)
+            # The last message to this process: consensus stops once it has it (and,
+            # ZeroMQ keeping order, all sent before it), so no peer frame is lost.
+            with contextlib.suppress(IpcError):
+                self._rpc.send_nowait("front_hello", self._hello)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
 
