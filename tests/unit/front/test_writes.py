@@ -12,7 +12,8 @@ from concordance import wire
 from concordance.commands import Command, Delete
 from concordance.errors import Unavailable
 from concordance.front.clients import ConsensusClient
-from concordance.front.writes import Proposer
+from concordance.front.writes import REPROPOSE_WINDOW, Proposer
+from concordance.testing.clock import ManualClock
 
 KEY = "tenant:acme/k"
 
@@ -220,5 +221,38 @@ def test_a_stalled_read_index_request_does_not_hold_back_the_next_one() -> None:
         assert await asyncio.wait_for(reads.next(1.0), 1.0) == 7
         assert consensus.calls == 2 and not stuck.done()
         stuck.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_write_is_503_only_once_refused_for_the_window_in_a_row() -> None:
+    """``dropped`` re-proposes until the write has been refused for
+    ``REPROPOSE_WINDOW`` in a row; a pause as long between two refusals (the
+    proposal was held for a restarting consensus) starts a new run."""
+
+    async def main() -> None:
+        clock = ManualClock()
+        proposed: list[bytes] = []
+        consensus = ScriptedConsensus(proposed.extend)  # forwards; no result comes
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        await clock.settle()
+        assert len(proposed) == 1
+
+        async def refuse_at(offset: float) -> None:
+            await clock.advance(offset - (clock.monotonic() - start))
+            proposer.fail_dropped(wire.Dropped((proposed[0],)))
+            await clock.settle()
+
+        start = clock.monotonic()
+        for at in (0.0, 0.3, 1.0, 1.4):  # 0.7 s without a refusal: a new run from 1.0
+            await refuse_at(at)
+            assert not write.done(), at
+        assert len(proposed) > 1  # proposed again, the same command
+        assert set(proposed) == {proposed[0]}
+        await refuse_at(1.0 + REPROPOSE_WINDOW)  # refused for the whole window in a row
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(write, 5)
+        assert proposer.pending == 0
 
     asyncio.run(main())
