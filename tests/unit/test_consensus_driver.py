@@ -10,9 +10,11 @@ import zmq.asyncio
 
 from concordance import errors, wire
 from concordance.consensus import ConsensusDriver, boot_membership
+from concordance.consensus.driver import SHUTDOWN_DRAIN
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
+from concordance.testing.clock import ManualClock
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
@@ -400,6 +402,42 @@ def test_snapshot_now_without_new_entries_reports_the_latest() -> None:
                 again = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
                 assert first == again
                 assert node.driver.snapshots.taken == 1
+                await front.close()
+                await storage.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("acks", [True, False])
+def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
+    """After ``stopping`` consensus serves on until the front's ``front_hello`` (the
+    last message the front sends it: all sent before it has been handled), and
+    stops then; a front that never answers is waited for ``SHUTDOWN_DRAIN`` of the
+    driver's clock at most."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            clock = ManualClock()
+            driver = await ConsensusDriver.open(make_cfg(d), ctx, clock=clock)
+            task = asyncio.create_task(driver.run())
+            front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            try:
+                await wait_for(lambda: driver.core.role.name == "LEADER", what="a leader")
+                await wait_for(lambda: driver.fronts.current is not None, what="the front's hello")
+                front.acks_stopping = acks
+                driver.shutdown()
+                await wait_for(lambda: front.stopping, what="stopping")
+                if acks:
+                    await asyncio.wait_for(task, 10)  # no drain time had to pass
+                else:
+                    await asyncio.sleep(0.3)
+                    assert not task.done()  # still draining, waiting for the front
+                    await clock.advance(SHUTDOWN_DRAIN)
+                    await asyncio.wait_for(task, 10)
+            finally:
+                if not task.done():
+                    driver.stop()
+                    await task
                 await front.close()
                 await storage.close()
 
