@@ -198,6 +198,14 @@ class FrontHello(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class StoppingAck(Body):
+    """A front's answer to consensus's ``stopping``: the last message it sends that
+    process, so everything it sent before has arrived (ZeroMQ keeps order)."""
+
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Hello(Body):
     """Storage liveness and position: at start and every second."""
 
@@ -381,6 +389,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "dropped": Dropped,
     "stopping": Stopping,
     "front_hello": FrontHello,
+    "stopping_ack": StoppingAck,
     "hello": Hello,
     "applied": Applied,
     "snapshot_taken": SnapshotTaken,
@@ -427,6 +436,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "dropped",
         "stopping",
         "front_hello",
+        "stopping_ack",
         "hello",
         "applied",
         "snapshot_taken",

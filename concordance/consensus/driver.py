@@ -25,8 +25,8 @@ Rules / theory of operation
   every entry this leader appended, so nothing appended is left behind), and
   waits to hear of the new leader. Then every role stops the same way: it
   tells the fronts ``stopping`` (a front holds new requests and peer frames
-  from then on, and says ``front_hello`` once: the last message it sends this
-  process), keeps serving until every front's hello came in and what came
+  from then on, and answers ``stopping_ack``: the last message it sends this
+  process), keeps serving until every front's answer came in and what came
   before it was stepped (a forwarded proposal among the peer frames must be
   refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, and stops.
   All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
@@ -371,6 +371,8 @@ class ConsensusDriver:
         elif isinstance(body, wire.SnapshotNow):
             await self.snapshots.snapshot_now(peer, env)
         elif isinstance(body, wire.FrontHello):
+            pass  # the sender was noted on receipt (``_received``)
+        elif isinstance(body, wire.StoppingAck):
             self._unacked.discard(peer)  # during a drain: that front's last message
         elif isinstance(body, wire.Stopping):
             if peer == STORAGE:

@@ -222,7 +222,7 @@ class IpcConsensus:
         # set once raft_out has a handler: only then may consensus learn of this
         # front (``front_hello``) and send its peer frames here, not to the old one
         self.relaying = asyncio.Event()
-        self._hello = wire.FrontHello(fronts.incarnation_of(identity) or 0)
+        self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
         )
@@ -241,7 +241,7 @@ class IpcConsensus:
             # The last message to this process: consensus stops once it has it (and,
             # ZeroMQ keeping order, all sent before it), so no peer frame is lost.
             with contextlib.suppress(IpcError):
-                self._rpc.send_nowait("front_hello", self._hello)
+                self._rpc.send_nowait("stopping_ack", self._ack)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
 

@@ -195,7 +195,7 @@ class FakeFront:
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self.raft_out: list[wire.RaftOut] = []
         self.dropped: list[bytes] = []
-        self.acks_stopping = False  # answer ``stopping`` with a hello, as the real front does
+        self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
         self.client = ipc.RpcClient(
             ctx,
@@ -214,7 +214,7 @@ class FakeFront:
         elif isinstance(env.body, wire.Stopping):
             self.stopping += 1
             if self.acks_stopping:
-                self.client.send_nowait("front_hello", wire.FrontHello(0))
+                self.client.send_nowait("stopping_ack", wire.StoppingAck(0))
 
     async def request(self, type_: str, body: wire.Body, timeout: float = 3.0) -> Any:
         return await self.client.request(type_, body, timeout)

@@ -410,7 +410,7 @@ def test_snapshot_now_without_new_entries_reports_the_latest() -> None:
 
 @pytest.mark.parametrize("acks", [True, False])
 def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
-    """After ``stopping`` consensus serves on until the front's ``front_hello`` (the
+    """After ``stopping`` consensus serves on until the front's ``stopping_ack`` (the
     last message the front sends it: all sent before it has been handled), and
     stops then; a front that never answers is waited for ``SHUTDOWN_DRAIN`` of the
     driver's clock at most."""

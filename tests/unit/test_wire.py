@@ -187,6 +187,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "take_snapshot": wire.TakeSnapshot(),
     "leadership": wire.Leadership(True, 7),
     "front_hello": wire.FrontHello(3),
+    "stopping_ack": wire.StoppingAck(3),
     "get": wire.Get("tenant:acme/a", 1764230400000),
     "get_ok": wire.GetOk({"key": "tenant:acme/a", "value": {"x": [1, 2.5, None]}, "version": 2}),
     "list": wire.List("tenant:acme/", 100, None, 1764230400000),
