@@ -43,7 +43,6 @@ STOP_TIMEOUT = 8.0  # seconds a front may take to stop before SIGKILL (< supervi
 BACKLOG = 1024
 LISTEN_FD_ENV = "CONCORDANCE_LISTEN_FD"  # the inherited listening socket (procs.front)
 READY_FD_ENV = "CONCORDANCE_READY_FD"  # the pipe on which a front says it serves
-KEEPER_ENV = "CONCORDANCE_FRONT_KEEPER"  # the keeper's pid: whom the restart API signals
 
 
 def bind(listen: str) -> socket.socket:
@@ -70,13 +69,12 @@ class Keeper:
         self.stopping = False
         self.handing_over = False
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pipes: dict[int, int] = {}  # child pid -> read end of its ready pipe
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the first front; the keeper fails if it never serves."""
-        child = await self._spawn()
-        if not await self._ready(child):
+        child, ready = await self._spawn()
+        if not await self._ready(ready):
             await self._end(child)
             raise RuntimeError("the front did not start serving")
         self._serve(child)
@@ -89,8 +87,8 @@ class Keeper:
         self.handing_over = True
         try:
             log.info("hand-over: starting a new front")
-            child = await self._spawn()
-            if not await self._ready(child):
+            child, ready = await self._spawn()
+            if not await self._ready(ready):
                 log.error("hand-over abandoned: the new front did not serve; the old one goes on")
                 await self._end(child)
                 return
@@ -124,13 +122,13 @@ class Keeper:
         tmp.write_text(f"{child.pid}\n")
         tmp.replace(supervise.front_pid_path(self.data_dir))
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
+        """A new front on the socket, and the read end of the pipe it says "ready" on."""
         read_end, write_end = os.pipe()
         env = {
             **os.environ,
             LISTEN_FD_ENV: str(self.sock.fileno()),
             READY_FD_ENV: str(write_end),
-            KEEPER_ENV: str(os.getpid()),
         }
         try:
             child = await asyncio.create_subprocess_exec(
@@ -145,15 +143,14 @@ class Keeper:
         finally:
             os.close(write_end)  # the child holds it now: EOF here means it died
         self.children.add(child)
-        self._pipes[child.pid] = read_end
         task = asyncio.ensure_future(self._watch(child))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
-        return child
+        return child, read_end
 
-    async def _ready(self, child: asyncio.subprocess.Process) -> bool:
-        """Whether ``child`` says it serves (one byte) before it dies or times out."""
-        read_end = self._pipes.pop(child.pid)
+    async def _ready(self, read_end: int) -> bool:
+        """Whether the front on ``read_end``'s pipe says it serves (one byte) before it
+        dies (EOF) or ``READY_TIMEOUT`` passes; the pipe is closed after."""
         loop = asyncio.get_running_loop()
         said: asyncio.Future[bytes] = loop.create_future()
 

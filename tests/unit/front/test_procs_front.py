@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from concordance.config import NodeConfig
+from concordance.supervise import serving_front, wait_gone
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -88,19 +89,17 @@ def test_serves_and_stops_on_sigterm() -> None:
                 proc.wait()
 
 
-def _serving(data: str) -> int | None:
-    try:
-        return int((Path(data) / "run" / "front.pid").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _start_keeper(data: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``procs.front_keeper`` on a fresh single-node config in ``data`` (no other role),
+    and the URL it serves."""
+    listen = f"127.0.0.1:{free_port()}"
+    NodeConfig(node_id="n1", listen=listen, data_dir=data).save()
+    env = {**os.environ, "CONCORDANCE_API_KEY": "k", "PYTHONPATH": str(ROOT)}
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "procs.front_keeper", "--data", data],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return keeper, f"http://{listen}"
 
 
 def _wait(check: Any, what: str, limit: float = 20.0) -> None:
@@ -117,18 +116,11 @@ def test_the_keeper_hands_over_without_refusing_a_connection() -> None:
     new connections meanwhile sees no refusal or reset. A front that dies on its
     own takes the keeper with it (supervisord restarts both); SIGTERM stops all."""
     with tempfile.TemporaryDirectory(prefix="cck", dir="/tmp") as data:
-        port = free_port()
-        NodeConfig(node_id="n1", listen=f"127.0.0.1:{port}", data_dir=data).save()
-        env = {**os.environ, "CONCORDANCE_API_KEY": "k", "PYTHONPATH": str(ROOT)}
-        keeper = subprocess.Popen(
-            [sys.executable, "-m", "procs.front_keeper", "--data", data],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        keeper, base = _start_keeper(data)
         fronts: list[int] = []
         try:
-            base = f"http://127.0.0.1:{port}"
-            _wait(lambda: _serving(data) is not None, "the first front")
-            first = _serving(data)
+            _wait(lambda: serving_front(data) is not None, "the first front")
+            first = serving_front(data)
             assert first is not None
             fronts.append(first)
             assert status_of(f"{base}/healthz") == 200
@@ -149,11 +141,11 @@ def test_the_keeper_hands_over_without_refusing_a_connection() -> None:
             try:
                 time.sleep(0.2)
                 keeper.send_signal(signal.SIGUSR2)
-                _wait(lambda: _serving(data) not in (None, first), "the new front")
-                second = _serving(data)
+                _wait(lambda: serving_front(data) not in (None, first), "the new front")
+                second = serving_front(data)
                 assert second is not None
                 fronts.append(second)
-                _wait(lambda: _gone(first), "the old front to exit")
+                assert wait_gone(first), "the old front did not exit"
                 time.sleep(0.2)
             finally:
                 done.set()
@@ -171,28 +163,22 @@ def test_the_keeper_hands_over_without_refusing_a_connection() -> None:
                 keeper.send_signal(signal.SIGTERM)
                 keeper.wait(timeout=20)
             for pid in fronts:
-                _wait(lambda pid=pid: _gone(pid), f"front {pid} to exit")
+                assert wait_gone(pid), f"front {pid} did not exit"
 
 
 @pytest.mark.slow
 def test_the_keeper_stops_its_front_on_sigterm() -> None:
     with tempfile.TemporaryDirectory(prefix="cck", dir="/tmp") as data:
-        port = free_port()
-        NodeConfig(node_id="n1", listen=f"127.0.0.1:{port}", data_dir=data).save()
-        env = {**os.environ, "CONCORDANCE_API_KEY": "k", "PYTHONPATH": str(ROOT)}
-        keeper = subprocess.Popen(
-            [sys.executable, "-m", "procs.front_keeper", "--data", data],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        keeper, _ = _start_keeper(data)
         try:
-            _wait(lambda: _serving(data) is not None, "the front")
-            front = _serving(data)
+            _wait(lambda: serving_front(data) is not None, "the front")
+            front = serving_front(data)
             assert front is not None
             keeper.send_signal(signal.SIGTERM)
             out, _ = keeper.communicate(timeout=20)
             assert keeper.returncode == 0, out.decode()
             assert b"front stopped" in out
-            assert _gone(front)
+            assert wait_gone(front, timeout=0)
         finally:
             if keeper.poll() is None:
                 keeper.kill()
