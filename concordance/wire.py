@@ -175,6 +175,23 @@ class RaftOut(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class RaftOutBatch(Body):
+    """Several ``raft_out`` in one message: everything one Ready sends (one ZeroMQ
+    message per Ready, not one per peer; consensus -> front)."""
+
+    outs: tuple[RaftOut, ...]
+
+
+def raft_outs(body: Body) -> tuple[RaftOut, ...]:
+    """The ``raft_out`` bodies in a ``raft_out`` or ``raft_out_batch`` (else none)."""
+    if type(body) is RaftOut:
+        return (body,)
+    if type(body) is RaftOutBatch:
+        return body.outs
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped(Body):
     """Forwarded proposals the receiver refused: certainly not appended (consensus -> front)."""
 
@@ -277,6 +294,21 @@ class Get(Body):
 @dataclass(frozen=True, slots=True)
 class GetOk(Body):
     entry: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetMany(Body):
+    """Read several keys at once (the single-key reads of one loop turn of the front),
+    as ``Get`` does each, at one ``now`` and ``min_index``."""
+
+    keys: tuple[str, ...]
+    now: int
+    min_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GetManyOk(Body):
+    entries: tuple[dict[str, Any] | None, ...]  # one per key, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +418,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "snapshot_now_ok": SnapshotNowOk,
     "raft_in": RaftIn,
     "raft_out": RaftOut,
+    "raft_out_batch": RaftOutBatch,
     "dropped": Dropped,
     "stopping": Stopping,
     "front_hello": FrontHello,
@@ -399,6 +432,8 @@ IPC_TYPES: dict[str, type[Body]] = {
     "leadership": Leadership,
     "get": Get,
     "get_ok": GetOk,
+    "get_many": GetMany,
+    "get_many_ok": GetManyOk,
     "list": List,
     "list_ok": ListOk,
     "changes": Changes,
@@ -423,6 +458,7 @@ REPLIES: dict[str, str] = {
     "transfer": "ok",
     "snapshot_now": "snapshot_now_ok",
     "get": "get_ok",
+    "get_many": "get_many_ok",
     "list": "list_ok",
     "changes": "changes_ok",
     "wait_applied": "wait_applied_ok",
@@ -433,6 +469,7 @@ ONE_WAY: frozenset[str] = frozenset(
     {
         "raft_in",
         "raft_out",
+        "raft_out_batch",
         "dropped",
         "stopping",
         "front_hello",

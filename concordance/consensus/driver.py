@@ -597,7 +597,9 @@ class ConsensusDriver:
             )
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
-        """Group frames per peer into ``raft_out`` (bounded size) for the front to relay."""
+        """Group frames per peer into ``raft_out`` (bounded size) for the front to relay,
+        all of them in one ZeroMQ message (``raft_out_batch``) while that stays bounded:
+        every message wakes four threads, so a Ready is one message, not one per peer."""
         if not messages:
             return
         per_peer: dict[str, list[list[bytes]]] = {}
@@ -610,21 +612,36 @@ class ConsensusDriver:
                 sizes[msg.dst] = 0
             batches[-1].append(frame)
             sizes[msg.dst] = sizes.get(msg.dst, 0) + len(frame)
+        group: list[wire.RaftOut] = []
+        group_bytes = 0
         for peer, batches in per_peer.items():
             address = self._addresses.get(peer, "")
             for frames in batches:
-                front = self.fronts.current
-                try:
-                    if front is None:
-                        raise IpcError("no front has said hello yet")
-                    await self.server.send(
-                        front, "raft_out", wire.RaftOut(peer, address, tuple(frames))
-                    )
-                except IpcError as e:
-                    if isinstance(e, PeerGone) and front is not None:
-                        self.fronts.forget(front)
-                    self.raft_out_dropped += len(frames)
-                    log.debug("dropping %d frames for %s: %s", len(frames), peer, e)
+                size = sum(map(len, frames))
+                if group and group_bytes + size > MAX_RAFT_OUT_BYTES:
+                    await self._send_raft_out(group)
+                    group, group_bytes = [], 0
+                group.append(wire.RaftOut(peer, address, tuple(frames)))
+                group_bytes += size
+        await self._send_raft_out(group)
+
+    async def _send_raft_out(self, outs: list[wire.RaftOut]) -> None:
+        """One message to the newest front; frames it cannot take are dropped (Raft
+        sends again)."""
+        front = self.fronts.current
+        try:
+            if front is None:
+                raise IpcError("no front has said hello yet")
+            if len(outs) == 1:
+                await self.server.send(front, "raft_out", outs[0])
+            else:
+                await self.server.send(front, "raft_out_batch", wire.RaftOutBatch(tuple(outs)))
+        except IpcError as e:
+            if isinstance(e, PeerGone) and front is not None:
+                self.fronts.forget(front)
+            lost = sum(len(out.frames) for out in outs)
+            self.raft_out_dropped += lost
+            log.debug("dropping %d frames for %s: %s", lost, [o.peer for o in outs], e)
 
     async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
         """Tell the front which of its forwarded proposals were refused (certainly not

@@ -50,6 +50,7 @@ import zmq.asyncio
 from concordance import fronts, ipc, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
+from concordance.front.get_batch import GetBatcher
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 
@@ -232,8 +233,11 @@ class IpcConsensus:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
-        if isinstance(env.body, wire.RaftOut) and self._handler is not None:
-            self._handler(env.body)
+        outs = wire.raft_outs(env.body)
+        if outs:
+            if self._handler is not None:
+                for out in outs:
+                    self._handler(out)
         elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
         elif isinstance(env.body, wire.Stopping):
@@ -386,6 +390,7 @@ class IpcStorage:
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
+        self._gets = GetBatcher(self._send_gets)
 
     @property
     def rpc(self) -> ipc.RpcClient:
@@ -400,9 +405,19 @@ class IpcStorage:
     async def get(
         self, key: str, now: int, timeout: float, min_index: int = 0
     ) -> dict[str, Any] | None:
-        body = wire.Get(key, now, min_index)
-        got = await _idempotent(self._rpc, "get", body, timeout, wire.GetOk)
-        return got.entry
+        return await self._gets.get(key, now, timeout, min_index)
+
+    async def _send_gets(
+        self, keys: Sequence[str], now: int, min_index: int, timeout: float
+    ) -> Sequence[dict[str, Any] | None]:
+        if len(keys) == 1:
+            body: wire.Body = wire.Get(keys[0], now, min_index)
+            return ((await _idempotent(self._rpc, "get", body, timeout, wire.GetOk)).entry,)
+        body = wire.GetMany(tuple(keys), now, min_index)
+        got = await _idempotent(self._rpc, "get_many", body, timeout, wire.GetManyOk)
+        if len(got.entries) != len(keys):
+            raise Unavailable(f"storage answered {len(got.entries)} entries for {len(keys)} keys")
+        return got.entries
 
     async def list(
         self,

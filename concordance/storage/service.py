@@ -318,6 +318,8 @@ class StorageService:
             if a.origin == mine
         ]
         try:
+            # Changes first: the front pushes them to its watchers before it answers
+            # the writers, so a watcher hears of a change no later than its writer.
             if events:
                 batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
                 await self._events.publish("change_batch", batch)
@@ -409,12 +411,16 @@ class StorageService:
             return
         reply: wire.Body | ConcordanceError
         try:
-            if isinstance(body, wire.Get | wire.List) and sm.applied_index < body.min_index:
+            if isinstance(body, wire.Get | wire.GetMany | wire.List) and (
+                sm.applied_index < body.min_index
+            ):
                 if self._park(peer, env, body.min_index):
                     return  # answered by _release_waiters once applied
                 reply = Unavailable("too many waiting reads")
             elif isinstance(body, wire.Get):
                 reply = wire.GetOk(sm.get(body.key, body.now))
+            elif isinstance(body, wire.GetMany):
+                reply = wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
             elif isinstance(body, wire.List):
                 page = sm.list(body.prefix, body.limit, body.cursor, body.now)
                 reply = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])

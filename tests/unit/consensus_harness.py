@@ -194,6 +194,7 @@ class FakeFront:
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
         self.raft_out: list[wire.RaftOut] = []
+        self.raft_out_messages: list[tuple[str, ...]] = []  # the peers of each message
         self.dropped: list[bytes] = []
         self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
@@ -207,8 +208,9 @@ class FakeFront:
         self._greeting = asyncio.ensure_future(greet((self.client,), wire.FrontHello(0)))
 
     def _on_message(self, env: wire.Envelope) -> None:
-        if isinstance(env.body, wire.RaftOut):
-            self.raft_out.append(env.body)
+        if wire.raft_outs(env.body):
+            self.raft_out.extend(wire.raft_outs(env.body))
+            self.raft_out_messages.append(tuple(o.peer for o in wire.raft_outs(env.body)))
         elif isinstance(env.body, wire.Dropped):
             self.dropped.extend(env.body.commands)
         elif isinstance(env.body, wire.Stopping):
@@ -310,9 +312,10 @@ class Cluster:
     def _relay_from(self, src: str) -> Callable[[wire.Envelope], None]:
         def on_message(env: wire.Envelope) -> None:
             body = env.body
-            if isinstance(body, wire.RaftOut) and body.peer in self.nodes:
-                self._queues[body.peer].put_nowait(body.frames)
-            elif isinstance(body, wire.Dropped):
+            for out in wire.raft_outs(body):
+                if out.peer in self.nodes:
+                    self._queues[out.peer].put_nowait(out.frames)
+            if isinstance(body, wire.Dropped):
                 self.fronts[src].dropped.extend(body.commands)
 
         return on_message

@@ -356,6 +356,26 @@ def test_raft_out_without_a_front_is_dropped_and_the_driver_goes_on() -> None:
     run(main)
 
 
+def test_one_ready_for_several_peers_is_one_message() -> None:
+    """A candidate's votes requests to both peers leave in one ``raft_out_batch``:
+    every ZeroMQ message costs four thread wake-ups."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
+            async with running(make_cfg(d, peers=peers), ctx):
+                front = FakeFront(ctx, d)
+                both = ("n2", "n3")
+                await wait_for(
+                    lambda: any(sorted(m) == list(both) for m in front.raft_out_messages),
+                    what="one message for both peers",
+                )
+                assert all(len(set(m)) == len(m) for m in front.raft_out_messages)
+                await front.close()
+
+    run(main)
+
+
 def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -> None:
     """Both halves of ProposeRefused through the real driver: a ProposeRefused from a
     peer becomes ``dropped`` to the front; a Propose reaching a node that is not the

@@ -228,6 +228,36 @@ def test_a_read_with_min_index_is_answered_once_that_index_is_applied() -> None:
         run(main)
 
 
+def test_get_many_answers_each_key_in_order_and_waits_for_min_index() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            await b.consensus.apply(b.log.set(K, b"1"), b.log.set(K + "/b", b"2"))
+            await b.consensus.acked(b.log.index)
+            keys = (K + "/b", "tenant:acme/nope", K)
+            got = await b.front.request("get_many", wire.GetMany(keys, wall_ms()))
+            assert isinstance(got, wire.GetManyOk)
+            assert [e and (e["key"], e["value"]) for e in got.entries] == [
+                (K + "/b", b"2"),
+                None,
+                (K, b"1"),
+            ]
+            later = asyncio.ensure_future(
+                b.front.request(
+                    "get_many", wire.GetMany((K,), wall_ms(), b.log.index + 1), timeout=5.0
+                )
+            )
+            svc = b.service
+            assert svc is not None
+            await until(lambda: svc.waiting == 1, "the read to park")
+            await b.consensus.apply(b.log.set(K, b"3"))
+            got = await asyncio.wait_for(later, 2.0)
+            assert isinstance(got, wire.GetManyOk) and got.entries[0] is not None
+            assert got.entries[0]["value"] == b"3"  # served after the write, not before
+
+    with short_tmp() as d:
+        run(main)
+
+
 def test_restore_from_a_snapshot_of_another_state_machine() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         other = Writer(term=4)

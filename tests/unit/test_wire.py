@@ -177,6 +177,12 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "snapshot_now_ok": wire.SnapshotNowOk(100, 4, 1 << 20),
     "raft_in": wire.RaftIn((wire.encode_raft(RAFT_EXAMPLES[2]), b"")),
     "raft_out": wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
+    "raft_out_batch": wire.RaftOutBatch(
+        (
+            wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
+            wire.RaftOut("n3", "", (b"a", b"b")),
+        )
+    ),
     "dropped": wire.Dropped((b"cmd-1", b"\x00\xff")),
     "stopping": wire.Stopping("storage"),
     "hello": wire.Hello(119, 7),
@@ -190,6 +196,8 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "stopping_ack": wire.StoppingAck(3),
     "get": wire.Get("tenant:acme/a", 1764230400000),
     "get_ok": wire.GetOk({"key": "tenant:acme/a", "value": {"x": [1, 2.5, None]}, "version": 2}),
+    "get_many": wire.GetMany(("tenant:acme/a", "tenant:acme/b"), 1764230400000, 7),
+    "get_many_ok": wire.GetManyOk(({"key": "tenant:acme/a", "value": 1, "version": 2}, None)),
     "list": wire.List("tenant:acme/", 100, None, 1764230400000),
     "list_ok": wire.ListOk(({"key": "tenant:acme/a"}, {"key": "tenant:acme/b"}), "b", 42),
     "changes": wire.Changes("tenant:acme/", 40, 1000),
