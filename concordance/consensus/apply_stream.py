@@ -5,7 +5,8 @@ simply fire each committed entry once (as the core hands it out) and forget
 it. Instead it keeps storage's position and resends from there:
 
 * ``acked`` is storage's applied index, from ``hello`` (start, every second,
-  and at once on a gap) and ``applied`` (after each batch). Before the first
+  and at once on a gap) and ``applied`` (at most ``ack_delay`` after a batch,
+  one for all the batches of that time, see storage's ``_ack``). Before the first
   ``hello`` nothing is sent.
 * ``sent`` is the last index handed to the socket. Entries after it up to
   ``committed`` (the last one the core handed out, durable by contract) go

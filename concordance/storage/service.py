@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 _KINDS = frozenset(int(k) for k in EntryKind)
 _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
+ACK_EVERY = 1000  # unacknowledged applied entries that make ``applied`` go at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class ServiceTimings:
     reconnect_poll: float = 0.05  # how often a lost consensus connection is looked for
     drain: float = 0.1  # a planned stop serves this long after saying ``stopping``
     flush: float = 0.05  # for the last answers and events to leave before closing
+    # ``applied`` waits this long for more batches to ack with it (0: one per batch)
+    ack_delay: float = 0.02
 
 
 class StorageService:
@@ -146,6 +149,8 @@ class StorageService:
         self._events: Publisher | None = None
         self._consensus: Client | None = None
         self._reaper: ExpiryReaper | None = None
+        self._acked = 0  # the applied index consensus was last told (applied or hello)
+        self._ack_later: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -247,13 +252,23 @@ class StorageService:
                 await self._server.send(front, "stopping", wire.Stopping("storage"))
             except IpcError as e:
                 log.debug("storage: cannot tell %r it is stopping: %s", front, e)
+        await self._flush_ack()
         await self._send("stopping", wire.Stopping("storage"))  # consensus: no more apply
         await self._clock.sleep(self._t.drain)
         stopping = Unavailable("storage is stopping")  # the front asks the next one
         for peer, env in self._waiters.clear():
             await self._server.reply(peer, env, stopping)
 
+    async def _flush_ack(self) -> None:
+        """Send a delayed ``applied`` now."""
+        if self._ack_later is not None:
+            self._ack_later.cancel()
+            self._ack_later = None
+            await self._send_applied()
+
     async def _close(self) -> None:
+        if self._ack_later is not None:
+            self._ack_later.cancel()
         if self._planned and self._server is not None:
             await asyncio.sleep(self._t.flush)  # linger=0 would discard what is still queued
         if self._backups:  # their threads finish on their own; give them a moment
@@ -295,6 +310,7 @@ class StorageService:
                 )
             entries.append((index, term, data if kind == EntryKind.NORMAL else None))
         started = time.perf_counter()
+        before = sm.applied_index
         try:
             applied = sm.apply(entries)
         except ApplyGap as e:
@@ -304,7 +320,38 @@ class StorageService:
         self.apply_latency.observe(time.perf_counter() - started)
         await self._publish(applied)
         await self._release_waiters()
-        await self._send("applied", wire.Applied(sm.applied_index))
+        if sm.applied_index == before:  # all applied already: consensus is resending, so
+            await self._send_applied(force=True)  # tell it at once where storage is
+        else:
+            await self._ack()
+
+    async def _ack(self) -> None:
+        """Tell consensus how far storage applied, for many batches at once.
+
+        Consensus uses ``applied`` only to pace the apply stream (a window of
+        ``WINDOW`` entries, PROTOCOL.md) and to time snapshots, never on a
+        request's path, and every ZeroMQ message wakes four threads. So it goes
+        ``ack_delay`` after the first batch it covers, or at once when
+        ``ACK_EVERY`` entries are unacknowledged (far inside the window).
+        """
+        if self._t.ack_delay <= 0 or self.state.applied_index - self._acked >= ACK_EVERY:
+            await self._send_applied()
+        elif self._ack_later is None:
+            self._ack_later = asyncio.create_task(self._ack_after_delay(), name="storage ack")
+
+    async def _ack_after_delay(self) -> None:
+        try:
+            await self._clock.sleep(self._t.ack_delay)
+        finally:
+            if self._ack_later is asyncio.current_task():
+                self._ack_later = None
+        await self._send_applied()
+
+    async def _send_applied(self, *, force: bool = False) -> None:
+        index = self.state.applied_index
+        if force or index > self._acked:
+            self._acked = index
+            await self._send("applied", wire.Applied(index))
 
     async def _publish(self, applied: list[Applied]) -> None:
         assert self._events is not None
@@ -384,6 +431,7 @@ class StorageService:
 
     async def _hello(self) -> None:
         sm = self.state
+        self._acked = max(self._acked, sm.applied_index)  # a hello acknowledges too
         await self._send("hello", wire.Hello(sm.applied_index, sm.applied_term))
 
     async def _send(self, type: str, body: wire.Body) -> None:

@@ -39,6 +39,7 @@ WAIT = 5.0  # seconds any single expected message may take
 T0 = 1_764_230_400_000
 FAST = ServiceTimings(
     hello_interval=30.0,  # hellos only at start and on demand, unless a test wants them
+    ack_delay=0.0,  # one ``applied`` per batch: tests wait for each (test_acks_* time them)
     reaper=ReaperTimings(interval=0.02, propose_timeout=1.0),
 )
 

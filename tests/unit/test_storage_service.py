@@ -9,6 +9,7 @@ happens for a while" is shown by advancing the clock, not by sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 
@@ -20,7 +21,7 @@ from concordance.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
-from concordance.storage.service import ServiceTimings
+from concordance.storage.service import ACK_EVERY, ServiceTimings
 from concordance.storage.service_ttl import wall_ms
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
@@ -39,7 +40,7 @@ K = "tenant:acme/settings/theme"
 
 
 def test_hello_at_start_then_every_interval() -> None:
-    timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+    timings = ServiceTimings(ack_delay=0.0, hello_interval=0.05, reaper=FAST.reaper)
 
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with bench(ctx, d, timings=timings, sync=False) as b:
@@ -167,7 +168,7 @@ def test_reads_over_ipc_get_list_changes_and_compacted() -> None:
 
 
 def test_wait_applied_answers_when_a_later_apply_lands_and_drops_at_deadline() -> None:
-    timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+    timings = ServiceTimings(ack_delay=0.0, hello_interval=0.05, reaper=FAST.reaper)
     clock = ManualClock()
 
     async def main(ctx: zmq.asyncio.Context) -> None:
@@ -361,6 +362,38 @@ def test_backup_during_writes_is_one_consistent_state() -> None:
         run(main)
 
 
+def test_acks_cover_the_batches_of_ack_delay_and_go_at_once_past_ack_every() -> None:
+    """``applied`` goes ``ack_delay`` after the first batch it covers (one message for
+    many batches), at once when ``ACK_EVERY`` entries are unacknowledged, and at once
+    in answer to a batch that applied nothing new (consensus is resending)."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=0.02)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)  # subscribed at once: no probe writes (sync) needed
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            first = [b.log.set(K, b"1")]
+            await b.consensus.apply(*first)
+            await b.consensus.apply(b.log.set(K, b"2"))
+            state = b.service.state  # type: ignore[union-attr]
+            await until(lambda: state.applied_index == b.log.index, "both batches applied")
+            await clock.settle()
+            assert b.consensus.applied.empty()  # not before ack_delay
+            await clock.advance(timings.ack_delay)
+            await until(lambda: not b.consensus.applied.empty(), "the delayed ack")
+            assert b.consensus.applied.get_nowait() == b.log.index  # both batches, one ack
+            await b.consensus.apply(*first)  # a resend: answered at once
+            await until(lambda: not b.consensus.applied.empty(), "the answer to a resend")
+            assert b.consensus.applied.get_nowait() == b.log.index
+            many = [b.log.set(f"{K}/{i}", b"0") for i in range(ACK_EVERY)]
+            await b.consensus.apply(*many)
+            await until(lambda: not b.consensus.applied.empty(), "the ack past ACK_EVERY")
+            assert b.consensus.applied.get_nowait() == b.log.index
+
+    with short_tmp() as d:
+        run(main)
+
+
 def test_leader_proposes_each_expired_entry_once_and_the_expiry_applies() -> None:
     clock = ManualClock()
     interval = FAST.reaper.interval
@@ -420,7 +453,7 @@ def test_a_follower_never_proposes_expiries_and_never_asks_for_status() -> None:
 def test_a_leading_push_is_trusted_for_three_hellos_only() -> None:
     """A consensus that goes silent stops the reaper: no hello answer, no belief."""
     clock = ManualClock()
-    timings = ServiceTimings(hello_interval=1.0, reaper=FAST.reaper)
+    timings = ServiceTimings(ack_delay=0.0, hello_interval=1.0, reaper=FAST.reaper)
 
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with bench(None, d, timings=timings, sockets=MemoryIpc(clock), clock=clock) as b:

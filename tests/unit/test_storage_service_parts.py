@@ -109,6 +109,7 @@ def test_an_unavailable_proposal_is_retried_and_a_lost_one_after_remember() -> N
     interval, remember = 0.02, 0.3
     timings = ServiceTimings(
         hello_interval=30.0,
+        ack_delay=0.0,
         reaper=ReaperTimings(interval=interval, propose_timeout=1.0, remember=remember),
     )
     clock = ManualClock()
@@ -139,6 +140,7 @@ def test_an_unavailable_proposal_is_retried_and_a_lost_one_after_remember() -> N
 def test_a_backlog_is_proposed_in_batches_past_the_ones_in_flight() -> None:
     timings = ServiceTimings(
         hello_interval=30.0,
+        ack_delay=0.0,
         reaper=ReaperTimings(interval=0.02, batch=100),
     )
 
@@ -178,7 +180,7 @@ def test_a_second_storage_on_the_same_data_dir_fails_and_the_first_keeps_serving
 
 
 def test_a_restarted_consensus_gets_hello_and_resumes_apply() -> None:
-    timings = ServiceTimings(hello_interval=0.05, reaper=FAST.reaper)
+    timings = ServiceTimings(ack_delay=0.0, hello_interval=0.05, reaper=FAST.reaper)
     clock = ManualClock()
     net = MemoryIpc(clock)
 
