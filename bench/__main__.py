@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import sys
 import time
@@ -88,13 +89,20 @@ def scaling(quick: bool) -> list[Workload]:
 def run_workload(system: System, clients: int, seconds: float, op: w.Op) -> Row:
     leader = system.leader() or wait_until(system.leader, what="leader")
     pids = system.pids()
-    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    cpu0, t0, own0 = cpu_seconds(pids), time.monotonic(), _own_cpu()
     row = asyncio.run(w.drive(leader.url, system.headers, clients, seconds, op))  # type: ignore[union-attr]
-    cpu, took = cpu_seconds(pids) - cpu0, time.monotonic() - t0
+    cpu, took, own = cpu_seconds(pids) - cpu0, time.monotonic() - t0, _own_cpu() - own0
     done = row["ops"] * seconds
     row["cores"] = cpu / took
     row["core_ms_per_op"] = 1000 * cpu / done if done else float("nan")
+    # the load generator shares the cores: how much of them it took
+    row["client_cores"] = own / took
     return row
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_watch(system: System, watchers: int, seconds: float) -> Row:

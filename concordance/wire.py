@@ -215,6 +215,14 @@ class FrontHello(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class FrontWatching(Body):
+    """Whether this front has a watch subscription or long-poll, so needs change
+    batches (front -> storage, with every ``front_hello`` and at once on a change)."""
+
+    watching: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoppingAck(Body):
     """A front's answer to consensus's ``stopping``: the last message it sends that
     process, so everything it sent before has arrived (ZeroMQ keeps order)."""
@@ -422,6 +430,7 @@ IPC_TYPES: dict[str, type[Body]] = {
     "dropped": Dropped,
     "stopping": Stopping,
     "front_hello": FrontHello,
+    "front_watching": FrontWatching,
     "stopping_ack": StoppingAck,
     "hello": Hello,
     "applied": Applied,
@@ -473,6 +482,7 @@ ONE_WAY: frozenset[str] = frozenset(
         "dropped",
         "stopping",
         "front_hello",
+        "front_watching",
         "stopping_ack",
         "hello",
         "applied",

@@ -97,6 +97,14 @@ class StorageClient(Protocol):
 
     async def status(self, timeout: float) -> wire.StorageStatusOk: ...
 
+    async def watch(self) -> None:
+        """Ask storage for change batches from now on: handed over before any later
+        request, so a revision read after it is followed by every later batch."""
+
+    def unwatch(self) -> None:
+        """No watcher and no long-poll left: storage may stop publishing change
+        batches (best effort; a lost one only leaves them coming)."""
+
 
 class EventSource(Protocol):
     """Storage's events: change batches and write results, in publication order."""

@@ -42,7 +42,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import zmq.asyncio
@@ -391,6 +391,19 @@ class IpcStorage:
             ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
         self._gets = GetBatcher(self._send_gets)
+        self.watching = False  # what storage is told with each front_hello
+
+    async def watch(self) -> None:
+        self.watching = True
+        # On the request socket, ahead of the caller's next request: storage handles
+        # them in order. Lost (storage down): a new storage publishes until told not to.
+        with contextlib.suppress(IpcError):
+            await self._rpc.send("front_watching", wire.FrontWatching(True))
+
+    def unwatch(self) -> None:
+        self.watching = False
+        with contextlib.suppress(IpcError):
+            self._rpc.send_nowait("front_watching", wire.FrontWatching(False))
 
     @property
     def rpc(self) -> ipc.RpcClient:
@@ -503,19 +516,33 @@ async def _greet_when_relaying(
     consensus: IpcConsensus, storage: IpcStorage, incarnation: int
 ) -> None:
     await consensus.relaying.wait()
-    await greet((consensus.rpc, storage.rpc), wire.FrontHello(incarnation))
+    hello = wire.FrontHello(incarnation)
+    await greet(
+        {
+            consensus.rpc: lambda: [("front_hello", hello)],
+            storage.rpc: lambda: [
+                ("front_hello", hello),
+                ("front_watching", wire.FrontWatching(storage.watching)),
+            ],
+        }
+    )
 
 
-async def greet(rpcs: Sequence[ipc.RpcClient], hello: wire.FrontHello) -> None:
+Greeting = Callable[[], Sequence[tuple[str, wire.Body]]]
+
+
+async def greet(greetings: Mapping[ipc.RpcClient, Greeting]) -> None:
     """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
     role that just started learns this front before it has to push anything
-    (PROTOCOL.md §1). One-way and best effort: the next one repairs a loss."""
-    connected = dict.fromkeys(rpcs, False)
+    (PROTOCOL.md §1); storage also hears whether it has watchers
+    (``front_watching``). One-way and best effort: the next one repairs a loss."""
+    connected = dict.fromkeys(greetings, False)
     for poll in itertools.count():
-        for rpc in rpcs:
+        for rpc, greeting in greetings.items():
             now = rpc.connected()
             if now and (not connected[rpc] or poll % HELLO_EVERY == 0):
                 with contextlib.suppress(IpcError):
-                    rpc.send_nowait("front_hello", hello)
+                    for type_, body in greeting():
+                        rpc.send_nowait(type_, body)
             connected[rpc] = now
         await asyncio.sleep(HELLO_POLL)

@@ -91,7 +91,7 @@ class KvService:
         validate_prefix(prefix)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
-        with self._hub.waiter(prefix, since) as waiter:
+        async with self._hub.waiter(prefix, since) as waiter:
             page = await self._storage.changes(prefix, since, limit, self._timeout)
             while not page.changes:
                 left = deadline - loop.time()

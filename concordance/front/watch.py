@@ -43,7 +43,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from concordance import wire
@@ -277,6 +277,7 @@ class WatchHub:
         self._subs: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
         self._waiters: set[ChangeWaiter] = set()
+        self._watching = False  # storage was asked for change batches (storage.watch)
 
     @property
     def watchers(self) -> int:
@@ -310,9 +311,10 @@ class WatchHub:
         sub = Subscription(self, next(self._ids), sink, prefix, key, since)
         self._subs[sub.id] = sub
         try:
+            await self._watch()
             status = await self.storage.status(self.storage_timeout)
         except BaseException:
-            self._subs.pop(sub.id, None)
+            self.remove(sub)
             raise
         if since is None:
             sub.cursor = status.revision
@@ -321,20 +323,37 @@ class WatchHub:
     def remove(self, sub: Subscription) -> None:
         """Forget ``sub`` (its task stops on its own or via ``stop``)."""
         self._subs.pop(sub.id, None)
+        self._unwatch_if_idle()
+
+    async def _watch(self) -> None:
+        """Storage publishes change batches only to a front that asked (a node nobody
+        watches pays nothing for them). Asked before the caller's first read of
+        storage, on the same ordered socket: every batch after that read comes."""
+        if not self._watching:
+            self._watching = True
+            await self.storage.watch()
+
+    def _unwatch_if_idle(self) -> None:
+        if self._watching and not self._subs and not self._waiters:
+            self._watching = False
+            self.storage.unwatch()
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.remove(sub)
         sub.stop()
 
-    @contextlib.contextmanager
-    def waiter(self, prefix: str, since: int) -> Iterator[ChangeWaiter]:
-        """Register a long-poll for the duration of the ``with`` block."""
+    @contextlib.asynccontextmanager
+    async def waiter(self, prefix: str, since: int) -> AsyncIterator[ChangeWaiter]:
+        """Register a long-poll for the duration of the ``async with`` block (change
+        batches are asked for before it is entered)."""
         w = ChangeWaiter(prefix, since, self.clock)
         self._waiters.add(w)
         try:
+            await self._watch()
             yield w
         finally:
             self._waiters.discard(w)
+            self._unwatch_if_idle()
 
     def wake_all(self) -> None:
         """End every long-poll now (shutdown): each answers with what it has."""

@@ -90,6 +90,7 @@ _SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 _KINDS = frozenset(int(k) for k in EntryKind)
 _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
 ACK_EVERY = 1000  # unacknowledged applied entries that make ``applied`` go at once
+WATCHING_FRESH = 1.0  # seconds a front's "no watchers" holds without a new front_watching
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,8 @@ class StorageService:
         self._consensus: Client | None = None
         self._reaper: ExpiryReaper | None = None
         self._acked = 0  # the applied index consensus was last told (applied or hello)
+        # front -> (its last ``front_watching``, when it came)
+        self._watching: dict[bytes, tuple[bool, float]] = {}
         self._ack_later: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -367,13 +370,21 @@ class StorageService:
         try:
             # Changes first: the front pushes them to its watchers before it answers
             # the writers, so a watcher hears of a change no later than its writer.
-            if events:
+            if events and self._changes_wanted():
                 batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
                 await self._events.publish("change_batch", batch)
             if items:
                 await self._events.publish("results", wire.Results(mine, tuple(items)))
         except IpcError as e:  # the front repairs lost changes from the change log
             log.warning("storage: publish failed: %s", e)
+
+    def _changes_wanted(self) -> bool:
+        """Whether a front may need change batches: unless every front heard from in
+        the last ``WATCHING_FRESH`` seconds said it has no watcher (``front_watching``
+        comes every 0.2 s; one gone quiet, or none heard yet, gets them all)."""
+        fresh = self._clock.monotonic() - WATCHING_FRESH
+        said = [watching for watching, at in self._watching.values() if at > fresh]
+        return not said or any(said)
 
     async def _restore(self, body: wire.Restore) -> None:
         if self._backups:  # a backup reads the file about to be replaced: let it finish
@@ -454,6 +465,9 @@ class StorageService:
         self._fronts.note(peer)
         if isinstance(body, wire.FrontHello):
             return  # noted: where ``stopping`` goes
+        if isinstance(body, wire.FrontWatching):  # whether it wants change batches
+            self._watching[peer] = (body.watching, self._clock.monotonic())
+            return
         if env.reply_to is not None or env.type in wire.ONE_WAY:
             log.warning("storage: dropping %s from %r: not a request", env.type, peer)
             return

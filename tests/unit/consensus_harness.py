@@ -205,7 +205,9 @@ class FakeFront:
             on_message=self._on_message,
         )
         # as the real front does: consensus pushes only to fronts it has heard from
-        self._greeting = asyncio.ensure_future(greet((self.client,), wire.FrontHello(0)))
+        self._greeting = asyncio.ensure_future(
+            greet({self.client: lambda: [("front_hello", wire.FrontHello(0))]})
+        )
 
     def _on_message(self, env: wire.Envelope) -> None:
         if wire.raft_outs(env.body):

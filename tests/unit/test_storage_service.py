@@ -16,12 +16,12 @@ import sqlite3
 import pytest
 import zmq.asyncio
 
-from concordance import errors, wire
+from concordance import errors, fronts, ipc, wire
 from concordance.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
-from concordance.storage.service import ACK_EVERY, ServiceTimings
+from concordance.storage.service import ACK_EVERY, WATCHING_FRESH, ServiceTimings
 from concordance.storage.service_ttl import wall_ms
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
@@ -389,6 +389,38 @@ def test_acks_cover_the_batches_of_ack_delay_and_go_at_once_past_ack_every() -> 
             await b.consensus.apply(*many)
             await until(lambda: not b.consensus.applied.empty(), "the ack past ACK_EVERY")
             assert b.consensus.applied.get_nowait() == b.log.index
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_change_batches_go_only_while_a_front_watches_or_has_gone_quiet() -> None:
+    """A front that says ``front_watching`` False gets results but no change batches;
+    its next True comes before its next request (one ordered socket), so a
+    revision read after it is followed by every later batch. Silent for
+    ``WATCHING_FRESH``, it gets them all again."""
+    clock = ManualClock()
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, sockets=net, clock=clock, sync=False) as b:
+            front = net.client(ipc.endpoint(d, "storage"), fronts.routing_id(3))
+            await front.send("front_watching", wire.FrontWatching(False))
+            await front.request("storage_status", wire.StorageStatus(), 2.0)  # hello handled
+            await b.consensus.apply(b.log.set(K, b"1"))
+            assert isinstance((await b.front.event()).body, wire.Results)  # no changes
+            await front.send("front_watching", wire.FrontWatching(True))
+            status = await front.request("storage_status", wire.StorageStatus(), 2.0)
+            await b.consensus.apply(b.log.set(K, b"2"))
+            changes = await b.front.changes()
+            assert changes.events[0]["revision"] == status.revision + 1
+            await b.front.results()
+            await front.send("front_watching", wire.FrontWatching(False))
+            await front.request("storage_status", wire.StorageStatus(), 2.0)
+            await clock.advance(WATCHING_FRESH)  # no hello since: gone quiet
+            await b.consensus.apply(b.log.set(K, b"3"))
+            assert isinstance((await b.front.event()).body, wire.ChangeBatch)
+            await front.close()
 
     with short_tmp() as d:
         run(main)

@@ -185,6 +185,7 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     ),
     "dropped": wire.Dropped((b"cmd-1", b"\x00\xff")),
     "stopping": wire.Stopping("storage"),
+    "front_watching": wire.FrontWatching(False),
     "hello": wire.Hello(119, 7),
     "applied": wire.Applied(120),
     "snapshot_taken": wire.SnapshotTaken(100, 4, "/data/n1/snap/100-4.db"),

@@ -181,6 +181,7 @@ class FakeStorage:
     def __init__(self, node: FakeNode) -> None:
         self.node = node
         self.changes_calls: list[tuple[str, int, int]] = []
+        self.watching: list[bool] = []  # watch() / unwatch() calls, in order
 
     def _up(self) -> StateMachine:
         if self.node.knobs.storage_down:
@@ -225,6 +226,12 @@ class FakeStorage:
     async def status(self, timeout: float) -> wire.StorageStatusOk:
         sm = self._up()
         return wire.StorageStatusOk(sm.applied_index - self.node.knobs.lag, 1, sm.revision)
+
+    async def watch(self) -> None:
+        self.watching.append(True)
+
+    def unwatch(self) -> None:
+        self.watching.append(False)
 
 
 def make_config(path: Path, **overrides: Any) -> NodeConfig:

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from concordance import wire
 from concordance.commands import Command, Delete, Set
 from concordance.crypto import Cipher
+from concordance.errors import Unavailable
 from concordance.front.codec import Renderer
 from concordance.front.watch import Subscription, WatchHub
 from tests.unit.front.fakes import ENC_KEY, FakeNode
@@ -292,7 +295,7 @@ def test_long_poll_waiter_wakes_only_for_its_prefix(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         w.write("tenant:a/1")
         w.pump()
-        with w.hub.waiter("tenant:a/", 1) as waiter:
+        async with w.hub.waiter("tenant:a/", 1) as waiter:
             w.write("tenant:b/1")
             w.pump()
             assert not waiter.event.is_set()
@@ -302,5 +305,38 @@ def test_long_poll_waiter_wakes_only_for_its_prefix(tmp_path: Path) -> None:
             w.hub.wake_all()
             assert not await waiter.wait(1)
         assert not w.hub._waiters
+
+    run(tmp_path, scenario)
+
+
+def test_storage_is_asked_for_changes_while_anyone_watches(tmp_path: Path) -> None:
+    """watch() before the first subscription's or long-poll's read of storage, once;
+    unwatch() when the last of them is gone."""
+
+    async def scenario(w: World) -> None:
+        storage = w.node.storage
+        sink = ListSink()
+        first = await w.subscribe(sink)
+        assert storage.watching == [True]
+        second = await w.subscribe(sink)
+        async with w.hub.waiter("tenant:a/", 0):
+            assert storage.watching == [True]  # already asked
+        w.hub.unsubscribe(first)
+        assert storage.watching == [True]  # one subscription left
+        w.hub.unsubscribe(second)
+        assert storage.watching == [True, False]
+        async with w.hub.waiter("tenant:a/", 0):
+            assert storage.watching == [True, False, True]
+        assert storage.watching == [True, False, True, False]
+
+    run(tmp_path, scenario)
+
+
+def test_a_subscription_storage_refuses_does_not_keep_changes_coming(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        w.node.knobs.storage_down = True
+        with pytest.raises(Unavailable):
+            await w.subscribe(ListSink())
+        assert w.hub.watchers == 0 and w.node.storage.watching == [True, False]
 
     run(tmp_path, scenario)
