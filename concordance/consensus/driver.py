@@ -597,37 +597,29 @@ class ConsensusDriver:
             )
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
-        """Group frames per peer into ``raft_out`` (bounded size) for the front to relay,
-        all of them in one ZeroMQ message (``raft_out_batch``) while that stays bounded:
-        every message wakes four threads, so a Ready is one message, not one per peer."""
-        if not messages:
-            return
-        per_peer: dict[str, list[list[bytes]]] = {}
-        sizes: dict[str, int] = {}
+        """Hand the frames to the front for relaying, grouped per peer, all in one ZeroMQ
+        message (``raft_out_batch``) of at most ``MAX_RAFT_OUT_BYTES`` (a larger frame
+        goes alone): every message wakes four threads, so a Ready is one message, not
+        one per peer."""
+        group: dict[str, list[bytes]] = {}
+        size = 0
         for msg in messages:
             frame = wire.encode_raft(msg)
-            batches = per_peer.setdefault(msg.dst, [[]])
-            if batches[-1] and sizes.get(msg.dst, 0) + len(frame) > MAX_RAFT_OUT_BYTES:
-                batches.append([])
-                sizes[msg.dst] = 0
-            batches[-1].append(frame)
-            sizes[msg.dst] = sizes.get(msg.dst, 0) + len(frame)
-        group: list[wire.RaftOut] = []
-        group_bytes = 0
-        for peer, batches in per_peer.items():
-            address = self._addresses.get(peer, "")
-            for frames in batches:
-                size = sum(map(len, frames))
-                if group and group_bytes + size > MAX_RAFT_OUT_BYTES:
-                    await self._send_raft_out(group)
-                    group, group_bytes = [], 0
-                group.append(wire.RaftOut(peer, address, tuple(frames)))
-                group_bytes += size
-        await self._send_raft_out(group)
+            if group and size + len(frame) > MAX_RAFT_OUT_BYTES:
+                await self._send_raft_out(group)
+                group, size = {}, 0
+            group.setdefault(msg.dst, []).append(frame)
+            size += len(frame)
+        if group:
+            await self._send_raft_out(group)
 
-    async def _send_raft_out(self, outs: list[wire.RaftOut]) -> None:
+    async def _send_raft_out(self, group: dict[str, list[bytes]]) -> None:
         """One message to the newest front; frames it cannot take are dropped (Raft
         sends again)."""
+        outs = [
+            wire.RaftOut(peer, self._addresses.get(peer, ""), tuple(frames))
+            for peer, frames in group.items()
+        ]
         front = self.fronts.current
         try:
             if front is None:
@@ -641,7 +633,7 @@ class ConsensusDriver:
                 self.fronts.forget(front)
             lost = sum(len(out.frames) for out in outs)
             self.raft_out_dropped += lost
-            log.debug("dropping %d frames for %s: %s", lost, [o.peer for o in outs], e)
+            log.debug("dropping %d frames for %s: %s", lost, list(group), e)
 
     async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
         """Tell the front which of its forwarded proposals were refused (certainly not

@@ -44,7 +44,7 @@ class GetBatcher:
         self._send = send
         self._open: dict[int, _Batch] = {}  # min_index -> the batch this turn fills
         self._tasks: set[asyncio.Task[None]] = set()
-        self.requests = 0  # storage requests sent (for tests and metrics)
+        self.requests = 0  # storage requests sent (tests read it)
 
     async def get(self, key: str, now: int, timeout: float, min_index: int = 0) -> Entry:
         batch = self._open.get(min_index)

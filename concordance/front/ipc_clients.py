@@ -391,7 +391,7 @@ class IpcStorage:
             ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
         self._gets = GetBatcher(self._send_gets)
-        self.watching = False  # what storage is told with each front_hello
+        self.watching = False  # what the periodic front_watching tells storage
 
     async def watch(self) -> None:
         self.watching = True

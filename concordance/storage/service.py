@@ -270,7 +270,7 @@ class StorageService:
             await self._send_applied()
 
     async def _close(self) -> None:
-        if self._ack_later is not None:
+        if self._ack_later is not None:  # an unplanned stop: the next hello tells it
             self._ack_later.cancel()
         if self._planned and self._server is not None:
             await asyncio.sleep(self._t.flush)  # linger=0 would discard what is still queued
