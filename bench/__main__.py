@@ -8,7 +8,7 @@ busier halfway hurts both alike), and one table shows each system's best
 round and the ratio. The load generator is a Python aiohttp client on the
 same machine, the same for both.
 
-    python -m bench [--quick] [--seconds S] [--rounds N] [--against DIR]
+    python -m bench [--quick] [--seconds S] [--rounds N] [--against DIR] [--only TEXT]
 
 ``--against DIR`` compares with the Concordance of another checkout instead
 of etcd (``git worktree add /tmp/base v1`` and point at it): before/after.
@@ -178,6 +178,24 @@ def _cells(r: Row | None, latency_only: bool) -> str:
     return f"{ops:>10} {lat:>13} {_fmt(r.get('core_ms_per_op'), 2):>10}"
 
 
+def _watch_detail(e: Row | None, c: Row) -> list[str]:
+    """The watch round's other two measures (bench/watch.py), p99 ratios."""
+    out = []
+    measures = (("  receipt from the write's start", "sent_"), ("  the writes", "write_"))
+    for label, prefix in measures:
+        if f"{prefix}p50" not in c:
+            continue
+        rows = [
+            None if r is None else {"p50": r[f"{prefix}p50"], "p99": r[f"{prefix}p99"]}
+            for r in (e, c)
+        ]
+        mine, ref = rows[1], rows[0]
+        ratio = mine["p99"] / ref["p99"] if mine and ref and ref["p99"] else None
+        both = f"{_cells(rows[0], True)}  {_cells(rows[1], True)}"
+        out.append(f"{label:<34} {both}  {_fmt(ratio, 2):>6}")
+    return out
+
+
 def table(results: dict[str, dict[str, list[Row]]], ref: str = "etcd") -> str:
     head = (
         f"{'workload':<34} {ref[:6] + ' ops/s':>12} {'p50/p99 ms':>13} {'core-ms/op':>10}  "
@@ -203,6 +221,8 @@ def table(results: dict[str, dict[str, list[Row]]], ref: str = "etcd") -> str:
             )
         both = f"{_cells(e, latency_only)}  {_cells(c, latency_only)}"
         lines.append(f"{name:<34} {both}  {_fmt(ratio, 2):>6}{miss}")
+        if name.startswith("watch"):
+            lines.extend(_watch_detail(e, c))
     lines.append("")
     lines.append(
         f"ratio: throughput Concordance/{ref}; for watch p99 and failover p50, "
@@ -222,6 +242,13 @@ def main() -> int:
         "--against",
         type=Path,
         help="compare with the Concordance of another checkout (DIR) instead of etcd",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="run only the workloads whose name contains TEXT (repeatable)",
     )
     args = parser.parse_args()
     seconds = args.seconds or (5.0 if args.quick else 10.0)
@@ -250,6 +277,8 @@ def main() -> int:
         )
         if not args.quick:
             plan.append(("failover after kill -9 (s)", run_failover))
+        if args.only:
+            plan = [(n, r) for n, r in plan if any(t in n for t in args.only)]
         for name, run in plan:
             per = results.setdefault(name, {})
             rounds = 3 if name.startswith("failover") else args.rounds

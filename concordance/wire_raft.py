@@ -17,7 +17,8 @@ Rules / theory of operation (docs/PROTOCOL.md §3.5):
   hook for the nested types; decoding is one ``unpackb(use_list=False)`` plus
   one validator per field.
 - Trailing fields that have a default may be missing (older senders); extra
-  fields are rejected. Ints must be non-negative ints (bools are not ints here).
+  fields are rejected. ``AppendEntries.reply`` is sent only when false.
+  Ints must be non-negative ints (bools are not ints here).
 - Any decoding failure raises ``RemoteProtocolError`` chained to the cause.
 """
 
@@ -180,6 +181,7 @@ def _record(cls: type, tag: int) -> codec.Record:
 _BY_CLASS: dict[type, codec.Record] = {cls: _record(cls, tag) for cls, tag in RAFT_TAGS.items()}
 _BY_TAG: dict[int, codec.Record] = {RAFT_TAGS[cls]: rec for cls, rec in _BY_CLASS.items()}
 _pack = codec.packer(default=_pack_nested)
+_APPEND = _BY_CLASS[AppendEntries]
 
 
 def encode_raft(msg: Message) -> bytes:
@@ -192,8 +194,13 @@ def encode_raft(msg: Message) -> bytes:
     rec = _BY_CLASS.get(type(msg))
     if rec is None:
         raise TypeError(f"not a registered Raft message: {type(msg).__name__}")
+    frame = rec.to_tuple(msg)
+    if rec is _APPEND and frame[-1] is True:
+        # ``reply`` at its default is left out: a node from before the field
+        # reads every append but the commit notice.
+        frame = frame[:-1]
     try:
-        return _pack(rec.to_tuple(msg))
+        return _pack(frame)
     except (TypeError, ValueError, OverflowError) as e:
         raise IpcError(f"cannot encode {type(msg).__name__}: {e}") from e
 

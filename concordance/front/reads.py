@@ -1,17 +1,21 @@
-"""Consistent reads share ReadIndex requests: at most one in flight, the next one shared by
-every read that began meanwhile.
+"""Consistent reads share ReadIndex requests: at most ``DEPTH`` in flight, the next one
+shared by every read that began meanwhile.
 
 A consistent read needs an index that the leader confirmed after the read
 began (ReadIndex, thesis §6.4); storage then answers once it has applied that
 index. A read that begins while a request is already on its way must not
 join it (the leader may have fixed that index before a write the reader
-already saw was acknowledged): it waits for the next request. That next
-request is sent when the one in flight is answered, so it serves every read
-that began in between: under load one IPC round trip and one heartbeat round
+already saw was acknowledged): it waits for the next request. With fewer
+than ``DEPTH`` requests in flight the next one leaves at the end of the loop
+turn; otherwise when one of them is answered, and it serves every read that
+began in between: under load one IPC round trip and one heartbeat round
 serve a whole round trip's worth of reads, whatever the number of readers
-(etcd's linearizable read loop works the same way). Should the request in
-flight take longer than ``STALL`` (a lost leader, a slow round), the next one
-is sent anyway, so a read never waits for two whole timeouts.
+(etcd's linearizable read loop works the same way). Two in flight rather
+than one let a read that begins mid-round start its own round instead of
+waiting for the current one to end (consistent reads at 64 clients: about
+5% more, docs/PERFORMANCE.md). Should the requests in flight take longer
+than ``STALL`` (a lost leader, a slow round), the next one is sent anyway,
+so a read never waits for two whole timeouts.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Protocol
 
-__all__ = ["STALL", "ReadIndexBatcher"]
+__all__ = ["DEPTH", "STALL", "ReadIndexBatcher"]
 
 STALL = 0.1  # seconds a request in flight holds back the next one at most
+DEPTH = 2  # requests in flight at once
 
 
 class _ReadIndexSource(Protocol):
@@ -30,11 +35,14 @@ class _ReadIndexSource(Protocol):
 
 
 class ReadIndexBatcher:
-    """Hands out read indexes: one ``read_index`` request in flight, the next one shared."""
+    """Hands out read indexes: ``depth`` ``read_index`` requests in flight, the next one shared."""
 
-    def __init__(self, consensus: _ReadIndexSource, stall: float = STALL) -> None:
+    def __init__(
+        self, consensus: _ReadIndexSource, stall: float = STALL, depth: int = DEPTH
+    ) -> None:
         self._consensus = consensus
         self._stall = stall
+        self._depth = depth
         self._waiting: asyncio.Future[int] | None = None  # the next request's readers
         self._timeout = 0.0  # the next request's timeout: the longest its readers asked for
         self._asking: set[asyncio.Task[None]] = set()
@@ -50,7 +58,7 @@ class ReadIndexBatcher:
             loop = asyncio.get_running_loop()
             waiting = self._waiting = loop.create_future()
             self._timeout = timeout
-            if self._asking:  # sent when the one in flight is answered, or stalls
+            if len(self._asking) >= self._depth:  # sent when one is answered, or stalls
                 loop.call_later(self._stall, self._send, waiting)
             else:  # at the end of this loop turn: the reads of this turn share it
                 loop.call_soon(self._send, waiting)
@@ -68,7 +76,7 @@ class ReadIndexBatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._asking.discard(task)
-        if self._waiting is not None and not self._asking:
+        if self._waiting is not None and len(self._asking) < self._depth:
             self._send(self._waiting)
 
     async def _ask(self, waiting: asyncio.Future[int], timeout: float) -> None:

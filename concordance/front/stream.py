@@ -77,7 +77,9 @@ class Outbox:
     def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
         self.limit = limit
         self._items: deque[str] = deque()
-        self._ready = asyncio.Event()
+        # The writer's wake-up: a bare future, not an Event (one notification
+        # per watcher per change: Event's bookkeeping was a tenth of the fan-out).
+        self._ready: asyncio.Future[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
         self.closed = False
@@ -106,15 +108,20 @@ class Outbox:
 
     def _append(self, text: str) -> None:
         self._items.append(text)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.done():
+            ready.set_result(None)
 
     async def get(self) -> str | None:
-        """The next message, or None once closed and drained."""
+        """The next message, or None once closed and drained (one reader at a time)."""
         while not self._items:
             if self.closed:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            self._ready = asyncio.get_running_loop().create_future()
+            await self._ready
         text = self._items.popleft()
         if len(self._items) < self.limit:
             self._room.set()
@@ -122,7 +129,7 @@ class Outbox:
 
     def close(self) -> None:
         self.closed = True
-        self._ready.set()
+        self._wake()
         self._room.set()
 
 

@@ -506,7 +506,8 @@ class RaftCore:
                 self._history.rewritten(msg.entries, last_new, self.log.last_index())
                 self._refresh_follower_role()
             self.log.commit_to(min(msg.commit, last_new))
-            self._send(AppendEntriesResponse(self.term, self.id, msg.src, True, last_new))
+            if msg.reply:
+                self._send(AppendEntriesResponse(self.term, self.id, msg.src, True, last_new))
             return
         hint, hint_term = self.log.conflict_hint(msg.prev_index)
         self._send(

@@ -41,7 +41,12 @@ class RequestVoteResponse:
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """Log replication (paper §5.3). ``entries`` may be empty (a probe)."""
+    """Log replication (paper §5.3). ``entries`` may be empty (a probe).
+
+    ``reply=False`` marks a commit notice: no entries, sent to a follower the
+    leader already knows holds its whole log, so a success tells the leader
+    nothing and the follower stays silent (a refusal is still answered).
+    """
 
     term: int
     src: str
@@ -50,6 +55,7 @@ class AppendEntries:
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    reply: bool = True
 
 
 @dataclass(frozen=True, slots=True)

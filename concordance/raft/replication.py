@@ -126,9 +126,20 @@ class Replicator:
         except LogCompacted:
             self._snapshots.start(self._view.term, peer, pr, self._view.snapshot)
             return
+        # A commit notice to a follower known to hold the whole log: its
+        # success would tell nothing, so it is not asked for (heartbeats keep
+        # the liveness and read-index rounds).
+        reply = bool(entries) or pr.state is not ProgressState.REPLICATE or pr.match != last
         self._send(
             AppendEntries(
-                self._view.term, self._id, peer, pr.next - 1, prev_term, tuple(entries), lg.commit
+                self._view.term,
+                self._id,
+                peer,
+                pr.next - 1,
+                prev_term,
+                tuple(entries),
+                lg.commit,
+                reply,
             )
         )
         if entries:

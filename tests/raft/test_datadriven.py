@@ -109,6 +109,7 @@ def fmt_msg(m: Message) -> str:
             tail = f" prev={m.prev_term}/{m.prev_index} commit={m.commit}"
             if m.entries:
                 tail += " entries=[" + ", ".join(fmt_entry(e) for e in m.entries) + "]"
+            tail += " noreply" * (not m.reply)
         case AppendEntriesResponse() if m.success:
             tail = f" ok match={m.match_index}"
         case AppendEntriesResponse():

@@ -468,6 +468,40 @@ def test_leader_commits_on_majority_and_followers_learn_it() -> None:
     assert net["n3"].core.log.commit == 2 and [e.data for e in net["n3"].applied] == [b"", b"x"]
 
 
+def test_commit_notice_to_a_caught_up_follower_is_not_answered() -> None:
+    """After a commit, a follower that has acknowledged the leader's whole log
+    gets an empty AppendEntries marked ``reply=False``: it learns the commit and
+    stays silent, since a success would tell the leader nothing. Appends with
+    entries, and appends to a follower the leader is unsure of, still ask.
+    Extension: saves a message per follower per commit (docs/PERFORMANCE.md)"""
+    net = cluster()
+    n1 = net.elect("n1")
+    net.delivered.clear()
+    n1.core.propose(b"x")
+    net.stabilize()
+    appends = of_type(AppendEntries, net.delivered)
+    with_entries = [m for m in appends if m.entries]
+    notices = [m for m in appends if not m.entries]
+    assert with_entries and all(m.reply for m in with_entries)
+    assert sorted(m.dst for m in notices) == ["n2", "n3"]
+    assert all(not m.reply and m.commit == 2 and m.prev_index == 2 for m in notices)
+    answers = responses(net.delivered)
+    assert len(answers) == 2  # one per append with entries, none per notice
+    assert all(r.match_index == 2 for r in answers)
+    assert [net[n].core.log.commit for n in ("n2", "n3")] == [2, 2]
+
+
+def test_commit_notice_that_does_not_match_is_refused() -> None:
+    """A follower whose log does not hold the notice's prevLogIndex still
+    answers, with a refusal, so the leader can repair it. Reference: §5.3"""
+    n = make_node("n1", log=[1, 1], term=1)
+    n.core.step(AppendEntries(1, "n2", "n1", 4, 1, (), 4, reply=False))
+    [refusal] = responses(drain(n))
+    assert not refusal.success and refusal.dst == "n2"
+    n.core.step(AppendEntries(1, "n2", "n1", 2, 1, (), 2, reply=False))
+    assert responses(drain(n)) == [] and n.core.log.commit == 2
+
+
 def test_figure_8_previous_term_entries_not_committed_by_counting() -> None:
     """Figure 8: S1 (term 4) gets its term-2 entry at index 2 onto a majority,
     yet must not commit it — S5 (last entry of term 3) could still win and

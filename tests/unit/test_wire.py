@@ -50,6 +50,7 @@ RAFT_EXAMPLES: list[Any] = [
     rm.ReadIndexRequest(4, "n2", "n1", b"ctx-1"),
     rm.ReadIndexResponse(4, "n1", "n2", b"ctx-1", 11),
     rm.ProposeRefused(4, "n1", "n2", (b"cmd1", b""), "leadership transfer in progress"),
+    rm.AppendEntries(4, "n1", "n2", 9, 3, (), 11, reply=False),
 ]
 
 
@@ -94,6 +95,16 @@ def test_raft_missing_trailing_defaults_are_filled_in() -> None:
     tag = wire.RAFT_TAGS[rm.RequestVote]
     old_sender = msgpack.packb([tag, 5, "n1", "n2", 12, 4])
     assert wire.decode_raft(old_sender) == rm.RequestVote(5, "n1", "n2", 12, 4)
+
+
+def test_append_reply_is_sent_only_when_false() -> None:
+    """PROTOCOL.md §3.5: an append that asks for an answer is the frame of a node
+    from before ``reply``, so such a node still reads it; a commit notice is not."""
+    tag = wire.RAFT_TAGS[rm.AppendEntries]
+    asks = rm.AppendEntries(4, "n1", "n2", 9, 3, (), 11)
+    assert msgpack.unpackb(wire.encode_raft(asks)) == [tag, 4, "n1", "n2", 9, 3, [], 11]
+    notice = rm.AppendEntries(4, "n1", "n2", 9, 3, (), 11, reply=False)
+    assert msgpack.unpackb(wire.encode_raft(notice)) == [tag, 4, "n1", "n2", 9, 3, [], 11, False]
 
 
 def test_encode_raft_rejects_unregistered_types() -> None:

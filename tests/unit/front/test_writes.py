@@ -162,23 +162,24 @@ def test_consistent_reads_of_one_loop_turn_share_one_read_index_request() -> Non
     asyncio.run(main())
 
 
+class GatedReadIndex:
+    """Answers each read_index request when the test says so, with an index it chose then."""
+
+    def __init__(self) -> None:
+        self.asked: list[asyncio.Future[int]] = []
+
+    async def read_index(self, timeout: float) -> int:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.asked.append(answer)
+        return await answer
+
+
 def test_reads_that_begin_during_a_request_share_the_next_one_sent_after_it() -> None:
     from concordance.front.reads import ReadIndexBatcher
 
-    class Gated:
-        """Answers each request when the test says so, with an index it chose then."""
-
-        def __init__(self) -> None:
-            self.asked: list[asyncio.Future[int]] = []
-
-        async def read_index(self, timeout: float) -> int:
-            answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self.asked.append(answer)
-            return await answer
-
     async def main() -> None:
-        consensus = Gated()
-        reads = ReadIndexBatcher(consensus, stall=60.0)
+        consensus = GatedReadIndex()
+        reads = ReadIndexBatcher(consensus, stall=60.0, depth=1)
         first = asyncio.ensure_future(reads.next(1.0))
         await asyncio.sleep(0.01)
         assert len(consensus.asked) == 1
@@ -194,6 +195,35 @@ def test_reads_that_begin_during_a_request_share_the_next_one_sent_after_it() ->
         assert len(consensus.asked) == 2  # one request for all three, sent after the first
         consensus.asked[1].set_result(9)
         assert await asyncio.gather(*later) == [9, 9, 9]
+
+    asyncio.run(main())
+
+
+def test_read_index_requests_go_out_up_to_the_depth_then_the_next_one_is_shared() -> None:
+    """Two requests in flight (``DEPTH``): a read that begins during the first
+    gets its own at once; reads that begin while both are out share the third,
+    sent when one of them is answered."""
+    from concordance.front.reads import DEPTH, ReadIndexBatcher
+
+    async def main() -> None:
+        assert DEPTH == 2
+        consensus = GatedReadIndex()
+        reads = ReadIndexBatcher(consensus, stall=60.0)
+        first = asyncio.ensure_future(reads.next(1.0))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(reads.next(1.0))
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 2  # the second did not wait for the first
+        later = [asyncio.ensure_future(reads.next(1.0)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 2  # both slots taken: they wait, together
+        consensus.asked[1].set_result(8)
+        assert await second == 8
+        await asyncio.sleep(0.01)
+        assert len(consensus.asked) == 3
+        consensus.asked[0].set_result(7)
+        consensus.asked[2].set_result(9)
+        assert await first == 7 and await asyncio.gather(*later) == [9, 9, 9]
 
     asyncio.run(main())
 
