@@ -178,6 +178,16 @@ def _cells(r: Row | None, latency_only: bool) -> str:
     return f"{ops:>10} {lat:>13} {_fmt(r.get('core_ms_per_op'), 2):>10}"
 
 
+def _paired(name: str, ref_rows: list[Row], rows: list[Row]) -> float | None:
+    """The median over rounds of the ratio within a round: steadier than best against best
+    when the machine's speed drifts between rounds."""
+    if name.startswith("failover"):
+        return None  # one median over all rounds already
+    key = "p99" if name.startswith("watch") else "ops"
+    ratios = [c[key] / e[key] for e, c in zip(ref_rows, rows, strict=False) if e[key]]
+    return statistics.median(ratios) if ratios else None
+
+
 def _watch_detail(e: Row | None, c: Row) -> list[str]:
     """The watch round's other two measures (bench/watch.py), p99 ratios."""
     out = []
@@ -199,7 +209,7 @@ def _watch_detail(e: Row | None, c: Row) -> list[str]:
 def table(results: dict[str, dict[str, list[Row]]], ref: str = "etcd") -> str:
     head = (
         f"{'workload':<34} {ref[:6] + ' ops/s':>12} {'p50/p99 ms':>13} {'core-ms/op':>10}  "
-        f"{'conc ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  {'ratio':>6}"
+        f"{'conc ops/s':>10} {'p50/p99 ms':>13} {'core-ms/op':>10}  {'ratio':>6} {'paired':>6}"
     )
     lines = [head, "-" * len(head)]
     for name, per in results.items():
@@ -220,13 +230,15 @@ def table(results: dict[str, dict[str, list[Row]]], ref: str = "etcd") -> str:
                 f", {ref} {int(e['errors'])}" if e else ""
             )
         both = f"{_cells(e, latency_only)}  {_cells(c, latency_only)}"
-        lines.append(f"{name:<34} {both}  {_fmt(ratio, 2):>6}{miss}")
+        paired = _paired(name, per.get(ref, []), per["concordance"])
+        lines.append(f"{name:<34} {both}  {_fmt(ratio, 2):>6} {_fmt(paired, 2):>6}{miss}")
         if name.startswith("watch"):
             lines.extend(_watch_detail(e, c))
     lines.append("")
     lines.append(
         f"ratio: throughput Concordance/{ref}; for watch p99 and failover p50, "
-        f"Concordance/{ref} (lower is better)"
+        f"Concordance/{ref} (lower is better); best round against best round. "
+        f"paired: the median of the rounds' own ratios (each round runs both back to back)"
     )
     return "\n".join(lines)
 

@@ -99,6 +99,7 @@ def _run_node(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
+        change_retention=_env_int("CONCORDANCE_CHANGE_RETENTION", NodeConfig.change_retention),
         secrets=Secrets.from_env(os.environ),
         keys_file=_abspath(args.keys),
         tls_cert=_abspath(args.tls_cert),

@@ -15,10 +15,13 @@ Why SQLite is called synchronously, on the event loop, with no thread:
 * reads are point lookups and index range scans on a local file, far
   shorter than the IPC round trip that carries them.
 
-The one exception is ``backup``, which may copy a large file while writes
-must continue: it runs in a worker thread on its own read-only connection,
-inside one read transaction (WAL lets the writer go on), so the copy is one
-consistent state whose ``applied_index`` is read back from the copy itself.
+The exceptions are ``backup`` and ``take_snapshot``, which copy the whole
+file while writes must continue: each runs in a worker thread on its own
+read-only connection, inside one read transaction (WAL lets the writer go
+on), so the copy is one consistent state whose ``applied_index`` (and term)
+is read back from the copy itself. A snapshot taken on the loop stalled
+every apply and read of the node for as long as the copy took (seconds for
+a state.db of a few hundred MiB: large values kept in the change history).
 
 Rules / theory of operation:
 
@@ -66,6 +69,7 @@ import zmq.asyncio
 from concordance import ipc, wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
+from concordance.durable import fsync_dir
 from concordance.errors import (
     ConcordanceError,
     InvalidRequest,
@@ -142,8 +146,9 @@ class StorageService:
         self._planned = False  # a shutdown(): drain and flush before closing
         self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
         self._waiters: AppliedWaiters[_Waiter] = AppliedWaiters()
-        self._backups: set[asyncio.Task[None]] = set()
+        self._backups: set[asyncio.Task[None]] = set()  # backups and snapshots being copied
         self._backup_lock = asyncio.Lock()
+        self._snapshotting: asyncio.Task[None] | None = None
         self._sm: StateMachine | None = None
         self._server: Server | None = None
         self._fronts = Fronts()
@@ -296,7 +301,7 @@ class StorageService:
             elif isinstance(body, wire.Restore):
                 await self._restore(body)
             elif isinstance(body, wire.TakeSnapshot):
-                await self._take_snapshot()
+                self._start_snapshot()
             elif isinstance(body, wire.Leadership):
                 assert self._reaper is not None
                 self._reaper.on_leadership(body)
@@ -402,13 +407,26 @@ class StorageService:
             await self._release_waiters()
         await self._hello()
 
+    def _start_snapshot(self) -> None:
+        """Copy state.db beside the loop; applies and reads go on meanwhile."""
+        if self._snapshotting is not None and not self._snapshotting.done():
+            log.info("storage: a snapshot is already being written; take_snapshot ignored")
+            return  # consensus asks one at a time; this one answers it
+        task = asyncio.create_task(self._take_snapshot())
+        self._snapshotting = task
+        self._backups.add(task)  # a restore or a stop waits for it
+        task.add_done_callback(self._backups.discard)
+
     async def _take_snapshot(self) -> None:
-        sm = self.state
-        path = self.snapshot_dir / f"{sm.applied_index:020d}.snapshot"
+        staging = self.snapshot_dir / "taking.snapshot.tmp"  # swept at start if left over
         try:
-            index, term = sm.snapshot_to(path)
-        except (OSError, sqlite3.Error) as e:
-            log.error("storage: snapshot to %s failed: %s", path, e)
+            async with self._backup_lock:
+                _, index, term = await asyncio.to_thread(copy_database, self.db_path, staging)
+            path = self.snapshot_dir / f"{index:020d}.snapshot"
+            os.replace(staging, path)
+            fsync_dir(self.snapshot_dir, best_effort=True)
+        except (OSError, sqlite3.Error, RemoteProtocolError) as e:
+            log.error("storage: snapshot in %s failed: %s", self.snapshot_dir, e)
             return
         self._prune_snapshots()
         log.info("storage: snapshot at index %d written to %s", index, path)
@@ -538,7 +556,7 @@ class StorageService:
         try:
             dest = self._backup_target(path)
             async with self._backup_lock:
-                size, index = await asyncio.to_thread(copy_database, self.db_path, dest)
+                size, index, _ = await asyncio.to_thread(copy_database, self.db_path, dest)
             reply = wire.BackupOk(str(dest), size, index)
             log.info("storage: backup at index %d written to %s (%d bytes)", index, dest, size)
         except ConcordanceError as e:
@@ -558,8 +576,11 @@ class StorageService:
         return dest
 
 
-def copy_database(db_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> tuple[int, int]:
-    """Copy a live state.db to ``dest`` as one consistent file; return (bytes, applied_index).
+def copy_database(
+    db_path: str | os.PathLike[str], dest: str | os.PathLike[str]
+) -> tuple[int, int, int]:
+    """Copy a live state.db to ``dest`` as one consistent file; return (bytes,
+    applied_index, applied_term).
 
     Runs on a worker thread with its own read-only connection. The whole copy
     is one backup step, i.e. one read transaction: in WAL mode the writer is
@@ -572,5 +593,5 @@ def copy_database(db_path: str | os.PathLike[str], dest: str | os.PathLike[str])
         snapshot.write(src, dest)
     finally:
         src.close()
-    index, _ = snapshot.vet(dest)
-    return os.path.getsize(dest), index
+    index, term = snapshot.vet(dest)
+    return os.path.getsize(dest), index, term

@@ -341,3 +341,18 @@ def test_readyz_and_healthz(node: Node) -> None:
     assert node.request("GET", "/readyz", auth=None).status == 200
     body = node.request("GET", "/healthz", auth=None).body
     json.loads(body or b"{}")
+
+
+def test_change_retention_is_configurable_and_older_history_is_410(root: Any) -> None:
+    """API.md §3.2: the history keeps the last N revisions (configurable); asking
+    for older is ``410 compacted`` with ``oldest``."""
+    with Node("n1", data=root / "n1", extra_env={"CONCORDANCE_CHANGE_RETENTION": "32"}) as n:
+        base = tenant()
+        for i in range(48):
+            assert n.put(f"{base}/k{i % 4}", i).status == 200
+        old = n.request("GET", f"/api/v1/changes?prefix={base}/&since=0")
+        assert old.status == 410 and error_code(old) == "compacted"
+        oldest = old.json()["error"]["oldest"]
+        assert 0 < oldest <= 48 - 32
+        recent = n.request("GET", f"/api/v1/changes?prefix={base}/&since={48 - 32}").json()
+        assert [c["value"] for c in recent["changes"]] == list(range(48 - 32, 48))

@@ -12,6 +12,9 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import zmq.asyncio
@@ -36,6 +39,7 @@ from tests.unit.storage_service_harness import (
     until,
 )
 
+T = TypeVar("T")
 K = "tenant:acme/settings/theme"
 
 
@@ -310,53 +314,86 @@ def test_take_snapshot_answers_snapshot_taken_with_a_readable_file() -> None:
         run(main)
 
 
+async def _copy_during_writes(b: Any, copy: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """Fill state.db with ~20 MB (so a copy takes a while), then run ``copy`` while a
+    writer applies and acknowledges one entry after another; returns what ``copy``
+    returned and the last index acknowledged before it returned."""
+    big = b'"' + b"x" * 100_000 + b'"'
+    for start in range(0, 200, 50):
+        await b.consensus.apply(
+            *(b.log.set(f"tenant:big/{i}", big) for i in range(start, start + 50))
+        )
+    await b.consensus.acked(b.log.index)
+    stop, acks_during = asyncio.Event(), []
+
+    async def keep_writing() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await b.consensus.apply(b.log.set(f"tenant:w/{n}", b"%d" % n))
+            await b.consensus.acked(b.log.index)
+            acks_during.append(b.log.index)
+
+    writer = asyncio.ensure_future(keep_writing())
+    await until(lambda: len(acks_during) > 0, "the writer to get going")
+    result = await copy()
+    last_acked = acks_during[-1]
+    stop.set()
+    await writer
+    return result, last_acked
+
+
+def _assert_one_state_up_to_its_index(path: str) -> int:
+    """Every entry set one new key at its own revision: the copy is exactly "up to index"."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        index, revision = conn.execute("SELECT applied_index, revision FROM meta").fetchone()
+        rows = conn.execute("SELECT count(*), max(revision) FROM kv").fetchone()
+    finally:
+        conn.close()
+    assert rows == (index, revision) == (revision, index)
+    assert index > 200  # the big writes, at least
+    return int(index)
+
+
 @pytest.mark.slow
 def test_backup_during_writes_is_one_consistent_state() -> None:
-    big = b'"' + b"x" * 100_000 + b'"'
-
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with bench(ctx, d) as b:
-            for start in range(0, 200, 50):  # ~20 MB, so the copy takes a while
-                await b.consensus.apply(
-                    *(b.log.set(f"tenant:big/{i}", big) for i in range(start, start + 50))
-                )
-            await b.consensus.acked(b.log.index)
-            stop, acks_during = asyncio.Event(), []
-
-            async def keep_writing() -> None:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    await b.consensus.apply(b.log.set(f"tenant:w/{n}", b"%d" % n))
-                    await b.consensus.acked(b.log.index)
-                    acks_during.append(b.log.index)
-
-            writer = asyncio.ensure_future(keep_writing())
-            await until(lambda: len(acks_during) > 0, "the writer to get going")
-            before = len(acks_during)
             dest = os.path.join(d, "backup.db")
-            reply = await b.front.request("backup", wire.Backup(dest), timeout=30.0)
-            after = len(acks_during)
-            stop.set()
-            await writer
-            assert after > before, "writes stalled during the backup"
+            reply, acked = await _copy_during_writes(
+                b, lambda: b.front.request("backup", wire.Backup(dest), timeout=30.0)
+            )
             assert reply.path == dest and reply.bytes == os.path.getsize(dest)
-            conn = sqlite3.connect(dest)
-            try:
-                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-                index, revision = conn.execute(
-                    "SELECT applied_index, revision FROM meta"
-                ).fetchone()
-                rows = conn.execute("SELECT count(*), max(revision) FROM kv").fetchone()
-            finally:
-                conn.close()
-            # every entry set one new key at its own revision: the copy is exactly "up to index"
-            assert index == reply.index and rows == (index, revision) == (revision, index)
-            assert index > 200  # the big writes, at least
+            assert _assert_one_state_up_to_its_index(dest) == reply.index
+            assert acked > reply.index, "no write was applied while the copy ran"
             with pytest.raises(errors.InvalidRequest):
                 await b.front.request("backup", wire.Backup("relative.db"))
             with pytest.raises(errors.InvalidRequest):
                 await b.front.request("backup", wire.Backup(str(b.service.db_path)))  # type: ignore[union-attr]
+
+    with short_tmp() as d:
+        run(main)
+
+
+@pytest.mark.slow
+def test_snapshot_during_writes_does_not_stall_them_and_is_one_consistent_state() -> None:
+    """take_snapshot copies state.db on a worker thread: applies go on meanwhile."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+
+            async def snapshot_now() -> wire.SnapshotTaken:
+                await b.consensus.send("take_snapshot", wire.TakeSnapshot())
+                return await next_of(b.consensus.snapshots)
+
+            taken, acked = await _copy_during_writes(b, snapshot_now)
+            assert _assert_one_state_up_to_its_index(taken.path) == taken.index
+            assert acked > taken.index, "no write was applied while the snapshot was copied"
+            assert snapshot.vet(taken.path) == (taken.index, 1)
+            assert os.path.basename(taken.path) == f"{taken.index:020d}.snapshot"
+            assert not list(Path(taken.path).parent.glob("*.tmp"))
 
     with short_tmp() as d:
         run(main)
