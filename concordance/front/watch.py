@@ -278,6 +278,7 @@ class WatchHub:
         self._ids = itertools.count(1)
         self._waiters: set[ChangeWaiter] = set()
         self._watching = False  # storage was asked for change batches (storage.watch)
+        self._unfed: list[LiveBatch] = []  # published, handed to the subscriptions next turn
 
     @property
     def watchers(self) -> int:
@@ -289,14 +290,24 @@ class WatchHub:
         gap = self.last is None or live.first > self.last + 1
         if self.last is None or live.revision > self.last:
             self.last = live.revision
-        for sub in self._subs.values():
-            sub.feed(live)
+        # Fed on the next loop turn: the writer whose result follows this batch
+        # is answered first, instead of after a task step per subscription
+        # (15-20 ms at 1,000 watchers). Order is kept: batches queue in order.
+        if not self._unfed:
+            asyncio.get_running_loop().call_soon(self._feed)
+        self._unfed.append(live)
         for waiter in self._waiters:
             if gap or any(
                 _rev(e) > waiter.since and str(e.get("key", "")).startswith(waiter.prefix)
                 for e in live.events
             ):
                 waiter.event.set()
+
+    def _feed(self) -> None:
+        unfed, self._unfed = self._unfed, []
+        for live in unfed:
+            for sub in list(self._subs.values()):
+                sub.feed(live)
 
     async def subscribe(
         self, sink: Sink, *, prefix: str, key: str | None, since: int | None

@@ -373,8 +373,9 @@ class StorageService:
             if a.origin == mine
         ]
         try:
-            # Changes first: the front pushes them to its watchers before it answers
-            # the writers, so a watcher hears of a change no later than its writer.
+            # Changes first: the front has a change before the writer's result, so
+            # no watcher can miss what a writer was told. (The front answers the
+            # writer first and feeds its watchers on its next loop turn.)
             if events and self._changes_wanted():
                 batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
                 await self._events.publish("change_batch", batch)

@@ -210,6 +210,25 @@ def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_a_batch_reaches_the_subscriptions_on_the_next_loop_turn(tmp_path: Path) -> None:
+    """publish() only queues: the writer whose result follows the batch is answered
+    before a task step per subscription runs (the fan-out of 1,000 watchers)."""
+
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        await settle()
+        w.write("tenant:a/1")
+        w.write("tenant:a/2")
+        w.pump()
+        await asyncio.sleep(0)  # a subscription fed inside publish() would have run by now
+        assert sink.notes == [] and w.hub.last == 2
+        await settle()
+        assert sink.revisions(sub) == [1, 2]
+
+    run(tmp_path, scenario)
+
+
 def test_slow_consumer_is_cancelled(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         sink = ListSink(capacity=2)
