@@ -195,13 +195,10 @@ def _watch_detail(e: Row | None, c: Row) -> list[str]:
     for label, prefix in measures:
         if f"{prefix}p50" not in c:
             continue
-        rows = [
-            None if r is None else {"p50": r[f"{prefix}p50"], "p99": r[f"{prefix}p99"]}
-            for r in (e, c)
-        ]
-        mine, ref = rows[1], rows[0]
-        ratio = mine["p99"] / ref["p99"] if mine and ref and ref["p99"] else None
-        both = f"{_cells(rows[0], True)}  {_cells(rows[1], True)}"
+        mine = {"p50": c[f"{prefix}p50"], "p99": c[f"{prefix}p99"]}
+        ref = None if e is None else {"p50": e[f"{prefix}p50"], "p99": e[f"{prefix}p99"]}
+        ratio = mine["p99"] / ref["p99"] if ref and ref["p99"] else None
+        both = f"{_cells(ref, True)}  {_cells(mine, True)}"
         out.append(f"{label:<34} {both}  {_fmt(ratio, 2):>6}")
     return out
 

@@ -74,13 +74,14 @@ async def watch_fanout(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    delays = [max(0.0, at - acked[n]) for n, ats in received.items() if n in acked for at in ats]
+    receipts = [(n, at) for n, ats in received.items() if n in acked for at in ats]
+    delays = [max(0.0, at - acked[n]) for n, at in receipts]
     missing = sum(watchers - len(v) for v in received.values())
     row = summary(delays, seconds, missing)
     # Beside ack->receipt (the measure), what it hides: when the writer
     # heard back, and the receipt counted from the write's start (a server that
     # fed its watchers before answering the writer scores 0 on ack->receipt).
-    from_send = sorted(at - sent[n] for n, ats in received.items() if n in acked for at in ats)
+    from_send = sorted(at - sent[n] for n, at in receipts)
     took = sorted(acked[n] - sent[n] for n in acked)
     row["sent_p50"] = 1000 * percentile(from_send, 0.50)
     row["sent_p99"] = 1000 * percentile(from_send, 0.99)

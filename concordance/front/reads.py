@@ -12,8 +12,8 @@ began in between: under load one IPC round trip and one heartbeat round
 serve a whole round trip's worth of reads, whatever the number of readers
 (etcd's linearizable read loop works the same way). Two in flight rather
 than one let a read that begins mid-round start its own round instead of
-waiting for the current one to end (consistent reads at 64 clients: about
-5% more, docs/PERFORMANCE.md). Should the requests in flight take longer
+waiting for the current one to end (consistent reads at 64 clients: 6-9%
+more in A/B runs, docs/PERFORMANCE.md). Should the requests in flight take longer
 than ``STALL`` (a lost leader, a slow round), the next one is sent anyway,
 so a read never waits for two whole timeouts.
 """

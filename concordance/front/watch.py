@@ -306,7 +306,7 @@ class WatchHub:
     def _feed(self) -> None:
         unfed, self._unfed = self._unfed, []
         for live in unfed:
-            for sub in list(self._subs.values()):
+            for sub in self._subs.values():
                 sub.feed(live)
 
     async def subscribe(
