@@ -3,7 +3,7 @@
 Why not one fixed ``front`` ROUTING_ID: a front hand-over runs two front
 processes for a moment (the old one drains while its successor serves). Each
 connects as ``front.{n}``, ``n`` its incarnation, which only grows; replies go
-to whoever asked, pushes that belong to one front (``raft_out``) go to the
+to whoever asked, pushes that belong to one front go to the
 newest, pushes every front must see (``dropped``, ``stopping``) go to all
 (PROTOCOL.md §1).
 """
@@ -35,7 +35,7 @@ class Fronts:
     def __init__(self) -> None:
         self._known: dict[bytes, int] = {}
         self._last: bytes | None = None
-        self.current: bytes | None = None  # the newest front: where raft_out goes
+        self.current: bytes | None = None  # the newest front
 
     def note(self, peer: bytes) -> None:
         """Remember ``peer`` if it is a front (called for every message received)."""

@@ -36,15 +36,26 @@ log = logging.getLogger(__name__)
 class TlsContexts:
     """The server and peer-client SSL contexts of a TLS node (``cfg.tls`` must be true)."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, *, alpn: str | None = None) -> None:
+        """Args:
+        alpn: consensus's peer links (``peerwire.ALPN``): both contexts offer
+            only it, and the server verifies callers against the peer CA
+            (``--tls-peer-ca``, else the client CA) instead of the client CA.
+        """
         assert cfg.tls_cert is not None and cfg.tls_key is not None
         self.cert, self.key = cfg.tls_cert, cfg.tls_key
         self.mutual = cfg.tls_client_ca is not None
+        peer_ca = cfg.tls_peer_ca or cfg.tls_client_ca
         try:
-            self.server = self._server_context(cfg.tls_client_ca)
-            self.client = self._client_context(cfg.tls_peer_ca or cfg.tls_client_ca)
+            self.server = self._server_context(
+                cfg.tls_client_ca if alpn is None or not self.mutual else peer_ca
+            )
+            self.client = self._client_context(peer_ca)
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"TLS: cannot load {self.cert} / {self.key} or a CA file: {e}") from e
+        if alpn is not None:
+            self.server.set_alpn_protocols([alpn])
+            self.client.set_alpn_protocols([alpn])
 
     def _server_context(self, client_ca: str | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -126,6 +126,17 @@ class MemberStatus(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerStatus(Body):
+    """One outgoing peer link in ``PeerLinksOk.peers`` (nested)."""
+
+    peer: str
+    connected: bool
+    queued_bytes: int
+    dropped_full: int
+    dropped_stale: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatusOk(Body):
     node_id: str
     role: str
@@ -137,6 +148,18 @@ class StatusOk(Body):
     leader_changes: int = 0  # times this process saw the leader change to a new node
     fsync_counts: tuple[int, ...] = ()  # Ready fsyncs per latency.BUCKETS (+ overflow)
     fsync_total_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLinks(Body):
+    """Ask consensus for its peer links' counters (``/metrics``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLinksOk(Body):
+    peers: tuple[PeerStatus, ...]  # outgoing links, by peer id
+    unroutable: int  # frames dropped: no address and no incoming connection of that peer
+    refused: int  # incoming connections refused (TLS, hello, cluster key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +444,8 @@ IPC_TYPES: dict[str, type[Body]] = {
     "read_index_ok": ReadIndexOk,
     "status": Status,
     "status_ok": StatusOk,
+    "peer_links": PeerLinks,
+    "peer_links_ok": PeerLinksOk,
     "transfer": Transfer,
     "snapshot_now": SnapshotNow,
     "snapshot_now_ok": SnapshotNowOk,
@@ -464,6 +489,7 @@ REPLIES: dict[str, str] = {
     "conf_change": "proposed",
     "read_index": "read_index_ok",
     "status": "status_ok",
+    "peer_links": "peer_links_ok",
     "transfer": "ok",
     "snapshot_now": "snapshot_now_ok",
     "get": "get_ok",

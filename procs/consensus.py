@@ -2,7 +2,9 @@
 
 Thin on purpose (the logic is in ``concordance.consensus``): read the node's
 configuration, run the driver on uvloop, stop cleanly on SIGTERM/SIGINT (a
-planned stop: a leader hands leadership over first, see the driver).
+planned stop: a leader hands leadership over first, see the driver). SIGHUP
+re-reads the TLS certificate and key its peer links use (the front's SIGHUP
+does the same for the front: send it to both processes).
 supervisord captures stdout, so logs go there, one line per event.
 Exit status: 0 after a clean stop, 1 when the driver failed (supervisord
 restarts the role, which then resumes from what raft.db holds), 2 on a bad
@@ -42,6 +44,7 @@ async def main(cfg: config.NodeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, driver.shutdown)  # planned: hand over, drain
+    loop.add_signal_handler(signal.SIGHUP, _reload, driver)
     log.info("%s consensus started (data %s)", cfg.node_id, cfg.data_dir)
     try:
         await driver.run()
@@ -50,6 +53,12 @@ async def main(cfg: config.NodeConfig) -> int:
         return 1
     log.info("%s consensus stopped: %s", cfg.node_id, driver.summary())
     return 0
+
+
+def _reload(driver: ConsensusDriver) -> None:
+    log.info("SIGHUP: reloading the TLS certificate of the peer links")
+    if not driver.reload_tls():
+        log.error("SIGHUP: the certificate could not be reloaded; the old one stays")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -9,8 +9,11 @@ node's supervisor it runs as the child of the front keeper
 passes down (``CONCORDANCE_LISTEN_FD``), telling it when it serves
 (``CONCORDANCE_READY_FD``); run by itself it binds ``cfg.listen``.
 
-SIGTERM/SIGINT is a graceful stop: the front accepts no more connections,
-drains its incoming peer links (PROTOCOL.md §3.5) and waits ``ACCEPT_GRACE``
+It accepts every connection itself and hands Raft peer connections to
+consensus (PROTOCOL.md §6, ``concordance.front.accept``).
+
+SIGTERM/SIGINT is a graceful stop: the front accepts no more connections
+and waits ``ACCEPT_GRACE``
 for requests on connections it just accepted, then WebSocket sessions are
 told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
 to ``SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
@@ -39,13 +42,13 @@ from typing import Any
 
 from aiohttp import web
 
-from concordance import config
+from concordance import config, fdpass
+from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
 from concordance.front.ipc_clients import connect
-from concordance.front.peers import drain_peer_links
 from concordance.tls import TlsContexts
 from procs._launch import run_role
-from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV
+from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV, bind
 
 log = logging.getLogger("procs.front")
 
@@ -74,11 +77,10 @@ async def main(cfg: config.NodeConfig) -> None:
         await stop.wait()
         log.info("stopping")
         await site.stop()  # accept no more: the next front (if any) takes them all
-        # Before the runner's cleanup, which stops reading every connection: the
-        # peers' last frames (forwarded writes among them) still reach consensus,
-        # and a connection accepted just now gets its request in (closing it as
-        # idle would fail that request).
-        await asyncio.gather(drain_peer_links(app), asyncio.sleep(ACCEPT_GRACE))
+        # Before the runner's cleanup, which stops reading every connection: a
+        # connection accepted just now gets its request in (closing it as idle
+        # would fail that request). Peer links are consensus's: not touched.
+        await asyncio.sleep(ACCEPT_GRACE)
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -87,13 +89,12 @@ async def main(cfg: config.NodeConfig) -> None:
 
 def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSite:
     """On the socket the keeper passed down (``procs/front_keeper.py``), or, run
-    by itself, on one of its own at ``cfg.listen``."""
+    by itself, on one of its own at ``cfg.listen``; peer connections go to
+    consensus (``concordance.front.accept``)."""
     inherited = os.environ.get(LISTEN_FD_ENV)
-    if inherited:
-        sock = socket.socket(fileno=int(inherited))
-        return web.SockSite(runner, sock, ssl_context=ssl)
-    host, port = config.parse_address(cfg.listen)
-    return web.TCPSite(runner, host, port, reuse_address=True, reuse_port=True, ssl_context=ssl)
+    sock = socket.socket(fileno=int(inherited)) if inherited else bind(cfg.listen)
+    handoff = fdpass.FdSender(fdpass.socket_path(cfg.data_dir))
+    return SortingSite(runner, sock, handoff, ssl_context=ssl)
 
 
 def _say_ready() -> None:

@@ -7,7 +7,7 @@ Rules / theory of operation
   core. A receive task drains the ``consensus`` socket into an inbox and a
   ticker counts ticks; both only wake the main task.
 * **The loop.** Each turn feeds everything in the inbox to the core (IPC
-  requests, ``raft_in`` frames, storage reports, ticks), then handles at most
+  requests, frames from the peer links, storage reports, ticks), then handles at most
   one Ready in the order of the driver contract (``concordance.raft``):
   persist (on the db thread, see ``disk.py``) -> send -> restore/apply ->
   read states -> refused forwards (``dropped`` to the front) -> ``advance``.
@@ -16,9 +16,11 @@ Rules / theory of operation
   (the gate in ``disk.py``); what arrives meanwhile waits in the inbox and
   goes into the next Ready, so one fsync covers every proposal that arrived
   during the previous one.
-* **Never block on a peer role.** Server-side sends never wait (``RpcServer``):
-  ``raft_out`` to a dead or slow front is dropped (Raft retransmits), ``apply``
-  to a dead storage pauses the apply stream until its next ``hello``.
+* **Never block on a peer role or a peer node.** Server-side sends never wait
+  (``RpcServer``): ``apply`` to a dead storage pauses the apply stream until
+  its next ``hello``. Raft messages go to the peer links (``peers.py``, owned
+  here since PROTOCOL.md §6), whose sends never wait either: a dead or slow
+  peer only fills its own bounded queue (Raft retransmits).
 * **Planned stop** (:meth:`shutdown`, SIGTERM). A leader with other voters
   hands leadership to the most caught-up one first (the core refuses new
   proposals from then on, and sends ``TimeoutNow`` only once the target holds
@@ -44,14 +46,16 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import astuple
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import fdpass, ipc, wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
+from concordance.consensus.peers import Deliver, PeerTransport, peer_net
 from concordance.consensus.promotion import Promoter, view_of
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.consensus.status import api_role, build_status
@@ -79,7 +83,7 @@ log = logging.getLogger("concordance.consensus")
 
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
-MAX_RAFT_OUT_BYTES = 4 << 20  # frames per raft_out message
+PEER_FLUSH = 0.2  # seconds the peer links get to send what they queued, on the way out
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
 FLUSH_BEFORE_CLOSE = 0.2  # seconds for last answers to leave before the socket closes
 SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
@@ -106,12 +110,17 @@ class ConsensusDriver:
         server: ipc.RpcServer,
         core: RaftCore,
         clock: Clock = SYSTEM_CLOCK,
+        net: Callable[[Deliver], PeerTransport] | None = None,
     ) -> None:
         self.cfg = cfg
         self.disk = disk
         self.server = server
         self.core = core
         self.clock = clock
+        # the peer links: ``consensus/peers.py`` unless a test joins drivers in memory
+        self.peers = net(self._frame_in) if net else peer_net(cfg, self._frame_in, clock)
+        self._frames_in: list[bytes] = []  # from peer links, stepped on the next turn
+        self._fds: fdpass.FdReceiver | None = None
         self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
         self.snapshots = SnapshotCoordinator(
             disk,
@@ -124,8 +133,7 @@ class ConsensusDriver:
         self.reads = Waiters(clock)
         self.promoter = Promoter() if cfg.auto_promote else None
         self.readies = 0
-        self.raft_out_dropped = 0
-        self.fronts = Fronts()  # raft_out goes to the newest; dropped and stopping to all
+        self.fronts = Fronts()  # dropped and stopping go to all
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
@@ -147,7 +155,11 @@ class ConsensusDriver:
 
     @classmethod
     async def open(
-        cls, cfg: NodeConfig, ctx: zmq.asyncio.Context | None = None, clock: Clock = SYSTEM_CLOCK
+        cls,
+        cfg: NodeConfig,
+        ctx: zmq.asyncio.Context | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        net: Callable[[Deliver], PeerTransport] | None = None,
     ) -> ConsensusDriver:
         """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
 
@@ -177,9 +189,15 @@ class ConsensusDriver:
             raise
         if disk.bootstrapped:
             log.info("%s bootstrapped %s", cfg.node_id, core.membership)
+        try:
+            driver = cls(cfg, disk, server, core, clock, net)  # loads the peer TLS files
+        except BaseException:
+            await server.close()
+            await disk.close()
+            raise
         if core.membership.voters == (cfg.node_id,):
             core.campaign()  # a cluster of one leads at once
-        return cls(cfg, disk, server, core, clock)
+        return driver
 
     def summary(self) -> str:
         """Counters worth a log line at shutdown."""
@@ -187,8 +205,21 @@ class ConsensusDriver:
             f"term {self.core.term}, commit {self.core.log.commit}, "
             f"{self.readies} readies, {self.disk.fsyncs} fsyncs, "
             f"{self.stream.batches_sent} apply batches, {self.snapshots.taken} snapshots, "
-            f"{self.raft_out_dropped} raft frames dropped"
+            f"{self._peer_drops()} raft frames dropped"
         )
+
+    def _peer_drops(self) -> int:
+        drops = sum(c.dropped_full + c.dropped_stale for c in self.peers.counters())
+        return drops + self.peers.unroutable
+
+    def _frame_in(self, frame: bytes) -> None:
+        """A peer link received ``frame`` (called on the loop, no task switch)."""
+        self._frames_in.append(frame)
+        self._wake.set()
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: re-read the certificate and key the peer links use."""
+        return self.peers.reload()
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -243,6 +274,7 @@ class ConsensusDriver:
         Raises whatever made the driver fail (a persist error, a dead socket).
         """
         self.server.deliver_to(self._received, self._fail)
+        self._fds = fdpass.FdReceiver(fdpass.socket_path(self.cfg.data_dir), self.peers.accept)
         ticker = asyncio.create_task(self._tick_forever(), name="consensus-tick")
         try:
             await self._loop()
@@ -272,7 +304,11 @@ class ConsensusDriver:
             await asyncio.sleep(FLUSH_BEFORE_CLOSE)
 
     async def close(self) -> None:
-        """Close the socket and raft.db (idempotent; :meth:`run` calls it)."""
+        """Close the peer links, the socket and raft.db (idempotent; :meth:`run` calls it)."""
+        if self._fds is not None:
+            self._fds.close()
+            self._fds = None
+        await self.peers.close(flush=PEER_FLUSH)
         await self.server.close()
         await self.disk.close()
 
@@ -282,7 +318,7 @@ class ConsensusDriver:
                 await self._shutdown_step(self.clock.monotonic())
                 if self._stopping:
                     break
-            busy = self._inbox or self._ticks or self.core.has_ready()
+            busy = self._inbox or self._frames_in or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
                 self._note_commit(self.clock.monotonic())
                 self._wake.clear()
@@ -342,6 +378,9 @@ class ConsensusDriver:
             self.snapshots.waiters.expire()
             if self.promoter is not None and self.promoter.tick(ticks):
                 self._maybe_promote()
+        if self._frames_in:
+            frames, self._frames_in = self._frames_in, []
+            self._step_frames(frames)
         while self._inbox:
             peer, env = self._inbox.popleft()
             await self._dispatch(peer, env)
@@ -349,9 +388,7 @@ class ConsensusDriver:
 
     async def _dispatch(self, peer: bytes, env: wire.Envelope) -> None:
         body = env.body
-        if isinstance(body, wire.RaftIn):
-            self._step_frames(body.frames)
-        elif isinstance(body, wire.Propose) and self._holds_proposals():
+        if isinstance(body, wire.Propose) and self._holds_proposals():
             self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
             # Answered after this turn's Ready: its appends leave first (they are on
@@ -364,6 +401,10 @@ class ConsensusDriver:
                 self.core, self.stream.acked or 0, self.leader_changes, self.fsync_latency
             )
             await self.server.reply(peer, env, status)
+        elif isinstance(body, wire.PeerLinks):
+            links = tuple(wire.PeerStatus(*astuple(c)) for c in self.peers.counters())
+            ok = wire.PeerLinksOk(links, self.peers.unroutable, self.peers.refused)
+            await self.server.reply(peer, env, ok)
         elif isinstance(body, wire.ConfChange):
             await self._answer(peer, env, self._conf_change(body))
         elif isinstance(body, wire.Transfer):
@@ -430,7 +471,7 @@ class ConsensusDriver:
             return None
         return Unavailable(f"{self.cfg.node_id} is not a member of the cluster")
 
-    def _step_frames(self, frames: tuple[bytes, ...]) -> None:
+    def _step_frames(self, frames: list[bytes]) -> None:
         for frame in frames:
             try:
                 msg = wire.decode_raft(frame)
@@ -597,43 +638,13 @@ class ConsensusDriver:
             )
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
-        """Hand the frames to the front for relaying, grouped per peer, all in one ZeroMQ
-        message (``raft_out_batch``) of at most ``MAX_RAFT_OUT_BYTES`` (a larger frame
-        goes alone): every message wakes four threads, so a Ready is one message, not
-        one per peer."""
+        """Hand the frames to the peer links, grouped per peer (written at once on a
+        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``)."""
         group: dict[str, list[bytes]] = {}
-        size = 0
         for msg in messages:
-            frame = wire.encode_raft(msg)
-            if group and size + len(frame) > MAX_RAFT_OUT_BYTES:
-                await self._send_raft_out(group)
-                group, size = {}, 0
-            group.setdefault(msg.dst, []).append(frame)
-            size += len(frame)
-        if group:
-            await self._send_raft_out(group)
-
-    async def _send_raft_out(self, group: dict[str, list[bytes]]) -> None:
-        """One message to the newest front; frames it cannot take are dropped (Raft
-        sends again)."""
-        outs = [
-            wire.RaftOut(peer, self._addresses.get(peer, ""), tuple(frames))
-            for peer, frames in group.items()
-        ]
-        front = self.fronts.current
-        try:
-            if front is None:
-                raise IpcError("no front has said hello yet")
-            if len(outs) == 1:
-                await self.server.send(front, "raft_out", outs[0])
-            else:
-                await self.server.send(front, "raft_out_batch", wire.RaftOutBatch(tuple(outs)))
-        except IpcError as e:
-            if isinstance(e, PeerGone) and front is not None:
-                self.fronts.forget(front)
-            lost = sum(len(out.frames) for out in outs)
-            self.raft_out_dropped += lost
-            log.debug("dropping %d frames for %s: %s", lost, list(group), e)
+            group.setdefault(msg.dst, []).append(wire.encode_raft(msg))
+        for peer, frames in group.items():
+            self.peers.send(peer, self._addresses.get(peer, ""), frames)
 
     async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
         """Tell the front which of its forwarded proposals were refused (certainly not

@@ -28,7 +28,10 @@ def api_role(role: Role) -> str:
 
 
 def build_status(
-    core: RaftCore, applied: int, leader_changes: int = 0, fsyncs: LatencyCounts | None = None
+    core: RaftCore,
+    applied: int,
+    leader_changes: int = 0,
+    fsyncs: LatencyCounts | None = None,
 ) -> StatusOk:
     """``applied`` is storage's reported applied index (0 before it said hello);
     ``leader_changes`` and ``fsyncs`` are the driver's counters for ``/metrics``.

@@ -7,15 +7,15 @@ factory of in-memory fakes instead of ``ipc_clients.connect``.
 
 Lifecycle:
 
-* startup: connect the clients, build the proposer, watch hub, kv service and
-  peer relay, and start the event pump: one task that reads storage's events
+* startup: connect the clients, build the proposer, watch hub and kv
+  service, and start the event pump: one task that reads storage's events
   in order, resolving write waiters from ``results`` and fanning
   ``change_batch`` out to watchers. A node started with ``--join`` also runs
   the join task (``join.py``) until it is a member.
 * shutdown (``on_shutdown``, before cleanup): every WebSocket session says
   goodbye (``watch/cancelled`` with ``shutdown``, then close); long-polls are
-  woken. Cleanup then stops the pump, fails pending writes, closes the peer
-  links and the role sockets.
+  woken. Cleanup then stops the pump, fails pending writes and closes the role
+  sockets. Peer links are consensus's (PROTOCOL.md §6), not the front's.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from concordance.front.appkeys import (
     KEYRING,
     KV,
     METRICS,
-    PEERS,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -61,7 +60,6 @@ from concordance.front.codec import Renderer
 from concordance.front.join import join_cluster
 from concordance.front.metrics import Metrics
 from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
-from concordance.front.relay import CONNECT_TIMEOUT, PeerRelay
 from concordance.front.routes import setup_routes
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
@@ -75,7 +73,7 @@ log = logging.getLogger(__name__)
 
 BODY_SLACK = 64 * 1024  # a request body may exceed the value limit by this much (API.md §2)
 STORAGE_PROBE_TIMEOUT = 2.0
-RELAY_FLUSH = 0.5  # seconds the peer links get to send what they queued, on the way out
+CONNECT_TIMEOUT = 2.0  # TCP connect of the app's client session (--join)
 
 ClientsFactory = Callable[[], AbstractAsyncContextManager[Clients]]
 
@@ -112,7 +110,7 @@ def make_app(
             (``concordance.front.ipc_clients.connect(cfg.data_dir)`` in production).
         clock: epoch milliseconds, for timestamps, ttlMs and expiry.
         timers: the monotonic clock of the proposer's deadlines, the watch hub's
-            waits and the peer relay's queues and backoffs (a manual one in tests).
+            waits (a manual one in tests).
         role_states: the supervisor's view of the roles (blocking; run in an executor).
         tls: on a TLS node, the contexts the server uses (the caller serves with
             ``tls.server``); peers and ``--join`` are then dialed with ``tls.client``.
@@ -171,21 +169,10 @@ async def _running(
         storage_timeout=min(STORAGE_PROBE_TIMEOUT, cfg.request_timeout_ms / 1000),
         clock=timers,
     )
-    relay = PeerRelay(
-        http,
-        cfg.secrets.peer_key,
-        clients.consensus.raft_in,
-        stale_after=cfg.tick_ms * cfg.election_ticks / 1000,  # one election timeout
-        overrides=cfg.peer_overrides,
-        ssl=app[TLS].client if TLS in app else None,
-        clock=timers,
-    )
     app[CLIENTS] = clients
     app[PROPOSER] = proposer
     app[HUB] = hub
-    app[PEERS] = relay
     app[KV] = KvService(clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK])
-    clients.consensus.on_raft_out(relay.send)
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
@@ -193,7 +180,8 @@ async def _running(
         check = _check_cluster_key(cfg, clients)
         tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
-        joining = join_cluster(cfg, clients.consensus, http, relay.learn, ssl=relay.ssl)
+        ssl = app[TLS].client if TLS in app else None
+        joining = join_cluster(cfg, clients.consensus, http, ssl=ssl)
         tasks.append(loop.create_task(_logged("join", joining), name="join"))
     try:
         yield
@@ -203,7 +191,6 @@ async def _running(
         await asyncio.gather(*tasks, return_exceptions=True)
         await hub.close()
         proposer.fail_all(Unavailable("the front is shutting down"))
-        await relay.close(flush=RELAY_FLUSH)
 
 
 def reload(app: web.Application) -> bool:

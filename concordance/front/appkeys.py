@@ -19,7 +19,6 @@ from concordance.config import NodeConfig
 from concordance.crypto import Cipher
 from concordance.front.clients import Clients
 from concordance.front.metrics import Metrics
-from concordance.front.relay import PeerRelay
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
@@ -36,7 +35,6 @@ __all__ = [
     "KEYRING",
     "KV",
     "METRICS",
-    "PEERS",
     "PROPOSER",
     "ROLE_STATES",
     "STREAMS",
@@ -64,7 +62,6 @@ ROLE_STATES = web.AppKey[RoleStates]("role_states")
 STREAMS = web.AppKey("streams", weakref.WeakSet[Closable])
 KEYRING = web.AppKey("keyring", KeyRing)  # scoped keys (--keys), reloaded on SIGHUP
 TLS = web.AppKey("tls", TlsContexts)  # set on a TLS node only
-PEERS = web.AppKey("peers", PeerRelay)
 # Set once the role clients are connected (cleanup context):
 CLIENTS = web.AppKey("clients", Clients)
 PROPOSER = web.AppKey("proposer", Proposer)

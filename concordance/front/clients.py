@@ -31,11 +31,9 @@ __all__ = [
     "ConsensusClient",
     "DroppedHandler",
     "EventSource",
-    "RaftOutHandler",
     "StorageClient",
 ]
 
-RaftOutHandler = Callable[[wire.RaftOut], None]
 DroppedHandler = Callable[[wire.Dropped], None]
 
 
@@ -48,19 +46,15 @@ class ConsensusClient(Protocol):
 
     async def status(self, timeout: float) -> wire.StatusOk: ...
 
+    async def peer_links(self, timeout: float) -> wire.PeerLinksOk:
+        """The counters of consensus's peer links (``/metrics``)."""
+        ...
+
     async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None: ...
 
     async def transfer(self, to: str, timeout: float) -> None: ...
 
     async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk: ...
-
-    async def raft_in(self, frames: Sequence[bytes]) -> None:
-        """Hand peer frames to consensus; may drop them (Raft retransmits)."""
-        ...
-
-    def on_raft_out(self, handler: RaftOutHandler) -> None:
-        """Route ``raft_out`` messages from consensus to ``handler`` (called on the loop)."""
-        ...
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         """Route ``dropped`` messages from consensus to ``handler`` (called on the loop)."""

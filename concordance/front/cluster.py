@@ -31,7 +31,6 @@ from concordance.front.appkeys import (
     CONFIG,
     HUB,
     METRICS,
-    PEERS,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -318,9 +317,10 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     clients = app[CLIENTS]
-    st, ss, states = await asyncio.gather(
+    st, ss, links, states = await asyncio.gather(
         _probe(clients.consensus.status(PROBE_TIMEOUT)),
         _probe(clients.storage.status(PROBE_TIMEOUT)),
+        _probe(clients.consensus.peer_links(PROBE_TIMEOUT)),
         _role_states(app),
     )
     fams = app[METRICS].families()
@@ -381,15 +381,21 @@ async def metrics(request: web.Request) -> web.Response:
     queued = prom.Family(
         "concordance_peer_queue_bytes", "gauge", "Bytes of Raft frames queued for a peer."
     )
-    for peer, link in sorted(app[PEERS].links.items()):
-        dropped.add(link.dropped_full, (("peer", peer), ("reason", "full")))
-        dropped.add(link.dropped_stale, (("peer", peer), ("reason", "stale")))
-        queued.add(link.queued_bytes, (("peer", peer),))
+    for link in links.peers if links else ():  # consensus owns them (PROTOCOL.md §6)
+        dropped.add(link.dropped_full, (("peer", link.peer), ("reason", "full")))
+        dropped.add(link.dropped_stale, (("peer", link.peer), ("reason", "stale")))
+        queued.add(link.queued_bytes, (("peer", link.peer),))
     fams.extend((dropped, queued))
     gauge(
         "concordance_peer_frames_unroutable_total",
-        "Raft frames dropped because no address was known for their peer.",
-        app[PEERS].unroutable,
+        "Raft frames dropped because no address or incoming connection was known for their peer.",
+        links.unroutable if links else None,
+        "counter",
+    )
+    gauge(
+        "concordance_peer_connections_refused_total",
+        "Incoming peer connections refused: TLS handshake, hello or cluster key.",
+        links.refused if links else None,
         "counter",
     )
     fams.extend(_role_families(states))

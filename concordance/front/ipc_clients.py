@@ -41,7 +41,6 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -49,7 +48,7 @@ import zmq.asyncio
 
 from concordance import fronts, ipc, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
-from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
+from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
@@ -57,9 +56,6 @@ __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 log = logging.getLogger(__name__)
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
-RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
-RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
-RAFT_IN_HOLD = 5.0  # seconds peer frames are kept for a restarting consensus (a request deadline)
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
@@ -211,18 +207,7 @@ class IpcConsensus:
     def __init__(
         self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
     ) -> None:
-        self._handler: RaftOutHandler | None = None
         self._dropped: DroppedHandler | None = None
-        self._frames: list[bytes] = []  # peer frames waiting for the next raft_in
-        self._frames_bytes = 0
-        self._flushing: asyncio.Task[None] | None = None
-        self._flush_due = False
-        self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
-        self._held_bytes = 0
-        self._releasing: asyncio.Task[None] | None = None
-        # set once raft_out has a handler: only then may consensus learn of this
-        # front (``front_hello``) and send its peer frames here, not to the old one
-        self.relaying = asyncio.Event()
         self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
@@ -233,25 +218,16 @@ class IpcConsensus:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
-        outs = wire.raft_outs(env.body)
-        if outs:
-            if self._handler is not None:
-                for out in outs:
-                    self._handler(out)
-        elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
+        if isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
         elif isinstance(env.body, wire.Stopping):
             _STOPPING.announce(self._rpc)
             # The last message to this process: consensus stops once it has it (and,
-            # ZeroMQ keeping order, all sent before it), so no peer frame is lost.
+            # ZeroMQ keeping order, all sent before it), so no proposal is lost.
             with contextlib.suppress(IpcError):
                 self._rpc.send_nowait("stopping_ack", self._ack)
         else:
             log.debug("consensus sent an unexpected %s", env.type)
-
-    def on_raft_out(self, handler: RaftOutHandler) -> None:
-        self._handler = handler
-        self.relaying.set()
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         self._dropped = handler
@@ -269,6 +245,11 @@ class IpcConsensus:
 
     async def status(self, timeout: float) -> wire.StatusOk:
         return await _idempotent(self._rpc, "status", wire.Status(), timeout, wire.StatusOk)
+
+    async def peer_links(self, timeout: float) -> wire.PeerLinksOk:
+        return await _idempotent(
+            self._rpc, "peer_links", wire.PeerLinks(), timeout, wire.PeerLinksOk
+        )
 
     async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
         await _retry_unavailable(
@@ -291,92 +272,7 @@ class IpcConsensus:
         assert isinstance(got, wire.SnapshotNowOk)
         return got
 
-    async def raft_in(self, frames: Sequence[bytes]) -> None:
-        """Hand peer frames to consensus. Frames that arrive in one turn of the event
-        loop (from all peers) go in one ``raft_in``; a caller waits only while more
-        than ``RAFT_IN_BATCH_BYTES`` are pending, which pushes back on a flooding peer."""
-        if not _connected(self._rpc):  # stopping or down: keep them for its successor
-            self._hold_frames(frames)
-            return
-        self._frames.extend(frames)
-        self._frames_bytes += sum(len(f) for f in frames)
-        if self._flushing is None and not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
-        if self._frames_bytes > RAFT_IN_BATCH_BYTES:
-            if self._flushing is None:
-                self._flush_now()
-            if self._flushing is not None:
-                await asyncio.shield(self._flushing)
-
-    def _hold_frames(self, frames: Sequence[bytes]) -> None:
-        """Keep peer frames while consensus restarts (never waits: a peer is not held).
-
-        Why: among them may be proposals another node forwarded here. The next
-        consensus refuses what it does not lead, and the refusal reaches the
-        proposer, which proposes again where the leader now is; a frame dropped
-        here instead would leave that write's outcome unknown (a 504). Frames
-        older than ``RAFT_IN_HOLD`` are dropped when handed over (Raft has moved
-        on and retransmits what still matters), and at most
-        ``RAFT_IN_BATCH_BYTES`` are kept, the oldest dropped first.
-        """
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for frame in frames:
-            self._held.append((now, frame))
-            self._held_bytes += len(frame)
-        while len(self._held) > 1 and self._held_bytes > RAFT_IN_BATCH_BYTES:
-            self._held_bytes -= len(self._held.popleft()[1])
-        if self._releasing is None:
-            self._releasing = loop.create_task(self._release_held())
-
-    async def _release_held(self) -> None:
-        """Hand the held frames over once consensus is back (or drop them after
-        ``RAFT_IN_HOLD``: a successor that takes longer gets fresh ones)."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._held:
-                if _connected(self._rpc):
-                    fresh = [f for t, f in self._held if loop.time() - t < RAFT_IN_HOLD]
-                    self._held.clear()
-                    self._held_bytes = 0
-                    if fresh:
-                        await self.raft_in(fresh)
-                    return
-                while self._held and loop.time() - self._held[0][0] >= RAFT_IN_HOLD:
-                    self._held_bytes -= len(self._held.popleft()[1])
-                await asyncio.sleep(HOLD_POLL)
-        finally:
-            self._releasing = None
-
-    def _flush_now(self) -> None:
-        """At the end of the loop turn: hand the frames over at once if there is room
-        (no task, no timer); else a task waits for room (``_flush_raft_in``)."""
-        self._flush_due = False
-        if not self._frames or self._flushing is not None:
-            return
-        try:
-            self._rpc.send_nowait("raft_in", wire.RaftIn(tuple(self._frames)))
-        except IpcError:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush_raft_in())
-        else:
-            self._frames, self._frames_bytes = [], 0
-
-    async def _flush_raft_in(self) -> None:
-        try:
-            while self._frames:  # frames that came in while sending go in the next message
-                frames, self._frames, self._frames_bytes = tuple(self._frames), [], 0
-                try:
-                    await self._rpc.send("raft_in", wire.RaftIn(frames), RAFT_IN_TIMEOUT)
-                except IpcError as e:
-                    log.debug("dropping %d peer frame(s): %s", len(frames), e)
-        finally:
-            self._flushing = None
-
     async def close(self) -> None:
-        for task in (self._flushing, self._releasing):
-            if task is not None:
-                task.cancel()
         _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
@@ -502,7 +398,7 @@ async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterato
     consensus = IpcConsensus(ctx, data_dir, identity)
     storage = IpcStorage(ctx, data_dir, identity)
     events = IpcEvents(ctx, data_dir)
-    greeting = asyncio.create_task(_greet_when_relaying(consensus, storage, incarnation))
+    greeting = asyncio.create_task(_greet(consensus, storage, incarnation))
     try:
         yield Clients(consensus, storage, events)
     finally:
@@ -512,10 +408,7 @@ async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterato
         await consensus.close()
 
 
-async def _greet_when_relaying(
-    consensus: IpcConsensus, storage: IpcStorage, incarnation: int
-) -> None:
-    await consensus.relaying.wait()
+async def _greet(consensus: IpcConsensus, storage: IpcStorage, incarnation: int) -> None:
     hello = wire.FrontHello(incarnation)
     await greet(
         {

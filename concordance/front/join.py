@@ -16,10 +16,10 @@ Theory of operation:
   member will do: a follower forwards the change to its leader. The route is
   idempotent (asking to add a node that is already a member answers 200), so
   asking again after a lost answer is safe.
-* Success is a 200 whose ``members`` list this node. The list's addresses are
-  handed to the peer relay: until this node receives the membership through
-  the log, its consensus does not know where its leader is, yet it must
-  answer the leader's first AppendEntries.
+* Success is a 200 whose ``members`` list this node. Until this node
+  receives the membership through the log its consensus knows no peer
+  address; it answers its leader's first messages on the connection the
+  leader dialled (PROTOCOL.md §6), so nothing needs to be handed over here.
 * Every failure (the member is down, no leader yet, another membership change
   in progress, a 504) is retried with backoff. After a success the task keeps
   watching until consensus reports this node in its own membership, and asks
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -53,8 +52,6 @@ REQUEST_TIMEOUT = 15.0  # the member may wait for its leader and for the change 
 STATUS_TIMEOUT = 2.0
 REASK = 10.0  # seconds to wait for the membership to arrive after a success before asking again
 POLL = 0.2
-
-Learn = Callable[[dict[str, str]], None]
 
 
 class JoinOutcome:
@@ -85,7 +82,6 @@ async def join_cluster(
     cfg: NodeConfig,
     consensus: ConsensusClient,
     http: aiohttp.ClientSession,
-    learn: Learn,
     *,
     backoff_max: float = BACKOFF_MAX,
     reask: float = REASK,
@@ -122,7 +118,6 @@ async def join_cluster(
         if st is not None:  # consensus answered: this node is fresh
             members = await _ask(http, url, headers, body, ssl)
             if members is not None and cfg.node_id in members:
-                learn(members)
                 log.info("%s asked %s to add it; members: %s", cfg.node_id, cfg.join, members)
                 asked_at = loop.time()
                 delay = BACKOFF_MIN

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +24,7 @@ import zmq.asyncio
 from concordance import fronts, ipc, wire
 from concordance.config import NodeConfig
 from concordance.consensus import ConsensusDriver
+from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
@@ -77,17 +79,71 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "
         await asyncio.sleep(0.005)
 
 
-class Node:
-    """A running driver plus the task running it."""
+class MemoryNet:
+    """One driver's peer links, in memory: what it sends is recorded by its hub and
+    handed (on the next loop turn) to the destination's driver if that one runs."""
 
-    def __init__(self, driver: ConsensusDriver, task: asyncio.Task[None]) -> None:
+    def __init__(self, hub: Hub, node_id: str, deliver: Deliver) -> None:
+        self.hub = hub
+        self.node_id = node_id
+        self.deliver = deliver
+        self.unroutable = 0
+        self.refused = 0
+        hub.nets[node_id] = self
+
+    def send(self, peer: str, address: str, frames: list[bytes]) -> None:
+        self.hub.sent.append((self.node_id, peer, address, list(frames)))
+        dst = self.hub.nets.get(peer)
+        if dst is None:
+            self.unroutable += len(frames)
+            return
+        loop = asyncio.get_running_loop()
+        for frame in frames:
+            loop.call_soon(dst.deliver, frame)
+
+    def accept(self, conn: socket.socket, kind: bytes) -> None:
+        conn.close()
+
+    def counters(self) -> list[PeerCounters]:
+        return []
+
+    def reload(self) -> bool:
+        return True
+
+    async def close(self, flush: float = 0.0) -> None:
+        if self.hub.nets.get(self.node_id) is self:
+            del self.hub.nets[self.node_id]
+
+
+class Hub:
+    """The in-memory network between the drivers of one test (``MemoryNet``)."""
+
+    def __init__(self) -> None:
+        self.nets: dict[str, MemoryNet] = {}
+        self.sent: list[tuple[str, str, str, list[bytes]]] = []  # (src, dst, address, frames)
+
+    def factory(self, node_id: str) -> Callable[[Deliver], MemoryNet]:
+        return lambda deliver: MemoryNet(self, node_id, deliver)
+
+    def inject(self, dst: str, frames: list[bytes]) -> None:
+        """Frames arriving at ``dst`` as if from a peer link."""
+        for frame in frames:
+            self.nets[dst].deliver(frame)
+
+
+class Node:
+    """A running driver plus the task running it (its peer links on a ``Hub``)."""
+
+    def __init__(self, driver: ConsensusDriver, task: asyncio.Task[None], hub: Hub) -> None:
         self.driver = driver
         self.task = task
+        self.hub = hub
 
     @classmethod
-    async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context) -> Node:
-        driver = await ConsensusDriver.open(cfg, ctx)
-        return cls(driver, asyncio.create_task(driver.run()))
+    async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context, hub: Hub | None = None) -> Node:
+        hub = hub or Hub()
+        driver = await ConsensusDriver.open(cfg, ctx, net=hub.factory(cfg.node_id))
+        return cls(driver, asyncio.create_task(driver.run()), hub)
 
     async def stop(self) -> None:
         self.driver.stop()
@@ -190,11 +246,9 @@ class FakeStorage:
 
 
 class FakeFront:
-    """Plays the front role: makes requests and records ``raft_out`` and ``dropped``."""
+    """Plays the front role: makes requests and records ``dropped``."""
 
     def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
-        self.raft_out: list[wire.RaftOut] = []
-        self.raft_out_messages: list[tuple[str, ...]] = []  # the peers of each message
         self.dropped: list[bytes] = []
         self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
@@ -210,10 +264,7 @@ class FakeFront:
         )
 
     def _on_message(self, env: wire.Envelope) -> None:
-        if wire.raft_outs(env.body):
-            self.raft_out.extend(wire.raft_outs(env.body))
-            self.raft_out_messages.append(tuple(o.peer for o in wire.raft_outs(env.body)))
-        elif isinstance(env.body, wire.Dropped):
+        if isinstance(env.body, wire.Dropped):
             self.dropped.extend(env.body.commands)
         elif isinstance(env.body, wire.Stopping):
             self.stopping += 1
@@ -264,9 +315,9 @@ async def wait_status(
 
 
 class Cluster:
-    """N drivers in one process; the front of each is a relay that hands every
-    ``raft_out`` to the destination driver's ``raft_in`` (the real front would
-    carry it over WebSocket). A stopped node's frames are dropped."""
+    """N drivers in one process joined by a ``Hub`` (their peer links in memory;
+    the real ones are tested in ``test_consensus_peers.py``). A stopped node's
+    frames are dropped."""
 
     def __init__(
         self, ctx: zmq.asyncio.Context, dirs: list[str], joiners: int = 0, **cfg: Any
@@ -285,23 +336,17 @@ class Cluster:
         self.nodes: dict[str, Node] = {}
         self.fronts: dict[str, FakeFront] = {}
         self.storages: dict[str, FakeStorage] = {}
-        self._queues: dict[str, asyncio.Queue[tuple[bytes, ...]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self.relayed = 0
+        self.hub = Hub()
 
     async def start(self) -> None:
         for nid, cfg in self.cfgs.items():
-            front = FakeFront(self.ctx, cfg.data_dir)
-            front.client._on_message = self._relay_from(nid)
-            self.fronts[nid] = front
-            self._queues[nid] = asyncio.Queue()
-            self._tasks.append(asyncio.create_task(self._deliver(nid)))
+            self.fronts[nid] = FakeFront(self.ctx, cfg.data_dir)
         for nid in self.cfgs:
             await self.start_node(nid)
 
     async def start_node(self, nid: str) -> None:
         cfg = self.cfgs[nid]
-        self.nodes[nid] = await Node.start(cfg, self.ctx)
+        self.nodes[nid] = await Node.start(cfg, self.ctx, self.hub)
         storage = self.storages.get(nid)
         if storage is None:
             storage = self.storages[nid] = FakeStorage(self.ctx, cfg.data_dir)
@@ -310,29 +355,6 @@ class Cluster:
     async def stop_node(self, nid: str) -> None:
         node = self.nodes.pop(nid)
         await node.stop()
-
-    def _relay_from(self, src: str) -> Callable[[wire.Envelope], None]:
-        def on_message(env: wire.Envelope) -> None:
-            body = env.body
-            for out in wire.raft_outs(body):
-                if out.peer in self.nodes:
-                    self._queues[out.peer].put_nowait(out.frames)
-            if isinstance(body, wire.Dropped):
-                self.fronts[src].dropped.extend(body.commands)
-
-        return on_message
-
-    async def _deliver(self, dst: str) -> None:
-        queue = self._queues[dst]
-        while True:
-            frames = await queue.get()
-            if dst not in self.nodes:
-                continue
-            try:
-                await self.fronts[dst].client.send("raft_in", wire.RaftIn(frames), timeout=0.05)
-                self.relayed += 1
-            except Exception:
-                pass  # the node is down: Raft retransmits
 
     def leaders(self) -> list[str]:
         from concordance.raft.ready import Role
@@ -358,9 +380,6 @@ class Cluster:
     async def close(self) -> None:
         for nid in list(self.nodes):
             await self.stop_node(nid)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         for front in self.fronts.values():
             await front.close()
         for storage in self.storages.values():

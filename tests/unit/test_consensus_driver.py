@@ -276,7 +276,7 @@ def test_bad_requests_and_garbage_frames_do_not_hurt() -> None:
             async with running(make_cfg(d), ctx) as node:
                 front = FakeFront(ctx, d)
                 await wait_leader(front)
-                await front.client.send("raft_in", wire.RaftIn((b"\xc1garbage", b"")))
+                node.hub.inject("n1", [b"\xc1garbage", b""])
                 with pytest.raises(errors.InvalidRequest):
                     await front.request("propose", wire.Propose(()))
                 with pytest.raises(errors.InvalidRequest):
@@ -337,17 +337,17 @@ def test_a_failed_persist_stops_the_driver_with_the_error() -> None:
     run(main)
 
 
-def test_raft_out_without_a_front_is_dropped_and_the_driver_goes_on() -> None:
+def test_messages_for_peers_go_to_the_peer_links_with_the_membership_addresses() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
             async with running(make_cfg(d, peers=peers), ctx) as node:
-                await wait_for(lambda: node.driver.raft_out_dropped >= 2, what="drops")
+                sent = node.hub.sent
+                await wait_for(lambda: {dst for _, dst, _, _ in sent} == {"n2", "n3"})
+                for src, dst, address, frames in sent:
+                    assert src == "n1" and address == peers[dst]
+                    assert all(wire.decode_raft(f).dst == dst for f in frames)
                 front = FakeFront(ctx, d)
-                await wait_for(lambda: front.raft_out, what="raft_out once a front is up")
-                out = front.raft_out[-1]
-                assert out.peer in ("n2", "n3") and out.address == peers[out.peer]
-                assert all(isinstance(wire.decode_raft(f).term, int) for f in out.frames)
                 assert (await front.status()).role in ("follower", "candidate")
                 with pytest.raises(errors.Unavailable):
                     await front.propose(b"no leader")
@@ -356,47 +356,26 @@ def test_raft_out_without_a_front_is_dropped_and_the_driver_goes_on() -> None:
     run(main)
 
 
-def test_one_ready_for_several_peers_is_one_message() -> None:
-    """A candidate's votes requests to both peers leave in one ``raft_out_batch``:
-    every ZeroMQ message costs four thread wake-ups."""
-
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        with temp_dir() as d:
-            peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
-            async with running(make_cfg(d, peers=peers), ctx):
-                front = FakeFront(ctx, d)
-                both = ("n2", "n3")
-                await wait_for(
-                    lambda: any(sorted(m) == list(both) for m in front.raft_out_messages),
-                    what="one message for both peers",
-                )
-                assert all(len(set(m)) == len(m) for m in front.raft_out_messages)
-                await front.close()
-
-    run(main)
-
-
 def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -> None:
     """Both halves of ProposeRefused through the real driver: a ProposeRefused from a
     peer becomes ``dropped`` to the front; a Propose reaching a node that is not the
-    leader is answered with ProposeRefused (in ``raft_out``) instead of being lost."""
+    leader is answered with ProposeRefused (to the peer) instead of being lost."""
 
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
-            async with running(make_cfg(d, peers=peers), ctx):
+            async with running(make_cfg(d, peers=peers), ctx) as node:
                 front = FakeFront(ctx, d)
                 await wait_status(front, lambda s: s.role != "leader")
                 refused = rm.ProposeRefused(0, "n2", "n1", (b"cmd-a", b"cmd-b"), "transfer")
                 forward = rm.Propose(0, "n3", "n1", (b"cmd-c",))
-                frames = (wire.encode_raft(refused), wire.encode_raft(forward))
-                await front.client.send("raft_in", wire.RaftIn(frames))
+                node.hub.inject("n1", [wire.encode_raft(refused), wire.encode_raft(forward)])
                 await wait_for(lambda: front.dropped, what="dropped")
                 assert front.dropped == [b"cmd-a", b"cmd-b"]
 
                 def answer() -> rm.ProposeRefused | None:
-                    for out in front.raft_out:
-                        for frame in out.frames:
+                    for _, _, _, frames in node.hub.sent:
+                        for frame in frames:
                             msg = wire.decode_raft(frame)
                             if isinstance(msg, rm.ProposeRefused):
                                 return msg

@@ -171,6 +171,8 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "read_index": wire.ReadIndex(),
     "read_index_ok": wire.ReadIndexOk(120),
     "status": wire.Status(),
+    "peer_links": wire.PeerLinks(),
+    "peer_links_ok": wire.PeerLinksOk((wire.PeerStatus("n2", True, 7, 1, 2),), 3, 4),
     "status_ok": wire.StatusOk(
         "n1",
         "leader",
@@ -236,7 +238,7 @@ def _body_classes() -> set[type]:
 
 
 def test_ipc_registry_covers_every_body_class() -> None:
-    nested_only = {wire.MemberStatus}
+    nested_only = {wire.MemberStatus, wire.PeerStatus}
     assert set(wire.IPC_TYPES.values()) == _body_classes() - nested_only
     assert all(dataclasses.is_dataclass(cls) for cls in _body_classes())
 

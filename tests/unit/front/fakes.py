@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from concordance.clock import SYSTEM_CLOCK
 from concordance.config import NodeConfig, Secrets
 from concordance.errors import IpcError, Unavailable
 from concordance.front.app import make_app, static_clients
-from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
+from concordance.front.clients import Clients, DroppedHandler
 from concordance.storage.fsm import StateMachine
 
 FULL = "full-key"
@@ -65,7 +65,6 @@ class Knobs:
     proposed: list[bytes] = field(default_factory=list)
     conf_changes: list[tuple[str, str, str]] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
-    raft_in: list[bytes] = field(default_factory=list)
 
 
 class FakeEvents:
@@ -85,7 +84,6 @@ class FakeNode:
         self.events = FakeEvents()
         self.index = 0
         self.held: list[bytes] = []
-        self.raft_out: RaftOutHandler | None = None
         self.dropped: DroppedHandler | None = None
         self.members = [wire.MemberStatus("n1", "127.0.0.1:1", True, 0)]
         self.consensus = FakeConsensus(self)
@@ -154,6 +152,9 @@ class FakeConsensus:
         n = self.node
         return wire.StatusOk("n1", "leader", 3, n.knobs.leader, n.index, n.index, tuple(n.members))
 
+    async def peer_links(self, timeout: float) -> wire.PeerLinksOk:
+        return wire.PeerLinksOk((wire.PeerStatus("n2", True, 10, 2, 1),), 3, 4)
+
     async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
         self.node.knobs.conf_changes.append((op, node_id, address))
         others = [m for m in self.node.members if m.node_id != node_id]
@@ -166,12 +167,6 @@ class FakeConsensus:
 
     async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk:
         return wire.SnapshotNowOk(self.node.index, 1, 4096)
-
-    async def raft_in(self, frames: Sequence[bytes]) -> None:
-        self.node.knobs.raft_in.extend(frames)
-
-    def on_raft_out(self, handler: RaftOutHandler) -> None:
-        self.node.raft_out = handler
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         self.node.dropped = handler
@@ -314,3 +309,13 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     finally:
         node.close()
         shutil.rmtree(path / "backups", ignore_errors=True)
+
+
+async def until(pred: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
+    """Poll ``pred`` until it holds, failing the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Cluster, health and metrics routes, and the /raft peer relay in both directions."""
+"""Cluster, health and metrics routes, and what /raft answers over HTTP."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concordance import wire
-from concordance.front.appkeys import PEERS
 from concordance.front.metrics import Family, Histogram, render
-from concordance.front.relay import PeerRelay
 from tests.unit.front.fakes import AGENT, FULL, PEER, Harness, harness
 
 
@@ -161,6 +158,9 @@ def test_metrics_exposition(tmp_path: Path) -> None:
         )
         assert "concordance_raft_term 3" in text and "concordance_revision 1" in text
         assert 'concordance_role_restarts_total{role="consensus"} 2' in text
+        assert 'concordance_peer_frames_dropped_total{peer="n2",reason="full"} 2' in text
+        assert 'concordance_peer_queue_bytes{peer="n2"} 10' in text
+        assert "concordance_peer_connections_refused_total 4" in text
         assert (
             'concordance_http_request_duration_seconds_bucket{route="/api/v1/kv/{key}",le="+Inf"}'
             in text
@@ -187,61 +187,20 @@ def test_metrics_render_histograms_and_escapes() -> None:
 # -- /raft -------------------------------------------------------------------------
 
 
-def test_raft_needs_the_cluster_key_before_the_upgrade(tmp_path: Path) -> None:
+def test_raft_over_http_is_401_without_the_cluster_key_and_400_with_it(tmp_path: Path) -> None:
+    """Peer links no longer use HTTP (PROTOCOL.md §6); an old node or a curious client
+    gets a clear answer, and the cluster key is still checked first (API.md §3)."""
+
     async def scenario(h: Harness) -> None:
         for key in (None, FULL, AGENT, "wrong"):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             with pytest.raises(aiohttp.WSServerHandshakeError) as err:
                 await h.client.ws_connect("/raft", headers=headers)
             assert err.value.status == 401
-        ws = await h.client.ws_connect("/raft", headers={"Authorization": f"Bearer {PEER}"})
-        await ws.send_bytes(b"\x93\x01frame-a")
-        await ws.send_str("ignored")
-        await ws.send_bytes(b"frame-b")
-        for _ in range(100):
-            if len(h.node.knobs.raft_in) == 2:
-                break
-            await asyncio.sleep(0.005)
-        assert h.node.knobs.raft_in == [b"\x93\x01frame-a", b"frame-b"]
-        await ws.close()
+        async with h.client.get("/raft", headers={"Authorization": f"Bearer {PEER}"}) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+        assert body["error"]["code"] == "invalid_request"
+        assert "concordance-raft/1" in body["error"]["message"]
 
     run(tmp_path, scenario)
-
-
-def test_raft_out_reaches_the_peer_and_a_dead_peer_does_not_stall_it(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with harness(tmp_path / "n1") as h1, harness(tmp_path / "n2") as h2:
-            alive = f"127.0.0.1:{h2.client.server.port}"
-            dead = "127.0.0.1:9"  # discard port: nothing listens
-            assert h1.node.raft_out is not None
-            for i in range(3):
-                h1.node.raft_out(wire.RaftOut("n3", dead, (b"lost%d" % i,)))
-                h1.node.raft_out(wire.RaftOut("n2", alive, (b"f%d" % i,)))
-            for _ in range(200):
-                if len(h2.node.knobs.raft_in) == 3:
-                    break
-                await asyncio.sleep(0.005)
-            assert h2.node.knobs.raft_in == [b"f0", b"f1", b"f2"]
-            links = h1.app[PEERS].links
-            assert links["n2"].connected and not links["n3"].connected
-
-    (tmp_path / "n1").mkdir()
-    (tmp_path / "n2").mkdir()
-    asyncio.run(main())
-
-
-def test_a_full_peer_queue_drops_the_oldest_frames() -> None:
-    async def main() -> None:
-        async def inbound(frames: Any) -> None:
-            pass
-
-        async with aiohttp.ClientSession() as http:
-            relay = PeerRelay(http, None, inbound, queue_limit=3)
-            relay.send(wire.RaftOut("n9", "127.0.0.1:9", tuple(b"%d" % i for i in range(5))))
-            link = relay.links["n9"]
-            assert list(link.queue) == [b"2", b"3", b"4"] and link.dropped == 2
-            relay.send(wire.RaftOut("n9", "127.0.0.1:10", (b"x",)))  # moved: a new link
-            assert relay.links["n9"] is not link and list(relay.links["n9"].queue) == [b"x"]
-            await relay.close()
-
-    asyncio.run(main())

@@ -3,7 +3,7 @@
 One front app, wired exactly as ``procs/front.py`` wires it, talks to a tiny
 consensus and storage served from this process over real abstract-namespace
 ipc sockets: writes go through ``propose`` and come back on the events PUB,
-reads through the storage socket, peer frames through ``raft_in``/``raft_out``.
+reads through the storage socket.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class MiniNode:
         self.index = 0
         self.refuse = 0
         self.drop = 0  # forward this many proposals, then report them refused (dropped)
-        self.raft_in: list[bytes] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -63,9 +62,7 @@ class MiniNode:
         while True:
             peer, req = await self.consensus.recv()
             body = req.body
-            if isinstance(body, wire.RaftIn):
-                self.raft_in.extend(body.frames)
-            elif isinstance(body, wire.Propose):
+            if isinstance(body, wire.Propose):
                 if self.refuse:
                     self.refuse -= 1
                     await self.consensus.reply(peer, req, NotLeader(None))
@@ -163,15 +160,6 @@ def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
                 assert [c["key"] for c in (await r.json())["changes"]] == ["tenant:a/x"]
             await ws.close()
 
-            raft = await client.ws_connect("/raft", headers={"Authorization": "Bearer cluster-key"})
-            await raft.send_bytes(b"frame")
-            for _ in range(500):
-                if node.raft_in:
-                    break
-                await asyncio.sleep(0.002)
-            assert node.raft_in == [b"frame"]
-            await raft.close()
-
     asyncio.run(main())
 
 
@@ -212,32 +200,6 @@ def test_roles_that_do_not_answer_are_unavailable() -> None:
             finally:
                 await consensus.close()
                 await storage.close()
-                ctx.destroy(linger=0)
-
-    asyncio.run(main())
-
-
-def test_peer_frames_of_one_loop_turn_reach_consensus_in_one_raft_in() -> None:
-    async def main() -> None:
-        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
-            ctx = ipc.context()
-            server = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "consensus"))
-            consensus = IpcConsensus(ctx, data_dir)
-            try:
-                for _ in range(500):  # the DEALER connects within a reconnect interval
-                    if _connected_to(consensus):
-                        break
-                    await asyncio.sleep(0.002)
-                await asyncio.gather(*(consensus.raft_in((b"f%d" % i,)) for i in range(3)))
-                await consensus.raft_in((b"later",))
-                got = [await asyncio.wait_for(server.recv(), 5) for _ in range(2)]
-                assert [env.body for _, env in got] == [
-                    wire.RaftIn((b"f0", b"f1", b"f2")),
-                    wire.RaftIn((b"later",)),
-                ]
-            finally:
-                await consensus.close()
-                await server.close()
                 ctx.destroy(linger=0)
 
     asyncio.run(main())
@@ -407,37 +369,5 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
                 new_task.cancel()
                 await new_task
                 await new.close()
-
-    asyncio.run(main())
-
-
-def test_peer_frames_wait_for_a_restarting_consensus_and_stale_ones_are_dropped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Frames that arrive while consensus is down reach its successor (a forwarded
-    proposal there gets refused, and so proposed again, instead of lost); frames
-    older than ``RAFT_IN_HOLD`` by then are not delivered."""
-    monkeypatch.setattr(ipc_clients, "RAFT_IN_HOLD", 0.5)
-
-    async def main() -> None:
-        with tempfile.TemporaryDirectory(prefix="cc-", dir="/tmp") as d:
-            consensus = IpcConsensus(ipc.context(), d)
-            try:
-                await consensus.raft_in([b"old"])  # nobody is bound yet: held
-                await asyncio.sleep(0.6)  # older than the hold by the time it is back
-                await consensus.raft_in([b"fresh-1"])
-                await consensus.raft_in([b"fresh-2"])
-                server = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(d, "consensus"))
-                try:
-                    _peer, env = await asyncio.wait_for(server.recv(), 5)
-                    assert isinstance(env.body, wire.RaftIn)
-                    assert env.body.frames == (b"fresh-1", b"fresh-2")
-                    await consensus.raft_in([b"live"])  # connected now: straight through
-                    _peer, env = await asyncio.wait_for(server.recv(), 5)
-                    assert isinstance(env.body, wire.RaftIn) and env.body.frames == (b"live",)
-                finally:
-                    await server.close()
-            finally:
-                await consensus.close()
 
     asyncio.run(main())

@@ -1,5 +1,5 @@
 """``--join``: the joiner's task against a real front, the cluster key on /members,
-idempotent membership changes, and the relay's learned addresses."""
+idempotent membership changes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from concordance.config import NodeConfig, Secrets
 from concordance.front import cluster
 from concordance.front.appkeys import METRICS
 from concordance.front.join import JoinOutcome, is_fresh, join_cluster
-from concordance.front.relay import PeerRelay
-from tests.unit.front.fakes import AGENT, PEER, Harness, harness
-from tests.unit.front.test_relay import until
+from tests.unit.front.fakes import AGENT, PEER, Harness, harness, until
 
 
 class JoinerConsensus:
@@ -65,13 +63,9 @@ def test_a_joiner_asks_until_added_then_waits_for_the_log(tmp_path: Path) -> Non
         member = f"127.0.0.1:{h.client.server.port}"
         mine = JoinerConsensus()
         mine.down = 2
-        learned: dict[str, str] = {}
         async with aiohttp.ClientSession() as http:
-            task = asyncio.ensure_future(
-                join_cluster(joiner_cfg(tmp_path, member), mine, http, learned.update)
-            )
-            await until(lambda: bool(learned), "the join answer")
-            assert learned == {"n1": "127.0.0.1:1", "n9": "127.0.0.1:4109"}
+            task = asyncio.ensure_future(join_cluster(joiner_cfg(tmp_path, member), mine, http))
+            await until(lambda: bool(h.node.knobs.conf_changes), "the join answer")
             assert h.node.knobs.conf_changes == [("add_learner", "n9", "127.0.0.1:4109")]
             assert not task.done()  # added, but the log has not reached it yet
             mine.members = (wire.MemberStatus("n9", "127.0.0.1:4109", False, 0),)
@@ -84,21 +78,15 @@ def test_a_refused_join_is_retried(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         member = f"127.0.0.1:{h.client.server.port}"
         mine = JoinerConsensus()
-        learned: dict[str, str] = {}
         async with aiohttp.ClientSession() as http:
             wrong = joiner_cfg(tmp_path, member, key="wrong")
-            task = asyncio.ensure_future(
-                join_cluster(wrong, mine, http, learned.update, backoff_max=0.05)
-            )
+            task = asyncio.ensure_future(join_cluster(wrong, mine, http, backoff_max=0.05))
             await until(lambda: refusals(h) >= 2, "two refused join requests")
-            assert not learned and not h.node.knobs.conf_changes  # 401: asked, refused, again
+            assert not h.node.knobs.conf_changes  # 401: asked, refused, again
             task.cancel()
             ok = joiner_cfg(tmp_path, member)
-            task = asyncio.ensure_future(
-                join_cluster(ok, mine, http, learned.update, backoff_max=0.05)
-            )
-            await until(lambda: bool(learned), "the join answer")
-            assert "n9" in learned
+            task = asyncio.ensure_future(join_cluster(ok, mine, http, backoff_max=0.05))
+            await until(lambda: bool(h.node.knobs.conf_changes), "the join answer")
             mine.members = (wire.MemberStatus("n9", "127.0.0.1:4109", False, 0),)
             assert await asyncio.wait_for(task, 5) == JoinOutcome.JOINED
 
@@ -110,9 +98,9 @@ def test_join_is_ignored_when_the_node_holds_cluster_state(tmp_path: Path) -> No
         async with aiohttp.ClientSession() as http:
             cfg = joiner_cfg(tmp_path, "127.0.0.1:9")  # nothing listens: must not be asked
             member = JoinerConsensus((wire.MemberStatus("n9", "a:1", True, 5),), commit=5)
-            assert await join_cluster(cfg, member, http, print) == JoinOutcome.ALREADY_MEMBER
+            assert await join_cluster(cfg, member, http) == JoinOutcome.ALREADY_MEMBER
             removed = JoinerConsensus((wire.MemberStatus("n1", "a:1", True, 5),), commit=5)
-            assert await join_cluster(cfg, removed, http, print) == JoinOutcome.HOLDS_STATE
+            assert await join_cluster(cfg, removed, http) == JoinOutcome.HOLDS_STATE
 
     asyncio.run(main())
     entries_only = wire.StatusOk("n9", "learner", 2, "n1", 7, 7, ())
@@ -170,25 +158,6 @@ def test_a_change_that_never_shows_is_a_504(
         assert status == 504 and body["error"]["code"] == "timeout"
 
     run(tmp_path, scenario)
-
-
-def test_the_relay_uses_learned_addresses_and_drops_frames_it_cannot_route() -> None:
-    async def main() -> None:
-        async def inbound(frames: Any) -> None:
-            pass
-
-        async with aiohttp.ClientSession() as http:
-            relay = PeerRelay(http, None, inbound)
-            relay.send(wire.RaftOut("n1", "", (b"a", b"b")))
-            assert relay.unroutable == 2 and not relay.links
-            relay.learn({"n1": "127.0.0.1:9"})
-            relay.send(wire.RaftOut("n1", "", (b"c",)))
-            assert relay.links["n1"].address == "127.0.0.1:9"
-            relay.send(wire.RaftOut("n1", "127.0.0.1:9", (b"d",)))  # the log's address wins
-            assert list(relay.links["n1"].queue) == [b"c", b"d"]
-            await relay.close()
-
-    asyncio.run(main())
 
 
 def test_join_requires_a_reachable_listen_address(tmp_path: Path) -> None:

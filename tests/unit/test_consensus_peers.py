@@ -1,0 +1,210 @@
+"""consensus's peer links for real: the front's accept loop, the fd hand-over, TLS, refusals.
+
+Each side is what a node runs: an aiohttp runner behind the front's
+``SortingSite`` on a loopback port, an ``FdReceiver`` in place of consensus's
+socket, and a ``PeerNet``. Waits poll against a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from concordance import fdpass, peerwire
+from concordance.config import NodeConfig
+from concordance.consensus.peers import PeerNet
+from concordance.front.accept import SortingSite
+from concordance.tls import TlsContexts
+from tests.integration.certs import CA, Leaf
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Side:
+    net: PeerNet
+    address: str
+    site: SortingSite
+    got: list[bytes] = field(default_factory=list)
+
+
+def _tls(tmp: Path, leaf: Leaf, ca: Path, peer_ca: Path | None = None) -> NodeConfig:
+    return NodeConfig(
+        "x",
+        "127.0.0.1:1",
+        str(tmp),
+        insecure=True,
+        tls_cert=str(leaf.cert),
+        tls_key=str(leaf.key),
+        tls_client_ca=str(ca),
+        tls_peer_ca=str(peer_ca or ca),
+    )
+
+
+@contextlib.asynccontextmanager
+async def side(node_id: str, key: str | None, tls: NodeConfig | None = None) -> AsyncIterator[Side]:
+    with tempfile.TemporaryDirectory(prefix="cc-", dir="/tmp") as d:
+        got: list[bytes] = []
+        peer_tls = TlsContexts(tls, alpn=peerwire.ALPN) if tls else None
+        net = PeerNet(
+            node_id,
+            key,
+            got.append,
+            stale_after=5.0,
+            client_ssl=peer_tls.client if peer_tls else None,
+            server_ssl=peer_tls.server if peer_tls else None,
+        )
+        receiver = fdpass.FdReceiver(fdpass.socket_path(d), net.accept)
+        app = web.Application()
+
+        async def ping(request: web.Request) -> web.Response:
+            return web.Response(text="pong")
+
+        app.router.add_get("/ping", ping)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        front_tls = TlsContexts(tls).server if tls else None
+        site = SortingSite(
+            runner, sock, fdpass.FdSender(fdpass.socket_path(d)), ssl_context=front_tls
+        )
+        await site.start()
+        s = Side(net, f"127.0.0.1:{port}", site, got)
+        try:
+            yield s
+        finally:
+            await net.close()
+            receiver.close()
+            await runner.cleanup()
+
+
+async def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_frames_cross_in_order_answers_come_back_and_http_shares_the_port() -> None:
+    async def main() -> None:
+        async with side("n1", "k") as a, side("n2", "k") as b:
+            a.net.send("n2", b.address, [b"f0", b"f1"])
+            a.net.send("n2", b.address, [b"f2"])
+            await until(lambda: len(b.got) == 3, "three frames at n2")
+            assert b.got == [b"f0", b"f1", b"f2"]
+            assert a.net.counters()[0].connected
+            # n2 knows no address for n1 (a joiner): it answers on n1's connection
+            b.net.send("n1", "", [b"back"])
+            await until(lambda: a.got, "the answer at n1")
+            assert a.got == [b"back"] and b.net.unroutable == 0
+            b.net.send("n9", "", [b"nowhere"])
+            assert b.net.unroutable == 1
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://{b.address}/ping") as resp,
+            ):
+                assert resp.status == 200 and await resp.text() == "pong"
+            assert b.site.handed_over == 1  # the peer connection only
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("dialler_key", "to", "why"), [("wrong", "n2", "key"), ("k", "n3", "another node")]
+)
+def test_a_wrong_key_or_node_is_refused_before_any_frame(
+    dialler_key: str, to: str, why: str
+) -> None:
+    async def main() -> None:
+        async with side("n1", dialler_key) as a, side("n2", "k") as b:
+            a.net.send(to, b.address, [b"must not arrive"])
+            await until(lambda: b.net.refused >= 1, f"a refusal ({why})")
+            assert b.got == [] and not a.net.counters()[0].connected
+
+    asyncio.run(main())
+
+
+def test_a_connection_that_is_not_a_peer_link_is_never_handed_over() -> None:
+    async def main() -> None:
+        async with side("n2", "k") as b:
+            host, port = b.address.split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"\x00CCRAFT9 not quite")  # starts like the preface
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10)  # aiohttp's 400, then EOF
+            writer.close()
+            assert b.site.handed_over == 0 and b.got == []
+
+    asyncio.run(main())
+
+
+def test_mutual_tls_links_and_a_peer_from_another_ca_is_refused(tmp_path: Path) -> None:
+    ca, rogue = CA(tmp_path / "ca"), CA(tmp_path / "rogue", "rogue-ca")
+    cfg1 = _tls(tmp_path, ca.issue("n1"), ca.cert)
+    cfg2 = _tls(tmp_path, ca.issue("n2"), ca.cert)
+    # trusts the cluster's CA, presents a rogue certificate
+    cfg9 = _tls(tmp_path, rogue.issue("n9"), rogue.cert, peer_ca=ca.cert)
+
+    async def main() -> None:
+        async with side("n1", "k", cfg1) as a, side("n2", "k", cfg2) as b:
+            a.net.send("n2", b.address, [b"over tls"])
+            await until(lambda: b.got, "a frame over TLS")
+            assert b.got == [b"over tls"] and b.site.handed_over == 1
+            async with side("n9", "k", cfg9) as bad:
+                bad.net.send("n2", b.address, [b"rogue"])
+                await until(lambda: b.net.refused >= 1, "the rogue peer refused")
+            assert b.got == [b"over tls"]
+            # HTTPS on the same port is the front's, with its own client CA
+            ctx = ca.client_context(ca.issue("client"))
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"https://{b.address}/ping", ssl=ctx) as resp,
+            ):
+                assert resp.status == 200
+
+    asyncio.run(main())
+
+
+def test_a_plain_peer_on_a_tls_port_is_not_handed_over(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "ca")
+    cfg2 = _tls(tmp_path, ca.issue("n2"), ca.cert)
+
+    async def main() -> None:
+        async with side("n2", "k", cfg2) as b:
+            host, port = b.address.split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(peerwire.encode_hello(peerwire.Hello("n1", "n2", "k")))
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # TLS server: closed
+            writer.close()
+            assert b.got == [] and b.site.handed_over == 0
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_drops_the_oldest_frames_and_a_moved_peer_gets_a_new_link() -> None:
+    async def main() -> None:
+        net = PeerNet("n1", None, lambda f: None, stale_after=5.0, queue_limit=3)
+        net.send("n9", "127.0.0.1:9", [b"%d" % i for i in range(5)])  # nothing listens there
+        link = net.links["n9"]
+        assert list(link.queue) == [b"2", b"3", b"4"] and link.dropped_full == 2
+        net.send("n9", "127.0.0.1:10", [b"x"])
+        assert net.links["n9"] is not link and list(net.links["n9"].queue) == [b"x"]
+        await net.close()
+
+    asyncio.run(main())
