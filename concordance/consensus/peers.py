@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl as ssl_
 from collections import deque
@@ -68,6 +69,7 @@ HANDSHAKE_TIMEOUT = 2.0  # connect + TLS + hello + welcome
 KEEPALIVE = 1.0  # seconds without sending before a keepalive goes out
 DEAD_AFTER = 3.0  # seconds without receiving before a connection is closed
 READ_SIZE = 1 << 16
+RELOAD_CHECK = 1.0  # seconds between two looks at the TLS files' modification times
 
 Deliver = Callable[[bytes], None]
 
@@ -250,6 +252,7 @@ class _Link:
 
     async def _session(self) -> None:
         net = self._net
+        net._follow_files()
         host, port = parse_address(self.address)
         async with net.clock.timeout(HANDSHAKE_TIMEOUT):
             reader, writer = await asyncio.open_connection(
@@ -355,7 +358,9 @@ class PeerNet:
         self.queue_limit = queue_limit
         self.queue_bytes = queue_bytes
         self.clock = clock
-        self.tls: TlsContexts | None = None  # reloaded on SIGHUP (:meth:`reload`)
+        self.tls: TlsContexts | None = None  # reloaded on SIGHUP or a file change
+        self._tls_stamp: tuple[float, ...] = ()
+        self._tls_checked = -RELOAD_CHECK
         self.links: dict[str, _Link] = {}
         self.incoming: dict[str, _Conn] = {}  # the newest incoming connection of each peer
         self.unroutable = 0
@@ -397,6 +402,7 @@ class PeerNet:
         self._spawn(self._serve(conn))
 
     async def _serve(self, sock: socket.socket) -> None:
+        self._follow_files()
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         reader = asyncio.StreamReader(limit=READ_SIZE)
@@ -457,7 +463,25 @@ class PeerNet:
     # ------------------------------------------------------------------ lifecycle
     def reload(self) -> bool:
         """SIGHUP: read the certificate and key again (new connections use them)."""
-        return self.tls.reload() if self.tls is not None else True
+        if self.tls is None:
+            return True
+        self._tls_stamp = _stamp(self.tls)
+        return self.tls.reload()
+
+    def _follow_files(self) -> None:
+        """Reload when the certificate or key file changed (looked at most every
+        ``RELOAD_CHECK`` seconds, before a dial or an accept): the API's SIGHUP goes
+        to the front only (API.md §1), and the peer links must follow it."""
+        if self.tls is None:
+            return
+        now = self.clock.monotonic()
+        if now - self._tls_checked < RELOAD_CHECK:
+            return
+        self._tls_checked = now
+        stamp = _stamp(self.tls)
+        if stamp != self._tls_stamp:
+            self._tls_stamp = stamp
+            self.tls.reload()
 
     async def close(self, flush: float = 0.0) -> None:
         """Close every link and incoming connection, first giving connected links up to
@@ -489,5 +513,17 @@ def peer_net(cfg: NodeConfig, deliver: Deliver, clock: Clock = SYSTEM_CLOCK) -> 
         server_ssl=tls.server if tls is not None else None,
         clock=clock,
     )
-    net.tls = tls
+    if tls is not None:
+        net.tls, net._tls_stamp = tls, _stamp(tls)
     return net
+
+
+def _stamp(tls: TlsContexts) -> tuple[float, ...]:
+    """The certificate's and key's modification times (0 for a missing file)."""
+    stamps = []
+    for path in (tls.cert, tls.key):
+        try:
+            stamps.append(os.stat(path).st_mtime)
+        except OSError:
+            stamps.append(0.0)
+    return tuple(stamps)
