@@ -4,8 +4,8 @@ Python imports this module at start-up when its folder is on ``PYTHONPATH``;
 it does something only in a role process (supervisord sets
 ``SUPERVISOR_PROCESS_NAME``) and only when ``CC_TRACE_DIR`` names a folder.
 It then wraps the few functions every hop of a write crosses (IPC envelope
-encode and decode, TCP data in and out, WebSocket frames out, the Raft
-persist) to write ``monotonic_ns role event`` lines to
+encode and decode, TCP data in and out, WebSocket frames out, peer-link
+frames out and in, the Raft persist) to write ``monotonic_ns role event`` lines to
 ``{CC_TRACE_DIR}/{pid}.tr``. ``CLOCK_MONOTONIC`` is one clock for the whole
 machine, so the lines of the nine processes merge into one timeline. Nothing
 of Concordance itself changes: a traced node runs the same code, a little
@@ -99,6 +99,25 @@ def _install(folder: str, role: str) -> None:
 
     if role == "consensus":
         import concordance.consensus.disk as disk
+        import concordance.consensus.driver as driver
+        import concordance.consensus.peers as peers
+
+        peer_out = peers._Conn.write
+
+        def traced_peer_out(self: Any, frames: Any) -> None:
+            frames = list(frames)
+            mark(f"peer_out {len(frames)} {sum(len(f) for f in frames)}")
+            peer_out(self, frames)
+
+        peers._Conn.write = traced_peer_out  # type: ignore[method-assign]
+
+        frame_in = driver.ConsensusDriver._frame_in
+
+        def traced_frame_in(self: Any, frame: bytes) -> None:
+            mark(f"peer_in {len(frame)}")
+            frame_in(self, frame)
+
+        driver.ConsensusDriver._frame_in = traced_frame_in  # type: ignore[method-assign]
 
         persist = disk.RaftDisk.persist
 
