@@ -53,9 +53,6 @@ def _cases() -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     for n in (1, 64):
         envelope(f"propose x{n}", wire.Propose((CMD,) * n))
         raft(f"AppendEntries x{n}", _append(n))
-        frame = wire.encode_raft(_append(n))
-        envelope(f"raft_out AE x{n}", wire.RaftOut("n2", "127.0.0.1:4101", (frame,)))
-        envelope(f"raft_in AE x{n}", wire.RaftIn((frame,)))
         envelope(f"apply x{n}", wire.Apply(tuple((1000 + i, 7, 0, CMD) for i in range(n))))
         items = tuple(
             (123456789 + i, True, {"key": KEY, "version": 3, "revision": 9}) for i in range(n)

@@ -182,39 +182,6 @@ class SnapshotNowOk(Body):
 
 
 @dataclass(frozen=True, slots=True)
-class RaftIn(Body):
-    """Raw peer frames received on /raft, relayed undecoded (front -> consensus)."""
-
-    frames: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RaftOut(Body):
-    """Raw frames for one peer (consensus -> front -> the peer's /raft)."""
-
-    peer: str
-    address: str
-    frames: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RaftOutBatch(Body):
-    """Several ``raft_out`` in one message: everything one Ready sends (one ZeroMQ
-    message per Ready, not one per peer; consensus -> front)."""
-
-    outs: tuple[RaftOut, ...]
-
-
-def raft_outs(body: Body) -> tuple[RaftOut, ...]:
-    """The ``raft_out`` bodies in a ``raft_out`` or ``raft_out_batch`` (else none)."""
-    if type(body) is RaftOut:
-        return (body,)
-    if type(body) is RaftOutBatch:
-        return body.outs
-    return ()
-
-
-@dataclass(frozen=True, slots=True)
 class Dropped(Body):
     """Forwarded proposals the receiver refused: certainly not appended (consensus -> front)."""
 
@@ -449,9 +416,6 @@ IPC_TYPES: dict[str, type[Body]] = {
     "transfer": Transfer,
     "snapshot_now": SnapshotNow,
     "snapshot_now_ok": SnapshotNowOk,
-    "raft_in": RaftIn,
-    "raft_out": RaftOut,
-    "raft_out_batch": RaftOutBatch,
     "dropped": Dropped,
     "stopping": Stopping,
     "front_hello": FrontHello,
@@ -502,9 +466,6 @@ REPLIES: dict[str, str] = {
 }
 ONE_WAY: frozenset[str] = frozenset(
     {
-        "raft_in",
-        "raft_out",
-        "raft_out_batch",
         "dropped",
         "stopping",
         "front_hello",

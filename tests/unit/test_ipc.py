@@ -213,7 +213,7 @@ def test_timeout_when_no_server_is_bound(data_dir: str) -> None:
             with pytest.raises(errors.IpcTimeout):
                 await client.request("status", wire.Status(), 0.1)
             with pytest.raises(errors.IpcError):
-                await client.send("raft_in", wire.RaftIn((b"f",)), timeout=0.05)
+                await client.send("applied", wire.Applied(1), timeout=0.05)
 
     run(main)
 
@@ -354,15 +354,15 @@ def test_a_restarted_client_takes_its_routing_id_back(data_dir: str) -> None:
             async with ipc.RpcClient(ctx, ep, "front", on_message=inbox.put_nowait) as new:
                 assert await new.request("read_index", wire.ReadIndex(), 2.0)
                 await old.close()  # a dead process does not reconnect and take the id back
-                out = wire.RaftOut("n2", "h:1", (b"frame",))
+                out = wire.Dropped((b"cmd",))
                 deadline = time.monotonic() + 3
                 while True:
                     try:
-                        await server.send("front", "raft_out", out)
+                        await server.send("front", "dropped", out)
                         env = await asyncio.wait_for(inbox.get(), 0.2)
                         break
                     except (errors.IpcError, TimeoutError):
-                        assert time.monotonic() < deadline, "raft_out never reached the new client"
+                        assert time.monotonic() < deadline, "dropped never reached the new client"
                 assert env.body == out
 
     run(main)
@@ -381,14 +381,14 @@ def test_a_failing_message_handler_does_not_stop_the_client(data_dir: str) -> No
             ipc.RpcServer(ctx, ep) as server,
             ipc.RpcClient(ctx, ep, "front", on_message=handler) as client,
         ):
-            await client.send("raft_in", wire.RaftIn((b"frame",)))
+            await client.send("applied", wire.Applied(1))
             peer, _ = await server.recv()
-            await server.send(peer, "raft_out", wire.RaftOut("n2", "h:1", (b"a",)))
+            await server.send(peer, "dropped", wire.Dropped((b"a",)))
             async with background(serve(server, lambda r: wire.ReadIndexOk(3))):
                 assert await client.request(
                     "read_index", wire.ReadIndex(), 2.0
                 ) == wire.ReadIndexOk(3)
-        assert seen == ["raft_out"]
+        assert seen == ["dropped"]
 
     run(main)
 

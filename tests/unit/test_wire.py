@@ -188,14 +188,6 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "transfer": wire.Transfer("n2"),
     "snapshot_now": wire.SnapshotNow(),
     "snapshot_now_ok": wire.SnapshotNowOk(100, 4, 1 << 20),
-    "raft_in": wire.RaftIn((wire.encode_raft(RAFT_EXAMPLES[2]), b"")),
-    "raft_out": wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
-    "raft_out_batch": wire.RaftOutBatch(
-        (
-            wire.RaftOut("n2", "127.0.0.1:4101", (wire.encode_raft(RAFT_EXAMPLES[5]),)),
-            wire.RaftOut("n3", "", (b"a", b"b")),
-        )
-    ),
     "dropped": wire.Dropped((b"cmd-1", b"\x00\xff")),
     "stopping": wire.Stopping("storage"),
     "front_watching": wire.FrontWatching(False),
