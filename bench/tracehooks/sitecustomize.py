@@ -100,8 +100,12 @@ def _install(folder: str, role: str) -> None:
     if role == "consensus":
         import concordance.consensus.disk as disk
         import concordance.consensus.driver as driver
-        import concordance.consensus.peers as peers
 
+        try:
+            import concordance.consensus.peers as peers
+        except ImportError:  # a checkout from before the peer links (``--source``)
+            peers = None
+    if role == "consensus" and peers is not None:
         peer_out = peers._Conn.write
 
         def traced_peer_out(self: Any, frames: Any) -> None:
@@ -119,6 +123,7 @@ def _install(folder: str, role: str) -> None:
 
         driver.ConsensusDriver._frame_in = traced_frame_in  # type: ignore[method-assign]
 
+    if role == "consensus":
         persist = disk.RaftDisk.persist
 
         async def traced_persist(self: Any, rd: Any) -> None:
