@@ -258,8 +258,8 @@ class _Link:
             reader, writer = await asyncio.open_connection(
                 host,
                 port,
-                ssl=net.client_ssl,
-                server_hostname=host if net.client_ssl is not None else None,
+                ssl=net.tls.client if net.tls is not None else None,
+                server_hostname=host if net.tls is not None else None,
                 limit=READ_SIZE,
             )
             try:
@@ -330,8 +330,9 @@ class PeerNet:
         stale_after: seconds a frame may wait for a connection (an election timeout).
         overrides: peer id -> the address to dial instead of the membership's
             (``--peer-overrides``: NAT, tunnels, fault-injecting proxies).
-        client_ssl / server_ssl: a TLS node's peer contexts (``TlsContexts(cfg,
-            alpn=peerwire.ALPN)``); None on a plain node.
+        tls: a TLS node's peer contexts (``TlsContexts(cfg, alpn=peerwire.ALPN)``),
+            read at every dial and accept (a reload may replace them); None on a
+            plain node.
     """
 
     def __init__(
@@ -342,8 +343,7 @@ class PeerNet:
         *,
         stale_after: float,
         overrides: Mapping[str, str] | None = None,
-        client_ssl: ssl_.SSLContext | None = None,
-        server_ssl: ssl_.SSLContext | None = None,
+        tls: TlsContexts | None = None,
         queue_limit: int = QUEUE_LIMIT,
         queue_bytes: int = QUEUE_BYTES,
         clock: Clock = SYSTEM_CLOCK,
@@ -353,13 +353,11 @@ class PeerNet:
         self.deliver = deliver
         self.stale_after = stale_after
         self.overrides = dict(overrides or {})
-        self.client_ssl = client_ssl
-        self.server_ssl = server_ssl
         self.queue_limit = queue_limit
         self.queue_bytes = queue_bytes
         self.clock = clock
-        self.tls: TlsContexts | None = None  # reloaded on SIGHUP or a file change
-        self._tls_stamp: tuple[float, ...] = ()
+        self.tls = tls  # reloaded on SIGHUP or a file change
+        self._tls_stamp: tuple[float, ...] = _stamp(tls) if tls is not None else ()
         self._tls_checked = -RELOAD_CHECK
         self.links: dict[str, _Link] = {}
         self.incoming: dict[str, _Conn] = {}  # the newest incoming connection of each peer
@@ -393,7 +391,7 @@ class PeerNet:
     # ------------------------------------------------------------------ incoming
     def accept(self, conn: socket.socket, kind: bytes) -> None:
         """Take a connection the front handed over (``fdpass``); this net owns it now."""
-        want = fdpass.TLS if self.server_ssl is not None else fdpass.PLAIN
+        want = fdpass.TLS if self.tls is not None else fdpass.PLAIN
         if kind != want:
             self.refused += 1
             log.warning("refusing a %s peer connection on a %s node", kind, want)
@@ -410,7 +408,7 @@ class PeerNet:
         try:
             async with self.clock.timeout(HANDSHAKE_TIMEOUT):
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, sock, ssl=self.server_ssl
+                    lambda: protocol, sock, ssl=self.tls.server if self.tls is not None else None
                 )
                 writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                 frames = peerwire.FrameReader(peerwire.HELLO_MAX)
@@ -509,12 +507,9 @@ def peer_net(cfg: NodeConfig, deliver: Deliver, clock: Clock = SYSTEM_CLOCK) -> 
         deliver,
         stale_after=cfg.tick_ms * cfg.election_ticks / 1000,  # one election timeout
         overrides=cfg.peer_overrides,
-        client_ssl=tls.client if tls is not None else None,
-        server_ssl=tls.server if tls is not None else None,
+        tls=tls,
         clock=clock,
     )
-    if tls is not None:
-        net.tls, net._tls_stamp = tls, _stamp(tls)
     return net
 
 

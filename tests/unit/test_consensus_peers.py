@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 
 from concordance import fdpass, peerwire
 from concordance.config import NodeConfig
@@ -60,8 +62,7 @@ async def side(node_id: str, key: str | None, tls: NodeConfig | None = None) -> 
             key,
             got.append,
             stale_after=5.0,
-            client_ssl=peer_tls.client if peer_tls else None,
-            server_ssl=peer_tls.server if peer_tls else None,
+            tls=peer_tls,
         )
         receiver = fdpass.FdReceiver(fdpass.socket_path(d), net.accept)
         app = web.Application()
@@ -206,5 +207,35 @@ def test_a_full_queue_drops_the_oldest_frames_and_a_moved_peer_gets_a_new_link()
         net.send("n9", "127.0.0.1:10", [b"x"])
         assert net.links["n9"] is not link and list(net.links["n9"].queue) == [b"x"]
         await net.close()
+
+    asyncio.run(main())
+
+
+async def _served_serial(address: str, ctx: ssl.SSLContext) -> int:
+    """The serial of the certificate a peer link's TLS handshake at ``address`` shows."""
+    host, port = address.split(":")
+    _, writer = await asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=host)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_renewed_certificate_reaches_the_peer_links_without_a_signal(tmp_path: Path) -> None:
+    """The front's SIGHUP (API.md §1) does not reach consensus: it follows the files."""
+    ca = CA(tmp_path / "ca")
+    first = ca.issue("n2")
+    cfg2 = _tls(tmp_path, first, ca.cert)
+    ctx = ca.client_context(ca.issue("n1"))
+    ctx.set_alpn_protocols([peerwire.ALPN])
+
+    async def main() -> None:
+        async with side("n2", "k", cfg2) as b:
+            assert await _served_serial(b.address, ctx) == first.serial
+            renewed = ca.issue("n2")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while await _served_serial(b.address, ctx) != renewed.serial:
+                assert loop.time() < deadline, "the renewed certificate was never served"
+                await asyncio.sleep(0.05)
 
     asyncio.run(main())
