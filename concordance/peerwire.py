@@ -37,10 +37,12 @@ __all__ = [
     "check_hello",
     "classify",
     "client_hello_alpn",
+    "encode_drain",
     "encode_frame",
     "encode_hello",
     "encode_refused",
     "encode_welcome",
+    "is_drain",
     "read_welcome",
 ]
 
@@ -144,6 +146,28 @@ def encode_welcome(node_id: str) -> bytes:
 
 def encode_refused(reason: str) -> bytes:
     return _pack({"refused": reason})
+
+
+DRAIN: dict[str, object] = {"drain": VERSION}
+
+
+def encode_drain() -> bytes:
+    """The acceptor's "stop sending here, close, dial again" (a planned stop)."""
+    return _pack(DRAIN)
+
+
+def is_drain(frame: bytes) -> bool:
+    """Whether a frame received after the handshake is a drain, not a Raft message.
+
+    Raft frames are msgpack arrays; a control frame is a map (first byte
+    0x80-0x8f), so one byte tells them apart on the hot path.
+    """
+    if not frame or frame[0] & 0xF0 != 0x80:
+        return False
+    try:
+        return _map(frame) == DRAIN
+    except RemoteProtocolError:
+        return False
 
 
 def _map(payload: bytes) -> dict[str, object]:

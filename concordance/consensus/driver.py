@@ -238,7 +238,13 @@ class ConsensusDriver:
         """One look at a planned stop's progress (called every turn, at least every tick)."""
         assert self._shutdown_at is not None
         if self._drain_until is not None:
-            settled = not self._unacked and not self._inbox and not self.core.has_ready()
+            settled = (
+                not self._unacked
+                and not self._inbox
+                and not self._frames_in
+                and self.peers.drained()
+                and not self.core.has_ready()
+            )
             if settled or now >= self._drain_until:
                 self._stopping = True
             return
@@ -266,6 +272,7 @@ class ConsensusDriver:
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
         )
         await self._to_fronts("stopping", wire.Stopping("consensus"))
+        self.peers.drain()  # peers stop sending here; what they sent is still stepped
         self._unacked = set(self.fronts.all())  # those told: a gone one was forgotten
 
     async def run(self) -> None:

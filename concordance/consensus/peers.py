@@ -89,6 +89,10 @@ class PeerTransport(Protocol):
 
     def reload(self) -> bool: ...
 
+    def drain(self) -> None: ...
+
+    def drained(self) -> bool: ...
+
     async def close(self, flush: float = 0.0) -> None: ...
 
 
@@ -123,21 +127,29 @@ class _Conn:
         self.writer.write(b"".join(peerwire.encode_frame(f) for f in frames))
         self.sent_at = self.clock.monotonic()
 
+    def write_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.sent_at = self.clock.monotonic()
+
     def buffered(self) -> int:
         return self.writer.transport.get_write_buffer_size()
 
-    async def read_frames(self, deliver: Deliver) -> None:
-        """Hand every Raft frame to ``deliver`` until the connection ends."""
+    async def read_frames(self, deliver: Deliver) -> bool:
+        """Hand every Raft frame to ``deliver`` until the connection ends (False) or
+        the other end asks for a drain (True: nothing follows it)."""
         frames = self.frames
         frames.limit = peerwire.MAX_FRAME
         while True:
             data = await self.reader.read(READ_SIZE)
             if not data:
-                return
+                return False
             self.received_at = self.clock.monotonic()
             for frame in frames.feed(data):
-                if frame:
-                    deliver(frame)
+                if not frame:
+                    continue
+                if peerwire.is_drain(frame):
+                    return True
+                deliver(frame)
 
     async def keep_alive(self) -> None:
         """Send keepalives; close the connection once the other end went silent."""
@@ -181,6 +193,7 @@ class _Link:
         self.dropped_full = 0
         self.dropped_stale = 0
         self.conn: _Conn | None = None
+        self.drained = False  # the last session ended on the peer's drain
         self._net = net
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer {peer}")
@@ -244,7 +257,10 @@ class _Link:
             except Exception:  # a link must outlive any bug in one session
                 log.exception("peer %s at %s: session failed", self.peer, self.address)
                 why = "failed"
-            if clock.monotonic() - started > STABLE:
+            if self.drained:  # the peer's consensus is stopping: dial its successor now
+                self.drained = False
+                backoff = BACKOFF_MIN
+            elif clock.monotonic() - started > STABLE:
                 backoff = BACKOFF_MIN
             log.debug("peer %s at %s: %s; retrying in %.2fs", self.peer, self.address, why, backoff)
             await clock.sleep(backoff)
@@ -277,7 +293,7 @@ class _Link:
                 net.deliver(frame)
         loop = asyncio.get_running_loop()
         tasks = [
-            loop.create_task(conn.read_frames(net.deliver), name=f"peer {self.peer} reader"),
+            loop.create_task(self._read(conn), name=f"peer {self.peer} reader"),
             loop.create_task(self._write(conn), name=f"peer {self.peer} writer"),
             loop.create_task(conn.keep_alive(), name=f"peer {self.peer} keepalive"),
         ]
@@ -294,6 +310,13 @@ class _Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await conn.close()
+
+    async def _read(self, conn: _Conn) -> None:
+        if await conn.read_frames(self._net.deliver):
+            # The peer's consensus is stopping: all we wrote so far reaches it (our
+            # close comes after, in order); what is still queued waits for the next.
+            self.drained = True
+            log.debug("peer %s at %s: drained", self.peer, self.address)
 
     async def _write(self, conn: _Conn) -> None:
         while True:
@@ -363,6 +386,7 @@ class PeerNet:
         self.incoming: dict[str, _Conn] = {}  # the newest incoming connection of each peer
         self.unroutable = 0
         self.refused = 0  # incoming connections refused (handshake, key, wrong kind)
+        self.draining = False  # a planned stop: incoming links asked to close, no new ones
         self._serving: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ outgoing
@@ -392,6 +416,9 @@ class PeerNet:
     def accept(self, conn: socket.socket, kind: bytes) -> None:
         """Take a connection the front handed over (``fdpass``); this net owns it now."""
         want = fdpass.TLS if self.tls is not None else fdpass.PLAIN
+        if self.draining:  # stopping: the dialler comes back to the successor
+            conn.close()
+            return
         if kind != want:
             self.refused += 1
             log.warning("refusing a %s peer connection on a %s node", kind, want)
@@ -457,6 +484,20 @@ class PeerNet:
         task = asyncio.get_running_loop().create_task(coro)
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
+
+    def drain(self) -> None:
+        """A planned stop: ask every incoming link's dialler to stop sending and close
+        its side (it dials again, reaching the successor), and take no new ones.
+        Frames keep being delivered until each dialler's close: a forwarded
+        proposal among them is refused, not lost with this process."""
+        self.draining = True
+        for conn in self.incoming.values():
+            with contextlib.suppress(Exception):
+                conn.write_raw(peerwire.encode_drain())
+
+    def drained(self) -> bool:
+        """Whether every incoming link closed after :meth:`drain`."""
+        return not self.incoming
 
     # ------------------------------------------------------------------ lifecycle
     def reload(self) -> bool:

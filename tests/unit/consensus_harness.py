@@ -110,6 +110,12 @@ class MemoryNet:
     def reload(self) -> bool:
         return True
 
+    def drain(self) -> None:
+        pass
+
+    def drained(self) -> bool:
+        return True
+
     async def close(self, flush: float = 0.0) -> None:
         if self.hub.nets.get(self.node_id) is self:
             del self.hub.nets[self.node_id]

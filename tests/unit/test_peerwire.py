@@ -143,3 +143,12 @@ def test_a_malformed_client_hello_offers_nothing() -> None:
     assert peerwire.client_hello_alpn(b"\x02" + body[1:]) == ()
     huge = b"\x16\x03\x01\xff\xff"
     assert peerwire.classify(huge, tls=True) is Kind.HTTP
+
+
+def test_a_drain_is_told_apart_from_raft_frames_by_its_first_byte() -> None:
+    (drain,) = FrameReader().feed(peerwire.encode_drain())
+    assert peerwire.is_drain(drain)
+    assert not peerwire.is_drain(msgpack.packb([3, 1, "n1", "n2"]))  # a Raft frame: an array
+    assert not peerwire.is_drain(msgpack.packb({"drain": 2}))
+    assert not peerwire.is_drain(b"\x81\xc1")  # a map that does not decode
+    assert not peerwire.is_drain(b"")
