@@ -384,6 +384,7 @@ class PeerNet:
         self._tls_checked = -RELOAD_CHECK
         self.links: dict[str, _Link] = {}
         self.incoming: dict[str, _Conn] = {}  # the newest incoming connection of each peer
+        self._open: set[_Conn] = set()  # every incoming connection past its hello
         self.unroutable = 0
         self.refused = 0  # incoming connections refused (handshake, key, wrong kind)
         self.draining = False  # a planned stop: incoming links asked to close, no new ones
@@ -432,6 +433,7 @@ class PeerNet:
         sock.setblocking(False)
         reader = asyncio.StreamReader(limit=READ_SIZE)
         protocol = asyncio.StreamReaderProtocol(reader)
+        transport: asyncio.BaseTransport | None = None
         try:
             async with self.clock.timeout(HANDSHAKE_TIMEOUT):
                 transport, _ = await loop.connect_accepted_socket(
@@ -454,7 +456,10 @@ class PeerNet:
         except (OSError, TimeoutError, ssl_.SSLError) as e:
             self.refused += 1
             log.info("an incoming peer connection failed its handshake: %s", e or type(e).__name__)
-            sock.close()
+            if transport is not None:
+                transport.close()
+            else:
+                sock.close()
             return
         peer = hello.src
         conn = _Conn(reader, writer, frames, self.clock)
@@ -462,6 +467,7 @@ class PeerNet:
             if frame:
                 self.deliver(frame)
         self.incoming[peer] = conn
+        self._open.add(conn)
         tasks = [
             loop.create_task(conn.read_frames(self.deliver), name=f"from {peer}"),
             loop.create_task(conn.keep_alive(), name=f"from {peer} keepalive"),
@@ -478,6 +484,7 @@ class PeerNet:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.incoming.get(peer) is conn:
                 del self.incoming[peer]
+            self._open.discard(conn)
             await conn.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -491,13 +498,13 @@ class PeerNet:
         Frames keep being delivered until each dialler's close: a forwarded
         proposal among them is refused, not lost with this process."""
         self.draining = True
-        for conn in self.incoming.values():
+        for conn in self._open:
             with contextlib.suppress(Exception):
                 conn.write_raw(peerwire.encode_drain())
 
     def drained(self) -> bool:
         """Whether every incoming link closed after :meth:`drain`."""
-        return not self.incoming
+        return not self._open
 
     # ------------------------------------------------------------------ lifecycle
     def reload(self) -> bool:
