@@ -282,6 +282,8 @@ class ConsensusDriver:
         """
         self.server.deliver_to(self._received, self._fail)
         self._fds = fdpass.FdReceiver(fdpass.socket_path(self.cfg.data_dir), self.peers.accept)
+        members = self.core.membership.members
+        self.peers.dial({m: self._addresses[m] for m in members if m in self._addresses})
         ticker = asyncio.create_task(self._tick_forever(), name="consensus-tick")
         try:
             await self._loop()

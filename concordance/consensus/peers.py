@@ -89,6 +89,8 @@ class PeerTransport(Protocol):
 
     def reload(self) -> bool: ...
 
+    def dial(self, addresses: Mapping[str, str]) -> None: ...
+
     def drain(self) -> None: ...
 
     def drained(self) -> bool: ...
@@ -196,6 +198,8 @@ class _Link:
         self.drained = False  # the last session ended on the peer's drain
         self._net = net
         self._wake = asyncio.Event()
+        self._poked = asyncio.Event()
+        self._dial = False  # connect even with nothing queued (:meth:`dial`)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer {peer}")
 
     def counters(self) -> PeerCounters:
@@ -224,6 +228,15 @@ class _Link:
             self.dropped_full += 1
         self._wake.set()
 
+    def dial(self) -> None:
+        """Connect now, frames or not (a consensus that just started)."""
+        self._dial = True
+        self._wake.set()
+
+    def poke(self) -> None:
+        """The peer just dialled us, so its consensus is up: cut a backoff short."""
+        self._poked.set()
+
     def _pop(self) -> bytes:
         frame = self.queue.popleft()
         self._stamps.popleft()
@@ -245,9 +258,10 @@ class _Link:
         backoff = BACKOFF_MIN
         while True:
             self._expire(clock.monotonic())
-            while not self.queue:
+            while not self.queue and not self._dial:
                 self._wake.clear()
                 await self._wake.wait()
+            self._dial = False
             started = clock.monotonic()
             try:
                 await self._session()
@@ -263,8 +277,11 @@ class _Link:
             elif clock.monotonic() - started > STABLE:
                 backoff = BACKOFF_MIN
             log.debug("peer %s at %s: %s; retrying in %.2fs", self.peer, self.address, why, backoff)
-            await clock.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._poked.clear()
+            with contextlib.suppress(TimeoutError):
+                async with clock.timeout(backoff):
+                    await self._poked.wait()  # the peer dialled us: it is back, dial now
+            backoff = BACKOFF_MIN if self._poked.is_set() else min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
         net = self._net
@@ -410,6 +427,18 @@ class PeerNet:
             link = self.links[peer] = _Link(self, peer, address)
         link.enqueue(frames)
 
+    def dial(self, addresses: Mapping[str, str]) -> None:
+        """Open links to these peers now, with nothing to send yet (at start): a
+        peer that sees us dial ends its own backoff towards us (a restarted
+        consensus would otherwise wait for the peers' redials, up to
+        ``BACKOFF_MAX``, before it hears from its leader)."""
+        for peer, address in sorted(addresses.items()):
+            address = self.overrides.get(peer) or address
+            if peer == self.node_id or not address or peer in self.links:
+                continue
+            link = self.links[peer] = _Link(self, peer, address)
+            link.dial()
+
     def counters(self) -> list[PeerCounters]:
         return [link.counters() for _, link in sorted(self.links.items())]
 
@@ -462,6 +491,9 @@ class PeerNet:
                 sock.close()
             return
         peer = hello.src
+        link = self.links.get(peer)
+        if link is not None:
+            link.poke()  # its consensus is (back) up: our link to it need not wait
         conn = _Conn(reader, writer, frames, self.clock)
         for frame in first[1:]:  # a dialler sends none before our welcome; tolerate it
             if frame:

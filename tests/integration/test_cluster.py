@@ -521,6 +521,26 @@ def test_restart_each_role_of_the_leader(c3: Cluster, how: str) -> None:
     assert not bad
 
 
+def test_a_front_hand_over_leaves_the_peer_links_alone(c3: Cluster) -> None:
+    """Peer links are consensus's (PROTOCOL.md §6): a front restart on a node (a
+    hand-over, here of the leader's front) opens and closes none of them, in
+    either direction, while writes go on through the other nodes."""
+    prefix = tenant("front-links")
+    assert c3.net is not None
+    leader, followers = leader_and_followers(c3)
+    ids = list(c3.nodes)
+    me = next(i for i, n in c3.nodes.items() if n is leader)
+    links = [c3.net.link(a, b) for a in ids for b in ids if a != b and me in (a, b)]
+    for i in range(3):  # every link has carried traffic: each is connected
+        put_retrying(lambda i=i: [followers[i % 2]], f"{prefix}before{i}", i)
+    before = {link.name: link.stats.accepted for link in links}
+    _restart_role(leader, "front", "ctl")
+    for i in range(3):
+        put_retrying(lambda i=i: [followers[i % 2]], f"{prefix}after{i}", i)
+    leader.wait_ready(20)
+    assert {link.name: link.stats.accepted for link in links} == before
+
+
 def first_ok_after(nodes: list[Node], prefix: str, timeout: float = 15.0) -> float:
     """Fire a write every 50 ms, round-robin over ``nodes``, each on its own thread;
     return the time (monotonic) the first one is acknowledged.

@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,9 @@ class MemoryNet:
 
     def reload(self) -> bool:
         return True
+
+    def dial(self, addresses: Mapping[str, str]) -> None:
+        pass
 
     def drain(self) -> None:
         pass

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from concordance import fdpass, peerwire
 from concordance.config import NodeConfig
+from concordance.consensus import peers
 from concordance.consensus.peers import PeerNet
 from concordance.front.accept import SortingSite
 from concordance.tls import TlsContexts
@@ -36,6 +37,7 @@ class Side:
     net: PeerNet
     address: str
     site: SortingSite
+    receiver: fdpass.FdReceiver
     got: list[bytes] = field(default_factory=list)
 
 
@@ -82,12 +84,12 @@ async def side(node_id: str, key: str | None, tls: NodeConfig | None = None) -> 
             runner, sock, fdpass.FdSender(fdpass.socket_path(d)), ssl_context=front_tls
         )
         await site.start()
-        s = Side(net, f"127.0.0.1:{port}", site, got)
+        s = Side(net, f"127.0.0.1:{port}", site, receiver, got)
         try:
             yield s
         finally:
             await net.close()
-            receiver.close()
+            s.receiver.close()
             await runner.cleanup()
 
 
@@ -260,5 +262,28 @@ def test_a_drain_ends_incoming_links_after_their_last_frame_and_refuses_new_ones
             # or it waits for the successor: never lost
             assert (b"f1" in b.got) != (b"f1" in queue)
             assert b"later" in queue and b"later" not in b.got
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_comes_back_is_dialled_at_once_not_after_the_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While n2's consensus is down its front closes every peer connection and n1's
+    link backs off; when n2's consensus starts it dials its peers, and n1 takes
+    that as the sign to dial back now (with a backoff of a minute here, it would
+    otherwise never get through within the test)."""
+    monkeypatch.setattr(peers, "BACKOFF_MIN", 60.0)
+    monkeypatch.setattr(peers, "BACKOFF_MAX", 60.0)
+
+    async def main() -> None:
+        async with side("n1", "k") as a, side("n2", "k") as b:
+            b.receiver.close()  # n2's consensus is down
+            a.net.send("n2", b.address, [b"for the successor"])
+            await until(lambda: b.site._handoff.failed, "n2's front turning n1 away")
+            b.receiver = fdpass.FdReceiver(b.receiver.path, b.net.accept)  # back up
+            b.net.dial({"n1": a.address, "n2": b.address})
+            await until(lambda: b.got, "the frame, once n1 dialled back")
+            assert b.got == [b"for the successor"]
 
     asyncio.run(main())
