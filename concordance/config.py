@@ -73,7 +73,7 @@ class Secrets:
 
     @property
     def peer_key(self) -> str | None:
-        """The secret peers present on ``/raft`` (and a joiner on ``/cluster/members``).
+        """The secret peers present in a peer link's hello (and a joiner on ``/cluster/members``).
 
         ``CONCORDANCE_CLUSTER_KEY``, defaulting to the API key as API.md §1 says.
         That default lets every holder of the API key pose as a peer, so a
@@ -196,7 +196,7 @@ class NodeConfig:
         if len(self.peers) > 1 or self.join:
             raise ConfigError(
                 "CONCORDANCE_CLUSTER_KEY is not set and CONCORDANCE_REQUIRE_CLUSTER_KEY=1:"
-                " a cluster of more than one member needs it (peers present it on /raft and"
+                " a cluster of more than one member needs it (peers present it on their links and"
                 " a joiner on /cluster/members). Set the same random secret on every"
                 " member, e.g. from `openssl rand -hex 32`."
             )

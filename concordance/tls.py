@@ -1,9 +1,10 @@
 """TLS for the one port: the server context (HTTPS, WSS) and the context peers dial with.
 
 Why one object for both: a node's certificate is its identity in both
-directions. It serves the API, ``/stream`` and ``/raft`` with it, and, when
+directions. It serves the API and ``/stream`` with it (and consensus its peer
+links, with the ``alpn`` contexts), and, when
 ``--tls-client-ca`` asks every caller for a certificate (mutual TLS), it
-presents the same certificate when it dials a peer's ``/raft`` or a member's
+presents the same certificate when it dials a peer or a member's
 ``/cluster/members`` (``--join``). So the certificate needs the addresses
 peers dial in its subjectAltName, and both the serverAuth and clientAuth
 extended key usages (or none) when mTLS is on (docs/SECURITY.md).

@@ -32,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Add ``node``, ``cluster``, ``restore`` and ``ctl`` to the top-level subparsers."""
     node = sub.add_parser("node", help="run one node (supervisor + roles) in the foreground")
     node.add_argument("--id", required=True, dest="node_id")
-    node.add_argument("--listen", required=True, help="HOST:PORT for API, /stream and /raft")
+    node.add_argument("--listen", required=True, help="HOST:PORT for the API and peers")
     node.add_argument("--data", required=True, help="data directory")
     node.add_argument("--peers", default="", help="ID=HOST:PORT,... voters of a new cluster")
     node.add_argument("--join", help="HOST:PORT of a running member to join")

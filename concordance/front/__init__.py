@@ -1,4 +1,4 @@
-"""The front role: all external traffic of a node (HTTP API, WebSocket /stream, peer /raft).
+"""The front role: every connection to a node (HTTP API, /stream; peer links go to consensus).
 
 Start at :func:`concordance.front.app.make_app`; ``procs/front.py`` serves it
 with the real role clients of ``concordance.front.ipc_clients``.

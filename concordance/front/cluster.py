@@ -240,7 +240,7 @@ async def add_member(request: web.Request) -> web.Response:
         raise InvalidRequest(str(e)) from None
     cfg = request.app[CONFIG]
     if cfg.secrets.peer_key is None and not cfg.insecure:
-        # Without it no peer could pass /raft here: the new member would never catch up.
+        # Without it no peer link could open here: the new member would never catch up.
         raise InvalidRequest(
             "this node has no CONCORDANCE_CLUSTER_KEY: a cluster of more than one member"
             " needs one; restart every member with the same key first"

@@ -12,7 +12,7 @@ what dashboards, docs/OPERATIONS.md and the tests read.
 Labels only ever hold route templates (``/api/v1/kv/{key}``), methods,
 statuses, role and database names: metrics carry no keys, values or tokens.
 Request counters and latency histograms are recorded by a middleware, with
-WebSocket sessions (``/stream``, ``/raft``) in a histogram of their own so
+WebSocket sessions (``/stream``) in a histogram of their own so
 that hour-long sessions do not swamp request latency; gauges (Raft
 term/commit/applied, revision, watchers, database sizes, ...) are gathered
 when ``/metrics`` is scraped.
@@ -66,7 +66,7 @@ BUCKETS: tuple[float, ...] = (
 
 # A WebSocket session lasts from seconds to days: these buckets, not BUCKETS.
 SESSION_BUCKETS: tuple[float, ...] = (1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600)
-WEBSOCKET_ROUTES = frozenset({"/stream", "/raft"})
+WEBSOCKET_ROUTES = frozenset({"/stream"})
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -153,7 +153,7 @@ class Metrics:
         sessions = Family(
             "concordance_websocket_session_duration_seconds",
             "histogram",
-            "Length of the WebSocket sessions that ended (/stream, incoming /raft), by route.",
+            "Length of the WebSocket sessions that ended (/stream), by route.",
         )
         for route, hist in sorted(self._sessions.items()):
             hist.into(sessions, (("route", route),))
