@@ -287,3 +287,42 @@ def test_a_peer_that_comes_back_is_dialled_at_once_not_after_the_backoff(
             assert b.got == [b"for the successor"]
 
     asyncio.run(main())
+
+
+def test_a_peer_gone_silent_is_cut_and_keepalives_flow_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that answered the hello and then says nothing (a dead host, a black
+    hole) is cut after ``DEAD_AFTER``; until then we send keepalives on an idle link."""
+    monkeypatch.setattr(peers, "KEEPALIVE", 0.05)
+    monkeypatch.setattr(peers, "DEAD_AFTER", 0.5)
+
+    async def main() -> None:
+        received = bytearray()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            frames = peerwire.FrameReader()
+            frames.expect_preface()
+            while not frames.feed(await reader.read(4096)):
+                pass
+            writer.write(peerwire.encode_welcome("n2"))
+            try:
+                while data := await reader.read(4096):  # and never a byte back
+                    received.extend(data)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        net = PeerNet("n1", "k", lambda f: None, stale_after=5.0)
+        try:
+            net.send("n2", f"127.0.0.1:{port}", [b"one"])
+            await until(lambda: net.counters()[0].connected, "the link up")
+            await until(lambda: peerwire.KEEPALIVE in bytes(received), "a keepalive")
+            await until(lambda: not net.counters()[0].connected, "the silent peer cut")
+        finally:
+            await net.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
