@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from concordance import fronts, ipc, supervise, wire
+from concordance import fronts, ipc, sockets, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
@@ -56,6 +56,7 @@ __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 log = logging.getLogger(__name__)
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
+ACK_TIMEOUT = 1.0  # seconds a ``stopping_ack`` may wait for room
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
@@ -73,16 +74,19 @@ class _Stopping:
 
     Why a flag and a watcher: after ``stopping`` the old process still holds its
     connection for a moment, and anything handed to it then may be lost with
-    it. So the role counts as down until its old connection is seen gone (the
-    successor always takes longer than ``HOLD_POLL`` to start), or at most
-    ``STOPPING_BOUND`` seconds if it never goes.
+    it. So the role counts as down until its old connection is seen gone, or at
+    most ``STOPPING_BOUND`` seconds if it never goes. Seen gone means a moment
+    with no connection, which lasts at least the DEALER's reconnect interval
+    (0.1 s) even when a kept successor binds within milliseconds: keep that
+    interval well above ``HOLD_POLL`` (at 10 ms the gap was sometimes missed
+    and requests were held for the whole bound).
     """
 
     def __init__(self) -> None:
-        self.rpcs: set[ipc.RpcClient] = set()
+        self.rpcs: set[sockets.Client] = set()
         self._watchers: set[asyncio.Task[None]] = set()
 
-    def announce(self, rpc: ipc.RpcClient) -> None:
+    def announce(self, rpc: sockets.Client) -> None:
         if rpc in self.rpcs:
             return
         log.info("the %s role is stopping: holding its requests until it is back", _role(rpc))
@@ -91,7 +95,7 @@ class _Stopping:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, rpc: ipc.RpcClient) -> None:
+    async def _watch(self, rpc: sockets.Client) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + STOPPING_BOUND
         try:
@@ -104,11 +108,11 @@ class _Stopping:
 _STOPPING = _Stopping()
 
 
-def _connected(rpc: ipc.RpcClient) -> bool:
-    return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
+def _connected(rpc: sockets.Client, recently: float = RECENTLY) -> bool:
+    return rpc not in _STOPPING.rpcs and rpc.connected(recently=recently)
 
 
-async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool:
+async def _ensure_connected(rpc: sockets.Client, kind: str, limit: float) -> bool:
     """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
     True if it had to wait (the role was down or restarting)."""
     loop = asyncio.get_running_loop()
@@ -123,7 +127,7 @@ async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool
 
 
 async def _idempotent(
-    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
+    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float, reply: type[_B]
 ) -> _B:
     deadline = time.monotonic() + timeout
     backoff = _Backoff()
@@ -156,12 +160,25 @@ def hold_budget(timeout: float) -> float:
     return max(timeout - RESULT_MARGIN, timeout / 2)
 
 
-def _role(rpc: ipc.RpcClient) -> str:
+ClientOpener = Callable[[str, bytes, ipc.MessageHandler], sockets.Client]
+
+
+def _zmq_opener(ctx: zmq.asyncio.Context | None) -> ClientOpener:
+    """Open a role's ZeroMQ DEALER on ``ctx`` (the process's context by default)."""
+    context = ctx or ipc.context()
+
+    def opener(endpoint: str, identity: bytes, on_message: ipc.MessageHandler) -> sockets.Client:
+        return ipc.RpcClient(context, endpoint, identity, on_message=on_message)
+
+    return opener
+
+
+def _role(rpc: sockets.Client) -> str:
     return rpc.endpoint.rsplit("-", 1)[-1]
 
 
 async def _retry_unavailable(
-    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float
+    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float
 ) -> wire.Body:
     start = time.monotonic()
     budget = hold_budget(max(timeout, 0))
@@ -202,32 +219,59 @@ class _Backoff:
 
 
 class IpcConsensus:
-    """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket."""
+    """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket.
+
+    ``open_client`` opens the socket (tests pass in-memory ends,
+    ``concordance.testing.memory_ipc``); by default a ZeroMQ DEALER on ``ctx``.
+
+    On ``stopping`` it answers ``stopping_ack`` (in order behind any send still
+    waiting for room): consensus steps everything sent before the ack, and
+    nothing is sent to that process after it. Peer frames do not pass here:
+    consensus owns the peer links (PROTOCOL.md §6).
+    """
 
     def __init__(
-        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+        self,
+        ctx: zmq.asyncio.Context | None,
+        data_dir: str,
+        identity: bytes = fronts.routing_id(0),
+        *,
+        open_client: ClientOpener | None = None,
     ) -> None:
         self._dropped: DroppedHandler | None = None
+        self._acking: set[asyncio.Task[None]] = set()
         self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
-        self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
-        )
+        opener = open_client or _zmq_opener(ctx)
+        self._rpc = opener(ipc.endpoint(data_dir, "consensus"), identity, self._on_message)
 
     @property
-    def rpc(self) -> ipc.RpcClient:
+    def rpc(self) -> sockets.Client:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
         elif isinstance(env.body, wire.Stopping):
-            _STOPPING.announce(self._rpc)
-            # The last message to this process: consensus stops once it has it (and,
-            # ZeroMQ keeping order, all sent before it), so no proposal is lost.
-            with contextlib.suppress(IpcError):
-                self._rpc.send_nowait("stopping_ack", self._ack)
+            self._on_stopping()
         else:
             log.debug("consensus sent an unexpected %s", env.type)
+
+    def _on_stopping(self) -> None:
+        """Hold everything new for the successor; answer ``stopping_ack`` (the last
+        message to this process: it steps all sent before and only then closes)."""
+        _STOPPING.announce(self._rpc)
+        try:  # almost always at once; else in order behind what waits for room
+            self._rpc.send_nowait("stopping_ack", self._ack)
+        except IpcError:
+            task = asyncio.get_running_loop().create_task(self._acknowledge())
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self) -> None:
+        try:
+            await self._rpc.send("stopping_ack", self._ack, ACK_TIMEOUT)
+        except IpcError as e:  # consensus ends its drain at its own bound
+            log.warning("could not acknowledge consensus's stopping: %s", e)
 
     def on_dropped(self, handler: DroppedHandler) -> None:
         self._dropped = handler
@@ -273,6 +317,8 @@ class IpcConsensus:
         return got
 
     async def close(self) -> None:
+        for task in self._acking:
+            task.cancel()
         _STOPPING.rpcs.discard(self._rpc)
         await self._rpc.close()
 
@@ -302,7 +348,7 @@ class IpcStorage:
             self._rpc.send_nowait("front_watching", wire.FrontWatching(False))
 
     @property
-    def rpc(self) -> ipc.RpcClient:
+    def rpc(self) -> sockets.Client:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
@@ -424,7 +470,7 @@ async def _greet(consensus: IpcConsensus, storage: IpcStorage, incarnation: int)
 Greeting = Callable[[], Sequence[tuple[str, wire.Body]]]
 
 
-async def greet(greetings: Mapping[ipc.RpcClient, Greeting]) -> None:
+async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
     """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
     role that just started learns this front before it has to push anything
     (PROTOCOL.md §1); storage also hears whether it has watchers
