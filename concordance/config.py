@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -66,29 +67,28 @@ class Secrets:
     agent_key: str | None = None
     cluster_key: str | None = None
     encryption_keys: tuple[tuple[str, bytes], ...] = ()  # (key id, 32 bytes); first encrypts
-    require_cluster_key: bool = False  # CONCORDANCE_REQUIRE_CLUSTER_KEY=1: no API-key fallback
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
 
     @property
     def peer_key(self) -> str | None:
-        """The secret peers present on ``/raft`` (and a joiner on ``/cluster/members``).
+        """The secret peers present on ``/raft`` (and a joiner on ``/cluster/members``):
+        ``CONCORDANCE_CLUSTER_KEY``, which has no default (API.md v1.1 §1). A client key
+        standing in would let every client pose as a peer and rewrite the log."""
+        return self.cluster_key
 
-        ``CONCORDANCE_CLUSTER_KEY``, defaulting to the API key as API.md §1 says.
-        That default lets every holder of the API key pose as a peer, so a
-        multi-member node without its own cluster key warns at start, and
-        ``CONCORDANCE_REQUIRE_CLUSTER_KEY=1`` turns the default off (such a
-        node then refuses to start; docs/SECURITY.md).
-        """
-        if self.cluster_key or self.require_cluster_key:
-            return self.cluster_key
-        return self.api_key
-
-    @property
-    def own_cluster_key(self) -> bool:
-        """Whether peers use a secret of their own rather than the clients' API key."""
-        return bool(self.cluster_key)
+    def cluster_key_problem(self) -> str | None:
+        """Why this cluster key cannot serve a multi-member node, or None if it can."""
+        if not self.cluster_key:
+            return "CONCORDANCE_CLUSTER_KEY is not set"
+        for name, other in (
+            ("CONCORDANCE_API_KEY", self.api_key),
+            ("CONCORDANCE_AGENT_API_KEY", self.agent_key),
+        ):
+            if other and hmac.compare_digest(self.cluster_key.encode(), other.encode()):
+                return f"CONCORDANCE_CLUSTER_KEY equals {name}"
+        return None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
@@ -104,7 +104,6 @@ class Secrets:
             agent_key=env.get("CONCORDANCE_AGENT_API_KEY") or None,
             cluster_key=env.get("CONCORDANCE_CLUSTER_KEY") or None,
             encryption_keys=tuple(keys),
-            require_cluster_key=env.get("CONCORDANCE_REQUIRE_CLUSTER_KEY", "") in ("1", "true"),
         )
 
 
@@ -191,14 +190,21 @@ class NodeConfig:
         return self
 
     def _validate_cluster_key(self) -> None:
-        if self.insecure or self.secrets.cluster_key or not self.secrets.require_cluster_key:
-            return  # without the opt-in, the API key stands in (API.md §1); the front warns
         if len(self.peers) > 1 or self.join:
+            self.require_cluster_key("this node has other members (--peers or --join)")
+
+    def require_cluster_key(self, why: str) -> None:
+        """Refuse a multi-member node without a cluster key of its own (API.md v1.1 §1).
+
+        Raises:
+            ConfigError: one line, saying what is wrong and how to fix it.
+        """
+        problem = self.secrets.cluster_key_problem()
+        if problem is not None:
             raise ConfigError(
-                "CONCORDANCE_CLUSTER_KEY is not set and CONCORDANCE_REQUIRE_CLUSTER_KEY=1:"
-                " a cluster of more than one member needs it (peers present it on /raft and"
-                " a joiner on /cluster/members). Set the same random secret on every"
-                " member, e.g. from `openssl rand -hex 32`."
+                f"{problem}: {why}, and peers authenticate with a cluster key of their own;"
+                " set the same random secret (openssl rand -hex 32) on every member,"
+                " different from the API and agent keys"
             )
 
     def _validate_files(self) -> None:

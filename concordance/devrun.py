@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     enc_key = os.environ.get("CONCORDANCE_ENCRYPTION_KEY") or _dev_secret(
         data / "dev-encryption-key", base64.b64encode(secrets.token_bytes(32)).decode()
     )
+    # Its own cluster key (API.md §1: no default), so a dev node can take members later.
+    cluster_key = os.environ.get("CONCORDANCE_CLUSTER_KEY") or _dev_secret(
+        data / "dev-cluster-key", secrets.token_hex(32)
+    )
     os.environ["CONCORDANCE_API_KEY"] = api_key
+    os.environ["CONCORDANCE_CLUSTER_KEY"] = cluster_key
     os.environ["CONCORDANCE_ENCRYPTION_KEY"] = enc_key
     url = f"http://{args.listen}"
     print(

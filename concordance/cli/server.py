@@ -116,10 +116,34 @@ def _run_node(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
-    if existing.exists() and (cfg.peers or cfg.join):
-        print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
+    if existing.exists():
+        members = _members_on_disk(existing)
+        if members > 1:
+            cfg.require_cluster_key(f"the data dir holds a cluster of {members} members")
+        if cfg.peers or cfg.join:
+            print(
+                "concordance: data dir holds cluster state; --peers/--join ignored",
+                file=sys.stderr,
+            )
     supervise.run_node(cfg.validate())
     return 0  # not reached: run_node execs supervisord
+
+
+def _members_on_disk(raft_db: Path) -> int:
+    """How many members the cluster recorded in ``raft_db`` has (its last configuration).
+
+    Read here, before any role runs: a node restarted on a multi-member data dir gets
+    no ``--peers``, and must still refuse to start without a cluster key."""
+    from concordance.raft.membership_history import MembershipHistory
+    from concordance.raft.sqlite_store import SqliteRaftStore
+
+    try:
+        with SqliteRaftStore(raft_db) as store:
+            _, snapshot = store.initial_state()
+            return len(MembershipHistory.load(store, snapshot).current.members)
+    except Exception as e:  # consensus will say what is wrong with it, in its own log
+        print(f"concordance: cannot read the membership in {raft_db}: {e}", file=sys.stderr)
+        return 0
 
 
 def _abspath(path: str | None) -> str | None:
@@ -155,8 +179,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{i}" for i in range(1, args.nodes + 1)]
     peers = ",".join(f"{n}={args.host}:{args.base_port + i}" for i, n in enumerate(ids))
     env = dict(os.environ)
-    if not args.insecure and not env.get("CONCORDANCE_CLUSTER_KEY"):
-        # A dev cluster gets a throwaway cluster key; real clusters set their own.
+    if not env.get("CONCORDANCE_CLUSTER_KEY"):
+        # A dev cluster gets a throwaway cluster key (API.md §1: no default); real clusters
+        # set their own.
         import secrets
 
         env["CONCORDANCE_CLUSTER_KEY"] = secrets.token_hex(32)

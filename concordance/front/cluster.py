@@ -240,11 +240,12 @@ async def add_member(request: web.Request) -> web.Response:
     except ConfigError as e:
         raise InvalidRequest(str(e)) from None
     cfg = request.app[CONFIG]
-    if cfg.secrets.peer_key is None and not cfg.insecure:
-        # Without it no peer could pass /raft here: the new member would never catch up.
+    problem = cfg.secrets.cluster_key_problem()
+    if problem is not None:
+        # Without its own key no peer could pass /raft here (API.md v1.1 §1).
         raise InvalidRequest(
-            "this node has no CONCORDANCE_CLUSTER_KEY: a cluster of more than one member"
-            " needs one; restart every member with the same key first"
+            f"{problem} on this node: a cluster of more than one member needs its own"
+            " cluster key; restart every member with the same key first"
         )
     return await _change_members(request, "add_voter" if voter else "add_learner", node_id, address)
 
