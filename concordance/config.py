@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 NODE_FILE = "node.json"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
@@ -107,6 +108,52 @@ class Secrets:
         )
 
 
+@dataclass(frozen=True)
+class FrontLimits:
+    """What one front lets clients hold (docs/SECURITY.md §1.4), from the environment.
+
+    The connection cap counts every connection the front accepted; past it only
+    peers and loopback (operators' probes) get in, up to ``reserved_connections``
+    more, so a flood of clients cannot lock them out. The default leaves room for
+    10,000 watchers on one front.
+    """
+
+    max_client_connections: int = 16_384  # CONCORDANCE_MAX_CLIENT_CONNECTIONS
+    reserved_connections: int = 256  # CONCORDANCE_RESERVED_CONNECTIONS: peers, loopback
+    header_timeout: float = 10.0  # CONCORDANCE_HEADER_TIMEOUT: accept -> first request's headers
+    keepalive_timeout: float = 30.0  # CONCORDANCE_KEEPALIVE_TIMEOUT: idle HTTP keep-alive
+
+    @property
+    def descriptors(self) -> int:
+        """File descriptors a front wants: every connection, plus its own files and sockets."""
+        return self.max_client_connections + self.reserved_connections + 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FrontLimits:
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = kind(text)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {text[:40]!r}") from None
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive")
+            return value
+
+        return cls(
+            max_client_connections=number(
+                "CONCORDANCE_MAX_CLIENT_CONNECTIONS", cls.max_client_connections, int
+            ),
+            reserved_connections=number(
+                "CONCORDANCE_RESERVED_CONNECTIONS", cls.reserved_connections, int
+            ),
+            header_timeout=number("CONCORDANCE_HEADER_TIMEOUT", cls.header_timeout, float),
+            keepalive_timeout=number("CONCORDANCE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout, float),
+        )
+
+
 def _decode_key(text: str, name: str) -> tuple[str, bytes]:
     try:
         key = base64.b64decode(text, validate=True)
@@ -143,6 +190,7 @@ class NodeConfig:
     tls_client_ca: str | None = None  # --tls-client-ca: require client certificates (mTLS)
     tls_peer_ca: str | None = None  # --tls-peer-ca: verify peers (default: client CA, system)
     secrets: Secrets = field(default_factory=Secrets, compare=False)
+    limits: FrontLimits = field(default_factory=FrontLimits, compare=False)
 
     @property
     def data(self) -> Path:
@@ -227,6 +275,7 @@ class NodeConfig:
         self.data.mkdir(parents=True, exist_ok=True)
         body = asdict(self)
         body.pop("secrets")
+        body.pop("limits")
         path = self.data / NODE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
@@ -241,9 +290,9 @@ def load(data_dir: str | os.PathLike[str], env: Mapping[str, str]) -> NodeConfig
         body = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    known = {f for f in NodeConfig.__dataclass_fields__ if f != "secrets"}
+    known = {f for f in NodeConfig.__dataclass_fields__ if f not in ("secrets", "limits")}
     cfg = NodeConfig(**{k: v for k, v in body.items() if k in known})
-    return replace(cfg, secrets=Secrets.from_env(env)).validate()
+    return replace(cfg, secrets=Secrets.from_env(env), limits=FrontLimits.from_env(env)).validate()
 
 
 def runtime_path(data_dir: str | os.PathLike[str], name: str) -> str:

@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from concordance.config import ROLES, ConfigError, NodeConfig, Secrets, parse_peers
+from concordance.config import (
+    ROLES,
+    ConfigError,
+    FrontLimits,
+    NodeConfig,
+    Secrets,
+    parse_peers,
+)
 
 if TYPE_CHECKING:
     from concordance.supervise import Control
@@ -101,6 +108,7 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         change_retention=_env_int("CONCORDANCE_CHANGE_RETENTION", NodeConfig.change_retention),
         secrets=Secrets.from_env(os.environ),
+        limits=FrontLimits.from_env(os.environ),
         keys_file=_abspath(args.keys),
         tls_cert=_abspath(args.tls_cert),
         tls_key=_abspath(args.tls_key),

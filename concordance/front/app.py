@@ -42,6 +42,7 @@ from concordance.front.appkeys import (
     CLIENTS,
     CLOCK,
     CONFIG,
+    GATE,
     HUB,
     KEYRING,
     KV,
@@ -58,6 +59,7 @@ from concordance.front.appkeys import (
 from concordance.front.clients import Clients, EventSource
 from concordance.front.cluster import supervisor_role_states
 from concordance.front.codec import Renderer
+from concordance.front.gate import ConnectionGate
 from concordance.front.join import join_cluster
 from concordance.front.metrics import Metrics
 from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
@@ -129,6 +131,7 @@ def make_app(
     app[TIMERS] = timers
     app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
     app[METRICS] = Metrics()
+    app[GATE] = ConnectionGate(cfg.limits)
     app[ROLE_STATES] = role_states
     app[STREAMS] = weakref.WeakSet[Closable]()
     app[KEYRING] = KeyRing(cfg.keys_file)

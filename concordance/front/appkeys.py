@@ -18,6 +18,7 @@ from concordance.clock import Clock
 from concordance.config import NodeConfig
 from concordance.crypto import Cipher
 from concordance.front.clients import Clients
+from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
 from concordance.front.relay import PeerRelay
 from concordance.front.service import KvService
@@ -32,6 +33,7 @@ __all__ = [
     "CLIENTS",
     "CLOCK",
     "CONFIG",
+    "GATE",
     "HUB",
     "KEYRING",
     "KV",
@@ -56,6 +58,7 @@ class Closable(Protocol):
 RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
 
 CONFIG = web.AppKey("config", NodeConfig)
+GATE = web.AppKey("gate", ConnectionGate)  # counts and caps connections (installed by procs)
 CLOCK = web.AppKey[Callable[[], int]]("clock")
 TIMERS = web.AppKey[Clock]("timers")  # monotonic time, sleeps, timeouts
 CIPHER = web.AppKey("cipher", Cipher)

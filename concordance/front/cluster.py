@@ -29,6 +29,7 @@ from concordance.front import metrics as prom
 from concordance.front.appkeys import (
     CLIENTS,
     CONFIG,
+    GATE,
     HUB,
     METRICS,
     PEERS,
@@ -346,6 +347,7 @@ async def metrics(request: web.Request) -> web.Response:
     gauge("concordance_watchers", "Live watch subscriptions.", app[HUB].watchers)
     gauge("concordance_websockets", "Open WebSocket sessions (stream and raft).", len(app[STREAMS]))
     gauge("concordance_writes_pending", "Writes waiting for their result.", app[PROPOSER].pending)
+    app[GATE].families(gauge)
     gauge(
         "concordance_raft_leader_changes_total",
         "Times this node's consensus saw a new leader (since the role started).",
