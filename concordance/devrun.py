@@ -15,10 +15,19 @@ from pathlib import Path
 
 
 def _dev_secret(path: Path, make: str) -> str:
-    if path.exists():
+    """The secret kept at ``path``, or ``make`` written there first.
+
+    Created 0600 in one step (never readable by others, whatever the umask, not even
+    for a moment) and never through a symlink (``O_EXCL`` fails on one).
+    """
+    if path.exists() and not path.is_symlink():
         return path.read_text().strip()
-    path.write_text(make + "\n")
-    os.chmod(path, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise SystemExit(f"refusing to write a secret through {path}: it is a symlink") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(make + "\n")
     return make
 
 

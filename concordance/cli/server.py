@@ -83,8 +83,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--endpoint", help="the node's URL: through its API (restart only; full API key)"
     )
     ctl.add_argument(
-        "--api-key", default=None, help="with --endpoint (default: $CONCORDANCE_API_KEY)"
+        "--api-key",
+        default=None,
+        help="with --endpoint; visible to every local user (ps): prefer $CONCORDANCE_API_KEY",
     )
+    ctl.add_argument("--api-key-file", default=None, help="with --endpoint: read the key from it")
     ctl.add_argument("action", choices=["status", "restart", "stop", "start"])
     ctl.add_argument(
         "role", nargs="?", choices=[*ROLES, "all"], help="all: restart storage, consensus, front"

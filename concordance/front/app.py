@@ -48,6 +48,7 @@ from concordance.front.appkeys import (
     KV,
     METRICS,
     PEERS,
+    PROBES,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -63,6 +64,7 @@ from concordance.front.gate import ConnectionGate
 from concordance.front.join import join_cluster
 from concordance.front.metrics import Metrics
 from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
+from concordance.front.probe_cache import Probes
 from concordance.front.relay import CONNECT_TIMEOUT, PeerRelay
 from concordance.front.routes import setup_routes
 from concordance.front.service import KvService
@@ -132,6 +134,7 @@ def make_app(
     app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
     app[METRICS] = Metrics()
     app[GATE] = ConnectionGate(cfg.limits)
+    app[PROBES] = Probes.on(timers.monotonic)
     app[ROLE_STATES] = role_states
     app[STREAMS] = weakref.WeakSet[Closable]()
     app[KEYRING] = KeyRing(cfg.keys_file)
@@ -218,6 +221,8 @@ def reload(app: web.Application) -> bool:
     ok = app[KEYRING].reload()
     if TLS in app:
         ok = app[TLS].reload() and ok
+        if PEERS in app:  # peers are dialed with the new client context from now on
+            app[PEERS].ssl = app[TLS].client
     return ok
 
 

@@ -20,6 +20,7 @@ from concordance.crypto import Cipher
 from concordance.front.clients import Clients
 from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
+from concordance.front.probe_cache import Probes
 from concordance.front.relay import PeerRelay
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
@@ -39,6 +40,7 @@ __all__ = [
     "KV",
     "METRICS",
     "PEERS",
+    "PROBES",
     "PROPOSER",
     "ROLE_STATES",
     "STREAMS",
@@ -58,6 +60,7 @@ class Closable(Protocol):
 RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
 
 CONFIG = web.AppKey("config", NodeConfig)
+PROBES = web.AppKey("probes", Probes)  # /readyz and /metrics, computed at most once a second
 GATE = web.AppKey("gate", ConnectionGate)  # counts and caps connections (installed by procs)
 CLOCK = web.AppKey[Callable[[], int]]("clock")
 TIMERS = web.AppKey[Clock]("timers")  # monotonic time, sleeps, timeouts

@@ -33,6 +33,7 @@ from concordance.front.appkeys import (
     HUB,
     METRICS,
     PEERS,
+    PROBES,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -304,8 +305,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 iff a leader is known and storage has applied up to consensus's commit index."""
-    clients = request.app[CLIENTS]
+    """200 iff a leader is known and storage has applied up to consensus's commit index
+    (computed at most about once a second: ``probe_cache``)."""
+    app = request.app
+    return json_response(await app[PROBES].ready.get(lambda: _readiness(app)))
+
+
+async def _readiness(app: web.Application) -> dict[str, Any]:
+    clients = app[CLIENTS]
     st = await _probe(clients.consensus.status(PROBE_TIMEOUT))
     if st is None:
         raise Unavailable("not ready: consensus is not answering")
@@ -314,11 +321,17 @@ async def readyz(request: web.Request) -> web.Response:
     applied = await _probe(clients.storage.wait_applied(st.commit, PROBE_TIMEOUT))
     if applied is None or applied < st.commit:
         raise Unavailable(f"not ready: storage has not applied up to {st.commit}")
-    return json_response({"ready": True, "leaderId": st.leader_id, "commitIndex": st.commit})
+    return {"ready": True, "leaderId": st.leader_id, "commitIndex": st.commit}
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text, computed at most about once a second (``probe_cache``)."""
     app = request.app
+    text = await app[PROBES].metrics.get(lambda: _metrics_text(app))
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
+
+
+async def _metrics_text(app: web.Application) -> str:
     clients = app[CLIENTS]
     st, ss, states = await asyncio.gather(
         _probe(clients.consensus.status(PROBE_TIMEOUT)),
@@ -397,8 +410,7 @@ async def metrics(request: web.Request) -> web.Response:
     )
     fams.extend(_role_families(states))
     fams += [prom.build_info(), prom.database_sizes(app[CONFIG].data_dir)]  # build, disk
-    text = prom.render(fams) + prom.runtime_text()
-    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
+    return prom.render(fams) + prom.runtime_text()
 
 
 def _role_families(states: dict[str, dict[str, Any]] | None) -> list[prom.Family]:
