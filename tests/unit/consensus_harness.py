@@ -21,7 +21,7 @@ from typing import Any
 import zmq.asyncio
 
 from concordance import fronts, ipc, wire
-from concordance.config import NodeConfig
+from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
 from concordance.front.ipc_clients import greet
 
@@ -60,6 +60,8 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
         "tick_ms": 10,
         "election_ticks": 30,  # 300 ms: a busy machine stalls a process for 100 ms
         "heartbeat_ticks": 1,
+        # a cluster key of their own: required with other members (API.md v1.1 §1)
+        "secrets": Secrets(cluster_key="harness-cluster-key"),
     }
     settings.update(overrides)
     return NodeConfig(**settings).validate()
