@@ -126,6 +126,12 @@ def _run_node(args: argparse.Namespace) -> int:
         level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from concordance.ipc_paths import UnsafeRunDir, run_dir
+
+    try:  # the roles would each refuse it; say so once, before starting them
+        run_dir(cfg.data_dir)
+    except (UnsafeRunDir, OSError) as e:
+        raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
     if existing.exists():
         members = _members_on_disk(existing)
