@@ -81,6 +81,7 @@ REPLY_STALL: Final = 30.0  # seconds a reply waits for room before the connectio
 MAX_BATCH: Final = MAX_BATCH_OPS  # requests in one JSON-RPC batch (as /batch)
 BATCH_FLUSH_BYTES: Final = 64 << 10  # a batch's replies are sent once this much is ready
 CLOSE_SLOW_READER: Final = 1008  # WebSocket "policy violation": replies not read
+CLOSE_GRACE: Final = 5.0  # seconds the close frame may wait for room before the cut
 MAX_SUBSCRIPTIONS: Final = 1024
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
     -32700,
@@ -228,6 +229,7 @@ class StreamConnection:
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, access: Principal) -> None:
         self.app = request.app
         self.ws = ws
+        self._transport = request.transport
         self.access = access
         self.outbox = Outbox(OUTBOX_LIMIT, OUTBOX_BYTES)
         self.subs: dict[int, Subscription] = {}
@@ -269,12 +271,24 @@ class StreamConnection:
             self.outbox.close()
             if self._writer is not None:
                 self._writer.cancel()
-            await self.ws.close(code=CLOSE_SLOW_READER, message=b"slow reader: replies not read")
+            await self._close_slow_reader()
         finally:
             self._drop_subscriptions()
             self.outbox.close()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
                 await asyncio.wait_for(self._writer, 1.0)
+
+    async def _close_slow_reader(self) -> None:
+        """Send close 1008; a client that does not read even that (its socket buffers are
+        full, so the close frame waits for room) is cut off after ``CLOSE_GRACE``."""
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self.ws.close(
+                    code=CLOSE_SLOW_READER, message=b"slow reader: replies not read"
+                )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self._transport is not None:
+                self._transport.abort()
 
     async def _write_loop(self) -> None:
         try:
