@@ -75,6 +75,8 @@ RPC_HWM = 1000  # consensus and storage sockets: the libzmq default, set explici
 EVENTS_HWM = 10_000  # events PUB/SUB: absorb bursts before PUB starts dropping
 BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in this process)
 SEND_TIMEOUT = 1.0  # default bound on a client one-way send
+RECONNECT_IVL_MS = 10  # first reconnect to a role that went away (doubling ...)
+RECONNECT_IVL_MAX_MS = 100  # ... up to this: libzmq's default interval
 FAST_BURST = 64  # messages received without yielding to the loop (see _Fast)
 
 # Plain ints: pyzmq's enum constants cost a Python-level enum operation per use, on
@@ -150,6 +152,10 @@ def _socket(ctx: zmq.asyncio.Context, kind: int, hwm: int) -> zmq.asyncio.Socket
     try:
         sock = ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        # A restarted role binds again within milliseconds (its successor has
+        # imported already): look for it that often at first, backing off to 0.1 s.
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
     except zmq.ZMQError as e:
@@ -340,6 +346,16 @@ class _Inbox(Generic[_T]):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @property
+    def size(self) -> int:
+        return len(self._items)
+
+    def take_all(self) -> list[_T]:
+        """Every item waiting, oldest first (for a consumer that switches to a handler)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
     def fail(self, error: BaseException) -> None:
         self._error = error
         if self._waiter is not None and not self._waiter.done():
@@ -508,9 +524,27 @@ class RpcServer(_Closing):
     ) -> None:
         """Hand each valid message to ``handler`` as it arrives, on the loop, instead of
         queueing it for :meth:`recv`: no task switch per message. ``handler`` must not
-        block; it may :meth:`pause` the socket while it is full, and :meth:`resume` it."""
+        block; it may :meth:`pause` the socket while it is full, and :meth:`resume` it.
+
+        Messages that arrived since the socket was bound are handed over first, in
+        order (requests whose deadline passed meanwhile are dropped): a role binds
+        before it is ready to serve, and its clients send as soon as it is bound
+        (a restarted consensus opens raft.db after binding; the proposals a front
+        held for it arrive then, and must not wait in a queue nobody reads)."""
         self._handler = handler
         self._failed = failed
+        now = _now_ms()
+        for peer, env in self._inbox.take_all():
+            if env.deadline_ms is not None and env.deadline_ms < now:
+                log.debug("%s: dropping expired %s id=%d", self.endpoint, env.type, env.id)
+            else:
+                handler(peer, env)
+        self._pump.resume()
+
+    @property
+    def queued(self) -> int:
+        """Messages received and not yet taken (by :meth:`recv` or a handler)."""
+        return self._inbox.size
 
     def sent_within(self, seconds: float) -> bool:
         """Whether a message was handed to ZeroMQ in the last ``seconds`` (it may still be

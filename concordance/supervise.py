@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import resource
+import signal
 import sys
 import time
 import xmlrpc.client
@@ -102,17 +103,37 @@ def restarts(data_dir: str | os.PathLike[str], role: str) -> int:
     return max(0, starts(data_dir, role) - 1)
 
 
+def serving_pid_path(data_dir: str | os.PathLike[str], role: str) -> Path:
+    """Where a role's keeper (``procs/front_keeper.py``, ``procs/role_keeper.py``)
+    records the process serving the role."""
+    return Path(data_dir) / STARTS_DIR / f"{role}.pid"
+
+
 def front_pid_path(data_dir: str | os.PathLike[str]) -> Path:
-    """Where the front keeper (``procs/front_keeper.py``) records the serving front."""
-    return Path(data_dir) / STARTS_DIR / "front.pid"
+    """Where the front keeper records the serving front."""
+    return serving_pid_path(data_dir, "front")
+
+
+def record_serving(data_dir: str | os.PathLike[str], role: str, pid: int) -> None:
+    """Record ``pid`` as the process serving ``role`` (atomically: readers poll it)."""
+    path = serving_pid_path(data_dir, role)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def serving(data_dir: str | os.PathLike[str], role: str) -> int | None:
+    """The pid of the process serving ``role`` now, by its keeper's record."""
+    try:
+        return int(serving_pid_path(data_dir, role).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def serving_front(data_dir: str | os.PathLike[str]) -> int | None:
     """The pid of the front process serving now, by its keeper's record."""
-    try:
-        return int(front_pid_path(data_dir).read_text())
-    except (OSError, ValueError):
-        return None
+    return serving(data_dir, "front")
 
 
 def _alive(pid: int) -> bool:
@@ -175,34 +196,42 @@ class Control:
         self._call("stopProcess", f"{GROUP}:{_role(role)}", True)
 
     def restart(self, role: str) -> None:
-        """Restart ``role``: the front by a hand-over (``hand_over_front``) when it
-        runs; any other role, or a front that is down, by stop and start."""
+        """Restart ``role`` through its keeper when it runs (``hand_over``: the front's
+        successor serves before the old one stops; a storage or consensus successor
+        has done its imports before the old one stops); a role that is down, or a
+        keeper that never recorded a serving process, by stop and start."""
         state = self.states().get(_role(role))
         running = state is not None and state.state in ("RUNNING", "STARTING")
-        if role == "front" and running:
-            self.hand_over_front()
+        if running and serving(self.data_dir, role) is not None:
+            self.hand_over(role)
             return
         if running or (state is not None and state.state == "BACKOFF"):
             self.stop(role)
         self.start(role)
 
     def hand_over_front(self, timeout: float = HAND_OVER_TIMEOUT) -> int:
-        """Ask the front keeper for a new front beside the serving one (SIGUSR2); return
-        the new front's pid once it serves. The old front then drains and exits
-        (``wait_gone``); clients never find the port closed.
+        """``hand_over("front")``: the old front drains and exits after (``wait_gone``);
+        clients never find the port closed."""
+        return self.hand_over("front", timeout)
+
+    def hand_over(self, role: str, timeout: float = HAND_OVER_TIMEOUT) -> int:
+        """Ask ``role``'s keeper to restart it (SIGUSR2); return the new process's pid
+        once the keeper records it: a front once it serves and the old front stopped
+        accepting, storage or consensus once the old process is gone and the new one
+        (imports done) was told to go on.
 
         Raises:
-            RuntimeError: no new front served within ``timeout`` (the old one goes on).
+            RuntimeError: nothing new recorded within ``timeout`` (the old one goes on).
         """
-        old = serving_front(self.data_dir)
-        self.signal("front", "USR2")
+        old = serving(self.data_dir, role)
+        self.signal(role, "USR2")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            new = serving_front(self.data_dir)
+            new = serving(self.data_dir, role)
             if new is not None and new != old:
                 return new
-            time.sleep(0.02)
-        raise RuntimeError(f"the front hand-over did not complete in {timeout:.0f} s")
+            time.sleep(0.01)
+        raise RuntimeError(f"the {role} restart did not complete in {timeout:.0f} s")
 
     def signal(self, role: str, name: str) -> None:
         """Send signal ``name`` (``TERM``...) to the role; with ``autorestart`` a role
@@ -260,31 +289,35 @@ def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
     result = {}
     for role in ROLES:
         state = states.get(role)
+        up = state is not None and state.up
+        kept = serving(cfg.data, role) if role != "front" else None  # its keeper's child
         result[role] = {
-            "pid": state.pid if state is not None and state.up else None,
+            "pid": (kept or state.pid) if state is not None and up else None,
             "up": bool(state and state.up),
             "restarts": restarts(cfg.data, role),
         }
     return result
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this role if its supervisor dies (even by SIGKILL),
-    so a crashed supervisor never leaves orphaned roles holding the port."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this role if its parent (supervisor or keeper) dies,
+    even by SIGKILL, so a crashed parent never leaves orphaned roles holding the port."""
     import ctypes
-    import signal
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(pr_set_pdeathsig, sig, 0, 0, 0)
     except (OSError, AttributeError):
         return  # not Linux: the supervisor's own stop path still applies
     if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
-def role_started(data_dir: str | os.PathLike[str], role: str) -> None:
-    """What every role process does first under the supervisor."""
-    die_with_parent()
+def role_started(
+    data_dir: str | os.PathLike[str], role: str, parent_death: int = signal.SIGTERM
+) -> None:
+    """What every role process does first under the supervisor (``parent_death``: what
+    it gets if its parent dies; SIGKILL under a keeper, a crash like the keeper's)."""
+    die_with_parent(parent_death)
     record_start(data_dir, role)

@@ -85,6 +85,8 @@ async def main(cfg: config.NodeConfig) -> None:
         await stop.wait()
         log.info("stopping")
         await site.stop()  # accept no more: the next front (if any) takes them all
+        await asyncio.sleep(0)  # the listener's close completes on this loop turn
+        _say_not_accepting()  # only now may a restart be reported done (the keeper)
         # Before the runner's cleanup, which stops reading every connection: the
         # peers' last frames (forwarded writes among them) still reach consensus,
         # and a connection accepted just now gets its request in (closing it as
@@ -144,11 +146,20 @@ def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSi
 
 
 def _say_ready() -> None:
-    """Tell the keeper this front serves (one byte on its pipe), so it may stop the old one."""
+    """Tell the keeper this front serves (one byte on its pipe), so it may stop the old
+    one. The pipe stays open until this front stops accepting (``_say_not_accepting``)."""
     fd = os.environ.get(READY_FD_ENV)
     if fd:
         with contextlib.suppress(OSError):
             os.write(int(fd), b"1")
+
+
+def _say_not_accepting() -> None:
+    """Close the keeper's pipe: this front accepts no more connections, so a hand-over
+    may be reported done (the end of file also comes if this process dies)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd:
+        with contextlib.suppress(OSError):
             os.close(int(fd))
 
 

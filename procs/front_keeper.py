@@ -20,7 +20,8 @@ when it ends on its own (supervisord then restarts the keeper, the front with
 it), 2 for an unusable configuration.
 
 ``{data}/run/front.pid`` holds the serving front's pid, written once it
-serves: ``concordance ctl`` and the restart API wait for it to change.
+serves and the front before it stopped accepting: ``concordance ctl`` and the
+restart API wait for it to change.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ READY_TIMEOUT = 30.0  # seconds a new front may take to serve before the hand-ov
 STOP_TIMEOUT = 8.0  # seconds a front may take to stop before SIGKILL (< supervisord's 10)
 BACKLOG = 1024
 LISTEN_FD_ENV = "CONCORDANCE_LISTEN_FD"  # the inherited listening socket (procs.front)
-READY_FD_ENV = "CONCORDANCE_READY_FD"  # the pipe on which a front says it serves
+READY_FD_ENV = "CONCORDANCE_READY_FD"  # the pipe a front says it serves on, closes when it stops
 
 
 def bind(listen: str) -> socket.socket:
@@ -70,14 +71,16 @@ class Keeper:
         self.handing_over = False
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._watchers: set[asyncio.Task[None]] = set()
+        self._pipes: dict[asyncio.subprocess.Process, int] = {}  # a serving front's pipe
 
     async def start(self) -> None:
         """Start the first front; the keeper fails if it never serves."""
         child, ready = await self._spawn()
-        if not await self._ready(ready):
+        if not await self._ready(child, ready):
             await self._end(child)
             raise RuntimeError("the front did not start serving")
-        self._serve(child)
+        self.serving = child
+        self._record(child)
 
     async def hand_over(self) -> None:
         """Start a new front beside the serving one, then stop the old one."""
@@ -88,15 +91,16 @@ class Keeper:
         try:
             log.info("hand-over: starting a new front")
             child, ready = await self._spawn()
-            if not await self._ready(ready):
+            if not await self._ready(child, ready):
                 log.error("hand-over abandoned: the new front did not serve; the old one goes on")
                 await self._end(child)
                 return
-            old = self.serving
-            self._serve(child)
+            old, self.serving = self.serving, child
             if old is not None and old.returncode is None:
                 log.info("hand-over: front %d serves; stopping front %d", child.pid, old.pid)
                 old.send_signal(signal.SIGTERM)
+                await self._not_accepting(old)
+            self._record(child)
         finally:
             self.handing_over = False
 
@@ -116,8 +120,8 @@ class Keeper:
         if self.serving is not None and self.serving.returncode is None:
             self.serving.send_signal(signal.SIGHUP)
 
-    def _serve(self, child: asyncio.subprocess.Process) -> None:
-        self.serving = child
+    def _record(self, child: asyncio.subprocess.Process) -> None:
+        """Write ``run/front.pid``: what ``ctl`` and the restart API wait for."""
         tmp = supervise.front_pid_path(self.data_dir).with_suffix(".tmp")
         tmp.write_text(f"{child.pid}\n")
         tmp.replace(supervise.front_pid_path(self.data_dir))
@@ -148,27 +152,49 @@ class Keeper:
         task.add_done_callback(self._watchers.discard)
         return child, read_end
 
-    async def _ready(self, read_end: int) -> bool:
-        """Whether the front on ``read_end``'s pipe says it serves (one byte) before it
-        dies (EOF) or ``READY_TIMEOUT`` passes; the pipe is closed after."""
+    async def _ready(self, child: asyncio.subprocess.Process, read_end: int) -> bool:
+        """Whether ``child`` says it serves (one byte on ``read_end``'s pipe) before it
+        dies (EOF) or ``READY_TIMEOUT`` passes. A front that serves keeps the pipe
+        open until it stops accepting (``_not_accepting``); otherwise it is closed."""
+        said = await self._read(read_end, READY_TIMEOUT)
+        if said:
+            self._pipes[child] = read_end
+        else:
+            os.close(read_end)
+        return bool(said)
+
+    async def _not_accepting(self, child: asyncio.subprocess.Process) -> None:
+        """Wait until ``child`` closed its pipe (it stopped accepting, or died), at
+        most ``STOP_TIMEOUT``: a restart is reported done only after it."""
+        read_end = self._pipes.pop(child, None)
+        if read_end is None:
+            return
+        try:
+            if await self._read(read_end, STOP_TIMEOUT) != b"":
+                log.warning("front %d did not say it stopped accepting", child.pid)
+        finally:
+            os.close(read_end)
+
+    @staticmethod
+    async def _read(fd: int, timeout: float) -> bytes | None:
+        """One byte from ``fd`` (``b""`` at end of file), or None after ``timeout``."""
         loop = asyncio.get_running_loop()
         said: asyncio.Future[bytes] = loop.create_future()
 
         def readable() -> None:
             if not said.done():
                 try:
-                    said.set_result(os.read(read_end, 1))
+                    said.set_result(os.read(fd, 1))
                 except OSError:
                     said.set_result(b"")
 
-        loop.add_reader(read_end, readable)
+        loop.add_reader(fd, readable)
         try:
-            return bool(await asyncio.wait_for(said, READY_TIMEOUT))
+            return await asyncio.wait_for(said, timeout)
         except TimeoutError:
-            return False
+            return None
         finally:
-            loop.remove_reader(read_end)
-            os.close(read_end)
+            loop.remove_reader(fd)
 
     async def _end(self, child: asyncio.subprocess.Process) -> None:
         """Stop a front that never served: SIGTERM, then SIGKILL after ``STOP_TIMEOUT``."""
@@ -184,6 +210,8 @@ class Keeper:
     async def _watch(self, child: asyncio.subprocess.Process) -> None:
         code = await child.wait()
         self.children.discard(child)
+        if child is not self.serving and (fd := self._pipes.pop(child, None)) is not None:
+            os.close(fd)
         if self.stopping:
             if not self.children and not self.done.done():
                 self.done.set_result(0)

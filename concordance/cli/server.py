@@ -257,7 +257,7 @@ ROLLING_ORDER = ("storage", "consensus", "front")  # ``restart all``: the front 
 
 def _restart(control: Control, role: str) -> None:
     """Restart one role; the front by a hand-over, waiting for the old one to drain."""
-    from concordance.supervise import serving_front, wait_gone
+    from concordance.supervise import serving, serving_front, wait_gone
 
     old = serving_front(control.data_dir) if role == "front" else None
     control.restart(role)
@@ -267,7 +267,7 @@ def _restart(control: Control, role: str) -> None:
         note = "" if drained else " (the old front is still draining)"
         print(f"front: handed over to pid {new}{note}")
     else:
-        print(f"{role}: restart done")
+        print(f"{role}: restart done (pid {serving(control.data_dir, role)})")
 
 
 def _run_ctl(args: argparse.Namespace) -> int:

@@ -208,6 +208,13 @@ class ConsensusDriver:
         assert self._shutdown_at is not None
         if self._drain_until is not None:
             settled = not self._unacked and not self._inbox and not self.core.has_ready()
+            if self._unacked and now >= self._drain_until:
+                log.warning(
+                    "%s consensus stops without the acknowledgement of %d front(s): what they "
+                    "sent after it is lost",
+                    self.cfg.node_id,
+                    len(self._unacked),
+                )
             if settled or now >= self._drain_until:
                 self._stopping = True
             return

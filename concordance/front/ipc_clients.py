@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from concordance import fronts, ipc, supervise, wire
+from concordance import fronts, ipc, sockets, supervise, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler, RaftOutHandler
 from concordance.front.get_batch import GetBatcher
@@ -60,6 +60,7 @@ ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 RAFT_IN_TIMEOUT = 0.2  # a peer frame not handed over by then is dropped (Raft retransmits)
 RAFT_IN_BATCH_BYTES = 4 << 20  # peer frames pending for consensus before senders wait
 RAFT_IN_HOLD = 5.0  # seconds peer frames are kept for a restarting consensus (a request deadline)
+ACK_TIMEOUT = 1.0  # seconds the frames of the turn ``stopping`` came in, then its ack, may wait
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
@@ -83,10 +84,10 @@ class _Stopping:
     """
 
     def __init__(self) -> None:
-        self.rpcs: set[ipc.RpcClient] = set()
+        self.rpcs: set[sockets.Client] = set()
         self._watchers: set[asyncio.Task[None]] = set()
 
-    def announce(self, rpc: ipc.RpcClient) -> None:
+    def announce(self, rpc: sockets.Client) -> None:
         if rpc in self.rpcs:
             return
         log.info("the %s role is stopping: holding its requests until it is back", _role(rpc))
@@ -95,7 +96,7 @@ class _Stopping:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, rpc: ipc.RpcClient) -> None:
+    async def _watch(self, rpc: sockets.Client) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + STOPPING_BOUND
         try:
@@ -108,11 +109,11 @@ class _Stopping:
 _STOPPING = _Stopping()
 
 
-def _connected(rpc: ipc.RpcClient) -> bool:
-    return rpc not in _STOPPING.rpcs and rpc.connected(recently=RECENTLY)
+def _connected(rpc: sockets.Client, recently: float = RECENTLY) -> bool:
+    return rpc not in _STOPPING.rpcs and rpc.connected(recently=recently)
 
 
-async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool:
+async def _ensure_connected(rpc: sockets.Client, kind: str, limit: float) -> bool:
     """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
     True if it had to wait (the role was down or restarting)."""
     loop = asyncio.get_running_loop()
@@ -127,7 +128,7 @@ async def _ensure_connected(rpc: ipc.RpcClient, kind: str, limit: float) -> bool
 
 
 async def _idempotent(
-    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float, reply: type[_B]
+    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float, reply: type[_B]
 ) -> _B:
     deadline = time.monotonic() + timeout
     backoff = _Backoff()
@@ -160,12 +161,25 @@ def hold_budget(timeout: float) -> float:
     return max(timeout - RESULT_MARGIN, timeout / 2)
 
 
-def _role(rpc: ipc.RpcClient) -> str:
+ClientOpener = Callable[[str, bytes, ipc.MessageHandler], sockets.Client]
+
+
+def _zmq_opener(ctx: zmq.asyncio.Context | None) -> ClientOpener:
+    """Open a role's ZeroMQ DEALER on ``ctx`` (the process's context by default)."""
+    context = ctx or ipc.context()
+
+    def opener(endpoint: str, identity: bytes, on_message: ipc.MessageHandler) -> sockets.Client:
+        return ipc.RpcClient(context, endpoint, identity, on_message=on_message)
+
+    return opener
+
+
+def _role(rpc: sockets.Client) -> str:
     return rpc.endpoint.rsplit("-", 1)[-1]
 
 
 async def _retry_unavailable(
-    rpc: ipc.RpcClient, kind: str, body: wire.Body, timeout: float
+    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float
 ) -> wire.Body:
     start = time.monotonic()
     budget = hold_budget(max(timeout, 0))
@@ -206,10 +220,32 @@ class _Backoff:
 
 
 class IpcConsensus:
-    """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket."""
+    """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket.
+
+    ``open_client`` opens the socket (tests pass in-memory ends,
+    ``concordance.testing.memory_ipc``); by default a ZeroMQ DEALER on ``ctx``.
+
+    **Peer frames across a consensus restart** (the relay's half of "nothing
+    forwarded is lost"; a forwarded proposal is sent once, so a frame lost
+    here is a write that ends in ``504``, never applied):
+
+    * frames of one loop turn wait in ``_frames`` for one ``raft_in``;
+    * on ``stopping`` the frames not yet sent go to the old process right
+      away, and ``stopping_ack`` after them, both in order behind any send
+      still waiting for room: consensus steps everything up to the ack before
+      it closes, and nothing is sent to it after the ack;
+    * from then on, and while consensus is down, frames are held
+      (``RAFT_IN_HOLD``) and handed to the successor; a hand-over that fails
+      because the successor is not connected after all holds them again.
+    """
 
     def __init__(
-        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+        self,
+        ctx: zmq.asyncio.Context | None,
+        data_dir: str,
+        identity: bytes = fronts.routing_id(0),
+        *,
+        open_client: ClientOpener | None = None,
     ) -> None:
         self._handler: RaftOutHandler | None = None
         self._dropped: DroppedHandler | None = None
@@ -220,16 +256,16 @@ class IpcConsensus:
         self._held: deque[tuple[float, bytes]] = deque()  # (loop time, frame) while it is down
         self._held_bytes = 0
         self._releasing: asyncio.Task[None] | None = None
+        self._acking: set[asyncio.Task[None]] = set()
         # set once raft_out has a handler: only then may consensus learn of this
         # front (``front_hello``) and send its peer frames here, not to the old one
         self.relaying = asyncio.Event()
         self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
-        self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), identity, on_message=self._on_message
-        )
+        opener = open_client or _zmq_opener(ctx)
+        self._rpc = opener(ipc.endpoint(data_dir, "consensus"), identity, self._on_message)
 
     @property
-    def rpc(self) -> ipc.RpcClient:
+    def rpc(self) -> sockets.Client:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
@@ -241,13 +277,37 @@ class IpcConsensus:
         elif isinstance(env.body, wire.Dropped) and self._dropped is not None:
             self._dropped(env.body)
         elif isinstance(env.body, wire.Stopping):
-            _STOPPING.announce(self._rpc)
-            # The last message to this process: consensus stops once it has it (and,
-            # ZeroMQ keeping order, all sent before it), so no peer frame is lost.
-            with contextlib.suppress(IpcError):
-                self._rpc.send_nowait("stopping_ack", self._ack)
+            self._on_stopping()
         else:
             log.debug("consensus sent an unexpected %s", env.type)
+
+    def _on_stopping(self) -> None:
+        """Hold everything new for the successor; send what was gathered for this
+        process, then ``stopping_ack`` (the last message to it: it steps all sent
+        before and only then closes)."""
+        _STOPPING.announce(self._rpc)
+        frames = tuple(self._frames)
+        self._frames, self._frames_bytes = [], 0
+        try:  # almost always at once; else in order behind what waits for room
+            if frames:
+                self._rpc.send_nowait("raft_in", wire.RaftIn(frames))
+                frames = ()
+            self._rpc.send_nowait("stopping_ack", self._ack)
+        except IpcError:
+            task = asyncio.get_running_loop().create_task(self._acknowledge(frames))
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self, frames: tuple[bytes, ...]) -> None:
+        try:
+            if frames:
+                await self._rpc.send("raft_in", wire.RaftIn(frames), ACK_TIMEOUT)
+                frames = ()
+            await self._rpc.send("stopping_ack", self._ack, ACK_TIMEOUT)
+        except IpcError as e:  # consensus ends its drain at its own bound
+            log.warning("could not acknowledge consensus's stopping: %s", e)
+            if frames:
+                self._hold_frames(frames)
 
     def on_raft_out(self, handler: RaftOutHandler) -> None:
         self._handler = handler
@@ -309,19 +369,21 @@ class IpcConsensus:
             if self._flushing is not None:
                 await asyncio.shield(self._flushing)
 
-    def _hold_frames(self, frames: Sequence[bytes]) -> None:
+    def _hold_frames(self, frames: Sequence[bytes], since: float | None = None) -> None:
         """Keep peer frames while consensus restarts (never waits: a peer is not held).
 
-        Why: among them may be proposals another node forwarded here. The next
-        consensus refuses what it does not lead, and the refusal reaches the
-        proposer, which proposes again where the leader now is; a frame dropped
-        here instead would leave that write's outcome unknown (a 504). Frames
-        older than ``RAFT_IN_HOLD`` are dropped when handed over (Raft has moved
-        on and retransmits what still matters), and at most
-        ``RAFT_IN_BATCH_BYTES`` are kept, the oldest dropped first.
+        Why: among them may be proposals another node forwarded here, and
+        refusals of this node's own forwarded proposals. The next consensus
+        refuses what it does not lead (or reports the refusal), which reaches
+        the proposer, which proposes again where the leader now is; a frame
+        dropped here instead would leave that write's outcome unknown (a 504).
+        Frames older than ``RAFT_IN_HOLD`` (from ``since``, when they were first
+        held) are dropped when handed over (Raft has moved on and retransmits
+        what still matters), and at most ``RAFT_IN_BATCH_BYTES`` are kept, the
+        oldest dropped first.
         """
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = loop.time() if since is None else since
         for frame in frames:
             self._held.append((now, frame))
             self._held_bytes += len(frame)
@@ -332,22 +394,36 @@ class IpcConsensus:
 
     async def _release_held(self) -> None:
         """Hand the held frames over once consensus is back (or drop them after
-        ``RAFT_IN_HOLD``: a successor that takes longer gets fresh ones)."""
+        ``RAFT_IN_HOLD``: a successor that takes longer gets fresh ones).
+
+        "Back" is asked of the socket itself, not inferred from a recent send
+        (``RECENTLY``): that send may have gone to the process that just left."""
         loop = asyncio.get_running_loop()
         try:
             while self._held:
-                if _connected(self._rpc):
-                    fresh = [f for t, f in self._held if loop.time() - t < RAFT_IN_HOLD]
+                if _connected(self._rpc, recently=0.0):
+                    fresh = [(t, f) for t, f in self._held if loop.time() - t < RAFT_IN_HOLD]
                     self._held.clear()
                     self._held_bytes = 0
                     if fresh:
-                        await self.raft_in(fresh)
-                    return
+                        await self._hand_over_held(fresh)
+                    continue
                 while self._held and loop.time() - self._held[0][0] >= RAFT_IN_HOLD:
                     self._held_bytes -= len(self._held.popleft()[1])
                 await asyncio.sleep(HOLD_POLL)
         finally:
             self._releasing = None
+
+    async def _hand_over_held(self, held: list[tuple[float, bytes]]) -> None:
+        """Send held frames in one ``raft_in``; if the successor is not there after
+        all, hold them again with their first time (``RAFT_IN_HOLD`` still counts)."""
+        frames = tuple(f for _, f in held)
+        try:
+            await self._rpc.send("raft_in", wire.RaftIn(frames), RAFT_IN_TIMEOUT)
+        except IpcError as e:
+            log.debug("held peer frames not handed over (%s): holding them again", e)
+            for since, frame in held:
+                self._hold_frames((frame,), since)
 
     def _flush_now(self) -> None:
         """At the end of the loop turn: hand the frames over at once if there is room
@@ -369,12 +445,15 @@ class IpcConsensus:
                 try:
                     await self._rpc.send("raft_in", wire.RaftIn(frames), RAFT_IN_TIMEOUT)
                 except IpcError as e:
-                    log.debug("dropping %d peer frame(s): %s", len(frames), e)
+                    if not _connected(self._rpc, recently=0.0):  # it went away: its successor
+                        self._hold_frames(frames)
+                    else:  # up but not keeping up: Raft retransmits
+                        log.debug("dropping %d peer frame(s): %s", len(frames), e)
         finally:
             self._flushing = None
 
     async def close(self) -> None:
-        for task in (self._flushing, self._releasing):
+        for task in (self._flushing, self._releasing, *self._acking):
             if task is not None:
                 task.cancel()
         _STOPPING.rpcs.discard(self._rpc)
@@ -406,7 +485,7 @@ class IpcStorage:
             self._rpc.send_nowait("front_watching", wire.FrontWatching(False))
 
     @property
-    def rpc(self) -> ipc.RpcClient:
+    def rpc(self) -> sockets.Client:
         return self._rpc
 
     def _on_message(self, env: wire.Envelope) -> None:
@@ -531,7 +610,7 @@ async def _greet_when_relaying(
 Greeting = Callable[[], Sequence[tuple[str, wire.Body]]]
 
 
-async def greet(greetings: Mapping[ipc.RpcClient, Greeting]) -> None:
+async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
     """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
     role that just started learns this front before it has to push anything
     (PROTOCOL.md §1); storage also hears whether it has watchers

@@ -6,13 +6,14 @@ locally. The front asks its own node's supervisord (``concordance.supervise``,
 a blocking XML-RPC call run in an executor), so the restart is the same one
 as the local command: SIGTERM, the role's graceful stop, a new process.
 
-* ``storage`` and ``consensus``: stop then start, awaited; ``200`` with the new
-  pid once supervisord reports the new process running. Requests meanwhile
-  are held by this front, not failed.
+* ``storage`` and ``consensus``: through the role's keeper
+  (``procs/role_keeper.py``): the successor imports, the old process stops,
+  the successor goes on; ``200`` with its pid then. Requests meanwhile are
+  held by this front, not failed.
 * ``front``: a hand-over (``Control.hand_over_front``): the front keeper
   starts a new front on the same listening socket and, once it serves, stops
   this one, which finishes this request (and every other in flight) before it
-  exits; ``200`` with the new front's pid.
+  exits; ``200`` with the new front's pid once the old one stopped accepting.
 
 Auth is by route name in the auth middleware: the full key only (the agent
 key is read-only, scoped keys reach the key-value API only).
@@ -44,12 +45,13 @@ class Restarter:
 
 
 def _restart(cfg: NodeConfig, role: str) -> int | None:
-    from concordance.supervise import Control, serving_front
+    from concordance.supervise import Control, serving
 
     control = Control(cfg.data)
     control.restart(role)
-    if role == "front":
-        return serving_front(cfg.data)
+    kept = serving(cfg.data, role)  # the process its keeper runs now
+    if kept is not None:
+        return kept
     state = control.states().get(role)
     return state.pid if state is not None else None
 

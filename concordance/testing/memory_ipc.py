@@ -75,6 +75,10 @@ class _Queue:
             self._closed = True
             self._items.put_nowait(_CLOSED)
 
+    def take(self) -> object:
+        """The next item now (the caller checked ``size``)."""
+        return self._items.get_nowait()
+
     async def get(self) -> object:
         item = await self._items.get()
         if item is _CLOSED:
@@ -178,6 +182,10 @@ class MemoryServer:
         failed: Callable[[IpcError], None] | None = None,
     ) -> None:
         self._handler = handler
+        while self._inbox.size > 0:  # what arrived before, first and in order
+            item = self._inbox.take()
+            assert isinstance(item, tuple)
+            self._take(*item)
 
     def pause(self) -> None:
         if self._paused is None:

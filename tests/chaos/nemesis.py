@@ -12,6 +12,9 @@ Faults (Jepsen / etcd robustness style):
 * ``kill-node``: ``kill -9`` of a whole node (supervisor and roles), restarted after the hold;
 * ``kill-role``: ``kill -9`` of one role (front, consensus, storage) on the leader or a
   follower; supervisord restarts it;
+* ``restart-role``: planned restarts of one role (front, consensus, storage) on the leader
+  or a follower, one after the other for the hold, as ``ctl restart ROLE`` does them
+  (clients should see nothing: issue 21);
 * ``pause``: SIGSTOP of a node's supervisor and roles, SIGCONT after the hold;
 * ``partition``: a random minority/majority split (refused or blackholed links);
 * ``isolate-leader``: the leader alone on one side;
@@ -62,9 +65,10 @@ KINDS: dict[str, float] = {
     "kill-role-all": 0.4,
     "delay": 0.4,
     "compound": 1.2,
+    "restart-role": 1.0,
 }
 NETWORK = ("partition", "isolate-leader", "bridge", "one-way", "delay")
-PROCESS = ("kill-node", "kill-role", "pause", "transfer", "replace-member")
+PROCESS = ("kill-node", "kill-role", "restart-role", "pause", "transfer", "replace-member")
 LEADER_WAIT = 5.0  # seconds a fault that needs a leader waits for one
 PROMOTION_TIMEOUT = 40.0
 
@@ -205,6 +209,18 @@ class Nemesis:
         fault.detail["role"] = role
         await self._kill_role_of(node, role)
         fault.detail["restarted_after"] = round(self.now() - fault.start, 2)
+
+    async def _restart_role(self, fault: Fault, hold: float, r: list[float]) -> None:
+        node, side = await self._pick(r[0], r[1])
+        role = ROLES[int(r[2] * len(ROLES))]
+        fault.target = f"{node.node_id} ({side})"
+        fault.detail["role"] = role
+        until = self.now() + hold
+        restarts = 0
+        while restarts == 0 or self.now() < until:
+            await asyncio.to_thread(node.control().restart, role)
+            restarts += 1
+        fault.detail["restarts"] = restarts
 
     async def _kill_all(self, fault: Fault, hold: float, r: list[float]) -> None:
         nodes = self.cluster.live()

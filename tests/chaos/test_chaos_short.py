@@ -5,7 +5,9 @@ for ~30 s while the nemesis injects faults, heals, and requires every check to p
 (``tests/chaos/harness.py``). The seeds were picked for their schedules: between them,
 every kind of fault (3 nodes: delay, kill-role, isolate-leader + pause, kill-all, bridge +
 transfer, kill-role-all, one-way; 5 nodes: isolate-leader, replace-member, partition +
-transfer, kill-role, bridge + kill-node, one-way). Long runs:
+transfer, kill-role, bridge + kill-node, one-way). They run without ``restart-role``
+(added later; with it the same seeds would draw other schedules): planned restarts in
+``make test`` are ``tests/integration/test_restart_loop.py``. Long runs, every kind:
 ``make chaos DURATION=... SEED=...``.
 """
 
@@ -15,6 +17,9 @@ import pytest
 
 from tests.chaos import report
 from tests.chaos.harness import Config, run_sync
+from tests.chaos.nemesis import KINDS
+
+SEEDED_KINDS = {k: w for k, w in KINDS.items() if k != "restart-role"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -24,7 +29,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
     [pytest.param(3, 574, id="3-nodes"), pytest.param(5, 35, id="5-nodes")],
 )
 def test_short_chaos_run(nodes: int, seed: int) -> None:
-    result = run_sync(Config(seed=seed, nodes=nodes, duration=30.0, min_faults=4))
+    config = Config(seed=seed, nodes=nodes, duration=30.0, min_faults=4, kinds=SEEDED_KINDS)
+    result = run_sync(config)
     summary = report.summary(result)
     print(summary)
     assert result.ok, summary

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from concordance.supervise import serving_front
+from concordance.supervise import serving
 from tests.integration.helpers import ROOT, Cluster, Node, wait_for
 
 pytestmark = pytest.mark.slow
@@ -477,15 +477,15 @@ def _restart_role(node: Node, role: str, how: str) -> None:
     old = node.role_pids()[role]
     assert old
     if how == "ctl":
-        old_front = serving_front(node.data)
+        old_serving = serving(node.data, role)
         subprocess.run(
             [sys.executable, "-m", "concordance.cli", "ctl", "--data", str(node.data),
              "restart", role],
             check=True, cwd=ROOT, capture_output=True, timeout=60,
         )  # fmt: skip
-        if role == "front":  # a hand-over: the keeper stays, the front is new
-            assert serving_front(node.data) not in (None, old_front)
-            return
+        # through the role's keeper: the keeper stays, the process serving the role is new
+        assert serving(node.data, role) not in (None, old_serving)
+        return
     else:
         node.kill_role(role)
     node.wait_role_restarted(role, old)

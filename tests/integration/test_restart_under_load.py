@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concordance.supervise import serving_front, wait_gone
+from concordance.supervise import serving, serving_front, wait_gone
 from tests.integration.helpers import API_KEY, Cluster, Node, short_tmpdir, wait_for
 
 PREFIX = "tenant:load/"
@@ -189,12 +189,11 @@ def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, 
         new_front = target.control().hand_over_front()
         assert new_front != old_front
         assert wait_gone(old_front), "the old front did not finish draining"
-    else:
-        old_pid = target.role_pids()[role]
+    else:  # through its keeper: the successor imports before the old process stops
+        old_pid = serving(target.data, role)
         assert old_pid
-        target.control().stop(role)  # waits until the old process is gone
-        target.control().start(role)  # waits startsecs (1 s) once the new one runs
-        target.wait_role_restarted(role, old_pid)
+        new_pid = target.control().hand_over(role)  # waits until the new one was told to go
+        assert new_pid != old_pid and wait_gone(old_pid, timeout=0)
     # Serving again: a write and a consistent read through the node both succeed.
     wait_for(
         lambda: (
@@ -265,7 +264,8 @@ def test_remote_rolling_restart_with_ctl_endpoint(single: list[Node]) -> None:
     )
     bad = node.request("POST", "/api/v1/cluster/roles/nope/restart")
     assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_request"
-    before = {**node.role_pids(), "front": serving_front(node.data)}
+    roles = ("storage", "consensus", "front")
+    before = {r: serving(node.data, r) for r in roles}  # what each role's keeper runs
     done = subprocess.run(
         [sys.executable, "-m", "concordance.cli", "ctl", "--endpoint", node.url,
          "--api-key", API_KEY, "restart", "all"],
@@ -273,6 +273,6 @@ def test_remote_rolling_restart_with_ctl_endpoint(single: list[Node]) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     print(done.stdout)
-    after = {**node.role_pids(), "front": serving_front(node.data)}
-    assert all(after[r] and after[r] != before[r] for r in ("storage", "consensus", "front"))
+    after = {r: serving(node.data, r) for r in roles}
+    assert all(after[r] and after[r] != before[r] for r in roles), (before, after)
     assert node.put(f"{PREFIX}after", 1).status == 200

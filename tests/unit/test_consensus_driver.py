@@ -462,3 +462,32 @@ def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
                 await storage.close()
 
     run(main)
+
+
+def test_what_arrives_between_bind_and_run_is_served() -> None:
+    """A restarted consensus binds its socket before it opens raft.db (a second copy
+    must fail before touching it), and a front sends the proposals it held as soon as
+    it can connect: they arrive before the driver runs. They are served once it does;
+    before the fix they waited in a queue nobody read, and the write ended in a 504
+    and was never applied (issue 21)."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            driver = await ConsensusDriver.open(make_cfg(d), ctx)
+            front = FakeFront(ctx, d)
+            task: asyncio.Task[None] | None = None
+            try:
+                early = asyncio.ensure_future(front.propose(b"held across a restart", timeout=5))
+                await wait_for(lambda: driver.server.queued, what="the proposal at the socket")
+                task = asyncio.create_task(driver.run())
+                proposed = await asyncio.wait_for(early, 5)
+                assert proposed.index >= 1 and not proposed.forwarded
+            finally:
+                if task is None:
+                    await driver.close()
+                else:
+                    driver.stop()
+                    await task
+                await front.close()
+
+    run(main)

@@ -124,6 +124,30 @@ def test_a_restarted_client_takes_over_its_identity() -> None:
     run(main())
 
 
+def test_a_handler_set_late_gets_what_arrived_before_it_first() -> None:
+    """``deliver_to`` hands over what arrived since the bind, in order, then the rest
+    (as ``ipc.RpcServer`` does): a restarted consensus binds before it runs."""
+
+    async def main() -> None:
+        net = MemoryIpc()
+        server = await net.server("ep")
+        client = net.client("ep", "front.1")
+        client.send_nowait("front_hello", wire.FrontHello(1))
+        client.send_nowait("front_hello", wire.FrontHello(2))
+        while server.queued < 2:
+            await asyncio.sleep(0)
+        seen: list[int] = []
+        server.deliver_to(lambda peer, env: seen.append(env.body.incarnation))
+        client.send_nowait("front_hello", wire.FrontHello(3))
+        while len(seen) < 3:
+            await asyncio.sleep(0)
+        assert seen == [1, 2, 3]
+        await client.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
 def test_nothing_that_ships_imports_the_test_support() -> None:
     root = Path(concordance.__file__).parent
     offenders = []

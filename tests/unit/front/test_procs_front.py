@@ -183,3 +183,58 @@ def test_the_keeper_stops_its_front_on_sigterm() -> None:
             if keeper.poll() is None:
                 keeper.kill()
                 keeper.wait()
+
+
+def _listener(pid: int) -> str | None:
+    """What the front ``pid``'s inherited listening descriptor is now (``socket:[inode]``),
+    or None once it closed it (or exited)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        fd = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"CONCORDANCE_LISTEN_FD="))
+        return os.readlink(f"/proc/{pid}/fd/{int(fd)}")
+    except (OSError, StopIteration):
+        return None
+
+
+@pytest.mark.slow
+def test_a_hand_over_is_recorded_only_once_the_old_front_stopped_accepting() -> None:
+    """``run/front.pid`` (what ``ctl restart front`` and the restart API wait for) names
+    the new front only once the old one has closed the listening socket: a client
+    told the restart is done never reaches the old front on a new connection. The
+    old front is frozen (SIGSTOP) through the hand-over, so it cannot stop accepting
+    until the test lets it go on; the order is then exact, not a race."""
+    with tempfile.TemporaryDirectory(prefix="cck", dir="/tmp") as data:
+        keeper, _ = _start_keeper(data)
+        assert keeper.stdout is not None
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(keeper.stdout.readline, b"")))
+        reader.start()
+        fronts: list[int] = []
+        try:
+            _wait(lambda: serving_front(data) is not None, "the first front")
+            first = serving_front(data)
+            assert first is not None
+            fronts.append(first)
+            listening = _listener(first)
+            assert listening is not None and listening.startswith("socket:")
+            os.kill(first, signal.SIGSTOP)
+            try:
+                keeper.send_signal(signal.SIGUSR2)
+                _wait(lambda: any(b"hand-over: front" in line for line in lines), "the new front")
+                assert serving_front(data) == first, "recorded while the old front still accepts"
+            finally:
+                os.kill(first, signal.SIGCONT)
+            _wait(lambda: serving_front(data) != first, "the hand-over recorded")
+            second = serving_front(data)
+            assert second is not None
+            fronts.append(second)
+            assert _listener(first) != listening, "the old front still holds the port"
+            assert _listener(second) == listening
+            assert wait_gone(first), "the old front did not exit"
+        finally:
+            keeper.send_signal(signal.SIGTERM)
+            keeper.wait(timeout=20)
+            reader.join(10)
+            keeper.stdout.close()
+            for pid in fronts:
+                assert wait_gone(pid), f"front {pid} did not exit"
