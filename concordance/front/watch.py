@@ -502,6 +502,7 @@ class WatchHub:
             self._index.discard(sub.id, sub.prefix, exact=False)
         if not self._subs:
             self.fed = None
+            self._unfed.clear()
         self._unwatch_if_idle()
 
     def end(self, sub: Subscription, reason: str) -> None:
