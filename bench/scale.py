@@ -391,6 +391,7 @@ class ScaleRun:
         self.rounds = 2 if quick else 3
         self.wide = 2_000 if quick else WIDE
         self.results: dict[str, dict[str, Row]] = {}
+        self.rss: dict[str, list[float]] = {}  # "level" -> [front MB, etcd MB]
 
     def record(self, name: str, system: str, row: Row) -> None:
         """Keep each measure's best over the rounds (the machine is shared: the best is the
@@ -449,9 +450,11 @@ class ScaleRun:
         put_cc = cc_put(session, cold)
         put_etcd = etcd_put(writer, cold) if writer is not None else None
         await self._both("write, 0 subscriptions", put_cc, put_etcd)
+        self.rss["no connection"] = [_rss_mb(front), _rss_mb(etcd_pid)]
         await cc_w.call("open", CONNECTIONS)
         if et_w is not None:
             await et_w.call("open", CONNECTIONS)
+        self.rss[f"{CONNECTIONS} connections"] = [_rss_mb(front), _rss_mb(etcd_pid)]
         await self._hot(session, writer, cc_w, et_w)
         have = 0
         rss: dict[int, tuple[float, float]] = {}
@@ -464,6 +467,7 @@ class ScaleRun:
             have = level
             print(f"  {level:,} subscriptions on each system in {time.monotonic() - began:.0f} s")
             rss[level] = (_rss_mb(front), _rss_mb(etcd_pid))
+            self.rss[f"{level:,} subscriptions"] = list(rss[level])
             await self._both(f"write, {level:,} subscriptions on other prefixes", put_cc, put_etcd)
         cancelled = await cc_w.call("cancelled")
         if cancelled:
@@ -597,7 +601,11 @@ def main(quick: bool, etcd_binary: str | None) -> int:
             s.stop()
     print()
     print(table(run.results))
+    print(
+        "RSS MB (front, etcd): "
+        + "; ".join(f"{k} {v[0]:.0f}, {v[1]:.0f}" for k, v in run.rss.items())
+    )
     out = Path(".bench")
     out.mkdir(exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(run.results, indent=2))
+    (out / "scale.json").write_text(json.dumps({"rows": run.results, "rss": run.rss}, indent=2))
     return 0
