@@ -32,7 +32,9 @@ Theory of operation:
   events at or below it are dropped, so replay hands over to live delivery
   without gap or duplicate.
 * A subscription is registered (buffering) BEFORE its start revision is read
-  from storage, so nothing published in between is lost.
+  from storage, so nothing published in between is lost. When the hub is
+  caught up (nothing queued, no feeder running) its start revision is ``fed``
+  and storage is not asked: everything after ``fed`` will be routed to it.
 * An inbox that overflows is emptied and keeps only the newest batch; the
   subscription then fetches what it missed from storage under its own
   prefix. The connection's bounded send queue is the slow-consumer limit: a
@@ -475,21 +477,27 @@ class WatchHub:
         sub = Subscription(self, next(self._ids), sink, prefix, key, since)
         self._subs[sub.id] = sub
         self._index.add(sub.id, sub, key if key is not None else prefix, exact=key is not None)
-        try:
-            await self._watch()
-            status = await self.storage.status(self.storage_timeout)
-        except BaseException:
-            self.remove(sub)
-            raise
+        if self.fed is not None and not self._unfed and self._feeder is None:
+            # Caught up: every change published so far is routed, every later one will be
+            # routed here. No storage read, so 10,000 clients resubscribing at once after a
+            # restart do not queue 10,000 reads in storage.
+            revision = self.fed
+        else:
+            try:
+                await self._watch()
+                revision = (await self.storage.status(self.storage_timeout)).revision
+            except BaseException:
+                self.remove(sub)
+                raise
         if since is None:
-            sub.cursor = status.revision
+            sub.cursor = revision
         if self.fed is None and self._subs:
             # The first subscriber's read is the baseline: every batch after it comes
             # (or its absence shows as a gap); the ones at or below it are old news.
-            self.fed = status.revision
+            self.fed = revision
             if self._unfed and self._feeder is None and not self._closed:
                 self._feeder = asyncio.get_running_loop().create_task(self._feed())
-        return sub, status.revision
+        return sub, revision
 
     def remove(self, sub: Subscription) -> None:
         """Forget ``sub`` (its task, if any, stops on its own or via ``stop``)."""

@@ -229,6 +229,43 @@ def test_live_subscription_starts_at_the_current_revision(tmp_path: Path) -> Non
     run(tmp_path, scenario)
 
 
+def test_a_caught_up_hub_starts_a_subscription_at_fed_without_asking_storage(
+    tmp_path: Path,
+) -> None:
+    """Reads of storage per subscribe: one for the first (the baseline), none while the hub
+    has routed everything published; one again while batches wait to be routed."""
+
+    async def scenario(w: World) -> None:
+        storage = w.node.storage
+        reads = 0
+        status = storage.status
+
+        async def counted(timeout: float) -> wire.StorageStatusOk:
+            nonlocal reads
+            reads += 1
+            return await status(timeout)
+
+        storage.status = counted  # type: ignore[method-assign]
+        sink = ListSink()
+        first = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.pump()
+        await settle()
+        second, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        second.start()
+        assert (reads, revision) == (1, 1)
+        w.write("tenant:a/2")
+        w.pump()  # queued, not routed yet: the hub is not caught up
+        third, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        third.start()
+        assert (reads, revision) == (2, 2)
+        await settle()
+        assert sink.revisions(first) == [1, 2] and sink.revisions(second) == [2]
+        assert sink.revisions(third) == []
+
+    run(tmp_path, scenario)
+
+
 def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         sink = ListSink()
