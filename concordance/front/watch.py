@@ -393,6 +393,8 @@ class WatchHub:
                 await self._route(live)
             if not self._subs:
                 self._unfed.clear()
+        except Exception:  # what is still queued goes with the next batch published
+            log.exception("watch feed failed")
         finally:
             self._feeder = None
 
@@ -416,6 +418,9 @@ class WatchHub:
                 sub.feed(live, tuple(indexes))
             except _SlowConsumer:
                 self.end(sub, "slow_consumer")
+            except Exception:  # one failing watch must not cost the others this batch
+                log.exception("watch %d failed", sub.id)
+                self.end(sub, "shutdown")
             done += 1
             if done % self.feed_chunk == 0:
                 await asyncio.sleep(0)  # let writers' answers and the connections' writers run

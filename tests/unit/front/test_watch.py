@@ -379,6 +379,29 @@ def test_live_delivery_resumes_after_a_replay_buffered_past_its_inbox(tmp_path: 
     run(tmp_path, scenario, inbox_limit=2)
 
 
+def test_a_failing_watch_is_cancelled_and_the_others_still_get_the_batch(
+    tmp_path: Path,
+) -> None:
+    class BrokenSink(ListSink):
+        def notify(
+            self, subscription_id: int, events: list[dict[str, Any]], events_json: str | None
+        ) -> bool:
+            raise RuntimeError("a bug in one connection")
+
+    async def scenario(w: World) -> None:
+        sink, broken = ListSink(), BrokenSink()
+        before = await w.subscribe(sink)
+        bad = await w.subscribe(broken)
+        after = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.pump()
+        await settle()
+        assert sink.revisions(before) == [1] and sink.revisions(after) == [1]
+        assert broken.cancels == [(bad.id, "shutdown")] and w.hub.watchers == 2
+
+    run(tmp_path, scenario)
+
+
 def test_slow_consumer_is_cancelled(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         sink = ListSink(capacity=2)
