@@ -285,6 +285,32 @@ def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_a_gap_past_the_history_spares_a_busy_subscription_ahead_of_it(
+    tmp_path: Path,
+) -> None:
+    """A subscription not started yet, replaying from beyond the hole, repairs from its
+    own cursor instead of being cancelled with the live ones."""
+
+    async def scenario(w: World) -> None:
+        for i in range(30):
+            w.write(f"tenant:a/{i % 2}")
+        w.batches()
+        sink = ListSink()
+        live = await w.subscribe(sink)  # the hub's baseline: 30
+        busy, _ = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=45)
+        w.node.knobs.drop_batches = 20
+        for i in range(21):  # revisions 31..51; only 51's batch comes
+            w.write(f"tenant:a/{i % 2}")
+        w.pump()
+        await settle()
+        busy.start()
+        await settle()
+        assert sink.cancels == [(live.id, "compacted")]
+        assert sink.revisions(busy) == list(range(46, 52))
+
+    run(tmp_path, scenario, retention=16)
+
+
 def test_the_fan_out_yields_to_other_tasks_between_chunks(tmp_path: Path) -> None:
     """publish() only queues, and the feeder lets other tasks run every ``feed_chunk``
     deliveries: the writer whose result follows a batch is not answered after a
