@@ -32,9 +32,10 @@ Theory of operation:
   events at or below it are dropped, so replay hands over to live delivery
   without gap or duplicate.
 * A subscription is registered (buffering) BEFORE its start revision is read
-  from storage, so nothing published in between is lost. When the hub is
-  caught up (nothing queued, no feeder running) its start revision is ``fed``
-  and storage is not asked: everything after ``fed`` will be routed to it.
+  from storage, so nothing published in between is lost. Storage is asked
+  only for the hub's baseline and while batches wait to be routed; otherwise
+  the start revision is ``fed`` (everything after it will be routed to the
+  new subscription).
 * An inbox that overflows is emptied and keeps only the newest batch; the
   subscription then fetches what it missed from storage under its own
   prefix. The connection's bounded send queue is the slow-consumer limit: a
@@ -59,7 +60,7 @@ from typing import Any, Protocol
 
 from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.errors import Compacted, ConcordanceError
+from concordance.errors import Compacted, ConcordanceError, Unavailable
 from concordance.front.clients import StorageClient
 from concordance.front.codec import Renderer, dumps
 from concordance.front.watch_index import PrefixIndex
@@ -338,6 +339,7 @@ class WatchHub:
         self._watching = False  # storage was asked for change batches (storage.watch)
         self._unfed: deque[LiveBatch] = deque()  # published, not yet routed
         self._feeder: asyncio.Task[None] | None = None
+        self._baseline: asyncio.Future[int] | None = None  # the first read of storage, out
         self._closed = False
 
     @property
@@ -482,27 +484,52 @@ class WatchHub:
         sub = Subscription(self, next(self._ids), sink, prefix, key, since)
         self._subs[sub.id] = sub
         self._index.add(sub.id, sub, key if key is not None else prefix, exact=key is not None)
-        if self.fed is not None and not self._unfed and self._feeder is None:
-            # Caught up: every change published so far is routed, every later one will be
-            # routed here. No storage read, so 10,000 clients resubscribing at once after a
-            # restart do not queue 10,000 reads in storage.
-            revision = self.fed
-        else:
-            try:
-                await self._watch()
-                revision = (await self.storage.status(self.storage_timeout)).revision
-            except BaseException:
-                self.remove(sub)
-                raise
+        try:
+            revision = await self._start_revision()
+        except BaseException:
+            self.remove(sub)
+            raise
         if since is None:
             sub.cursor = revision
+        return sub, revision
+
+    async def _start_revision(self) -> int:
+        """The revision a subscription just registered starts after.
+
+        Any value ``fed`` takes after the registration is safe: what is routed
+        after it reaches the new subscription. So storage is read only for the
+        baseline (no ``fed`` yet; subscriptions that come while that read is
+        out share it, nothing being routed before it) and while batches wait to
+        be routed (a fresh revision then: a writer answered here sees a start
+        at or after its write). 10,000 clients resubscribing at once after a
+        restart make one read, not 10,000 (which timed out in storage).
+        """
+        if self.fed is not None and not self._unfed and self._feeder is None:
+            return self.fed
+        if self.fed is None and self._baseline is not None:
+            return await asyncio.shield(self._baseline)
+        baseline = None
+        if self.fed is None:
+            baseline = self._baseline = asyncio.get_running_loop().create_future()
+        try:
+            await self._watch()
+            revision = (await self.storage.status(self.storage_timeout)).revision
+        except BaseException as e:
+            if baseline is not None:
+                self._baseline = None
+                baseline.set_exception(e if isinstance(e, Exception) else Unavailable("shutdown"))
+                baseline.exception()  # retrieved: the waiters re-raise it, if any
+            raise
+        if baseline is not None:
+            self._baseline = None
+            baseline.set_result(revision)
         if self.fed is None and self._subs:
-            # The first subscriber's read is the baseline: every batch after it comes
-            # (or its absence shows as a gap); the ones at or below it are old news.
+            # The baseline: every batch after it comes (or its absence shows as a gap);
+            # the ones at or below it are old news.
             self.fed = revision
             if self._unfed and self._feeder is None and not self._closed:
                 self._feeder = asyncio.get_running_loop().create_task(self._feed())
-        return sub, revision
+        return revision
 
     def remove(self, sub: Subscription) -> None:
         """Forget ``sub`` (its task, if any, stops on its own or via ``stop``)."""

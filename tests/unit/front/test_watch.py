@@ -266,6 +266,38 @@ def test_a_caught_up_hub_starts_a_subscription_at_fed_without_asking_storage(
     run(tmp_path, scenario)
 
 
+def test_subscriptions_arriving_together_share_the_baseline_read(tmp_path: Path) -> None:
+    """A burst of subscribes on a hub with no baseline (10,000 clients back after a
+    restart) makes one storage read, and every one of them gets what follows it."""
+
+    async def scenario(w: World) -> None:
+        storage = w.node.storage
+        reads = 0
+        status = storage.status
+
+        async def counted(timeout: float) -> wire.StorageStatusOk:
+            nonlocal reads
+            reads += 1
+            return await status(timeout)
+
+        storage.status = counted  # type: ignore[method-assign]
+        w.write("tenant:a/old")
+        w.batches()
+        sink = ListSink()
+        got = await asyncio.gather(
+            *(w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None) for _ in range(50))
+        )
+        for sub, _ in got:
+            sub.start()
+        assert reads == 1 and {revision for _, revision in got} == {1}
+        w.write("tenant:a/new")
+        w.pump()
+        await settle()
+        assert all(sink.revisions(sub) == [2] for sub, _ in got)
+
+    run(tmp_path, scenario)
+
+
 def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         sink = ListSink()
