@@ -134,6 +134,10 @@ def list_changes(
 ) -> dict[str, Any]:
     """``{"changes", "revision"}``: events under ``prefix`` after revision ``since``.
 
+    ``prefix`` ``""`` means every key: the front's watch hub repairs a lost
+    change batch for all its subscriptions with one such read (clients'
+    prefixes are validated by the front, and are never empty).
+
     Events come in (revision, seq) order. The answer always holds whole
     revisions, so the returned ``revision`` (pass it as the next ``since``)
     never splits an atomic batch: a page that would end inside a revision
@@ -145,7 +149,8 @@ def list_changes(
             the first revision still held, so ``since = oldest - 1`` works).
         InvalidKey / InvalidRequest: bad prefix, ``since`` or ``limit``.
     """
-    validate_prefix(prefix)
+    if prefix:
+        validate_prefix(prefix)
     _check_positive("limit", limit)
     if type(since) is not int or since < 0:
         raise InvalidRequest("since must be a non-negative integer")
@@ -153,7 +158,7 @@ def list_changes(
         raise Compacted(
             f"changes before revision {compacted + 1} were compacted", oldest=compacted + 1
         )
-    end = prefix_end(prefix)
+    end = prefix_end(prefix) if prefix else _ABOVE_EVERY_KEY
     rows = conn.execute(
         "SELECT revision, type, key, value, version, timestamp FROM changes"
         " WHERE revision > ? AND key >= ? AND key < ? ORDER BY revision, seq LIMIT ?",
@@ -170,6 +175,9 @@ def list_changes(
             (cut, prefix, end),
         ).fetchall()
     return {"changes": [_event_of(r) for r in kept], "revision": kept[-1][0]}
+
+
+_ABOVE_EVERY_KEY: Final = "\U0010ffff"  # every key starts with "tenant:"
 
 
 def prefix_end(prefix: str) -> str:
