@@ -203,7 +203,11 @@ class StorageService:
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.snapshot_dir.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
-        self._sm = StateMachine(self.db_path, retention=self.cfg.change_retention)
+        self._sm = StateMachine(
+            self.db_path,
+            retention=self.cfg.change_retention,
+            retention_bytes=self.cfg.change_retention_bytes,
+        )
         self._consensus = socks.client(
             ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
         )
