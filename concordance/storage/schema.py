@@ -6,8 +6,9 @@ file). That is safe because state.db is not the durable source of truth, the
 Raft log in raft.db (``synchronous=FULL``) is: ``applied_index`` is committed
 in the same transaction as the changes it covers, so after a crash storage
 reports an index that matches its data exactly, and consensus re-sends every
-committed entry after it, or installs a snapshot when state.db is behind the
-log's first index.
+committed entry after it. Consensus cuts its log only behind an index storage
+reported after a checkpoint (``durability.py``), which fsyncs the WAL, so the
+entries a power cut may take from state.db are always still in the log.
 
 Tables (schema version 2; ``PRAGMA user_version`` holds the version, and
 :mod:`concordance.storage.migrate` upgrades an older file on open):
