@@ -223,6 +223,8 @@ class StateMachine:
                 self._applied_index, self._applied_term = index, term
                 if data:
                     out.append(self._apply_entry(index, data))
+                    # The next entry reads values through these rows (kv points to them).
+                    self._flush_changes()
                     self._prune()  # after each entry, so batching cannot change "oldest"
             if self._applied_index == saved[0]:
                 conn.execute("ROLLBACK")

@@ -148,3 +148,25 @@ def test_history_bytes_match_the_rows_held(tmp_path: Path) -> None:
     ).fetchone()[0]
     conn.close()
     assert counted == held
+
+
+def test_an_entry_sees_the_values_the_entries_before_it_in_the_same_apply_wrote(
+    tmp_path: Path,
+) -> None:
+    """Values live in change rows: an entry must read those of earlier entries of the
+    same transaction (a conflict reports the current value, a delete-prefix and a
+    batch see it)."""
+    with StateMachine(tmp_path / "state.db") as sm:
+        out = sm.apply(
+            entries(
+                [
+                    Set("tenant:a/k", b'"one"'),
+                    Set("tenant:a/k", b'"two"', if_version=7),  # conflicts
+                    Batch((Set("tenant:a/j", b'"j"'),)),
+                ]
+            )
+        )
+        assert out[1].error is not None
+        assert out[1].error["current"]["value"] == b'"one"'
+        assert sm.get("tenant:a/k", T)["value"] == b'"one"'
+        assert sm.get("tenant:a/j", T)["value"] == b'"j"'
