@@ -8,8 +8,13 @@ nothing (raft/__init__.py, PROTOCOL.md §3.6):
    ``checkpoint``; storage fsyncs what it applied and answers ``durable
    {index}``; one request at a time, asked again after ``ASK_TIMEOUT``;
 2. the log's base becomes ``index - snapshot_trailing`` (entries kept for
-   slow followers), clamped to what the core handed out: it is recorded in
-   raft.db, the entries up to it dropped, and the core told.
+   slow followers), clamped to what the core handed out, and on a leader to
+   what a recently active follower still needs (``core.still_needed``: a
+   member receiving or just installed a snapshot, so it is not sent another
+   because the log moved on meanwhile), but held back by at most
+   ``HOLD_EVERY`` compactions' worth of entries (a follower slower than the
+   writes cannot grow the log without end): it is recorded in raft.db, the
+   entries up to it dropped, and the core told.
 
 A full copy of the state is made only on demand: when the core wants a
 snapshot (``Ready.snapshot_wanted``: a follower behind the log's base, no
@@ -52,6 +57,7 @@ __all__ = ["SnapshotCoordinator"]
 log = logging.getLogger("concordance.consensus")
 
 ASK_TIMEOUT = 60.0  # seconds: storage restarted without answering take_snapshot / checkpoint
+HOLD_EVERY = 4  # a follower still catching up holds back at most this many compactions
 RETRY_AFTER_DISCARD = 5.0  # seconds: do not ask again at once for what was just refused
 
 Send = Callable[[str, Body], Awaitable[None]]
@@ -128,6 +134,9 @@ class SnapshotCoordinator:
         self._checkpoint.answered()
         self.checkpointed = max(self.checkpointed, body.index)
         base = min(body.index, core.log.applied) - self._trailing
+        needed = core.still_needed()
+        if needed is not None:
+            base = max(min(base, needed), base - HOLD_EVERY * self._every)
         if base <= self._disk.first_index() - 1:
             return
         meta = core.base_meta(base)

@@ -255,6 +255,18 @@ class RaftCore:
         """The replicator needs a snapshot reaching the log's base (``Ready.snapshot_wanted``)."""
         self._snapshot_wanted = True
 
+    def still_needed(self) -> int | None:
+        """While leading: the lowest index a recently active follower still needs from
+        the log (the snapshot it is receiving, or its match), else None.
+
+        The driver compacts no further than this (within a bound): a follower
+        catching up through a snapshot then finds the log going on right after
+        it, instead of needing another snapshot because the log moved on while
+        a large one was in flight. A follower gone quiet for an election
+        timeout holds nothing (CheckQuorum clears ``recent_active``).
+        """
+        return self._repl.still_needed() if self.role is Role.LEADER else None
+
     def base_meta(self, index: int) -> SnapshotMeta:
         """The metadata of a log base at ``index``, for a compaction with no snapshot.
 

@@ -223,6 +223,18 @@ class Replicator:
         if self._snapshots.on_response(self._view.term, msg, pr, self._view.snapshot):
             self.send_append(msg.src)
 
+    def still_needed(self) -> int | None:
+        """The lowest log index a recently active follower still needs from the log:
+        the snapshot it is receiving, else its match; None if none is behind."""
+        last = self._log.last_index()
+        needs = [
+            pr.snapshot_index if pr.state is ProgressState.SNAPSHOT else pr.match
+            for peer, pr in self.progress.items()
+            if peer != self._id and pr.recent_active
+        ]
+        needs = [n for n in needs if n < last]
+        return min(needs) if needs else None
+
     # ------------------------------------------------------------------ CheckQuorum
     def quorum_active(self, voters: tuple[str, ...]) -> bool:
         """Whether a quorum of ``voters`` was heard from since the last reset."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.raft.entries import Membership, SnapshotMeta
+from concordance.wire import Durable
 
 MEMBERS = Membership(("n1", "n2", "n3"))
 
@@ -66,5 +67,48 @@ def test_a_snapshot_is_asked_for_only_when_none_reaches_the_wanted_index() -> No
         await policy.want(80)
         await policy.want(80)  # asked already: that answer serves both
         assert asked == ["take_snapshot"]
+
+    asyncio.run(main())
+
+
+class _Log:
+    applied = 500
+
+
+class _Core:
+    """What ``on_durable`` reads of the core: what it handed out and what followers need."""
+
+    def __init__(self, needed: int | None) -> None:
+        self.log = _Log()
+        self.needed = needed
+        self.compacted_to: list[int] = []
+
+    def still_needed(self) -> int | None:
+        return self.needed
+
+    def base_meta(self, index: int) -> SnapshotMeta:
+        return SnapshotMeta(index, 1, MEMBERS)
+
+    def compacted(self, index: int) -> None:
+        self.compacted_to.append(index)
+
+
+class _CompactingDisk(_Disk):
+    async def compact_behind(self, meta: SnapshotMeta) -> int:
+        self.base = max(self.base, meta.index)
+        return self.base
+
+
+def test_compaction_holds_what_a_catching_up_follower_needs_within_a_bound() -> None:
+    """durable 500, trailing 8, every 32: the base is 492, or what an active follower
+    still needs, but never held more than 4 x 32 entries below 492."""
+
+    async def main() -> None:
+        for needed, base in ((None, 492), (400, 400), (100, 492 - 4 * 32)):
+            disk, asked = _CompactingDisk(), []
+            policy = _policy(disk, asked)
+            core = _Core(needed)
+            await policy.on_durable(core, Durable(500))  # type: ignore[arg-type]
+            assert (disk.base, core.compacted_to) == (base, [base])
 
     asyncio.run(main())
