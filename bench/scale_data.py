@@ -291,9 +291,13 @@ async def catch_up(system: System, api: Api, seconds: float) -> Row:
     writer = asyncio.create_task(writes())
     began = time.monotonic()
     new = await asyncio.to_thread(add_member, system, leader)
-    await asyncio.to_thread(
-        wait_until, lambda: caught_up(system, new, target), 1800.0, "the new member"
-    )
+
+    def joined() -> bool:
+        if new.proc is not None and new.proc.poll() is not None:
+            raise RuntimeError(f"the new member {new.name} exited ({new.proc.returncode})")
+        return caught_up(system, new, target)
+
+    await asyncio.to_thread(wait_until, joined, 1800.0, "the new member")
     took = time.monotonic() - began
     done.set()
     await writer
@@ -353,7 +357,7 @@ async def measure(system: System, n: int, seconds: float) -> Row:
     }
     if system.kind == "concordance":
         log_text = (system.root / "n4" / "logs" / "consensus.log").read_text(errors="replace")
-        row["snapshot_installed"] = "installing snapshot" in log_text
+        row["snapshots_installed"] = log_text.count("installing snapshot")
     return row
 
 
@@ -372,7 +376,7 @@ def run_one(system: System, n: int, seconds: float) -> Row:
 
 
 # -- the table -------------------------------------------------------------------
-def table(rows: list[tuple[Row, Row | None]]) -> str:
+def table(rows: list[tuple[Row | None, Row | None]]) -> str:
     out = [
         "| keys | | load keys/s | state + log MB (leader) | read p99 ms (vs small) "
         "| 10k-key list ms (vs small) | write p99 ms: before / while a member joins "
@@ -392,7 +396,7 @@ def table(rows: list[tuple[Row, Row | None]]) -> str:
                 f"| {r['write_p99_before']:.1f} / {r['write_p99_during']:.1f} "
                 f"| {r['catch_up_s']:.1f} | {r['restart_s']:.1f} | {rss} |"
             )
-        if etcd is not None:
+        if cc is not None and etcd is not None:
             disk = (cc["state_mb"] + cc["log_mb"]) / (etcd["state_mb"] + etcd["log_mb"])
             out.append(
                 f"| | ratio Concordance/etcd | {cc['keys_per_s'] / etcd['keys_per_s']:.2f}x "
@@ -411,15 +415,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20,000 keys only")
     parser.add_argument("--keys", type=int, nargs="*", help="sizes (default 100000 1000000)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per latency measure")
+    parser.add_argument("--only", choices=["concordance", "etcd"], help="one system alone")
     args = parser.parse_args()
     sizes = args.keys or ([20_000] if args.quick else [100_000, 1_000_000])
     binary = etcd_binary()
-    rows: list[tuple[Row, Row | None]] = []
+    rows: list[tuple[Row | None, Row | None]] = []
     for n in sizes:
-        cc = run_one(ConcordanceSystem(), n, args.seconds)
-        print(json.dumps(cc), flush=True)
-        etcd = run_one(EtcdSystem(binary), n, args.seconds) if binary else None
-        print(json.dumps(etcd), flush=True)
+        cc = etcd = None
+        if args.only != "etcd":
+            cc = run_one(ConcordanceSystem(), n, args.seconds)
+            print(json.dumps(cc), flush=True)
+        if args.only != "concordance" and binary:
+            etcd = run_one(EtcdSystem(binary), n, args.seconds)
+            print(json.dumps(etcd), flush=True)
         rows.append((cc, etcd))
         print(table(rows), flush=True)
     out = Path(".bench")
