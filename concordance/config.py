@@ -181,7 +181,8 @@ class NodeConfig:
     auto_promote: bool = True  # the leader promotes caught-up learners to voters
     snapshot_every: int = 10_000  # applied entries between snapshots
     snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
-    change_retention: int = 100_000
+    change_retention: int = 100_000  # revisions of change history kept at most
+    change_retention_bytes: int = 1 << 30  # key + value bytes of change history kept at most
     max_value_bytes: int = 1 << 20
     request_timeout_ms: int = 5_000
     keys_file: str | None = None  # --keys: scoped access keys (concordance.scopes)
@@ -230,7 +231,13 @@ class NodeConfig:
             )
         self._validate_cluster_key()
         self._validate_files()
-        for name in ("tick_ms", "heartbeat_ticks", "snapshot_every", "change_retention"):
+        for name in (
+            "tick_ms",
+            "heartbeat_ticks",
+            "snapshot_every",
+            "change_retention",
+            "change_retention_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
         if self.election_ticks <= self.heartbeat_ticks:

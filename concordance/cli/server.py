@@ -110,6 +110,9 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         change_retention=_env_int("CONCORDANCE_CHANGE_RETENTION", NodeConfig.change_retention),
+        change_retention_bytes=_env_int(
+            "CONCORDANCE_CHANGE_RETENTION_BYTES", NodeConfig.change_retention_bytes
+        ),
         secrets=Secrets.from_env(os.environ),
         limits=FrontLimits.from_env(os.environ),
         keys_file=_abspath(args.keys),

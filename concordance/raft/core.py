@@ -106,6 +106,7 @@ class RaftCore:
         self._reads = ReadIndexQueue()
         self._repl = Replicator(node_id, self.log, self.cfg, snapshots, self, self._send)
         self._snapshot_in = SnapshotReceiver()
+        self._snapshot_wanted = False  # a follower needs a snapshot we do not hold
         # Outputs, drained by ready().
         self._out = Outbox()
         self._needs_broadcast = False
@@ -244,11 +245,39 @@ class RaftCore:
         """
         if index > self.log.applied or index < self.log.first_index() - 1:
             raise ValueError(f"cannot snapshot at {index}")
-        if self.snapshot is not None and index <= self.snapshot.index:
-            raise ValueError(f"snapshot at {index} is not newer than {self.snapshot.index}")
+        if self.snapshot is not None and index < self.snapshot.index:
+            raise ValueError(f"snapshot at {index} is older than {self.snapshot.index}")
         meta = SnapshotMeta(index, self.log.term(index), self.membership_at(index))
         self.snapshot = meta  # only once its file is durable: the leader will send it
         return meta
+
+    def want_snapshot(self) -> None:
+        """The replicator needs a snapshot reaching the log's base (``Ready.snapshot_wanted``)."""
+        self._snapshot_wanted = True
+
+    def still_needed(self) -> int | None:
+        """While leading: the lowest index a recently active follower still needs from
+        the log (the snapshot it is receiving, or its match), else None.
+
+        The driver compacts no further than this (within a bound): a follower
+        catching up through a snapshot then finds the log going on right after
+        it, instead of needing another snapshot because the log moved on while
+        a large one was in flight. A follower gone quiet for an election
+        timeout holds nothing (CheckQuorum clears ``recent_active``).
+        """
+        return self._repl.still_needed() if self.role is Role.LEADER else None
+
+    def base_meta(self, index: int) -> SnapshotMeta:
+        """The metadata of a log base at ``index``, for a compaction with no snapshot.
+
+        The driver calls it when the state machine holds everything up to
+        ``index`` durably; it records the result as the log's base (the
+        restart point) and compacts the store up to ``index``, then calls
+        :meth:`compacted`. The sendable :attr:`snapshot` is unchanged.
+        """
+        if index > self.log.applied or index < self.log.first_index() - 1:
+            raise ValueError(f"cannot compact at {index}")
+        return SnapshotMeta(index, self.log.term(index), self.membership_at(index))
 
     def compacted(self, index: int) -> None:
         """The store dropped entries <= ``index``: fold older configs into the base."""
@@ -261,6 +290,7 @@ class RaftCore:
             or self._needs_broadcast
             or self.log.unstable
             or self.log.pending_snapshot is not None
+            or self._snapshot_wanted
             or self.hard_state != self._prev_hard
             or self.soft_state != self._prev_soft
             or (
@@ -290,7 +320,9 @@ class RaftCore:
             dropped=tuple(out.dropped),
             early=same_term_vote and self.role is Role.LEADER,
             commit_only=hard != prev and same_term_vote,
+            snapshot_wanted=self.log.first_index() - 1 if self._snapshot_wanted else 0,
         )
+        self._snapshot_wanted = False
         self._reads.seal()  # reads from now on need a fresh heartbeat round
         self._prev_soft = soft
         return rd

@@ -52,6 +52,10 @@ class LeaderView(Protocol):
     @property
     def snapshot(self) -> SnapshotMeta | None: ...
 
+    def want_snapshot(self) -> None:
+        """Ask the driver for a snapshot that reaches the log's base."""
+        ...
+
 
 class Replicator:
     """Per-follower progress and the AppendEntries, heartbeats and snapshot
@@ -113,7 +117,7 @@ class Replicator:
         if pr.paused(self._cfg.max_inflight_msgs):
             return
         if pr.next < lg.first_index():
-            self._snapshots.start(self._view.term, peer, pr, self._view.snapshot)
+            self._start_snapshot(peer, pr)
             return
         last = lg.last_index()
         if pr.next > last and (
@@ -124,7 +128,7 @@ class Replicator:
             prev_term = lg.term(pr.next - 1)
             entries = lg.slice(pr.next, last + 1, self._cfg.max_msg_bytes)
         except LogCompacted:
-            self._snapshots.start(self._view.term, peer, pr, self._view.snapshot)
+            self._start_snapshot(peer, pr)
             return
         # A commit notice to a follower known to hold the whole log: its
         # success would tell nothing, so it is not asked for (heartbeats keep
@@ -146,6 +150,11 @@ class Replicator:
             pr.sent_entries(entries[-1].index)
         elif pr.state is ProgressState.PROBE:
             pr.probe_sent = True
+
+    def _start_snapshot(self, peer: str, pr: Progress) -> None:
+        floor = self._log.first_index() - 1
+        if not self._snapshots.start(self._view.term, peer, pr, self._view.snapshot, floor):
+            self._view.want_snapshot()  # the next probe (heartbeat answer) starts it
 
     def send_more(self, peer: str) -> None:
         """Stream what flow control allows after an acknowledgement."""
@@ -213,6 +222,18 @@ class Replicator:
         pr.recent_active = True
         if self._snapshots.on_response(self._view.term, msg, pr, self._view.snapshot):
             self.send_append(msg.src)
+
+    def still_needed(self) -> int | None:
+        """The lowest log index a recently active follower still needs from the log:
+        the snapshot it is receiving, else its match; None if none is behind."""
+        last = self._log.last_index()
+        needs = [
+            pr.snapshot_index if pr.state is ProgressState.SNAPSHOT else pr.match
+            for peer, pr in self.progress.items()
+            if peer != self._id and pr.recent_active
+        ]
+        needs = [n for n in needs if n < last]
+        return min(needs) if needs else None
 
     # ------------------------------------------------------------------ CheckQuorum
     def quorum_active(self, voters: tuple[str, ...]) -> bool:

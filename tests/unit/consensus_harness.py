@@ -24,6 +24,8 @@ from concordance import fronts, ipc, wire
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
 from concordance.front.ipc_clients import greet
+from concordance.raft.messages import InstallSnapshot
+from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
@@ -107,7 +109,8 @@ async def running(cfg: NodeConfig, ctx: zmq.asyncio.Context) -> AsyncIterator[No
 
 
 class FakeStorage:
-    """Plays the storage role: says hello, applies ``apply`` by index, acks, snapshots.
+    """Plays the storage role: says hello, applies ``apply`` by index, acks, answers
+    ``checkpoint`` (everything applied counts as durable) and snapshots.
 
     ``entries`` maps index -> (term, kind, data) of everything applied;
     ``batches`` lists the index ranges of every ``apply`` received.
@@ -129,6 +132,9 @@ class FakeStorage:
         self.batches: list[tuple[int, int]] = []
         self.restores: list[wire.Restore] = []
         self.snapshots_written: list[str] = []
+        self.checkpoints = 0  # ``checkpoint`` requests received
+        self.durable_answers = True  # answer them with ``durable`` (its applied index)
+        self.snapshot_padding = 0  # bytes added to each snapshot file written
         self.snapshot_dir = Path(snapshot_dir or data_dir)
         self._outbox: asyncio.Queue[tuple[str, wire.Body]] = asyncio.Queue()
         self.client = ipc.RpcClient(
@@ -166,10 +172,14 @@ class FakeStorage:
             self._outbox.put_nowait(("hello", wire.Hello(self.applied, self.applied_term)))
         elif isinstance(body, wire.TakeSnapshot):
             path = self.snapshot_dir / f"storage-snap-{self.applied}-{time.monotonic_ns()}"
-            path.write_bytes(b"state up to %d\n" % self.applied)
+            path.write_bytes(b"state up to %d\n" % self.applied + b"p" * self.snapshot_padding)
             self.snapshots_written.append(str(path))
             taken = wire.SnapshotTaken(self.applied, self.applied_term, str(path))
             self._outbox.put_nowait(("snapshot_taken", taken))
+        elif isinstance(body, wire.Checkpoint):
+            self.checkpoints += 1
+            if self.durable_answers:
+                self._outbox.put_nowait(("durable", wire.Durable(self.applied)))
 
     async def _send_loop(self) -> None:
         while True:
@@ -290,6 +300,7 @@ class Cluster:
         self._queues: dict[str, asyncio.Queue[tuple[bytes, ...]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.relayed = 0
+        self.snapshot_chunks: list[tuple[str, int, int]] = []  # (to, offset, bytes) relayed
 
     async def start(self) -> None:
         for nid, cfg in self.cfgs.items():
@@ -317,6 +328,10 @@ class Cluster:
         def on_message(env: wire.Envelope) -> None:
             body = env.body
             for out in wire.raft_outs(body):
+                for frame in out.frames:
+                    msg = decode_raft(frame)
+                    if isinstance(msg, InstallSnapshot):
+                        self.snapshot_chunks.append((out.peer, msg.offset, len(msg.data)))
                 if out.peer in self.nodes:
                     self._queues[out.peer].put_nowait(out.frames)
             if isinstance(body, wire.Dropped):
