@@ -28,7 +28,9 @@ Rules / theory of operation
   from then on, and answers ``stopping_ack``: the last message it sends this
   process), keeps serving until every front's answer came in and what came
   before it was stepped (a forwarded proposal among the peer frames must be
-  refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, and stops.
+  refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, answers
+  what is left, and closes once each front acknowledged a last ``stopping``
+  (it has read those answers; ``_flush_to_fronts``).
   All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
@@ -273,11 +275,37 @@ class ConsensusDriver:
             await self.server.reply(peer, env, stopping)
         await self._send_deferred()  # proposals appended before the stop keep their answer
         if refused or self.server.sent_within(FLUSH_BEFORE_CLOSE):
-            # Sockets close with linger=0 (PROTOCOL.md §5), which would discard these
-            # answers still queued for the I/O thread: give it a moment (real time, not
-            # the clock's: it waits for that thread). Best effort;
-            # an asker that misses it times out, as it would anyway.
-            await asyncio.sleep(FLUSH_BEFORE_CLOSE)
+            await self._flush_to_fronts()
+
+    async def _flush_to_fronts(self) -> None:
+        """Before closing: make sure the fronts have read what was sent to them.
+
+        Sockets close with linger=0 (PROTOCOL.md §5), and a front's socket
+        (``IMMEDIATE``) discards what it received but had not read yet when the
+        connection goes, so the last answers (and ``dropped`` reports) need the
+        front to have read them. A last ``stopping`` goes to each front, which
+        answers every ``stopping`` with ``stopping_ack`` once it has read all
+        sent before (ZeroMQ keeps order); wait for those, at most
+        ``FLUSH_BEFORE_CLOSE`` of real time (it waits for other processes). It
+        used to sleep that long on every planned stop."""
+        await self._to_fronts("stopping", wire.Stopping("consensus"))
+        waiting = set(self.fronts.all())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FLUSH_BEFORE_CLOSE
+        stopping = Unavailable("consensus is stopping")
+        while waiting and (left := deadline - loop.time()) > 0:
+            self._wake.clear()
+            inbox, self._inbox = self._inbox, deque()
+            for peer, env in inbox:
+                if isinstance(env.body, wire.StoppingAck):
+                    waiting.discard(peer)
+                elif env.type in wire.REPLIES:  # a front that was not told (not planned)
+                    await self.server.reply(peer, env, stopping)
+            if waiting:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except TimeoutError:
+                    break
 
     async def close(self) -> None:
         """Close the socket and raft.db (idempotent; :meth:`run` calls it)."""

@@ -12,6 +12,8 @@ summary, and the evidence of each violation (capped). The checks:
   last state;
 * ``watchers``: each watcher's events, across all its reconnects, equal the feed exactly
   (revision, key, type, version, value), with nothing repeated or out of order;
+* ``planned-restarts``: no set or CAS sent to a node during a planned restart of one of its
+  roles (``restart-role``) was answered 504 and then never applied (issue 21);
 * ``read-your-writes``: a plain get on the node that acknowledged a client's write of a key
   returns that write or a later version (or 404 if the feed has a later delete);
 * ``convergence``: every node's listing (all fields), revision, applied index and change feed
@@ -159,6 +161,31 @@ def acknowledged_writes(
         f"{acked} acknowledged writes, {unknown} writes with unknown outcome, "
         f"{len(feed)} changes in the feed, {reads} final reads"
     )
+    return v
+
+
+def planned_restarts(
+    records: list[Record], feed: list[dict[str, Any]], windows: list[tuple[str, float, float]]
+) -> Verdict:
+    """A planned restart never answers ``504`` for a write that was not applied (issue 21).
+
+    ``windows``: (node URL, start, end) of each ``restart-role`` fault, in monotonic
+    seconds. A set or CAS sent to that node in that window and answered ``504`` must
+    be in the feed (a 504 says "may or may not have been applied"; for a planned
+    restart it must at least be true that it was)."""
+    v = Verdict("planned-restarts", True, "")
+    applied = {(e["key"], _canon(e.get("value"))) for e in feed if e["type"] == "set"}
+    judged = 0
+    for r in records:
+        op = r.op
+        if op.kind not in ("set", "cas") or not isinstance(op.input, lin.Write):
+            continue
+        if not any(r.node == url and start <= op.call <= end for url, start, end in windows):
+            continue
+        judged += 1
+        if r.status == 504 and (op.key, _canon(op.input.value)) not in applied:
+            v.add(f"answered 504 and never applied during a planned restart: {op.describe()}")
+    v.summary = f"{len(windows)} planned restart windows, {judged} writes to the restarted node"
     return v
 
 

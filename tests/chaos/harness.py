@@ -34,7 +34,7 @@ import aiohttp
 from tests.chaos import checks, ttl
 from tests.chaos.clients import PREFIX, Client, History, do_request, keys, session
 from tests.chaos.cluster import AUTH, ChaosCluster, digest
-from tests.chaos.nemesis import KINDS, Nemesis
+from tests.chaos.nemesis import KINDS, Fault, Nemesis
 from tests.chaos.watchers import Poller, Watcher
 
 log = logging.getLogger("chaos")
@@ -281,6 +281,8 @@ async def run(cfg: Config) -> Result:
                     },
                 }
                 verdicts.append(checks.acknowledged_writes(history.records, feed, final_reads))
+                windows = _restart_windows(cluster, faults, t0)
+                verdicts.append(checks.planned_restarts(history.records, feed, windows))
                 verdicts.append(checks.read_your_writes(history.local_reads, feed))
                 verdicts.append(checks.watchers(watchers, feed))
                 verdicts.append(checks.convergence(states, feed))
@@ -328,6 +330,18 @@ async def run(cfg: Config) -> Result:
         _dump_history(history, cluster.root / "history.jsonl")
     return Result(cfg, ok, verdicts, history, faults, timings, final, str(cluster.root),
                   lin_report, watchers)  # fmt: skip
+
+
+def _restart_windows(
+    cluster: ChaosCluster, faults: list[Fault], t0: float
+) -> list[tuple[str, float, float]]:
+    """(node URL, start, end) in monotonic seconds of each planned restart fault."""
+    windows = []
+    for f in faults:
+        node = cluster.nodes.get(f.target.split(" ")[0]) if f.target else None
+        if f.kind == "restart-role" and not f.error and node is not None and f.end is not None:
+            windows.append((node.url, t0 + f.start, t0 + f.end))
+    return windows
 
 
 def _dump_history(history: History, path: Path) -> None:

@@ -139,3 +139,19 @@ def test_ttl_expired_reads_and_missing_expiries_are_found() -> None:
     assert not v.ok and "no expire change followed" in v.evidence[0]
     v = ttl.check(client, feed, {"n1": [{**kept, "expiresAt": 9}]})
     assert not v.ok and "without a TTL" in v.evidence[0]
+
+
+def test_a_504_for_a_write_not_applied_during_a_planned_restart_is_found() -> None:
+    """Inside a restart window on that node, a 504 is fine only for a write in the feed."""
+    applied = put("b", None, status="unknown", t=5.0)
+    applied.status = 504
+    lost = put("z", None, status="unknown", t=5.5)
+    lost.status = 504
+    elsewhere = put("y", None, status="unknown", t=5.5)
+    elsewhere.status, elsewhere.node = 504, "n2"
+    later = put("x", None, status="unknown", t=9.0)
+    later.status = 504
+    windows = [("n1", 4.0, 6.0)]
+    assert checks.planned_restarts([applied, elsewhere, later], FEED, windows).ok
+    v = checks.planned_restarts([applied, lost], FEED, windows)
+    assert not v.ok and "never applied" in v.evidence[0]
