@@ -9,7 +9,7 @@ nothing (raft/__init__.py, PROTOCOL.md §3.6):
    {index}``; one request at a time, asked again after ``ASK_TIMEOUT``;
 2. the log's base becomes ``index - snapshot_trailing`` (entries kept for
    slow followers), clamped to what the core handed out, and on a leader to
-   what a recently active follower still needs (``core.still_needed``: a
+   what a recently active follower still needs (``replication.still_needed``: a
    member receiving or just installed a snapshot, so it is not sent another
    because the log moved on meanwhile), but held back by at most
    ``HOLD_EVERY`` compactions' worth of entries (a follower slower than the
@@ -41,6 +41,8 @@ from concordance.consensus.disk import RaftDisk
 from concordance.consensus.waiters import Waiters
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.raft.core import RaftCore
+from concordance.raft.ready import Role
+from concordance.raft.replication import still_needed
 from concordance.raft.stores import LogCompacted, LogUnavailable
 from concordance.wire import (
     Body,
@@ -134,7 +136,9 @@ class SnapshotCoordinator:
         self._checkpoint.answered()
         self.checkpointed = max(self.checkpointed, body.index)
         base = min(body.index, core.log.applied) - self._trailing
-        needed = core.still_needed()
+        needed = None
+        if core.role is Role.LEADER:
+            needed = still_needed(core.progress, core.id, core.log.last_index())
         if needed is not None:
             base = max(min(base, needed), base - HOLD_EVERY * self._every)
         if base <= self._disk.first_index() - 1:

@@ -7,6 +7,8 @@ from typing import Any
 
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.raft.entries import Membership, SnapshotMeta
+from concordance.raft.progress import Progress
+from concordance.raft.ready import Role
 from concordance.wire import Durable
 
 MEMBERS = Membership(("n1", "n2", "n3"))
@@ -74,17 +76,23 @@ def test_a_snapshot_is_asked_for_only_when_none_reaches_the_wanted_index() -> No
 class _Log:
     applied = 500
 
+    def last_index(self) -> int:
+        return 500
+
 
 class _Core:
-    """What ``on_durable`` reads of the core: what it handed out and what followers need."""
+    """What ``on_durable`` reads of a leader's core: what it handed out, and each
+    follower's progress (one, recently active, at ``needed``)."""
+
+    role = Role.LEADER
+    id = "n1"
 
     def __init__(self, needed: int | None) -> None:
         self.log = _Log()
-        self.needed = needed
+        self.progress = {"n1": Progress(match=500)}
+        if needed is not None:
+            self.progress["n2"] = Progress(match=needed, recent_active=True)
         self.compacted_to: list[int] = []
-
-    def still_needed(self) -> int | None:
-        return self.needed
 
     def base_meta(self, index: int) -> SnapshotMeta:
         return SnapshotMeta(index, 1, MEMBERS)
