@@ -13,7 +13,12 @@ client carries all its watches), Concordance's through ``/stream``. Rows:
 * the front's (and etcd's) RSS growth per 10k subscriptions, between the
   1k and the top level (so the connections' own cost is not counted);
 * 10,000 WebSocket connections with one subscription each: ``/healthz``
-  probed while writes run, and the writes (Concordance only).
+  probed while writes run and for at least ``WIDE_PROBE_S`` per round (longer
+  than the front's /stream ping period, so every connection is pinged
+  during the probe), and the writes (Concordance only).
+
+``python -m bench.scale --connections`` runs only the connection row, after
+the no-subscription write row on both systems (the same-run reference).
 
 The watches are held by a child process (:class:`WatcherProcess`), the
 writes and probes made by this one.
@@ -48,6 +53,7 @@ HOT = 1_000
 HOT_RATE = 20.0  # writes/s on the watched prefix
 ROUNDS = 2
 WIDE = 10_000  # connections of the connection row
+WIDE_PROBE_S = 35.0  # > the /stream ping period (30 s)
 BATCH = 100  # subscribe requests per JSON-RPC batch frame
 
 Row = dict[str, float]
@@ -384,8 +390,9 @@ async def probe_health(session: aiohttp.ClientSession, until: asyncio.Event) -> 
 
 # -- the run ---------------------------------------------------------------------------
 class ScaleRun:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, connections_only: bool = False) -> None:
         self.quick = quick
+        self.connections_only = connections_only
         self.levels = (0, 1_000, 10_000) if quick else (0, 1_000, 10_000, 100_000)
         self.writes = 100 if quick else 300
         self.rounds = 2 if quick else 3
@@ -419,6 +426,14 @@ class ScaleRun:
             writer = aetcd.Client("127.0.0.1", etcd_port, timeout=60) if etcd else None
             if writer is not None:
                 await writer.connect()
+            if self.connections_only:
+                cold = "tenant:bench/k"
+                put_etcd = etcd_put(writer, cold) if writer is not None else None
+                await self._both("write, 0 subscriptions", cc_put(session, cold), put_etcd)
+                await self._wide(session, cc, front)
+                if writer is not None:
+                    await writer.close()
+                return
             cc_w = WatcherProcess("concordance", member.url, cc.headers, 0)
             et_w = WatcherProcess("etcd", "", {}, etcd_port) if etcd else None
             try:
@@ -516,7 +531,9 @@ class ScaleRun:
             for _ in range(self.rounds):
                 stop = asyncio.Event()
                 probes = asyncio.create_task(probe_health(session, stop))
+                began = time.monotonic()
                 row = await sequential_writes(cc_put(session, "tenant:bench/k"), self.writes)
+                await asyncio.sleep(max(0.0, WIDE_PROBE_S - (time.monotonic() - began)))
                 stop.set()
                 health = _ms(await probes)
                 row.update({f"health_{k}": v for k, v in health.items()})
@@ -585,9 +602,9 @@ def _fmt(row: Row | None, key: str) -> str:
     return "-" if row is None else f"{row[key]:.1f}"
 
 
-def main(quick: bool, etcd_binary: str | None) -> int:
+def main(quick: bool, etcd_binary: str | None, connections_only: bool = False) -> int:
     _raise_fd_limit()
-    run = ScaleRun(quick)
+    run = ScaleRun(quick, connections_only)
     cc = ConcordanceSystem(nodes=1)
     etcd = EtcdSystem(etcd_binary, nodes=1) if etcd_binary else None
     systems = [s for s in (cc, etcd) if s is not None]
@@ -609,3 +626,17 @@ def main(quick: bool, etcd_binary: str | None) -> int:
     out.mkdir(exist_ok=True)
     (out / "scale.json").write_text(json.dumps({"rows": run.results, "rss": run.rss}, indent=2))
     return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    from bench.clusters import etcd_binary
+
+    parser = argparse.ArgumentParser(description="bench/scale.py alone")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-etcd", action="store_true")
+    parser.add_argument("--connections", action="store_true", help="only the 10,000-connection row")
+    args = parser.parse_args()
+    sys.exit(main(args.quick, None if args.no_etcd else etcd_binary(), args.connections))

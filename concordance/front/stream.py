@@ -28,6 +28,10 @@ Why it is shaped like this:
   :meth:`StreamConnection.notify` drops the events it may not see, so a
   scoped key watching ``tenant:acme/`` never sees ``tenant:acme/credentials``
   without a grant for it.
+* Keep-alive is the front's one :class:`~concordance.front.stream_ping.Pinger`
+  (on the watch hub), not aiohttp's per-connection heartbeat, whose timers
+  bunch up (stream_ping.py says how); the pings go out through the
+  connection's writer, and every frame received counts as an answer.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ __all__ = [
     "MAX_BATCH",
     "OUTBOX_BYTES",
     "OUTBOX_LIMIT",
+    "PING",
     "Outbox",
     "OutboxStalled",
     "StreamConnection",
@@ -91,6 +96,7 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
     -32603,
 )
 _MISSING: Final = object()
+PING: Final = ""  # what Outbox.get returns for a ping: no message is empty (each is JSON)
 
 Method = Callable[["StreamConnection", dict[str, Any]], Awaitable[Any]]
 
@@ -118,6 +124,7 @@ class Outbox:
         self._room = asyncio.Event()
         self._room.set()
         self.closed = False
+        self._ping = False  # a ping is wanted: sent before the queued messages
 
     def __len__(self) -> int:
         return len(self._items)
@@ -156,6 +163,12 @@ class Outbox:
             ) from None
         self.push(text)
 
+    def ping(self) -> None:
+        """Ask the writer for a ping frame (at most one pending; never waits)."""
+        if not self.closed:
+            self._ping = True
+            self._wake()
+
     def _append(self, text: str) -> None:
         self._items.append(text)
         self.queued_bytes += len(text)
@@ -167,12 +180,16 @@ class Outbox:
             ready.set_result(None)
 
     async def get(self) -> str | None:
-        """The next message, or None once closed and drained (one reader at a time)."""
-        while not self._items:
+        """The next message, :data:`PING` for a ping, or None once closed and drained
+        (one reader at a time)."""
+        while not self._items and not self._ping:
             if self.closed:
                 return None
             self._ready = asyncio.get_running_loop().create_future()
             await self._ready
+        if self._ping:
+            self._ping = False
+            return PING
         text = self._items.popleft()
         self.queued_bytes -= len(text)
         self._room.set()
@@ -234,6 +251,8 @@ class StreamConnection:
         self.outbox = Outbox(OUTBOX_LIMIT, OUTBOX_BYTES)
         self.subs: dict[int, Subscription] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._transport = request.transport
+        self.heard = False  # a frame came since the pinger's last visit (stream_ping.py)
 
     # -- Sink (watch.py) ----------------------------------------------------
     def notify(
@@ -256,12 +275,25 @@ class StreamConnection:
         params = {"subscriptionId": subscription_id, "reason": reason}
         self.outbox.push(dumps({"jsonrpc": "2.0", "method": "watch/cancelled", "params": params}))
 
+    # -- Pingable (stream_ping.py) ---------------------------------------------
+    def ping(self) -> None:
+        self.outbox.ping()
+
+    def abort(self) -> None:
+        """Drop the connection without a goodbye: the client stopped answering pings."""
+        self.outbox.close()
+        if self._transport is not None:
+            self._transport.close()
+
     # -- session ------------------------------------------------------------
     async def run(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
+            async for msg in self.ws:  # autoping off: pings and pongs come here too
+                self.heard = True
+                if msg.type == WSMsgType.PING:
+                    await self.ws.pong(msg.data)
+                elif msg.type == WSMsgType.TEXT:
                     await self._handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await self._send(rpc_error(None, (INVALID_REQUEST, "send JSON in text frames")))
@@ -293,7 +325,10 @@ class StreamConnection:
     async def _write_loop(self) -> None:
         try:
             while (text := await self.outbox.get()) is not None:
-                await self.ws.send_str(text)
+                if text is PING:
+                    await self.ws.ping()
+                else:
+                    await self.ws.send_str(text)
         except (ConnectionError, RuntimeError) as e:  # the client went away
             log.debug("stream writer stops: %s", e)
             self.outbox.close()
@@ -523,13 +558,16 @@ METHODS: dict[str, tuple[Method, bool]] = {  # name -> (method, allowed to the a
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     """GET /stream: authenticated by the middleware before the upgrade."""
     cfg = request.app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, autoping=False)
     await ws.prepare(request)
     conn = StreamConnection(request, ws, request[ACCESS])
     streams = request.app[STREAMS]
+    pinger = request.app[HUB].pinger
     streams.add(conn)
+    pinger.add(conn)
     try:
         await conn.run()
     finally:
+        pinger.discard(conn)
         streams.discard(conn)
     return ws

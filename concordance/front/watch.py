@@ -63,6 +63,7 @@ from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import Compacted, ConcordanceError, Unavailable
 from concordance.front.clients import StorageClient
 from concordance.front.codec import Renderer, dumps
+from concordance.front.stream_ping import Pinger
 from concordance.front.watch_index import PrefixIndex
 
 __all__ = ["ChangeWaiter", "LiveBatch", "Sink", "Subscription", "WatchHub"]
@@ -339,6 +340,7 @@ class WatchHub:
         self._watching = False  # storage was asked for change batches (storage.watch)
         self._unfed: deque[LiveBatch] = deque()  # published, not yet routed
         self._feeder: asyncio.Task[None] | None = None
+        self.pinger = Pinger()  # keeps the /stream connections that hold subscriptions alive
         self._baseline: asyncio.Future[int] | None = None  # the first read of storage, out
         self._closed = False
 
@@ -594,6 +596,7 @@ class WatchHub:
         """Stop the feeder and every subscription task (shutdown; the sinks say goodbye
         themselves)."""
         self._closed = True
+        self.pinger.stop()
         subs = list(self._subs.values())
         self._subs.clear()
         self._index = PrefixIndex()
