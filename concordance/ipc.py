@@ -75,8 +75,6 @@ RPC_HWM = 1000  # consensus and storage sockets: the libzmq default, set explici
 EVENTS_HWM = 10_000  # events PUB/SUB: absorb bursts before PUB starts dropping
 BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in this process)
 SEND_TIMEOUT = 1.0  # default bound on a client one-way send
-RECONNECT_IVL_MS = 10  # first reconnect to a role that went away (doubling ...)
-RECONNECT_IVL_MAX_MS = 100  # ... up to this: libzmq's default interval
 FAST_BURST = 64  # messages received without yielding to the loop (see _Fast)
 
 # Plain ints: pyzmq's enum constants cost a Python-level enum operation per use, on
@@ -152,10 +150,6 @@ def _socket(ctx: zmq.asyncio.Context, kind: int, hwm: int) -> zmq.asyncio.Socket
     try:
         sock = ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        # A restarted role binds again within milliseconds (its successor has
-        # imported already): look for it that often at first, backing off to 0.1 s.
-        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
     except zmq.ZMQError as e:

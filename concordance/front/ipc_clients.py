@@ -78,9 +78,12 @@ class _Stopping:
 
     Why a flag and a watcher: after ``stopping`` the old process still holds its
     connection for a moment, and anything handed to it then may be lost with
-    it. So the role counts as down until its old connection is seen gone (the
-    successor always takes longer than ``HOLD_POLL`` to start), or at most
-    ``STOPPING_BOUND`` seconds if it never goes.
+    it. So the role counts as down until its old connection is seen gone, or at
+    most ``STOPPING_BOUND`` seconds if it never goes. Seen gone means a moment
+    with no connection, which lasts at least the DEALER's reconnect interval
+    (0.1 s) even when a kept successor binds within milliseconds: keep that
+    interval well above ``HOLD_POLL`` (at 10 ms the gap was sometimes missed
+    and requests were held for the whole bound).
     """
 
     def __init__(self) -> None:
