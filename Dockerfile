@@ -1,6 +1,8 @@
 # A Concordance node: supervisord (PID 1) running the front, consensus and storage roles.
 #   docker build -t concordance .
 #   docker run -e CONCORDANCE_API_KEY=... -p 4100:4100 -v cc-data:/data concordance
+# A node of a multi-member cluster also needs CONCORDANCE_CLUSTER_KEY (its own random
+# secret, the same on every member, not the API key): without it, it refuses to start.
 # Every flag of `concordance node` can be given as the command (see docker-compose.yml).
 
 FROM python:3.11-slim AS build

@@ -57,7 +57,9 @@ cluster: $(STAMP)
 	$(BIN)/concordance cluster --nodes 3 --base-port 4100 --data $(DATA)/cluster
 
 bench: $(STAMP)
-	$(BIN)/python -m bench $(if $(QUICK),--quick)
+	$(if $(SCALE),,$(BIN)/python -m bench $(if $(QUICK),--quick))
+	$(if $(SCALE),$(BIN)/python -m bench --scale $(if $(QUICK),--quick))
+	$(if $(SCALE),$(BIN)/python -m bench.scale_data $(if $(QUICK),--quick))
 
 # Chaos run against a real cluster (tests/chaos), report in chaos-report.json; exits non-zero
 # on a violation: make chaos DURATION=300 SEED=7 NODES=5

@@ -13,6 +13,9 @@ same machine, the same for both.
 ``--against DIR`` compares with the Concordance of another checkout instead
 of etcd (``git worktree add /tmp/base v1`` and point at it): before/after.
 
+``--scale`` (``make bench SCALE=1``, quicker with ``QUICK=1``) runs bench/scale.py
+instead: how a write's cost grows with watches and connections, one node each.
+
 ``--quick`` (``make bench QUICK=1``) runs a subset in about two minutes. The
 full run adds 16 clients, a read/write mix, failover after ``kill -9`` of the
 leader, and how cost grows with clients and value size. Results also go to
@@ -246,6 +249,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per workload and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the Scale tables instead (bench/scale.py; one node of each; with --quick, smaller)",
+    )
     parser.add_argument("--no-etcd", action="store_true", help="Concordance alone")
     parser.add_argument(
         "--against",
@@ -260,6 +268,10 @@ def main() -> int:
         help="run only the workloads whose name contains TEXT (repeatable)",
     )
     args = parser.parse_args()
+    if args.scale:
+        from bench import scale
+
+        return scale.main(args.quick, None if args.no_etcd else etcd_binary())
     seconds = args.seconds or (5.0 if args.quick else 10.0)
     binary = None if args.no_etcd or args.against else etcd_binary()
     if binary is None and not (args.no_etcd or args.against):

@@ -1,4 +1,5 @@
-"""The two systems under test, each as three members on 127.0.0.1: real processes, fsyncing.
+"""The two systems under test, each as three members (or one) on 127.0.0.1: real processes,
+fsyncing.
 
 Concordance members are real nodes (``concordance node``: supervisord and its
 three roles); etcd members are Debian's ``etcd`` 3.4, reached through its
@@ -140,9 +141,9 @@ class ConcordanceSystem(System):
     kind = "concordance"
     headers = {"Authorization": f"Bearer {KEY}"}
 
-    def __init__(self, source: Path | None = None) -> None:
+    def __init__(self, source: Path | None = None, nodes: int = 3) -> None:
         super().__init__("baseline" if source else "")
-        ports = {f"n{i}": free_port() for i in (1, 2, 3)}
+        ports = {f"n{i}": free_port() for i in range(1, nodes + 1)}
         peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items())
         env = {**os.environ, "CONCORDANCE_API_KEY": KEY, "CONCORDANCE_CLUSTER_KEY": CLUSTER_KEY}
         if source is not None:
@@ -185,9 +186,9 @@ class ConcordanceSystem(System):
 class EtcdSystem(System):
     kind = "etcd"
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, nodes: int = 3) -> None:
         super().__init__()
-        ports = {f"e{i}": (free_port(), free_port()) for i in (1, 2, 3)}
+        ports = {f"e{i}": (free_port(), free_port()) for i in range(1, nodes + 1)}
         initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in ports.items())
         for name, (client, peer) in ports.items():
             url = f"http://127.0.0.1:{client}"

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 NODE_FILE = "node.json"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
@@ -66,29 +68,28 @@ class Secrets:
     agent_key: str | None = None
     cluster_key: str | None = None
     encryption_keys: tuple[tuple[str, bytes], ...] = ()  # (key id, 32 bytes); first encrypts
-    require_cluster_key: bool = False  # CONCORDANCE_REQUIRE_CLUSTER_KEY=1: no API-key fallback
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
 
     @property
     def peer_key(self) -> str | None:
-        """The secret peers present in a peer link's hello (and a joiner on ``/cluster/members``).
+        """The secret peers present in a peer link's hello (and a joiner on ``/cluster/members``):
+        ``CONCORDANCE_CLUSTER_KEY``, which has no default (API.md v1.1 §1). A client key
+        standing in would let every client pose as a peer and rewrite the log."""
+        return self.cluster_key
 
-        ``CONCORDANCE_CLUSTER_KEY``, defaulting to the API key as API.md §1 says.
-        That default lets every holder of the API key pose as a peer, so a
-        multi-member node without its own cluster key warns at start, and
-        ``CONCORDANCE_REQUIRE_CLUSTER_KEY=1`` turns the default off (such a
-        node then refuses to start; docs/SECURITY.md).
-        """
-        if self.cluster_key or self.require_cluster_key:
-            return self.cluster_key
-        return self.api_key
-
-    @property
-    def own_cluster_key(self) -> bool:
-        """Whether peers use a secret of their own rather than the clients' API key."""
-        return bool(self.cluster_key)
+    def cluster_key_problem(self) -> str | None:
+        """Why this cluster key cannot serve a multi-member node, or None if it can."""
+        if not self.cluster_key:
+            return "CONCORDANCE_CLUSTER_KEY is not set"
+        for name, other in (
+            ("CONCORDANCE_API_KEY", self.api_key),
+            ("CONCORDANCE_AGENT_API_KEY", self.agent_key),
+        ):
+            if other and hmac.compare_digest(self.cluster_key.encode(), other.encode()):
+                return f"CONCORDANCE_CLUSTER_KEY equals {name}"
+        return None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
@@ -104,7 +105,52 @@ class Secrets:
             agent_key=env.get("CONCORDANCE_AGENT_API_KEY") or None,
             cluster_key=env.get("CONCORDANCE_CLUSTER_KEY") or None,
             encryption_keys=tuple(keys),
-            require_cluster_key=env.get("CONCORDANCE_REQUIRE_CLUSTER_KEY", "") in ("1", "true"),
+        )
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """What one front lets clients hold (docs/SECURITY.md §1.4), from the environment.
+
+    The connection cap counts every connection the front accepted; past it only
+    peers and loopback (operators' probes) get in, up to ``reserved_connections``
+    more, so a flood of clients cannot lock them out. The default leaves room for
+    10,000 watchers on one front.
+    """
+
+    max_client_connections: int = 16_384  # CONCORDANCE_MAX_CLIENT_CONNECTIONS
+    reserved_connections: int = 256  # CONCORDANCE_RESERVED_CONNECTIONS: peers, loopback
+    header_timeout: float = 10.0  # CONCORDANCE_HEADER_TIMEOUT: accept -> first request's headers
+    keepalive_timeout: float = 30.0  # CONCORDANCE_KEEPALIVE_TIMEOUT: idle HTTP keep-alive
+
+    @property
+    def descriptors(self) -> int:
+        """File descriptors a front wants: every connection, plus its own files and sockets."""
+        return self.max_client_connections + self.reserved_connections + 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FrontLimits:
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = kind(text)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {text[:40]!r}") from None
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive")
+            return value
+
+        return cls(
+            max_client_connections=number(
+                "CONCORDANCE_MAX_CLIENT_CONNECTIONS", cls.max_client_connections, int
+            ),
+            reserved_connections=number(
+                "CONCORDANCE_RESERVED_CONNECTIONS", cls.reserved_connections, int
+            ),
+            header_timeout=number("CONCORDANCE_HEADER_TIMEOUT", cls.header_timeout, float),
+            keepalive_timeout=number("CONCORDANCE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout, float),
         )
 
 
@@ -135,7 +181,8 @@ class NodeConfig:
     auto_promote: bool = True  # the leader promotes caught-up learners to voters
     snapshot_every: int = 10_000  # applied entries between snapshots
     snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
-    change_retention: int = 100_000
+    change_retention: int = 100_000  # revisions of change history kept at most
+    change_retention_bytes: int = 1 << 30  # key + value bytes of change history kept at most
     max_value_bytes: int = 1 << 20
     request_timeout_ms: int = 5_000
     keys_file: str | None = None  # --keys: scoped access keys (concordance.scopes)
@@ -144,6 +191,7 @@ class NodeConfig:
     tls_client_ca: str | None = None  # --tls-client-ca: require client certificates (mTLS)
     tls_peer_ca: str | None = None  # --tls-peer-ca: verify peers (default: client CA, system)
     secrets: Secrets = field(default_factory=Secrets, compare=False)
+    limits: FrontLimits = field(default_factory=FrontLimits, compare=False)
 
     @property
     def data(self) -> Path:
@@ -183,7 +231,13 @@ class NodeConfig:
             )
         self._validate_cluster_key()
         self._validate_files()
-        for name in ("tick_ms", "heartbeat_ticks", "snapshot_every", "change_retention"):
+        for name in (
+            "tick_ms",
+            "heartbeat_ticks",
+            "snapshot_every",
+            "change_retention",
+            "change_retention_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
         if self.election_ticks <= self.heartbeat_ticks:
@@ -191,14 +245,21 @@ class NodeConfig:
         return self
 
     def _validate_cluster_key(self) -> None:
-        if self.insecure or self.secrets.cluster_key or not self.secrets.require_cluster_key:
-            return  # without the opt-in, the API key stands in (API.md §1); the front warns
         if len(self.peers) > 1 or self.join:
+            self.require_cluster_key("this node has other members (--peers or --join)")
+
+    def require_cluster_key(self, why: str) -> None:
+        """Refuse a multi-member node without a cluster key of its own (API.md v1.1 §1).
+
+        Raises:
+            ConfigError: one line, saying what is wrong and how to fix it.
+        """
+        problem = self.secrets.cluster_key_problem()
+        if problem is not None:
             raise ConfigError(
-                "CONCORDANCE_CLUSTER_KEY is not set and CONCORDANCE_REQUIRE_CLUSTER_KEY=1:"
-                " a cluster of more than one member needs it (peers present it on their links and"
-                " a joiner on /cluster/members). Set the same random secret on every"
-                " member, e.g. from `openssl rand -hex 32`."
+                f"{problem}: {why}, and peers authenticate with a cluster key of their own;"
+                " set the same random secret (openssl rand -hex 32) on every member,"
+                " different from the API and agent keys"
             )
 
     def _validate_files(self) -> None:
@@ -221,6 +282,7 @@ class NodeConfig:
         self.data.mkdir(parents=True, exist_ok=True)
         body = asdict(self)
         body.pop("secrets")
+        body.pop("limits")
         path = self.data / NODE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
@@ -235,9 +297,9 @@ def load(data_dir: str | os.PathLike[str], env: Mapping[str, str]) -> NodeConfig
         body = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    known = {f for f in NodeConfig.__dataclass_fields__ if f != "secrets"}
+    known = {f for f in NodeConfig.__dataclass_fields__ if f not in ("secrets", "limits")}
     cfg = NodeConfig(**{k: v for k, v in body.items() if k in known})
-    return replace(cfg, secrets=Secrets.from_env(env)).validate()
+    return replace(cfg, secrets=Secrets.from_env(env), limits=FrontLimits.from_env(env)).validate()
 
 
 def runtime_path(data_dir: str | os.PathLike[str], name: str) -> str:

@@ -15,10 +15,19 @@ from pathlib import Path
 
 
 def _dev_secret(path: Path, make: str) -> str:
-    if path.exists():
+    """The secret kept at ``path``, or ``make`` written there first.
+
+    Created 0600 in one step (never readable by others, whatever the umask, not even
+    for a moment) and never through a symlink (``O_EXCL`` fails on one).
+    """
+    if path.exists() and not path.is_symlink():
         return path.read_text().strip()
-    path.write_text(make + "\n")
-    os.chmod(path, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise SystemExit(f"refusing to write a secret through {path}: it is a symlink") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(make + "\n")
     return make
 
 
@@ -36,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     enc_key = os.environ.get("CONCORDANCE_ENCRYPTION_KEY") or _dev_secret(
         data / "dev-encryption-key", base64.b64encode(secrets.token_bytes(32)).decode()
     )
+    # Its own cluster key (API.md §1: no default), so a dev node can take members later.
+    cluster_key = os.environ.get("CONCORDANCE_CLUSTER_KEY") or _dev_secret(
+        data / "dev-cluster-key", secrets.token_hex(32)
+    )
     os.environ["CONCORDANCE_API_KEY"] = api_key
+    os.environ["CONCORDANCE_CLUSTER_KEY"] = cluster_key
     os.environ["CONCORDANCE_ENCRYPTION_KEY"] = enc_key
     url = f"http://{args.listen}"
     print(

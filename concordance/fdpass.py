@@ -7,8 +7,9 @@ channel carries descriptors only, one per datagram with one byte saying
 byte. consensus binds (:class:`FdReceiver`), the front connects
 (:class:`FdSender`), lazily and again after any error.
 
-The socket lives in the node's private run directory (0700). Until the
-shared ``concordance.ipc.run_dir`` exists, :func:`socket_path` derives it.
+The socket lives in the node's private run directory (``ipc_paths.run_dir``:
+0700, owned by the node's user, checked), beside the role sockets, so no other
+local user can connect to it and pass consensus a connection.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+
+from concordance.ipc_paths import run_dir
 
 __all__ = ["PLAIN", "TLS", "FdReceiver", "FdSender", "socket_path"]
 
@@ -33,11 +36,12 @@ Handler = Callable[[socket.socket, bytes], None]
 
 
 def socket_path(data_dir: str | os.PathLike[str]) -> Path:
-    """``{data}/run/peer-fds.sock``, its directory created 0700 (the one place that names it)."""
-    run = Path(data_dir) / "run"
-    run.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(run, 0o700)
-    return run / "peer-fds.sock"
+    """``{run_dir}/peer-fds.sock`` (the one place that names it).
+
+    Raises:
+        UnsafeRunDir: the run directory is not private to us.
+    """
+    return run_dir(data_dir) / "peer-fds.sock"
 
 
 class FdSender:

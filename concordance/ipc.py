@@ -19,8 +19,12 @@ Rules / theory of operation:
   loop never dies of a bad message.
 - ``zmq.ZMQError`` and msgpack failures leave this module only as
   ``IpcError`` subclasses, raised ``from`` the original.
-- Binders restrict connections to their own uid (``IPC_FILTER_UID``):
-  abstract-namespace sockets have no file permissions.
+- Endpoints are filesystem sockets in the node's private run directory
+  (``run_dir``, ``concordance.ipc_paths``: 0700, ours, checked at start), so
+  no other user can bind or connect to them. A binder holds a lock beside
+  its socket while bound, so a second binder fails with ``EADDRINUSE``
+  instead of stealing the socket; binders also keep ``IPC_FILTER_UID`` (our
+  uid) as a second fence.
 
 Concurrency: all methods run on the process's event loop; any number of
 ``RpcClient.request`` calls may be outstanding at once. ``RpcServer.recv``
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -53,6 +56,7 @@ from concordance.errors import (
     PeerGone,
     RemoteProtocolError,
 )
+from concordance.ipc_paths import BindLock, endpoint_path, run_dir
 from concordance.wire import (
     ONE_WAY,
     REPLIES,
@@ -117,12 +121,15 @@ def context() -> zmq.asyncio.Context:
 
 
 def endpoint(data_dir: str | os.PathLike[str], name: str) -> str:
-    """``ipc://@cc-{h}-{name}``: abstract-namespace endpoint of socket ``name`` of the node at
-    ``data_dir``; ``h`` is the first 12 hex digits of sha256(realpath(data_dir))."""
+    """``ipc://{run_dir}/{name}``: the endpoint of socket ``name`` of the node at ``data_dir``,
+    a filesystem socket in the node's private run directory (created and checked here).
+
+    Raises:
+        UnsafeRunDir: the run directory is not private to us (``ipc_paths.run_dir``).
+    """
     if not _NAME.fullmatch(name):
         raise ValueError(f"bad socket name {name!r}")
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()
-    return f"ipc://@cc-{digest[:12]}-{name}"
+    return f"ipc://{run_dir(data_dir) / name}"
 
 
 def _now_ms() -> int:
@@ -372,17 +379,33 @@ def _expire(future: asyncio.Future[Envelope], type: str, endpoint: str, timeout:
         future.set_exception(_late(type, endpoint, timeout))
 
 
-def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> None:
-    """Bind, admitting only processes of ``allow_uid`` (default: ours); close on failure."""
+def _bind(sock: zmq.asyncio.Socket, where: str, allow_uid: int | None) -> BindLock | None:
+    """Bind, admitting only processes of ``allow_uid`` (default: ours), holding the bind lock
+    of a filesystem endpoint (returned: release it once the socket is closed); close the
+    socket on failure."""
+    path = endpoint_path(where)
+    try:
+        lock = BindLock(path) if path is not None else None
+    except IpcError:
+        sock.close(linger=0)
+        raise
     try:
         sock.setsockopt(zmq.IPC_FILTER_UID, os.getuid() if allow_uid is None else allow_uid)
         sock.bind(where)
+        return lock
     except zmq.ZMQError as e:
         sock.close(linger=0)
+        if lock is not None:
+            lock.release()
         hint = " (another process holds it: is this role already running?)"
         raise IpcError(
             f"cannot bind {where}: {e.strerror}{hint if e.errno == zmq.EADDRINUSE else ''}"
         ) from e
+
+
+def _unlock(lock: BindLock | None) -> None:
+    if lock is not None:
+        lock.release(unlink=True)
 
 
 def is_address_in_use(exc: BaseException) -> bool:
@@ -438,7 +461,7 @@ class RpcServer(_Closing):
         sock = _socket(ctx, zmq.ROUTER, hwm)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer / full pipe: an error, not a drop
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client takes its routing id back
-        _bind(sock, endpoint, allow_uid)
+        self._lock = _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
         self._ids = _ids()
         self._inbox: _Inbox[tuple[bytes, Envelope]] = _Inbox(hwm)
@@ -575,6 +598,7 @@ class RpcServer(_Closing):
 
     async def close(self) -> None:
         self._close_pumped(self._pump, self._inbox, self.endpoint)
+        _unlock(self._lock)
 
 
 class RpcClient(_Closing):
@@ -776,7 +800,7 @@ class Publisher(_Closing):
     ) -> None:
         # XPUB sends like PUB and also shows subscriptions (wait_subscribed).
         sock = _socket(ctx, zmq.XPUB if xpub else zmq.PUB, hwm)
-        _bind(sock, endpoint, allow_uid)
+        self._lock = _bind(sock, endpoint, allow_uid)
         self.endpoint = endpoint
         self._sock = sock
         # PUB never blocks: no future needed, send on a synchronous shadow.
@@ -829,6 +853,7 @@ class Publisher(_Closing):
 
     async def close(self) -> None:
         self._sock.close(linger=0)
+        _unlock(self._lock)
 
 
 class Subscriber(_Closing):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import signal
 import sys
 import time
@@ -46,12 +47,22 @@ def node_environment(cfg: NodeConfig, base: dict[str, str]) -> dict[str, str]:
         CONCORDANCE_PYTHON=sys.executable,
         CONCORDANCE_SUPERVISOR_SOCK=supervisor_socket(cfg.data),
         CONCORDANCE_USER=pwd.getpwuid(os.getuid()).pw_name,
+        CONCORDANCE_MINFDS=str(_min_fds(cfg.limits.descriptors)),
         PYTHONUNBUFFERED="1",
     )
     # Roles import `procs`, which lives beside the `concordance` package.
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
     return env
+
+
+def _min_fds(wanted: int) -> int:
+    """supervisord's ``minfds``: the descriptors the front's connection cap needs, within the
+    hard limit unless we may raise it (root), since supervisord refuses to start past it."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.getuid() == 0 or hard == resource.RLIM_INFINITY:
+        return wanted
+    return min(wanted, hard)
 
 
 def prepare(cfg: NodeConfig) -> None:

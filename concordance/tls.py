@@ -14,10 +14,14 @@ system store, with hostname (or IP) checking: a peer whose certificate comes
 from another CA, or names another host, fails the handshake.
 
 Reloading (SIGHUP): :meth:`TlsContexts.reload` loads the certificate and key
-again into the same contexts, so connections made afterwards use the new
-pair and open ones are left alone; the listening socket never closes. The
-new pair is first loaded into a scratch context, so a bad file (a key that
-does not match, a half-written file) is refused and the old pair stays.
+once, into new contexts, and swaps them in only if all of them loaded: a bad
+file (a key that does not match, a half-written file) is refused and the old
+pair stays, and no file change during the reload can leave a context with a
+new certificate and an old key (loading into a live context replaces the
+certificate before it reads the key). The listening socket keeps its one
+context, ``server``; its SNI callback, which OpenSSL runs on every
+ClientHello (with or without SNI), hands each new handshake the current
+loaded context. Open connections are left alone; the socket never closes.
 CA files are read at start only (OpenSSL adds to a trust store, it cannot
 drop from one): changing a CA needs a restart of the front.
 """
@@ -46,17 +50,29 @@ class TlsContexts:
         assert cfg.tls_cert is not None and cfg.tls_key is not None
         self.cert, self.key = cfg.tls_cert, cfg.tls_key
         self.mutual = cfg.tls_client_ca is not None
-        peer_ca = cfg.tls_peer_ca or cfg.tls_client_ca
+        self.client_ca = cfg.tls_client_ca
+        self.peer_ca = cfg.tls_peer_ca or cfg.tls_client_ca
+        # Peer links verify callers against the peer CA; the API against the client CA.
+        self.server_ca = self.client_ca if alpn is None or not self.mutual else self.peer_ca
+        self.alpn = alpn
         try:
-            self.server = self._server_context(
-                cfg.tls_client_ca if alpn is None or not self.mutual else peer_ca
-            )
-            self.client = self._client_context(peer_ca)
+            self.server, self.client = self._contexts()
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"TLS: cannot load {self.cert} / {self.key} or a CA file: {e}") from e
-        if alpn is not None:
-            self.server.set_alpn_protocols([alpn])
-            self.client.set_alpn_protocols([alpn])
+        self.serving = self.server  # the context new handshakes get (swapped by reload)
+        self.server.sni_callback = self._hand_over
+
+    def _contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        server = self._server_context(self.server_ca)
+        client = self._client_context(self.peer_ca)
+        if self.alpn is not None:
+            server.set_alpn_protocols([self.alpn])
+            client.set_alpn_protocols([self.alpn])
+        return server, client
+
+    def _hand_over(self, conn: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        if self.serving is not ctx:
+            conn.context = self.serving
 
     def _server_context(self, client_ca: str | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -78,14 +94,12 @@ class TlsContexts:
     def reload(self) -> bool:
         """Read the certificate and key again (SIGHUP); False, old pair kept, if they are bad."""
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key)
+            serving, client = self._contexts()
         except (OSError, ssl.SSLError) as e:
             log.error(
                 "TLS: cannot reload %s / %s (%s); keeping the old pair", self.cert, self.key, e
             )
             return False
-        self.server.load_cert_chain(self.cert, self.key)
-        if self.mutual:
-            self.client.load_cert_chain(self.cert, self.key)
+        self.serving, self.client = serving, client  # whole contexts, never half-loaded
         log.info("TLS: reloaded %s", self.cert)
         return True

@@ -236,6 +236,13 @@ class Applied(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class Durable(Body):
+    """Every entry up to ``index`` is fsynced in state.db: the answer to ``checkpoint``."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotTaken(Body):
     """Storage wrote a snapshot covering ``index``/``term`` at ``path``."""
 
@@ -266,6 +273,11 @@ class Restore(Body):
 @dataclass(frozen=True, slots=True)
 class TakeSnapshot(Body):
     """Write a snapshot and answer with ``snapshot_taken``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint(Body):
+    """Make what is applied durable (a WAL checkpoint) and answer with ``durable``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,10 +435,12 @@ IPC_TYPES: dict[str, type[Body]] = {
     "stopping_ack": StoppingAck,
     "hello": Hello,
     "applied": Applied,
+    "durable": Durable,
     "snapshot_taken": SnapshotTaken,
     "apply": Apply,
     "restore": Restore,
     "take_snapshot": TakeSnapshot,
+    "checkpoint": Checkpoint,
     "leadership": Leadership,
     "get": Get,
     "get_ok": GetOk,
@@ -473,10 +487,12 @@ ONE_WAY: frozenset[str] = frozenset(
         "stopping_ack",
         "hello",
         "applied",
+        "durable",
         "snapshot_taken",
         "apply",
         "restore",
         "take_snapshot",
+        "checkpoint",
         "leadership",
     }
 )

@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -45,6 +46,7 @@ from aiohttp import web
 from concordance import config, fdpass
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
+from concordance.front.appkeys import GATE
 from concordance.front.ipc_clients import connect
 from concordance.tls import TlsContexts
 from procs._launch import run_role
@@ -60,8 +62,17 @@ async def main(cfg: config.NodeConfig) -> None:
     """Serve the front of ``cfg``'s node until SIGTERM or SIGINT."""
     tls = TlsContexts(cfg) if cfg.tls else None
     app = make_app(cfg, functools.partial(connect, cfg.data_dir), tls=tls)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+    _raise_descriptor_limit(cfg.limits.descriptors)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        keepalive_timeout=cfg.limits.keepalive_timeout,
+    )
     await runner.setup()
+    assert runner.server is not None
+    app[GATE].install(runner.server)  # before the site accepts anything
+    app[GATE].trust(await _peer_hosts(cfg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
@@ -87,6 +98,42 @@ async def main(cfg: config.NodeConfig) -> None:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def _raise_descriptor_limit(wanted: int) -> None:
+    """Raise this process's soft descriptor limit to its hard limit (supervisord's
+    ``minfds`` usually did already), and say so when even that is below ``wanted``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft < wanted:
+        log.warning(
+            "only %d file descriptors allowed, %d wanted for the connection cap: raise the"
+            " hard limit (LimitNOFILE=, ulimit -Hn) or CONCORDANCE_MAX_CLIENT_CONNECTIONS",
+            soft,
+            wanted,
+        )
+
+
+async def _peer_hosts(cfg: config.NodeConfig, timeout: float = 2.0) -> set[str]:
+    """The addresses of the peers named in the configuration (``--peers``, ``--join``,
+    ``--peer-overrides``), which may use the connection reserve; unresolvable ones are
+    skipped (logged)."""
+    loop = asyncio.get_running_loop()
+    named = [*cfg.peers.values(), *cfg.peer_overrides.values(), *filter(None, [cfg.join])]
+    hosts: set[str] = set()
+    for address in named:
+        host, port = config.parse_address(address)
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as e:
+            log.warning("peer %s not resolved (%s): it gets no connection reserve", address, e)
+            continue
+        hosts |= {str(info[4][0]) for info in infos}
+    return hosts
 
 
 def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSite:

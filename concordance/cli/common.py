@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from concordance import __version__, errors
@@ -60,7 +62,12 @@ def client_flags() -> argparse.ArgumentParser:
         "--endpoints", "--endpoint", metavar="URL,...",
         help=f"[http[s]://]HOST:PORT,... (env CONCORDANCE_ENDPOINTS; default {DEFAULT_ENDPOINT})",
     )  # fmt: skip
-    g.add_argument("--api-key", metavar="KEY", help="env CONCORDANCE_API_KEY")
+    g.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="visible to every local user (ps): prefer env CONCORDANCE_API_KEY or --api-key-file",
+    )
+    g.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE")
     g.add_argument(
         "--cacert",
         dest="tls_cacert",
@@ -80,8 +87,35 @@ def client_flags() -> argparse.ArgumentParser:
     return p
 
 
+def api_key(flag: str | None, file: str | None) -> str | None:
+    """The API key: from ``--api-key-file``, else ``--api-key`` (with a warning: argv is
+    public to every local user), else ``CONCORDANCE_API_KEY``.
+
+    Raises:
+        ClientConfigError: the key file cannot be read or is empty.
+    """
+    if file is not None:
+        try:
+            key = Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ClientConfigError(f"--api-key-file {file}: {e}") from None
+        if not key:
+            raise ClientConfigError(f"--api-key-file {file}: the file is empty")
+        return key
+    if flag is not None:
+        print(
+            "concordance: warning: --api-key shows the key to every user of this machine"
+            " (ps, /proc); use CONCORDANCE_API_KEY or --api-key-file",
+            file=sys.stderr,
+        )
+        return flag
+    return os.environ.get("CONCORDANCE_API_KEY") or None
+
+
 def option(args: argparse.Namespace, name: str) -> Any:
     """A client setting: the flag, else its environment variable, else the default."""
+    if name == "api_key":
+        return api_key(getattr(args, "api_key", None), getattr(args, "api_key_file", None))
     if hasattr(args, name):
         return getattr(args, name)
     for var in _ENV.get(name, ()):

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+from concordance.cli.common import api_key
 
 __all__ = ["run_remote"]
 
@@ -92,7 +93,7 @@ def run_remote(args: argparse.Namespace) -> int:
     base = args.endpoint.rstrip("/")
     if "://" not in base:
         base = "http://" + base
-    key = args.api_key if args.api_key is not None else os.environ.get("CONCORDANCE_API_KEY")
+    key = api_key(args.api_key, args.api_key_file)
     roles = ROLLING_ORDER if args.role == "all" else (args.role,)
     try:
         for role in roles:

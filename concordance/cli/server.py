@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from concordance.config import ROLES, ConfigError, NodeConfig, Secrets, parse_peers
+from concordance.config import (
+    ROLES,
+    ConfigError,
+    FrontLimits,
+    NodeConfig,
+    Secrets,
+    parse_peers,
+)
 
 if TYPE_CHECKING:
     from concordance.supervise import Control
@@ -76,8 +83,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--endpoint", help="the node's URL: through its API (restart only; full API key)"
     )
     ctl.add_argument(
-        "--api-key", default=None, help="with --endpoint (default: $CONCORDANCE_API_KEY)"
+        "--api-key",
+        default=None,
+        help="with --endpoint; visible to every local user (ps): prefer $CONCORDANCE_API_KEY",
     )
+    ctl.add_argument("--api-key-file", default=None, help="with --endpoint: read the key from it")
     ctl.add_argument("action", choices=["status", "restart", "stop", "start"])
     ctl.add_argument(
         "role", nargs="?", choices=[*ROLES, "all"], help="all: restart storage, consensus, front"
@@ -100,7 +110,11 @@ def _run_node(args: argparse.Namespace) -> int:
         snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
         snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
         change_retention=_env_int("CONCORDANCE_CHANGE_RETENTION", NodeConfig.change_retention),
+        change_retention_bytes=_env_int(
+            "CONCORDANCE_CHANGE_RETENTION_BYTES", NodeConfig.change_retention_bytes
+        ),
         secrets=Secrets.from_env(os.environ),
+        limits=FrontLimits.from_env(os.environ),
         keys_file=_abspath(args.keys),
         tls_cert=_abspath(args.tls_cert),
         tls_key=_abspath(args.tls_key),
@@ -115,11 +129,41 @@ def _run_node(args: argparse.Namespace) -> int:
         level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from concordance.ipc_paths import UnsafeRunDir, run_dir
+
+    try:  # the roles would each refuse it; say so once, before starting them
+        run_dir(cfg.data_dir)
+    except (UnsafeRunDir, OSError) as e:
+        raise ConfigError(str(e)) from None
     existing = Path(cfg.data_dir) / "raft" / "raft.db"
-    if existing.exists() and (cfg.peers or cfg.join):
-        print("concordance: data dir holds cluster state; --peers/--join ignored", file=sys.stderr)
+    if existing.exists():
+        members = _members_on_disk(existing)
+        if members > 1:
+            cfg.require_cluster_key(f"the data dir holds a cluster of {members} members")
+        if cfg.peers or cfg.join:
+            print(
+                "concordance: data dir holds cluster state; --peers/--join ignored",
+                file=sys.stderr,
+            )
     supervise.run_node(cfg.validate())
     return 0  # not reached: run_node execs supervisord
+
+
+def _members_on_disk(raft_db: Path) -> int:
+    """How many members the cluster recorded in ``raft_db`` has (its last configuration).
+
+    Read here, before any role runs: a node restarted on a multi-member data dir gets
+    no ``--peers``, and must still refuse to start without a cluster key."""
+    from concordance.raft.membership_history import MembershipHistory
+    from concordance.raft.sqlite_store import SqliteRaftStore
+
+    try:
+        with SqliteRaftStore(raft_db) as store:
+            _, snapshot = store.initial_state()
+            return len(MembershipHistory.load(store, snapshot).current.members)
+    except Exception as e:  # consensus will say what is wrong with it, in its own log
+        print(f"concordance: cannot read the membership in {raft_db}: {e}", file=sys.stderr)
+        return 0
 
 
 def _abspath(path: str | None) -> str | None:
@@ -155,8 +199,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{i}" for i in range(1, args.nodes + 1)]
     peers = ",".join(f"{n}={args.host}:{args.base_port + i}" for i, n in enumerate(ids))
     env = dict(os.environ)
-    if not args.insecure and not env.get("CONCORDANCE_CLUSTER_KEY"):
-        # A dev cluster gets a throwaway cluster key; real clusters set their own.
+    if not env.get("CONCORDANCE_CLUSTER_KEY"):
+        # A dev cluster gets a throwaway cluster key (API.md §1: no default); real clusters
+        # set their own.
         import secrets
 
         env["CONCORDANCE_CLUSTER_KEY"] = secrets.token_hex(32)

@@ -164,8 +164,15 @@ class ApplyStream:
 
     async def _restore(self) -> None:
         meta = self._disk.latest_snapshot()
-        if meta is None or meta.index < self.sent:
-            log.error("storage is at %d, behind the log, and no snapshot covers it", self.sent)
+        base = self._disk.first_index() - 1
+        if meta is None or meta.index < self.sent or meta.index < base:
+            # The log is cut only behind storage's durable index, so this is a
+            # state.db lost or replaced: OPERATIONS.md §11 (replace the node).
+            log.error(
+                "storage is at %d, behind the log's base %d, and no snapshot file reaches it",
+                self.sent,
+                base,
+            )
             self._connected = False
             return
         body = Restore(str(self._disk.snapshot_path(meta)), meta.index, meta.term)

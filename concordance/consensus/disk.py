@@ -6,7 +6,7 @@ under a millisecond on an SSD) runs on the loop thread itself: handing it to a
 thread and waking the loop afterwards cost more than the write, and the
 driver has nothing else to do until it is durable anyway (the core must not
 be touched meanwhile, see the gate). Everything that may take long -- opening,
-saving snapshots, compacting, reading old entries, closing -- runs on one
+adopting snapshot files, compacting, reading old entries, closing -- runs on one
 dedicated worker thread, ``raft-db``.
 
 The core still reads the log synchronously through a ``LogStore``.
@@ -266,23 +266,32 @@ class RaftDisk:
     def snapshot_path(self, meta: SnapshotMeta) -> Path:
         return self.snapshots.path(meta)
 
-    # -- local snapshots ------------------------------------------------------
-    async def save_snapshot(self, meta: SnapshotMeta, src: str, compact_to: int) -> tuple[int, int]:
-        """Adopt storage's snapshot file, record it, compact the log to ``compact_to``
-        (clamped to the snapshot index and the log) and keep the two newest files.
-        Returns the snapshot's size in bytes and the index the log now starts after."""
-        size, base = await self._run(self._save_sync, meta, src, compact_to)
-        self.tail.drop_through(base)
-        return size, base
+    # -- compaction and local snapshots -----------------------------------------
+    async def compact_behind(self, meta: SnapshotMeta) -> int:
+        """Record ``meta`` as the log's base, then drop the entries up to it.
 
-    def _save_sync(self, meta: SnapshotMeta, src: str, compact_to: int) -> tuple[int, int]:
+        The caller made sure the state machine holds ``meta.index`` durably.
+        No snapshot is written: the record is the restart point. Returns the
+        index the log now starts after."""
+        base = await self._run(self._compact_sync, meta)
+        self.tail.drop_through(base)
+        return base
+
+    def _compact_sync(self, meta: SnapshotMeta) -> int:
+        if meta.index > self.store.first_index() - 1:
+            self.store.record_snapshot(meta)  # first: a crash between the two keeps more log
+            self.store.compact(meta.index)
+        return self.store.first_index() - 1
+
+    async def save_snapshot(self, meta: SnapshotMeta, src: str) -> int:
+        """Adopt storage's snapshot file (moved, made durable) and keep the two newest
+        files. The log is not touched. Returns the snapshot's size in bytes."""
+        return await self._run(self._save_sync, meta, src)
+
+    def _save_sync(self, meta: SnapshotMeta, src: str) -> int:
         path = self.snapshots.save_from_file(meta, src)
-        self.store.record_snapshot(meta)
-        upto = min(compact_to, meta.index, self.store.last_index())
-        if upto > self.store.first_index() - 1:
-            self.store.compact(upto)
         self.snapshots.retain(2)
-        return path.stat().st_size, self.store.first_index() - 1
+        return path.stat().st_size
 
     # -- lifecycle ------------------------------------------------------------
     async def close(self) -> None:

@@ -206,7 +206,8 @@ class ConsensusDriver:
         return (
             f"term {self.core.term}, commit {self.core.log.commit}, "
             f"{self.readies} readies, {self.disk.fsyncs} fsyncs, "
-            f"{self.stream.batches_sent} apply batches, {self.snapshots.taken} snapshots, "
+            f"{self.stream.batches_sent} apply batches, {self.snapshots.compactions} compactions, "
+            f"{self.snapshots.taken} snapshots, "
             f"{self._peer_drops()} raft frames dropped"
         )
 
@@ -462,7 +463,7 @@ class ConsensusDriver:
         elif isinstance(body, wire.Stopping):
             if peer == STORAGE:
                 self.stream.on_stopping()
-        elif isinstance(body, wire.Hello | wire.Applied | wire.SnapshotTaken):
+        elif isinstance(body, wire.Hello | wire.Applied | wire.Durable | wire.SnapshotTaken):
             if peer != STORAGE:
                 log.warning(
                     "ignoring %s from %r: only storage reports its position", env.type, peer
@@ -472,6 +473,8 @@ class ConsensusDriver:
                 await self._tell_leadership()  # repairs a lost push, tells a new storage
             elif isinstance(body, wire.Applied):
                 self.stream.on_applied(body.index)
+            elif isinstance(body, wire.Durable):
+                await self.snapshots.on_durable(self.core, body)
             else:
                 await self.snapshots.adopt(self.core, body)
         elif env.type in wire.REPLIES:
@@ -643,6 +646,8 @@ class ConsensusDriver:
             await self.server.reply(waiter.peer, waiter.request, answer)
         if rd.dropped:
             await self._report_dropped(rd.dropped)
+        if rd.snapshot_wanted:
+            await self.snapshots.want(rd.snapshot_wanted)
         self.core.advance(rd)
         self._remember_addresses(self.core.membership)
 

@@ -1,20 +1,30 @@
-"""Local snapshots: when to ask storage for one, and what to do with the file it hands back.
+"""Log compaction and snapshot files: when to ask storage for what, and what to do with it.
 
-Storage owns the state, so only storage can write a snapshot of it; consensus
-owns the log, so only consensus may compact. The handshake:
+Storage owns the state, so only storage can make it durable or copy it;
+consensus owns the log, so only consensus may compact. Compaction copies
+nothing (raft/__init__.py, PROTOCOL.md §3.6):
 
-1. every ``snapshot_every`` applied entries (or on ``snapshot_now``),
-   consensus sends ``take_snapshot``; one request at a time, re-asked after
-   ``ASK_TIMEOUT`` if storage never answered (it restarted);
-2. storage answers ``snapshot_taken {index, term, path}``: the file is now
-   ours (``FileSnapshotStore.save_from_file`` moves it);
-3. the index must be newer than the latest snapshot (else the file is
-   dropped and the latest one reported), an entry the core handed out, and
-   the term the log's there (else the file belongs to some other history and
-   is deleted); only then does the core hand out the metadata;
-4. the file is made durable and recorded in raft.db, only then is the log
-   compacted, to ``index - snapshot_trailing`` (entries kept for slow
-   followers), and the core told; the two newest snapshot files are kept.
+1. every ``snapshot_every`` entries storage acknowledged, consensus sends
+   ``checkpoint``; storage fsyncs what it applied and answers ``durable
+   {index}``; one request at a time, asked again after ``ASK_TIMEOUT``;
+2. the log's base becomes ``index - snapshot_trailing`` (entries kept for
+   slow followers), clamped to what the core handed out, and on a leader to
+   what a recently active follower still needs (``replication.still_needed``: a
+   member receiving or just installed a snapshot, so it is not sent another
+   because the log moved on meanwhile), but held back by at most
+   ``HOLD_EVERY`` compactions' worth of entries (a follower slower than the
+   writes cannot grow the log without end): it is recorded in raft.db, the
+   entries up to it dropped, and the core told.
+
+A full copy of the state is made only on demand: when the core wants a
+snapshot (``Ready.snapshot_wanted``: a follower behind the log's base, no
+file reaching it) or on ``snapshot_now``, consensus sends ``take_snapshot``;
+storage answers ``snapshot_taken {index, term, path}`` and the file is ours
+(``FileSnapshotStore.save_from_file`` moves it). It must be newer than the
+latest file (else dropped and the latest reported), an entry the core handed
+out at or past the log's base, and of the term the log has there (else it
+belongs to some other history and is deleted); only then is it made durable
+and the core told (the leader then streams it). The two newest files are kept.
 
 Runs on the task that owns the core (the gate in ``disk.py``).
 """
@@ -31,22 +41,51 @@ from concordance.consensus.disk import RaftDisk
 from concordance.consensus.waiters import Waiters
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.raft.core import RaftCore
+from concordance.raft.ready import Role
+from concordance.raft.replication import still_needed
 from concordance.raft.stores import LogCompacted, LogUnavailable
-from concordance.wire import Body, Envelope, SnapshotNowOk, SnapshotTaken, TakeSnapshot
+from concordance.wire import (
+    Body,
+    Checkpoint,
+    Durable,
+    Envelope,
+    SnapshotNowOk,
+    SnapshotTaken,
+    TakeSnapshot,
+)
 
 __all__ = ["SnapshotCoordinator"]
 
 log = logging.getLogger("concordance.consensus")
 
-ASK_TIMEOUT = 60.0  # seconds: storage restarted without answering take_snapshot
+ASK_TIMEOUT = 60.0  # seconds: storage restarted without answering take_snapshot / checkpoint
+HOLD_EVERY = 4  # a follower still catching up holds back at most this many compactions
 RETRY_AFTER_DISCARD = 5.0  # seconds: do not ask again at once for what was just refused
 
 Send = Callable[[str, Body], Awaitable[None]]
 Reply = Callable[[bytes, Envelope, Body | ConcordanceError], Awaitable[None]]
 
 
+class _Request:
+    """One outstanding one-way request to storage, re-askable after ``ASK_TIMEOUT``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._at is not None and self._clock.monotonic() - self._at < ASK_TIMEOUT
+
+    def sent(self) -> None:
+        self._at = self._clock.monotonic()
+
+    def answered(self) -> None:
+        self._at = None
+
+
 class SnapshotCoordinator:
-    """Asks storage for snapshots and adopts them; answers ``snapshot_now``."""
+    """Compacts the log behind storage's durable index; asks for snapshot files on demand."""
 
     def __init__(
         self,
@@ -63,38 +102,67 @@ class SnapshotCoordinator:
         self._every = every
         self._trailing = max(0, trailing)
         self._clock = clock
-        latest = disk.latest_snapshot()
-        recorded = disk.initial_snapshot
-        self.last_index = max(latest.index if latest else 0, recorded.index if recorded else 0)
-        self._asked_at: float | None = None
-        self._retry_at = 0.0  # no periodic request before this (after a discarded snapshot)
+        self.checkpointed = disk.first_index() - 1  # storage's last durable index we know of
+        self._checkpoint = _Request(clock)
+        self._snapshot = _Request(clock)
+        self._retry_at = 0.0  # no on-demand request before this (after a discarded file)
         self.waiters = Waiters(clock)
-        self.taken = 0
+        self.taken = 0  # snapshot files adopted
+        self.compactions = 0
 
     @property
     def asking(self) -> bool:
-        return self._asked_at is not None and self._clock.monotonic() - self._asked_at < ASK_TIMEOUT
+        """Whether a ``take_snapshot`` is outstanding."""
+        return self._snapshot.pending
 
+    # -- compaction -------------------------------------------------------------
     async def maybe_ask(self, applied: int | None) -> None:
-        """Ask for a snapshot if storage applied ``snapshot_every`` entries since the last.
-
-        "The last" includes a snapshot installed from the leader: right after one,
-        storage's state IS that snapshot, and asking would only produce a copy
-        that ``adopt`` drops (before this check, on every loop turn until the
-        next entry was applied).
-        """
-        latest = self._disk.latest_snapshot()
-        if latest is not None and latest.index > self.last_index:
-            self.last_index = latest.index
-        if applied is None or applied - self.last_index < self._every or self.asking:
+        """Ask storage for a checkpoint once it acknowledged ``snapshot_every`` more entries."""
+        # An installed snapshot moves the base: count from there, not from before it.
+        self.checkpointed = max(self.checkpointed, self._disk.first_index() - 1)
+        if applied is None or applied - self.checkpointed < self._every:
             return
-        if self._clock.monotonic() >= self._retry_at:
+        if self._checkpoint.pending:
+            return
+        try:
+            await self._send("checkpoint", Checkpoint())
+        except IpcError as e:
+            log.debug("cannot ask storage for a checkpoint: %s", e)
+            return
+        self._checkpoint.sent()
+
+    async def on_durable(self, core: RaftCore, body: Durable) -> None:
+        """Storage holds everything up to ``body.index`` durably: compact behind it."""
+        self._checkpoint.answered()
+        self.checkpointed = max(self.checkpointed, body.index)
+        base = min(body.index, core.log.applied) - self._trailing
+        needed = None
+        if core.role is Role.LEADER:
+            needed = still_needed(core.progress, core.id, core.log.last_index())
+        if needed is not None:
+            base = max(min(base, needed), base - HOLD_EVERY * self._every)
+        if base <= self._disk.first_index() - 1:
+            return
+        meta = core.base_meta(base)
+        now = await self._disk.compact_behind(meta)
+        core.compacted(now)
+        self.compactions += 1
+        log.info("log compacted behind durable index %d: it starts after %d", body.index, now)
+
+    # -- snapshot files -----------------------------------------------------------
+    async def want(self, index: int) -> None:
+        """The core needs a snapshot file at ``index`` or later (``Ready.snapshot_wanted``)."""
+        latest = self._disk.latest_snapshot()
+        if latest is not None and latest.index >= index:
+            return  # the core will find it at its next probe
+        if not self._snapshot.pending and self._clock.monotonic() >= self._retry_at:
+            log.info("a follower needs a snapshot at >= %d: asking storage for one", index)
             await self._ask()
 
     async def snapshot_now(self, peer: bytes, request: Envelope) -> None:
         """Park a ``snapshot_now`` until the next snapshot is adopted."""
         ctx = self.waiters.park(peer, request)
-        if not self.asking and not await self._ask():
+        if not self._snapshot.pending and not await self._ask():
             self.waiters.pop(ctx)
             await self._reply(peer, request, Unavailable("storage is not connected"))
 
@@ -104,20 +172,19 @@ class SnapshotCoordinator:
         except IpcError as e:
             log.debug("cannot ask storage for a snapshot: %s", e)
             return False
-        self._asked_at = self._clock.monotonic()
+        self._snapshot.sent()
         return True
 
     async def adopt(self, core: RaftCore, body: SnapshotTaken) -> None:
-        """Storage wrote a snapshot at ``body.path``: keep it, compact, answer waiters.
+        """Storage wrote a snapshot at ``body.path``: keep it, tell the core, answer waiters.
 
         Everything is checked before ``core.snapshot_taken``: once the core has
         the metadata it may start sending that snapshot to a follower, so its
         file must be the one we then adopt.
         """
-        self._asked_at = None
+        self._snapshot.answered()
         latest = self._disk.latest_snapshot()
         if latest is not None and body.index <= latest.index:
-            self.last_index = max(self.last_index, latest.index)
             self._drop_file(body, f"snapshot {latest.index} is at least as new")
             size = self._disk.snapshot_path(latest).stat().st_size
             await self._answer(SnapshotNowOk(latest.index, latest.term, size))
@@ -138,17 +205,9 @@ class SnapshotCoordinator:
         except ValueError as e:
             await self._discard(body, str(e))
             return
-        size, base = await self._disk.save_snapshot(meta, body.path, body.index - self._trailing)
-        core.compacted(base)
-        self.last_index = max(self.last_index, meta.index)
+        size = await self._disk.save_snapshot(meta, body.path)
         self.taken += 1
-        log.info(
-            "snapshot at index %d term %d (%d bytes); log starts after %d",
-            meta.index,
-            meta.term,
-            size,
-            base,
-        )
+        log.info("snapshot file at index %d term %d (%d bytes)", meta.index, meta.term, size)
         await self._answer(SnapshotNowOk(meta.index, meta.term, size))
 
     async def _answer(self, answer: Body | ConcordanceError) -> None:

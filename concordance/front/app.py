@@ -42,10 +42,12 @@ from concordance.front.appkeys import (
     CLIENTS,
     CLOCK,
     CONFIG,
+    GATE,
     HUB,
     KEYRING,
     KV,
     METRICS,
+    PROBES,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -57,9 +59,11 @@ from concordance.front.appkeys import (
 from concordance.front.clients import Clients, EventSource
 from concordance.front.cluster import supervisor_role_states
 from concordance.front.codec import Renderer
+from concordance.front.gate import ConnectionGate
 from concordance.front.join import join_cluster
 from concordance.front.metrics import Metrics
 from concordance.front.middlewares import auth_middleware, error_middleware, metrics_middleware
+from concordance.front.probe_cache import Probes
 from concordance.front.routes import setup_routes
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
@@ -127,6 +131,8 @@ def make_app(
     app[TIMERS] = timers
     app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
     app[METRICS] = Metrics()
+    app[GATE] = ConnectionGate(cfg.limits)
+    app[PROBES] = Probes.on(timers.monotonic)
     app[ROLE_STATES] = role_states
     app[STREAMS] = weakref.WeakSet[Closable]()
     app[KEYRING] = KeyRing(cfg.keys_file)
@@ -176,7 +182,7 @@ async def _running(
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
-    if not cfg.secrets.own_cluster_key and not cfg.insecure:
+    if cfg.secrets.cluster_key_problem() is not None:
         check = _check_cluster_key(cfg, clients)
         tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
@@ -209,37 +215,28 @@ CLUSTER_KEY_CHECK_TRIES = 60
 
 
 async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
-    """Say loudly that a member of a multi-node cluster has no cluster key of its own.
+    """Say loudly why a member of a multi-node cluster without a usable cluster key gets
+    nowhere: its peers and it refuse each other on ``/raft``.
 
-    Peers then authenticate with the API key (API.md §1), which every client
-    holds: a warning. With ``CONCORDANCE_REQUIRE_CLUSTER_KEY=1`` it is worse:
-    ``concordance node`` refuses ``--peers``/``--join`` without the key, but a
-    node restarted on a data dir that already holds a multi-member cluster gets
-    no ``--peers`` (only consensus knows), and its ``/raft`` refuses every peer,
-    so it never has a leader; this says why.
+    ``concordance node`` refuses to start such a node when its flags or its data dir
+    show other members; this covers the one case it cannot see, members added while
+    the node runs (only consensus knows them).
     """
+    problem = cfg.secrets.cluster_key_problem()
     for _ in range(CLUSTER_KEY_CHECK_TRIES):
         try:
             st = await clients.consensus.status(STORAGE_PROBE_TIMEOUT)
         except Exception:  # consensus not up yet
             await asyncio.sleep(0.5)
             continue
-        if len(st.members) > 1 and cfg.secrets.peer_key is None:
+        if len(st.members) > 1:
             log.error(
-                "CONCORDANCE_CLUSTER_KEY is not set but this node is one of %d members: peers"
-                " cannot reach it on /raft nor it them; set the same cluster key on every"
-                " member and restart it",
+                "%s but this node is one of %d members: peers cannot reach it on /raft nor"
+                " it them; set the same cluster key on every member and restart it",
+                problem,
                 len(st.members),
             )
             return "multi-member cluster without a cluster key"
-        if len(st.members) > 1:
-            log.warning(
-                "CONCORDANCE_CLUSTER_KEY is not set and this node is one of %d members: peers"
-                " authenticate with the API key, which every client holds; set the same"
-                " cluster key on every member (docs/SECURITY.md)",
-                len(st.members),
-            )
-            return "multi-member cluster on the API key"
         return "single member: no cluster key needed"
     return "consensus did not answer; not checked"
 

@@ -18,7 +18,9 @@ from concordance.clock import Clock
 from concordance.config import NodeConfig
 from concordance.crypto import Cipher
 from concordance.front.clients import Clients
+from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
+from concordance.front.probe_cache import Probes
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
@@ -31,10 +33,12 @@ __all__ = [
     "CLIENTS",
     "CLOCK",
     "CONFIG",
+    "GATE",
     "HUB",
     "KEYRING",
     "KV",
     "METRICS",
+    "PROBES",
     "PROPOSER",
     "ROLE_STATES",
     "STREAMS",
@@ -54,6 +58,8 @@ class Closable(Protocol):
 RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
 
 CONFIG = web.AppKey("config", NodeConfig)
+PROBES = web.AppKey("probes", Probes)  # /readyz and /metrics, computed at most once a second
+GATE = web.AppKey("gate", ConnectionGate)  # counts and caps connections (installed by procs)
 CLOCK = web.AppKey[Callable[[], int]]("clock")
 TIMERS = web.AppKey[Clock]("timers")  # monotonic time, sleeps, timeouts
 CIPHER = web.AppKey("cipher", Cipher)

@@ -29,8 +29,10 @@ from concordance.front import metrics as prom
 from concordance.front.appkeys import (
     CLIENTS,
     CONFIG,
+    GATE,
     HUB,
     METRICS,
+    PROBES,
     PROPOSER,
     ROLE_STATES,
     STREAMS,
@@ -239,11 +241,12 @@ async def add_member(request: web.Request) -> web.Response:
     except ConfigError as e:
         raise InvalidRequest(str(e)) from None
     cfg = request.app[CONFIG]
-    if cfg.secrets.peer_key is None and not cfg.insecure:
-        # Without it no peer link could open here: the new member would never catch up.
+    problem = cfg.secrets.cluster_key_problem()
+    if problem is not None:
+        # Without its own key no peer link could open here (API.md v1.1 §1).
         raise InvalidRequest(
-            "this node has no CONCORDANCE_CLUSTER_KEY: a cluster of more than one member"
-            " needs one; restart every member with the same key first"
+            f"{problem} on this node: a cluster of more than one member needs its own"
+            " cluster key; restart every member with the same key first"
         )
     return await _change_members(request, "add_voter" if voter else "add_learner", node_id, address)
 
@@ -301,8 +304,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 iff a leader is known and storage has applied up to consensus's commit index."""
-    clients = request.app[CLIENTS]
+    """200 iff a leader is known and storage has applied up to consensus's commit index
+    (computed at most about once a second: ``probe_cache``)."""
+    app = request.app
+    return json_response(await app[PROBES].ready.get(lambda: _readiness(app)))
+
+
+async def _readiness(app: web.Application) -> dict[str, Any]:
+    clients = app[CLIENTS]
     st = await _probe(clients.consensus.status(PROBE_TIMEOUT))
     if st is None:
         raise Unavailable("not ready: consensus is not answering")
@@ -311,11 +320,17 @@ async def readyz(request: web.Request) -> web.Response:
     applied = await _probe(clients.storage.wait_applied(st.commit, PROBE_TIMEOUT))
     if applied is None or applied < st.commit:
         raise Unavailable(f"not ready: storage has not applied up to {st.commit}")
-    return json_response({"ready": True, "leaderId": st.leader_id, "commitIndex": st.commit})
+    return {"ready": True, "leaderId": st.leader_id, "commitIndex": st.commit}
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text, computed at most about once a second (``probe_cache``)."""
     app = request.app
+    text = await app[PROBES].metrics.get(lambda: _metrics_text(app))
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
+
+
+async def _metrics_text(app: web.Application) -> str:
     clients = app[CLIENTS]
     st, ss, links, states = await asyncio.gather(
         _probe(clients.consensus.status(PROBE_TIMEOUT)),
@@ -345,6 +360,7 @@ async def metrics(request: web.Request) -> web.Response:
     gauge("concordance_watchers", "Live watch subscriptions.", app[HUB].watchers)
     gauge("concordance_websockets", "Open WebSocket sessions (stream and raft).", len(app[STREAMS]))
     gauge("concordance_writes_pending", "Writes waiting for their result.", app[PROPOSER].pending)
+    app[GATE].families(gauge)
     gauge(
         "concordance_raft_leader_changes_total",
         "Times this node's consensus saw a new leader (since the role started).",
@@ -400,8 +416,7 @@ async def metrics(request: web.Request) -> web.Response:
     )
     fams.extend(_role_families(states))
     fams += [prom.build_info(), prom.database_sizes(app[CONFIG].data_dir)]  # build, disk
-    text = prom.render(fams) + prom.runtime_text()
-    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": prom.CONTENT_TYPE})
+    return prom.render(fams) + prom.runtime_text()
 
 
 def _role_families(states: dict[str, dict[str, Any]] | None) -> list[prom.Family]:

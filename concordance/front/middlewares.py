@@ -116,9 +116,7 @@ def authenticate(cfg: NodeConfig, token: str | None, keyring: KeyRing | None = N
 
 
 def _check_peer(cfg: NodeConfig, request: web.Request) -> None:
-    expected = cfg.secrets.peer_key
-    if not expected and cfg.insecure:
-        return
+    expected = cfg.secrets.peer_key  # none: no peer may connect, --insecure or not
     token = _token(request, allow_query=False)
     if token is None or not _same(token, expected):
         raise Unauthorized("the cluster key is required on /raft")

@@ -4,10 +4,18 @@ Why it is shaped like this:
 
 * One connection = one reader (requests, handled in arrival order, so a
   client that pipelines a set and a get sees its own write) and one writer
-  task draining a bounded :class:`Outbox`. Replies wait for room in the
-  outbox; ``watch/change`` notifications never wait: one that does not fit
-  cancels its subscription (``slow_consumer``), so a client that stops
-  reading cannot make the node buffer without bound.
+  task draining an :class:`Outbox` bounded in messages and in bytes.
+  Replies wait for room in the outbox, at most ``REPLY_STALL`` seconds: a
+  client that sends requests but does not read their replies is then closed
+  with 1008 (policy violation), so what one connection holds queued stays
+  under ``OUTBOX_BYTES`` (plus the one reply being queued). ``watch/change``
+  notifications never wait: one that does not fit cancels its subscription
+  (``slow_consumer``).
+* A JSON-RPC batch holds at most ``MAX_BATCH`` requests (as ``/batch``); a
+  longer one is refused whole with -32600. Its replies are sent as they are
+  produced, in arrays of at most about ``BATCH_FLUSH_BYTES`` (a reply larger
+  than that goes alone, in an array of one), never built as one string: 128
+  gets of 1 MiB values cost the front a few MiB, not the whole answer.
 * A subscription starts delivering only after its ``watch/subscribe`` reply
   is queued, so a client always learns the subscription id first.
 * Errors: protocol faults use the JSON-RPC codes (-32700 parse, -32600
@@ -20,6 +28,10 @@ Why it is shaped like this:
   :meth:`StreamConnection.notify` drops the events it may not see, so a
   scoped key watching ``tenant:acme/`` never sees ``tenant:acme/credentials``
   without a grant for it.
+* Keep-alive is the front's one :class:`~concordance.front.stream_ping.Pinger`
+  (on the watch hub), not aiohttp's per-connection heartbeat, whose timers
+  bunch up (stream_ping.py says how); the pings go out through the
+  connection's writer, and every frame received counts as an answer.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from concordance.errors import (
 from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
+    MAX_BATCH_OPS,
     SET_FIELDS,
     opt_int,
     parse_delete,
@@ -53,11 +66,27 @@ from concordance.front.watch import Subscription
 from concordance.keys import validate_key, validate_prefix
 from concordance.scopes import Principal
 
-__all__ = ["OUTBOX_LIMIT", "Outbox", "StreamConnection", "rpc_error", "stream_handler"]
+__all__ = [
+    "MAX_BATCH",
+    "OUTBOX_BYTES",
+    "OUTBOX_LIMIT",
+    "PING",
+    "Outbox",
+    "OutboxStalled",
+    "StreamConnection",
+    "rpc_error",
+    "stream_handler",
+]
 
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT: Final = 1024  # messages queued for one connection
+OUTBOX_BYTES: Final = 8 << 20  # characters of JSON (bytes, for ASCII) queued for one connection
+REPLY_STALL: Final = 30.0  # seconds a reply waits for room before the connection is closed
+MAX_BATCH: Final = MAX_BATCH_OPS  # requests in one JSON-RPC batch (as /batch)
+BATCH_FLUSH_BYTES: Final = 64 << 10  # a batch's replies are sent once this much is ready
+CLOSE_SLOW_READER: Final = 1008  # WebSocket "policy violation": replies not read
+CLOSE_GRACE: Final = 5.0  # seconds the close frame may wait for room before the cut
 MAX_SUBSCRIPTIONS: Final = 1024
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
     -32700,
@@ -67,15 +96,27 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
     -32603,
 )
 _MISSING: Final = object()
+PING: Final = ""  # what Outbox.get returns for a ping: no message is empty (each is JSON)
 
 Method = Callable[["StreamConnection", dict[str, Any]], Awaitable[Any]]
 
 
-class Outbox:
-    """A connection's send queue: bounded for notifications and replies, not for goodbyes."""
+class OutboxStalled(Exception):
+    """A reply found no room in the outbox in time: the client is not reading."""
 
-    def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
+
+class Outbox:
+    """A connection's send queue: bounded in messages and in bytes for notifications and
+    replies, not for goodbyes.
+
+    Sizes are ``len()`` of the JSON text (bytes for ASCII). A message larger than the
+    byte bound still fits an empty outbox, so one big reply never deadlocks.
+    """
+
+    def __init__(self, limit: int = OUTBOX_LIMIT, max_bytes: int = OUTBOX_BYTES) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self._items: deque[str] = deque()
         # The writer's wake-up: a bare future, not an Event (one notification
         # per watcher per change: Event's bookkeeping was a tenth of the fan-out).
@@ -83,13 +124,19 @@ class Outbox:
         self._room = asyncio.Event()
         self._room.set()
         self.closed = False
+        self._ping = False  # a ping is wanted: sent before the queued messages
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _fits(self, size: int) -> bool:
+        if len(self._items) >= self.limit:
+            return False
+        return not self._items or self.queued_bytes + size <= self.max_bytes
+
     def offer(self, text: str) -> bool:
         """Queue if there is room; False (nothing queued) otherwise."""
-        if self.closed or len(self._items) >= self.limit:
+        if self.closed or not self._fits(len(text)):
             return False
         self._append(text)
         return True
@@ -99,15 +146,32 @@ class Outbox:
         if not self.closed:
             self._append(text)
 
-    async def put(self, text: str) -> None:
-        """Queue, waiting for room."""
-        while len(self._items) >= self.limit and not self.closed:
-            self._room.clear()
-            await self._room.wait()
+    async def put(self, text: str, stall: float | None = None) -> None:
+        """Queue, waiting for room (at most ``stall`` seconds when given).
+
+        Raises:
+            OutboxStalled: no room within ``stall`` seconds.
+        """
+        try:
+            async with asyncio.timeout(stall):
+                while not self.closed and not self._fits(len(text)):
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            raise OutboxStalled(
+                f"{self.queued_bytes} bytes of replies not read in {stall:g} s"
+            ) from None
         self.push(text)
+
+    def ping(self) -> None:
+        """Ask the writer for a ping frame (at most one pending; never waits)."""
+        if not self.closed:
+            self._ping = True
+            self._wake()
 
     def _append(self, text: str) -> None:
         self._items.append(text)
+        self.queued_bytes += len(text)
         self._wake()
 
     def _wake(self) -> None:
@@ -116,15 +180,19 @@ class Outbox:
             ready.set_result(None)
 
     async def get(self) -> str | None:
-        """The next message, or None once closed and drained (one reader at a time)."""
-        while not self._items:
+        """The next message, :data:`PING` for a ping, or None once closed and drained
+        (one reader at a time)."""
+        while not self._items and not self._ping:
             if self.closed:
                 return None
             self._ready = asyncio.get_running_loop().create_future()
             await self._ready
+        if self._ping:
+            self._ping = False
+            return PING
         text = self._items.popleft()
-        if len(self._items) < self.limit:
-            self._room.set()
+        self.queued_bytes -= len(text)
+        self._room.set()
         return text
 
     def close(self) -> None:
@@ -178,10 +246,13 @@ class StreamConnection:
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, access: Principal) -> None:
         self.app = request.app
         self.ws = ws
+        self._transport = request.transport
         self.access = access
-        self.outbox = Outbox(OUTBOX_LIMIT)
+        self.outbox = Outbox(OUTBOX_LIMIT, OUTBOX_BYTES)
         self.subs: dict[int, Subscription] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._transport = request.transport
+        self.heard = False  # a frame came since the pinger's last visit (stream_ping.py)
 
     # -- Sink (watch.py) ----------------------------------------------------
     def notify(
@@ -204,25 +275,60 @@ class StreamConnection:
         params = {"subscriptionId": subscription_id, "reason": reason}
         self.outbox.push(dumps({"jsonrpc": "2.0", "method": "watch/cancelled", "params": params}))
 
+    # -- Pingable (stream_ping.py) ---------------------------------------------
+    def ping(self) -> None:
+        self.outbox.ping()
+
+    def abort(self) -> None:
+        """Drop the connection without a goodbye: the client stopped answering pings."""
+        self.outbox.close()
+        if self._transport is not None:
+            self._transport.close()
+
     # -- session ------------------------------------------------------------
     async def run(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
+            async for msg in self.ws:  # autoping off: pings and pongs come here too
+                self.heard = True
+                if msg.type == WSMsgType.PING:
+                    await self.ws.pong(msg.data)
+                elif msg.type == WSMsgType.TEXT:
                     await self._handle_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await self._send(rpc_error(None, (INVALID_REQUEST, "send JSON in text frames")))
+        except OutboxStalled as e:
+            log.info("stream: closing a connection that does not read its replies: %s", e)
+            self._drop_subscriptions()
+            self.outbox.close()
+            if self._writer is not None:
+                self._writer.cancel()
+            await self._close_slow_reader()
         finally:
             self._drop_subscriptions()
             self.outbox.close()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
                 await asyncio.wait_for(self._writer, 1.0)
 
+    async def _close_slow_reader(self) -> None:
+        """Send close 1008; a client that does not read even that (its socket buffers are
+        full, so the close frame waits for room) is cut off after ``CLOSE_GRACE``."""
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self.ws.close(
+                    code=CLOSE_SLOW_READER, message=b"slow reader: replies not read"
+                )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            if self._transport is not None:
+                self._transport.abort()
+
     async def _write_loop(self) -> None:
         try:
             while (text := await self.outbox.get()) is not None:
-                await self.ws.send_str(text)
+                if text is PING:
+                    await self.ws.ping()
+                else:
+                    await self.ws.send_str(text)
         except (ConnectionError, RuntimeError) as e:  # the client went away
             log.debug("stream writer stops: %s", e)
             self.outbox.close()
@@ -251,7 +357,10 @@ class StreamConnection:
         self.subs.clear()
 
     async def _send(self, response: Any) -> None:
-        await self.outbox.put(dumps(response))
+        await self._put(dumps(response))
+
+    async def _put(self, text: str) -> None:
+        await self.outbox.put(text, REPLY_STALL)
 
     # -- JSON-RPC -------------------------------------------------------------
     async def _handle_text(self, text: str) -> None:
@@ -261,23 +370,48 @@ class StreamConnection:
             await self._send(rpc_error(None, (PARSE_ERROR, "parse error")))
             return
         if isinstance(message, list):
-            if not message:
-                await self._send(rpc_error(None, (INVALID_REQUEST, "empty batch")))
-                return
-            replies, starts = [], []
-            for item in message:
-                reply, start = await self._call(item)
-                if reply is not None:
-                    replies.append(reply)
-                starts += start
-            if replies:
-                await self._send(replies)
-        else:
-            reply, starts = await self._call(message)
-            if reply is not None:
-                await self._send(reply)
+            await self._handle_batch(message)
+            return
+        reply, starts = await self._call(message)
+        if reply is not None:
+            await self._send(reply)
         for sub in starts:  # only now: the subscribe reply is queued before any event
             sub.start()
+
+    async def _handle_batch(self, batch: list[Any]) -> None:
+        """Run a batch in order, sending its replies in arrays as they are produced."""
+        if not batch:
+            await self._send(rpc_error(None, (INVALID_REQUEST, "empty batch")))
+            return
+        if len(batch) > MAX_BATCH:
+            fault = (INVALID_REQUEST, f"a batch holds at most {MAX_BATCH} requests")
+            await self._send(rpc_error(None, fault))
+            return
+        ready: list[str] = []
+        size = 0
+        starts: list[Subscription] = []
+        for item in batch:
+            reply, start = await self._call(item)
+            starts += start
+            if reply is not None:
+                text = dumps(reply)
+                ready.append(text)
+                size += len(text)
+            if size >= BATCH_FLUSH_BYTES:
+                await self._flush(ready, starts)
+                size = 0
+        if ready:
+            await self._flush(ready, starts)
+        for sub in starts:  # a subscribe with no id has no reply to come first
+            sub.start()
+
+    async def _flush(self, ready: list[str], starts: list[Subscription]) -> None:
+        """Queue the replies ready so far as one array, then start their subscriptions."""
+        await self._put("[" + ",".join(ready) + "]")
+        ready.clear()
+        for sub in starts:
+            sub.start()
+        starts.clear()
 
     async def _call(self, message: Any) -> tuple[dict[str, Any] | None, list[Subscription]]:
         if not isinstance(message, dict):
@@ -424,13 +558,16 @@ METHODS: dict[str, tuple[Method, bool]] = {  # name -> (method, allowed to the a
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     """GET /stream: authenticated by the middleware before the upgrade."""
     cfg = request.app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, autoping=False)
     await ws.prepare(request)
     conn = StreamConnection(request, ws, request[ACCESS])
     streams = request.app[STREAMS]
+    pinger = request.app[HUB].pinger
     streams.add(conn)
+    pinger.add(conn)
     try:
         await conn.run()
     finally:
+        pinger.discard(conn)
         streams.discard(conn)
     return ws

@@ -24,8 +24,13 @@ Inputs (call from one task; never concurrently):
   §6.4); the answer comes back as a ``ReadState(ctx, index)``, index 0 meaning
   "leadership not confirmed: fail the read".
 * ``propose_conf_change``, ``transfer_leadership``, ``campaign``.
-* ``snapshot_taken(index)`` / ``compacted(index)`` -- the state machine saved a
-  snapshot at ``index``; the log up to some index <= it was dropped.
+* ``snapshot_taken(index)`` -- the state machine wrote a snapshot file at
+  ``index`` (``applied`` >= it >= the log's base); the leader sends it to
+  followers that need one.
+* ``base_meta(index)`` then ``compacted(index)`` -- the state machine holds
+  everything up to ``index`` durably: the driver records ``base_meta(index)``
+  as the log's base, drops the entries up to it, and says so. No snapshot is
+  involved.
 
 Outputs: ``has_ready()`` and ``ready()`` return a :class:`Ready`. The driver
 MUST handle each Ready completely and in this order before calling
@@ -58,7 +63,11 @@ MUST handle each Ready completely and in this order before calling
    ``read_states``: a read may be served once the state machine has applied
    at least ``index``. Report ``dropped`` to the proposers (volatile, like
    read states: nothing to persist, and losing the report only means the
-   proposer times out). "Certainly not appended" assumes the transport
+   proposer times out). If ``snapshot_wanted`` is set, have the state machine
+   write a snapshot file at an index >= it (its applied index will do) and
+   report it with ``snapshot_taken``; the request is not repeated while the
+   follower waits, but the core asks again at the follower's next probe, so a
+   lost request costs a heartbeat interval. "Certainly not appended" assumes the transport
    delivers each ``Propose`` at most once: a duplicated one may be appended
    once and refused once. The real transport (ZeroMQ, WebSocket) never
    duplicates; a transport that does must ignore ``dropped``.
@@ -73,13 +82,19 @@ inputs while a write runs and feeds them all to the core afterwards: the
 group commit falls out of this, as everything proposed during one fsync is
 written by the next.
 
-Compaction: the driver must never compact the store beyond the latest
-snapshot index, and never beyond what the state machine holds durably (with
-the state machine in another process, that is the last snapshot file).
+Compaction: the driver must never compact the store beyond what the state
+machine holds durably (with the state machine in another process: the index
+it reported after an fsync), nor beyond ``applied``. Compacting copies
+nothing: a full snapshot is made only on ``snapshot_wanted`` (a follower or a
+new member behind the log's base), so the cost of compaction is the entries
+dropped, not the size of the state.
 
 Restart: build a new core from the store's ``initial_state()`` (hard state and
-latest snapshot metadata); ``applied`` defaults to the snapshot index, so
-committed entries after it are handed out again. Node ids are never reused.
+the log's base, a compaction point or an installed snapshot); ``applied``
+defaults to the base index, so committed entries after it are handed out again
+(the state machine skips those it holds). The base need not have a snapshot
+file: :attr:`RaftCore.snapshot` is only sent when the snapshot store holds it.
+Node ids are never reused.
 
 Theory of operation and the rules each module keeps are at the top of
 ``core.py``, ``log.py``, ``progress.py`` and the collaborators ``core.py``

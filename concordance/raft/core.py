@@ -2,9 +2,8 @@
 
 Theory of operation:
 
-* Inputs: ``step(msg)``, ``tick()``, ``propose(data)``, ``read_index(ctx)``,
-  ``propose_conf_change(change)``, ``transfer_leadership(to)``,
-  ``snapshot_taken(index)``. Outputs accumulate until the driver calls
+* Inputs: ``step(msg)``, ``tick()``, ``propose(data)``, ``read_index(ctx)``, etc.
+  (the package docstring lists them). Outputs accumulate until the driver calls
   ``ready()``, handles the Ready in order (persist, send, apply) and calls
   ``advance(ready)``; see the package docstring for the contract.
 * Roles are functions: ``_step_role`` and ``_tick_role`` are swapped only in the
@@ -237,18 +236,18 @@ class RaftCore:
             self._campaign(pre=self.cfg.pre_vote, transfer=False)
 
     def snapshot_taken(self, index: int) -> SnapshotMeta:
-        """The state machine snapshotted itself at ``index`` (<= applied).
-
-        Returns the metadata the driver records with the snapshot; the driver
-        may then compact the store up to ``index`` and call :meth:`compacted`.
-        """
-        if index > self.log.applied or index < self.log.first_index() - 1:
-            raise ValueError(f"cannot snapshot at {index}")
-        if self.snapshot is not None and index <= self.snapshot.index:
-            raise ValueError(f"snapshot at {index} is not newer than {self.snapshot.index}")
-        meta = SnapshotMeta(index, self.log.term(index), self.membership_at(index))
-        self.snapshot = meta  # only once its file is durable: the leader will send it
+        """A durable snapshot file of the state at ``index`` exists: the leader may send it."""
+        if self.snapshot is not None and index < self.snapshot.index:
+            raise ValueError(f"snapshot at {index} is older than {self.snapshot.index}")
+        self.snapshot = meta = self.base_meta(index)
         return meta
+
+    def base_meta(self, index: int) -> SnapshotMeta:
+        """The metadata of the state at ``index`` (<= applied, >= the log's base): for a
+        snapshot, or for a compaction with none (package docstring)."""
+        if index > self.log.applied or index < self.log.first_index() - 1:
+            raise ValueError(f"cannot snapshot or compact at {index}")
+        return SnapshotMeta(index, self.log.term(index), self.membership_at(index))
 
     def compacted(self, index: int) -> None:
         """The store dropped entries <= ``index``: fold older configs into the base."""
@@ -261,6 +260,7 @@ class RaftCore:
             or self._needs_broadcast
             or self.log.unstable
             or self.log.pending_snapshot is not None
+            or self._repl.snapshot_wanted
             or self.hard_state != self._prev_hard
             or self.soft_state != self._prev_soft
             or (
@@ -290,7 +290,9 @@ class RaftCore:
             dropped=tuple(out.dropped),
             early=same_term_vote and self.role is Role.LEADER,
             commit_only=hard != prev and same_term_vote,
+            snapshot_wanted=self.log.first_index() - 1 if self._repl.snapshot_wanted else 0,
         )
+        self._repl.snapshot_wanted = False
         self._reads.seal()  # reads from now on need a fresh heartbeat round
         self._prev_soft = soft
         return rd

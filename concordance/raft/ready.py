@@ -62,6 +62,11 @@ class Ready:
     only once ``advance`` says it is durable, so a follower may store an entry
     before its leader does. It is never set when term or vote change.
 
+    ``snapshot_wanted`` (0: no) asks the driver for a snapshot file at an index
+    at least this one (the log's base): a follower needs one and the latest
+    snapshot is missing or older. The driver has the state machine write one
+    and reports it with ``snapshot_taken``; asking again meanwhile is harmless.
+
     ``commit_only`` says that ``hard_state`` differs from the durable one in
     ``commit`` alone. Writing it is then optional and needs no fsync (the commit
     index is re-learned from the leader after a restart), so such a Ready
@@ -79,6 +84,7 @@ class Ready:
     dropped: tuple[bytes, ...] = ()
     early: bool = False
     commit_only: bool = False
+    snapshot_wanted: int = 0
 
     @property
     def must_sync(self) -> bool:

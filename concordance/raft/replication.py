@@ -21,7 +21,7 @@ The replicator never commits or changes role: the core does, from what
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from concordance.errors import ProposalDropped
@@ -57,7 +57,16 @@ class Replicator:
     """Per-follower progress and the AppendEntries, heartbeats and snapshot
     chunks that follow from it. Used by the core only while it leads."""
 
-    __slots__ = ("_cfg", "_id", "_log", "_send", "_snapshots", "_view", "progress")
+    __slots__ = (
+        "_cfg",
+        "_id",
+        "_log",
+        "_send",
+        "_snapshots",
+        "_view",
+        "progress",
+        "snapshot_wanted",
+    )
 
     def __init__(
         self,
@@ -77,6 +86,7 @@ class Replicator:
             node_id, snapshots, cfg.snapshot_chunk_bytes, cfg.election_ticks, send
         )
         self.progress: dict[str, Progress] = {}
+        self.snapshot_wanted = False  # a follower needs a snapshot reaching the log's base
 
     # ------------------------------------------------------------------ membership
     def reset(self, members: Iterable[str]) -> None:
@@ -113,7 +123,7 @@ class Replicator:
         if pr.paused(self._cfg.max_inflight_msgs):
             return
         if pr.next < lg.first_index():
-            self._snapshots.start(self._view.term, peer, pr, self._view.snapshot)
+            self._start_snapshot(peer, pr)
             return
         last = lg.last_index()
         if pr.next > last and (
@@ -124,7 +134,7 @@ class Replicator:
             prev_term = lg.term(pr.next - 1)
             entries = lg.slice(pr.next, last + 1, self._cfg.max_msg_bytes)
         except LogCompacted:
-            self._snapshots.start(self._view.term, peer, pr, self._view.snapshot)
+            self._start_snapshot(peer, pr)
             return
         # A commit notice to a follower known to hold the whole log: its
         # success would tell nothing, so it is not asked for (heartbeats keep
@@ -146,6 +156,11 @@ class Replicator:
             pr.sent_entries(entries[-1].index)
         elif pr.state is ProgressState.PROBE:
             pr.probe_sent = True
+
+    def _start_snapshot(self, peer: str, pr: Progress) -> None:
+        floor = self._log.first_index() - 1
+        if not self._snapshots.start(self._view.term, peer, pr, self._view.snapshot, floor):
+            self.snapshot_wanted = True  # Ready.snapshot_wanted; the next probe starts it
 
     def send_more(self, peer: str) -> None:
         """Stream what flow control allows after an acknowledgement."""
@@ -272,3 +287,22 @@ class UncommittedBudget:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+def still_needed(progress: Mapping[str, Progress], leader: str, last: int) -> int | None:
+    """The lowest log index a recently active follower still needs from a leader's
+    log (the snapshot it is receiving, else its match), or None if none is behind.
+
+    A driver compacts no further than this (within a bound): a member catching
+    up through a large snapshot then finds the log going on right after it,
+    instead of needing another one because the log moved on meanwhile. A
+    follower silent for an election timeout holds nothing (CheckQuorum clears
+    ``recent_active``).
+    """
+    needs = [
+        pr.snapshot_index if pr.state is ProgressState.SNAPSHOT else pr.match
+        for peer, pr in progress.items()
+        if peer != leader and pr.recent_active
+    ]
+    needs = [n for n in needs if n < last]
+    return min(needs) if needs else None

@@ -86,6 +86,10 @@ class FileSnapshotStore:
         """The newest complete snapshot, or None."""
         return self._latest
 
+    def has(self, meta: SnapshotMeta) -> bool:
+        """Whether ``meta`` is complete here (its sidecar, the commit record, exists)."""
+        return (self._dir / f"{_stem(meta)}.meta").exists()
+
     def size(self, meta: SnapshotMeta) -> int:
         return self.path(meta).stat().st_size
 

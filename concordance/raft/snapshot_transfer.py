@@ -3,6 +3,10 @@
 Rules (paper §7, Fig. 13, with the offsets of the figure):
 
 * A leader sends a snapshot to a follower whose next entry it has compacted.
+  Compaction does not make one (the log is cut behind the state machine's
+  durable index, with no copy): when the latest snapshot is missing or older
+  than the log's base, ``start`` says so and the core asks its driver for one
+  (``Ready.snapshot_wanted``); the next probe of that follower starts it.
   While the transfer runs the follower's progress is SNAPSHOT and nothing
   else is sent to it; one chunk is in flight at a time, and the follower's
   answer names the offset it wants next, so a lost or repeated chunk only
@@ -48,13 +52,17 @@ class SnapshotSender:
         self._resend_ticks = resend_ticks
         self._send = send
 
-    def start(self, term: int, peer: str, pr: Progress, meta: SnapshotMeta | None) -> None:
-        """Begin sending ``meta`` (the latest snapshot) to ``peer``."""
-        if meta is None or self._store is None:
-            log.warning("%s needs a snapshot for %s but has none", self._id, peer)
-            return
+    def start(
+        self, term: int, peer: str, pr: Progress, meta: SnapshotMeta | None, floor: int
+    ) -> bool:
+        """Begin sending ``meta`` (the latest snapshot) to ``peer``; False if there is
+        no snapshot to send that reaches the log (held, and at index >= ``floor``)."""
+        if meta is None or self._store is None or meta.index < floor or not self._store.has(meta):
+            log.debug("%s needs a snapshot at >= %d for %s", self._id, floor, peer)
+            return False
         pr.become_snapshot(meta.index)
         self._send_chunk(term, peer, pr, meta)
+        return True
 
     def on_response(
         self, term: int, msg: InstallSnapshotResponse, pr: Progress, meta: SnapshotMeta | None

@@ -80,6 +80,10 @@ class RaftStore(LogStore, Protocol):
 class SnapshotStore(Protocol):
     """Snapshot bytes: read by the leader core to send, written by the driver."""
 
+    def has(self, meta: SnapshotMeta) -> bool:
+        """Whether the whole snapshot ``meta`` is held (the log's base may have none)."""
+        ...
+
     def size(self, meta: SnapshotMeta) -> int: ...
 
     def read_chunk(self, meta: SnapshotMeta, offset: int, size: int) -> bytes: ...
@@ -182,6 +186,9 @@ class MemorySnapshotStore:
 
     def get(self, meta: SnapshotMeta) -> bytes:
         return self._blobs[(meta.index, meta.term)]
+
+    def has(self, meta: SnapshotMeta) -> bool:
+        return (meta.index, meta.term) in self._blobs
 
     def size(self, meta: SnapshotMeta) -> int:
         return len(self.get(meta))

@@ -38,11 +38,17 @@ __all__ = [
 Entry = dict[str, Any]
 Event = dict[str, Any]
 
-ROW_COLUMNS: Final = "key, value, version, revision, created_at, updated_at, expires_at, deleted"
+# A ``kv`` row with its value, which lives in the ``changes`` row it points to.
+ROW_COLUMNS: Final = (
+    "k.key, c.value, k.version, k.revision, k.created_at, k.updated_at, k.expires_at,"
+    " k.deleted, k.change_id"
+)
+_ROWS_FROM: Final = f"SELECT {ROW_COLUMNS} FROM kv k LEFT JOIN changes c ON c.id = k.change_id"
 
 
 class Row(NamedTuple):
-    """One ``kv`` row; a tombstone has ``deleted`` set and ``value`` None."""
+    """One ``kv`` row and its value; a tombstone has ``deleted`` set, ``value`` and
+    ``change_id`` (the ``changes`` row holding the value) None."""
 
     key: str
     value: bytes | None
@@ -52,6 +58,7 @@ class Row(NamedTuple):
     updated_at: int
     expires_at: int | None
     deleted: int
+    change_id: int | None
 
 
 def is_live(row: Row | None, now_ms: int) -> bool:
@@ -79,7 +86,7 @@ def entry_of(row: Row) -> Entry:
 
 def load_row(conn: sqlite3.Connection, key: str) -> Row | None:
     """The row of ``key``, tombstone or expired included, or None if never written."""
-    raw = conn.execute(f"SELECT {ROW_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+    raw = conn.execute(f"{_ROWS_FROM} WHERE k.key = ?", (key,)).fetchone()
     return None if raw is None else Row(*raw)
 
 
@@ -112,10 +119,9 @@ def list_entries(
     if cursor is not None:
         lower, op = decode_cursor(cursor, prefix), ">"
     rows = conn.execute(
-        f"SELECT {ROW_COLUMNS} FROM kv"
-        f" WHERE key {op} ? AND key < ? AND deleted = 0"
-        " AND (expires_at IS NULL OR expires_at > ?)"
-        " ORDER BY key LIMIT ?",
+        f"{_ROWS_FROM} WHERE k.key {op} ? AND k.key < ? AND k.deleted = 0"
+        " AND (k.expires_at IS NULL OR k.expires_at > ?)"
+        " ORDER BY k.key LIMIT ?",
         (lower, prefix_end(prefix), now_ms, limit + 1),
     ).fetchall()
     more = len(rows) > limit
@@ -134,6 +140,10 @@ def list_changes(
 ) -> dict[str, Any]:
     """``{"changes", "revision"}``: events under ``prefix`` after revision ``since``.
 
+    ``prefix`` ``""`` means every key: the front's watch hub repairs a lost
+    change batch for all its subscriptions with one such read (clients'
+    prefixes are validated by the front, and are never empty).
+
     Events come in (revision, seq) order. The answer always holds whole
     revisions, so the returned ``revision`` (pass it as the next ``since``)
     never splits an atomic batch: a page that would end inside a revision
@@ -145,7 +155,8 @@ def list_changes(
             the first revision still held, so ``since = oldest - 1`` works).
         InvalidKey / InvalidRequest: bad prefix, ``since`` or ``limit``.
     """
-    validate_prefix(prefix)
+    if prefix:
+        validate_prefix(prefix)
     _check_positive("limit", limit)
     if type(since) is not int or since < 0:
         raise InvalidRequest("since must be a non-negative integer")
@@ -153,7 +164,7 @@ def list_changes(
         raise Compacted(
             f"changes before revision {compacted + 1} were compacted", oldest=compacted + 1
         )
-    end = prefix_end(prefix)
+    end = prefix_end(prefix) if prefix else _ABOVE_EVERY_KEY
     rows = conn.execute(
         "SELECT revision, type, key, value, version, timestamp FROM changes"
         " WHERE revision > ? AND key >= ? AND key < ? ORDER BY revision, seq LIMIT ?",
@@ -170,6 +181,9 @@ def list_changes(
             (cut, prefix, end),
         ).fetchall()
     return {"changes": [_event_of(r) for r in kept], "revision": kept[-1][0]}
+
+
+_ABOVE_EVERY_KEY: Final = "\U0010ffff"  # every key starts with "tenant:"
 
 
 def prefix_end(prefix: str) -> str:

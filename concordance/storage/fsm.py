@@ -26,6 +26,18 @@ Rules / theory of operation:
 * Only errors of the command itself become results. Any other exception
   (I/O, disk full) rolls the whole batch back and propagates: recording it as
   a result would make this node diverge from the others.
+* Change history is kept by revisions (``retention``) and by bytes
+  (``retention_bytes``: key + value bytes of the history): after an apply,
+  history is pruned to the last ``retention`` revisions, and further, oldest
+  revision first, while it holds more than ``retention_bytes`` (in steps of a
+  sixteenth, so not on every apply; the newest revision is always kept).
+  The decision is taken after each entry, never per batch (batches differ
+  from node to node), so ``oldest`` is a function of the applied entries
+  and the two settings: nodes with the same settings agree on it at every
+  applied index.
+* A value is stored once, in its ``set`` change row; the key's ``kv`` row
+  points to it (``schema``). Pruning keeps a row some key still points to,
+  and the write that supersedes such a row (below ``compacted``) deletes it.
 * state.db commits with ``synchronous=NORMAL``: a power cut may lose the
   last transactions, never tear one; consensus then re-sends from the
   ``applied_index`` that survived (see ``schema``).
@@ -62,12 +74,16 @@ from concordance.errors import (
 )
 from concordance.storage import db, snapshot, ttl
 from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row
+from concordance.storage.migrate import HISTORY_SIZE_SQL
 from concordance.storage.schema import connect
 
 __all__ = ["Applied", "ApplyGap", "StateMachine"]
 
 _INSERT_ROW = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM kv WHERE kv.key = changes.key AND kv.change_id = changes.id)"
+)
 _LIVE_UNDER = "key >= ? AND key < ? AND deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 
 
@@ -113,17 +129,27 @@ class StateMachine:
 
     Args:
         path: the state.db file (created if missing).
-        retention: how many recent revisions of change history to keep at least.
+        retention: how many recent revisions of change history to keep at most.
+        retention_bytes: how many bytes (keys + values) of change history to
+            keep at most; the newest revision is kept whatever its size.
     """
 
-    def __init__(self, path: str | os.PathLike[str], retention: int = 100_000) -> None:
-        if retention < 1:
-            raise ValueError("retention must be at least 1")
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        retention: int = 100_000,
+        retention_bytes: int = 1 << 30,
+    ) -> None:
+        if retention < 1 or retention_bytes < 1:
+            raise ValueError("retention and retention_bytes must be at least 1")
         self._path = os.fspath(path)
         self._retention = retention
+        self._retention_bytes = retention_bytes
         self._prune_slack = retention // 16  # prune in steps, not on every apply
         self._conn = connect(self._path)
         self._applied_index = self._applied_term = self._revision = self._compacted = 0
+        self._history_bytes = 0
+        self._next_change_id = 1
         self._load_meta()
         self._pending: list[tuple[Any, ...]] = []  # change rows of the open transaction
 
@@ -142,6 +168,11 @@ class StateMachine:
     def revision(self) -> int:
         """The current revision: that of the last committed change (0 = none)."""
         return self._revision
+
+    @property
+    def history_bytes(self) -> int:
+        """Key + value bytes of the change history held (revisions after ``compacted``)."""
+        return self._history_bytes
 
     @property
     def oldest_revision(self) -> int:
@@ -172,7 +203,14 @@ class StateMachine:
         """
         if not entries:
             return []
-        saved = (self._applied_index, self._applied_term, self._revision, self._compacted)
+        saved = (
+            self._applied_index,
+            self._applied_term,
+            self._revision,
+            self._compacted,
+            self._history_bytes,
+            self._next_change_id,
+        )
         out: list[Applied] = []
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
@@ -185,21 +223,36 @@ class StateMachine:
                 self._applied_index, self._applied_term = index, term
                 if data:
                     out.append(self._apply_entry(index, data))
+                    # The next entry reads values through these rows (kv points to them).
+                    self._flush_changes()
+                    self._prune()  # after each entry, so batching cannot change "oldest"
             if self._applied_index == saved[0]:
                 conn.execute("ROLLBACK")
                 return out
-            if self._pending:
-                conn.executemany(_INSERT_CHANGE, self._pending)
-            self._prune()
+            self._flush_changes()
             conn.execute(
-                "UPDATE meta SET applied_index = ?, applied_term = ?, revision = ?, compacted = ?",
-                (self._applied_index, self._applied_term, self._revision, self._compacted),
+                "UPDATE meta SET applied_index = ?, applied_term = ?, revision = ?, compacted = ?,"
+                " history_bytes = ?",
+                (
+                    self._applied_index,
+                    self._applied_term,
+                    self._revision,
+                    self._compacted,
+                    self._history_bytes,
+                ),
             )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._applied_index, self._applied_term, self._revision, self._compacted = saved
+            (
+                self._applied_index,
+                self._applied_term,
+                self._revision,
+                self._compacted,
+                self._history_bytes,
+                self._next_change_id,
+            ) = saved
             raise
         finally:
             self._pending.clear()
@@ -235,12 +288,16 @@ class StateMachine:
         """Run ``ops`` in order on a working copy; write it only if every op succeeded."""
         rev = self._revision + 1  # shared by every write, taken only if there is one
         rows: dict[str, Row | None] = {}
+        before: dict[str, Row | None] = {}  # each key's row as the command found it
         dirty: dict[str, Row] = {}  # key -> final row, in first-write order
         changes: list[tuple[str, str, bytes | None, int]] = []
         results: list[Any] = []
         for i, op in enumerate(ops):
             key = op.key
-            row = rows[key] if key in rows else load_row(self._conn, key)
+            if key in rows:
+                row = rows[key]
+            else:
+                row = before[key] = load_row(self._conn, key)
             live = row if row is not None and is_live(row, ts) else None
             have = live.version if live is not None else 0
             want = op.version if isinstance(op, Check) else op.if_version
@@ -257,14 +314,19 @@ class StateMachine:
             if isinstance(op, Set):
                 version = (row.version if row is not None else 0) + 1
                 created = live.created_at if live is not None else ts
-                new = Row(key, op.value_json, version, rev, created, ts, op.expires_at, 0)
+                new = Row(key, op.value_json, version, rev, created, ts, op.expires_at, 0, None)
                 changes.append(("set", key, op.value_json, version))
                 results.append(entry_of(new))
             else:
                 if live is None:
                     raise NotFound(f"{key} does not exist", **where)
                 new = live._replace(
-                    value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1
+                    value=None,
+                    revision=rev,
+                    updated_at=ts,
+                    expires_at=None,
+                    deleted=1,
+                    change_id=None,
                 )
                 changes.append(("delete", key, None, live.version))
                 results.append(
@@ -273,9 +335,21 @@ class StateMachine:
             rows[key] = dirty[key] = new
         if changes:
             self._revision = rev
-            self._conn.executemany(_INSERT_ROW, dirty.values())
+            holder: dict[str, int] = {}  # key -> the change row of its last set
             for kind, key, value, version in changes:
-                self._emit(events, kind, key, value, version, rev, ts)
+                change_id = self._emit(events, kind, key, value, version, rev, ts)
+                if kind == "set":
+                    holder[key] = change_id
+            for key, old in before.items():
+                if key in dirty and old is not None:
+                    self._drop_superseded(old)
+            self._conn.executemany(
+                _INSERT_ROW,
+                [
+                    _kv_values(row._replace(change_id=None if row.deleted else holder[k]))
+                    for k, row in dirty.items()
+                ],
+            )
         return results
 
     def _delete_prefix(self, prefix: str, ts: int, events: list[Event]) -> dict[str, Any]:
@@ -287,8 +361,13 @@ class StateMachine:
             return {"deleted": 0, "revision": self._revision}
         self._revision += 1
         rev = self._revision
+        self._conn.execute(  # values below the history horizon live only in kv's rows
+            "DELETE FROM changes WHERE id IN (SELECT change_id FROM kv"
+            f" WHERE {_LIVE_UNDER} AND revision <= ?)",
+            (*bounds, self._compacted),
+        )
         self._conn.execute(
-            "UPDATE kv SET value = NULL, revision = ?, updated_at = ?, expires_at = NULL,"
+            "UPDATE kv SET change_id = NULL, revision = ?, updated_at = ?, expires_at = NULL,"
             f" deleted = 1 WHERE {_LIVE_UNDER}",
             (rev, ts, *bounds),
         )
@@ -312,9 +391,20 @@ class StateMachine:
         return {"key": op.key, "expired": True, "version": row.version, "revision": self._revision}
 
     def _tombstone(self, row: Row, rev: int, ts: int) -> Row:
-        dead = row._replace(value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1)
-        self._conn.execute(_INSERT_ROW, dead)
+        self._drop_superseded(row)
+        dead = row._replace(
+            value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1, change_id=None
+        )
+        self._conn.execute(_INSERT_ROW, _kv_values(dead))
         return dead
+
+    def _drop_superseded(self, old: Row) -> None:
+        """Delete ``old``'s value row if history no longer holds it (it is replaced now).
+
+        A value row above ``compacted`` stays: it is history until pruned.
+        """
+        if old.change_id is not None and old.revision <= self._compacted:
+            self._conn.execute("DELETE FROM changes WHERE id = ?", (old.change_id,))
 
     def _emit(
         self,
@@ -325,8 +415,12 @@ class StateMachine:
         version: int,
         rev: int,
         ts: int,
-    ) -> None:
-        self._pending.append((rev, len(events), kind, key, value, version, ts))
+    ) -> int:
+        """Queue one change row and its event; return the row's id."""
+        change_id = self._next_change_id
+        self._next_change_id += 1
+        self._history_bytes += len(key.encode()) + len(value or b"")
+        self._pending.append((change_id, rev, len(events), kind, key, value, version, ts))
         event: Event = {"type": kind, "key": key}
         if kind == "set":
             event["value"] = value
@@ -334,21 +428,68 @@ class StateMachine:
         event["revision"] = rev
         event["timestamp"] = ts
         events.append(event)
+        return change_id
 
     def _prune(self) -> None:
-        """Drop change rows older than the last ``retention`` revisions (inside the transaction)."""
-        horizon = self._revision - self._retention
-        if horizon - self._compacted > self._prune_slack:
-            self._conn.execute("DELETE FROM changes WHERE revision <= ?", (horizon,))
-            self._compacted = horizon
+        """Drop history beyond ``retention`` revisions or ``retention_bytes`` (in the transaction).
+
+        Cost: the rows dropped (found by the revision index), plus, when bytes
+        are over, one scan of the revisions that will be dropped.
+        """
+        horizon = self._compacted
+        by_count = self._revision - self._retention
+        if by_count - self._compacted > self._prune_slack:
+            horizon = by_count
+        if self._history_bytes > self._retention_bytes:
+            self._flush_changes()  # the scan below must see this transaction's rows
+            horizon = max(horizon, self._byte_horizon())
+        if horizon <= self._compacted:
+            return
+        self._flush_changes()
+        span = (self._compacted, horizon)
+        freed = self._conn.execute(
+            f"SELECT coalesce(sum({HISTORY_SIZE_SQL}), 0) FROM changes"
+            " WHERE revision > ? AND revision <= ?",
+            span,
+        ).fetchone()[0]
+        self._conn.execute(
+            f"DELETE FROM changes WHERE revision > ? AND revision <= ? AND {_UNREFERENCED}", span
+        )
+        self._history_bytes -= int(freed)
+        self._compacted = horizon
+
+    def _flush_changes(self) -> None:
+        if self._pending:
+            self._conn.executemany(_INSERT_CHANGE, self._pending)
+            self._pending.clear()
+
+    def _byte_horizon(self) -> int:
+        """The lowest revision to compact up to so that history fits in ``retention_bytes``
+        less a sixteenth (never the newest revision)."""
+        target = self._retention_bytes - self._retention_bytes // 16
+        held = self._history_bytes
+        horizon = self._compacted
+        rows = self._conn.execute(
+            f"SELECT revision, sum({HISTORY_SIZE_SQL}) FROM changes"
+            " WHERE revision > ? AND revision < ? GROUP BY revision ORDER BY revision",
+            (self._compacted, self._revision),
+        )
+        for revision, size in rows:
+            if held <= target:
+                break
+            held -= int(size)
+            horizon = int(revision)
+        return horizon
 
     def _load_meta(self) -> None:
         row = self._conn.execute(
-            "SELECT applied_index, applied_term, revision, compacted FROM meta"
+            "SELECT applied_index, applied_term, revision, compacted, history_bytes FROM meta"
         ).fetchone()
-        index, term, revision, compacted = (int(v) for v in row)
+        index, term, revision, compacted, history = (int(v) for v in row)
         self._applied_index, self._applied_term = index, term
-        self._revision, self._compacted = revision, compacted
+        self._revision, self._compacted, self._history_bytes = revision, compacted, history
+        last = self._conn.execute("SELECT max(id) FROM changes").fetchone()[0]
+        self._next_change_id = int(last or 0) + 1
 
     # -- reads --------------------------------------------------------------
     def get(self, key: str, now_ms: int) -> Entry | None:
@@ -397,3 +538,17 @@ class StateMachine:
     def digest(self) -> str:
         """A hash of every live entry, equal on nodes at the same applied index."""
         return snapshot.digest(self._conn)
+
+
+def _kv_values(row: Row) -> tuple[Any, ...]:
+    """``row`` in the column order of ``kv`` (its value lives in ``changes``)."""
+    return (
+        row.key,
+        row.change_id,
+        row.version,
+        row.revision,
+        row.created_at,
+        row.updated_at,
+        row.expires_at,
+        row.deleted,
+    )

@@ -6,20 +6,34 @@ file). That is safe because state.db is not the durable source of truth, the
 Raft log in raft.db (``synchronous=FULL``) is: ``applied_index`` is committed
 in the same transaction as the changes it covers, so after a crash storage
 reports an index that matches its data exactly, and consensus re-sends every
-committed entry after it, or installs a snapshot when state.db is behind the
-log's first index.
+committed entry after it. Consensus cuts its log only behind an index storage
+reported after a checkpoint (``durability.py``), which fsyncs the WAL, so the
+entries a power cut may take from state.db are always still in the log.
 
-Tables:
+Tables (schema version 2; ``PRAGMA user_version`` holds the version, and
+:mod:`concordance.storage.migrate` upgrades an older file on open):
 
-* ``kv``: one row per key ever written. A deleted key stays as a tombstone
-  (``deleted = 1``, value NULL) so its version survives and a re-created key
-  continues at version + 1 (API.md §2). Keys are TEXT with the BINARY
-  collation, which orders by UTF-8 bytes, the order API.md promises for lists.
-* ``changes``: the change log, one row per event, keyed by (revision, seq);
-  an atomic batch shares a revision and numbers its events with ``seq``.
+* ``changes``: the change log, one row per event, in a rowid table so that a
+  ~1 KiB value is stored inline (3 to a 4 KiB page) rather than on an
+  overflow page of its own, as an index b-tree would (WITHOUT ROWID tables
+  spill anything over ~1 KiB). ``(revision, seq)`` is unique: an atomic batch
+  shares a revision and numbers its events with ``seq``. A ``set`` row holds
+  the value; that row is also where the key's current value lives, so every
+  value is stored once (as etcd keeps one copy per revision).
+* ``kv``: one small row per key ever written, no value: ``change_id`` points
+  to the ``changes`` row of the key's last ``set`` (NULL for a tombstone). A
+  deleted key stays as a tombstone (``deleted = 1``) so its version survives
+  and a re-created key continues at version + 1 (API.md §2). Keys are TEXT
+  with the BINARY collation, which orders by UTF-8 bytes, the order API.md
+  promises for lists.
 * ``meta``: a single row: ``applied_index``/``applied_term`` of the last
-  applied Raft entry, the current ``revision``, and ``compacted``, the highest
-  revision whose change rows may have been pruned (0 = full history).
+  applied Raft entry, the current ``revision``, ``compacted`` (the highest
+  revision whose history is gone; 0 = full history) and ``history_bytes``
+  (key + value bytes of the change rows above ``compacted``).
+
+History below ``compacted`` is pruned except the ``set`` rows some key still
+points to (its current value); those are never served as history, and the
+write that supersedes one deletes it.
 """
 
 from __future__ import annotations
@@ -28,14 +42,34 @@ import os
 import sqlite3
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "connect", "ensure_schema", "is_state_db"]
+__all__ = [
+    "KNOWN_VERSIONS",
+    "SCHEMA_VERSION",
+    "connect",
+    "create_tables",
+    "ensure_schema",
+    "is_state_db",
+]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+PAGE_SIZE: Final = 8192
+KNOWN_VERSIONS: Final = frozenset({1, 2})  # what ensure_schema can open (migrating to 2)
 
-_DDL: Final = """
+DDL: Final = """
+CREATE TABLE changes (
+    id        INTEGER PRIMARY KEY,
+    revision  INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    type      TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    value     BLOB,
+    version   INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX changes_revision ON changes (revision, seq);
 CREATE TABLE kv (
     key        TEXT PRIMARY KEY,
-    value      BLOB,
+    change_id  INTEGER,
     version    INTEGER NOT NULL,
     revision   INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
@@ -44,66 +78,86 @@ CREATE TABLE kv (
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX kv_expires_at ON kv (expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE changes (
-    revision  INTEGER NOT NULL,
-    seq       INTEGER NOT NULL,
-    type      TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    value     BLOB,
-    version   INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL,
-    PRIMARY KEY (revision, seq)
-) WITHOUT ROWID;
 CREATE TABLE meta (
     id            INTEGER PRIMARY KEY CHECK (id = 0),
     applied_index INTEGER NOT NULL,
     applied_term  INTEGER NOT NULL,
     revision      INTEGER NOT NULL,
-    compacted     INTEGER NOT NULL
-);
-INSERT INTO meta VALUES (0, 0, 0, 0, 0);
+    compacted     INTEGER NOT NULL,
+    history_bytes INTEGER NOT NULL
+)
 """
 
 
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open state.db (creating it if needed) as the storage role's one connection.
+    """Open state.db (creating or migrating it if needed) as the storage role's one connection.
 
     Autocommit mode: the state machine issues BEGIN/COMMIT itself so that one
     Raft batch is exactly one transaction. ``check_same_thread`` is off so the
     actor may live on a dedicated thread; callers still use it one at a time.
     """
     conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
+    # Only a new file takes this (an existing one keeps its page size): 8 KiB pages
+    # hold seven ~1 KiB change rows where 4 KiB pages hold three (25% unused).
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA cache_size=-16000")  # 16 MiB
-    ensure_schema(conn)
+    try:
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
+def create_tables(conn: sqlite3.Connection) -> None:
+    """Run the current DDL (inside the caller's transaction)."""
+    for statement in DDL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables in an empty database; refuse a foreign or newer one."""
+    """Create the tables in an empty database, migrate an older one; refuse anything else.
+
+    Raises:
+        RuntimeError: a foreign database or a newer schema version.
+    """
+    from concordance.storage import migrate  # migrate imports this module
+
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
-    if version != 0 or conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
-        raise RuntimeError(f"state.db has schema version {version}, expected {SCHEMA_VERSION}")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _DDL.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    empty = not conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    if version == 0 and empty:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            create_tables(conn)
+            conn.execute("INSERT INTO meta VALUES (0, 0, 0, 0, 0, 0)")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return
+    if version in KNOWN_VERSIONS:
+        migrate.upgrade(conn)
+        return
+    raise RuntimeError(
+        f"state.db has schema version {version}, expected {SCHEMA_VERSION}"
+        " (written by a newer Concordance, or not a state.db)"
+    )
 
 
 def is_state_db(conn: sqlite3.Connection) -> bool:
-    """True if ``conn`` holds a state.db of this schema version (used to vet snapshots)."""
+    """True if ``conn`` holds a state.db this version can open (used to vet snapshots).
+
+    An older schema version counts: it is migrated when it is opened.
+    """
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        if conn.execute("PRAGMA user_version").fetchone()[0] not in KNOWN_VERSIONS:
             return False
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
         if not {"kv", "changes", "meta"} <= tables:

@@ -3,7 +3,7 @@
 It wraps :class:`~concordance.storage.fsm.StateMachine` with three sockets:
 the ``storage`` ROUTER (reads from the front), the ``events`` PUB (change
 batches and write results) and a DEALER to ``consensus`` (committed entries
-in; ``hello``, ``applied``, ``snapshot_taken`` and TTL proposals out).
+in; ``hello``, ``applied``, ``durable``, ``snapshot_taken`` and TTL proposals out).
 
 Why SQLite is called synchronously, on the event loop, with no thread:
 
@@ -15,8 +15,10 @@ Why SQLite is called synchronously, on the event loop, with no thread:
 * reads are point lookups and index range scans on a local file, far
   shorter than the IPC round trip that carries them.
 
-The exceptions are ``backup`` and ``take_snapshot``, which copy the whole
-file while writes must continue: each runs in a worker thread on its own
+The exceptions are ``checkpoint`` (durability.py: an fsync of the WAL, which
+consensus compacts its log behind) and ``backup`` and ``take_snapshot``,
+which copy the whole file while writes must continue (a copy is taken only
+when a member needs one, PROTOCOL.md §3.6): each runs in a worker thread on its own
 read-only connection, inside one read transaction (WAL lets the writer go
 on), so the copy is one consistent state whose ``applied_index`` (and term)
 is read back from the copy itself. A snapshot taken on the loop stalled
@@ -81,7 +83,7 @@ from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
-from concordance.storage import snapshot
+from concordance.storage import durability, snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
@@ -149,6 +151,8 @@ class StorageService:
         self._backups: set[asyncio.Task[None]] = set()  # backups and snapshots being copied
         self._backup_lock = asyncio.Lock()
         self._snapshotting: asyncio.Task[None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self.durable_index = 0  # the applied index the last checkpoint made durable
         self._sm: StateMachine | None = None
         self._server: Server | None = None
         self._fronts = Fronts()
@@ -203,7 +207,11 @@ class StorageService:
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.snapshot_dir.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
-        self._sm = StateMachine(self.db_path, retention=self.cfg.change_retention)
+        self._sm = StateMachine(
+            self.db_path,
+            retention=self.cfg.change_retention,
+            retention_bytes=self.cfg.change_retention_bytes,
+        )
         self._consensus = socks.client(
             ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
         )
@@ -302,6 +310,8 @@ class StorageService:
                 await self._restore(body)
             elif isinstance(body, wire.TakeSnapshot):
                 self._start_snapshot()
+            elif isinstance(body, wire.Checkpoint):
+                self._start_checkpoint()
             elif isinstance(body, wire.Leadership):
                 assert self._reaper is not None
                 self._reaper.on_leadership(body)
@@ -407,6 +417,25 @@ class StorageService:
             log.info("storage: restored %s at applied index %d", body.path, index)
             await self._release_waiters()
         await self._hello()
+
+    def _start_checkpoint(self) -> None:
+        """Make what is applied durable beside the loop, then answer ``durable``."""
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return  # that one answers
+        task = asyncio.create_task(self._checkpoint())
+        self._checkpointing = task
+        self._backups.add(task)  # a restore or a stop waits for it
+        task.add_done_callback(self._backups.discard)
+
+    async def _checkpoint(self) -> None:
+        index = self.state.applied_index  # committed, so in the WAL the checkpoint syncs
+        try:
+            await asyncio.to_thread(durability.checkpoint, self.db_path)
+        except (OSError, sqlite3.Error, durability.CheckpointIncomplete) as e:
+            log.warning("storage: checkpoint failed (consensus will ask again): %s", e)
+            return
+        self.durable_index = max(self.durable_index, index)
+        await self._send("durable", wire.Durable(index))
 
     def _start_snapshot(self) -> None:
         """Copy state.db beside the loop; applies and reads go on meanwhile."""

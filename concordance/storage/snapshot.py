@@ -92,8 +92,9 @@ def digest(conn: sqlite3.Connection) -> str:
     """
     h = hashlib.sha256()
     rows = conn.execute(
-        "SELECT key, value, version, revision, created_at, updated_at, expires_at"
-        " FROM kv WHERE deleted = 0 ORDER BY key"
+        "SELECT k.key, c.value, k.version, k.revision, k.created_at, k.updated_at,"
+        " k.expires_at FROM kv k LEFT JOIN changes c ON c.id = k.change_id"
+        " WHERE k.deleted = 0 ORDER BY k.key"
     )
     for row in rows:
         h.update(msgpack.packb(row, use_bin_type=True))

@@ -10,7 +10,15 @@ the package contract: persist the Ready (entries, hard state, snapshot) into a
 :class:`MemoryRaftStore` (the node's "disk"), then send its messages, then
 apply committed entries to a toy state machine, then ``advance``. A crash
 throws away the core and the state machine, keeping only the disk; restart
-rebuilds both from it (snapshot + log replay).
+rebuilds both from it (durable state + log replay).
+
+Compaction follows the driver's rule: every ``snapshot_every`` applied
+entries the state machine makes its state durable (as storage checkpoints
+state.db) and the log is cut behind that, with no snapshot; a snapshot is
+made only when the core asks for one (``Ready.snapshot_wanted``), sometimes
+late, from the state machine as it is. A restart resumes from the durable
+state, or from the log's base snapshot when a received one is newer; a log
+cut beyond the durable state is a failure.
 
 After every step the checker asserts the safety properties of the Raft paper
 (Fig. 3): Election Safety, Leader Append-Only, Log Matching, Leader
@@ -83,7 +91,7 @@ class SimOptions:
     read_rate: float = 0.05
     churn_rate: float = 0.001
     transfer_rate: float = 0.001
-    snapshot_every: int = 40  # applied entries between snapshots
+    snapshot_every: int = 40  # applied entries between compactions
     heal_budget: int = 200 * TICK  # liveness bound after healing
 
 
@@ -95,6 +103,7 @@ class SimNode:
     core: RaftCore | None = None
     applied: list[str] = field(default_factory=list)  # state machine: ordered command ids
     applied_index: int = 0
+    durable: tuple[tuple[str, ...], int] = ((), 0)  # the state machine's durable state, index
     incoming: dict[tuple[int, int], bytearray] = field(default_factory=dict)
     reads: list[tuple[bytes, int]] = field(default_factory=list)  # confirmed (ctx, index)
 
@@ -172,10 +181,14 @@ class Simulation:
             random.Random(self.rng.getrandbits(32)),
             snapshots=node.snapshots,
         )
-        node.applied, node.applied_index = [], 0
-        if snap is not None and snap.index > 0:
+        state, index = node.durable
+        node.applied, node.applied_index = list(state), index
+        if snap is not None and snap.index > index:  # a snapshot installed, not yet restored
+            if not node.snapshots.has(snap):
+                self._fail(f"{node.node_id}: log base {snap.index} beyond durable state {index}")
             state = json.loads(node.snapshots.get(snap))
             node.applied, node.applied_index = list(state), snap.index
+            node.durable = (tuple(state), snap.index)
         node.incoming.clear()
         node.reads.clear()
 
@@ -231,6 +244,7 @@ class Simulation:
     def _process_ready(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
+        wanted = 0
         while core.has_ready():
             rd = core.ready()
             self._check_ready(node, core, rd)
@@ -270,6 +284,8 @@ class Simulation:
             if rd.snapshot is not None:
                 state = json.loads(node.snapshots.get(rd.snapshot))
                 node.applied, node.applied_index = list(state), rd.snapshot.index
+                node.durable = (tuple(state), rd.snapshot.index)  # a restore is durable
+            wanted = max(wanted, rd.snapshot_wanted)
             for entry in rd.committed:
                 self._apply(node, entry)
             for rs in rd.read_states:
@@ -282,16 +298,20 @@ class Simulation:
             core.advance(rd)
             self._record_commit(node, core)
         self._serve_reads(node)
-        self._maybe_snapshot(node)
+        if wanted and self.rng.random() < 0.7:  # else late: the core asks again
+            self._snapshot_on_demand(node, wanted)
+        self._maybe_compact(node)
 
     def _apply(self, node: SimNode, entry: Entry) -> None:
-        if entry.index != node.applied_index + 1:
-            self._fail(f"{node.node_id} applied {entry.index} after {node.applied_index}")
-        node.applied_index = entry.index
         digest = _digest(entry)
         seen = self.applied_global.setdefault(entry.index, digest)
         if seen != digest:
             self._fail(f"state machine safety: index {entry.index} differs on {node.node_id}")
+        if entry.index <= node.applied_index:
+            return  # held durably already: after a restart the core hands it out again
+        if entry.index != node.applied_index + 1:
+            self._fail(f"{node.node_id} applied {entry.index} after {node.applied_index}")
+        node.applied_index = entry.index
         if entry.kind is EntryKind.NORMAL:
             cmd = entry.data.decode()
             if cmd not in node.applied:  # commands carry ids: duplicates apply once
@@ -325,20 +345,33 @@ class Simulation:
             self.reads_checked += 1
         node.reads = keep
 
-    def _maybe_snapshot(self, node: SimNode) -> None:
+    def _maybe_compact(self, node: SimNode) -> None:
+        """Make the state durable, then cut the log behind it (no snapshot)."""
         core = node.core
         assert core is not None
-        last = core.snapshot.index if core.snapshot else 0
-        if node.applied_index - last < self.opt.snapshot_every:
+        if node.applied_index - node.durable[1] < self.opt.snapshot_every:
             return
-        index = node.applied_index
-        meta = core.snapshot_taken(index)
-        node.snapshots.put(meta, json.dumps(node.applied).encode())
-        node.disk.record_snapshot(meta)
+        node.durable = (tuple(node.applied), node.applied_index)
         keep = self.rng.randint(0, 10)
-        compact_to = max(index - keep, node.disk.first_index() - 1)
+        compact_to = min(node.durable[1] - keep, core.log.applied)
+        if compact_to <= node.disk.first_index() - 1:
+            return
+        meta = core.base_meta(compact_to)
+        node.disk.record_snapshot(meta)
         node.disk.compact(compact_to)
         core.compacted(compact_to)
+
+    def _snapshot_on_demand(self, node: SimNode, wanted: int) -> None:
+        """A snapshot of the state machine as it is, for a follower that needs one."""
+        core = node.core
+        assert core is not None
+        index = node.applied_index
+        if index != core.log.applied or index < wanted:
+            return  # re-handing entries after a restart: the core asks again later
+        if core.snapshot is not None and core.snapshot.index > index:
+            return
+        meta = core.snapshot_taken(index)
+        node.snapshots.put(meta, json.dumps(node.applied).encode())
 
     # ---------------------------------------------------------------- checks
     def _fail(self, what: str) -> None:

@@ -3,10 +3,12 @@
 Rounds of frames from a seeded generator (malformed JSON, wrong JSON-RPC
 envelopes, wrong param types, odd ids, batches, deep nesting, binary frames,
 unknown methods), then a flood without reading, a slow watcher, and a frame
-over the size limit. After each round every message the node sent must be a
-well-formed JSON-RPC reply or notification and never an internal error; at
-the end the node still answers over HTTP and ``/stream``, and its front
-process is the one it started with (nothing crashed).
+over the size limit; then oversized and deeply nested batches, after which
+the front's peak memory (``VmHWM``) must stay under ``FRONT_PEAK_MIB``.
+After each round every message the node sent must be a well-formed
+JSON-RPC reply or notification and never an internal error; at the end the
+node still answers over HTTP and ``/stream``, and its front process is the one
+it started with (nothing crashed).
 
 ``FUZZ_FRAMES`` (default 1500) frames in ``make test``; ``make fuzz`` sends more.
 ``FUZZ_SEED`` replays one run.
@@ -20,6 +22,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +39,7 @@ ROUND = 100
 METHODS = ["kv/get", "kv/set", "kv/delete", "kv/list", "watch/subscribe", "watch/unsubscribe"]
 INTERNAL = -32603
 DRAIN_TIMEOUT = 120.0  # seconds for the replies of one round; a silent connection fails the test
+FRONT_PEAK_MIB = 300  # the serving front's peak RSS over the whole module (about 80 idle)
 SCOPED = "fuzz-scoped-secret"  # readwrite on tenant:fz/ without credentials: every other round
 
 
@@ -320,3 +324,58 @@ def test_stream_fuzz_leaves_the_node_serving(stream_node: Node) -> None:
     assert stream_node.get("tenant:fz/after").json()["value"] == 1
     assert stream_node.role_pids()["front"] == front  # the front never crashed
     assert stream_node.get("tenant:fz/big").status == 404  # the oversized frame wrote nothing
+
+
+def _front_peak_mib(node: Node) -> float:
+    """Peak resident memory of the serving front process (not its keeper), in MiB."""
+    pid = int((node.data / "run" / "front.pid").read_text())
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+async def _big_batches(node: Node) -> None:
+    url = f"ws://127.0.0.1:{node.port}/stream"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    huge = "x" * ((1 << 20) - 16)  # a value at the 1 MiB limit
+    assert (await asyncio.to_thread(node.put, "tenant:fz/huge", huge)).status == 200
+
+    def get(i: int) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": i, "method": "kv/get", "params": {"key": "tenant:fz/huge"}}
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, headers=headers, max_msg_size=0) as ws,
+    ):
+        for _ in range(3):  # the whole allowed batch, each reply a 1 MiB entry
+            await ws.send_str(json.dumps([get(i) for i in range(128)]))
+            seen = 0
+            while seen < 128:
+                frame = json.loads((await ws.receive(timeout=60)).data)
+                assert all(r["result"]["value"] == huge for r in frame)
+                seen += len(frame)
+        # over the cap: refused whole, nothing run
+        await ws.send_str(json.dumps([get(i) for i in range(5000)]))
+        reply = json.loads((await ws.receive(timeout=60)).data)
+        assert reply["error"]["code"] == -32600, reply
+        # deeply nested: in a batch, in params, bare
+        deep = "[" * 100_000 + "]" * 100_000
+        for text in (
+            "[" + ",".join([deep] * 4) + "]",  # 800 KB: under the frame limit
+            '{"jsonrpc":"2.0","id":1,"method":"kv/get","params":' + deep + "}",
+            deep,
+        ):
+            await ws.send_str(text)
+            msg = await ws.receive(timeout=60)
+            assert msg.type == aiohttp.WSMsgType.TEXT, (text[:60], msg)
+            check_message(json.loads(msg.data))
+
+
+def test_oversized_and_deep_batches_keep_the_front_small(stream_node: Node) -> None:
+    """Issue 20: an 18.7 KB batch of gets once took the front past 1.2 GiB."""
+    asyncio.run(_big_batches(stream_node))
+    peak = _front_peak_mib(stream_node)
+    print(f"front peak RSS {peak:.0f} MiB (bound {FRONT_PEAK_MIB})")
+    assert peak < FRONT_PEAK_MIB
+    assert stream_node.request("GET", "/healthz", auth=None).status == 200

@@ -16,30 +16,46 @@ pytestmark = pytest.mark.slow
 
 
 def node(
-    root: Path, *args: str, cluster_key: bool = False, require: bool = False
+    root: Path, *args: str, cluster_key: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONCORDANCE_API_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
     env.pop("CONCORDANCE_CLUSTER_KEY", None)
-    if require:
-        env["CONCORDANCE_REQUIRE_CLUSTER_KEY"] = "1"
-    if cluster_key:
-        env["CONCORDANCE_CLUSTER_KEY"] = "k"
+    if cluster_key is not None:
+        env["CONCORDANCE_CLUSTER_KEY"] = cluster_key
     cmd = [sys.executable, "-m", "concordance.cli", "node", "--id", "n1",
            "--listen", f"127.0.0.1:{free_port()}", "--data", str(root / "n1"), *args]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_a_cluster_without_a_cluster_key_refuses_to_start_when_one_is_required(
-    root: Path,
-) -> None:
+def refused(done: subprocess.CompletedProcess[str], why: str) -> bool:
+    """Exit 2 with one line on stderr that says ``why``."""
+    lines = done.stderr.strip().splitlines()
+    return done.returncode == 2 and len(lines) == 1 and why in lines[0]
+
+
+def test_a_cluster_without_its_own_cluster_key_refuses_to_start(root: Path) -> None:
     peers = "n1=127.0.0.1:1,n2=127.0.0.1:2,n3=127.0.0.1:3"
-    done = node(root, "--peers", peers, require=True)
-    assert done.returncode == 2
-    assert "CONCORDANCE_CLUSTER_KEY is not set" in done.stderr
-    assert "CONCORDANCE_REQUIRE_CLUSTER_KEY=1" in " ".join(done.stderr.split())
-    joined = node(root, "--join", "127.0.0.1:1", require=True)
-    assert joined.returncode == 2 and "CONCORDANCE_CLUSTER_KEY" in joined.stderr
+    done = node(root, "--peers", peers)
+    assert refused(done, "CONCORDANCE_CLUSTER_KEY is not set"), done.stderr
+    done = node(root, "--peers", peers, cluster_key=API_KEY)
+    assert refused(done, "CONCORDANCE_CLUSTER_KEY equals CONCORDANCE_API_KEY"), done.stderr
+    joined = node(root, "--join", "127.0.0.1:1")
+    assert refused(joined, "CONCORDANCE_CLUSTER_KEY is not set"), joined.stderr
     assert not (root / "n1" / "node.json").exists()  # refused before anything was written
+
+
+def test_a_restart_on_a_multi_member_data_dir_needs_the_cluster_key(root: Path) -> None:
+    """No --peers on a restart: the members recorded in raft.db decide."""
+    from concordance.raft.entries import Entry, EntryKind, HardState, Membership
+    from concordance.raft.sqlite_store import SqliteRaftStore
+
+    raft = root / "n1" / "raft"
+    raft.mkdir(parents=True)
+    three = Membership(("n1", "n2", "n3"), (), (("n1", "127.0.0.1:1"),))
+    with SqliteRaftStore(raft / "raft.db") as store:
+        store.persist(HardState(1, None, 0), [Entry(1, 1, EntryKind.CONFIG, three.encode())], None)
+    done = node(root)
+    assert refused(done, "the data dir holds a cluster of 3 members"), done.stderr
 
 
 def test_a_bad_key_file_or_tls_file_refuses_to_start(root: Path) -> None:

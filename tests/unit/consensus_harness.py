@@ -22,10 +22,12 @@ from typing import Any
 import zmq.asyncio
 
 from concordance import fronts, ipc, wire
-from concordance.config import NodeConfig
+from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
+from concordance.raft.messages import InstallSnapshot
+from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
@@ -62,6 +64,8 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
         "tick_ms": 10,
         "election_ticks": 30,  # 300 ms: a busy machine stalls a process for 100 ms
         "heartbeat_ticks": 1,
+        # a cluster key of their own: required with other members (API.md v1.1 §1)
+        "secrets": Secrets(cluster_key="harness-cluster-key"),
     }
     settings.update(overrides)
     return NodeConfig(**settings).validate()
@@ -170,7 +174,8 @@ async def running(cfg: NodeConfig, ctx: zmq.asyncio.Context) -> AsyncIterator[No
 
 
 class FakeStorage:
-    """Plays the storage role: says hello, applies ``apply`` by index, acks, snapshots.
+    """Plays the storage role: says hello, applies ``apply`` by index, acks, answers
+    ``checkpoint`` (everything applied counts as durable) and snapshots.
 
     ``entries`` maps index -> (term, kind, data) of everything applied;
     ``batches`` lists the index ranges of every ``apply`` received.
@@ -192,6 +197,9 @@ class FakeStorage:
         self.batches: list[tuple[int, int]] = []
         self.restores: list[wire.Restore] = []
         self.snapshots_written: list[str] = []
+        self.checkpoints = 0  # ``checkpoint`` requests received
+        self.durable_answers = True  # answer them with ``durable`` (its applied index)
+        self.snapshot_padding = 0  # bytes added to each snapshot file written
         self.snapshot_dir = Path(snapshot_dir or data_dir)
         self._outbox: asyncio.Queue[tuple[str, wire.Body]] = asyncio.Queue()
         self.client = ipc.RpcClient(
@@ -229,10 +237,14 @@ class FakeStorage:
             self._outbox.put_nowait(("hello", wire.Hello(self.applied, self.applied_term)))
         elif isinstance(body, wire.TakeSnapshot):
             path = self.snapshot_dir / f"storage-snap-{self.applied}-{time.monotonic_ns()}"
-            path.write_bytes(b"state up to %d\n" % self.applied)
+            path.write_bytes(b"state up to %d\n" % self.applied + b"p" * self.snapshot_padding)
             self.snapshots_written.append(str(path))
             taken = wire.SnapshotTaken(self.applied, self.applied_term, str(path))
             self._outbox.put_nowait(("snapshot_taken", taken))
+        elif isinstance(body, wire.Checkpoint):
+            self.checkpoints += 1
+            if self.durable_answers:
+                self._outbox.put_nowait(("durable", wire.Durable(self.applied)))
 
     async def _send_loop(self) -> None:
         while True:
@@ -364,6 +376,17 @@ class Cluster:
     async def stop_node(self, nid: str) -> None:
         node = self.nodes.pop(nid)
         await node.stop()
+
+    @property
+    def snapshot_chunks(self) -> list[tuple[str, int, int]]:
+        """(to, offset, bytes) of every InstallSnapshot chunk sent on the peer links."""
+        chunks = []
+        for _src, dst, _address, frames in self.hub.sent:
+            for frame in frames:
+                msg = decode_raft(frame)
+                if isinstance(msg, InstallSnapshot):
+                    chunks.append((dst, msg.offset, len(msg.data)))
+        return chunks
 
     def leaders(self) -> list[str]:
         from concordance.raft.ready import Role

@@ -96,6 +96,7 @@ class FakeConsensus:
         self.hellos: asyncio.Queue[wire.Hello] = asyncio.Queue()
         self.applied: asyncio.Queue[int] = asyncio.Queue()
         self.snapshots: asyncio.Queue[wire.SnapshotTaken] = asyncio.Queue()
+        self.durables: asyncio.Queue[wire.Durable] = asyncio.Queue()
         self.proposals: list[Command] = []
         self.status_asked = 0
         self.proposed_ok = 0  # proposals answered ``proposed``
@@ -132,6 +133,8 @@ class FakeConsensus:
                 self.applied.put_nowait(body.index)
             elif isinstance(body, wire.SnapshotTaken):
                 self.snapshots.put_nowait(body)
+            elif isinstance(body, wire.Durable):
+                self.durables.put_nowait(body)
             elif isinstance(body, wire.Status):
                 self.status_asked += 1
                 status = wire.StatusOk("n1", self.role, 1, "n1", 0, 0, ())

@@ -22,29 +22,36 @@ def cfg(tmp_path: Path, **over: object) -> NodeConfig:
     return NodeConfig(secrets=secrets, **base)  # type: ignore[arg-type]
 
 
-def test_a_cluster_without_its_own_key_starts_on_the_api_key_unless_required(
-    tmp_path: Path,
-) -> None:
-    cfg(tmp_path, peers=PEERS).validate()  # API.md §1: the API key stands in (with a warning)
-    strict = Secrets(api_key="api", require_cluster_key=True)
-    with pytest.raises(ConfigError, match=r"CONCORDANCE_CLUSTER_KEY is not set.*REQUIRE"):
-        cfg(tmp_path, peers=PEERS, secrets=strict).validate()
-    with pytest.raises(ConfigError, match="CONCORDANCE_CLUSTER_KEY"):
-        cfg(tmp_path, join="127.0.0.1:4101", secrets=strict).validate()
-    cfg(tmp_path, secrets=strict).validate()  # a single node does not need one
-    cfg(tmp_path, peers={"n1": "127.0.0.1:4100"}, secrets=strict).validate()
-    own = Secrets(api_key="api", cluster_key="c", require_cluster_key=True)
+def test_a_multi_member_node_needs_a_cluster_key_of_its_own(tmp_path: Path) -> None:
+    """API.md v1.1 §1: no default, and not a client's key; --insecure changes nothing."""
+    for secrets, problem in (
+        (Secrets(api_key="api"), "CONCORDANCE_CLUSTER_KEY is not set"),
+        (Secrets(api_key="api", cluster_key="api"), "equals CONCORDANCE_API_KEY"),
+        (
+            Secrets(api_key="api", agent_key="agent", cluster_key="agent"),
+            "equals CONCORDANCE_AGENT_API_KEY",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=problem) as refused:
+            cfg(tmp_path, peers=PEERS, secrets=secrets).validate()
+        assert "\n" not in str(refused.value)  # one line on stderr
+        with pytest.raises(ConfigError, match=problem):
+            cfg(tmp_path, join="127.0.0.1:4101", secrets=secrets).validate()
+    with pytest.raises(ConfigError, match="CONCORDANCE_CLUSTER_KEY is not set"):
+        cfg(tmp_path, peers=PEERS, secrets=Secrets(), insecure=True).validate()
+    alone = Secrets(api_key="api")
+    cfg(tmp_path, secrets=alone).validate()  # a single node does not need one
+    cfg(tmp_path, peers={"n1": "127.0.0.1:4100"}, secrets=alone).validate()
+    own = Secrets(api_key="api", agent_key="agent", cluster_key="c")
     cfg(tmp_path, peers=PEERS, secrets=own).validate()
-    cfg(tmp_path, peers=PEERS, secrets=Secrets(), insecure=True).validate()  # dev: explicit
 
 
-def test_the_cluster_key_defaults_to_the_api_key_unless_required() -> None:
-    assert Secrets(api_key="api").peer_key == "api"
-    assert not Secrets(api_key="api").own_cluster_key
+def test_the_cluster_key_has_no_default() -> None:
+    assert Secrets(api_key="api").peer_key is None
     assert Secrets(api_key="api", cluster_key="c").peer_key == "c"
-    assert Secrets(api_key="api", require_cluster_key=True).peer_key is None
-    env = {"CONCORDANCE_API_KEY": "a", "CONCORDANCE_REQUIRE_CLUSTER_KEY": "1"}
-    assert Secrets.from_env(env).require_cluster_key
+    env = {"CONCORDANCE_API_KEY": "a", "CONCORDANCE_CLUSTER_KEY": "c"}
+    assert Secrets.from_env(env).peer_key == "c"
+    assert Secrets.from_env({"CONCORDANCE_API_KEY": "a"}).peer_key is None
 
 
 def test_tls_flags(tmp_path: Path) -> None:

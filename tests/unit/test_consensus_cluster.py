@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zmq.asyncio
@@ -131,22 +132,36 @@ def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
     run(main)
 
 
-def test_a_follower_far_behind_gets_the_leaders_snapshot() -> None:
+def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks() -> None:
+    """Compaction made no snapshot; the leader has one made when the lagger needs it,
+    streams it in chunks of at most ``snapshot_chunk_bytes`` (1 MiB), one in flight,
+    and the lagger restores from a byte-identical file."""
+
     async def main(ctx: zmq.asyncio.Context) -> None:
         async with cluster(ctx, 3, snapshot_every=10, snapshot_trailing=0) as c:
             leader = await c.wait_one_leader()
             lagger = next(nid for nid in sorted(c.nodes) if nid != leader)
+            c.storages[leader].snapshot_padding = (5 << 20) // 2  # 2.5 MiB: three chunks
             await c.stop_node(lagger)
             for n in range(60):
                 last = (await c.fronts[leader].propose(b"s%d" % n)).index
-            disk = c.nodes[leader].driver.disk
-            await wait_for(lambda: disk.first_index() > 20, what="leader compaction")
+            driver = c.nodes[leader].driver
+            await wait_for(lambda: driver.disk.first_index() > 20, what="leader compaction")
+            assert driver.snapshots.taken == 0 and c.storages[leader].snapshots_written == []
             await c.start_node(lagger)
             storage = c.storages[lagger]
-            await wait_for(lambda: storage.restores, what="restore on the lagger")
+            await wait_for(lambda: storage.restores, what="restore on the lagger", timeout=20)
             restore = storage.restores[-1]
             assert restore.index > 20  # beyond what the leader still has in its log
-            # The lagger's log restarted after the snapshot (it may have snapshotted since).
+            assert driver.snapshots.taken == 1  # made on demand, once
+            latest = driver.disk.latest_snapshot()
+            assert latest is not None and latest.index == restore.index
+            sent = driver.disk.snapshot_path(latest).read_bytes()
+            assert Path(restore.path).read_bytes() == sent  # restored from the same bytes
+            chunks = sorted({(o, n) for to, o, n in c.snapshot_chunks if to == lagger})
+            assert [o for o, _ in chunks] == [0, 1 << 20, 2 << 20]
+            assert all(n <= 1 << 20 for _, n in chunks) and sum(n for _, n in chunks) == len(sent)
+            # The lagger's log restarted after the snapshot (it may have compacted since).
             assert c.nodes[lagger].driver.disk.first_index() > 20
             await wait_for(lambda: storage.applied >= last, what="lagger catches up")
             after = (await c.fronts[leader].propose(b"end")).index

@@ -95,7 +95,7 @@ def test_open_bootstraps_once_and_persists_in_its_own_thread() -> None:
         asyncio.run(main(d))
 
 
-def test_save_snapshot_compacts_no_further_than_asked_and_keeps_two() -> None:
+def test_save_snapshot_keeps_two_files_and_leaves_the_log_alone() -> None:
     async def main(d: str) -> None:
         disk = await RaftDisk.open(Path(d) / "raft", lambda: BOOT)
         await disk.persist(ready([Entry(1, i) for i in range(1, 31)], HardState(1, "n1", 30)))
@@ -103,15 +103,33 @@ def test_save_snapshot_compacts_no_further_than_asked_and_keeps_two() -> None:
             src = Path(d) / f"s{n}"
             src.write_bytes(b"state %d" % index)
             meta = SnapshotMeta(index, 1, BOOT)
-            size, base = await disk.save_snapshot(meta, str(src), index - 5)
-            assert size == len(b"state %d" % index) and base == index - 5
+            size = await disk.save_snapshot(meta, str(src))
+            assert size == len(b"state %d" % index)
             assert not src.exists()
             assert disk.latest_snapshot() == meta
-        assert disk.first_index() == 26
+        assert disk.first_index() == 1
         assert len(list((Path(d) / "raft" / "snapshots").glob("*.snap"))) == 2
+        await disk.close()
+
+    with temp_dir() as d:
+        asyncio.run(main(d))
+
+
+def test_compact_behind_records_the_base_and_cuts_the_log_with_no_file() -> None:
+    async def main(d: str) -> None:
+        disk = await RaftDisk.open(Path(d) / "raft", lambda: BOOT)
+        await disk.persist(ready([Entry(1, i) for i in range(1, 31)], HardState(1, "n1", 30)))
+        assert await disk.compact_behind(SnapshotMeta(25, 1, BOOT)) == 25
+        assert await disk.compact_behind(SnapshotMeta(20, 1, BOOT)) == 25  # never back
+        assert disk.first_index() == 26 and disk.latest_snapshot() is None
+        assert list((Path(d) / "raft" / "snapshots").iterdir()) == []
         with pytest.raises(LogCompacted):
             disk.view.entries(25, 27)
         assert [e.index for e in await disk.read_entries(26, 31, 1 << 20)] == list(range(26, 31))
+        await disk.close()
+        disk = await RaftDisk.open(Path(d) / "raft", lambda: BOOT)
+        assert disk.initial_snapshot == SnapshotMeta(25, 1, BOOT)  # the restart point
+        assert disk.first_index() == 26
         await disk.close()
 
     with temp_dir() as d:

@@ -1,4 +1,4 @@
-"""When consensus asks storage for a snapshot: counted from the newest one, taken or installed."""
+"""When consensus asks storage for a checkpoint or a snapshot: never a copy to compact."""
 
 from __future__ import annotations
 
@@ -7,42 +7,116 @@ from typing import Any
 
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.raft.entries import Membership, SnapshotMeta
+from concordance.raft.progress import Progress
+from concordance.raft.ready import Role
+from concordance.wire import Durable
+
+MEMBERS = Membership(("n1", "n2", "n3"))
 
 
 class _Disk:
-    """Just what the policy reads: the newest snapshot file and the one raft.db records."""
+    """Just what the policy reads: the log's base and the newest snapshot file."""
 
     def __init__(self) -> None:
         self.latest: SnapshotMeta | None = None
-        self.initial_snapshot: SnapshotMeta | None = None
+        self.base = 0
 
     def latest_snapshot(self) -> SnapshotMeta | None:
         return self.latest
 
+    def first_index(self) -> int:
+        return self.base + 1
 
-def test_no_snapshot_is_asked_for_right_after_installing_one_from_the_leader() -> None:
-    """A follower that installed the leader's snapshot at 73 with snapshot_every=32 used
-    to ask storage for a copy of it on every loop turn (and drop it) until the next
-    entry was applied: ~30 full state copies a second on an idle follower."""
+
+def _policy(disk: _Disk, asked: list[str]) -> SnapshotCoordinator:
+    async def send(type: str, body: Any) -> None:
+        asked.append(type)
+
+    async def reply(*args: Any) -> None:
+        pass
+
+    return SnapshotCoordinator(disk, send, reply, every=32, trailing=8)  # type: ignore[arg-type]
+
+
+def test_compaction_asks_for_a_checkpoint_every_n_entries_and_never_a_copy() -> None:
+    """Counted from the log's base, which a snapshot installed from the leader moves:
+    a follower that installed one at 73 asks nothing until 32 entries after it."""
 
     async def main() -> None:
-        disk = _Disk()
-        asked: list[Any] = []
-
-        async def send(type: str, body: Any) -> None:
-            asked.append(type)
-
-        async def reply(*args: Any) -> None:
-            pass
-
-        policy = SnapshotCoordinator(disk, send, reply, every=32, trailing=8)  # type: ignore[arg-type]
-        disk.latest = SnapshotMeta(73, 1, Membership(("n1", "n2", "n3")))  # installed
+        disk, asked = _Disk(), []
+        policy = _policy(disk, asked)
+        disk.base = 73  # installed from the leader
+        disk.latest = SnapshotMeta(73, 1, MEMBERS)
         for _ in range(5):
             await policy.maybe_ask(73)
-        assert asked == []
         await policy.maybe_ask(73 + 31)
         assert asked == []
         await policy.maybe_ask(73 + 32)
+        assert asked == ["checkpoint"]
+        await policy.maybe_ask(73 + 100)  # one request at a time
+        assert asked == ["checkpoint"]
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_is_asked_for_only_when_none_reaches_the_wanted_index() -> None:
+    async def main() -> None:
+        disk, asked = _Disk(), []
+        policy = _policy(disk, asked)
+        disk.latest = SnapshotMeta(73, 1, MEMBERS)
+        await policy.want(60)  # the file at 73 serves
+        assert asked == []
+        await policy.want(80)
+        await policy.want(80)  # asked already: that answer serves both
         assert asked == ["take_snapshot"]
+
+    asyncio.run(main())
+
+
+class _Log:
+    applied = 500
+
+    def last_index(self) -> int:
+        return 500
+
+
+class _Core:
+    """What ``on_durable`` reads of a leader's core: what it handed out, and each
+    follower's progress (one, recently active, at ``needed``)."""
+
+    role = Role.LEADER
+    id = "n1"
+
+    def __init__(self, needed: int | None) -> None:
+        self.log = _Log()
+        self.progress = {"n1": Progress(match=500)}
+        if needed is not None:
+            self.progress["n2"] = Progress(match=needed, recent_active=True)
+        self.compacted_to: list[int] = []
+
+    def base_meta(self, index: int) -> SnapshotMeta:
+        return SnapshotMeta(index, 1, MEMBERS)
+
+    def compacted(self, index: int) -> None:
+        self.compacted_to.append(index)
+
+
+class _CompactingDisk(_Disk):
+    async def compact_behind(self, meta: SnapshotMeta) -> int:
+        self.base = max(self.base, meta.index)
+        return self.base
+
+
+def test_compaction_holds_what_a_catching_up_follower_needs_within_a_bound() -> None:
+    """durable 500, trailing 8, every 32: the base is 492, or what an active follower
+    still needs, but never held more than 4 x 32 entries below 492."""
+
+    async def main() -> None:
+        for needed, base in ((None, 492), (400, 400), (100, 492 - 4 * 32)):
+            disk, asked = _CompactingDisk(), []
+            policy = _policy(disk, asked)
+            core = _Core(needed)
+            await policy.on_durable(core, Durable(500))  # type: ignore[arg-type]
+            assert (disk.base, core.compacted_to) == (base, [base])
 
     asyncio.run(main())

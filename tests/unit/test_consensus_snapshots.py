@@ -1,4 +1,5 @@
-"""Local snapshots and compaction on one node, and restore for a storage left behind the log."""
+"""Compaction behind storage's durable index (no copy) on one node; snapshot files on demand;
+restore for a storage left behind the log."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def snap_files(data_dir: str) -> list[Path]:
     return sorted((Path(data_dir) / "raft" / "snapshots").glob("*.snap"))
 
 
-def test_snapshots_every_n_entries_compact_the_log_and_keep_two_files() -> None:
+def test_compaction_cuts_the_log_behind_the_durable_index_and_copies_nothing() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=20, snapshot_trailing=5)
@@ -37,26 +38,41 @@ def test_snapshots_every_n_entries_compact_the_log_and_keep_two_files() -> None:
                 for n in range(100):
                     last = (await front.propose(b"v%d" % n)).index
                 await wait_for(lambda: storage.applied >= last)
-                disk, core = node.driver.disk, node.driver.core
-                await wait_for(lambda: node.driver.snapshots.taken >= 4, what="snapshots")
-                # The core learns of a snapshot once its file is adopted: wait for the two
-                # to agree (another snapshot may be on its way while this test looks).
-                await wait_for(lambda: core.snapshot == disk.latest_snapshot(), what="adopted")
-                latest = disk.latest_snapshot()
-                assert latest is not None and latest.index >= 60
-                # Compacted to index - trailing, never past the snapshot.
-                await wait_for(lambda: disk.first_index() > 1)
-                assert disk.first_index() - 1 <= latest.index
-                assert disk.first_index() - 1 >= node.driver.snapshots.last_index - 5 - 20
-                assert disk.store.initial_state()[1] is not None
-                # A save may be between writing its file and pruning the oldest one.
-                await wait_for(lambda: len(snap_files(d)) <= 2, what="two snapshot files kept")
+                disk, policy = node.driver.disk, node.driver.snapshots
+                await wait_for(lambda: policy.compactions >= 3, what="compactions")
+                await wait_for(lambda: disk.first_index() - 1 >= last - 5 - 20, what="log cut")
+                # Cut behind what storage reported durable, less the trailing entries.
+                assert disk.first_index() - 1 <= policy.checkpointed - 5
+                assert storage.checkpoints >= 3
+                # No copy of the state anywhere: storage never asked, no file kept.
+                assert storage.snapshots_written == [] and snap_files(d) == []
+                assert node.driver.snapshots.taken == 0
+                # raft.db records the base, the restart point.
+                base = disk.store.initial_state()[1]
+                assert base is not None and base.index == disk.first_index() - 1
+                await front.close()
+                await storage.close()
 
-                # Storage's files were adopted (moved), not copied.
-                def left_behind() -> list[str]:
-                    return [p for p in storage.snapshots_written if Path(p).exists()]
+    run(main)
 
-                await wait_for(lambda: left_behind() == [], what="every snapshot adopted")
+
+def test_the_log_is_not_cut_without_a_durable_answer() -> None:
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        with temp_dir() as d:
+            cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=0)
+            async with running(cfg, ctx) as node:
+                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                storage.durable_answers = False  # applied, but never made durable
+                await wait_leader(front)
+                await storage.hello()
+                for n in range(40):
+                    last = (await front.propose(b"u%d" % n)).index
+                await wait_for(lambda: storage.applied >= last)
+                await wait_for(lambda: storage.checkpoints >= 1, what="a checkpoint request")
+                assert node.driver.disk.first_index() == 1
+                # A durable report for an index lets the log go up to it, no further.
+                await storage.client.send("durable", wire.Durable(25))
+                await wait_for(lambda: node.driver.disk.first_index() == 26, what="cut at 25")
                 await front.close()
                 await storage.close()
 
@@ -73,16 +89,12 @@ def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
                 await storage.hello()
                 for n in range(40):
                     last = (await front.propose(b"w%d" % n)).index
-                await wait_for(lambda: node.driver.disk.first_index() > 11, what="compaction")
-                # Let the snapshot of the last entries land first: one still being taken
-                # when the restore is chosen would make "the latest" move under the assertion.
                 await wait_for(lambda: storage.applied >= last, what="every entry applied")
-
-                def no_snapshot_due() -> bool:
-                    latest = node.driver.disk.latest_snapshot()
-                    return latest is not None and last - latest.index < cfg.snapshot_every
-
-                await wait_for(no_snapshot_due, what="the last snapshot")
+                await wait_for(lambda: node.driver.disk.first_index() > 31, what="compaction")
+                # Compaction made no file; an operator's snapshot_now makes one.
+                assert snap_files(d) == []
+                reply = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
+                assert isinstance(reply, wire.SnapshotNowOk) and reply.index == last
                 await storage.close()
                 # A new storage with an empty state: the log no longer starts at 1.
                 fresh = FakeStorage(ctx, d)
@@ -90,11 +102,10 @@ def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
                 await wait_for(lambda: fresh.restores, what="restore")
                 restore = fresh.restores[0]
                 latest = node.driver.disk.latest_snapshot()
-                assert latest is not None and restore.index == latest.index
-                assert restore.term == latest.term
+                assert latest is not None and restore.index == latest.index == last
                 assert Path(restore.path) == node.driver.disk.snapshot_path(latest)
-                last = (await front.propose(b"tail")).index
-                await wait_for(lambda: fresh.applied >= last)
+                tail = (await front.propose(b"tail")).index
+                await wait_for(lambda: fresh.applied >= tail)
                 assert min(fresh.entries) == restore.index + 1
                 assert fresh.commands()[-1] == b"tail"
                 await front.close()
@@ -156,7 +167,7 @@ def test_a_snapshot_from_another_history_is_discarded() -> None:
     run(main)
 
 
-def test_restart_after_compaction_resumes_from_the_snapshot() -> None:
+def test_restart_after_compaction_resumes_from_the_log_base() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=2)
@@ -167,13 +178,14 @@ def test_restart_after_compaction_resumes_from_the_snapshot() -> None:
             for n in range(35):
                 last = (await front.propose(b"r%d" % n)).index
             await wait_for(lambda: storage.applied >= last)
-            await wait_for(lambda: node.driver.snapshots.taken >= 2)
+            await wait_for(lambda: node.driver.snapshots.compactions >= 2)
             await node.stop()
-            first = node.driver.disk.first_index()  # as closed (a snapshot may land until then)
+            first = node.driver.disk.first_index()  # as closed (a compaction may land until then)
             node = await Node.start(cfg, ctx)
-            assert node.driver.disk.first_index() == first
-            assert node.driver.core.snapshot is not None
-            assert node.driver.core.snapshot.index >= first - 1
+            assert node.driver.disk.first_index() == first > 1
+            base = node.driver.core.snapshot
+            assert base is not None and base.index == first - 1  # a base with no file
+            assert snap_files(d) == []
             await wait_leader(front)
             await storage.hello()
             more = (await front.propose(b"more")).index

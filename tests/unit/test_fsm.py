@@ -641,6 +641,20 @@ def test_changes_limit_pages_never_split_a_revision(log: Log, sm: StateMachine) 
     assert seen == sm.changes("tenant:acme/", 0)["changes"]
 
 
+def test_changes_of_every_key_with_the_empty_prefix(log: Log, sm: StateMachine) -> None:
+    """``""``: the front's one read that repairs a lost batch for all its watches."""
+    log.ok(Set("tenant:acme/a", b"1"))
+    log.ok(Batch((Set("tenant:other/a", b"1"), Set("tenant:z/a", b"1"))))
+    log.ok(Set("tenant:acme/b", b"1"))
+    page = sm.changes("", 0, limit=2)
+    assert [c["key"] for c in page["changes"]] == ["tenant:acme/a"]  # revision 2 not split
+    page = sm.changes("", page["revision"])
+    assert [(c["revision"], c["key"]) for c in page["changes"]] == [
+        (2, "tenant:other/a"), (2, "tenant:z/a"), (3, "tenant:acme/b"),
+    ]  # fmt: skip
+    assert page["revision"] == 3
+
+
 def test_changes_beyond_retention_are_compacted(tmp_path: Path) -> None:
     sm = StateMachine(tmp_path / "state.db", retention=10)
     log = Log(sm)

@@ -5,7 +5,9 @@ subscription propagation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,19 +66,43 @@ async def background(coro: Awaitable[None]) -> AsyncIterator[None]:
 # --------------------------------------------------------------------------- endpoints
 
 
-def test_endpoint_is_short_unique_and_follows_symlinks(tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
+def test_endpoint_is_short_unique_private_and_follows_symlinks(data_dir: str) -> None:
+    a, b = Path(data_dir) / "a", Path(data_dir) / "b"
     a.mkdir()
     b.mkdir()
-    link = tmp_path / "link"
+    link = Path(data_dir) / "link"
     link.symlink_to(a)
     ep = ipc.endpoint(str(a), "consensus")
-    assert ep.startswith("ipc://@cc-") and ep.endswith("-consensus")
-    assert len(ep.split("-")[1]) == 12
+    assert ep == f"ipc://{a.resolve()}/run/ipc/consensus"
     assert ipc.endpoint(a, "consensus") == ep == ipc.endpoint(str(link), "consensus")
     assert ipc.endpoint(str(b), "consensus") != ep
     assert ipc.endpoint(str(a), "storage") != ep
     assert len(ipc.endpoint(str(a), "x" * 32)) <= zmq.IPC_PATH_MAX_LEN
+    run_dir = ipc.run_dir(a)
+    assert (run_dir.stat().st_mode & 0o777, run_dir.stat().st_uid) == (0o700, os.getuid())
+    deep = Path(data_dir) / ("d" * 80)  # too long for sun_path inside: a checked /tmp dir
+    deep.mkdir()
+    far = ipc.endpoint(deep, "x" * 32)
+    assert far.startswith(f"ipc:///tmp/cc-{os.getuid()}-") and len(far) <= zmq.IPC_PATH_MAX_LEN
+    shutil.rmtree(ipc.run_dir(deep))
+
+
+def test_a_run_dir_that_is_not_private_is_refused(data_dir: str) -> None:
+    node = Path(data_dir) / "n1"
+    run_dir = ipc.run_dir(node)
+    run_dir.chmod(0o755)
+    with pytest.raises(errors.IpcError, match="mode 755"):
+        ipc.endpoint(node, "consensus")
+    run_dir.chmod(0o700)
+    os.chown(run_dir, 65534, 65534)
+    with pytest.raises(errors.IpcError, match="belongs to uid 65534"):
+        ipc.run_dir(node)
+    run_dir.rmdir()
+    elsewhere = Path(data_dir) / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    run_dir.symlink_to(elsewhere)
+    with pytest.raises(errors.IpcError, match="symlink"):
+        ipc.run_dir(node)
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "Consensus", "x" * 33, "a b"])
@@ -493,18 +519,22 @@ def test_second_bind_in_process_is_eaddrinuse(data_dir: str) -> None:
 
 
 HOLDER = """
-import sys, zmq
-ctx = zmq.Context()
-sock = ctx.socket(zmq.ROUTER)
-sock.bind(sys.argv[1])
-print("bound", flush=True)
-sys.stdin.read()
+import asyncio, sys, zmq.asyncio
+from concordance import ipc
+
+async def main():
+    server = ipc.RpcServer(zmq.asyncio.Context(), sys.argv[1])
+    print("bound", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
 """
 
 
-def test_second_binder_in_another_process_is_eaddrinuse_until_it_exits(data_dir: str) -> None:
-    """The abstract name is not stolen (unlike a filesystem ipc path) and vanishes with the
-    process that held it: no stale socket file, no cleanup."""
+def test_second_binder_in_another_process_is_eaddrinuse_until_it_dies(data_dir: str) -> None:
+    """The bind lock keeps a second binder from stealing the socket file (a plain second
+    bind on a filesystem path would), and dies with its holder, even a SIGKILLed one:
+    the successor replaces the stale socket file."""
     ep = ipc.endpoint(data_dir, "storage")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, ep], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -519,14 +549,72 @@ def test_second_binder_in_another_process_is_eaddrinuse_until_it_exits(data_dir:
 
         run(while_held)
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
+        holder.kill()
         holder.wait(timeout=TEST_DEADLINE)
         holder.stdout.close()  # type: ignore[union-attr]
+        holder.stdin.close()  # type: ignore[union-attr]
+    assert os.path.exists(ep.removeprefix("ipc://"))  # left behind by the killed holder
 
-    async def after_exit(ctx: zmq.asyncio.Context) -> None:
-        async with ipc.RpcServer(ctx, ep):
-            pass
+    async def after_death(ctx: zmq.asyncio.Context) -> None:
+        status = wire.StatusOk("n1", "leader", 1, "n1", 1, 1, ())
+        async with ipc.RpcServer(ctx, ep) as server, ipc.RpcClient(ctx, ep, "front.1") as c:
+            task = asyncio.create_task(serve(server, lambda env: status))
+            assert await c.request("status", wire.Status(), timeout=5) == status
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
-    run(after_exit)
-    assert not os.path.exists(ep.removeprefix("ipc://"))
+    run(after_death)
+    assert not os.path.exists(ep.removeprefix("ipc://"))  # unlinked on close
+
+
+OTHER_USER = """
+import json, os, socket, sys
+import zmq
+data, ep_consensus, ep_storage = sys.argv[1:4]
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+out = {}
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+try:
+    sock.bind(ep_storage)  # a role's name, while that role is down
+    out["bind"] = "bound"
+except zmq.ZMQError as e:
+    out["bind"] = e.strerror
+conn = socket.socket(socket.AF_UNIX)
+try:
+    conn.connect(ep_consensus.removeprefix("ipc://"))  # a running role
+    out["connect"] = "connected"
+except OSError as e:
+    out["connect"] = e.strerror
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a process as another uid")
+def test_another_user_can_neither_bind_a_role_s_name_nor_connect_to_one(data_dir: str) -> None:
+    """Issue 20: with abstract names, uid 65534 bound a role's name first and answered the
+    front's reads. Every directory above the run dir is opened up here, so that its own
+    0700 is the only fence."""
+    node = Path(data_dir) / "n1"
+    node.mkdir()
+    consensus, storage = ipc.endpoint(node, "consensus"), ipc.endpoint(node, "storage")
+    for d in (Path(data_dir), node, node / "run"):
+        d.chmod(0o755)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with ipc.RpcServer(ctx, consensus):
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", OTHER_USER, str(node), consensus, storage],
+                capture_output=True,
+                text=True,
+                timeout=TEST_DEADLINE,
+            )
+            assert done.returncode == 0, done.stderr
+            result = json.loads(done.stdout)
+            assert result["bind"].startswith("Permission denied"), result
+            assert result["connect"] == "Permission denied", result
+
+    run(main)

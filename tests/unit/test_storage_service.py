@@ -314,6 +314,32 @@ def test_take_snapshot_answers_snapshot_taken_with_a_readable_file() -> None:
         run(main)
 
 
+def test_checkpoint_answers_durable_once_the_applied_state_is_in_state_db_itself() -> None:
+    """``durable {index}`` means the entries up to ``index`` survive without the WAL:
+    a copy of state.db alone (no -wal file) holds them, and no snapshot was written."""
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        async with bench(ctx, d) as b:
+            for i in range(20):
+                await b.consensus.apply(b.log.set(f"tenant:acme/k{i}", b'"v"'))
+            await b.consensus.acked(b.log.index)
+            await b.consensus.send("checkpoint", wire.Checkpoint())
+            durable = await next_of(b.consensus.durables)
+            assert durable.index == b.log.index
+            alone = os.path.join(d, "alone.db")
+            with open(os.path.join(d, "state", "state.db"), "rb") as src:
+                Path(alone).write_bytes(src.read())
+            conn = sqlite3.connect(alone)
+            assert conn.execute("SELECT applied_index FROM meta").fetchone() == (durable.index,)
+            keys = conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'tenant:acme/k%'")
+            assert keys.fetchone() == (20,)
+            conn.close()
+            assert os.listdir(os.path.join(d, "state", "snapshots")) == []
+
+    with short_tmp() as d:
+        run(main)
+
+
 async def _copy_during_writes(b: Any, copy: Callable[[], Awaitable[T]]) -> tuple[T, int]:
     """Fill state.db with ~20 MB (so a copy takes a while), then run ``copy`` while a
     writer applies and acknowledges one entry after another; returns what ``copy``

@@ -155,3 +155,28 @@ def test_tls_flags_and_environment_reach_the_client(
     assert client.transport.ssl_context is client.tls
     monkeypatch.setenv("CONCORDANCE_CACERT", str(tmp_path / "missing.pem"))
     assert main(["kv", "get", "k", "--endpoints", "h:1"]) == EXIT["usage"]
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment_and_the_flag_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONCORDANCE_API_KEY", "from-env")
+    parser = build_parser()
+    assert option(parser.parse_args(["kv", "get", "k"]), "api_key") == "from-env"
+    assert capsys.readouterr().err == ""
+    secret = tmp_path / "key"
+    secret.write_text("from-file\n")
+    args = parser.parse_args(["kv", "get", "k", "--api-key-file", str(secret)])
+    assert option(args, "api_key") == "from-file"
+    assert capsys.readouterr().err == ""
+    assert option(parser.parse_args(["kv", "get", "k", "--api-key", "on-argv"]), "api_key") == (
+        "on-argv"
+    )
+    assert "--api-key shows the key to every user" in capsys.readouterr().err
+    args = build_parser().parse_args(
+        ["ctl", "--endpoint", "h:1", "--api-key-file", str(secret), "restart", "front"]
+    )
+    assert args.api_key_file == str(secret)
+    (tmp_path / "empty").write_text("")
+    assert main(["kv", "get", "tenant:a/x", "--api-key-file", str(tmp_path / "empty")]) == 2
+    assert "is empty" in capsys.readouterr().err

@@ -62,6 +62,7 @@ class Knobs:
     leader: str | None = "n1"
     lag: int = 0  # storage reports applied = commit - lag
     read_index_calls: int = 0
+    status_calls: int = 0  # consensus status requests (probes, cluster status)
     proposed: list[bytes] = field(default_factory=list)
     conf_changes: list[tuple[str, str, str]] = field(default_factory=list)
     transfers: list[str] = field(default_factory=list)
@@ -150,6 +151,7 @@ class FakeConsensus:
 
     async def status(self, timeout: float) -> wire.StatusOk:
         n = self.node
+        n.knobs.status_calls += 1
         return wire.StatusOk("n1", "leader", 3, n.knobs.leader, n.index, n.index, tuple(n.members))
 
     async def peer_links(self, timeout: float) -> wire.PeerLinksOk:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from concordance.front.metrics import Family, Histogram, render
+from concordance.testing.clock import ManualClock
 from tests.unit.front.fakes import AGENT, FULL, PEER, Harness, harness
 
 
@@ -121,20 +122,24 @@ def test_backup_streams_a_sqlite_file_and_deletes_it(tmp_path: Path) -> None:
 
 
 def test_healthz_and_readyz(tmp_path: Path) -> None:
+    clock = ManualClock()  # /readyz is cached for a second (probe_cache)
+
     async def scenario(h: Harness) -> None:
         assert (await h.call("GET", "/healthz", key=None)) == (200, {"ok": True})
         assert (await h.call("GET", "/readyz", key=None))[0] == 200
         h.node.knobs.lag = 1
         await h.put("tenant:a/x", 1)
+        await clock.advance(1.0)
         async with h.client.get("/readyz") as resp:
             assert resp.status == 503 and resp.headers["Retry-After"] == "1"
         h.node.knobs.lag = 0
         h.node.knobs.leader = None
+        await clock.advance(1.0)
         status, body = await h.call("GET", "/readyz", key=None)
         assert (status, body["error"]["code"]) == (503, "unavailable")
         assert (await h.call("GET", "/healthz", key=None))[0] == 200
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 _SAMPLE = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+Inf]+$')

@@ -20,13 +20,7 @@ def test_multi_member_without_cluster_key_is_logged(
     node = FakeNode(tmp_path)
     try:
         node.members = [wire.MemberStatus(f"n{i}", f"127.0.0.1:{i}", True, 0) for i in (1, 2, 3)]
-        on_api_key = make_config(tmp_path, secrets=Secrets(api_key="k"))
-        with caplog.at_level(logging.WARNING):
-            outcome = asyncio.run(_check_cluster_key(on_api_key, node.clients()))
-        assert outcome == "multi-member cluster on the API key"
-        assert "peers authenticate with the API key" in caplog.text
-        caplog.clear()
-        cfg = make_config(tmp_path, secrets=Secrets(api_key="k", require_cluster_key=True))
+        cfg = make_config(tmp_path, secrets=Secrets(api_key="k"))
         with caplog.at_level(logging.ERROR):
             outcome = asyncio.run(_check_cluster_key(cfg, node.clients()))
         assert outcome == "multi-member cluster without a cluster key"

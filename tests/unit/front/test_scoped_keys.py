@@ -108,6 +108,22 @@ def test_read_only_grant(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+def test_read_grant_cannot_append_to_the_log_with_a_batch_of_checks(tmp_path: Path) -> None:
+    """A batch is one Raft entry even when it only checks: a read grant is refused."""
+
+    async def scenario(h: Harness) -> None:
+        proposed = len(h.node.knobs.proposed)
+        checks = {"ops": [{"op": "check", "key": "tenant:acme/settings/theme", "version": 1}]}
+        got = await h.call("POST", "/api/v1/batch", key=RO, json=checks)
+        assert code(got) == (403, "forbidden")
+        assert len(h.node.knobs.proposed) == proposed
+        # the same batch with a readwrite grant on that key goes through
+        assert code(await h.call("POST", "/api/v1/batch", key=RW, json=checks)) == (200, "ok")
+        assert len(h.node.knobs.proposed) == proposed + 1
+
+    run(tmp_path, scenario)
+
+
 def test_lists_and_change_feeds_hide_credentials_without_a_grant(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         status, page = await h.call("GET", "/api/v1/kv?prefix=tenant:acme/", key=RW)

@@ -350,3 +350,80 @@ def test_a_lone_surrogate_in_a_request_does_not_silence_the_connection(tmp_path:
         assert (await rpc.call("kv/get", {"key": "tenant:a/x"}))["result"] is None  # still serving
 
     run(tmp_path, scenario)
+
+
+def test_a_batch_of_more_than_128_requests_is_refused_whole(tmp_path: Path) -> None:
+    async def scenario(h: Harness, rpc: Rpc) -> None:
+        def setter(i: int) -> dict[str, Any]:
+            params = {"key": f"tenant:a/{i}", "value": i}
+            return {"jsonrpc": "2.0", "id": i, "method": "kv/set", "params": params}
+
+        reply = await rpc.raw(json.dumps([setter(i) for i in range(129)]))
+        assert reply["id"] is None and reply["error"]["code"] == -32600
+        assert "128" in reply["error"]["message"]
+        assert h.node.knobs.proposed == []
+        replies = await rpc.raw(json.dumps([setter(i) for i in range(128)]))
+        assert sorted(r["id"] for r in replies) == list(range(128))
+
+    run(tmp_path, scenario)
+
+
+def test_a_batch_s_replies_are_sent_as_they_are_produced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never one string for the whole batch: past the flush size, each array goes out."""
+    monkeypatch.setattr(stream_module, "BATCH_FLUSH_BYTES", 1)
+
+    async def scenario(h: Harness, rpc: Rpc) -> None:
+        await h.put("tenant:a/x", "v")
+        gets = [
+            {"jsonrpc": "2.0", "id": i, "method": "kv/get", "params": {"key": "tenant:a/x"}}
+            for i in range(3)
+        ]
+        await rpc.ws.send_str(json.dumps(gets))
+        frames = [await rpc.recv() for _ in range(3)]
+        assert [[r["id"] for r in frame] for frame in frames] == [[0], [1], [2]]
+        assert all(frame[0]["result"]["value"] == "v" for frame in frames)
+
+    run(tmp_path, scenario)
+
+
+def test_a_client_that_does_not_read_its_replies_is_closed_with_1008(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a connection may hold queued is bounded; past a short stall it is closed."""
+    monkeypatch.setattr(stream_module, "OUTBOX_BYTES", 64 << 10)
+    monkeypatch.setattr(stream_module, "REPLY_STALL", 0.2)
+    big = "x" * 200_000
+
+    async def scenario(h: Harness, rpc: Rpc) -> None:
+        await h.put("tenant:a/big", big)
+        gets = [
+            {"jsonrpc": "2.0", "id": i, "method": "kv/get", "params": {"key": "tenant:a/big"}}
+            for i in range(128)
+        ]
+        await rpc.ws.send_str(json.dumps(gets))  # 25 MB of replies, and the client reads none
+        async with asyncio.timeout(30):
+            while h.app[STREAMS]:  # the server gives up on the connection
+                await asyncio.sleep(0.02)
+            while (msg := await rpc.ws.receive()).type == aiohttp.WSMsgType.TEXT:
+                assert all(r["result"]["value"] == big for r in json.loads(msg.data))
+        assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+        assert msg.data == 1008 and "not read" in msg.extra
+
+    run(tmp_path, scenario, max_value_bytes=256_000)
+
+
+def test_the_outbox_bounds_bytes_but_takes_one_big_message() -> None:
+    async def main() -> None:
+        box = Outbox(limit=10, max_bytes=100)
+        assert box.offer("x" * 500)  # alone: fits, whatever its size
+        assert not box.offer("y")  # past the byte bound
+        with pytest.raises(stream_module.OutboxStalled):
+            await box.put("y", stall=0.01)
+        assert await box.get() == "x" * 500 and box.queued_bytes == 0
+        await box.put("y" * 60, stall=0.01)
+        assert box.offer("z" * 40) and not box.offer("z")
+        assert box.queued_bytes == 100
+
+    asyncio.run(main())

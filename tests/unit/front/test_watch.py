@@ -121,9 +121,13 @@ def test_live_events_in_order_and_isolated_by_tenant_and_key(tmp_path: Path) -> 
 
 
 def test_a_gap_is_repaired_from_storage_never_skipped(tmp_path: Path) -> None:
+    """One read of storage's log (every key after ``fed``) repairs the gap for every
+    subscription, however many there are."""
+
     async def scenario(w: World) -> None:
         sink = ListSink()
         sub = await w.subscribe(sink)
+        other = await w.subscribe(sink, prefix="tenant:b/")
         w.write("tenant:a/1")
         w.node.knobs.drop_batches = 2
         w.write("tenant:a/2")
@@ -131,10 +135,44 @@ def test_a_gap_is_repaired_from_storage_never_skipped(tmp_path: Path) -> None:
         w.write("tenant:a/4")
         w.pump()
         await settle()
-        assert sink.revisions(sub) == [1, 2, 4]
-        assert w.node.storage.changes_calls == [("tenant:a/", 1, w.hub.page)]
+        assert sink.revisions(sub) == [1, 2, 4] and sink.revisions(other) == [3]
+        assert w.node.storage.changes_calls == [("", 1, w.hub.page)]
 
     run(tmp_path, scenario)
+
+
+def test_batches_lost_before_the_first_arrives_are_repaired(tmp_path: Path) -> None:
+    """The slow joiner: the first batches after a subscription's read never come. The
+    read is the hub's baseline, so the first batch that does come shows the gap."""
+
+    async def scenario(w: World) -> None:
+        w.write("tenant:a/0")
+        w.batches()
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        w.node.knobs.drop_batches = 2
+        for i in range(1, 4):
+            w.write(f"tenant:a/{i}")
+        w.pump()
+        await settle()
+        assert sink.revisions(sub) == [2, 3, 4]
+
+    run(tmp_path, scenario)
+
+
+def test_a_gap_past_the_history_cancels_live_subscriptions_as_compacted(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        sub = await w.subscribe(sink)
+        w.node.knobs.drop_batches = 39
+        for i in range(40):
+            w.write(f"tenant:a/{i % 2}")
+        w.pump()
+        await settle()
+        assert sink.cancels == [(sub.id, "compacted")] and sink.notes == []
+        assert w.hub.watchers == 0
+
+    run(tmp_path, scenario, retention=16)
 
 
 def test_duplicates_and_stale_batches_are_dropped(tmp_path: Path) -> None:
@@ -191,6 +229,75 @@ def test_live_subscription_starts_at_the_current_revision(tmp_path: Path) -> Non
     run(tmp_path, scenario)
 
 
+def test_a_caught_up_hub_starts_a_subscription_at_fed_without_asking_storage(
+    tmp_path: Path,
+) -> None:
+    """Reads of storage per subscribe: one for the first (the baseline), none while the hub
+    has routed everything published; one again while batches wait to be routed."""
+
+    async def scenario(w: World) -> None:
+        storage = w.node.storage
+        reads = 0
+        status = storage.status
+
+        async def counted(timeout: float) -> wire.StorageStatusOk:
+            nonlocal reads
+            reads += 1
+            return await status(timeout)
+
+        storage.status = counted  # type: ignore[method-assign]
+        sink = ListSink()
+        first = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.pump()
+        await settle()
+        second, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        second.start()
+        assert (reads, revision) == (1, 1)
+        w.write("tenant:a/2")
+        w.pump()  # queued, not routed yet: the hub is not caught up
+        third, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None)
+        third.start()
+        assert (reads, revision) == (2, 2)
+        await settle()
+        assert sink.revisions(first) == [1, 2] and sink.revisions(second) == [2]
+        assert sink.revisions(third) == []
+
+    run(tmp_path, scenario)
+
+
+def test_subscriptions_arriving_together_share_the_baseline_read(tmp_path: Path) -> None:
+    """A burst of subscribes on a hub with no baseline (10,000 clients back after a
+    restart) makes one storage read, and every one of them gets what follows it."""
+
+    async def scenario(w: World) -> None:
+        storage = w.node.storage
+        reads = 0
+        status = storage.status
+
+        async def counted(timeout: float) -> wire.StorageStatusOk:
+            nonlocal reads
+            reads += 1
+            return await status(timeout)
+
+        storage.status = counted  # type: ignore[method-assign]
+        w.write("tenant:a/old")
+        w.batches()
+        sink = ListSink()
+        got = await asyncio.gather(
+            *(w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=None) for _ in range(50))
+        )
+        for sub, _ in got:
+            sub.start()
+        assert reads == 1 and {revision for _, revision in got} == {1}
+        w.write("tenant:a/new")
+        w.pump()
+        await settle()
+        assert all(sink.revisions(sub) == [2] for sub, _ in got)
+
+    run(tmp_path, scenario)
+
+
 def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         sink = ListSink()
@@ -210,21 +317,145 @@ def test_unsubscribe_stops_delivery(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_a_batch_reaches_the_subscriptions_on_the_next_loop_turn(tmp_path: Path) -> None:
-    """publish() only queues: the writer whose result follows the batch is answered
-    before a task step per subscription runs (the fan-out of 1,000 watchers)."""
+def test_a_gap_past_the_history_spares_a_busy_subscription_ahead_of_it(
+    tmp_path: Path,
+) -> None:
+    """A subscription not started yet, replaying from beyond the hole, repairs from its
+    own cursor instead of being cancelled with the live ones."""
+
+    async def scenario(w: World) -> None:
+        for i in range(30):
+            w.write(f"tenant:a/{i % 2}")
+        w.batches()
+        sink = ListSink()
+        live = await w.subscribe(sink)  # the hub's baseline: 30
+        busy, _ = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=45)
+        w.node.knobs.drop_batches = 20
+        for i in range(21):  # revisions 31..51; only 51's batch comes
+            w.write(f"tenant:a/{i % 2}")
+        w.pump()
+        await settle()
+        busy.start()
+        await settle()
+        assert sink.cancels == [(live.id, "compacted")]
+        assert sink.revisions(busy) == list(range(46, 52))
+
+    run(tmp_path, scenario, retention=16)
+
+
+def test_the_fan_out_yields_to_other_tasks_between_chunks(tmp_path: Path) -> None:
+    """publish() only queues, and the feeder lets other tasks run every ``feed_chunk``
+    deliveries: the writer whose result follows a batch is not answered after a
+    thousand watchers' notifications."""
 
     async def scenario(w: World) -> None:
         sink = ListSink()
-        sub = await w.subscribe(sink)
+        subs = [await w.subscribe(sink) for _ in range(6)]
         await settle()
         w.write("tenant:a/1")
-        w.write("tenant:a/2")
         w.pump()
-        await asyncio.sleep(0)  # a subscription fed inside publish() would have run by now
-        assert sink.notes == [] and w.hub.last == 2
+        assert sink.notes == [] and w.hub.last == 1
+        seen: list[int] = []
+
+        async def bystander() -> None:
+            seen.append(len(sink.notes))
+
+        await asyncio.create_task(bystander())
         await settle()
-        assert sink.revisions(sub) == [1, 2]
+        assert 0 < seen[0] < 6
+        assert all(sink.revisions(sub) == [1] for sub in subs)
+
+    run(tmp_path, scenario, feed_chunk=2)
+
+
+def test_a_batch_touches_only_the_subscriptions_it_matches(tmp_path: Path) -> None:
+    """The index: a prefix is matched by its exact characters (``tenant:a/`` does not see
+    ``tenant:ab/``), a key watch only by its key; the others are not visited at all
+    (their cursor stays where their own last change left it)."""
+
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        a = await w.subscribe(sink, prefix="tenant:a/")
+        ab = await w.subscribe(sink, prefix="tenant:ab/")
+        deep = await w.subscribe(sink, prefix="tenant:a/x/")
+        key = await w.subscribe(sink, key="tenant:a/x")
+        bystanders = [await w.subscribe(sink, prefix=f"tenant:s{i}/") for i in range(50)]
+        w.write("tenant:ab/1")  # 1
+        w.write("tenant:a/x")  # 2
+        w.write("tenant:a/x/y")  # 3
+        w.write("tenant:a/xy")  # 4
+        w.pump()
+        await settle()
+        assert sink.revisions(a) == [2, 3, 4]
+        assert sink.revisions(ab) == [1]
+        assert sink.revisions(deep) == [3]
+        assert sink.revisions(key) == [2]
+        assert [s.cursor for s in (a, ab, deep, key)] == [4, 1, 3, 2]
+        assert {s.cursor for s in bystanders} == {0}
+        assert sink.revisions(bystanders[0]) == []
+
+    run(tmp_path, scenario)
+
+
+def test_an_idle_subscription_has_no_task(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        sink = ListSink()
+        before = len(asyncio.all_tasks())
+        subs = [await w.subscribe(sink, prefix=f"tenant:s{i}/") for i in range(100)]
+        replayed = await w.subscribe(sink, since=0)
+        w.write("tenant:s1/k")
+        w.pump()
+        await settle()
+        assert sink.revisions(subs[1]) == [1]
+        assert len(asyncio.all_tasks()) == before  # the replay's task ended with its replay
+        assert w.hub.watchers == 101 and replayed.cursor == 1
+
+    run(tmp_path, scenario)
+
+
+def test_live_delivery_resumes_after_a_replay_buffered_past_its_inbox(tmp_path: Path) -> None:
+    """A replay slower than the live batches: its inbox overflows, is repaired from
+    storage, and the subscription then goes on live, with no gap or duplicate."""
+
+    async def scenario(w: World) -> None:
+        for i in range(5):
+            w.write(f"tenant:a/{i}")
+        w.batches()
+        sink = ListSink()
+        sub, _ = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=1)
+        for i in range(5, 11):
+            w.write(f"tenant:a/{i}")
+        w.pump()
+        await settle()  # routed into the inbox of 2 before the replay starts
+        sub.start()
+        await settle()
+        w.write("tenant:a/live")
+        w.pump()
+        await settle()
+        assert sink.revisions(sub) == list(range(2, 13))
+
+    run(tmp_path, scenario, inbox_limit=2)
+
+
+def test_a_failing_watch_is_cancelled_and_the_others_still_get_the_batch(
+    tmp_path: Path,
+) -> None:
+    class BrokenSink(ListSink):
+        def notify(
+            self, subscription_id: int, events: list[dict[str, Any]], events_json: str | None
+        ) -> bool:
+            raise RuntimeError("a bug in one connection")
+
+    async def scenario(w: World) -> None:
+        sink, broken = ListSink(), BrokenSink()
+        before = await w.subscribe(sink)
+        bad = await w.subscribe(broken)
+        after = await w.subscribe(sink)
+        w.write("tenant:a/1")
+        w.pump()
+        await settle()
+        assert sink.revisions(before) == [1] and sink.revisions(after) == [1]
+        assert broken.cancels == [(bad.id, "shutdown")] and w.hub.watchers == 2
 
     run(tmp_path, scenario)
 
@@ -321,6 +552,9 @@ def test_long_poll_waiter_wakes_only_for_its_prefix(tmp_path: Path) -> None:
             w.write("tenant:a/2")
             w.pump()
             assert await waiter.wait(1)
+            w.write("tenant:ab/1")  # another tenant whose name starts the same
+            w.pump()
+            assert not waiter.event.is_set()
             w.hub.wake_all()
             assert not await waiter.wait(1)
         assert not w.hub._waiters
