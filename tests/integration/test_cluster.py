@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import http.client
 import itertools
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,19 @@ def log_tail(node: Node, name: str, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
+def log_start(node: Node, offset: int) -> int:
+    """Where the node's log starts after its latest compaction since ``offset`` (0: none)."""
+    starts = re.findall(r"it starts after (\d+)", log_tail(node, "consensus", offset))
+    return int(starts[-1]) if starts else 0
+
+
+def member_match(leader: Node, node_id: str) -> int:
+    """The leader's matchIndex of member ``node_id``."""
+    status = leader.status()
+    assert status is not None
+    return next(int(m["matchIndex"]) for m in status["members"] if m["id"] == node_id)
+
+
 def log_size(node: Node, name: str) -> int:
     path = Path(node.data) / "logs" / f"{name}.log"
     return path.stat().st_size if path.exists() else 0
@@ -431,10 +445,11 @@ def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster, how: str) -
     nothing), is sent a snapshot made for it when it comes back, installs it
     (while serving, when it was running) and converges.
 
-    The writes are 128 separate log entries (batches of 32 keys): a leader keeps
-    at most 64 appends in flight to a silent follower, and its front replays
-    those queued frames when the follower returns, so the follower can get that
-    far from the log alone; everything after must come from the snapshot.
+    The writes are separate log entries (batches of 32 keys). A leader's
+    compaction keeps what a recently active follower still needs (a few
+    compactions' worth), and the follower counts as active until CheckQuorum's
+    next round: writing goes on until the leader's log starts past the
+    follower's match, so only a snapshot can bring it back.
     """
     assert c3.net is not None
     prefix = tenant(f"snap-{how}")
@@ -445,14 +460,25 @@ def test_lagging_follower_catches_up_through_a_snapshot(c3: Cluster, how: str) -
         lagging.stop()
     else:
         c3.net.isolate(lagging.node_id)
-    total, per_batch = 4096, 32
-    start = time.monotonic()
-    for lo in range(0, total, per_batch):
+    per_batch = 32
+
+    def write_batch(lo: int) -> None:
         ops = [
             {"op": "set", "key": f"{prefix}k{i:05d}", "value": i} for i in range(lo, lo + per_batch)
         ]
         status, body = attempt(leader, "POST", "/api/v1/batch", {"ops": ops})
         assert status == 200, (status, body)
+
+    start = time.monotonic()
+    for total in range(0, 4096, per_batch):
+        write_batch(total)
+    total += per_batch
+    match = member_match(leader, lagging.node_id)
+    deadline = time.monotonic() + 60
+    while log_start(leader, leader_at) <= match:
+        assert time.monotonic() < deadline, "the leader's log never started past the follower"
+        write_batch(total)
+        total += per_batch
     for i in range(10):  # and a few forwarded by the other follower
         assert put(other, f"{prefix}single/{i}", i)[0] == 200
     print(f"\nwrote {total + 10} keys in {time.monotonic() - start:.1f}s")
