@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Node, short_tmpdir
+from tests.integration.helpers import Cluster, Node, short_tmpdir
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,4 +51,17 @@ def fresh_node() -> Iterator[Node]:
         yield n
     finally:
         n.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[Cluster]:
+    """A 3-node cluster of its own (no proxies), for tests that restart its roles."""
+    root = short_tmpdir()
+    c = Cluster(3, root=root, proxied=False)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,6 @@ core for the length of the loop (how CI machines often are), stopped by its pid.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.integration.helpers import Cluster, Node, short_tmpdir, wait_for
+from tests.integration.helpers import Cluster, Node, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,18 +84,6 @@ class Writers:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    root = short_tmpdir()
-    c = Cluster(3, root=root, proxied=False)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
 def hog() -> Iterator[None]:
     """One core kept busy (bounded: it ends by itself after 10 minutes), if asked for."""
     if not HOG:
@@ -112,9 +99,11 @@ def hog() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("which", ["follower", "leader"])
-def test_planned_restarts_in_a_loop_lose_no_write(cluster: Cluster, hog: None, which: str) -> None:
-    leader = cluster.wait_for_leader()
-    target = leader if which == "leader" else cluster.followers(leader)[0]
+def test_planned_restarts_in_a_loop_lose_no_write(
+    fresh_cluster: Cluster, hog: None, which: str
+) -> None:
+    leader = fresh_cluster.wait_for_leader()
+    target = leader if which == "leader" else fresh_cluster.followers(leader)[0]
     roles = ["consensus", "storage"]
     with Writers(target) as writers:
         wait_for(lambda: len(writers.acked) >= 2 * WRITERS, 30, "writes flowing")

@@ -164,18 +164,6 @@ def single() -> Iterator[list[Node]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    root = short_tmpdir()
-    c = Cluster(3, root=root, proxied=False)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def restart_under_load(nodes: list[Node], target: Node, role: str) -> dict[str, Any]:
     """Restart ``role`` of ``target`` (SIGTERM via supervisord) while loading every node;
     assert that nobody noticed; the numbers."""
@@ -240,10 +228,10 @@ def test_single_node_restart_is_invisible(single: list[Node], role: str) -> None
 
 @pytest.mark.parametrize("role", ["storage", "consensus", "front"])
 @pytest.mark.parametrize("which", ["leader", "follower"])
-def test_cluster_restart_is_invisible(cluster: Cluster, which: str, role: str) -> None:
-    leader = cluster.wait_for_leader()
-    target = leader if which == "leader" else cluster.followers(leader)[0]
-    restart_under_load(list(cluster.nodes.values()), target, role)
+def test_cluster_restart_is_invisible(fresh_cluster: Cluster, which: str, role: str) -> None:
+    leader = fresh_cluster.wait_for_leader()
+    target = leader if which == "leader" else fresh_cluster.followers(leader)[0]
+    restart_under_load(list(fresh_cluster.nodes.values()), target, role)
     if which == "leader" and role == "consensus":
         # The leader handed over instead of leaving the others to an election timeout.
         log = (target.data / "logs" / "consensus.log").read_text(errors="replace")
