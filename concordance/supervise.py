@@ -277,24 +277,24 @@ def _role(role: str) -> str:
     return role
 
 
-def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
+def role_states(data_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """``{"front": {"pid", "up", "restarts"}, ...}`` for ``/cluster/status``.
 
     Blocking (XML-RPC over a unix socket): call it from an executor.
     """
     try:
-        states = Control(cfg.data).states()
+        states = Control(data_dir).states()
     except SupervisorUnavailable:
         states = {}
     result = {}
     for role in ROLES:
         state = states.get(role)
         up = state is not None and state.up
-        kept = serving(cfg.data, role) if role != "front" else None  # its keeper's child
+        kept = serving(data_dir, role) if role != "front" else None  # its keeper's child
         result[role] = {
             "pid": (kept or state.pid) if state is not None and up else None,
             "up": bool(state and state.up),
-            "restarts": restarts(cfg.data, role),
+            "restarts": restarts(data_dir, role),
         }
     return result
 

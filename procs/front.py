@@ -48,6 +48,7 @@ from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
 from concordance.front.appkeys import GATE
 from concordance.front.ipc_clients import connect
+from concordance.front.supervisor import Supervisord
 from concordance.tls import TlsContexts
 from procs._launch import run_role
 from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV, bind
@@ -61,7 +62,9 @@ SHUTDOWN_GRACE = 5.0  # seconds requests in flight may take after SIGTERM (< sto
 async def main(cfg: config.NodeConfig) -> None:
     """Serve the front of ``cfg``'s node until SIGTERM or SIGINT."""
     tls = TlsContexts(cfg) if cfg.tls else None
-    app = make_app(cfg, functools.partial(connect, cfg.data_dir), tls=tls)
+    supervisor = Supervisord(cfg.data_dir)  # the one way this front reaches supervisord
+    connect_roles = functools.partial(connect, cfg.data_dir, supervisor.incarnation())
+    app = make_app(cfg, connect_roles, supervisor=supervisor, tls=tls)
     _raise_descriptor_limit(cfg.limits.descriptors)
     runner = web.AppRunner(
         app,
