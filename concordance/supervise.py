@@ -24,10 +24,10 @@ from typing import Any, cast
 from supervisor.xmlrpc import SupervisorTransport
 
 from concordance.config import ROLES, NodeConfig, supervisor_socket
+from concordance.timing import HAND_OVER_TIMEOUT
 
 GROUP = "node"
 STARTS_DIR = "run"
-HAND_OVER_TIMEOUT = 30.0  # seconds a new front may take to serve before a restart fails
 
 
 class SupervisorUnavailable(RuntimeError):

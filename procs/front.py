@@ -13,10 +13,10 @@ It accepts every connection itself and hands Raft peer connections to
 consensus (PROTOCOL.md §6, ``concordance.front.accept``).
 
 SIGTERM/SIGINT is a graceful stop: the front accepts no more connections
-and waits ``ACCEPT_GRACE``
+and waits ``FRONT_ACCEPT_GRACE``
 for requests on connections it just accepted, then WebSocket sessions are
 told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
-to ``SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
+to ``FRONT_SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
 ``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads the
 key file (``--keys``) and the TLS certificate and key without a restart (send
 it to the front keeper's pid, which ``concordance ctl --data DIR status``
@@ -49,14 +49,12 @@ from concordance.front.app import make_app, reload
 from concordance.front.appkeys import GATE
 from concordance.front.ipc_clients import connect
 from concordance.front.supervisor import Supervisord
+from concordance.timing import FRONT_ACCEPT_GRACE, FRONT_SHUTDOWN_GRACE
 from concordance.tls import TlsContexts
 from procs._launch import run_role
 from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV, bind
 
 log = logging.getLogger("procs.front")
-
-ACCEPT_GRACE = 0.3  # seconds between the last accept and closing idle connections
-SHUTDOWN_GRACE = 5.0  # seconds requests in flight may take after SIGTERM (< stopwaitsecs)
 
 
 async def main(cfg: config.NodeConfig) -> None:
@@ -69,7 +67,7 @@ async def main(cfg: config.NodeConfig) -> None:
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=SHUTDOWN_GRACE,
+        shutdown_timeout=FRONT_SHUTDOWN_GRACE,
         keepalive_timeout=cfg.limits.keepalive_timeout,
     )
     await runner.setup()
@@ -96,7 +94,7 @@ async def main(cfg: config.NodeConfig) -> None:
         # Before the runner's cleanup, which stops reading every connection: a
         # connection accepted just now gets its request in (closing it as idle
         # would fail that request). Peer links are consensus's: not touched.
-        await asyncio.sleep(ACCEPT_GRACE)
+        await asyncio.sleep(FRONT_ACCEPT_GRACE)
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -30,6 +30,7 @@ from concordance.config import (
     Secrets,
     parse_peers,
 )
+from concordance.timing import ROLLING_ORDER
 
 if TYPE_CHECKING:
     from concordance.supervise import Control
@@ -253,9 +254,6 @@ def _run_restore(args: argparse.Namespace) -> int:
         f" --data {done.data_dir}"
     )
     return 0
-
-
-ROLLING_ORDER = ("storage", "consensus", "front")  # ``restart all``: the front last
 
 
 def _restart(control: Control, role: str) -> None:

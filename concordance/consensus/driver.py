@@ -30,10 +30,11 @@ Rules / theory of operation
   from then on, and answers ``stopping_ack``: the last message it sends this
   process), keeps serving until every front's answer came in and what came
   before it was stepped (a forwarded proposal among the peer frames must be
-  refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, answers
+  refused, not lost with the process), at most ``CONSENSUS_DRAIN``, answers
   what is left, and closes once each front acknowledged a last ``stopping``
   (it has read those answers; ``_flush_to_fronts``).
-  All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
+  The hand-over takes at most ``CONSENSUS_HAND_OVER`` (``concordance/timing.py``
+  bounds the whole stop against the front's and the keeper's): a stop never hangs.
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
   process exits and supervisord restarts it from what is durable.
@@ -79,6 +80,7 @@ from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
+from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH, CONSENSUS_HAND_OVER, PEER_FLUSH
 
 __all__ = ["ConsensusDriver", "boot_membership"]
 
@@ -86,11 +88,7 @@ log = logging.getLogger("concordance.consensus")
 
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
-PEER_FLUSH = 0.2  # seconds the peer links get to send what they queued, on the way out
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
-FLUSH_BEFORE_CLOSE = 0.2  # seconds for last answers to leave before the socket closes
-SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
-SHUTDOWN_DRAIN = 0.5  # seconds served after telling the fronts ``stopping``, at most
 MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
 
 # A handler of one message type (``ConsensusDriver._HANDLERS``): (driver, sender, message).
@@ -263,7 +261,7 @@ class ConsensusDriver:
                 self._stopping = True
             return
         core = self.core
-        in_time = now - self._shutdown_at < SHUTDOWN_BOUND
+        in_time = now - self._shutdown_at < CONSENSUS_HAND_OVER
         others = [v for v in core.membership.voters if v != self.cfg.node_id]
         if core.role is not Role.LEADER and (self._held_forwards or self._held_requests):
             await self._release_proposals()
@@ -280,7 +278,7 @@ class ConsensusDriver:
         await self._start_drain(now)
 
     async def _start_drain(self, now: float) -> None:
-        self._drain_until = now + SHUTDOWN_DRAIN
+        self._drain_until = now + CONSENSUS_DRAIN
         await self._release_proposals()
         log.info(
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
@@ -319,7 +317,7 @@ class ConsensusDriver:
         for peer, env in refused:
             await self.server.reply(peer, env, stopping)
         await self._send_deferred()  # proposals appended before the stop keep their answer
-        if refused or self.server.sent_within(FLUSH_BEFORE_CLOSE):
+        if refused or self.server.sent_within(CONSENSUS_FLUSH):
             await self._flush_to_fronts()
 
     async def _flush_to_fronts(self) -> None:
@@ -331,12 +329,12 @@ class ConsensusDriver:
         front to have read them. A last ``stopping`` goes to each front, which
         answers every ``stopping`` with ``stopping_ack`` once it has read all
         sent before (ZeroMQ keeps order); wait for those, at most
-        ``FLUSH_BEFORE_CLOSE`` of real time (it waits for other processes). It
+        ``CONSENSUS_FLUSH`` of real time (it waits for other processes). It
         used to sleep that long on every planned stop."""
         await self._to_fronts("stopping", wire.Stopping("consensus"))
         waiting = set(self.fronts.all())
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + FLUSH_BEFORE_CLOSE
+        deadline = loop.time() + CONSENSUS_FLUSH
         stopping = Unavailable("consensus is stopping")
         while waiting and (left := deadline - loop.time()) > 0:
             self._wake.clear()
@@ -561,7 +559,7 @@ class ConsensusDriver:
         before a planned stop. Refused now, their writers would retry against a
         leader still busy handing over, and give up (503) if that took long; kept
         until the hand-over ends, they are refused (or taken) then, and the refusal
-        names the new leader. Bounded by ``SHUTDOWN_BOUND`` and ``MAX_HELD_PROPOSALS``."""
+        names the new leader. Bounded by ``CONSENSUS_HAND_OVER`` and ``MAX_HELD_PROPOSALS``."""
         return (
             self._shutdown_at is not None
             and self._drain_until is None

@@ -50,6 +50,7 @@ from concordance import fronts, ipc, sockets, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
+from concordance.timing import FRONT_HELLO_EVERY, FRONT_HELLO_POLL, STOPPING_BOUND
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 
@@ -60,11 +61,8 @@ ACK_TIMEOUT = 1.0  # seconds a ``stopping_ack`` may wait for room
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
-STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
 HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
-HELLO_POLL = 0.05  # seconds between two looks at the roles' connections (front_hello)
-HELLO_EVERY = 4  # polls between two front_hello to a connected role (0.2 s)
 
 _B = TypeVar("_B", bound=wire.Body)
 
@@ -504,9 +502,9 @@ async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
     for poll in itertools.count():
         for rpc, greeting in greetings.items():
             now = rpc.connected()
-            if now and (not connected[rpc] or poll % HELLO_EVERY == 0):
+            if now and (not connected[rpc] or poll % FRONT_HELLO_EVERY == 0):
                 with contextlib.suppress(IpcError):
                     for type_, body in greeting():
                         rpc.send_nowait(type_, body)
             connected[rpc] = now
-        await asyncio.sleep(HELLO_POLL)
+        await asyncio.sleep(FRONT_HELLO_POLL)

@@ -89,6 +89,7 @@ from concordance.storage import durability, snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
+from concordance.timing import ACK_DELAY, ACK_EVERY, STORAGE_DRAIN, STORAGE_FLUSH, WATCHING_FRESH
 
 __all__ = ["ServiceTimings", "StorageService", "copy_database"]
 
@@ -97,8 +98,6 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 _KINDS = frozenset(int(k) for k in EntryKind)
 _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
-ACK_EVERY = 1000  # unacknowledged applied entries that make ``applied`` go at once
-WATCHING_FRESH = 1.0  # seconds a front's "no watchers" holds without a new front_watching
 
 # Handlers by message type (``StorageService``'s tables): a request's handler
 # returns its reply, or None when it answers later.
@@ -119,10 +118,10 @@ class ServiceTimings:
     reaper: ReaperTimings = field(default_factory=ReaperTimings)
     subscriber_wait: float = 1.0  # at start, for the front's subscription to results
     reconnect_poll: float = 0.05  # how often a lost consensus connection is looked for
-    drain: float = 0.1  # a planned stop serves this long after saying ``stopping``
-    flush: float = 0.05  # for the last answers and events to leave before closing
+    drain: float = STORAGE_DRAIN  # a planned stop serves this long after saying ``stopping``
+    flush: float = STORAGE_FLUSH  # for the last answers and events to leave before closing
     # ``applied`` waits this long for more batches to ack with it (0: one per batch)
-    ack_delay: float = 0.02
+    ack_delay: float = ACK_DELAY
 
 
 class StorageService:
