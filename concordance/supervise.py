@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -39,8 +40,9 @@ def config_path() -> Path:
     return Path(str(resources.files("concordance").joinpath("supervisor.conf")))
 
 
-def node_environment(cfg: NodeConfig, base: dict[str, str]) -> dict[str, str]:
-    """The environment supervisord (and so every role) runs with."""
+def node_environment(cfg: NodeConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment supervisord (and so every role) runs with: ``base`` (the node
+    command's, ``concordance.environment.child_env``) plus what supervisor.conf reads."""
     env = dict(base)
     env.update(
         CONCORDANCE_DATA=str(cfg.data.resolve()),
@@ -73,10 +75,11 @@ def prepare(cfg: NodeConfig) -> None:
     cfg.save()
 
 
-def run_node(cfg: NodeConfig) -> None:
-    """Become the node's supervisor (never returns)."""
+def run_node(cfg: NodeConfig, base: Mapping[str, str]) -> None:
+    """Become the node's supervisor (never returns), with ``base`` as the environment
+    its roles inherit (``concordance.environment.child_env``)."""
     prepare(cfg)
-    env = node_environment(cfg, dict(os.environ))
+    env = node_environment(cfg, base)
     args = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config_path())]
     os.execve(sys.executable, args, env)
 

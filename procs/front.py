@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from concordance import config, fdpass
+from concordance import config, environment, fdpass
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
 from concordance.front.appkeys import GATE
@@ -141,8 +141,8 @@ def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSi
     """On the socket the keeper passed down (``procs/front_keeper.py``), or, run
     by itself, on one of its own at ``cfg.listen``; peer connections go to
     consensus (``concordance.front.accept``)."""
-    inherited = os.environ.get(LISTEN_FD_ENV)
-    sock = socket.socket(fileno=int(inherited)) if inherited else bind(cfg.listen)
+    inherited = environment.inherited_fd(LISTEN_FD_ENV)
+    sock = socket.socket(fileno=inherited) if inherited is not None else bind(cfg.listen)
     handoff = fdpass.FdSender(fdpass.socket_path(cfg.data_dir))
     return SortingSite(runner, sock, handoff, ssl_context=ssl)
 
@@ -150,19 +150,19 @@ def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSi
 def _say_ready() -> None:
     """Tell the keeper this front serves (one byte on its pipe), so it may stop the old
     one. The pipe stays open until this front stops accepting (``_say_not_accepting``)."""
-    fd = os.environ.get(READY_FD_ENV)
-    if fd:
+    fd = environment.inherited_fd(READY_FD_ENV)
+    if fd is not None:
         with contextlib.suppress(OSError):
-            os.write(int(fd), b"1")
+            os.write(fd, b"1")
 
 
 def _say_not_accepting() -> None:
     """Close the keeper's pipe: this front accepts no more connections, so a hand-over
     may be reported done (the end of file also comes if this process dies)."""
-    fd = os.environ.pop(READY_FD_ENV, None)
-    if fd:
+    fd = environment.inherited_fd(READY_FD_ENV, take=True)
+    if fd is not None:
         with contextlib.suppress(OSError):
-            os.close(int(fd))
+            os.close(fd)
 
 
 def _reload(app: web.Application) -> None:

@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 
-from concordance import config, supervise
+from concordance import config, environment, supervise
 from concordance.timing import FRONT_READY_TIMEOUT, KEEPER_STOP_TIMEOUT
 from procs._launch import load_and_log
 
@@ -128,11 +128,9 @@ class Keeper:
     async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
         """A new front on the socket, and the read end of the pipe it says "ready" on."""
         read_end, write_end = os.pipe()
-        env = {
-            **os.environ,
-            LISTEN_FD_ENV: str(self.sock.fileno()),
-            READY_FD_ENV: str(write_end),
-        }
+        env = environment.child_env(
+            {LISTEN_FD_ENV: str(self.sock.fileno()), READY_FD_ENV: str(write_end)}
+        )
         try:
             child = await asyncio.create_subprocess_exec(
                 sys.executable,

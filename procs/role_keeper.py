@@ -36,7 +36,7 @@ import os
 import signal
 import sys
 
-from concordance import supervise
+from concordance import environment, supervise
 from concordance.timing import KEEPER_STOP_TIMEOUT
 from procs._launch import GO_FD_ENV, ROLE_READY_FD_ENV, load_and_log
 
@@ -127,7 +127,7 @@ class RoleKeeper:
     async def _spawn(self) -> Child:
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
-        env = {**os.environ, ROLE_READY_FD_ENV: str(ready_w), GO_FD_ENV: str(go_r)}
+        env = environment.child_env({ROLE_READY_FD_ENV: str(ready_w), GO_FD_ENV: str(go_r)})
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
