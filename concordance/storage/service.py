@@ -102,6 +102,7 @@ _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
 # Handlers by message type (``StorageService``'s tables): a request's handler
 # returns its reply, or None when it answers later.
 _Reply = wire.Body | ConcordanceError | None
+# (a consensus handler takes the body of its own key's type, hence Any here)
 _ConsensusHandler = Callable[["StorageService", Any], Awaitable[None]]
 _Note = Callable[["StorageService", bytes, wire.Body], None]
 _Request = Callable[["StorageService", bytes, wire.Envelope], _Reply]
