@@ -5,21 +5,22 @@ environment, validates it and writes the non-secret part to
 ``{data}/node.json``. Each role process (``procs/*.py``) reloads it with
 :func:`load` from that file plus the environment, which supervisord passes
 down; secrets (API keys, the encryption key) never touch the disk.
-Only ``concordance.cli`` and ``procs/`` read argv or the environment.
+Only ``concordance.cli`` and ``procs/`` read argv; only
+``concordance.environment`` reads the environment (into the objects here).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concordance.environment import NodeEnv
 
 NODE_FILE = "node.json"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
@@ -91,26 +92,11 @@ class Secrets:
                 return f"CONCORDANCE_CLUSTER_KEY equals {name}"
         return None
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Secrets:
-        keys: list[tuple[str, bytes]] = []
-        raw = env.get("CONCORDANCE_ENCRYPTION_KEY")
-        if raw:
-            keys.append(_decode_key(raw, "CONCORDANCE_ENCRYPTION_KEY"))
-        # Old keys stay readable after a rotation: comma-separated, base64.
-        for old in filter(None, env.get("CONCORDANCE_ENCRYPTION_OLD_KEYS", "").split(",")):
-            keys.append(_decode_key(old.strip(), "CONCORDANCE_ENCRYPTION_OLD_KEYS"))
-        return cls(
-            api_key=env.get("CONCORDANCE_API_KEY") or None,
-            agent_key=env.get("CONCORDANCE_AGENT_API_KEY") or None,
-            cluster_key=env.get("CONCORDANCE_CLUSTER_KEY") or None,
-            encryption_keys=tuple(keys),
-        )
-
 
 @dataclass(frozen=True)
 class FrontLimits:
-    """What one front lets clients hold (docs/SECURITY.md §1.4), from the environment.
+    """What one front lets clients hold (docs/SECURITY.md §1.4), from the environment
+    (``concordance.environment``).
 
     The connection cap counts every connection the front accepted; past it only
     peers and loopback (operators' probes) get in, up to ``reserved_connections``
@@ -127,41 +113,6 @@ class FrontLimits:
     def descriptors(self) -> int:
         """File descriptors a front wants: every connection, plus its own files and sockets."""
         return self.max_client_connections + self.reserved_connections + 1024
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> FrontLimits:
-        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
-            text = env.get(name, "").strip()
-            if not text:
-                return default
-            try:
-                value = kind(text)
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, not {text[:40]!r}") from None
-            if not value > 0:
-                raise ConfigError(f"{name} must be positive")
-            return value
-
-        return cls(
-            max_client_connections=number(
-                "CONCORDANCE_MAX_CLIENT_CONNECTIONS", cls.max_client_connections, int
-            ),
-            reserved_connections=number(
-                "CONCORDANCE_RESERVED_CONNECTIONS", cls.reserved_connections, int
-            ),
-            header_timeout=number("CONCORDANCE_HEADER_TIMEOUT", cls.header_timeout, float),
-            keepalive_timeout=number("CONCORDANCE_KEEPALIVE_TIMEOUT", cls.keepalive_timeout, float),
-        )
-
-
-def _decode_key(text: str, name: str) -> tuple[str, bytes]:
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ConfigError(f"{name} is not valid base64") from e
-    if len(key) != 32:
-        raise ConfigError(f"{name} must decode to 32 bytes, not {len(key)}")
-    return hashlib.sha256(key).hexdigest()[:8], key
 
 
 @dataclass(frozen=True)
@@ -290,8 +241,9 @@ class NodeConfig:
         return path
 
 
-def load(data_dir: str | os.PathLike[str], env: Mapping[str, str]) -> NodeConfig:
-    """Rebuild a node's configuration inside a role process."""
+def load(data_dir: str | os.PathLike[str], env: NodeEnv) -> NodeConfig:
+    """Rebuild a node's configuration inside a role process (``env``: its environment,
+    read by ``concordance.environment.read_node``)."""
     path = Path(data_dir) / NODE_FILE
     try:
         body = json.loads(path.read_text())
@@ -299,7 +251,7 @@ def load(data_dir: str | os.PathLike[str], env: Mapping[str, str]) -> NodeConfig
         raise ConfigError(f"cannot read {path}: {e}") from e
     known = {f for f in NodeConfig.__dataclass_fields__ if f not in ("secrets", "limits")}
     cfg = NodeConfig(**{k: v for k, v in body.items() if k in known})
-    return replace(cfg, secrets=Secrets.from_env(env), limits=FrontLimits.from_env(env)).validate()
+    return replace(cfg, secrets=env.secrets, limits=env.limits).validate()
 
 
 def runtime_path(data_dir: str | os.PathLike[str], name: str) -> str:

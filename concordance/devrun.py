@@ -1,7 +1,10 @@
 """``make run``: a single dev node with a generated API key, printed with a curl example.
 
 The dev keys are kept in the data dir (mode 0600) so restarts keep working
-with the same key. Production nodes get their keys from the environment.
+with the same key. Production nodes get their keys from the environment; a
+key set there wins here too. The node is started with the keys in its own
+environment (``concordance.environment.child_env``): this process's is not
+written.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import os
 import secrets
 import sys
 from pathlib import Path
+
+from concordance import environment
+from concordance.config import ConfigError
 
 
 def _dev_secret(path: Path, make: str) -> str:
@@ -39,19 +45,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = Path(args.data).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    api_key = os.environ.get("CONCORDANCE_API_KEY") or _dev_secret(
-        data / "dev-api-key", "dev-" + secrets.token_urlsafe(24)
-    )
-    enc_key = os.environ.get("CONCORDANCE_ENCRYPTION_KEY") or _dev_secret(
-        data / "dev-encryption-key", base64.b64encode(secrets.token_bytes(32)).decode()
-    )
-    # Its own cluster key (API.md §1: no default), so a dev node can take members later.
-    cluster_key = os.environ.get("CONCORDANCE_CLUSTER_KEY") or _dev_secret(
-        data / "dev-cluster-key", secrets.token_hex(32)
-    )
-    os.environ["CONCORDANCE_API_KEY"] = api_key
-    os.environ["CONCORDANCE_CLUSTER_KEY"] = cluster_key
-    os.environ["CONCORDANCE_ENCRYPTION_KEY"] = enc_key
+    try:
+        given = environment.read_node().secrets
+    except ConfigError as e:  # as ``concordance node`` would say it: one line, exit 2
+        print(f"concordance: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    keys = {}  # the dev keys the environment does not set
+    api_key = given.api_key
+    if api_key is None:
+        api_key = keys["CONCORDANCE_API_KEY"] = _dev_secret(
+            data / "dev-api-key", "dev-" + secrets.token_urlsafe(24)
+        )
+    if not given.encryption_keys:
+        keys["CONCORDANCE_ENCRYPTION_KEY"] = _dev_secret(
+            data / "dev-encryption-key", base64.b64encode(secrets.token_bytes(32)).decode()
+        )
+    if given.cluster_key is None:
+        # Its own cluster key (API.md §1: no default), so a dev node can take members later.
+        keys["CONCORDANCE_CLUSTER_KEY"] = _dev_secret(
+            data / "dev-cluster-key", secrets.token_hex(32)
+        )
     url = f"http://{args.listen}"
     print(
         f"""
@@ -67,9 +80,10 @@ Ctrl-C stops the node.
 """,
         flush=True,
     )
-    from concordance.cli import main as cli_main
-
-    sys.exit(cli_main(["node", "--id", args.id, "--listen", args.listen, "--data", str(data)]))
+    node = ["-m", "concordance.cli", "node", "--id", args.id, "--listen", args.listen]
+    os.execve(
+        sys.executable, [sys.executable, *node, "--data", str(data)], environment.child_env(keys)
+    )
 
 
 if __name__ == "__main__":

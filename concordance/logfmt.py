@@ -3,7 +3,7 @@
 Why JSON on request: a log pipeline (Loki, Elasticsearch, CloudWatch) indexes
 fields without a parsing rule per message; people reading ``front.log`` in a
 terminal keep the text lines. Chosen by ``CONCORDANCE_LOG_FORMAT``; the level
-by ``CONCORDANCE_LOG_LEVEL`` (docs/OPERATIONS.md).
+by ``CONCORDANCE_LOG_LEVEL`` (docs/OPERATIONS.md; both read by ``concordance.environment``).
 """
 
 from __future__ import annotations
@@ -12,22 +12,9 @@ import json
 import logging
 from datetime import UTC, datetime
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # checked in ``concordance.environment``
 
-
-def level(text: str) -> str:
-    """The log level named by ``CONCORDANCE_LOG_LEVEL`` (empty: INFO).
-
-    Raises:
-        ValueError: not one of ``LEVELS``, in one line.
-    """
-    name = text.strip().upper() or "INFO"
-    if name not in LEVELS:
-        raise ValueError(f"CONCORDANCE_LOG_LEVEL={text!r}: use one of {', '.join(LEVELS)}")
-    return name
-
-
-__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "formatter", "level"]
+__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "formatter"]
 
 FORMATS = ("text", "json")
 

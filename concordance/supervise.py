@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,10 +25,10 @@ from typing import Any, cast
 from supervisor.xmlrpc import SupervisorTransport
 
 from concordance.config import ROLES, NodeConfig, supervisor_socket
+from concordance.timing import HAND_OVER_TIMEOUT
 
 GROUP = "node"
 STARTS_DIR = "run"
-HAND_OVER_TIMEOUT = 30.0  # seconds a new front may take to serve before a restart fails
 
 
 class SupervisorUnavailable(RuntimeError):
@@ -39,8 +40,9 @@ def config_path() -> Path:
     return Path(str(resources.files("concordance").joinpath("supervisor.conf")))
 
 
-def node_environment(cfg: NodeConfig, base: dict[str, str]) -> dict[str, str]:
-    """The environment supervisord (and so every role) runs with."""
+def node_environment(cfg: NodeConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment supervisord (and so every role) runs with: ``base`` (the node
+    command's, ``concordance.environment.child_env``) plus what supervisor.conf reads."""
     env = dict(base)
     env.update(
         CONCORDANCE_DATA=str(cfg.data.resolve()),
@@ -73,10 +75,11 @@ def prepare(cfg: NodeConfig) -> None:
     cfg.save()
 
 
-def run_node(cfg: NodeConfig) -> None:
-    """Become the node's supervisor (never returns)."""
+def run_node(cfg: NodeConfig, base: Mapping[str, str]) -> None:
+    """Become the node's supervisor (never returns), with ``base`` as the environment
+    its roles inherit (``concordance.environment.child_env``)."""
     prepare(cfg)
-    env = node_environment(cfg, dict(os.environ))
+    env = node_environment(cfg, base)
     args = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config_path())]
     os.execve(sys.executable, args, env)
 
@@ -277,24 +280,24 @@ def _role(role: str) -> str:
     return role
 
 
-def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
+def role_states(data_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """``{"front": {"pid", "up", "restarts"}, ...}`` for ``/cluster/status``.
 
     Blocking (XML-RPC over a unix socket): call it from an executor.
     """
     try:
-        states = Control(cfg.data).states()
+        states = Control(data_dir).states()
     except SupervisorUnavailable:
         states = {}
     result = {}
     for role in ROLES:
         state = states.get(role)
         up = state is not None and state.up
-        kept = serving(cfg.data, role) if role != "front" else None  # its keeper's child
+        kept = serving(data_dir, role) if role != "front" else None  # its keeper's child
         result[role] = {
             "pid": (kept or state.pid) if state is not None and up else None,
             "up": bool(state and state.up),
-            "restarts": restarts(cfg.data, role),
+            "restarts": restarts(data_dir, role),
         }
     return result
 

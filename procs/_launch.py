@@ -24,7 +24,7 @@ from typing import Any
 
 import uvloop
 
-from concordance import config, ipc, logfmt, supervise
+from concordance import config, environment, ipc, logfmt, supervise
 
 RoleMain = Any  # Callable[[NodeConfig], Coroutine[Any, Any, int | None]]
 
@@ -35,18 +35,19 @@ GO_FD_ENV = "CONCORDANCE_ROLE_GO_FD"  # the keeper's pipe: one byte to run, end 
 def wait_for_go() -> bool:
     """Under a role keeper: say the imports are done, then wait for its word (True: run;
     False: it gave up on this process). Without a keeper: True at once."""
-    ready, go = os.environ.pop(ROLE_READY_FD_ENV, None), os.environ.pop(GO_FD_ENV, None)
+    ready = environment.inherited_fd(ROLE_READY_FD_ENV, take=True)
+    go = environment.inherited_fd(GO_FD_ENV, take=True)
     if ready is None or go is None:
         return True
     try:
-        os.write(int(ready), b"1")
-        said = os.read(int(go), 1)
+        os.write(ready, b"1")
+        said = os.read(go, 1)
     except OSError:
         said = b""
     finally:
         for fd in (ready, go):
             with contextlib.suppress(OSError):
-                os.close(int(fd))
+                os.close(fd)
     return said == b"1"
 
 
@@ -60,23 +61,18 @@ def load_and_log(
     parser.add_argument("--data", required=True, help="the node's data directory")
     args = parser.parse_args(argv)
     try:
-        cfg = config.load(args.data, os.environ)
+        env = environment.read_node()
+        cfg = config.load(args.data, env)
     except config.ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler(sys.stdout)
-    try:
-        kind = os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text"
-        handler.setFormatter(logfmt.formatter(kind, role, cfg.node_id))
-        level = logfmt.level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+    handler.setFormatter(logfmt.formatter(env.log_format, role, cfg.node_id))
     if log_filter is not None:
         handler.addFilter(log_filter)
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(env.log_level)
     return cfg
 
 
@@ -94,7 +90,7 @@ def run_role(
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
     log = logging.getLogger(f"procs.{role}")
-    kept = GO_FD_ENV in os.environ
+    kept = environment.inherited_fd(GO_FD_ENV) is not None
     if not wait_for_go():
         return 0
     supervise.role_started(cfg.data_dir, role, signal.SIGKILL if kept else signal.SIGTERM)

@@ -13,10 +13,10 @@ It accepts every connection itself and hands Raft peer connections to
 consensus (PROTOCOL.md §6, ``concordance.front.accept``).
 
 SIGTERM/SIGINT is a graceful stop: the front accepts no more connections
-and waits ``ACCEPT_GRACE``
+and waits ``FRONT_ACCEPT_GRACE``
 for requests on connections it just accepted, then WebSocket sessions are
 told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
-to ``SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
+to ``FRONT_SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
 ``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads the
 key file (``--keys``) and the TLS certificate and key without a restart (send
 it to the front keeper's pid, which ``concordance ctl --data DIR status``
@@ -43,30 +43,31 @@ from typing import Any
 
 from aiohttp import web
 
-from concordance import config, fdpass
+from concordance import config, environment, fdpass
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
 from concordance.front.appkeys import GATE
 from concordance.front.ipc_clients import connect
+from concordance.front.supervisor import Supervisord
+from concordance.timing import FRONT_ACCEPT_GRACE, FRONT_SHUTDOWN_GRACE
 from concordance.tls import TlsContexts
 from procs._launch import run_role
 from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV, bind
 
 log = logging.getLogger("procs.front")
 
-ACCEPT_GRACE = 0.3  # seconds between the last accept and closing idle connections
-SHUTDOWN_GRACE = 5.0  # seconds requests in flight may take after SIGTERM (< stopwaitsecs)
-
 
 async def main(cfg: config.NodeConfig) -> None:
     """Serve the front of ``cfg``'s node until SIGTERM or SIGINT."""
     tls = TlsContexts(cfg) if cfg.tls else None
-    app = make_app(cfg, functools.partial(connect, cfg.data_dir), tls=tls)
+    supervisor = Supervisord(cfg.data_dir)  # the one way this front reaches supervisord
+    connect_roles = functools.partial(connect, cfg.data_dir, supervisor.incarnation())
+    app = make_app(cfg, connect_roles, supervisor=supervisor, tls=tls)
     _raise_descriptor_limit(cfg.limits.descriptors)
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        shutdown_timeout=SHUTDOWN_GRACE,
+        shutdown_timeout=FRONT_SHUTDOWN_GRACE,
         keepalive_timeout=cfg.limits.keepalive_timeout,
     )
     await runner.setup()
@@ -93,7 +94,7 @@ async def main(cfg: config.NodeConfig) -> None:
         # Before the runner's cleanup, which stops reading every connection: a
         # connection accepted just now gets its request in (closing it as idle
         # would fail that request). Peer links are consensus's: not touched.
-        await asyncio.sleep(ACCEPT_GRACE)
+        await asyncio.sleep(FRONT_ACCEPT_GRACE)
     finally:
         for sig in (*signals, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -140,8 +141,8 @@ def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSi
     """On the socket the keeper passed down (``procs/front_keeper.py``), or, run
     by itself, on one of its own at ``cfg.listen``; peer connections go to
     consensus (``concordance.front.accept``)."""
-    inherited = os.environ.get(LISTEN_FD_ENV)
-    sock = socket.socket(fileno=int(inherited)) if inherited else bind(cfg.listen)
+    inherited = environment.inherited_fd(LISTEN_FD_ENV)
+    sock = socket.socket(fileno=inherited) if inherited is not None else bind(cfg.listen)
     handoff = fdpass.FdSender(fdpass.socket_path(cfg.data_dir))
     return SortingSite(runner, sock, handoff, ssl_context=ssl)
 
@@ -149,19 +150,19 @@ def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSi
 def _say_ready() -> None:
     """Tell the keeper this front serves (one byte on its pipe), so it may stop the old
     one. The pipe stays open until this front stops accepting (``_say_not_accepting``)."""
-    fd = os.environ.get(READY_FD_ENV)
-    if fd:
+    fd = environment.inherited_fd(READY_FD_ENV)
+    if fd is not None:
         with contextlib.suppress(OSError):
-            os.write(int(fd), b"1")
+            os.write(fd, b"1")
 
 
 def _say_not_accepting() -> None:
     """Close the keeper's pipe: this front accepts no more connections, so a hand-over
     may be reported done (the end of file also comes if this process dies)."""
-    fd = os.environ.pop(READY_FD_ENV, None)
-    if fd:
+    fd = environment.inherited_fd(READY_FD_ENV, take=True)
+    if fd is not None:
         with contextlib.suppress(OSError):
-            os.close(int(fd))
+            os.close(fd)
 
 
 def _reload(app: web.Application) -> None:

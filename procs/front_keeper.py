@@ -34,13 +34,12 @@ import signal
 import socket
 import sys
 
-from concordance import config, supervise
+from concordance import config, environment, supervise
+from concordance.timing import FRONT_READY_TIMEOUT, KEEPER_STOP_TIMEOUT
 from procs._launch import load_and_log
 
 log = logging.getLogger("procs.front_keeper")
 
-READY_TIMEOUT = 30.0  # seconds a new front may take to serve before the hand-over is abandoned
-STOP_TIMEOUT = 8.0  # seconds a front may take to stop before SIGKILL (< supervisord's 10)
 BACKLOG = 1024
 LISTEN_FD_ENV = "CONCORDANCE_LISTEN_FD"  # the inherited listening socket (procs.front)
 READY_FD_ENV = "CONCORDANCE_READY_FD"  # the pipe a front says it serves on, closes when it stops
@@ -129,11 +128,9 @@ class Keeper:
     async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
         """A new front on the socket, and the read end of the pipe it says "ready" on."""
         read_end, write_end = os.pipe()
-        env = {
-            **os.environ,
-            LISTEN_FD_ENV: str(self.sock.fileno()),
-            READY_FD_ENV: str(write_end),
-        }
+        env = environment.child_env(
+            {LISTEN_FD_ENV: str(self.sock.fileno()), READY_FD_ENV: str(write_end)}
+        )
         try:
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -154,9 +151,9 @@ class Keeper:
 
     async def _ready(self, child: asyncio.subprocess.Process, read_end: int) -> bool:
         """Whether ``child`` says it serves (one byte on ``read_end``'s pipe) before it
-        dies (EOF) or ``READY_TIMEOUT`` passes. A front that serves keeps the pipe
+        dies (EOF) or ``FRONT_READY_TIMEOUT`` passes. A front that serves keeps the pipe
         open until it stops accepting (``_not_accepting``); otherwise it is closed."""
-        said = await self._read(read_end, READY_TIMEOUT)
+        said = await self._read(read_end, FRONT_READY_TIMEOUT)
         if said:
             self._pipes[child] = read_end
         else:
@@ -165,12 +162,12 @@ class Keeper:
 
     async def _not_accepting(self, child: asyncio.subprocess.Process) -> None:
         """Wait until ``child`` closed its pipe (it stopped accepting, or died), at
-        most ``STOP_TIMEOUT``: a restart is reported done only after it."""
+        most ``KEEPER_STOP_TIMEOUT``: a restart is reported done only after it."""
         read_end = self._pipes.pop(child, None)
         if read_end is None:
             return
         try:
-            if await self._read(read_end, STOP_TIMEOUT) != b"":
+            if await self._read(read_end, KEEPER_STOP_TIMEOUT) != b"":
                 log.warning("front %d did not say it stopped accepting", child.pid)
         finally:
             os.close(read_end)
@@ -197,11 +194,11 @@ class Keeper:
             loop.remove_reader(fd)
 
     async def _end(self, child: asyncio.subprocess.Process) -> None:
-        """Stop a front that never served: SIGTERM, then SIGKILL after ``STOP_TIMEOUT``."""
+        """Stop a front that never served: SIGTERM, then SIGKILL after ``KEEPER_STOP_TIMEOUT``."""
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(child.wait(), STOP_TIMEOUT)
+            await asyncio.wait_for(child.wait(), KEEPER_STOP_TIMEOUT)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 child.kill()

@@ -36,14 +36,14 @@ import os
 import signal
 import sys
 
-from concordance import supervise
+from concordance import environment, supervise
+from concordance.timing import KEEPER_STOP_TIMEOUT
 from procs._launch import GO_FD_ENV, ROLE_READY_FD_ENV, load_and_log
 
 log = logging.getLogger("procs.role_keeper")
 
 KEPT = ("storage", "consensus")
 READY_TIMEOUT = 60.0  # seconds a successor may take to import before a restart is abandoned
-STOP_TIMEOUT = 8.0  # seconds the old process may take to stop before SIGKILL (< stopwaitsecs)
 
 
 class Child:
@@ -127,7 +127,7 @@ class RoleKeeper:
     async def _spawn(self) -> Child:
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
-        env = {**os.environ, ROLE_READY_FD_ENV: str(ready_w), GO_FD_ENV: str(go_r)}
+        env = environment.child_env({ROLE_READY_FD_ENV: str(ready_w), GO_FD_ENV: str(go_r)})
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -173,11 +173,11 @@ class RoleKeeper:
             loop.remove_reader(child.ready)
 
     async def _end(self, child: Child) -> None:
-        """Stop ``child``: SIGTERM (its graceful stop), SIGKILL after ``STOP_TIMEOUT``."""
+        """Stop ``child``: SIGTERM (its graceful stop), SIGKILL after ``KEEPER_STOP_TIMEOUT``."""
         with contextlib.suppress(ProcessLookupError):
             child.proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(child.proc.wait(), STOP_TIMEOUT)
+            await asyncio.wait_for(child.proc.wait(), KEEPER_STOP_TIMEOUT)
         except TimeoutError:
             log.error("%s process %d did not stop: killing it", self.role, child.proc.pid)
             with contextlib.suppress(ProcessLookupError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from concordance import errors
@@ -23,6 +22,7 @@ from concordance.cli.common import EXIT, client_flags, exit_code
 from concordance.cli.values import InputError
 from concordance.client import ClientConfigError
 from concordance.config import ConfigError
+from concordance.environment import read_client
 
 __all__ = ["main"]
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a file to write or read: its own words
         return _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT["error"])
     except Exception as e:  # a bug: still one line; CONCORDANCE_DEBUG=1 shows the traceback
-        if os.environ.get("CONCORDANCE_DEBUG"):
+        if read_client().debug:
             raise
         return _fail(f"unexpected {type(e).__name__}: {e} (CONCORDANCE_DEBUG=1 for more)",
                      EXIT["error"])  # fmt: skip

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from concordance import __version__, errors
 from concordance.client import Client, ClientConfigError, OutcomeUnknown
 from concordance.client.client import DEFAULT_ENDPOINT
+from concordance.environment import ClientEnv, read_client
 
 __all__ = ["EXIT", "client_flags", "exit_code", "make_client", "option", "run_client"]
 
@@ -35,12 +36,13 @@ EXIT = {
     "interrupted": 130,
 }
 
-_ENV = {
-    "endpoints": ("CONCORDANCE_ENDPOINTS", "CONCORDANCE_ENDPOINT"),
-    "api_key": ("CONCORDANCE_API_KEY",),
-    "tls_cacert": ("CONCORDANCE_CACERT",),
-    "tls_cert": ("CONCORDANCE_CERT",),
-    "tls_key": ("CONCORDANCE_KEY",),
+# the settings a variable may give (``concordance.environment.read_client``)
+_FROM_ENV: dict[str, Callable[[ClientEnv], str | None]] = {
+    "endpoints": lambda env: env.endpoints,
+    "api_key": lambda env: env.api_key,
+    "tls_cacert": lambda env: env.cacert,
+    "tls_cert": lambda env: env.cert,
+    "tls_key": lambda env: env.key,
 }
 _DEFAULTS: dict[str, Any] = {
     "endpoints": DEFAULT_ENDPOINT,
@@ -109,7 +111,7 @@ def api_key(flag: str | None, file: str | None) -> str | None:
             file=sys.stderr,
         )
         return flag
-    return os.environ.get("CONCORDANCE_API_KEY") or None
+    return read_client().api_key
 
 
 def option(args: argparse.Namespace, name: str) -> Any:
@@ -118,9 +120,9 @@ def option(args: argparse.Namespace, name: str) -> Any:
         return api_key(getattr(args, "api_key", None), getattr(args, "api_key_file", None))
     if hasattr(args, name):
         return getattr(args, name)
-    for var in _ENV.get(name, ()):
-        if os.environ.get(var):
-            return os.environ[var]
+    from_env = _FROM_ENV.get(name)
+    if from_env is not None and (value := from_env(read_client())) is not None:
+        return value
     return _DEFAULTS[name]
 
 

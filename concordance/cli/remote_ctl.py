@@ -20,10 +20,10 @@ import urllib.request
 from typing import Any
 
 from concordance.cli.common import api_key
+from concordance.timing import ROLLING_ORDER
 
 __all__ = ["run_remote"]
 
-ROLLING_ORDER = ("storage", "consensus", "front")
 SERVING_WAIT = 30.0  # seconds a role may take to serve again before we give up
 POLL = 0.1
 

@@ -14,7 +14,6 @@ install still offers every client command.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -25,11 +24,10 @@ from typing import TYPE_CHECKING
 from concordance.config import (
     ROLES,
     ConfigError,
-    FrontLimits,
     NodeConfig,
-    Secrets,
     parse_peers,
 )
+from concordance.timing import ROLLING_ORDER
 
 if TYPE_CHECKING:
     from concordance.supervise import Control
@@ -97,8 +95,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 # -- node / cluster -----------------------------------------------------------
 def _run_node(args: argparse.Namespace) -> int:
-    from concordance import supervise
+    from concordance import environment, supervise
 
+    env = environment.read_node()  # every variable checked here, once, before anything starts
     cfg = NodeConfig(
         node_id=args.node_id,
         listen=args.listen,
@@ -107,14 +106,12 @@ def _run_node(args: argparse.Namespace) -> int:
         join=args.join,
         peer_overrides=parse_peers(args.peer_overrides),
         insecure=args.insecure,
-        snapshot_every=_env_int("CONCORDANCE_SNAPSHOT_EVERY", NodeConfig.snapshot_every),
-        snapshot_trailing=_env_int("CONCORDANCE_SNAPSHOT_TRAILING", NodeConfig.snapshot_trailing),
-        change_retention=_env_int("CONCORDANCE_CHANGE_RETENTION", NodeConfig.change_retention),
-        change_retention_bytes=_env_int(
-            "CONCORDANCE_CHANGE_RETENTION_BYTES", NodeConfig.change_retention_bytes
-        ),
-        secrets=Secrets.from_env(os.environ),
-        limits=FrontLimits.from_env(os.environ),
+        snapshot_every=env.snapshot_every,
+        snapshot_trailing=env.snapshot_trailing,
+        change_retention=env.change_retention,
+        change_retention_bytes=env.change_retention_bytes,
+        secrets=env.secrets,
+        limits=env.limits,
         keys_file=_abspath(args.keys),
         tls_cert=_abspath(args.tls_cert),
         tls_key=_abspath(args.tls_key),
@@ -122,13 +119,6 @@ def _run_node(args: argparse.Namespace) -> int:
         tls_peer_ca=_abspath(args.tls_peer_ca),
     )
     _check_files(cfg.validate())
-    from concordance.logfmt import formatter, level
-
-    try:  # the roles would each refuse them; say so once, before starting them
-        formatter(os.environ.get("CONCORDANCE_LOG_FORMAT", "").strip().lower() or "text", "", "")
-        level(os.environ.get("CONCORDANCE_LOG_LEVEL", ""))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     from concordance.ipc_paths import UnsafeRunDir, run_dir
 
     try:  # the roles would each refuse it; say so once, before starting them
@@ -145,7 +135,7 @@ def _run_node(args: argparse.Namespace) -> int:
                 "concordance: data dir holds cluster state; --peers/--join ignored",
                 file=sys.stderr,
             )
-    supervise.run_node(cfg.validate())
+    supervise.run_node(cfg.validate(), environment.child_env())
     return 0  # not reached: run_node execs supervisord
 
 
@@ -181,30 +171,19 @@ def _check_files(cfg: NodeConfig) -> None:
         TlsContexts(cfg)
 
 
-def _env_int(name: str, default: int) -> int:
-    """An integer setting from the environment (tuning knobs without a flag of their own)."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {text!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
-
-
 def _run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{i}" for i in range(1, args.nodes + 1)]
     peers = ",".join(f"{n}={args.host}:{args.base_port + i}" for i, n in enumerate(ids))
-    env = dict(os.environ)
-    if not env.get("CONCORDANCE_CLUSTER_KEY"):
+    from concordance import environment
+
+    generated = {}
+    if not environment.read_node().secrets.cluster_key:
         # A dev cluster gets a throwaway cluster key (API.md §1: no default); real clusters
         # set their own.
         import secrets
 
-        env["CONCORDANCE_CLUSTER_KEY"] = secrets.token_hex(32)
+        generated["CONCORDANCE_CLUSTER_KEY"] = secrets.token_hex(32)
+    env = environment.child_env(generated)
     procs = []
     for i, node_id in enumerate(ids):
         cmd = [
@@ -253,9 +232,6 @@ def _run_restore(args: argparse.Namespace) -> int:
         f" --data {done.data_dir}"
     )
     return 0
-
-
-ROLLING_ORDER = ("storage", "consensus", "front")  # ``restart all``: the front last
 
 
 def _restart(control: Control, role: str) -> None:

@@ -9,7 +9,7 @@ JSON into the dataclasses of :mod:`concordance.client.types`.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +33,7 @@ from concordance.client.types import (
     Status,
 )
 from concordance.client.watch import Watch
+from concordance.environment import read_client
 
 Members = list[Member]
 Healths = list[Health]  # an alias: the classes below define a method named list
@@ -78,7 +79,7 @@ class Client:
     def from_env(cls, **overrides: Any) -> Client:
         """Settings from ``CONCORDANCE_ENDPOINTS``, ``CONCORDANCE_API_KEY``,
         ``CONCORDANCE_CACERT``/``_CERT``/``_KEY``; keyword arguments win."""
-        return cls(**{**settings_from_env(os.environ), **overrides})
+        return cls(**{**settings_from_env(), **overrides})
 
     @property
     def endpoints(self) -> list[str]:
@@ -280,17 +281,18 @@ class Client:
         return size
 
 
-def settings_from_env(env: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
-    """Client keyword arguments from the environment (only those that are set)."""
-    out: dict[str, Any] = {}
-    endpoints = env.get("CONCORDANCE_ENDPOINTS") or env.get("CONCORDANCE_ENDPOINT")
-    if endpoints:
-        out["endpoints"] = endpoints
-    for name, kw in (("CONCORDANCE_API_KEY", "api_key"), ("CONCORDANCE_CACERT", "cacert"),
-                     ("CONCORDANCE_CERT", "cert"), ("CONCORDANCE_KEY", "key")):  # fmt: skip
-        if env.get(name):
-            out[kw] = env[name]
-    return out
+def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client keyword arguments from the environment (this process's unless given; read
+    by ``concordance.environment``), only those that are set."""
+    got = read_client(env)
+    settings = {
+        "endpoints": got.endpoints,
+        "api_key": got.api_key,
+        "cacert": got.cacert,
+        "cert": got.cert,
+        "key": got.key,
+    }
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 def _set_body(

@@ -120,7 +120,7 @@ class SyncClient:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> SyncClient:
-        return cls(**{**settings_from_env(os.environ), **overrides})
+        return cls(**{**settings_from_env(), **overrides})
 
     @property
     def endpoints(self) -> list[str]:

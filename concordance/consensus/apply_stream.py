@@ -11,7 +11,7 @@ it. Instead it keeps storage's position and resends from there:
 * ``sent`` is the last index handed to the socket. Entries after it up to
   ``committed`` (the last one the core handed out, durable by contract) go
   out in ``apply`` batches of at most ``BATCH_ENTRIES`` / ``BATCH_BYTES``,
-  while ``sent - acked`` stays within ``WINDOW`` (keeps the ROUTER pipe far
+  while ``sent - acked`` stays within ``APPLY_WINDOW`` (keeps the ROUTER pipe far
   below its high-water mark; PROTOCOL.md §4).
 * Entries come from a buffer of what the core handed out, else from raft.db
   (a restarted storage that is behind). If storage is behind the log's first
@@ -20,7 +20,7 @@ it. Instead it keeps storage's position and resends from there:
 * A failed send (storage down: ``IpcError``) stops the stream until the next
   ``hello``. A ``hello`` rewinds ``sent`` to storage's applied index when
   storage went backwards or when the oldest unacknowledged batch is older than
-  ``STALL`` (lost with a restarted storage); a young in-flight window is left
+  ``APPLY_STALL`` (lost with a restarted storage); a young in-flight window is left
   alone so a periodic ``hello`` does not duplicate it. Storage skips indexes
   it already applied, so a resend is only wasted work, never wrong.
 
@@ -39,6 +39,7 @@ from concordance.consensus.disk import RaftDisk
 from concordance.errors import IpcError
 from concordance.raft.entries import Entry, SnapshotMeta
 from concordance.raft.stores import limit_size
+from concordance.timing import APPLY_STALL, APPLY_WINDOW
 from concordance.wire import Apply, Body, Restore
 
 __all__ = ["ApplyStream"]
@@ -47,8 +48,6 @@ log = logging.getLogger("concordance.consensus")
 
 BATCH_ENTRIES = 1000
 BATCH_BYTES = 4 << 20
-WINDOW = 8000  # unacknowledged entries at most (about 8 batches in the pipe)
-STALL = 1.0  # seconds: an unacknowledged batch this old was lost
 RESTORE_RETRY = 10.0  # seconds before a restore that storage never confirmed is sent again
 BUFFER_ENTRIES = 50_000  # committed entries kept in memory for a slow or absent storage
 BUFFER_BYTES = 64 << 20
@@ -104,7 +103,7 @@ class ApplyStream:
         previous = self.acked
         self.acked = applied_index  # hello and applied share one ordered pipe: hello is current
         self._ack_inflight()
-        stale = bool(self._inflight) and now - self._inflight[0][1] >= STALL
+        stale = bool(self._inflight) and now - self._inflight[0][1] >= APPLY_STALL
         behind = previous is None or applied_index < previous or restore_failed
         if behind or stale or self.sent < applied_index:
             self._rewind(applied_index)
@@ -112,7 +111,7 @@ class ApplyStream:
 
     def on_stopping(self) -> None:
         """Storage is stopping (a planned restart): send nothing more, and resume
-        from whatever its successor's ``hello`` says, at once (not after ``STALL``):
+        from whatever its successor's ``hello`` says, at once (not after ``APPLY_STALL``):
         batches sent to the old process after it stopped reading are lost with it."""
         self._connected = False
         self.acked = None
@@ -134,7 +133,7 @@ class ApplyStream:
             or self.acked is None
             or self._restoring is not None
             or self.sent >= self.committed
-            or self.sent - self.acked >= WINDOW
+            or self.sent - self.acked >= APPLY_WINDOW
         )
 
     # -- output ---------------------------------------------------------------
@@ -146,7 +145,7 @@ class ApplyStream:
             if lo < self._disk.first_index() and not self._buffered(lo):
                 await self._restore()
                 return
-            budget = min(BATCH_ENTRIES, WINDOW - (self.sent - self.acked))
+            budget = min(BATCH_ENTRIES, APPLY_WINDOW - (self.sent - self.acked))
             hi = min(self.committed, lo + budget - 1) + 1
             batch = self._from_buffer(lo, hi)
             if batch is None:

@@ -30,10 +30,11 @@ Rules / theory of operation
   from then on, and answers ``stopping_ack``: the last message it sends this
   process), keeps serving until every front's answer came in and what came
   before it was stepped (a forwarded proposal among the peer frames must be
-  refused, not lost with the process), at most ``SHUTDOWN_DRAIN``, answers
+  refused, not lost with the process), at most ``CONSENSUS_DRAIN``, answers
   what is left, and closes once each front acknowledged a last ``stopping``
   (it has read those answers; ``_flush_to_fronts``).
-  All of it within ``SHUTDOWN_BOUND``: a stop never hangs.
+  The hand-over takes at most ``CONSENSUS_HAND_OVER`` (``concordance/timing.py``
+  bounds the whole stop against the front's and the keeper's): a stop never hangs.
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
   process exits and supervisord restarts it from what is durable.
@@ -49,6 +50,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple
+from typing import ClassVar
 
 import zmq.asyncio
 
@@ -78,6 +80,7 @@ from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
+from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH, CONSENSUS_HAND_OVER, PEER_FLUSH
 
 __all__ = ["ConsensusDriver", "boot_membership"]
 
@@ -85,12 +88,11 @@ log = logging.getLogger("concordance.consensus")
 
 STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
-PEER_FLUSH = 0.2  # seconds the peer links get to send what they queued, on the way out
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
-FLUSH_BEFORE_CLOSE = 0.2  # seconds for last answers to leave before the socket closes
-SHUTDOWN_BOUND = 2.0  # seconds a planned stop may spend handing leadership over
-SHUTDOWN_DRAIN = 0.5  # seconds served after telling the fronts ``stopping``, at most
 MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
+
+# A handler of one message type (``ConsensusDriver._HANDLERS``): (driver, sender, message).
+_Handler = Callable[["ConsensusDriver", bytes, wire.Envelope], Awaitable[None]]
 
 
 def boot_membership(cfg: NodeConfig) -> Membership:
@@ -259,7 +261,7 @@ class ConsensusDriver:
                 self._stopping = True
             return
         core = self.core
-        in_time = now - self._shutdown_at < SHUTDOWN_BOUND
+        in_time = now - self._shutdown_at < CONSENSUS_HAND_OVER
         others = [v for v in core.membership.voters if v != self.cfg.node_id]
         if core.role is not Role.LEADER and (self._held_forwards or self._held_requests):
             await self._release_proposals()
@@ -276,7 +278,7 @@ class ConsensusDriver:
         await self._start_drain(now)
 
     async def _start_drain(self, now: float) -> None:
-        self._drain_until = now + SHUTDOWN_DRAIN
+        self._drain_until = now + CONSENSUS_DRAIN
         await self._release_proposals()
         log.info(
             "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
@@ -315,7 +317,7 @@ class ConsensusDriver:
         for peer, env in refused:
             await self.server.reply(peer, env, stopping)
         await self._send_deferred()  # proposals appended before the stop keep their answer
-        if refused or self.server.sent_within(FLUSH_BEFORE_CLOSE):
+        if refused or self.server.sent_within(CONSENSUS_FLUSH):
             await self._flush_to_fronts()
 
     async def _flush_to_fronts(self) -> None:
@@ -327,12 +329,12 @@ class ConsensusDriver:
         front to have read them. A last ``stopping`` goes to each front, which
         answers every ``stopping`` with ``stopping_ack`` once it has read all
         sent before (ZeroMQ keeps order); wait for those, at most
-        ``FLUSH_BEFORE_CLOSE`` of real time (it waits for other processes). It
+        ``CONSENSUS_FLUSH`` of real time (it waits for other processes). It
         used to sleep that long on every planned stop."""
         await self._to_fronts("stopping", wire.Stopping("consensus"))
         waiting = set(self.fronts.all())
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + FLUSH_BEFORE_CLOSE
+        deadline = loop.time() + CONSENSUS_FLUSH
         stopping = Unavailable("consensus is stopping")
         while waiting and (left := deadline - loop.time()) > 0:
             self._wake.clear()
@@ -432,62 +434,84 @@ class ConsensusDriver:
         self.server.resume()
 
     async def _dispatch(self, peer: bytes, env: wire.Envelope) -> None:
-        body = env.body
-        if isinstance(body, wire.Propose) and self._holds_proposals():
-            self._held_requests.append((peer, env))
-        elif isinstance(body, wire.Propose):
-            # Answered after this turn's Ready: its appends leave first (they are on
-            # the write's path; the answer only tells the front it was taken).
-            self._deferred.append((peer, env, self._propose(body)))
-        elif isinstance(body, wire.ReadIndex):
-            await self._read_index(peer, env)
-        elif isinstance(body, wire.Status):
-            status = build_status(
-                self.core, self.stream.acked or 0, self.leader_changes, self.fsync_latency
-            )
-            await self.server.reply(peer, env, status)
-        elif isinstance(body, wire.PeerLinks):
-            links = tuple(wire.PeerStatus(*astuple(c)) for c in self.peers.counters())
-            ok = wire.PeerLinksOk(links, self.peers.unroutable, self.peers.refused)
-            await self.server.reply(peer, env, ok)
-        elif isinstance(body, wire.ConfChange):
-            await self._answer(peer, env, self._conf_change(body))
-        elif isinstance(body, wire.Transfer):
-            await self._answer(peer, env, self._transfer(body))
-        elif isinstance(body, wire.SnapshotNow):
-            await self.snapshots.snapshot_now(peer, env)
-        elif isinstance(body, wire.FrontHello):
-            pass  # the sender was noted on receipt (``_received``)
-        elif isinstance(body, wire.StoppingAck):
-            self._unacked.discard(peer)  # during a drain: that front's last message
-        elif isinstance(body, wire.Stopping):
-            if peer == STORAGE:
-                self.stream.on_stopping()
-        elif isinstance(body, wire.Hello | wire.Applied | wire.Durable | wire.SnapshotTaken):
-            if peer != STORAGE:
-                log.warning(
-                    "ignoring %s from %r: only storage reports its position", env.type, peer
-                )
-            elif isinstance(body, wire.Hello):
-                self.stream.on_hello(body.applied_index)
-                await self._tell_leadership()  # repairs a lost push, tells a new storage
-            elif isinstance(body, wire.Applied):
-                self.stream.on_applied(body.index)
-            elif isinstance(body, wire.Durable):
-                await self.snapshots.on_durable(self.core, body)
-            else:
-                await self.snapshots.adopt(self.core, body)
-        elif env.type in wire.REPLIES:
+        """Hand one message to its handler (``_HANDLERS``: one dict lookup by body type)."""
+        handler = self._HANDLERS.get(type(env.body))
+        if handler is not None:
+            await handler(self, peer, env)
+        elif env.type in wire.REPLIES:  # a request of a type consensus does not serve
             await self.server.reply(
                 peer, env, InvalidRequest(f"consensus does not serve {env.type}")
             )
         else:
             log.debug("ignoring %s from %r", env.type, peer)
 
-    async def _answer(
-        self, peer: bytes, env: wire.Envelope, result: wire.Body | ConcordanceError
-    ) -> None:
-        await self.server.reply(peer, env, result)
+    async def _on_propose(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.Propose)
+        if self._holds_proposals():
+            self._held_requests.append((peer, env))
+        else:
+            # Answered after this turn's Ready: its appends leave first (they are on
+            # the write's path; the answer only tells the front it was taken).
+            self._deferred.append((peer, env, self._propose(env.body)))
+
+    async def _on_status(self, peer: bytes, env: wire.Envelope) -> None:
+        status = build_status(
+            self.core, self.stream.acked or 0, self.leader_changes, self.fsync_latency
+        )
+        await self.server.reply(peer, env, status)
+
+    async def _on_peer_links(self, peer: bytes, env: wire.Envelope) -> None:
+        links = tuple(wire.PeerStatus(*astuple(c)) for c in self.peers.counters())
+        ok = wire.PeerLinksOk(links, self.peers.unroutable, self.peers.refused)
+        await self.server.reply(peer, env, ok)
+
+    async def _on_snapshot_now(self, peer: bytes, env: wire.Envelope) -> None:
+        await self.snapshots.snapshot_now(peer, env)
+
+    async def _on_front_hello(self, peer: bytes, env: wire.Envelope) -> None:
+        pass  # the sender was noted on receipt (``_received``)
+
+    async def _on_stopping_ack(self, peer: bytes, env: wire.Envelope) -> None:
+        self._unacked.discard(peer)  # during a drain: that front's last message
+
+    async def _on_stopping(self, peer: bytes, env: wire.Envelope) -> None:
+        if peer == STORAGE:
+            self.stream.on_stopping()
+
+    def _from_storage(self, peer: bytes, env: wire.Envelope) -> bool:
+        """Whether ``peer`` may report storage's position (only storage does)."""
+        if peer != STORAGE:
+            log.warning("ignoring %s from %r: only storage reports its position", env.type, peer)
+        return peer == STORAGE
+
+    async def _on_hello(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.Hello)
+        if self._from_storage(peer, env):
+            self.stream.on_hello(env.body.applied_index)
+            await self._tell_leadership()  # repairs a lost push, tells a new storage
+
+    async def _on_applied(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.Applied)
+        if self._from_storage(peer, env):
+            self.stream.on_applied(env.body.index)
+
+    async def _on_durable(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.Durable)
+        if self._from_storage(peer, env):
+            await self.snapshots.on_durable(self.core, env.body)
+
+    async def _on_snapshot_taken(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.SnapshotTaken)
+        if self._from_storage(peer, env):
+            await self.snapshots.adopt(self.core, env.body)
+
+    async def _on_conf_change(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.ConfChange)
+        await self.server.reply(peer, env, self._conf_change(env.body))
+
+    async def _on_transfer(self, peer: bytes, env: wire.Envelope) -> None:
+        assert isinstance(env.body, wire.Transfer)
+        await self.server.reply(peer, env, self._transfer(env.body))
 
     async def _send_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -535,7 +559,7 @@ class ConsensusDriver:
         before a planned stop. Refused now, their writers would retry against a
         leader still busy handing over, and give up (503) if that took long; kept
         until the hand-over ends, they are refused (or taken) then, and the refusal
-        names the new leader. Bounded by ``SHUTDOWN_BOUND`` and ``MAX_HELD_PROPOSALS``."""
+        names the new leader. Bounded by ``CONSENSUS_HAND_OVER`` and ``MAX_HELD_PROPOSALS``."""
         return (
             self._shutdown_at is not None
             and self._drain_until is None
@@ -718,3 +742,22 @@ class ConsensusDriver:
         # Old addresses are kept: a node being removed still needs its last messages.
         for node_id, address in membership.addresses:
             self._addresses[node_id] = address
+
+    # Every message type consensus takes (PROTOCOL.md §3.1), built once with the
+    # class: a dispatch is one dict lookup, as cheap as the first isinstance was.
+    _HANDLERS: ClassVar[dict[type[wire.Body], _Handler]] = {
+        wire.Propose: _on_propose,
+        wire.ReadIndex: _read_index,
+        wire.Status: _on_status,
+        wire.PeerLinks: _on_peer_links,
+        wire.ConfChange: _on_conf_change,
+        wire.Transfer: _on_transfer,
+        wire.SnapshotNow: _on_snapshot_now,
+        wire.FrontHello: _on_front_hello,
+        wire.StoppingAck: _on_stopping_ack,
+        wire.Stopping: _on_stopping,
+        wire.Hello: _on_hello,
+        wire.Applied: _on_applied,
+        wire.Durable: _on_durable,
+        wire.SnapshotTaken: _on_snapshot_taken,
+    }

@@ -23,8 +23,8 @@ caller's turn (no task switch on a write's path); otherwise frames queue and
 the link's task writes them once the buffer drains.
 
 **Everything has a bound.** Connect, TLS, hello and welcome together take at
-most ``HANDSHAKE_TIMEOUT``; both ends send a keepalive after ``KEEPALIVE``
-seconds without sending and close a connection silent for ``DEAD_AFTER``
+most ``HANDSHAKE_TIMEOUT``; both ends send a keepalive after ``PEER_KEEPALIVE``
+seconds without sending and close a connection silent for ``PEER_DEAD_AFTER``
 (a dead host, a black hole); a link redials with exponential backoff capped
 at ``BACKOFF_MAX``.
 
@@ -53,6 +53,7 @@ from concordance import fdpass, peerwire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, parse_address
 from concordance.errors import RemoteProtocolError
+from concordance.timing import PEER_DEAD_AFTER, PEER_KEEPALIVE
 from concordance.tls import TlsContexts
 
 __all__ = ["Deliver", "PeerCounters", "PeerNet", "PeerTransport", "peer_net"]
@@ -66,8 +67,6 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STABLE = 1.0  # seconds a connection must last for the backoff to start over
 HANDSHAKE_TIMEOUT = 2.0  # connect + TLS + hello + welcome
-KEEPALIVE = 1.0  # seconds without sending before a keepalive goes out
-DEAD_AFTER = 3.0  # seconds without receiving before a connection is closed
 READ_SIZE = 1 << 16
 RELOAD_CHECK = 1.0  # seconds between two looks at the TLS files' modification times
 
@@ -156,11 +155,11 @@ class _Conn:
     async def keep_alive(self) -> None:
         """Send keepalives; close the connection once the other end went silent."""
         while True:
-            await self.clock.sleep(KEEPALIVE / 2)
+            await self.clock.sleep(PEER_KEEPALIVE / 2)
             now = self.clock.monotonic()
-            if now - self.received_at > DEAD_AFTER:
-                raise TimeoutError(f"nothing received for {DEAD_AFTER:.0f}s")
-            if now - self.sent_at >= KEEPALIVE:
+            if now - self.received_at > PEER_DEAD_AFTER:
+                raise TimeoutError(f"nothing received for {PEER_DEAD_AFTER:.0f}s")
+            if now - self.sent_at >= PEER_KEEPALIVE:
                 self.write((b"",))
 
     async def close(self) -> None:

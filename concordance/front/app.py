@@ -49,15 +49,13 @@ from concordance.front.appkeys import (
     METRICS,
     PROBES,
     PROPOSER,
-    ROLE_STATES,
     STREAMS,
+    SUPERVISOR,
     TIMERS,
     TLS,
     Closable,
-    RoleStates,
 )
 from concordance.front.clients import Clients, EventSource
-from concordance.front.cluster import supervisor_role_states
 from concordance.front.codec import Renderer
 from concordance.front.gate import ConnectionGate
 from concordance.front.join import join_cluster
@@ -66,6 +64,7 @@ from concordance.front.middlewares import auth_middleware, error_middleware, met
 from concordance.front.probe_cache import Probes
 from concordance.front.routes import setup_routes
 from concordance.front.service import KvService
+from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
 from concordance.scopes import KeyRing
@@ -101,9 +100,9 @@ def make_app(
     cfg: NodeConfig,
     connect: ClientsFactory,
     *,
+    supervisor: Supervisor,
     clock: Callable[[], int] = now_ms,
     timers: Clock = SYSTEM_CLOCK,
-    role_states: RoleStates = supervisor_role_states,
     tls: TlsContexts | None = None,
 ) -> web.Application:
     """The front of node ``cfg``.
@@ -111,11 +110,12 @@ def make_app(
     Args:
         cfg: the node's configuration (secrets included).
         connect: opens the clients of the other roles for the app's lifetime
-            (``concordance.front.ipc_clients.connect(cfg.data_dir)`` in production).
+            (``concordance.front.ipc_clients.connect(cfg.data_dir, n)`` in production).
+        supervisor: the node's supervisor (``Supervisord`` in production): role
+            states and restarts, blocking calls run in an executor.
         clock: epoch milliseconds, for timestamps, ttlMs and expiry.
         timers: the monotonic clock of the proposer's deadlines, the watch hub's
             waits (a manual one in tests).
-        role_states: the supervisor's view of the roles (blocking; run in an executor).
         tls: on a TLS node, the contexts the server uses (the caller serves with
             ``tls.server``); peers and ``--join`` are then dialed with ``tls.client``.
 
@@ -133,7 +133,7 @@ def make_app(
     app[METRICS] = Metrics()
     app[GATE] = ConnectionGate(cfg.limits)
     app[PROBES] = Probes.on(timers.monotonic)
-    app[ROLE_STATES] = role_states
+    app[SUPERVISOR] = supervisor
     app[STREAMS] = weakref.WeakSet[Closable]()
     app[KEYRING] = KeyRing(cfg.keys_file)
     if tls is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
@@ -22,6 +22,7 @@ from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
 from concordance.front.probe_cache import Probes
 from concordance.front.service import KvService
+from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
 from concordance.scopes import KeyRing, Principal
@@ -40,12 +41,11 @@ __all__ = [
     "METRICS",
     "PROBES",
     "PROPOSER",
-    "ROLE_STATES",
     "STREAMS",
+    "SUPERVISOR",
     "TIMERS",
     "TLS",
     "Closable",
-    "RoleStates",
 ]
 
 
@@ -55,8 +55,6 @@ class Closable(Protocol):
     async def shutdown(self) -> None: ...
 
 
-RoleStates = Callable[[NodeConfig], dict[str, dict[str, Any]]]
-
 CONFIG = web.AppKey("config", NodeConfig)
 PROBES = web.AppKey("probes", Probes)  # /readyz and /metrics, computed at most once a second
 GATE = web.AppKey("gate", ConnectionGate)  # counts and caps connections (installed by procs)
@@ -64,7 +62,7 @@ CLOCK = web.AppKey[Callable[[], int]]("clock")
 TIMERS = web.AppKey[Clock]("timers")  # monotonic time, sleeps, timeouts
 CIPHER = web.AppKey("cipher", Cipher)
 METRICS = web.AppKey("metrics", Metrics)
-ROLE_STATES = web.AppKey[RoleStates]("role_states")
+SUPERVISOR = web.AppKey[Supervisor]("supervisor")  # role states and restarts (supervisor.py)
 STREAMS = web.AppKey("streams", weakref.WeakSet[Closable])
 KEYRING = web.AppKey("keyring", KeyRing)  # scoped keys (--keys), reloaded on SIGHUP
 TLS = web.AppKey("tls", TlsContexts)  # set on a TLS node only

@@ -3,9 +3,9 @@
 These answer operators, so they favour a prompt, partial answer over a
 complete late one: each role is asked with a short timeout, and a role that
 does not answer shows up as down (``up: false``) or as null fields instead of
-failing the whole request. Role process states come from the supervisor
-(``concordance.supervise.role_states``, a blocking XML-RPC call run in an
-executor); without it, the front reports itself and judges the other roles
+failing the whole request. Role process states come from the node's
+supervisor (the app's ``SUPERVISOR``, a blocking XML-RPC call run in an
+executor); without one, the front reports itself and judges the other roles
 by whether they answered.
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import importlib
 import logging
 import os
 import secrets
@@ -23,7 +21,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from concordance import wire
-from concordance.config import ROLES, ConfigError, NodeConfig, parse_address, validate_node_id
+from concordance.config import ROLES, ConfigError, parse_address, validate_node_id
 from concordance.errors import InvalidRequest, Timeout, Unavailable
 from concordance.front import metrics as prom
 from concordance.front.appkeys import (
@@ -34,8 +32,8 @@ from concordance.front.appkeys import (
     METRICS,
     PROBES,
     PROPOSER,
-    ROLE_STATES,
     STREAMS,
+    SUPERVISOR,
 )
 from concordance.front.codec import parse_json
 from concordance.front.kv import json_response
@@ -52,7 +50,6 @@ __all__ = [
     "remove_member",
     "snapshot",
     "status",
-    "supervisor_role_states",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,28 +59,6 @@ ROLE_STATES_TIMEOUT: Final = 2.0
 MEMBERSHIP_WAIT: Final = 2.0  # seconds a member change waits to show in the status
 HEAVY_TIMEOUT: Final = 60.0  # snapshot and backup
 CHUNK: Final = 256 * 1024
-
-
-@functools.cache
-def _supervise() -> Any:
-    # Looked up once: a missing module would otherwise be searched for on every scrape.
-    try:
-        return importlib.import_module("concordance.supervise")
-    except ImportError:
-        return None
-
-
-def supervisor_role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
-    """The supervisor's view of this node's roles (blocking; run it in an executor).
-
-    Raises:
-        LookupError: ``concordance.supervise`` is not available.
-    """
-    module = _supervise()
-    if module is None:
-        raise LookupError("concordance.supervise is not available")
-    states: dict[str, dict[str, Any]] = module.role_states(cfg)
-    return states
 
 
 async def _probe(coro: Any) -> Any:
@@ -97,7 +72,7 @@ async def _probe(coro: Any) -> Any:
 
 async def _role_states(app: web.Application) -> dict[str, dict[str, Any]] | None:
     loop = asyncio.get_running_loop()
-    call = loop.run_in_executor(None, app[ROLE_STATES], app[CONFIG])
+    call = loop.run_in_executor(None, app[SUPERVISOR].role_states)
     try:
         states = await asyncio.wait_for(call, ROLE_STATES_TIMEOUT)
     except Exception as e:

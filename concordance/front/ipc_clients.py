@@ -46,10 +46,11 @@ from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from concordance import fronts, ipc, sockets, supervise, wire
+from concordance import fronts, ipc, sockets, wire
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
+from concordance.timing import FRONT_HELLO_EVERY, FRONT_HELLO_POLL, STOPPING_BOUND
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
 
@@ -60,17 +61,15 @@ ACK_TIMEOUT = 1.0  # seconds a ``stopping_ack`` may wait for room
 UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
-STOPPING_BOUND = 3.0  # seconds a role that said ``stopping`` may keep its old connection
 HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
 RECENTLY = 0.05  # a send handed over this recently proves the role is connected
-HELLO_POLL = 0.05  # seconds between two looks at the roles' connections (front_hello)
-HELLO_EVERY = 4  # polls between two front_hello to a connected role (0.2 s)
 
 _B = TypeVar("_B", bound=wire.Body)
 
 
 class _Stopping:
-    """Roles that announced a planned stop (``stopping``), by client socket.
+    """Whether one role announced a planned stop (``stopping``); one per client socket,
+    owned by its client (a process may hold several fronts' clients: tests do).
 
     Why a flag and a watcher: after ``stopping`` the old process still holds its
     connection for a moment, and anything handed to it then may be lost with
@@ -82,43 +81,46 @@ class _Stopping:
     and requests were held for the whole bound).
     """
 
-    def __init__(self) -> None:
-        self.rpcs: set[sockets.Client] = set()
-        self._watchers: set[asyncio.Task[None]] = set()
+    def __init__(self, rpc: sockets.Client) -> None:
+        self.rpc = rpc
+        self.active = False  # announced, and its old connection not seen gone yet
+        self._watcher: asyncio.Task[None] | None = None
 
-    def announce(self, rpc: sockets.Client) -> None:
-        if rpc in self.rpcs:
+    def announce(self) -> None:
+        if self.active:
             return
-        log.info("the %s role is stopping: holding its requests until it is back", _role(rpc))
-        self.rpcs.add(rpc)
-        task = asyncio.get_running_loop().create_task(self._watch(rpc))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        log.info("the %s role is stopping: holding its requests until it is back", _role(self.rpc))
+        self.active = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _watch(self, rpc: sockets.Client) -> None:
+    async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + STOPPING_BOUND
         try:
-            while rpc in self.rpcs and rpc.connected() and loop.time() < until:
+            while self.active and self.rpc.connected() and loop.time() < until:
                 await asyncio.sleep(HOLD_POLL)
         finally:
-            self.rpcs.discard(rpc)
+            self.active = False
+
+    def close(self) -> None:
+        self.active = False
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
-_STOPPING = _Stopping()
+def _connected(rpc: sockets.Client, stopping: _Stopping, recently: float = RECENTLY) -> bool:
+    return not stopping.active and rpc.connected(recently=recently)
 
 
-def _connected(rpc: sockets.Client, recently: float = RECENTLY) -> bool:
-    return rpc not in _STOPPING.rpcs and rpc.connected(recently=recently)
-
-
-async def _ensure_connected(rpc: sockets.Client, kind: str, limit: float) -> bool:
+async def _ensure_connected(
+    rpc: sockets.Client, stopping: _Stopping, kind: str, limit: float
+) -> bool:
     """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
     True if it had to wait (the role was down or restarting)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     held = False
-    while not _connected(rpc):
+    while not _connected(rpc, stopping):
         if loop.time() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
         held = True
@@ -127,7 +129,12 @@ async def _ensure_connected(rpc: sockets.Client, kind: str, limit: float) -> boo
 
 
 async def _idempotent(
-    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float, reply: type[_B]
+    rpc: sockets.Client,
+    stopping: _Stopping,
+    kind: str,
+    body: wire.Body,
+    timeout: float,
+    reply: type[_B],
 ) -> _B:
     deadline = time.monotonic() + timeout
     backoff = _Backoff()
@@ -135,7 +142,7 @@ async def _idempotent(
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        if await _ensure_connected(rpc, kind, left):
+        if await _ensure_connected(rpc, stopping, kind, left):
             backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = deadline - time.monotonic()
         try:
@@ -178,13 +185,15 @@ def _role(rpc: sockets.Client) -> str:
 
 
 async def _retry_unavailable(
-    rpc: sockets.Client, kind: str, body: wire.Body, timeout: float
+    rpc: sockets.Client, stopping: _Stopping, kind: str, body: wire.Body, timeout: float
 ) -> wire.Body:
     start = time.monotonic()
     budget = hold_budget(max(timeout, 0))
     backoff = _Backoff()
     while True:
-        if await _ensure_connected(rpc, kind, max(budget - (time.monotonic() - start), 0)):
+        if await _ensure_connected(
+            rpc, stopping, kind, max(budget - (time.monotonic() - start), 0)
+        ):
             backoff = _Backoff()  # a new process: its "unavailable" answers count anew
         left = timeout - (time.monotonic() - start)
         try:
@@ -243,6 +252,7 @@ class IpcConsensus:
         self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
         opener = open_client or _zmq_opener(ctx)
         self._rpc = opener(ipc.endpoint(data_dir, "consensus"), identity, self._on_message)
+        self._stopping = _Stopping(self._rpc)
 
     @property
     def rpc(self) -> sockets.Client:
@@ -259,7 +269,7 @@ class IpcConsensus:
     def _on_stopping(self) -> None:
         """Hold everything new for the successor; answer ``stopping_ack`` (the last
         message to this process: it steps all sent before and only then closes)."""
-        _STOPPING.announce(self._rpc)
+        self._stopping.announce()
         try:  # almost always at once; else in order behind what waits for room
             self._rpc.send_nowait("stopping_ack", self._ack)
         except IpcError:
@@ -277,38 +287,42 @@ class IpcConsensus:
         self._dropped = handler
 
     async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
-        got = await _retry_unavailable(self._rpc, "propose", wire.Propose(tuple(commands)), timeout)
+        got = await _retry_unavailable(
+            self._rpc, self._stopping, "propose", wire.Propose(tuple(commands)), timeout
+        )
         assert isinstance(got, wire.Proposed)
         return got.index
 
     async def read_index(self, timeout: float) -> int:
         got = await _idempotent(
-            self._rpc, "read_index", wire.ReadIndex(), timeout, wire.ReadIndexOk
+            self._rpc, self._stopping, "read_index", wire.ReadIndex(), timeout, wire.ReadIndexOk
         )
         return got.index
 
     async def status(self, timeout: float) -> wire.StatusOk:
-        return await _idempotent(self._rpc, "status", wire.Status(), timeout, wire.StatusOk)
+        return await _idempotent(
+            self._rpc, self._stopping, "status", wire.Status(), timeout, wire.StatusOk
+        )
 
     async def peer_links(self, timeout: float) -> wire.PeerLinksOk:
         return await _idempotent(
-            self._rpc, "peer_links", wire.PeerLinks(), timeout, wire.PeerLinksOk
+            self._rpc, self._stopping, "peer_links", wire.PeerLinks(), timeout, wire.PeerLinksOk
         )
 
     async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
         await _retry_unavailable(
-            self._rpc, "conf_change", wire.ConfChange(op, node_id, address), timeout
+            self._rpc, self._stopping, "conf_change", wire.ConfChange(op, node_id, address), timeout
         )
 
     async def transfer(self, to: str, timeout: float) -> None:
-        await _ensure_connected(self._rpc, "transfer", min(timeout, CONNECT_GRACE))
+        await _ensure_connected(self._rpc, self._stopping, "transfer", min(timeout, CONNECT_GRACE))
         try:
             await self._rpc.request("transfer", wire.Transfer(to), timeout)
         except IpcTimeout as e:
             raise Unavailable("consensus did not answer the leadership transfer") from e
 
     async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk:
-        await _ensure_connected(self._rpc, "snapshot_now", CONNECT_GRACE)
+        await _ensure_connected(self._rpc, self._stopping, "snapshot_now", CONNECT_GRACE)
         try:
             got = await self._rpc.request("snapshot_now", wire.SnapshotNow(), timeout)
         except IpcTimeout as e:
@@ -319,7 +333,7 @@ class IpcConsensus:
     async def close(self) -> None:
         for task in self._acking:
             task.cancel()
-        _STOPPING.rpcs.discard(self._rpc)
+        self._stopping.close()
         await self._rpc.close()
 
 
@@ -332,6 +346,7 @@ class IpcStorage:
         self._rpc = ipc.RpcClient(
             ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
         )
+        self._stopping = _Stopping(self._rpc)
         self._gets = GetBatcher(self._send_gets)
         self.watching = False  # what the periodic front_watching tells storage
 
@@ -353,7 +368,7 @@ class IpcStorage:
 
     def _on_message(self, env: wire.Envelope) -> None:
         if isinstance(env.body, wire.Stopping):
-            _STOPPING.announce(self._rpc)
+            self._stopping.announce()
         else:
             log.debug("storage sent an unexpected %s", env.type)
 
@@ -367,9 +382,12 @@ class IpcStorage:
     ) -> Sequence[dict[str, Any] | None]:
         if len(keys) == 1:
             body: wire.Body = wire.Get(keys[0], now, min_index)
-            return ((await _idempotent(self._rpc, "get", body, timeout, wire.GetOk)).entry,)
+            one = await _idempotent(self._rpc, self._stopping, "get", body, timeout, wire.GetOk)
+            return (one.entry,)
         body = wire.GetMany(tuple(keys), now, min_index)
-        got = await _idempotent(self._rpc, "get_many", body, timeout, wire.GetManyOk)
+        got = await _idempotent(
+            self._rpc, self._stopping, "get_many", body, timeout, wire.GetManyOk
+        )
         if len(got.entries) != len(keys):
             raise Unavailable(f"storage answered {len(got.entries)} entries for {len(keys)} keys")
         return got.entries
@@ -384,19 +402,23 @@ class IpcStorage:
         min_index: int = 0,
     ) -> wire.ListOk:
         body = wire.List(prefix, limit, cursor, now, min_index)
-        return await _idempotent(self._rpc, "list", body, timeout, wire.ListOk)
+        return await _idempotent(self._rpc, self._stopping, "list", body, timeout, wire.ListOk)
 
     async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:
         body = wire.Changes(prefix, since, limit)
-        return await _idempotent(self._rpc, "changes", body, timeout, wire.ChangesOk)
+        return await _idempotent(
+            self._rpc, self._stopping, "changes", body, timeout, wire.ChangesOk
+        )
 
     async def wait_applied(self, index: int, timeout: float) -> int:
         body = wire.WaitApplied(index)
-        got = await _idempotent(self._rpc, "wait_applied", body, timeout, wire.WaitAppliedOk)
+        got = await _idempotent(
+            self._rpc, self._stopping, "wait_applied", body, timeout, wire.WaitAppliedOk
+        )
         return got.applied
 
     async def backup(self, path: str, timeout: float) -> wire.BackupOk:
-        await _ensure_connected(self._rpc, "backup", CONNECT_GRACE)
+        await _ensure_connected(self._rpc, self._stopping, "backup", CONNECT_GRACE)
         try:
             got = await self._rpc.request("backup", wire.Backup(path), timeout)
         except IpcTimeout as e:
@@ -406,10 +428,12 @@ class IpcStorage:
 
     async def status(self, timeout: float) -> wire.StorageStatusOk:
         body = wire.StorageStatus()
-        return await _idempotent(self._rpc, "storage_status", body, timeout, wire.StorageStatusOk)
+        return await _idempotent(
+            self._rpc, self._stopping, "storage_status", body, timeout, wire.StorageStatusOk
+        )
 
     async def close(self) -> None:
-        _STOPPING.rpcs.discard(self._rpc)
+        self._stopping.close()
         await self._rpc.close()
 
 
@@ -431,14 +455,13 @@ class IpcEvents:
 
 
 @contextlib.asynccontextmanager
-async def connect(data_dir: str, incarnation: int | None = None) -> AsyncIterator[Clients]:
+async def connect(data_dir: str, incarnation: int = 0) -> AsyncIterator[Clients]:
     """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context).
 
-    ``incarnation`` (default: this data dir's count of front starts) names this
-    front to the roles, so two fronts can be connected at once (a hand-over).
+    ``incarnation`` (in production ``Supervisor.incarnation()``, the data dir's
+    count of front starts) names this front to the roles, so two fronts can be
+    connected at once (a hand-over).
     """
-    if incarnation is None:
-        incarnation = supervise.starts(data_dir, "front")
     identity = fronts.routing_id(incarnation)
     ctx = ipc.context()
     consensus = IpcConsensus(ctx, data_dir, identity)
@@ -479,9 +502,9 @@ async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
     for poll in itertools.count():
         for rpc, greeting in greetings.items():
             now = rpc.connected()
-            if now and (not connected[rpc] or poll % HELLO_EVERY == 0):
+            if now and (not connected[rpc] or poll % FRONT_HELLO_EVERY == 0):
                 with contextlib.suppress(IpcError):
                     for type_, body in greeting():
                         rpc.send_nowait(type_, body)
             connected[rpc] = now
-        await asyncio.sleep(HELLO_POLL)
+        await asyncio.sleep(FRONT_HELLO_POLL)

@@ -2,9 +2,10 @@
 
 Why in the front: operators without a shell on the machine still need the
 planned restart that ``concordance ctl --data DIR restart ROLE`` gives them
-locally. The front asks its own node's supervisord (``concordance.supervise``,
-a blocking XML-RPC call run in an executor), so the restart is the same one
-as the local command: SIGTERM, the role's graceful stop, a new process.
+locally. The front asks its own node's supervisord (the app's ``SUPERVISOR``,
+``front/supervisor.py``: a blocking XML-RPC call run in an executor), so the
+restart is the same one as the local command: SIGTERM, the role's graceful
+stop, a new process.
 
 * ``storage`` and ``consensus``: through the role's keeper
   (``procs/role_keeper.py``): the successor imports, the old process stops,
@@ -23,51 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from aiohttp import web
 
-from concordance.config import ROLES, NodeConfig
+from concordance.config import ROLES
 from concordance.errors import InvalidRequest, Unavailable
-from concordance.front.appkeys import CONFIG
+from concordance.front.appkeys import SUPERVISOR
 from concordance.front.kv import json_response
 
-__all__ = ["Restarter", "restart_role", "supervisor_restarter"]
+__all__ = ["restart_role"]
 
 log = logging.getLogger(__name__)
-
-
-class Restarter:
-    """What the route needs from the supervisor (a blocking call; replaced in tests)."""
-
-    def __init__(self, restart: Callable[[NodeConfig, str], int | None]) -> None:
-        self.restart = restart  # restart the role; the pid of the process serving after it
-
-
-def _restart(cfg: NodeConfig, role: str) -> int | None:
-    from concordance.supervise import Control, serving
-
-    control = Control(cfg.data)
-    control.restart(role)
-    kept = serving(cfg.data, role)  # the process its keeper runs now
-    if kept is not None:
-        return kept
-    state = control.states().get(role)
-    return state.pid if state is not None else None
-
-
-supervisor_restarter = Restarter(_restart)  # tests replace it
 
 
 async def restart_role(request: web.Request) -> web.StreamResponse:
     role = request.match_info["role"]
     if role not in ROLES:
         raise InvalidRequest(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
-    cfg = request.app[CONFIG]
+    supervisor = request.app[SUPERVISOR]
     loop = asyncio.get_running_loop()
     log.info("restart of %s requested over the API", role)
     try:
-        pid = await loop.run_in_executor(None, supervisor_restarter.restart, cfg, role)
+        pid = await loop.run_in_executor(None, supervisor.restart, role)
     except Exception as e:  # no supervisor, or it refused: nothing was restarted
         raise Unavailable(f"the supervisor could not restart {role}: {e}") from e
     return json_response({"role": role, "restarted": True, "pid": pid})

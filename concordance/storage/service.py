@@ -63,8 +63,10 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import zmq.asyncio
 
@@ -87,6 +89,7 @@ from concordance.storage import durability, snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
+from concordance.timing import ACK_DELAY, ACK_EVERY, STORAGE_DRAIN, STORAGE_FLUSH, WATCHING_FRESH
 
 __all__ = ["ServiceTimings", "StorageService", "copy_database"]
 
@@ -95,8 +98,14 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 _KINDS = frozenset(int(k) for k in EntryKind)
 _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
-ACK_EVERY = 1000  # unacknowledged applied entries that make ``applied`` go at once
-WATCHING_FRESH = 1.0  # seconds a front's "no watchers" holds without a new front_watching
+
+# Handlers by message type (``StorageService``'s tables): a request's handler
+# returns its reply, or None when it answers later.
+_Reply = wire.Body | ConcordanceError | None
+# (a consensus handler takes the body of its own key's type, hence Any here)
+_ConsensusHandler = Callable[["StorageService", Any], Awaitable[None]]
+_Note = Callable[["StorageService", bytes, wire.Body], None]
+_Request = Callable[["StorageService", bytes, wire.Envelope], _Reply]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +119,10 @@ class ServiceTimings:
     reaper: ReaperTimings = field(default_factory=ReaperTimings)
     subscriber_wait: float = 1.0  # at start, for the front's subscription to results
     reconnect_poll: float = 0.05  # how often a lost consensus connection is looked for
-    drain: float = 0.1  # a planned stop serves this long after saying ``stopping``
-    flush: float = 0.05  # for the last answers and events to leave before closing
+    drain: float = STORAGE_DRAIN  # a planned stop serves this long after saying ``stopping``
+    flush: float = STORAGE_FLUSH  # for the last answers and events to leave before closing
     # ``applied`` waits this long for more batches to ack with it (0: one per batch)
-    ack_delay: float = 0.02
+    ack_delay: float = ACK_DELAY
 
 
 class StorageService:
@@ -303,20 +312,21 @@ class StorageService:
     async def _consensus_loop(self) -> None:
         while True:
             env = await self._inbox.get()
-            body = env.body
-            if isinstance(body, wire.Apply):
-                await self._apply(body)
-            elif isinstance(body, wire.Restore):
-                await self._restore(body)
-            elif isinstance(body, wire.TakeSnapshot):
-                self._start_snapshot()
-            elif isinstance(body, wire.Checkpoint):
-                self._start_checkpoint()
-            elif isinstance(body, wire.Leadership):
-                assert self._reaper is not None
-                self._reaper.on_leadership(body)
-            else:
+            handler = self._FROM_CONSENSUS.get(type(env.body))
+            if handler is None:
                 log.warning("storage: dropping unexpected %s from consensus", env.type)
+            else:
+                await handler(self, env.body)
+
+    async def _on_take_snapshot(self, body: wire.Body) -> None:
+        self._start_snapshot()
+
+    async def _on_checkpoint(self, body: wire.Body) -> None:
+        self._start_checkpoint()
+
+    async def _on_leadership(self, body: wire.Body) -> None:
+        assert self._reaper is not None and isinstance(body, wire.Leadership)
+        self._reaper.on_leadership(body)
 
     async def _apply(self, body: wire.Apply) -> None:
         sm = self.state
@@ -508,60 +518,89 @@ class StorageService:
             await self._handle(peer, env)
 
     async def _handle(self, peer: bytes, env: wire.Envelope) -> None:
+        """Serve one message from a front: a one-way note, or a request answered by
+        its handler in ``_REQUESTS`` (one dict lookup by body type)."""
         assert self._server is not None
-        body, sm = env.body, self.state
         self._fronts.note(peer)
-        if isinstance(body, wire.FrontHello):
-            return  # noted: where ``stopping`` goes
-        if isinstance(body, wire.FrontWatching):  # whether it wants change batches
-            self._watching[peer] = (body.watching, self._clock.monotonic())
+        note = self._NOTES.get(type(env.body))
+        if note is not None:
+            note(self, peer, env.body)
             return
         if env.reply_to is not None or env.type in wire.ONE_WAY:
             log.warning("storage: dropping %s from %r: not a request", env.type, peer)
             return
-        reply: wire.Body | ConcordanceError
+        serve = self._REQUESTS.get(type(env.body))
+        reply: _Reply
         try:
-            if isinstance(body, wire.Get | wire.GetMany | wire.List) and (
-                sm.applied_index < body.min_index
-            ):
-                if self._park(peer, env, body.min_index):
-                    return  # answered by _release_waiters once applied
-                reply = Unavailable("too many waiting reads")
-            elif isinstance(body, wire.Get):
-                reply = wire.GetOk(sm.get(body.key, body.now))
-            elif isinstance(body, wire.GetMany):
-                reply = wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
-            elif isinstance(body, wire.List):
-                page = sm.list(body.prefix, body.limit, body.cursor, body.now)
-                reply = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
-            elif isinstance(body, wire.Changes):
-                found = sm.changes(body.prefix, body.since, body.limit)
-                reply = wire.ChangesOk(tuple(found["changes"]), found["revision"])
-            elif isinstance(body, wire.StorageStatus):
-                counts, total_us = self.apply_latency.snapshot()
-                reply = wire.StorageStatusOk(
-                    sm.applied_index, sm.applied_term, sm.revision, counts, total_us
-                )
-            elif isinstance(body, wire.WaitApplied):
-                if sm.applied_index < body.index:
-                    if self._park(peer, env, body.index):
-                        return
-                    reply = Unavailable("too many waiting reads")
-                else:
-                    reply = wire.WaitAppliedOk(sm.applied_index)
-            elif isinstance(body, wire.Backup):
-                task = asyncio.create_task(self._backup(peer, env, body.path))
-                self._backups.add(task)
-                task.add_done_callback(self._backups.discard)
-                return
-            else:
+            if serve is None:
                 reply = InvalidRequest(f"storage does not serve {env.type}")
+            else:
+                reply = serve(self, peer, env)
         except ConcordanceError as e:
             reply = e
         except sqlite3.Error as e:
             log.exception("storage: %s failed", env.type)
             reply = Unavailable(f"storage read failed: {e}")
-        await self._server.reply(peer, env, reply)
+        if reply is not None:  # None: answered later (a parked read, a backup)
+            await self._server.reply(peer, env, reply)
+
+    def _on_front_watching(self, peer: bytes, body: wire.Body) -> None:
+        assert isinstance(body, wire.FrontWatching)  # whether it wants change batches
+        self._watching[peer] = (body.watching, self._clock.monotonic())
+
+    def _wait_for(self, peer: bytes, env: wire.Envelope, index: int) -> _Reply:
+        """Park a request until ``index`` is applied (None), or refuse it when too
+        many wait already."""
+        return None if self._park(peer, env, index) else Unavailable("too many waiting reads")
+
+    def _get(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        body, sm = env.body, self.state
+        assert isinstance(body, wire.Get)
+        if sm.applied_index < body.min_index:
+            return self._wait_for(peer, env, body.min_index)
+        return wire.GetOk(sm.get(body.key, body.now))
+
+    def _get_many(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        body, sm = env.body, self.state
+        assert isinstance(body, wire.GetMany)
+        if sm.applied_index < body.min_index:
+            return self._wait_for(peer, env, body.min_index)
+        return wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
+
+    def _list(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        body, sm = env.body, self.state
+        assert isinstance(body, wire.List)
+        if sm.applied_index < body.min_index:
+            return self._wait_for(peer, env, body.min_index)
+        page = sm.list(body.prefix, body.limit, body.cursor, body.now)
+        return wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
+
+    def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        body = env.body
+        assert isinstance(body, wire.Changes)
+        found = self.state.changes(body.prefix, body.since, body.limit)
+        return wire.ChangesOk(tuple(found["changes"]), found["revision"])
+
+    def _status(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        sm = self.state
+        counts, total_us = self.apply_latency.snapshot()
+        return wire.StorageStatusOk(
+            sm.applied_index, sm.applied_term, sm.revision, counts, total_us
+        )
+
+    def _wait_applied(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        body, applied = env.body, self.state.applied_index
+        assert isinstance(body, wire.WaitApplied)
+        if applied < body.index:
+            return self._wait_for(peer, env, body.index)
+        return wire.WaitAppliedOk(applied)
+
+    def _start_backup(self, peer: bytes, env: wire.Envelope) -> _Reply:
+        assert isinstance(env.body, wire.Backup)
+        task = asyncio.create_task(self._backup(peer, env, env.body.path))
+        self._backups.add(task)
+        task.add_done_callback(self._backups.discard)
+        return None  # answered by the task
 
     def _park(self, peer: bytes, env: wire.Envelope, index: int) -> bool:
         """Park a wait_applied (or a read with ``min_index``) until ``index`` is applied;
@@ -604,6 +643,29 @@ class StorageService:
         if Path(os.path.realpath(dest)).is_relative_to(os.path.realpath(self.state_dir)):
             raise InvalidRequest("backup path must be outside the state directory")
         return dest
+
+    # What storage takes, by body type (PROTOCOL.md §3.2 to storage, §3.3), built
+    # once with the class: a dispatch is one dict lookup.
+    _FROM_CONSENSUS: ClassVar[dict[type[wire.Body], _ConsensusHandler]] = {
+        wire.Apply: _apply,
+        wire.Restore: _restore,
+        wire.TakeSnapshot: _on_take_snapshot,
+        wire.Checkpoint: _on_checkpoint,
+        wire.Leadership: _on_leadership,
+    }
+    _NOTES: ClassVar[dict[type[wire.Body], _Note]] = {
+        wire.FrontHello: lambda self, peer, body: None,  # noted: where ``stopping`` goes
+        wire.FrontWatching: _on_front_watching,
+    }
+    _REQUESTS: ClassVar[dict[type[wire.Body], _Request]] = {
+        wire.Get: _get,
+        wire.GetMany: _get_many,
+        wire.List: _list,
+        wire.Changes: _changes,
+        wire.StorageStatus: _status,
+        wire.WaitApplied: _wait_applied,
+        wire.Backup: _start_backup,
+    }
 
 
 def copy_database(

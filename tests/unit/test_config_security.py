@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from concordance.config import ConfigError, NodeConfig, Secrets
+from concordance.environment import read_node
 
 PEERS = {"n1": "127.0.0.1:4100", "n2": "127.0.0.1:4101", "n3": "127.0.0.1:4102"}
 
@@ -50,8 +51,8 @@ def test_the_cluster_key_has_no_default() -> None:
     assert Secrets(api_key="api").peer_key is None
     assert Secrets(api_key="api", cluster_key="c").peer_key == "c"
     env = {"CONCORDANCE_API_KEY": "a", "CONCORDANCE_CLUSTER_KEY": "c"}
-    assert Secrets.from_env(env).peer_key == "c"
-    assert Secrets.from_env({"CONCORDANCE_API_KEY": "a"}).peer_key is None
+    assert read_node(env).secrets.peer_key == "c"
+    assert read_node({"CONCORDANCE_API_KEY": "a"}).secrets.peer_key is None
 
 
 def test_tls_flags(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_nothing_before_hello_then_everything_in_order() -> None:
 
 def test_batches_and_window(monkeypatch: Any) -> None:
     monkeypatch.setattr(apply_stream, "BATCH_ENTRIES", 4)
-    monkeypatch.setattr(apply_stream, "WINDOW", 10)
+    monkeypatch.setattr(apply_stream, "APPLY_WINDOW", 10)
     h = Harness()
     h.commit(1, 30)
     h.stream.on_hello(0)
@@ -117,7 +117,7 @@ def test_hello_rewinds_on_regression_and_on_a_stale_window_only() -> None:
     assert h.pump() == [(11, 12)]
     h.stream.on_hello(5)  # periodic hello while a young window is in flight: no resend
     assert h.pump() == []
-    h.clock.now += apply_stream.STALL  # that window is now stale: it was lost
+    h.clock.now += apply_stream.APPLY_STALL  # that window is now stale: it was lost
     h.stream.on_hello(5)
     assert h.pump() == [(6, 12)]
     h.stream.on_applied(12)

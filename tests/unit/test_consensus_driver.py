@@ -10,11 +10,11 @@ import zmq.asyncio
 
 from concordance import errors, wire
 from concordance.consensus import ConsensusDriver, boot_membership
-from concordance.consensus.driver import SHUTDOWN_DRAIN
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
 from concordance.testing.clock import ManualClock
+from concordance.timing import CONSENSUS_DRAIN
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
@@ -411,7 +411,7 @@ def test_snapshot_now_without_new_entries_reports_the_latest() -> None:
 def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
     """After ``stopping`` consensus serves on until the front's ``stopping_ack`` (the
     last message the front sends it: all sent before it has been handled), and
-    stops then; a front that never answers is waited for ``SHUTDOWN_DRAIN`` of the
+    stops then; a front that never answers is waited for ``CONSENSUS_DRAIN`` of the
     driver's clock at most."""
 
     async def main(ctx: zmq.asyncio.Context) -> None:
@@ -434,7 +434,7 @@ def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
                 else:
                     await asyncio.sleep(0.3)
                     assert not task.done()  # still draining, waiting for the front
-                    await clock.advance(SHUTDOWN_DRAIN)
+                    await clock.advance(CONSENSUS_DRAIN)
                     await asyncio.wait_for(task, 10)
             finally:
                 if not task.done():

@@ -293,9 +293,9 @@ def test_a_peer_gone_silent_is_cut_and_keepalives_flow_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A peer that answered the hello and then says nothing (a dead host, a black
-    hole) is cut after ``DEAD_AFTER``; until then we send keepalives on an idle link."""
-    monkeypatch.setattr(peers, "KEEPALIVE", 0.05)
-    monkeypatch.setattr(peers, "DEAD_AFTER", 0.5)
+    hole) is cut after ``PEER_DEAD_AFTER``; until then we send keepalives on an idle link."""
+    monkeypatch.setattr(peers, "PEER_KEEPALIVE", 0.05)
+    monkeypatch.setattr(peers, "PEER_DEAD_AFTER", 0.5)
 
     async def main() -> None:
         received = bytearray()

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from concordance import logfmt
 from concordance.logfmt import formatter
 
 
@@ -37,9 +36,3 @@ def test_text_stays_the_default_format_and_anything_else_is_refused() -> None:
     assert "storage[n2] WARNING concordance.x: hello" in text
     with pytest.raises(ValueError, match="text, json"):
         formatter("yaml", "front", "n1")
-
-
-def test_log_levels_are_checked_in_one_line() -> None:
-    assert logfmt.level("") == "INFO" and logfmt.level(" debug ") == "DEBUG"
-    with pytest.raises(ValueError, match=r"CONCORDANCE_LOG_LEVEL='loud': use one of DEBUG"):
-        logfmt.level("loud")

@@ -24,10 +24,11 @@ from concordance.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
-from concordance.storage.service import ACK_EVERY, WATCHING_FRESH, ServiceTimings
+from concordance.storage.service import ServiceTimings
 from concordance.storage.service_ttl import wall_ms
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
+from concordance.timing import ACK_EVERY, WATCHING_FRESH
 from tests.unit.storage_service_harness import (
     FAST,
     T0,

@@ -29,6 +29,7 @@ from concordance.errors import IpcError, Unavailable
 from concordance.front.app import make_app, static_clients
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.storage.fsm import StateMachine
+from concordance.testing.supervisor import MemorySupervisor
 
 FULL = "full-key"
 AGENT = "agent-key"
@@ -247,8 +248,9 @@ def make_config(path: Path, **overrides: Any) -> NodeConfig:
     return NodeConfig(secrets=secrets, **base)
 
 
-def no_supervisor(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
-    raise ImportError("no supervisor in unit tests")
+def no_supervisor() -> MemorySupervisor:
+    """A node without a supervisor: the front judges roles by their answers."""
+    return MemorySupervisor(reachable=False)
 
 
 @dataclass
@@ -296,14 +298,14 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
-    role_states = overrides.pop("role_states", no_supervisor)
+    supervisor = overrides.pop("supervisor", None) or no_supervisor()
     retention = overrides.pop("retention", 100_000)
     timers = overrides.pop("timers", SYSTEM_CLOCK)
     node = FakeNode(path, retention=retention)
     clock = FakeClock()
     cfg = make_config(path, **overrides)
     app = make_app(
-        cfg, static_clients(node.clients()), clock=clock, timers=timers, role_states=role_states
+        cfg, static_clients(node.clients()), supervisor=supervisor, clock=clock, timers=timers
     )
     try:
         async with TestClient(TestServer(app)) as client:

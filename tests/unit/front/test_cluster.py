@@ -14,6 +14,7 @@ import pytest
 
 from concordance.front.metrics import Family, Histogram, render
 from concordance.testing.clock import ManualClock
+from concordance.testing.supervisor import MemorySupervisor
 from tests.unit.front.fakes import AGENT, FULL, PEER, Harness, harness
 
 
@@ -25,12 +26,14 @@ def run(tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], **cfg: A
     asyncio.run(main())
 
 
-def supervisor(cfg: Any) -> dict[str, dict[str, Any]]:
-    return {
-        "front": {"pid": 11, "up": True, "restarts": 0},
-        "consensus": {"pid": 12, "up": True, "restarts": 2},
-        "storage": {"pid": None, "up": False, "restarts": 5},
-    }
+def supervisor() -> MemorySupervisor:
+    return MemorySupervisor(
+        {
+            "front": {"pid": 11, "up": True, "restarts": 0},
+            "consensus": {"pid": 12, "up": True, "restarts": 2},
+            "storage": {"pid": None, "up": False, "restarts": 5},
+        }
+    )
 
 
 def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
@@ -53,7 +56,7 @@ def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
         status, body = await h.call("GET", "/api/v1/cluster/status", key=AGENT)
         assert body["roles"]["storage"] == {"pid": None, "up": False}
 
-    run(tmp_path, scenario, role_states=supervisor)
+    run(tmp_path, scenario, supervisor=supervisor())
 
 
 def test_status_without_supervisor_judges_roles_by_their_answers(tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ def test_metrics_exposition(tmp_path: Path) -> None:
             in text
         )
 
-    run(tmp_path, scenario, role_states=supervisor)
+    run(tmp_path, scenario, supervisor=supervisor())
 
 
 def test_metrics_render_histograms_and_escapes() -> None:

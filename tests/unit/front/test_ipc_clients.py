@@ -127,7 +127,7 @@ async def mini_front(**cfg_overrides: Any) -> AsyncIterator[tuple[TestClient[Any
         node = MiniNode(data_dir)
         await node.start()
         cfg = make_config(Path(data_dir), **cfg_overrides)
-        app = make_app(cfg, lambda: connect(data_dir), role_states=no_supervisor)
+        app = make_app(cfg, lambda: connect(data_dir), supervisor=no_supervisor())
         try:
             async with TestClient(TestServer(app)) as client:
                 await node.announce(app[HUB])
@@ -208,7 +208,7 @@ def test_roles_that_do_not_answer_are_unavailable() -> None:
 def _connected_to(consensus: IpcConsensus) -> bool:
     from concordance.front.ipc_clients import _connected
 
-    return _connected(consensus._rpc)
+    return _connected(consensus._rpc, consensus._stopping)
 
 
 @contextlib.asynccontextmanager
@@ -369,5 +369,40 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
                 new_task.cancel()
                 await new_task
                 await new.close()
+
+    asyncio.run(main())
+
+
+def test_a_stopping_told_to_one_front_holds_only_that_fronts_requests() -> None:
+    """The ``stopping`` state belongs to the client it was told to: during a front
+    hand-over two fronts' clients may share a process (here: this test), and the
+    other front goes on reading from the same storage."""
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
+            ctx = ipc.context()
+            told = IpcStorage(ctx, data_dir, fronts.routing_id(0))
+            other = IpcStorage(ctx, data_dir, fronts.routing_id(1))
+            server = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "storage"))
+            serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk({"k": 1})))
+            try:
+                async with asyncio.timeout(5):
+                    assert await told.get("tenant:a/x", 0, 3.0) == {"k": 1}
+                    assert await other.get("tenant:a/x", 0, 3.0) == {"k": 1}
+                    await server.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
+                    while not told._stopping.active:
+                        await asyncio.sleep(0.005)
+                    assert not other._stopping.active
+                    assert await other.get("tenant:a/y", 0, 3.0) == {"k": 1}
+                    held = asyncio.ensure_future(told.get("tenant:a/z", 0, 0.3))
+                    with pytest.raises(Unavailable):  # held for a successor that never came
+                        await held
+            finally:
+                serving.cancel()
+                await serving
+                await server.close()
+                await told.close()
+                await other.close()
+                ctx.destroy(linger=0)
 
     asyncio.run(main())

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
-from concordance.config import NodeConfig
 from concordance.testing.clock import ManualClock
+from concordance.testing.supervisor import MemorySupervisor
 from tests.unit.front.fakes import harness
 
 
 def test_probes_ask_the_roles_at_most_once_a_second(tmp_path: Path) -> None:
     clock = ManualClock()
-    supervisor_calls = []
-
-    def role_states(cfg: NodeConfig) -> dict[str, dict[str, Any]]:
-        supervisor_calls.append(1)
-        return {}
+    supervisor = MemorySupervisor()
 
     async def main() -> None:
-        async with harness(tmp_path, timers=clock, role_states=role_states) as h:
+        async with harness(tmp_path, timers=clock, supervisor=supervisor) as h:
             knobs = h.node.knobs
             before = knobs.status_calls
             for path in ("/readyz", "/metrics"):
@@ -29,7 +24,7 @@ def test_probes_ask_the_roles_at_most_once_a_second(tmp_path: Path) -> None:
                 for _ in range(20):
                     assert (await h.client.get(path)).status == 200
             assert knobs.status_calls - before == 2  # once for each probe
-            assert len(supervisor_calls) == 1  # /metrics asks supervisord once
+            assert supervisor.state_calls == 1  # /metrics asks supervisord once
             knobs.leader = None
             assert (await h.client.get("/readyz")).status == 200  # still the cached answer
             await clock.advance(1.0)
@@ -37,6 +32,6 @@ def test_probes_ask_the_roles_at_most_once_a_second(tmp_path: Path) -> None:
             assert (await h.client.get("/readyz")).status == 503  # and the 503 is cached too
             assert knobs.status_calls - before == 3
             assert (await h.client.get("/metrics")).status == 200
-            assert len(supervisor_calls) == 2
+            assert supervisor.state_calls == 2
 
     asyncio.run(main())
