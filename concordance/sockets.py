@@ -15,6 +15,7 @@ from typing import Protocol
 import zmq.asyncio
 
 from concordance import ipc
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import ConcordanceError, IpcError
 from concordance.wire import Body, Envelope
 
@@ -97,28 +98,34 @@ class Sockets(Protocol):
     async def publisher(self, endpoint: str) -> Publisher: ...
 
     def client(
-        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+        self, endpoint: str, identity: str | bytes, *, on_message: ipc.MessageHandler | None = None
     ) -> Client: ...
 
     def subscriber(self, endpoint: str) -> Subscriber: ...
 
 
 class ZmqSockets:
-    """The real ends, on one ZeroMQ context (the process's own by default)."""
+    """The real ends, on one ZeroMQ context (the process's own by default).
 
-    def __init__(self, ctx: zmq.asyncio.Context | None = None) -> None:
+    ``clock`` times the ends' deadlines and timeouts (``ipc``); the system
+    clock in what ships. Real sockets move in real time, so a test that
+    passes a manual clock here must also move it.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.ctx = ctx or ipc.context()
+        self.clock = clock
 
     async def server(self, endpoint: str) -> ipc.RpcServer:
-        return await ipc.RpcServer.open(self.ctx, endpoint)
+        return await ipc.RpcServer.open(self.ctx, endpoint, clock=self.clock)
 
     async def publisher(self, endpoint: str) -> ipc.Publisher:
-        return await ipc.Publisher.open(self.ctx, endpoint, xpub=True)
+        return await ipc.Publisher.open(self.ctx, endpoint, xpub=True, clock=self.clock)
 
     def client(
-        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+        self, endpoint: str, identity: str | bytes, *, on_message: ipc.MessageHandler | None = None
     ) -> ipc.RpcClient:
-        return ipc.RpcClient(self.ctx, endpoint, identity, on_message=on_message)
+        return ipc.RpcClient(self.ctx, endpoint, identity, on_message=on_message, clock=self.clock)
 
     def subscriber(self, endpoint: str) -> ipc.Subscriber:
         return ipc.Subscriber(self.ctx, endpoint)

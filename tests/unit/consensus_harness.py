@@ -27,6 +27,7 @@ from concordance.consensus import ConsensusDriver
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
 from concordance.raft.messages import InstallSnapshot
+from concordance.sockets import ZmqSockets
 from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
@@ -155,7 +156,7 @@ class Node:
     @classmethod
     async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context, hub: Hub | None = None) -> Node:
         hub = hub or Hub()
-        driver = await ConsensusDriver.open(cfg, ctx, net=hub.factory(cfg.node_id))
+        driver = await ConsensusDriver.open(cfg, ZmqSockets(ctx), net=hub.factory(cfg.node_id))
         return cls(driver, asyncio.create_task(driver.run()), hub)
 
     async def stop(self) -> None:

@@ -14,6 +14,7 @@ from concordance.consensus.driver import SHUTDOWN_DRAIN
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
+from concordance.sockets import ZmqSockets
 from concordance.testing.clock import ManualClock
 from tests.unit.consensus_harness import (
     FakeFront,
@@ -306,11 +307,11 @@ def test_boot_membership() -> None:
 def test_peers_are_ignored_once_raft_db_exists() -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
-            driver = await ConsensusDriver.open(make_cfg(d), ctx)
+            driver = await ConsensusDriver.open(make_cfg(d), ZmqSockets(ctx))
             assert driver.disk.bootstrapped
             await driver.close()
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2"}
-            driver = await ConsensusDriver.open(make_cfg(d, peers=peers), ctx)
+            driver = await ConsensusDriver.open(make_cfg(d, peers=peers), ZmqSockets(ctx))
             assert not driver.disk.bootstrapped
             assert driver.core.membership.voters == ("n1",)
             await driver.close()
@@ -417,7 +418,7 @@ def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
             clock = ManualClock()
-            driver = await ConsensusDriver.open(make_cfg(d), ctx, clock=clock)
+            driver = await ConsensusDriver.open(make_cfg(d), ZmqSockets(ctx), clock=clock)
             task = asyncio.create_task(driver.run())
             front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
             try:
@@ -455,7 +456,7 @@ def test_what_arrives_between_bind_and_run_is_served() -> None:
 
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
-            driver = await ConsensusDriver.open(make_cfg(d), ctx)
+            driver = await ConsensusDriver.open(make_cfg(d), ZmqSockets(ctx))
             front = FakeFront(ctx, d)
             task: asyncio.Task[None] | None = None
             try:

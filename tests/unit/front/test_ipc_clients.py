@@ -24,6 +24,7 @@ from concordance.front import ipc_clients
 from concordance.front.app import make_app
 from concordance.front.appkeys import HUB
 from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
+from concordance.sockets import ZmqSockets
 from concordance.storage.fsm import StateMachine
 from tests.unit.front.fakes import FULL, make_config, no_supervisor
 
@@ -189,7 +190,8 @@ def test_roles_that_do_not_answer_are_unavailable() -> None:
     async def main() -> None:
         with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
             ctx = ipc.context()
-            consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
+            ends = ZmqSockets(ctx)
+            consensus, storage = IpcConsensus(ends, data_dir), IpcStorage(ends, data_dir)
             try:
                 with pytest.raises(Unavailable):
                     await storage.get("tenant:a/x", 0, 0.1)
@@ -216,7 +218,8 @@ async def role_clients() -> AsyncIterator[tuple[str, IpcConsensus, IpcStorage]]:
     """The front's role clients of a data dir where no role runs yet."""
     with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
         ctx = ipc.context()
-        consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
+        ends = ZmqSockets(ctx)
+        consensus, storage = IpcConsensus(ends, data_dir), IpcStorage(ends, data_dir)
         try:
             yield data_dir, consensus, storage
         finally:
