@@ -16,7 +16,7 @@ What it models of PROTOCOL.md, and what not:
   duplicated or reordered; requests whose deadline (``dl``, on the clock's
   wall time) passed are dropped by the server, unmatched replies by the client;
 * a server's ``send`` to an identity that is not connected raises
-  ``IpcError`` at once (``EHOSTUNREACH``); a client's request or send waits
+  ``PeerGone`` at once (``EHOSTUNREACH``); a client's request or send waits
   for a server to bind, bounded by its timeout on the clock;
 * high-water marks and frame-level garbage are not modelled.
 
@@ -33,7 +33,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.errors import ConcordanceError, IpcError, IpcTimeout, RemoteProtocolError
+from concordance.errors import (
+    ConcordanceError,
+    IpcError,
+    IpcTimeout,
+    PeerGone,
+    RemoteProtocolError,
+)
 from concordance.ipc import SEND_TIMEOUT, MessageHandler
 from concordance.sockets import Sockets
 from concordance.wire import (
@@ -223,7 +229,7 @@ class MemoryServer:
     def _send(self, peer: bytes, env: Envelope) -> None:
         client = self._net.clients.get(self.endpoint, {}).get(peer)
         if self._closed or client is None or client.closed:
-            raise IpcError(f"{peer!r} is not connected to {self.endpoint}")
+            raise PeerGone(f"{peer!r} is not connected to {self.endpoint}")
         self._sent_at = self._net.clock.monotonic()
         self._net.later(client._arrive, encode_envelope(env))
 

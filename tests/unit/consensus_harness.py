@@ -1,9 +1,12 @@
-"""Test doubles for the roles around a consensus driver: a storage and a front over real ipc.
+"""Test doubles for the roles around a consensus driver: a storage and a front.
 
-The driver under test is the real one (real zmq sockets, real raft.db); the
-doubles play the *other* roles through ``concordance.ipc.RpcClient`` with the
-routing ids those roles use (``storage``, ``front``). Waits poll a condition
-against a deadline; nothing sleeps a fixed time to "let things happen".
+The driver under test is the real one (real raft.db); its IPC ends are
+in memory (``concordance.testing.memory_ipc``, one ``MemoryIpc`` per test
+run), and the doubles play the *other* roles through the same ``Sockets``
+with the routing ids those roles use (``storage``, ``front``). The process
+tests pass ``ZmqSockets`` instead, to reach a driver running as its own
+process. Waits poll a condition against a deadline
+(``concordance.testing.poll``); nothing sleeps a fixed time.
 """
 
 from __future__ import annotations
@@ -27,19 +30,32 @@ from concordance.consensus import ConsensusDriver
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
 from concordance.raft.messages import InstallSnapshot
-from concordance.sockets import ZmqSockets
+from concordance.sockets import Sockets, ZmqSockets
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until, until_answered
 from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
 
-def run(main: Callable[[zmq.asyncio.Context], Awaitable[None]], deadline: float = DEADLINE) -> None:
-    """Run ``main(ctx)`` on a fresh loop and zmq context, bounded by ``deadline``."""
+def run(main: Callable[[MemoryIpc], Awaitable[None]], deadline: float = DEADLINE) -> None:
+    """Run ``main(net)`` on a fresh loop and in-memory IPC, bounded by ``deadline``
+    (of real time: it only fails the test)."""
+
+    async def outer() -> None:
+        await asyncio.wait_for(main(MemoryIpc()), deadline)
+
+    asyncio.run(outer())
+
+
+def run_zmq(main: Callable[[ZmqSockets], Awaitable[None]], deadline: float = DEADLINE) -> None:
+    """:func:`run` on real ZeroMQ (a fresh context): to reach a driver that runs as its
+    own process (``procs.consensus``)."""
 
     async def outer() -> None:
         ctx = zmq.asyncio.Context()
         try:
-            await asyncio.wait_for(main(ctx), deadline)
+            await asyncio.wait_for(main(ZmqSockets(ctx)), deadline)
         finally:
             ctx.destroy(linger=0)
 
@@ -70,18 +86,6 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
     }
     settings.update(overrides)
     return NodeConfig(**settings).validate()
-
-
-async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``cond`` until it returns something truthy (and return that)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.005)
 
 
 class MemoryNet:
@@ -154,9 +158,9 @@ class Node:
         self.hub = hub
 
     @classmethod
-    async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context, hub: Hub | None = None) -> Node:
+    async def start(cls, cfg: NodeConfig, sockets: Sockets, hub: Hub | None = None) -> Node:
         hub = hub or Hub()
-        driver = await ConsensusDriver.open(cfg, ZmqSockets(ctx), net=hub.factory(cfg.node_id))
+        driver = await ConsensusDriver.open(cfg, sockets, net=hub.factory(cfg.node_id))
         return cls(driver, asyncio.create_task(driver.run()), hub)
 
     async def stop(self) -> None:
@@ -165,8 +169,8 @@ class Node:
 
 
 @asynccontextmanager
-async def running(cfg: NodeConfig, ctx: zmq.asyncio.Context) -> AsyncIterator[Node]:
-    node = await Node.start(cfg, ctx)
+async def running(cfg: NodeConfig, sockets: Sockets) -> AsyncIterator[Node]:
+    node = await Node.start(cfg, sockets)
     try:
         yield node
     finally:
@@ -184,7 +188,7 @@ class FakeStorage:
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        sockets: Sockets,
         data_dir: str,
         applied: int = 0,
         applied_term: int = 0,
@@ -203,8 +207,8 @@ class FakeStorage:
         self.snapshot_padding = 0  # bytes added to each snapshot file written
         self.snapshot_dir = Path(snapshot_dir or data_dir)
         self._outbox: asyncio.Queue[tuple[str, wire.Body]] = asyncio.Queue()
-        self.client = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), "storage", on_message=self._on_message
+        self.client = sockets.client(
+            ipc.endpoint(data_dir, "consensus"), "storage", on_message=self._on_message
         )
         self._task = asyncio.create_task(self._send_loop())
 
@@ -270,15 +274,12 @@ class FakeStorage:
 class FakeFront:
     """Plays the front role: makes requests and records ``dropped``."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(self, sockets: Sockets, data_dir: str) -> None:
         self.dropped: list[bytes] = []
         self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
-        self.client = ipc.RpcClient(
-            ctx,
-            ipc.endpoint(data_dir, "consensus"),
-            fronts.routing_id(0),
-            on_message=self._on_message,
+        self.client = sockets.client(
+            ipc.endpoint(data_dir, "consensus"), fronts.routing_id(0), on_message=self._on_message
         )
         # as the real front does: consensus pushes only to fronts it has heard from
         self._greeting = asyncio.ensure_future(
@@ -324,16 +325,8 @@ async def wait_leader(front: FakeFront, timeout: float = 10.0) -> wire.StatusOk:
 async def wait_status(
     front: FakeFront, pred: Callable[[wire.StatusOk], bool], timeout: float = 10.0
 ) -> wire.StatusOk:
-    """Poll ``status`` until ``pred`` holds."""
-
-    async def poll() -> wire.StatusOk:
-        while True:
-            status = await front.status()
-            if pred(status):
-                return status
-            await asyncio.sleep(0.01)
-
-    return await asyncio.wait_for(poll(), timeout)
+    """Ask ``status`` until ``pred`` holds."""
+    return await until_answered(front.status, pred, "a status", timeout)
 
 
 class Cluster:
@@ -341,10 +334,8 @@ class Cluster:
     the real ones are tested in ``test_consensus_peers.py``). A stopped node's
     frames are dropped."""
 
-    def __init__(
-        self, ctx: zmq.asyncio.Context, dirs: list[str], joiners: int = 0, **cfg: Any
-    ) -> None:
-        self.ctx = ctx
+    def __init__(self, sockets: Sockets, dirs: list[str], joiners: int = 0, **cfg: Any) -> None:
+        self.sockets = sockets
         ids = [f"n{i}" for i in range(1, len(dirs) + 1)]
         members = ids[: len(ids) - joiners]
         peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(members, 1)}
@@ -362,16 +353,16 @@ class Cluster:
 
     async def start(self) -> None:
         for nid, cfg in self.cfgs.items():
-            self.fronts[nid] = FakeFront(self.ctx, cfg.data_dir)
+            self.fronts[nid] = FakeFront(self.sockets, cfg.data_dir)
         for nid in self.cfgs:
             await self.start_node(nid)
 
     async def start_node(self, nid: str) -> None:
         cfg = self.cfgs[nid]
-        self.nodes[nid] = await Node.start(cfg, self.ctx, self.hub)
+        self.nodes[nid] = await Node.start(cfg, self.sockets, self.hub)
         storage = self.storages.get(nid)
         if storage is None:
-            storage = self.storages[nid] = FakeStorage(self.ctx, cfg.data_dir)
+            storage = self.storages[nid] = FakeStorage(self.sockets, cfg.data_dir)
         await storage.hello()
 
     async def stop_node(self, nid: str) -> None:
@@ -407,7 +398,7 @@ class Cluster:
             )
             return leaders[0] if known else None
 
-        leader: str = await wait_for(one, timeout, "one leader known to all")
+        leader: str = await until(one, "one leader known to all", timeout=timeout)
         return leader
 
     async def close(self) -> None:
@@ -421,11 +412,11 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(
-    ctx: zmq.asyncio.Context, n: int = 3, joiners: int = 0, **cfg: Any
+    sockets: Sockets, n: int = 3, joiners: int = 0, **cfg: Any
 ) -> AsyncIterator[Cluster]:
     """``n`` voters from --peers, plus ``joiners`` nodes started with --join."""
     dirs = [tempfile.mkdtemp(prefix="cc-", dir="/tmp") for _ in range(n + joiners)]
-    c = Cluster(ctx, dirs, joiners, **cfg)
+    c = Cluster(sockets, dirs, joiners, **cfg)
     try:
         await c.start()
         yield c

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,13 +311,3 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     finally:
         node.close()
         shutil.rmtree(path / "backups", ignore_errors=True)
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    """Poll ``pred`` until it holds, failing the test after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
