@@ -136,8 +136,12 @@ class ManualClock:
         step: float = 0.01,
         within: float = 60.0,
     ) -> _T:
-        """Move time forward ``step`` seconds at a time until ``condition()`` is truthy;
-        return that value. The wait for an effect that the role's timers cause.
+        """Move time forward until ``condition()`` is truthy; return that value. The
+        wait for an effect that the role's timers cause.
+
+        Each round moves to the next due timer, or ``step`` seconds if none is
+        due sooner, so a sleeper wakes exactly when it asked to (a chain of
+        backoffs is timed as it would be in real time).
 
         Raises:
             AssertionError: still falsy after ``within`` seconds of this clock's time.
@@ -149,7 +153,9 @@ class ManualClock:
         while not (value := condition()):
             if self._now >= limit:
                 raise AssertionError(f"not within {within:g}s (manual clock): {what or condition}")
-            await self.advance(step)
+            due = self.next_due()
+            target = min(self._now + step, limit) if due is None else min(due, self._now + step)
+            await self.advance(max(target - self._now, 0.0))
         return value
 
     async def settle(self, turns: int = SETTLE_TURNS) -> None:
