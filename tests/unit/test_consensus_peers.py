@@ -26,7 +26,7 @@ from concordance.config import NodeConfig
 from concordance.consensus import peers
 from concordance.consensus.peers import PeerNet
 from concordance.front.accept import SortingSite
-from concordance.testing.poll import until
+from concordance.testing.poll import until, until_answered
 from concordance.tls import TlsContexts
 from tests.integration.certs import CA, Leaf
 
@@ -226,11 +226,11 @@ def test_a_renewed_certificate_reaches_the_peer_links_without_a_signal(tmp_path:
         async with side("n2", "k", cfg2) as b:
             assert await _served_serial(b.address, ctx) == first.serial
             renewed = ca.issue("n2")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while await _served_serial(b.address, ctx) != renewed.serial:
-                assert loop.time() < deadline, "the renewed certificate was never served"
-                await asyncio.sleep(0.05)
+            await until_answered(
+                lambda: _served_serial(b.address, ctx),
+                lambda serial: serial == renewed.serial,
+                "the renewed certificate served",
+            )
 
     asyncio.run(main())
 

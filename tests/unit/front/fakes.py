@@ -29,6 +29,7 @@ from concordance.errors import IpcError, Unavailable
 from concordance.front.app import make_app, static_clients
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.storage.fsm import StateMachine
+from concordance.testing.poll import until
 
 FULL = "full-key"
 AGENT = "agent-key"
@@ -278,10 +279,7 @@ class Harness:
         """Start a PUT and let it reach consensus (for use with ``knobs.hold``)."""
         before = len(self.node.knobs.proposed)
         task = asyncio.ensure_future(self.put(key, value))
-        for _ in range(200):
-            if len(self.node.knobs.proposed) > before:
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: len(self.node.knobs.proposed) > before, f"the PUT of {key} proposed")
         return task
 
     async def settle(self) -> None:

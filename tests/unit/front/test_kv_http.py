@@ -14,6 +14,7 @@ from concordance import wire
 from concordance.commands import Command, Set
 from concordance.front import writes
 from concordance.front.appkeys import PROPOSER
+from concordance.testing.poll import until
 from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness
 
 K = "tenant:acme/settings/theme"
@@ -242,10 +243,10 @@ def test_write_refused_by_the_leader_is_proposed_again_and_applied_once(tmp_path
                 return r.status, await r.json()
 
         pending = asyncio.ensure_future(put())
-        await _until(lambda: bool(h.node.held))
+        await until(lambda: bool(h.node.held))
         first = list(h.node.held)
         h.node.refuse_held()
-        await _until(lambda: bool(h.node.held))  # proposed again
+        await until(lambda: bool(h.node.held))  # proposed again
         assert h.node.held == first  # the same command (same request id), not a new write
         h.node.knobs.hold = False
         h.node.release()
@@ -274,7 +275,7 @@ def test_write_refused_for_too_long_is_503_at_once(
                 return r.status, r.headers.get("Retry-After"), await r.json()
 
         pending = asyncio.ensure_future(put())
-        await _until(lambda: bool(h.node.held))
+        await until(lambda: bool(h.node.held))
         h.node.refuse_held()
         status, retry_after, body = await asyncio.wait_for(pending, 5)
         assert (status, retry_after, body["error"]["code"]) == (503, "1", "unavailable")
@@ -284,14 +285,6 @@ def test_write_refused_for_too_long_is_503_at_once(
         assert (status, entry["version"], entry["value"]) == (200, 1, 2)
 
     run(tmp_path, scenario, request_timeout_ms=60_000)
-
-
-async def _until(check: Any, limit: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit
-    while not check():
-        assert loop.time() < until, "condition not reached"
-        await asyncio.sleep(0.002)
 
 
 def test_dropped_reports_that_are_not_ours_change_nothing(tmp_path: Path) -> None:

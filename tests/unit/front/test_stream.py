@@ -15,6 +15,7 @@ import pytest
 from concordance.front import stream as stream_module
 from concordance.front.appkeys import HUB, STREAMS
 from concordance.front.stream import Outbox
+from concordance.testing.poll import until
 from tests.unit.front.fakes import AGENT, FULL, Harness, harness
 
 _ids = itertools.count(1)
@@ -404,8 +405,7 @@ def test_a_client_that_does_not_read_its_replies_is_closed_with_1008(
         ]
         await rpc.ws.send_str(json.dumps(gets))  # 25 MB of replies, and the client reads none
         async with asyncio.timeout(30):
-            while h.app[STREAMS]:  # the server gives up on the connection
-                await asyncio.sleep(0.02)
+            await until(lambda: not h.app[STREAMS], "the server giving up on the connection", 30)
             while (msg := await rpc.ws.receive()).type == aiohttp.WSMsgType.TEXT:
                 assert all(r["result"]["value"] == big for r in json.loads(msg.data))
         assert msg.type == aiohttp.WSMsgType.CLOSE, msg
