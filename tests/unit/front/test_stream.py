@@ -15,8 +15,9 @@ import pytest
 from concordance.front import stream as stream_module
 from concordance.front.appkeys import HUB, STREAMS
 from concordance.front.stream import Outbox
+from concordance.testing.clock import ManualClock
 from concordance.testing.poll import until
-from tests.unit.front.fakes import AGENT, FULL, Harness, harness
+from tests.unit.front.fakes import AGENT, FULL, Harness, harness, on_clock
 
 _ids = itertools.count(1)
 
@@ -254,13 +255,15 @@ def test_subscribe_reply_precedes_its_first_event(tmp_path: Path) -> None:
 
 
 def test_watch_with_storage_down_is_503(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness, rpc: Rpc) -> None:
         h.node.knobs.storage_down = True
-        reply = await rpc.call("watch/subscribe", {"prefix": "tenant:a/"})
+        reply = await on_clock(clock, rpc.call("watch/subscribe", {"prefix": "tenant:a/"}))
         assert (reply["error"]["code"], reply["error"]["data"]["code"]) == (503, "unavailable")
         assert h.app[HUB].watchers == 0
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_a_client_that_does_not_keep_up_is_cancelled_as_slow_consumer(
