@@ -5,6 +5,21 @@ Why: a role should not care whether its messages cross ZeroMQ sockets
 (``concordance.testing.memory_ipc``, test support only). Each Protocol is the
 subset of the ``ipc`` class that the roles call; :class:`ZmqSockets` opens the
 real ones and is the default wherever a role accepts ``sockets=``.
+
+Who opens what through it (every role, nothing else opens a role socket):
+
+* consensus (``ConsensusDriver.open(cfg, sockets, clock)``): its ``consensus`` server;
+* storage (``StorageService(..., clock=, sockets=)``): its ``storage`` server and
+  ``events`` publisher, and its client of ``consensus``;
+* the front (``ipc_clients.connect(data_dir, sockets=, clock=)``, and the
+  ``IpcConsensus``, ``IpcStorage``, ``IpcEvents`` it builds): its clients of
+  ``consensus`` and ``storage``, and its ``events`` subscriber.
+
+A role takes a :class:`~concordance.clock.Clock` beside its ``Sockets``; the
+ends' own deadlines run on the clock ``ZmqSockets`` is given (``ipc``).
+What is not an IPC end stays outside: the peer links (``consensus/peers.py``,
+injectable as ``net=``) and the front's hand-over of peer connections to
+consensus (``fdpass``, file descriptors over a Unix socket).
 """
 
 from __future__ import annotations

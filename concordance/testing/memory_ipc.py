@@ -1,8 +1,11 @@
 """In-memory IPC ends: the ``concordance.sockets`` Protocols over asyncio queues. Test support.
 
-Why: role logic (the storage service, a fake consensus or front) can then be
+Why: every role (the consensus driver, the storage service, the front's
+role clients) and the doubles that play the roles around it can then be
 tested without ZeroMQ, sockets or real sleeps, next to a
-:class:`~concordance.testing.clock.ManualClock`. The ends pass the *same
+:class:`~concordance.testing.clock.ManualClock`: one instance per test,
+shared by all the roles of the test, as a node's roles share its run
+directory. The ends pass the *same
 encoded envelopes* as ``concordance.ipc`` (``wire.encode_envelope`` on send,
 ``decode_envelope`` on receipt), so a body that does not survive the wire
 does not survive here either.
