@@ -25,12 +25,15 @@ from typing import Any
 import zmq.asyncio
 
 from concordance import fronts, ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
+from concordance.consensus.driver import FLUSH_BEFORE_CLOSE
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
 from concordance.raft.messages import InstallSnapshot
 from concordance.sockets import Sockets, ZmqSockets
+from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until, until_answered
 from concordance.wire_raft import decode_raft
@@ -38,12 +41,22 @@ from concordance.wire_raft import decode_raft
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
 
-def run(main: Callable[[MemoryIpc], Awaitable[None]], deadline: float = DEADLINE) -> None:
+def run(
+    main: Callable[[MemoryIpc], Awaitable[None]],
+    deadline: float = DEADLINE,
+    clock: Clock | None = None,
+) -> None:
     """Run ``main(net)`` on a fresh loop and in-memory IPC, bounded by ``deadline``
-    (of real time: it only fails the test)."""
+    (of real time: it only fails the test).
+
+    ``net.clock`` is the clock of the IPC ends and of every driver started on
+    ``net``: a ``ManualClock`` unless told otherwise, so a single node's ticks
+    and deadlines move only when the test moves them. A cluster's elections
+    need time to pass by themselves: its tests pass ``SYSTEM_CLOCK`` (the
+    whole-node simulation drives a manual clock for them)."""
 
     async def outer() -> None:
-        await asyncio.wait_for(main(MemoryIpc()), deadline)
+        await asyncio.wait_for(main(MemoryIpc(clock or ManualClock())), deadline)
 
     asyncio.run(outer())
 
@@ -60,6 +73,12 @@ def run_zmq(main: Callable[[ZmqSockets], Awaitable[None]], deadline: float = DEA
             ctx.destroy(linger=0)
 
     asyncio.run(outer())
+
+
+def manual(net: MemoryIpc) -> ManualClock:
+    """The manual clock of a :func:`run` (the test moves it)."""
+    assert isinstance(net.clock, ManualClock), "this test runs on a manual clock"
+    return net.clock
 
 
 @contextmanager
@@ -152,20 +171,34 @@ class Hub:
 class Node:
     """A running driver plus the task running it (its peer links on a ``Hub``)."""
 
-    def __init__(self, driver: ConsensusDriver, task: asyncio.Task[None], hub: Hub) -> None:
+    def __init__(
+        self, driver: ConsensusDriver, task: asyncio.Task[None], hub: Hub, clock: Clock
+    ) -> None:
         self.driver = driver
         self.task = task
         self.hub = hub
+        self.clock = clock
 
     @classmethod
     async def start(cls, cfg: NodeConfig, sockets: Sockets, hub: Hub | None = None) -> Node:
         hub = hub or Hub()
-        driver = await ConsensusDriver.open(cfg, sockets, net=hub.factory(cfg.node_id))
-        return cls(driver, asyncio.create_task(driver.run()), hub)
+        clock = sockets.clock if isinstance(sockets, MemoryIpc) else SYSTEM_CLOCK
+        driver = await ConsensusDriver.open(cfg, sockets, clock, net=hub.factory(cfg.node_id))
+        return cls(driver, asyncio.create_task(driver.run()), hub, clock)
+
+    async def finished(self) -> None:
+        """Wait for the driver's task to end, and raise what it raised. On a manual
+        clock, move it past the bounded waits of a stop (the flush to the fronts)
+        meanwhile; closing raft.db is real I/O, waited for in real time."""
+        while not self.task.done():
+            if isinstance(self.clock, ManualClock):
+                await self.clock.advance(FLUSH_BEFORE_CLOSE)
+            await asyncio.wait([self.task], timeout=0.05)
+        await self.task
 
     async def stop(self) -> None:
         self.driver.stop()
-        await self.task
+        await self.finished()
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from concordance import errors, wire
+from concordance.clock import SYSTEM_CLOCK
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import FakeStorage, cluster, run
@@ -60,7 +61,7 @@ def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
             assert old.commands()[-1] == b"after"
             assert c.nodes[leader].driver.core.leader_id == new_leader
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_followers_forward_proposals_and_read_index_to_the_leader() -> None:
@@ -82,7 +83,7 @@ def test_followers_forward_proposals_and_read_index_to_the_leader() -> None:
             assert mine.match >= applied
             assert all(m.match == 0 for m in status.members if m.node_id != follower)
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_leadership_transfer() -> None:
@@ -102,7 +103,7 @@ def test_leadership_transfer() -> None:
             await until(lambda: c.leaders() == [target], "transfer")
             assert await c.wait_one_leader() == target
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
@@ -130,7 +131,7 @@ def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
                 await until(holds(storage, b"after"), timeout=5)
                 assert b"during-transfer" not in storage.commands()
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks() -> None:
@@ -175,7 +176,7 @@ def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks(
             assert storage.commands()[-1] == b"end"
             assert min(i for i in storage.entries if i > restore.index) == restore.index + 1
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_stopping_answers_parked_reads_unavailable() -> None:
@@ -193,7 +194,7 @@ def test_stopping_answers_parked_reads_unavailable() -> None:
             with pytest.raises(errors.Unavailable):
                 await read
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_a_joiner_is_added_as_learner_then_promoted() -> None:
@@ -228,4 +229,4 @@ def test_a_joiner_is_added_as_learner_then_promoted() -> None:
             last = (await front.propose(b"after")).index
             await until(lambda: storage.applied >= last)
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -13,7 +12,6 @@ from concordance.consensus.driver import FLUSH_BEFORE_CLOSE, SHUTDOWN_DRAIN
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
-from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until, until_answered
 from tests.unit.consensus_harness import (
@@ -21,6 +19,7 @@ from tests.unit.consensus_harness import (
     FakeStorage,
     Node,
     make_cfg,
+    manual,
     run,
     running,
     temp_dir,
@@ -324,10 +323,11 @@ def test_a_failed_persist_stops_the_driver_with_the_error() -> None:
             disk.call_blocking(disk.store.close)  # the next write fails like a dead disk
             # The proposal's own persist or the driver's unsynced commit-index write,
             # whichever comes first, meets the dead store: the answer may be lost.
-            with contextlib.suppress(errors.IpcTimeout):
-                await front.propose(b"doomed")
+            doomed = asyncio.ensure_future(front.propose(b"doomed"))
             with pytest.raises(StoreFailed):
-                await asyncio.wait_for(node.task, 5)
+                await node.finished()
+            doomed.cancel()
+            await asyncio.gather(doomed, return_exceptions=True)
             await front.close()
 
     run(main)
@@ -339,7 +339,10 @@ def test_messages_for_peers_go_to_the_peer_links_with_the_membership_addresses()
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
             async with running(make_cfg(d, peers=peers), net) as node:
                 sent = node.hub.sent
-                await until(lambda: {dst for _, dst, _, _ in sent} == {"n2", "n3"})
+                # its election timeout passes: it campaigns, to both peers
+                await manual(net).advance_until(
+                    lambda: {dst for _, dst, _, _ in sent} == {"n2", "n3"}, "a campaign to both"
+                )
                 for src, dst, address, frames in sent:
                     assert src == "n1" and address == peers[dst]
                     assert all(wire.decode_raft(f).dst == dst for f in frames)
@@ -412,7 +415,7 @@ def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
 
     async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            clock = ManualClock()
+            clock = manual(net)
             driver = await ConsensusDriver.open(make_cfg(d), net, clock=clock)
             task = asyncio.create_task(driver.run())
             front, storage = FakeFront(net, d), FakeStorage(net, d)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from concordance import errors, wire
+from concordance.clock import SYSTEM_CLOCK
 from concordance.consensus.promotion import Promoter, PromotionView
 from concordance.raft.entries import ConfChange, ConfChangeOp
 from concordance.testing.memory_ipc import MemoryIpc
@@ -100,7 +101,7 @@ def test_the_leader_promotes_a_caught_up_joiner_by_itself() -> None:
             last = (await front.propose(b"after")).index
             await until(lambda: c.storages["n4"].applied >= last, "n4 applies")
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_a_node_outside_the_membership_serves_nothing() -> None:
@@ -115,7 +116,7 @@ def test_a_node_outside_the_membership_serves_nothing() -> None:
             with pytest.raises(errors.Unavailable, match="not a member"):
                 await outsider.request("conf_change", wire.ConfChange("remove", "n1"))
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
@@ -143,4 +144,4 @@ def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
                 await until(lambda nid=nid: c.storages[nid].applied >= reply.index)
             assert old.core.role.value != "leader"  # it never campaigns again
 
-    run(main)
+    run(main, clock=SYSTEM_CLOCK)
