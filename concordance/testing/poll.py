@@ -9,8 +9,9 @@ the effect it means, here, for at most a bound that only fails the test.
 * :func:`until_answered` asks again (a request) until the answer holds.
 * :func:`until_sync` does the same as :func:`until` without an event loop (tests driving
   processes from the outside).
-* On a manual clock, ``ManualClock.advance_until`` moves time instead (a
-  role's timers are what makes the effect happen).
+* Given a ``ManualClock`` (``clock=``), both move that clock instead of
+  waiting (``ManualClock.advance_until``): the role's timers are what makes
+  the effect happen, and ``timeout`` is then in that clock's seconds.
 
 The poll interval is not a wait for the effect, only how often to look.
 """
@@ -22,6 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from concordance.clock import Clock
+from concordance.testing.clock import ManualClock
+
 __all__ = ["POLL", "WAIT", "until", "until_answered", "until_sync"]
 
 WAIT = 10.0  # seconds of real time a wait may take before the test fails
@@ -31,13 +35,20 @@ _T = TypeVar("_T")
 
 
 async def until(
-    condition: Callable[[], _T], what: str = "", timeout: float = WAIT, *, every: float = POLL
+    condition: Callable[[], _T],
+    what: str = "",
+    timeout: float = WAIT,
+    *,
+    every: float = POLL,
+    clock: Clock | None = None,
 ) -> _T:
     """Return ``condition()``'s first truthy value, looking every ``every`` seconds.
 
     Raises:
         AssertionError: still falsy after ``timeout`` seconds (naming ``what``).
     """
+    if isinstance(clock, ManualClock):
+        return await clock.advance_until(condition, what, step=every, within=timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -56,21 +67,26 @@ async def until_answered(
     timeout: float = WAIT,
     *,
     every: float = POLL,
+    clock: Clock | None = None,
 ) -> _T:
     """Ask (an awaitable: a request) until ``holds(answer)``; return that answer.
 
     Raises:
         AssertionError: no such answer within ``timeout`` seconds (naming ``what``).
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    manual = clock if isinstance(clock, ManualClock) else None
+    now = manual.monotonic if manual is not None else asyncio.get_running_loop().time
+    deadline = now() + timeout
     while True:
         answer = await ask()
         if holds(answer):
             return answer
-        if loop.time() > deadline:
+        if now() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or holds}")
-        await asyncio.sleep(every)
+        if manual is not None:
+            await manual.advance(every)
+        else:
+            await asyncio.sleep(every)
 
 
 def until_sync(

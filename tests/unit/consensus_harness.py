@@ -2,10 +2,11 @@
 
 The driver under test is the real one (real raft.db); its IPC ends are
 in memory (``concordance.testing.memory_ipc``, one ``MemoryIpc`` per test
-run), and the doubles play the *other* roles through the same ``Sockets``
-with the routing ids those roles use (``storage``, ``front``). The process
-tests pass ``ZmqSockets`` instead, to reach a driver running as its own
-process. Waits poll a condition against a deadline
+run, on a ``ManualClock``: see :func:`run`), and the doubles play the
+*other* roles through the same ``Sockets`` with the routing ids those roles
+use (``storage``, ``front``). The process tests pass ``ZmqSockets``
+instead, to reach a driver running as its own process. Waits move the
+manual clock, or poll a condition against a deadline
 (``concordance.testing.poll``); nothing sleeps a fixed time.
 """
 
@@ -49,11 +50,12 @@ def run(
     """Run ``main(net)`` on a fresh loop and in-memory IPC, bounded by ``deadline``
     (of real time: it only fails the test).
 
-    ``net.clock`` is the clock of the IPC ends and of every driver started on
-    ``net``: a ``ManualClock`` unless told otherwise, so a single node's ticks
-    and deadlines move only when the test moves them. A cluster's elections
-    need time to pass by themselves: its tests pass ``SYSTEM_CLOCK`` (the
-    whole-node simulation drives a manual clock for them)."""
+    ``net.clock`` is the clock of the IPC ends and of every driver and double
+    started on ``net``: a ``ManualClock`` unless told otherwise, so ticks,
+    elections and deadlines move only when the test moves them (its waits
+    pass ``clock=net.clock`` to ``concordance.testing.poll``). A test whose
+    progress waits on the db thread (snapshot files) passes ``SYSTEM_CLOCK``:
+    a manual clock moved meanwhile would let elections overtake that I/O."""
 
     async def outer() -> None:
         await asyncio.wait_for(main(MemoryIpc(clock or ManualClock())), deadline)
@@ -73,6 +75,11 @@ def run_zmq(main: Callable[[ZmqSockets], Awaitable[None]], deadline: float = DEA
             ctx.destroy(linger=0)
 
     asyncio.run(outer())
+
+
+def clock_of(sockets: Sockets) -> Clock:
+    """The clock of a test's IPC ends: the drivers and doubles started on them share it."""
+    return sockets.clock if isinstance(sockets, MemoryIpc) else SYSTEM_CLOCK
 
 
 def manual(net: MemoryIpc) -> ManualClock:
@@ -182,7 +189,7 @@ class Node:
     @classmethod
     async def start(cls, cfg: NodeConfig, sockets: Sockets, hub: Hub | None = None) -> Node:
         hub = hub or Hub()
-        clock = sockets.clock if isinstance(sockets, MemoryIpc) else SYSTEM_CLOCK
+        clock = clock_of(sockets)
         driver = await ConsensusDriver.open(cfg, sockets, clock, net=hub.factory(cfg.node_id))
         return cls(driver, asyncio.create_task(driver.run()), hub, clock)
 
@@ -308,6 +315,7 @@ class FakeFront:
     """Plays the front role: makes requests and records ``dropped``."""
 
     def __init__(self, sockets: Sockets, data_dir: str) -> None:
+        self.clock = clock_of(sockets)
         self.dropped: list[bytes] = []
         self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
@@ -359,7 +367,7 @@ async def wait_status(
     front: FakeFront, pred: Callable[[wire.StatusOk], bool], timeout: float = 10.0
 ) -> wire.StatusOk:
     """Ask ``status`` until ``pred`` holds."""
-    return await until_answered(front.status, pred, "a status", timeout)
+    return await until_answered(front.status, pred, "a status", timeout, clock=front.clock)
 
 
 class Cluster:
@@ -369,6 +377,7 @@ class Cluster:
 
     def __init__(self, sockets: Sockets, dirs: list[str], joiners: int = 0, **cfg: Any) -> None:
         self.sockets = sockets
+        self.clock = clock_of(sockets)
         ids = [f"n{i}" for i in range(1, len(dirs) + 1)]
         members = ids[: len(ids) - joiners]
         peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(members, 1)}
@@ -431,7 +440,8 @@ class Cluster:
             )
             return leaders[0] if known else None
 
-        leader: str = await until(one, "one leader known to all", timeout=timeout)
+        leader = await until(one, "one leader known to all", timeout, clock=self.clock)
+        assert leader is not None
         return leader
 
     async def close(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from concordance import errors, wire
-from concordance.clock import SYSTEM_CLOCK
 from concordance.consensus.promotion import Promoter, PromotionView
 from concordance.raft.entries import ConfChange, ConfChangeOp
 from concordance.testing.memory_ipc import MemoryIpc
@@ -94,14 +93,16 @@ def test_the_leader_promotes_a_caught_up_joiner_by_itself() -> None:
             )
             assert isinstance(added, wire.Proposed)
             joiner = c.nodes["n4"].driver
-            await until(lambda: joiner.core.membership.is_voter("n4"), "auto promotion")
-            await until(lambda: joiner.core.role.value == "follower")
+            await until(
+                lambda: joiner.core.membership.is_voter("n4"), "auto promotion", clock=net.clock
+            )
+            await until(lambda: joiner.core.role.value == "follower", clock=net.clock)
             assert c.nodes[leader].driver.promoter is not None
             assert c.nodes[leader].driver.promoter.promoted == 1
             last = (await front.propose(b"after")).index
-            await until(lambda: c.storages["n4"].applied >= last, "n4 applies")
+            await until(lambda: c.storages["n4"].applied >= last, "n4 applies", clock=net.clock)
 
-    run(main, clock=SYSTEM_CLOCK)
+    run(main)
 
 
 def test_a_node_outside_the_membership_serves_nothing() -> None:
@@ -116,7 +117,7 @@ def test_a_node_outside_the_membership_serves_nothing() -> None:
             with pytest.raises(errors.Unavailable, match="not a member"):
                 await outsider.request("conf_change", wire.ConfChange("remove", "n1"))
 
-    run(main, clock=SYSTEM_CLOCK)
+    run(main)
 
 
 def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
@@ -128,7 +129,7 @@ def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
             removed = await front.request("conf_change", wire.ConfChange("remove", leader))
             assert isinstance(removed, wire.Proposed)
             old = c.nodes[leader].driver
-            await until(lambda: old.core.role.value != "leader", "step down")
+            await until(lambda: old.core.role.value != "leader", "step down", clock=net.clock)
             assert not old.core.membership.contains(leader)
             with pytest.raises(errors.Unavailable, match="not a member"):
                 await front.propose(b"refused")
@@ -138,10 +139,10 @@ def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
                 leaders = [n for n in rest if c.nodes[n].driver.core.role.value == "leader"]
                 return leaders[0] if leaders else None
 
-            second = await until(new_leader, "a new leader among the rest")
+            second = await until(new_leader, "a new leader among the rest", clock=net.clock)
             reply = await c.fronts[second].propose(b"y")
             for nid in rest:
-                await until(lambda nid=nid: c.storages[nid].applied >= reply.index)
+                await until(lambda nid=nid: c.storages[nid].applied >= reply.index, clock=net.clock)
             assert old.core.role.value != "leader"  # it never campaigns again
 
-    run(main, clock=SYSTEM_CLOCK)
+    run(main)
