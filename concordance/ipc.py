@@ -52,7 +52,7 @@ from typing import Any, Generic, Self, TypeVar
 import zmq
 import zmq.asyncio
 
-from concordance.clock import SYSTEM_CLOCK, Clock
+from concordance.clock import SYSTEM_CLOCK, Clock, Timer
 from concordance.errors import (
     ConcordanceError,
     IpcError,
@@ -644,6 +644,11 @@ class RpcClient(_Closing):
         self._closed = False
         self._clock = clock
         self._pump = _Pump(sock, self._on_frames, self._on_error, clock)
+        # Every request arms a timer: the system clock's are the loop's own, called
+        # directly (its ``call_later`` looks the running loop up each time).
+        self._call_later: Callable[..., Timer] = (
+            asyncio.get_running_loop().call_later if clock is SYSTEM_CLOCK else clock.call_later
+        )
 
     def connected(self, recently: float = 0.0) -> bool:
         """Whether the server is connected now: a live pipe has room (``POLLOUT`` under
@@ -695,7 +700,7 @@ class RpcClient(_Closing):
             except zmq.ZMQError as e:
                 raise IpcError(f"send to {self.endpoint} failed: {e}") from e
             else:  # handed over (almost always): a plain timer is all the bound needs
-                timer = clock.call_later(timeout, _expire, future, type, self.endpoint, timeout)
+                timer = self._call_later(timeout, _expire, future, type, self.endpoint, timeout)
                 try:
                     reply = await future
                 finally:
