@@ -10,8 +10,25 @@ passed in by constructor (default :data:`SYSTEM_CLOCK`), a test passes a
 Rules: ``monotonic()`` is for intervals and deadlines (seconds, never goes
 back); ``wall_ms()`` is epoch milliseconds for what other processes or
 clients compare (request deadlines on the wire, expiry); ``sleep``,
-``call_later`` and ``timeout`` run on ``monotonic()``. Time spent waiting for
-real I/O to drain (a socket flush before close) is not the clock's business.
+``call_later`` and ``timeout`` run on ``monotonic()``. Every role takes its
+clock by constructor (``clock=``; the front's app calls it ``timers``) and
+hands it to what it builds, so one clock drives a whole node.
+
+What stays on real time, on purpose (it waits for the kernel, a disk or a
+remote peer, not for a protocol's deadline, so a manual clock could only
+make it hang or lie):
+
+* draining real I/O: a socket or stream flush before close (``peers.py``
+  ``close``, the storage's ``flush`` before its sockets close), the bind
+  retry of an address the kernel still holds (``ipc._open_retrying``), the
+  WAL checkpoint waiting for SQLite readers (``storage/durability.py``, on a
+  thread);
+* the HTTP and WebSocket edge: a client connection's header timeout
+  (``front/gate.py``), the protocol sniffing of a new connection
+  (``front/accept.py``), a WebSocket writer's close grace (``front/stream.py``);
+* measurements: latency histograms (``time.perf_counter`` around an fsync or
+  an apply, the request duration in ``front/middlewares.py``) report what
+  real time a real operation took.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Rules / theory of operation:
   loop never dies of a bad message.
 - ``zmq.ZMQError`` and msgpack failures leave this module only as
   ``IpcError`` subclasses, raised ``from`` the original.
+- Time: request deadlines, timeouts, "sent recently" and the subscription
+  wait run on the ``clock`` a socket is given (``concordance.clock``,
+  :data:`SYSTEM_CLOCK` by default); only the bind retry, which waits for the
+  kernel, reads the loop's time itself.
 - Endpoints are filesystem sockets in the node's private run directory
   (``run_dir``, ``concordance.ipc_paths``: 0700, ours, checked at start), so
   no other user can bind or connect to them. A binder holds a lock beside
@@ -40,7 +44,6 @@ import logging
 import os
 import re
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -49,6 +52,7 @@ from typing import Any, Generic, Self, TypeVar
 import zmq
 import zmq.asyncio
 
+from concordance.clock import SYSTEM_CLOCK, Clock, Timer
 from concordance.errors import (
     ConcordanceError,
     IpcError,
@@ -76,6 +80,7 @@ EVENTS_HWM = 10_000  # events PUB/SUB: absorb bursts before PUB starts dropping
 BIND_WAIT = 1.0  # seconds open() retries EADDRINUSE (a just-closed listener in this process)
 SEND_TIMEOUT = 1.0  # default bound on a client one-way send
 FAST_BURST = 64  # messages received without yielding to the loop (see _Fast)
+SUBSCRIBED_POLL = 0.005  # seconds between two looks for a subscription (wait_subscribed)
 
 # Plain ints: pyzmq's enum constants cost a Python-level enum operation per use, on
 # every message of the hot path.
@@ -132,10 +137,6 @@ def endpoint(data_dir: str | os.PathLike[str], name: str) -> str:
     return f"ipc://{run_dir(data_dir) / name}"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _ids() -> itertools.count[int]:
     # A random start: a restarted client with the same ROUTING_ID must not
     # mistake a reply meant for its previous incarnation for one of its own.
@@ -178,6 +179,7 @@ class _Pump:
         "_closed",
         "_fd",
         "_loop",
+        "_now",
         "_on_error",
         "_on_frames",
         "_paused",
@@ -192,10 +194,12 @@ class _Pump:
         sock: zmq.asyncio.Socket,
         on_frames: Callable[[list[bytes]], None] | None,
         on_error: Callable[[zmq.ZMQError], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.sock = sock
         self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        self.sent_at = -1.0  # time.monotonic() of the last send handed over at once
+        self._now = clock.monotonic
+        self.sent_at = float("-inf")  # clock.monotonic() of the last send handed over at once
         self._loop = asyncio.get_running_loop()
         self._on_frames = on_frames
         self._on_error = on_error
@@ -276,7 +280,7 @@ class _Pump:
                 future.set_exception(e)
                 continue
             self._waiting_sends.popleft()
-            self.sent_at = time.monotonic()
+            self.sent_at = self._now()
             future.set_result(None)
 
     async def send(self, frames: list[bytes]) -> None:
@@ -306,7 +310,7 @@ class _Pump:
             # This send, even a failed one (EHOSTUNREACH), may have taken an edge that a
             # receive waits for.
             self._schedule_check()
-        self.sent_at = time.monotonic()
+        self.sent_at = self._now()
 
     def close(self) -> None:
         """Unregister from the loop and close the socket (``linger=0``)."""
@@ -415,12 +419,15 @@ def is_address_in_use(exc: BaseException) -> bool:
 
 
 async def _open_retrying(make: Callable[[], _T], wait: float) -> _T:
-    deadline = time.monotonic() + wait
+    """Retry ``EADDRINUSE`` for ``wait`` seconds of real time: it waits for the kernel to
+    release an address, real I/O (``concordance.clock``'s rules), not a protocol deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
     while True:
         try:
             return make()
         except IpcError as e:
-            if not is_address_in_use(e) or time.monotonic() >= deadline:
+            if not is_address_in_use(e) or loop.time() >= deadline:
                 raise
         await asyncio.sleep(0.01)
 
@@ -457,6 +464,7 @@ class RpcServer(_Closing):
         *,
         allow_uid: int | None = None,
         hwm: int = RPC_HWM,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         sock = _socket(ctx, zmq.ROUTER, hwm)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer / full pipe: an error, not a drop
@@ -467,7 +475,8 @@ class RpcServer(_Closing):
         self._inbox: _Inbox[tuple[bytes, Envelope]] = _Inbox(hwm)
         self._handler: Callable[[bytes, Envelope], None] | None = None
         self._failed: Callable[[IpcError], None] | None = None
-        self._pump = _Pump(sock, self._on_frames, self._on_error)
+        self._clock = clock
+        self._pump = _Pump(sock, self._on_frames, self._on_error, clock)
         self._inbox.pump = self._pump
 
     @classmethod
@@ -495,7 +504,7 @@ class RpcServer(_Closing):
         except RemoteProtocolError as e:
             log.warning("%s: dropping garbage from %r: %s", self.endpoint, peer, e)
             return
-        if env.deadline_ms is not None and env.deadline_ms < _now_ms():
+        if env.deadline_ms is not None and env.deadline_ms < self._clock.wall_ms():
             log.debug(
                 "%s: dropping expired %s id=%d from %r", self.endpoint, env.type, env.id, peer
             )
@@ -527,7 +536,7 @@ class RpcServer(_Closing):
         held for it arrive then, and must not wait in a queue nobody reads)."""
         self._handler = handler
         self._failed = failed
-        now = _now_ms()
+        now = self._clock.wall_ms()
         for peer, env in self._inbox.take_all():
             if env.deadline_ms is not None and env.deadline_ms < now:
                 log.debug("%s: dropping expired %s id=%d", self.endpoint, env.type, env.id)
@@ -543,7 +552,7 @@ class RpcServer(_Closing):
     def sent_within(self, seconds: float) -> bool:
         """Whether a message was handed to ZeroMQ in the last ``seconds`` (it may still be
         queued for the I/O thread, which a ``linger=0`` close would discard)."""
-        return time.monotonic() - self._pump.sent_at < seconds
+        return self._clock.monotonic() - self._pump.sent_at < seconds
 
     def pause(self) -> None:
         """Stop reading until :meth:`resume`; ZeroMQ's high-water mark pushes back on senders."""
@@ -618,6 +627,7 @@ class RpcClient(_Closing):
         *,
         on_message: MessageHandler | None = None,
         hwm: int = RPC_HWM,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         sock = _socket(ctx, zmq.DEALER, hwm)
         try:
@@ -632,7 +642,13 @@ class RpcClient(_Closing):
         self._pending: dict[int, asyncio.Future[Envelope]] = {}
         self._on_message = on_message
         self._closed = False
-        self._pump = _Pump(sock, self._on_frames, self._on_error)
+        self._clock = clock
+        self._pump = _Pump(sock, self._on_frames, self._on_error, clock)
+        # Every request arms a timer: the system clock's are the loop's own, called
+        # directly (its ``call_later`` looks the running loop up each time).
+        self._call_later: Callable[..., Timer] = (
+            asyncio.get_running_loop().call_later if clock is SYSTEM_CLOCK else clock.call_later
+        )
 
     def connected(self, recently: float = 0.0) -> bool:
         """Whether the server is connected now: a live pipe has room (``POLLOUT`` under
@@ -642,7 +658,7 @@ class RpcClient(_Closing):
         it already: that answer costs nothing, where asking the socket costs a
         loop callback, which adds up on every request.
         """
-        if recently and time.monotonic() - self._pump.sent_at < recently:
+        if recently and self._clock.monotonic() - self._pump.sent_at < recently:
             return True
         try:
             events = self._pump.events()
@@ -666,17 +682,17 @@ class RpcClient(_Closing):
         if self._closed:
             raise IpcError(f"client of {self.endpoint} is closed")
         rid = next(self._ids)
-        env = Envelope(type, rid, body, deadline_ms=_now_ms() + int(timeout * 1000))
+        clock = self._clock
+        env = Envelope(type, rid, body, deadline_ms=clock.wall_ms() + int(timeout * 1000))
         payload = encode_envelope(env)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Envelope] = loop.create_future()
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
             try:
                 self._pump.try_send([payload])
             except zmq.Again:  # no room or no connection yet: wait for both, bounded
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with clock.timeout(timeout):
                         await self._send(payload)
                         reply = await future
                 except TimeoutError as e:
@@ -684,7 +700,7 @@ class RpcClient(_Closing):
             except zmq.ZMQError as e:
                 raise IpcError(f"send to {self.endpoint} failed: {e}") from e
             else:  # handed over (almost always): a plain timer is all the bound needs
-                timer = loop.call_later(timeout, _expire, future, type, self.endpoint, timeout)
+                timer = self._call_later(timeout, _expire, future, type, self.endpoint, timeout)
                 try:
                     reply = await future
                 finally:
@@ -716,7 +732,7 @@ class RpcClient(_Closing):
         except zmq.ZMQError as e:
             raise IpcError(f"send to {self.endpoint} failed: {e}") from e
         try:
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 await self._send(payload)
         except TimeoutError as e:
             raise IpcError(f"could not hand {type} to {self.endpoint} in {timeout:g}s") from e
@@ -797,6 +813,7 @@ class Publisher(_Closing):
         allow_uid: int | None = None,
         hwm: int = EVENTS_HWM,
         xpub: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         # XPUB sends like PUB and also shows subscriptions (wait_subscribed).
         sock = _socket(ctx, zmq.XPUB if xpub else zmq.PUB, hwm)
@@ -806,6 +823,7 @@ class Publisher(_Closing):
         # PUB never blocks: no future needed, send on a synchronous shadow.
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._ids = _ids()
+        self._clock = clock
 
     @classmethod
     async def open(
@@ -842,14 +860,14 @@ class Publisher(_Closing):
         Why: a new publisher's first messages are lost to subscribers that have not
         reconnected yet (ZeroMQ's slow joiner); a restarted storage waits for its
         front before it publishes write results."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
+        clock = self._clock
+        until = clock.monotonic() + timeout
         while True:
             if b"\x01" + topic in self.take_subscriptions():
                 return True
-            if loop.time() >= until:
+            if clock.monotonic() >= until:
                 return False
-            await asyncio.sleep(0.005)
+            await clock.sleep(SUBSCRIBED_POLL)
 
     async def close(self) -> None:
         self._sock.close(linger=0)

@@ -5,6 +5,21 @@ Why: a role should not care whether its messages cross ZeroMQ sockets
 (``concordance.testing.memory_ipc``, test support only). Each Protocol is the
 subset of the ``ipc`` class that the roles call; :class:`ZmqSockets` opens the
 real ones and is the default wherever a role accepts ``sockets=``.
+
+Who opens what through it (every role, nothing else opens a role socket):
+
+* consensus (``ConsensusDriver.open(cfg, sockets, clock)``): its ``consensus`` server;
+* storage (``StorageService(..., clock=, sockets=)``): its ``storage`` server and
+  ``events`` publisher, and its client of ``consensus``;
+* the front (``ipc_clients.connect(data_dir, sockets=, clock=)``, and the
+  ``IpcConsensus``, ``IpcStorage``, ``IpcEvents`` it builds): its clients of
+  ``consensus`` and ``storage``, and its ``events`` subscriber.
+
+A role takes a :class:`~concordance.clock.Clock` beside its ``Sockets``; the
+ends' own deadlines run on the clock ``ZmqSockets`` is given (``ipc``).
+What is not an IPC end stays outside: the peer links (``consensus/peers.py``,
+injectable as ``net=``) and the front's hand-over of peer connections to
+consensus (``fdpass``, file descriptors over a Unix socket).
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from typing import Protocol
 import zmq.asyncio
 
 from concordance import ipc
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import ConcordanceError, IpcError
 from concordance.wire import Body, Envelope
 
@@ -97,28 +113,34 @@ class Sockets(Protocol):
     async def publisher(self, endpoint: str) -> Publisher: ...
 
     def client(
-        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+        self, endpoint: str, identity: str | bytes, *, on_message: ipc.MessageHandler | None = None
     ) -> Client: ...
 
     def subscriber(self, endpoint: str) -> Subscriber: ...
 
 
 class ZmqSockets:
-    """The real ends, on one ZeroMQ context (the process's own by default)."""
+    """The real ends, on one ZeroMQ context (the process's own by default).
 
-    def __init__(self, ctx: zmq.asyncio.Context | None = None) -> None:
+    ``clock`` times the ends' deadlines and timeouts (``ipc``); the system
+    clock in what ships. Real sockets move in real time, so a test that
+    passes a manual clock here must also move it.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.ctx = ctx or ipc.context()
+        self.clock = clock
 
     async def server(self, endpoint: str) -> ipc.RpcServer:
-        return await ipc.RpcServer.open(self.ctx, endpoint)
+        return await ipc.RpcServer.open(self.ctx, endpoint, clock=self.clock)
 
     async def publisher(self, endpoint: str) -> ipc.Publisher:
-        return await ipc.Publisher.open(self.ctx, endpoint, xpub=True)
+        return await ipc.Publisher.open(self.ctx, endpoint, xpub=True, clock=self.clock)
 
     def client(
-        self, endpoint: str, identity: str, *, on_message: ipc.MessageHandler | None = None
+        self, endpoint: str, identity: str | bytes, *, on_message: ipc.MessageHandler | None = None
     ) -> ipc.RpcClient:
-        return ipc.RpcClient(self.ctx, endpoint, identity, on_message=on_message)
+        return ipc.RpcClient(self.ctx, endpoint, identity, on_message=on_message, clock=self.clock)
 
     def subscriber(self, endpoint: str) -> ipc.Subscriber:
         return ipc.Subscriber(self.ctx, endpoint)

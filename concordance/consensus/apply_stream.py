@@ -31,10 +31,10 @@ Runs on the task that owns the core; ``pump`` reads raft.db through the disk
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
+from concordance.clock import SYSTEM_CLOCK
 from concordance.consensus.disk import RaftDisk
 from concordance.errors import IpcError
 from concordance.raft.entries import Entry, SnapshotMeta
@@ -58,7 +58,9 @@ Send = Callable[[str, Body], Awaitable[None]]
 class ApplyStream:
     """Storage's position and the entries still to send it."""
 
-    def __init__(self, send: Send, disk: RaftDisk, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, send: Send, disk: RaftDisk, clock: Callable[[], float] = SYSTEM_CLOCK.monotonic
+    ):
         self._send = send
         self._disk = disk
         self._clock = clock

@@ -52,8 +52,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from typing import ClassVar
 
-import zmq.asyncio
-
 from concordance import fdpass, ipc, wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
@@ -80,6 +78,7 @@ from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
+from concordance.sockets import Server, Sockets, ZmqSockets
 from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH, CONSENSUS_HAND_OVER, PEER_FLUSH
 
 __all__ = ["ConsensusDriver", "boot_membership"]
@@ -111,7 +110,7 @@ class ConsensusDriver:
         self,
         cfg: NodeConfig,
         disk: RaftDisk,
-        server: ipc.RpcServer,
+        server: Server,
         core: RaftCore,
         clock: Clock = SYSTEM_CLOCK,
         net: Callable[[Deliver], PeerTransport] | None = None,
@@ -161,17 +160,23 @@ class ConsensusDriver:
     async def open(
         cls,
         cfg: NodeConfig,
-        ctx: zmq.asyncio.Context | None = None,
+        sockets: Sockets | None = None,
         clock: Clock = SYSTEM_CLOCK,
         net: Callable[[Deliver], PeerTransport] | None = None,
     ) -> ConsensusDriver:
         """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
 
-        The socket comes first: its abstract name can be held by one process
-        only, so a second copy of the role fails here, before touching raft.db.
+        The socket comes first: its name can be held by one process only, so
+        a second copy of the role fails here, before touching raft.db.
+
+        Args:
+            sockets: opens the ``consensus`` server (ZeroMQ on the process's
+                context by default; tests pass ``concordance.testing.memory_ipc``).
+            clock: what the driver's ticks, deadlines and timers run on.
+            net: the peer links (``consensus/peers.py`` by default).
         """
         endpoint = ipc.endpoint(cfg.data_dir, "consensus")
-        server = await ipc.RpcServer.open(ctx or ipc.context(), endpoint)
+        server = await (sockets or ZmqSockets()).server(endpoint)
         try:
             disk = await RaftDisk.open(cfg.data / "raft", lambda: boot_membership(cfg))
         except BaseException:
@@ -329,14 +334,15 @@ class ConsensusDriver:
         front to have read them. A last ``stopping`` goes to each front, which
         answers every ``stopping`` with ``stopping_ack`` once it has read all
         sent before (ZeroMQ keeps order); wait for those, at most
-        ``CONSENSUS_FLUSH`` of real time (it waits for other processes). It
-        used to sleep that long on every planned stop."""
+        ``CONSENSUS_FLUSH`` on the driver's clock (a deadline: the fronts
+        are other processes, or other roles of a simulated node). It used to
+        sleep that long on every planned stop."""
         await self._to_fronts("stopping", wire.Stopping("consensus"))
         waiting = set(self.fronts.all())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONSENSUS_FLUSH
+        clock = self.clock
+        deadline = clock.monotonic() + CONSENSUS_FLUSH
         stopping = Unavailable("consensus is stopping")
-        while waiting and (left := deadline - loop.time()) > 0:
+        while waiting and (left := deadline - clock.monotonic()) > 0:
             self._wake.clear()
             inbox, self._inbox = self._inbox, deque()
             for peer, env in inbox:
@@ -346,7 +352,8 @@ class ConsensusDriver:
                     await self.server.reply(peer, env, stopping)
             if waiting:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), left)
+                    async with clock.timeout(left):
+                        await self._wake.wait()
                 except TimeoutError:
                     break
 

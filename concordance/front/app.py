@@ -101,7 +101,7 @@ def make_app(
     connect: ClientsFactory,
     *,
     supervisor: Supervisor,
-    clock: Callable[[], int] = now_ms,
+    clock: Callable[[], int] | None = None,
     timers: Clock = SYSTEM_CLOCK,
     tls: TlsContexts | None = None,
 ) -> web.Application:
@@ -113,9 +113,10 @@ def make_app(
             (``concordance.front.ipc_clients.connect(cfg.data_dir, n)`` in production).
         supervisor: the node's supervisor (``Supervisord`` in production): role
             states and restarts, blocking calls run in an executor.
-        clock: epoch milliseconds, for timestamps, ttlMs and expiry.
-        timers: the monotonic clock of the proposer's deadlines, the watch hub's
-            waits (a manual one in tests).
+        clock: epoch milliseconds, for timestamps, ttlMs and expiry
+            (``timers.wall_ms`` unless given).
+        timers: the clock of the proposer's deadlines, the watch hub's waits, long-polls,
+            membership waits and the join's backoff (a manual one in tests).
         tls: on a TLS node, the contexts the server uses (the caller serves with
             ``tls.server``); peers and ``--join`` are then dialed with ``tls.client``.
 
@@ -127,7 +128,7 @@ def make_app(
         client_max_size=cfg.max_value_bytes + BODY_SLACK,
     )
     app[CONFIG] = cfg
-    app[CLOCK] = clock
+    app[CLOCK] = clock or timers.wall_ms
     app[TIMERS] = timers
     app[CIPHER] = Cipher(cfg.secrets.encryption_keys)
     app[METRICS] = Metrics()
@@ -178,16 +179,19 @@ async def _running(
     app[CLIENTS] = clients
     app[PROPOSER] = proposer
     app[HUB] = hub
-    app[KV] = KvService(clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK])
+    app[KV] = KvService(
+        clients, proposer, hub, app[CIPHER], cfg.request_timeout_ms, app[CLOCK], timers
+    )
     clients.consensus.on_dropped(proposer.fail_dropped)
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(_pump(clients.events, proposer, hub), name="event-pump")]
+    pump = _pump(clients.events, proposer, hub, timers)
+    tasks = [loop.create_task(pump, name="event-pump")]
     if cfg.secrets.cluster_key_problem() is not None:
-        check = _check_cluster_key(cfg, clients)
+        check = _check_cluster_key(cfg, clients, timers)
         tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))
     if cfg.join:
         ssl = app[TLS].client if TLS in app else None
-        joining = join_cluster(cfg, clients.consensus, http, ssl=ssl)
+        joining = join_cluster(cfg, clients.consensus, http, ssl=ssl, clock=timers)
         tasks.append(loop.create_task(_logged("join", joining), name="join"))
     try:
         yield
@@ -212,9 +216,11 @@ def reload(app: web.Application) -> bool:
 
 
 CLUSTER_KEY_CHECK_TRIES = 60
+CLUSTER_KEY_CHECK_EVERY = 0.5  # seconds between two asks while consensus is not up
+EVENTS_RETRY = 0.1  # seconds before reading a failed event source again
 
 
-async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
+async def _check_cluster_key(cfg: NodeConfig, clients: Clients, timers: Clock) -> str:
     """Say loudly why a member of a multi-node cluster without a usable cluster key gets
     nowhere: its peers and it refuse each other on ``/raft``.
 
@@ -227,7 +233,7 @@ async def _check_cluster_key(cfg: NodeConfig, clients: Clients) -> str:
         try:
             st = await clients.consensus.status(STORAGE_PROBE_TIMEOUT)
         except Exception:  # consensus not up yet
-            await asyncio.sleep(0.5)
+            await timers.sleep(CLUSTER_KEY_CHECK_EVERY)
             continue
         if len(st.members) > 1:
             log.error(
@@ -252,7 +258,7 @@ async def _logged(what: str, coro: Coroutine[Any, Any, object]) -> None:
         log.exception("%s failed", what)
 
 
-async def _pump(events: EventSource, proposer: Proposer, hub: WatchHub) -> None:
+async def _pump(events: EventSource, proposer: Proposer, hub: WatchHub, timers: Clock) -> None:
     """Storage's events, in order: results to write waiters, change batches to watchers."""
     while True:
         try:
@@ -261,7 +267,7 @@ async def _pump(events: EventSource, proposer: Proposer, hub: WatchHub) -> None:
             raise
         except Exception:
             log.exception("event source failed; retrying")
-            await asyncio.sleep(0.1)
+            await timers.sleep(EVENTS_RETRY)
             continue
         try:
             if isinstance(event, wire.Results):

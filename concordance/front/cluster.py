@@ -34,6 +34,7 @@ from concordance.front.appkeys import (
     PROPOSER,
     STREAMS,
     SUPERVISOR,
+    TIMERS,
 )
 from concordance.front.codec import parse_json
 from concordance.front.kv import json_response
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT: Final = 1.0  # seconds a status probe of one role may take
 ROLE_STATES_TIMEOUT: Final = 2.0
 MEMBERSHIP_WAIT: Final = 2.0  # seconds a member change waits to show in the status
+MEMBERSHIP_POLL: Final = 0.05  # seconds between two looks for the change in the status
 HEAVY_TIMEOUT: Final = 60.0  # snapshot and backup
 CHUNK: Final = 256 * 1024
 
@@ -186,18 +188,18 @@ async def _change_members(
     if _in_effect(op, node_id, address, st):
         return json_response({"members": _members(st)})
     await consensus.conf_change(op, node_id, address, cfg.request_timeout_ms / 1000)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + MEMBERSHIP_WAIT
+    timers = request.app[TIMERS]
+    deadline = timers.monotonic() + MEMBERSHIP_WAIT
     while True:
         st = await consensus.status(PROBE_TIMEOUT * 2)
         if _in_effect(op, node_id, "", st):
             return json_response({"members": _members(st)})
-        if loop.time() >= deadline:
+        if timers.monotonic() >= deadline:
             raise Timeout(
                 f"the change ({op} {node_id}) has not shown on {cfg.node_id} yet: the leader may"
                 " have refused it (one membership change at a time); it may still take effect"
             )
-        await asyncio.sleep(0.05)
+        await timers.sleep(MEMBERSHIP_POLL)
 
 
 async def add_member(request: web.Request) -> web.Response:

@@ -32,6 +32,11 @@ Retry rules:
   election that follows a planned leader hand-over, short enough that a node
   cut off from any leader answers 503 promptly (API.md: 503 is "safe to
   retry", and the client, not the front, decides to wait longer).
+
+Every wait and deadline here runs on the ``Clock`` the clients are given
+(the system clock in what ships), and every socket is opened through the
+``Sockets`` they are given (ZeroMQ in what ships): tests run these rules on
+``concordance.testing`` (``MemoryIpc``, ``ManualClock``).
 """
 
 from __future__ import annotations
@@ -40,16 +45,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import zmq.asyncio
-
 from concordance import fronts, ipc, sockets, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
+from concordance.sockets import Sockets, ZmqSockets
 from concordance.timing import FRONT_HELLO_EVERY, FRONT_HELLO_POLL, STOPPING_BOUND
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]
@@ -81,8 +85,9 @@ class _Stopping:
     and requests were held for the whole bound).
     """
 
-    def __init__(self, rpc: sockets.Client) -> None:
+    def __init__(self, rpc: sockets.Client, clock: Clock) -> None:
         self.rpc = rpc
+        self.clock = clock
         self.active = False  # announced, and its old connection not seen gone yet
         self._watcher: asyncio.Task[None] | None = None
 
@@ -94,11 +99,11 @@ class _Stopping:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        until = loop.time() + STOPPING_BOUND
+        clock = self.clock
+        until = clock.monotonic() + STOPPING_BOUND
         try:
-            while self.active and self.rpc.connected() and loop.time() < until:
-                await asyncio.sleep(HOLD_POLL)
+            while self.active and self.rpc.connected() and clock.monotonic() < until:
+                await clock.sleep(HOLD_POLL)
         finally:
             self.active = False
 
@@ -113,18 +118,17 @@ def _connected(rpc: sockets.Client, stopping: _Stopping, recently: float = RECEN
 
 
 async def _ensure_connected(
-    rpc: sockets.Client, stopping: _Stopping, kind: str, limit: float
+    rpc: sockets.Client, stopping: _Stopping, kind: str, limit: float, clock: Clock
 ) -> bool:
     """Hold up to ``limit`` seconds for a connection to the role; else ``Unavailable``.
     True if it had to wait (the role was down or restarting)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
+    deadline = clock.monotonic() + limit
     held = False
     while not _connected(rpc, stopping):
-        if loop.time() >= deadline:
+        if clock.monotonic() >= deadline:
             raise Unavailable(f"the {_role(rpc)} role is not running ({kind} not sent)")
         held = True
-        await asyncio.sleep(HOLD_POLL)
+        await clock.sleep(HOLD_POLL)
     return held
 
 
@@ -135,16 +139,17 @@ async def _idempotent(
     body: wire.Body,
     timeout: float,
     reply: type[_B],
+    clock: Clock,
 ) -> _B:
-    deadline = time.monotonic() + timeout
-    backoff = _Backoff()
+    deadline = clock.monotonic() + timeout
+    backoff = _Backoff(clock)
     while True:
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         if left <= 0:
             raise Unavailable(f"the {_role(rpc)} role did not answer {kind} in time")
-        if await _ensure_connected(rpc, stopping, kind, left):
-            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
-        left = deadline - time.monotonic()
+        if await _ensure_connected(rpc, stopping, kind, left, clock):
+            backoff = _Backoff(clock)  # a new process: its "unavailable" answers count anew
+        left = deadline - clock.monotonic()
         try:
             got = await rpc.request(kind, body, max(min(left, ATTEMPT_CAP), 0.001))
         except IpcTimeout:
@@ -167,35 +172,26 @@ def hold_budget(timeout: float) -> float:
     return max(timeout - RESULT_MARGIN, timeout / 2)
 
 
-ClientOpener = Callable[[str, bytes, ipc.MessageHandler], sockets.Client]
-
-
-def _zmq_opener(ctx: zmq.asyncio.Context | None) -> ClientOpener:
-    """Open a role's ZeroMQ DEALER on ``ctx`` (the process's context by default)."""
-    context = ctx or ipc.context()
-
-    def opener(endpoint: str, identity: bytes, on_message: ipc.MessageHandler) -> sockets.Client:
-        return ipc.RpcClient(context, endpoint, identity, on_message=on_message)
-
-    return opener
-
-
 def _role(rpc: sockets.Client) -> str:
     return rpc.endpoint.rsplit("-", 1)[-1]
 
 
 async def _retry_unavailable(
-    rpc: sockets.Client, stopping: _Stopping, kind: str, body: wire.Body, timeout: float
+    rpc: sockets.Client,
+    stopping: _Stopping,
+    kind: str,
+    body: wire.Body,
+    timeout: float,
+    clock: Clock,
 ) -> wire.Body:
-    start = time.monotonic()
+    start = clock.monotonic()
     budget = hold_budget(max(timeout, 0))
-    backoff = _Backoff()
+    backoff = _Backoff(clock)
     while True:
-        if await _ensure_connected(
-            rpc, stopping, kind, max(budget - (time.monotonic() - start), 0)
-        ):
-            backoff = _Backoff()  # a new process: its "unavailable" answers count anew
-        left = timeout - (time.monotonic() - start)
+        hold = max(budget - (clock.monotonic() - start), 0)
+        if await _ensure_connected(rpc, stopping, kind, hold, clock):
+            backoff = _Backoff(clock)  # a new process: its "unavailable" answers count anew
+        left = timeout - (clock.monotonic() - start)
         try:
             return await rpc.request(kind, body, max(left, 0.001))
         except Unavailable:
@@ -212,26 +208,28 @@ class _Backoff:
     answers say nothing about its successor, which needs a moment to learn
     the leader)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._delay = 0.02
         self._first: float | None = None
 
     def may_wait(self, deadline: float) -> bool:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if self._first is None:
             self._first = now
         return now + self._delay < min(deadline, self._first + UNAVAILABLE_RETRY)
 
     async def wait(self) -> None:
-        await asyncio.sleep(self._delay)
+        await self._clock.sleep(self._delay)
         self._delay = min(self._delay * 2, 0.2)
 
 
 class IpcConsensus:
     """:class:`~concordance.front.clients.ConsensusClient` over the ``consensus`` socket.
 
-    ``open_client`` opens the socket (tests pass in-memory ends,
-    ``concordance.testing.memory_ipc``); by default a ZeroMQ DEALER on ``ctx``.
+    ``sockets`` opens the socket (ZeroMQ in what ships; tests pass in-memory
+    ends, ``concordance.testing.memory_ipc``); ``clock`` times its holds,
+    retries and backoffs.
 
     On ``stopping`` it answers ``stopping_ack`` (in order behind any send still
     waiting for room): consensus steps everything sent before the ack, and
@@ -241,18 +239,19 @@ class IpcConsensus:
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context | None,
+        sockets: Sockets,
         data_dir: str,
         identity: bytes = fronts.routing_id(0),
         *,
-        open_client: ClientOpener | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._dropped: DroppedHandler | None = None
         self._acking: set[asyncio.Task[None]] = set()
         self._ack = wire.StoppingAck(fronts.incarnation_of(identity) or 0)
-        opener = open_client or _zmq_opener(ctx)
-        self._rpc = opener(ipc.endpoint(data_dir, "consensus"), identity, self._on_message)
-        self._stopping = _Stopping(self._rpc)
+        self._clock = clock
+        endpoint = ipc.endpoint(data_dir, "consensus")
+        self._rpc = sockets.client(endpoint, identity, on_message=self._on_message)
+        self._stopping = _Stopping(self._rpc, clock)
 
     @property
     def rpc(self) -> sockets.Client:
@@ -287,42 +286,60 @@ class IpcConsensus:
         self._dropped = handler
 
     async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+        body = wire.Propose(tuple(commands))
         got = await _retry_unavailable(
-            self._rpc, self._stopping, "propose", wire.Propose(tuple(commands)), timeout
+            self._rpc, self._stopping, "propose", body, timeout, self._clock
         )
         assert isinstance(got, wire.Proposed)
         return got.index
 
     async def read_index(self, timeout: float) -> int:
         got = await _idempotent(
-            self._rpc, self._stopping, "read_index", wire.ReadIndex(), timeout, wire.ReadIndexOk
+            self._rpc,
+            self._stopping,
+            "read_index",
+            wire.ReadIndex(),
+            timeout,
+            wire.ReadIndexOk,
+            self._clock,
         )
         return got.index
 
     async def status(self, timeout: float) -> wire.StatusOk:
         return await _idempotent(
-            self._rpc, self._stopping, "status", wire.Status(), timeout, wire.StatusOk
+            self._rpc, self._stopping, "status", wire.Status(), timeout, wire.StatusOk, self._clock
         )
 
     async def peer_links(self, timeout: float) -> wire.PeerLinksOk:
         return await _idempotent(
-            self._rpc, self._stopping, "peer_links", wire.PeerLinks(), timeout, wire.PeerLinksOk
+            self._rpc,
+            self._stopping,
+            "peer_links",
+            wire.PeerLinks(),
+            timeout,
+            wire.PeerLinksOk,
+            self._clock,
         )
 
     async def conf_change(self, op: str, node_id: str, address: str, timeout: float) -> None:
+        body = wire.ConfChange(op, node_id, address)
         await _retry_unavailable(
-            self._rpc, self._stopping, "conf_change", wire.ConfChange(op, node_id, address), timeout
+            self._rpc, self._stopping, "conf_change", body, timeout, self._clock
         )
 
     async def transfer(self, to: str, timeout: float) -> None:
-        await _ensure_connected(self._rpc, self._stopping, "transfer", min(timeout, CONNECT_GRACE))
+        await _ensure_connected(
+            self._rpc, self._stopping, "transfer", min(timeout, CONNECT_GRACE), self._clock
+        )
         try:
             await self._rpc.request("transfer", wire.Transfer(to), timeout)
         except IpcTimeout as e:
             raise Unavailable("consensus did not answer the leadership transfer") from e
 
     async def snapshot_now(self, timeout: float) -> wire.SnapshotNowOk:
-        await _ensure_connected(self._rpc, self._stopping, "snapshot_now", CONNECT_GRACE)
+        await _ensure_connected(
+            self._rpc, self._stopping, "snapshot_now", CONNECT_GRACE, self._clock
+        )
         try:
             got = await self._rpc.request("snapshot_now", wire.SnapshotNow(), timeout)
         except IpcTimeout as e:
@@ -338,15 +355,21 @@ class IpcConsensus:
 
 
 class IpcStorage:
-    """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket."""
+    """:class:`~concordance.front.clients.StorageClient` over the ``storage`` socket
+    (``sockets`` and ``clock`` as for :class:`IpcConsensus`)."""
 
     def __init__(
-        self, ctx: zmq.asyncio.Context, data_dir: str, identity: bytes = fronts.routing_id(0)
+        self,
+        sockets: Sockets,
+        data_dir: str,
+        identity: bytes = fronts.routing_id(0),
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._rpc = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "storage"), identity, on_message=self._on_message
-        )
-        self._stopping = _Stopping(self._rpc)
+        self._clock = clock
+        endpoint = ipc.endpoint(data_dir, "storage")
+        self._rpc = sockets.client(endpoint, identity, on_message=self._on_message)
+        self._stopping = _Stopping(self._rpc, clock)
         self._gets = GetBatcher(self._send_gets)
         self.watching = False  # what the periodic front_watching tells storage
 
@@ -382,11 +405,13 @@ class IpcStorage:
     ) -> Sequence[dict[str, Any] | None]:
         if len(keys) == 1:
             body: wire.Body = wire.Get(keys[0], now, min_index)
-            one = await _idempotent(self._rpc, self._stopping, "get", body, timeout, wire.GetOk)
-            return (one.entry,)
+            got1 = await _idempotent(
+                self._rpc, self._stopping, "get", body, timeout, wire.GetOk, self._clock
+            )
+            return (got1.entry,)
         body = wire.GetMany(tuple(keys), now, min_index)
         got = await _idempotent(
-            self._rpc, self._stopping, "get_many", body, timeout, wire.GetManyOk
+            self._rpc, self._stopping, "get_many", body, timeout, wire.GetManyOk, self._clock
         )
         if len(got.entries) != len(keys):
             raise Unavailable(f"storage answered {len(got.entries)} entries for {len(keys)} keys")
@@ -402,23 +427,31 @@ class IpcStorage:
         min_index: int = 0,
     ) -> wire.ListOk:
         body = wire.List(prefix, limit, cursor, now, min_index)
-        return await _idempotent(self._rpc, self._stopping, "list", body, timeout, wire.ListOk)
+        return await _idempotent(
+            self._rpc, self._stopping, "list", body, timeout, wire.ListOk, self._clock
+        )
 
     async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:
         body = wire.Changes(prefix, since, limit)
         return await _idempotent(
-            self._rpc, self._stopping, "changes", body, timeout, wire.ChangesOk
+            self._rpc, self._stopping, "changes", body, timeout, wire.ChangesOk, self._clock
         )
 
     async def wait_applied(self, index: int, timeout: float) -> int:
         body = wire.WaitApplied(index)
         got = await _idempotent(
-            self._rpc, self._stopping, "wait_applied", body, timeout, wire.WaitAppliedOk
+            self._rpc,
+            self._stopping,
+            "wait_applied",
+            body,
+            timeout,
+            wire.WaitAppliedOk,
+            self._clock,
         )
         return got.applied
 
     async def backup(self, path: str, timeout: float) -> wire.BackupOk:
-        await _ensure_connected(self._rpc, self._stopping, "backup", CONNECT_GRACE)
+        await _ensure_connected(self._rpc, self._stopping, "backup", CONNECT_GRACE, self._clock)
         try:
             got = await self._rpc.request("backup", wire.Backup(path), timeout)
         except IpcTimeout as e:
@@ -429,7 +462,13 @@ class IpcStorage:
     async def status(self, timeout: float) -> wire.StorageStatusOk:
         body = wire.StorageStatus()
         return await _idempotent(
-            self._rpc, self._stopping, "storage_status", body, timeout, wire.StorageStatusOk
+            self._rpc,
+            self._stopping,
+            "storage_status",
+            body,
+            timeout,
+            wire.StorageStatusOk,
+            self._clock,
         )
 
     async def close(self) -> None:
@@ -440,8 +479,8 @@ class IpcStorage:
 class IpcEvents:
     """:class:`~concordance.front.clients.EventSource` over storage's events PUB."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
-        self._sub = ipc.Subscriber(ctx, ipc.endpoint(data_dir, "events"))
+    def __init__(self, sockets: Sockets, data_dir: str) -> None:
+        self._sub = sockets.subscriber(ipc.endpoint(data_dir, "events"))
 
     async def recv(self) -> wire.ChangeBatch | wire.Results:
         while True:
@@ -455,19 +494,27 @@ class IpcEvents:
 
 
 @contextlib.asynccontextmanager
-async def connect(data_dir: str, incarnation: int = 0) -> AsyncIterator[Clients]:
+async def connect(
+    data_dir: str,
+    incarnation: int = 0,
+    *,
+    sockets: Sockets | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> AsyncIterator[Clients]:
     """Open the front's sockets to its node's roles (for ``make_app``'s cleanup context).
 
     ``incarnation`` (in production ``Supervisor.incarnation()``, the data dir's
     count of front starts) names this front to the roles, so two fronts can be
     connected at once (a hand-over).
+    ``sockets`` opens them (ZeroMQ on the process's context by default) and
+    ``clock`` times their retries and greetings.
     """
     identity = fronts.routing_id(incarnation)
-    ctx = ipc.context()
-    consensus = IpcConsensus(ctx, data_dir, identity)
-    storage = IpcStorage(ctx, data_dir, identity)
-    events = IpcEvents(ctx, data_dir)
-    greeting = asyncio.create_task(_greet(consensus, storage, incarnation))
+    ends = sockets or ZmqSockets()
+    consensus = IpcConsensus(ends, data_dir, identity, clock=clock)
+    storage = IpcStorage(ends, data_dir, identity, clock=clock)
+    events = IpcEvents(ends, data_dir)
+    greeting = asyncio.create_task(_greet(consensus, storage, incarnation, clock))
     try:
         yield Clients(consensus, storage, events)
     finally:
@@ -477,7 +524,9 @@ async def connect(data_dir: str, incarnation: int = 0) -> AsyncIterator[Clients]
         await consensus.close()
 
 
-async def _greet(consensus: IpcConsensus, storage: IpcStorage, incarnation: int) -> None:
+async def _greet(
+    consensus: IpcConsensus, storage: IpcStorage, incarnation: int, clock: Clock
+) -> None:
     hello = wire.FrontHello(incarnation)
     await greet(
         {
@@ -486,14 +535,15 @@ async def _greet(consensus: IpcConsensus, storage: IpcStorage, incarnation: int)
                 ("front_hello", hello),
                 ("front_watching", wire.FrontWatching(storage.watching)),
             ],
-        }
+        },
+        clock,
     )
 
 
 Greeting = Callable[[], Sequence[tuple[str, wire.Body]]]
 
 
-async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
+async def greet(greetings: Mapping[sockets.Client, Greeting], clock: Clock = SYSTEM_CLOCK) -> None:
     """Say ``front_hello`` to each role when it connects and every 0.2 s after: a
     role that just started learns this front before it has to push anything
     (PROTOCOL.md §1); storage also hears whether it has watchers
@@ -507,4 +557,4 @@ async def greet(greetings: Mapping[sockets.Client, Greeting]) -> None:
                     for type_, body in greeting():
                         rpc.send_nowait(type_, body)
             connected[rpc] = now
-        await asyncio.sleep(FRONT_HELLO_POLL)
+        await clock.sleep(FRONT_HELLO_POLL)

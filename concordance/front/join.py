@@ -31,7 +31,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl as ssl_
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from concordance import wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.front.clients import ConsensusClient
 
@@ -86,14 +86,17 @@ async def join_cluster(
     backoff_max: float = BACKOFF_MAX,
     reask: float = REASK,
     ssl: ssl_.SSLContext | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> str:
-    """Ask ``cfg.join`` to add this node until it is a member; returns a :class:`JoinOutcome`."""
+    """Ask ``cfg.join`` to add this node until it is a member; returns a :class:`JoinOutcome`.
+
+    ``clock`` times the backoff and the re-asks (the HTTP asks themselves are real I/O,
+    bounded by the session's timeouts)."""
     assert cfg.join is not None
     url = f"{'https' if ssl is not None else 'http'}://{cfg.join}/api/v1/cluster/members"
     body = {"id": cfg.node_id, "address": cfg.address}
     key = cfg.secrets.peer_key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    loop = asyncio.get_running_loop()
     delay = BACKOFF_MIN
     asked_at: float | None = None  # when the last successful ask was answered
     while True:
@@ -112,17 +115,17 @@ async def join_cluster(
                     cfg.join,
                 )
                 return JoinOutcome.HOLDS_STATE
-        if asked_at is not None and loop.time() - asked_at < reask:
-            await asyncio.sleep(POLL)  # added: wait for the leader's first entries
+        if asked_at is not None and clock.monotonic() - asked_at < reask:
+            await clock.sleep(POLL)  # added: wait for the leader's first entries
             continue
         if st is not None:  # consensus answered: this node is fresh
             members = await _ask(http, url, headers, body, ssl)
             if members is not None and cfg.node_id in members:
                 log.info("%s asked %s to add it; members: %s", cfg.node_id, cfg.join, members)
-                asked_at = loop.time()
+                asked_at = clock.monotonic()
                 delay = BACKOFF_MIN
                 continue
-        await asyncio.sleep(delay)
+        await clock.sleep(delay)
         delay = min(delay * 2, backoff_max)
 
 

@@ -24,6 +24,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Protocol
 
+from concordance.clock import SYSTEM_CLOCK, Clock
+
 __all__ = ["DEPTH", "STALL", "ReadIndexBatcher"]
 
 STALL = 0.1  # seconds a request in flight holds back the next one at most
@@ -38,9 +40,14 @@ class ReadIndexBatcher:
     """Hands out read indexes: ``depth`` ``read_index`` requests in flight, the next one shared."""
 
     def __init__(
-        self, consensus: _ReadIndexSource, stall: float = STALL, depth: int = DEPTH
+        self,
+        consensus: _ReadIndexSource,
+        stall: float = STALL,
+        depth: int = DEPTH,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._consensus = consensus
+        self._clock = clock
         self._stall = stall
         self._depth = depth
         self._waiting: asyncio.Future[int] | None = None  # the next request's readers
@@ -59,7 +66,7 @@ class ReadIndexBatcher:
             waiting = self._waiting = loop.create_future()
             self._timeout = timeout
             if len(self._asking) >= self._depth:  # sent when one is answered, or stalls
-                loop.call_later(self._stall, self._send, waiting)
+                self._clock.call_later(self._stall, self._send, waiting)
             else:  # at the end of this loop turn: the reads of this turn share it
                 loop.call_soon(self._send, waiting)
         else:

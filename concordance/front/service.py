@@ -9,11 +9,11 @@ bodies, long-polls) is decided once, here. Inputs are already validated
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from concordance import commands
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import ConcordanceError, VersionConflict
 from concordance.front.clients import Clients
@@ -37,6 +37,7 @@ class KvService:
         cipher: seals values of sensitive keys before they are proposed.
         timeout_ms: the deadline of one request.
         clock: epoch milliseconds ("now" for expiry).
+        timers: the monotonic clock of long-poll deadlines and read-index stalls.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class KvService:
         cipher: Cipher,
         timeout_ms: int,
         clock: Callable[[], int],
+        timers: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._consensus = clients.consensus
         self._storage = clients.storage
@@ -56,7 +58,8 @@ class KvService:
         self.renderer = Renderer(cipher)
         self._timeout = timeout_ms / 1000
         self.clock = clock
-        self._read_indexes = ReadIndexBatcher(self._consensus)
+        self._timers = timers
+        self._read_indexes = ReadIndexBatcher(self._consensus, clock=timers)
 
     # -- reads -------------------------------------------------------------
     async def _read_index(self) -> int:
@@ -89,12 +92,12 @@ class KvService:
         prefix (or the timeout), then read again and answer.
         """
         validate_prefix(prefix)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_ms / 1000
+        timers = self._timers
+        deadline = timers.monotonic() + wait_ms / 1000
         async with self._hub.waiter(prefix, since) as waiter:
             page = await self._storage.changes(prefix, since, limit, self._timeout)
             while not page.changes:
-                left = deadline - loop.time()
+                left = deadline - timers.monotonic()
                 if left <= 0 or not await waiter.wait(left):
                     break
                 page = await self._storage.changes(prefix, since, limit, self._timeout)

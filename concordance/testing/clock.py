@@ -19,7 +19,7 @@ import contextlib
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from concordance.clock import Clock
 
@@ -27,6 +27,8 @@ __all__ = ["ManualClock", "ManualTimer"]
 
 EPOCH_MS = 1_764_230_400_000  # the wall time a clock starts at, unless told otherwise
 SETTLE_TURNS = 20  # loop turns given to woken tasks after each fired timer
+
+_T = TypeVar("_T")
 
 
 class ManualTimer:
@@ -125,6 +127,36 @@ class ManualClock:
             await self.settle()
         self._now = target
         await self.settle()
+
+    async def advance_until(
+        self,
+        condition: Callable[[], _T],
+        what: str = "",
+        *,
+        step: float = 0.01,
+        within: float = 60.0,
+    ) -> _T:
+        """Move time forward until ``condition()`` is truthy; return that value. The
+        wait for an effect that the role's timers cause.
+
+        Each round moves to the next due timer, or ``step`` seconds if none is
+        due sooner, so a sleeper wakes exactly when it asked to (a chain of
+        backoffs is timed as it would be in real time).
+
+        Raises:
+            AssertionError: still falsy after ``within`` seconds of this clock's time.
+        """
+        if step <= 0:
+            raise ValueError("step must be positive")
+        limit = self._now + within
+        await self.settle()
+        while not (value := condition()):
+            if self._now >= limit:
+                raise AssertionError(f"not within {within:g}s (manual clock): {what or condition}")
+            due = self.next_due()
+            target = min(self._now + step, limit) if due is None else min(due, self._now + step)
+            await self.advance(max(target - self._now, 0.0))
+        return value
 
     async def settle(self, turns: int = SETTLE_TURNS) -> None:
         """Give the event loop ``turns`` turns (no time passes)."""

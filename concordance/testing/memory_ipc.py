@@ -1,8 +1,11 @@
 """In-memory IPC ends: the ``concordance.sockets`` Protocols over asyncio queues. Test support.
 
-Why: role logic (the storage service, a fake consensus or front) can then be
+Why: every role (the consensus driver, the storage service, the front's
+role clients) and the doubles that play the roles around it can then be
 tested without ZeroMQ, sockets or real sleeps, next to a
-:class:`~concordance.testing.clock.ManualClock`. The ends pass the *same
+:class:`~concordance.testing.clock.ManualClock`: one instance per test,
+shared by all the roles of the test, as a node's roles share its run
+directory. The ends pass the *same
 encoded envelopes* as ``concordance.ipc`` (``wire.encode_envelope`` on send,
 ``decode_envelope`` on receipt), so a body that does not survive the wire
 does not survive here either.
@@ -16,7 +19,7 @@ What it models of PROTOCOL.md, and what not:
   duplicated or reordered; requests whose deadline (``dl``, on the clock's
   wall time) passed are dropped by the server, unmatched replies by the client;
 * a server's ``send`` to an identity that is not connected raises
-  ``IpcError`` at once (``EHOSTUNREACH``); a client's request or send waits
+  ``PeerGone`` at once (``EHOSTUNREACH``); a client's request or send waits
   for a server to bind, bounded by its timeout on the clock;
 * high-water marks and frame-level garbage are not modelled.
 
@@ -33,7 +36,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.errors import ConcordanceError, IpcError, IpcTimeout, RemoteProtocolError
+from concordance.errors import (
+    ConcordanceError,
+    IpcError,
+    IpcTimeout,
+    PeerGone,
+    RemoteProtocolError,
+)
 from concordance.ipc import SEND_TIMEOUT, MessageHandler
 from concordance.sockets import Sockets
 from concordance.wire import (
@@ -223,7 +232,7 @@ class MemoryServer:
     def _send(self, peer: bytes, env: Envelope) -> None:
         client = self._net.clients.get(self.endpoint, {}).get(peer)
         if self._closed or client is None or client.closed:
-            raise IpcError(f"{peer!r} is not connected to {self.endpoint}")
+            raise PeerGone(f"{peer!r} is not connected to {self.endpoint}")
         self._sent_at = self._net.clock.monotonic()
         self._net.later(client._arrive, encode_envelope(env))
 

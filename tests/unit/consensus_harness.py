@@ -1,9 +1,13 @@
-"""Test doubles for the roles around a consensus driver: a storage and a front over real ipc.
+"""Test doubles for the roles around a consensus driver: a storage and a front.
 
-The driver under test is the real one (real zmq sockets, real raft.db); the
-doubles play the *other* roles through ``concordance.ipc.RpcClient`` with the
-routing ids those roles use (``storage``, ``front``). Waits poll a condition
-against a deadline; nothing sleeps a fixed time to "let things happen".
+The driver under test is the real one (real raft.db); its IPC ends are
+in memory (``concordance.testing.memory_ipc``, one ``MemoryIpc`` per test
+run, on a ``ManualClock``: see :func:`run`), and the doubles play the
+*other* roles through the same ``Sockets`` with the routing ids those roles
+use (``storage``, ``front``). The process tests pass ``ZmqSockets``
+instead, to reach a driver running as its own process. Waits move the
+manual clock, or poll a condition against a deadline
+(``concordance.testing.poll``); nothing sleeps a fixed time.
 """
 
 from __future__ import annotations
@@ -22,27 +26,66 @@ from typing import Any
 import zmq.asyncio
 
 from concordance import fronts, ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
 from concordance.raft.messages import InstallSnapshot
+from concordance.sockets import Sockets, ZmqSockets
+from concordance.testing.clock import ManualClock
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until, until_answered
+from concordance.timing import CONSENSUS_FLUSH
 from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 
 
-def run(main: Callable[[zmq.asyncio.Context], Awaitable[None]], deadline: float = DEADLINE) -> None:
-    """Run ``main(ctx)`` on a fresh loop and zmq context, bounded by ``deadline``."""
+def run(
+    main: Callable[[MemoryIpc], Awaitable[None]],
+    deadline: float = DEADLINE,
+    clock: Clock | None = None,
+) -> None:
+    """Run ``main(net)`` on a fresh loop and in-memory IPC, bounded by ``deadline``
+    (of real time: it only fails the test).
+
+    ``net.clock`` is the clock of the IPC ends and of every driver and double
+    started on ``net``: a ``ManualClock`` unless told otherwise, so ticks,
+    elections and deadlines move only when the test moves them (its waits
+    pass ``clock=net.clock`` to ``concordance.testing.poll``). A test whose
+    progress waits on the db thread (snapshot files) passes ``SYSTEM_CLOCK``:
+    a manual clock moved meanwhile would let elections overtake that I/O."""
+
+    async def outer() -> None:
+        await asyncio.wait_for(main(MemoryIpc(clock or ManualClock())), deadline)
+
+    asyncio.run(outer())
+
+
+def run_zmq(main: Callable[[ZmqSockets], Awaitable[None]], deadline: float = DEADLINE) -> None:
+    """:func:`run` on real ZeroMQ (a fresh context): to reach a driver that runs as its
+    own process (``procs.consensus``)."""
 
     async def outer() -> None:
         ctx = zmq.asyncio.Context()
         try:
-            await asyncio.wait_for(main(ctx), deadline)
+            await asyncio.wait_for(main(ZmqSockets(ctx)), deadline)
         finally:
             ctx.destroy(linger=0)
 
     asyncio.run(outer())
+
+
+def clock_of(sockets: Sockets) -> Clock:
+    """The clock of a test's IPC ends: the drivers and doubles started on them share it."""
+    return sockets.clock if isinstance(sockets, MemoryIpc) else SYSTEM_CLOCK
+
+
+def manual(net: MemoryIpc) -> ManualClock:
+    """The manual clock of a :func:`run` (the test moves it)."""
+    assert isinstance(net.clock, ManualClock), "this test runs on a manual clock"
+    return net.clock
 
 
 @contextmanager
@@ -69,18 +112,6 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
     }
     settings.update(overrides)
     return NodeConfig(**settings).validate()
-
-
-async def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``cond`` until it returns something truthy (and return that)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.005)
 
 
 class MemoryNet:
@@ -147,25 +178,39 @@ class Hub:
 class Node:
     """A running driver plus the task running it (its peer links on a ``Hub``)."""
 
-    def __init__(self, driver: ConsensusDriver, task: asyncio.Task[None], hub: Hub) -> None:
+    def __init__(
+        self, driver: ConsensusDriver, task: asyncio.Task[None], hub: Hub, clock: Clock
+    ) -> None:
         self.driver = driver
         self.task = task
         self.hub = hub
+        self.clock = clock
 
     @classmethod
-    async def start(cls, cfg: NodeConfig, ctx: zmq.asyncio.Context, hub: Hub | None = None) -> Node:
+    async def start(cls, cfg: NodeConfig, sockets: Sockets, hub: Hub | None = None) -> Node:
         hub = hub or Hub()
-        driver = await ConsensusDriver.open(cfg, ctx, net=hub.factory(cfg.node_id))
-        return cls(driver, asyncio.create_task(driver.run()), hub)
+        clock = clock_of(sockets)
+        driver = await ConsensusDriver.open(cfg, sockets, clock, net=hub.factory(cfg.node_id))
+        return cls(driver, asyncio.create_task(driver.run()), hub, clock)
+
+    async def finished(self) -> None:
+        """Wait for the driver's task to end, and raise what it raised. On a manual
+        clock, move it past the bounded waits of a stop (the flush to the fronts)
+        meanwhile; closing raft.db is real I/O, waited for in real time."""
+        while not self.task.done():
+            if isinstance(self.clock, ManualClock):
+                await self.clock.advance(CONSENSUS_FLUSH)
+            await asyncio.wait([self.task], timeout=0.05)
+        await self.task
 
     async def stop(self) -> None:
         self.driver.stop()
-        await self.task
+        await self.finished()
 
 
 @asynccontextmanager
-async def running(cfg: NodeConfig, ctx: zmq.asyncio.Context) -> AsyncIterator[Node]:
-    node = await Node.start(cfg, ctx)
+async def running(cfg: NodeConfig, sockets: Sockets) -> AsyncIterator[Node]:
+    node = await Node.start(cfg, sockets)
     try:
         yield node
     finally:
@@ -183,7 +228,7 @@ class FakeStorage:
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        sockets: Sockets,
         data_dir: str,
         applied: int = 0,
         applied_term: int = 0,
@@ -202,8 +247,8 @@ class FakeStorage:
         self.snapshot_padding = 0  # bytes added to each snapshot file written
         self.snapshot_dir = Path(snapshot_dir or data_dir)
         self._outbox: asyncio.Queue[tuple[str, wire.Body]] = asyncio.Queue()
-        self.client = ipc.RpcClient(
-            ctx, ipc.endpoint(data_dir, "consensus"), "storage", on_message=self._on_message
+        self.client = sockets.client(
+            ipc.endpoint(data_dir, "consensus"), "storage", on_message=self._on_message
         )
         self._task = asyncio.create_task(self._send_loop())
 
@@ -269,15 +314,13 @@ class FakeStorage:
 class FakeFront:
     """Plays the front role: makes requests and records ``dropped``."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, data_dir: str) -> None:
+    def __init__(self, sockets: Sockets, data_dir: str) -> None:
+        self.clock = clock_of(sockets)
         self.dropped: list[bytes] = []
         self.acks_stopping = False  # answer ``stopping``, as the real front does
         self.stopping = 0  # ``stopping`` announcements received
-        self.client = ipc.RpcClient(
-            ctx,
-            ipc.endpoint(data_dir, "consensus"),
-            fronts.routing_id(0),
-            on_message=self._on_message,
+        self.client = sockets.client(
+            ipc.endpoint(data_dir, "consensus"), fronts.routing_id(0), on_message=self._on_message
         )
         # as the real front does: consensus pushes only to fronts it has heard from
         self._greeting = asyncio.ensure_future(
@@ -323,16 +366,8 @@ async def wait_leader(front: FakeFront, timeout: float = 10.0) -> wire.StatusOk:
 async def wait_status(
     front: FakeFront, pred: Callable[[wire.StatusOk], bool], timeout: float = 10.0
 ) -> wire.StatusOk:
-    """Poll ``status`` until ``pred`` holds."""
-
-    async def poll() -> wire.StatusOk:
-        while True:
-            status = await front.status()
-            if pred(status):
-                return status
-            await asyncio.sleep(0.01)
-
-    return await asyncio.wait_for(poll(), timeout)
+    """Ask ``status`` until ``pred`` holds."""
+    return await until_answered(front.status, pred, "a status", timeout, clock=front.clock)
 
 
 class Cluster:
@@ -340,10 +375,9 @@ class Cluster:
     the real ones are tested in ``test_consensus_peers.py``). A stopped node's
     frames are dropped."""
 
-    def __init__(
-        self, ctx: zmq.asyncio.Context, dirs: list[str], joiners: int = 0, **cfg: Any
-    ) -> None:
-        self.ctx = ctx
+    def __init__(self, sockets: Sockets, dirs: list[str], joiners: int = 0, **cfg: Any) -> None:
+        self.sockets = sockets
+        self.clock = clock_of(sockets)
         ids = [f"n{i}" for i in range(1, len(dirs) + 1)]
         members = ids[: len(ids) - joiners]
         peers = {nid: f"127.0.0.1:{4100 + i}" for i, nid in enumerate(members, 1)}
@@ -361,16 +395,16 @@ class Cluster:
 
     async def start(self) -> None:
         for nid, cfg in self.cfgs.items():
-            self.fronts[nid] = FakeFront(self.ctx, cfg.data_dir)
+            self.fronts[nid] = FakeFront(self.sockets, cfg.data_dir)
         for nid in self.cfgs:
             await self.start_node(nid)
 
     async def start_node(self, nid: str) -> None:
         cfg = self.cfgs[nid]
-        self.nodes[nid] = await Node.start(cfg, self.ctx, self.hub)
+        self.nodes[nid] = await Node.start(cfg, self.sockets, self.hub)
         storage = self.storages.get(nid)
         if storage is None:
-            storage = self.storages[nid] = FakeStorage(self.ctx, cfg.data_dir)
+            storage = self.storages[nid] = FakeStorage(self.sockets, cfg.data_dir)
         await storage.hello()
 
     async def stop_node(self, nid: str) -> None:
@@ -406,7 +440,8 @@ class Cluster:
             )
             return leaders[0] if known else None
 
-        leader: str = await wait_for(one, timeout, "one leader known to all")
+        leader = await until(one, "one leader known to all", timeout, clock=self.clock)
+        assert leader is not None
         return leader
 
     async def close(self) -> None:
@@ -420,11 +455,11 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(
-    ctx: zmq.asyncio.Context, n: int = 3, joiners: int = 0, **cfg: Any
+    sockets: Sockets, n: int = 3, joiners: int = 0, **cfg: Any
 ) -> AsyncIterator[Cluster]:
     """``n`` voters from --peers, plus ``joiners`` nodes started with --join."""
     dirs = [tempfile.mkdtemp(prefix="cc-", dir="/tmp") for _ in range(n + joiners)]
-    c = Cluster(ctx, dirs, joiners, **cfg)
+    c = Cluster(sockets, dirs, joiners, **cfg)
     try:
         await c.start()
         yield c

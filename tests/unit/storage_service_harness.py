@@ -74,14 +74,6 @@ def node_config(data_dir: str, **overrides: Any) -> NodeConfig:
     return replace(cfg, **overrides).validate()
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait for ``condition`` (real I/O progressing); the bound only fails the test."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 async def next_of(queue: asyncio.Queue[Any], timeout: float = WAIT) -> Any:
     return await asyncio.wait_for(queue.get(), timeout)
 

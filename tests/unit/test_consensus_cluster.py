@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import zmq.asyncio
 
 from concordance import errors, wire
-from tests.unit.consensus_harness import FakeStorage, cluster, run, wait_for
+from concordance.clock import SYSTEM_CLOCK
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until
+from tests.unit.consensus_harness import FakeStorage, cluster, run
 
 
 def applied_at_least(storage: FakeStorage, index: int) -> Callable[[], bool]:
@@ -22,8 +24,8 @@ def holds(storage: FakeStorage, command: bytes) -> Callable[[], bool]:
 
 
 def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
             leader = await c.wait_one_leader()
             term = c.nodes[leader].driver.core.term
             front = c.fronts[leader]
@@ -33,7 +35,7 @@ def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
                 assert not reply.forwarded
                 last = reply.index
             for nid, storage in c.storages.items():
-                await wait_for(applied_at_least(storage, last), what=f"apply on {nid}")
+                await until(applied_at_least(storage, last), f"apply on {nid}", clock=net.clock)
                 assert storage.commands() == [b"k%d" % n for n in range(20)]
             status = await front.status()
             assert status.role == "leader" and len(status.members) == 3
@@ -50,12 +52,14 @@ def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
             assert c.nodes[new_leader].driver.core.term > term
             after = (await c.fronts[new_leader].propose(b"after")).index
             for nid in c.nodes:
-                await wait_for(applied_at_least(c.storages[nid], after), what=f"apply on {nid}")
+                await until(
+                    applied_at_least(c.storages[nid], after), f"apply on {nid}", clock=net.clock
+                )
 
             # The old leader comes back as a follower and catches up.
             await c.start_node(leader)
             old = c.storages[leader]
-            await wait_for(lambda: old.applied >= after, what="catch-up")
+            await until(lambda: old.applied >= after, "catch-up", clock=net.clock)
             assert old.commands()[-1] == b"after"
             assert c.nodes[leader].driver.core.leader_id == new_leader
 
@@ -63,15 +67,15 @@ def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
 
 
 def test_followers_forward_proposals_and_read_index_to_the_leader() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
             leader = await c.wait_one_leader()
             follower = next(nid for nid in c.nodes if nid != leader)
             front = c.fronts[follower]
             reply = await front.propose(b"via-follower")
             assert reply.forwarded and reply.index == 0
             storage = c.storages[follower]
-            await wait_for(lambda: b"via-follower" in storage.commands())
+            await until(lambda: b"via-follower" in storage.commands(), clock=net.clock)
             applied = storage.applied
             index = await front.read_index()
             assert index >= applied
@@ -85,20 +89,21 @@ def test_followers_forward_proposals_and_read_index_to_the_leader() -> None:
 
 
 def test_leadership_transfer() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
             leader = await c.wait_one_leader()
             target = next(nid for nid in sorted(c.nodes) if nid != leader)
             await c.fronts[leader].propose(b"before")
-            await wait_for(
+            await until(
                 lambda: all(
                     s.applied >= c.nodes[leader].driver.core.log.commit for s in c.storages.values()
-                )
+                ),
+                clock=net.clock,
             )
             assert isinstance(
                 await c.fronts[leader].request("transfer", wire.Transfer(target)), wire.Ok
             )
-            await wait_for(lambda: c.leaders() == [target], what="transfer")
+            await until(lambda: c.leaders() == [target], "transfer", clock=net.clock)
             assert await c.wait_one_leader() == target
 
     run(main)
@@ -110,9 +115,9 @@ def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
     its deadline (504). Now the leader refuses it, the follower's consensus
     tells its front ``dropped``, and the command is never applied anywhere."""
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         # 50 ticks of 10 ms: the leader keeps a stalled transfer pending for 0.5 s.
-        async with cluster(ctx, 3, election_ticks=50) as c:
+        async with cluster(net, 3, election_ticks=50) as c:
             leader = await c.wait_one_leader()
             target, other = (nid for nid in sorted(c.nodes) if nid != leader)
             await c.stop_node(target)  # it misses the next entry: the transfer must wait
@@ -120,13 +125,17 @@ def test_a_write_forwarded_during_a_transfer_comes_back_dropped() -> None:
             reply = await c.fronts[leader].request("transfer", wire.Transfer(target))
             assert isinstance(reply, wire.Ok)
             assert (await c.fronts[other].propose(b"during-transfer")).forwarded
-            await wait_for(lambda: c.fronts[other].dropped, 5, "dropped")
+            await until(lambda: c.fronts[other].dropped, "dropped", timeout=5, clock=net.clock)
             assert c.fronts[other].dropped == [b"during-transfer"]
             # The transfer times out; the leader accepts writes again.
-            await wait_for(lambda: c.nodes[leader].driver.core.lead_transferee is None, 5)
+            await until(
+                lambda: c.nodes[leader].driver.core.lead_transferee is None,
+                timeout=5,
+                clock=net.clock,
+            )
             await c.fronts[other].propose(b"after")
             for storage in (c.storages[leader], c.storages[other]):
-                await wait_for(holds(storage, b"after"), 5)
+                await until(holds(storage, b"after"), timeout=5, clock=net.clock)
                 assert b"during-transfer" not in storage.commands()
 
     run(main)
@@ -137,8 +146,8 @@ def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks(
     streams it in chunks of at most ``snapshot_chunk_bytes`` (1 MiB), one in flight,
     and the lagger restores from a byte-identical file."""
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3, snapshot_every=10, snapshot_trailing=0) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3, snapshot_every=10, snapshot_trailing=0) as c:
             leader = await c.wait_one_leader()
             lagger = next(nid for nid in sorted(c.nodes) if nid != leader)
             c.storages[leader].snapshot_padding = (5 << 20) // 2  # 2.5 MiB: three chunks
@@ -148,14 +157,20 @@ def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks(
             # the entries it still needs (replication.still_needed); wait that out, or
             # 60 quick proposals never get the log cut past 20.
             progress = driver.core.progress
-            await wait_for(lambda: not progress[lagger].recent_active, what="lagger inactive")
+            await until(
+                lambda: not progress[lagger].recent_active, "lagger inactive", clock=net.clock
+            )
             for n in range(60):
                 last = (await c.fronts[leader].propose(b"s%d" % n)).index
-            await wait_for(lambda: driver.disk.first_index() > 20, what="leader compaction")
+            await until(
+                lambda: driver.disk.first_index() > 20, "leader compaction", clock=net.clock
+            )
             assert driver.snapshots.taken == 0 and c.storages[leader].snapshots_written == []
             await c.start_node(lagger)
             storage = c.storages[lagger]
-            await wait_for(lambda: storage.restores, what="restore on the lagger", timeout=20)
+            await until(
+                lambda: storage.restores, "restore on the lagger", timeout=20, clock=net.clock
+            )
             restore = storage.restores[-1]
             assert restore.index > 20  # beyond what the leader still has in its log
             assert driver.snapshots.taken == 1  # made on demand, once
@@ -168,18 +183,20 @@ def test_a_follower_far_behind_gets_a_snapshot_made_on_demand_in_bounded_chunks(
             assert all(n <= 1 << 20 for _, n in chunks) and sum(n for _, n in chunks) == len(sent)
             # The lagger's log restarted after the snapshot (it may have compacted since).
             assert c.nodes[lagger].driver.disk.first_index() > 20
-            await wait_for(lambda: storage.applied >= last, what="lagger catches up")
+            await until(lambda: storage.applied >= last, "lagger catches up", clock=net.clock)
             after = (await c.fronts[leader].propose(b"end")).index
-            await wait_for(lambda: storage.applied >= after)
+            await until(lambda: storage.applied >= after, clock=net.clock)
             assert storage.commands()[-1] == b"end"
             assert min(i for i in storage.entries if i > restore.index) == restore.index + 1
 
-    run(main)
+    # The system clock: the snapshot is made, saved and read in chunks on the db threads
+    # (real I/O), and a manual clock moved meanwhile would let elections overtake it.
+    run(main, clock=SYSTEM_CLOCK)
 
 
 def test_stopping_answers_parked_reads_unavailable() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
             leader = await c.wait_one_leader()
             await c.fronts[leader].propose(b"x")
             for nid in [n for n in c.nodes if n != leader]:
@@ -187,7 +204,7 @@ def test_stopping_answers_parked_reads_unavailable() -> None:
             # Without a quorum the read cannot be confirmed: it waits, then fails fast
             # (the leader steps down, or is stopped) instead of timing out.
             read = asyncio.ensure_future(c.fronts[leader].read_index(timeout=5))
-            await wait_for(lambda: len(c.nodes[leader].driver.reads) or read.done())
+            await until(lambda: len(c.nodes[leader].driver.reads) or read.done(), clock=net.clock)
             await c.stop_node(leader)
             with pytest.raises(errors.Unavailable):
                 await read
@@ -196,9 +213,9 @@ def test_stopping_answers_parked_reads_unavailable() -> None:
 
 
 def test_a_joiner_is_added_as_learner_then_promoted() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         # Promotion by hand: the leader's automatic promotion is off here.
-        async with cluster(ctx, 3, joiners=1, auto_promote=False) as c:
+        async with cluster(net, 3, joiners=1, auto_promote=False) as c:
             leader = await c.wait_one_leader()
             front = c.fronts[leader]
             joiner = c.nodes["n4"].driver
@@ -209,22 +226,26 @@ def test_a_joiner_is_added_as_learner_then_promoted() -> None:
             )
             assert isinstance(added, wire.Proposed) and added.index > 0
             storage = c.storages["n4"]
-            await wait_for(lambda: b"before" in storage.commands(), what="learner catches up")
+            await until(
+                lambda: b"before" in storage.commands(), "learner catches up", clock=net.clock
+            )
             assert joiner.core.leader_id == leader
             status = await c.fronts["n4"].status()
             assert status.role == "learner"
             assert {m.node_id: m.voter for m in status.members}["n4"] is False
-            await wait_for(lambda: c.nodes[leader].driver.core.log.commit >= added.index)
+            await until(
+                lambda: c.nodes[leader].driver.core.log.commit >= added.index, clock=net.clock
+            )
             promoted = await front.request("conf_change", wire.ConfChange("add_voter", "n4"))
             assert isinstance(promoted, wire.Proposed)
-            await wait_for(lambda: joiner.core.membership.is_voter("n4"), what="promotion")
-            await wait_for(lambda: joiner.core.role.value == "follower")
+            await until(lambda: joiner.core.membership.is_voter("n4"), "promotion", clock=net.clock)
+            await until(lambda: joiner.core.role.value == "follower", clock=net.clock)
             leader_view = await front.status()
             n4 = next(m for m in leader_view.members if m.node_id == "n4")
             assert n4.voter and n4.address == "127.0.0.1:4104"
             with pytest.raises(errors.Unavailable):  # one change at a time, or already a voter
                 await front.request("conf_change", wire.ConfChange("add_voter", "n4"))
             last = (await front.propose(b"after")).index
-            await wait_for(lambda: storage.applied >= last)
+            await until(lambda: storage.applied >= last, clock=net.clock)
 
     run(main)

@@ -3,37 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
-import zmq.asyncio
 
 from concordance import errors, wire
 from concordance.consensus import ConsensusDriver, boot_membership
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed
-from concordance.testing.clock import ManualClock
-from concordance.timing import CONSENSUS_DRAIN
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until, until_answered
+from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
     Node,
     make_cfg,
+    manual,
     run,
     running,
     temp_dir,
-    wait_for,
     wait_leader,
     wait_status,
 )
 
 
 def test_single_node_leads_and_applies_proposals_in_order() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx):
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net):
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 status = await wait_leader(front)
                 assert status.leader_id == "n1" and status.term >= 1
                 await storage.hello()
@@ -42,7 +41,7 @@ def test_single_node_leads_and_applies_proposals_in_order() -> None:
                     reply = await front.propose(b"cmd-%d" % n)
                     assert not reply.forwarded and reply.index > last
                     last = reply.index
-                await wait_for(lambda: storage.applied >= last, what="apply")
+                await until(lambda: storage.applied >= last, "apply")
                 assert storage.commands() == [b"cmd-%d" % n for n in range(20)]
                 # Every index arrives once and in order: NOOP first, then the commands.
                 assert sorted(storage.entries) == list(range(1, last + 1))
@@ -55,18 +54,18 @@ def test_single_node_leads_and_applies_proposals_in_order() -> None:
 
 
 def test_nothing_is_applied_before_hello_and_batches_follow_it() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 reply = await front.propose(*[b"c%d" % n for n in range(50)])
-                await wait_for(lambda: node.driver.core.log.applied >= reply.index)
+                await until(lambda: node.driver.core.log.applied >= reply.index)
                 assert storage.batches == []  # no hello yet: nothing sent
                 await storage.hello()
-                await wait_for(lambda: storage.applied >= reply.index)
+                await until(lambda: storage.applied >= reply.index)
                 assert len(storage.commands()) == 50
-                await wait_for(lambda: node.driver.stream.acked == reply.index)
+                await until(lambda: node.driver.stream.acked == reply.index)
                 await front.close()
                 await storage.close()
 
@@ -74,10 +73,10 @@ def test_nothing_is_applied_before_hello_and_batches_follow_it() -> None:
 
 
 def test_concurrent_proposals_share_fsyncs() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 before = node.driver.disk.fsyncs
@@ -89,7 +88,7 @@ def test_concurrent_proposals_share_fsyncs() -> None:
                     assert len({p.index for p in replies}) == per_round
                 total = rounds * per_round
                 last = max(p.index for p in replies)
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 fsyncs = node.driver.disk.fsyncs - before
                 assert fsyncs < total / 4, f"{fsyncs} fsyncs for {total} proposals"
                 assert len(storage.commands()) == total
@@ -100,10 +99,10 @@ def test_concurrent_proposals_share_fsyncs() -> None:
 
 
 def test_read_index_covers_acknowledged_proposals() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx):
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d), net):
+                front = FakeFront(net, d)
                 await wait_leader(front)
                 for n in range(5):
                     proposed = await front.propose(b"x%d" % n)
@@ -116,21 +115,17 @@ def test_read_index_covers_acknowledged_proposals() -> None:
 
 
 async def wait_read_index_at_least(front: FakeFront, index: int) -> int:
-    while True:
-        got = await front.read_index()
-        if got >= index:
-            return got
-        await asyncio.sleep(0.005)
+    return await until_answered(front.read_index, lambda got: got >= index, f"read index {index}")
 
 
 def test_read_index_is_never_below_commit_at_request_time() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front = FakeFront(net, d)
                 await wait_leader(front)
                 proposed = await front.propose(b"a", b"b")
-                await wait_for(lambda: node.driver.core.log.commit >= proposed.index)
+                await until(lambda: node.driver.core.log.commit >= proposed.index)
                 assert await front.read_index() >= proposed.index
                 await front.close()
 
@@ -138,16 +133,16 @@ def test_read_index_is_never_below_commit_at_request_time() -> None:
 
 
 def test_status_fields() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, listen="127.0.0.1:4555")
-            async with running(cfg, ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(cfg, net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 proposed = await front.propose(b"s")
-                await wait_for(lambda: storage.applied >= proposed.index)
-                await wait_for(lambda: node.driver.stream.acked == proposed.index)
+                await until(lambda: storage.applied >= proposed.index)
+                await until(lambda: node.driver.stream.acked == proposed.index)
                 status = await front.status()
                 assert status.node_id == "n1"
                 assert status.role == "leader"
@@ -165,38 +160,38 @@ def test_status_fields() -> None:
 
 
 def test_restart_keeps_log_and_resumes_apply_where_storage_is() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d)
-            node = await Node.start(cfg, ctx)
-            front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            node = await Node.start(cfg, net)
+            front, storage = FakeFront(net, d), FakeStorage(net, d)
             await wait_leader(front)
             await storage.hello()
             last = 0
             for n in range(10):
                 last = (await front.propose(b"p%d" % n)).index
-            await wait_for(lambda: storage.applied >= last)
+            await until(lambda: storage.applied >= last)
             term, commit = node.driver.core.term, node.driver.core.log.commit
             await node.stop()
             await storage.close()
 
             # A storage that had applied only up to index 4 (say it lost its tail).
-            node = await Node.start(make_cfg(d, peers={}, join=None), ctx)
+            node = await Node.start(make_cfg(d, peers={}, join=None), net)
             core = node.driver.core
             assert core.term >= term and core.log.commit >= commit
             assert core.log.last_index() >= last
             assert not node.driver.disk.bootstrapped
-            storage2 = FakeStorage(ctx, d, applied=4, applied_term=term)
+            storage2 = FakeStorage(net, d, applied=4, applied_term=term)
             await wait_leader(front)
             await storage2.hello()
-            await wait_for(lambda: storage2.applied >= last)
+            await until(lambda: storage2.applied >= last)
             assert min(storage2.entries) == 5  # resumed right after storage's index
             assert storage2.batches[0][0] == 5
             assert (
                 storage2.commands() == [b"p%d" % n for n in range(10)][-len(storage2.commands()) :]
             )
             more = (await front.propose(b"after")).index
-            await wait_for(lambda: storage2.applied >= more)
+            await until(lambda: storage2.applied >= more)
             assert storage2.commands()[-1] == b"after"
             await node.stop()
             await front.close()
@@ -206,19 +201,19 @@ def test_restart_keeps_log_and_resumes_apply_where_storage_is() -> None:
 
 
 def test_storage_hello_with_older_index_gets_entries_again() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx):
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net):
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 last = (await front.propose(*[b"e%d" % n for n in range(30)])).index
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 # Storage restarts from an older state.db: it says so with hello.
                 storage.applied = 3
                 storage.entries = {i: e for i, e in storage.entries.items() if i <= 3}
                 await storage.hello()
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 assert sorted(storage.entries) == list(range(1, last + 1))
                 await front.close()
                 await storage.close()
@@ -227,23 +222,23 @@ def test_storage_hello_with_older_index_gets_entries_again() -> None:
 
 
 def test_a_gap_makes_storage_say_hello_and_the_stream_recovers() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d, auto_ack=False)
+            async with running(make_cfg(d), net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d, auto_ack=False)
                 await wait_leader(front)
                 await storage.hello()
                 first = (await front.propose(b"g1")).index
-                await wait_for(lambda: storage.applied >= first)
+                await until(lambda: storage.applied >= first)
                 # Pretend the next batch was lost on the way: storage never saw it.
                 second = (await front.propose(b"g2")).index
-                await wait_for(lambda: storage.applied >= second)
+                await until(lambda: storage.applied >= second)
                 storage.applied = first
                 del storage.entries[second]
                 # A stale window is resent on the next hello (STALL is 1 s).
                 node.driver.stream._inflight[0] = (second, 0.0)
                 await storage.hello()
-                await wait_for(lambda: second in storage.entries)
+                await until(lambda: second in storage.entries)
                 await front.close()
                 await storage.close()
 
@@ -251,10 +246,10 @@ def test_a_gap_makes_storage_say_hello_and_the_stream_recovers() -> None:
 
 
 def test_join_mode_node_is_not_leader_and_refuses() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d, join="127.0.0.1:4200"), ctx) as node:
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d, join="127.0.0.1:4200"), net) as node:
+                front = FakeFront(net, d)
                 assert node.driver.core.membership.voters == ()
                 with pytest.raises(errors.Unavailable):
                     await front.propose(b"nope")
@@ -271,10 +266,10 @@ def test_join_mode_node_is_not_leader_and_refuses() -> None:
 
 
 def test_bad_requests_and_garbage_frames_do_not_hurt() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front = FakeFront(net, d)
                 await wait_leader(front)
                 node.hub.inject("n1", [b"\xc1garbage", b""])
                 with pytest.raises(errors.InvalidRequest):
@@ -304,13 +299,13 @@ def test_boot_membership() -> None:
 
 
 def test_peers_are_ignored_once_raft_db_exists() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            driver = await ConsensusDriver.open(make_cfg(d), ctx)
+            driver = await ConsensusDriver.open(make_cfg(d), net)
             assert driver.disk.bootstrapped
             await driver.close()
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2"}
-            driver = await ConsensusDriver.open(make_cfg(d, peers=peers), ctx)
+            driver = await ConsensusDriver.open(make_cfg(d, peers=peers), net)
             assert not driver.disk.bootstrapped
             assert driver.core.membership.voters == ("n1",)
             await driver.close()
@@ -319,35 +314,39 @@ def test_peers_are_ignored_once_raft_db_exists() -> None:
 
 
 def test_a_failed_persist_stops_the_driver_with_the_error() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            node = await Node.start(make_cfg(d), ctx)
-            front = FakeFront(ctx, d)
+            node = await Node.start(make_cfg(d), net)
+            front = FakeFront(net, d)
             await wait_leader(front)
             disk = node.driver.disk
             disk.call_blocking(disk.store.close)  # the next write fails like a dead disk
             # The proposal's own persist or the driver's unsynced commit-index write,
             # whichever comes first, meets the dead store: the answer may be lost.
-            with contextlib.suppress(errors.IpcTimeout):
-                await front.propose(b"doomed")
+            doomed = asyncio.ensure_future(front.propose(b"doomed"))
             with pytest.raises(StoreFailed):
-                await asyncio.wait_for(node.task, 5)
+                await node.finished()
+            doomed.cancel()
+            await asyncio.gather(doomed, return_exceptions=True)
             await front.close()
 
     run(main)
 
 
 def test_messages_for_peers_go_to_the_peer_links_with_the_membership_addresses() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
-            async with running(make_cfg(d, peers=peers), ctx) as node:
+            async with running(make_cfg(d, peers=peers), net) as node:
                 sent = node.hub.sent
-                await wait_for(lambda: {dst for _, dst, _, _ in sent} == {"n2", "n3"})
+                # its election timeout passes: it campaigns, to both peers
+                await manual(net).advance_until(
+                    lambda: {dst for _, dst, _, _ in sent} == {"n2", "n3"}, "a campaign to both"
+                )
                 for src, dst, address, frames in sent:
                     assert src == "n1" and address == peers[dst]
                     assert all(wire.decode_raft(f).dst == dst for f in frames)
-                front = FakeFront(ctx, d)
+                front = FakeFront(net, d)
                 assert (await front.status()).role in ("follower", "candidate")
                 with pytest.raises(errors.Unavailable):
                     await front.propose(b"no leader")
@@ -361,16 +360,16 @@ def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -
     peer becomes ``dropped`` to the front; a Propose reaching a node that is not the
     leader is answered with ProposeRefused (to the peer) instead of being lost."""
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             peers = {"n1": "127.0.0.1:1", "n2": "127.0.0.1:2", "n3": "127.0.0.1:3"}
-            async with running(make_cfg(d, peers=peers), ctx) as node:
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d, peers=peers), net) as node:
+                front = FakeFront(net, d)
                 await wait_status(front, lambda s: s.role != "leader")
                 refused = rm.ProposeRefused(0, "n2", "n1", (b"cmd-a", b"cmd-b"), "transfer")
                 forward = rm.Propose(0, "n3", "n1", (b"cmd-c",))
                 node.hub.inject("n1", [wire.encode_raft(refused), wire.encode_raft(forward)])
-                await wait_for(lambda: front.dropped, what="dropped")
+                await until(lambda: front.dropped, "dropped")
                 assert front.dropped == [b"cmd-a", b"cmd-b"]
 
                 def answer() -> rm.ProposeRefused | None:
@@ -381,7 +380,7 @@ def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -
                                 return msg
                     return None
 
-                back = await wait_for(answer, what="ProposeRefused to n3")
+                back = await until(answer, "ProposeRefused to n3")
                 assert (back.src, back.dst, back.data) == ("n1", "n3", (b"cmd-c",))
                 await front.close()
 
@@ -389,14 +388,14 @@ def test_refused_forwards_are_reported_to_the_front_and_forwards_are_refused() -
 
 
 def test_snapshot_now_without_new_entries_reports_the_latest() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 last = (await front.propose(b"a")).index
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 first = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
                 again = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
                 assert first == again
@@ -414,28 +413,30 @@ def test_a_planned_stop_drains_until_the_front_acknowledges(acks: bool) -> None:
     stops then; a front that never answers is waited for ``CONSENSUS_DRAIN`` of the
     driver's clock at most."""
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            clock = ManualClock()
-            driver = await ConsensusDriver.open(make_cfg(d), ctx, clock=clock)
+            clock = manual(net)
+            driver = await ConsensusDriver.open(make_cfg(d), net, clock=clock)
             task = asyncio.create_task(driver.run())
-            front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            front, storage = FakeFront(net, d), FakeStorage(net, d)
             try:
-                await wait_for(lambda: driver.core.role.name == "LEADER", what="a leader")
-                await wait_for(lambda: driver.fronts.current is not None, what="the front's hello")
+                await until(lambda: driver.core.role.name == "LEADER", "a leader")
+                await until(lambda: driver.fronts.current is not None, "the front's hello")
                 front.acks_stopping = acks
                 driver.shutdown()
-                await wait_for(lambda: front.stopping, what="stopping")
+                await until(lambda: front.stopping, "stopping")
                 if acks:
                     await asyncio.wait_for(task, 10)  # no drain time had to pass
                     # and a last ``stopping`` before the close: its ack says the front
                     # read every answer (a socket that goes drops what is unread)
                     assert front.stopping == 2
                 else:
-                    await asyncio.sleep(0.3)
+                    await clock.advance(CONSENSUS_DRAIN * 0.9)
                     assert not task.done()  # still draining, waiting for the front
-                    await clock.advance(CONSENSUS_DRAIN)
-                    await asyncio.wait_for(task, 10)
+                    # then the last ``stopping`` goes unanswered too: its wait is bounded
+                    # (on the driver's clock; plus a tick, the step the drain is seen ending)
+                    await clock.advance(CONSENSUS_DRAIN * 0.1 + CONSENSUS_FLUSH + 0.1)
+                    await asyncio.wait_for(task, 10)  # closing raft.db: real I/O
             finally:
                 if not task.done():
                     driver.stop()
@@ -453,14 +454,14 @@ def test_what_arrives_between_bind_and_run_is_served() -> None:
     before the fix they waited in a queue nobody read, and the write ended in a 504
     and was never applied (issue 21)."""
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            driver = await ConsensusDriver.open(make_cfg(d), ctx)
-            front = FakeFront(ctx, d)
+            driver = await ConsensusDriver.open(make_cfg(d), net)
+            front = FakeFront(net, d)
             task: asyncio.Task[None] | None = None
             try:
                 early = asyncio.ensure_future(front.propose(b"held across a restart", timeout=5))
-                await wait_for(lambda: driver.server.queued, what="the proposal at the socket")
+                await until(lambda: driver.server.queued, "the proposal at the socket")
                 task = asyncio.create_task(driver.run())
                 proposed = await asyncio.wait_for(early, 5)
                 assert proposed.index >= 1 and not proposed.forwarded

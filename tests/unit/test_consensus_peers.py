@@ -12,7 +12,7 @@ import contextlib
 import socket
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from concordance.config import NodeConfig
 from concordance.consensus import peers
 from concordance.consensus.peers import PeerNet
 from concordance.front.accept import SortingSite
+from concordance.testing.poll import until, until_answered
 from concordance.tls import TlsContexts
 from tests.integration.certs import CA, Leaf
 
@@ -91,15 +92,6 @@ async def side(node_id: str, key: str | None, tls: NodeConfig | None = None) -> 
             await net.close()
             s.receiver.close()
             await runner.cleanup()
-
-
-async def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_frames_cross_in_order_answers_come_back_and_http_shares_the_port() -> None:
@@ -234,11 +226,11 @@ def test_a_renewed_certificate_reaches_the_peer_links_without_a_signal(tmp_path:
         async with side("n2", "k", cfg2) as b:
             assert await _served_serial(b.address, ctx) == first.serial
             renewed = ca.issue("n2")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while await _served_serial(b.address, ctx) != renewed.serial:
-                assert loop.time() < deadline, "the renewed certificate was never served"
-                await asyncio.sleep(0.05)
+            await until_answered(
+                lambda: _served_serial(b.address, ctx),
+                lambda serial: serial == renewed.serial,
+                "the renewed certificate served",
+            )
 
     asyncio.run(main())
 

@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import zmq.asyncio
 
+from concordance.sockets import ZmqSockets
+from concordance.testing.poll import until
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
     make_cfg,
-    run,
+    run_zmq,
     temp_dir,
-    wait_for,
     wait_leader,
 )
 
@@ -40,7 +40,7 @@ def spawn(data_dir: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    code: int = await wait_for(lambda: proc.poll() is not None, timeout, "process exit") and (
+    code: int = await until(lambda: proc.poll() is not None, "process exit", timeout=timeout) and (
         proc.returncode
     )
     return code
@@ -48,17 +48,17 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int
 
 @pytest.mark.slow
 def test_process_leads_serves_and_stops_on_sigterm() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(real: ZmqSockets) -> None:
         with temp_dir() as d:
             make_cfg(d).save()
             log = Path(d) / "consensus.log"
             proc = spawn(d, log)
             try:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                front, storage = FakeFront(real, d), FakeStorage(real, d)
                 await wait_leader(front, timeout=15)
                 await storage.hello()
                 index = (await front.propose(b"hello")).index
-                await wait_for(lambda: storage.applied >= index)
+                await until(lambda: storage.applied >= index)
                 # A second copy on the same data dir refuses to start.
                 second = spawn(d, Path(d) / "second.log")
                 assert await wait_exit(second) == 1
@@ -75,7 +75,7 @@ def test_process_leads_serves_and_stops_on_sigterm() -> None:
             assert "n1 consensus stopped" in text
             assert "address already in use" in (Path(d) / "second.log").read_text().lower()
 
-    run(main, deadline=40)
+    run_zmq(main, deadline=40)
 
 
 def test_bad_configuration_exits_2() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import zmq.asyncio
 
 from concordance import errors, wire
 from concordance.consensus.promotion import Promoter, PromotionView
 from concordance.raft.entries import ConfChange, ConfChangeOp
-from tests.unit.consensus_harness import cluster, run, wait_for
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until
+from tests.unit.consensus_harness import cluster, run
 
 
 def view(
@@ -81,8 +82,8 @@ def test_checks_are_due_every_n_ticks() -> None:
 
 
 def test_the_leader_promotes_a_caught_up_joiner_by_itself() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3, joiners=1) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3, joiners=1) as c:
             leader = await c.wait_one_leader()
             front = c.fronts[leader]
             for n in range(10):
@@ -92,19 +93,21 @@ def test_the_leader_promotes_a_caught_up_joiner_by_itself() -> None:
             )
             assert isinstance(added, wire.Proposed)
             joiner = c.nodes["n4"].driver
-            await wait_for(lambda: joiner.core.membership.is_voter("n4"), what="auto promotion")
-            await wait_for(lambda: joiner.core.role.value == "follower")
+            await until(
+                lambda: joiner.core.membership.is_voter("n4"), "auto promotion", clock=net.clock
+            )
+            await until(lambda: joiner.core.role.value == "follower", clock=net.clock)
             assert c.nodes[leader].driver.promoter is not None
             assert c.nodes[leader].driver.promoter.promoted == 1
             last = (await front.propose(b"after")).index
-            await wait_for(lambda: c.storages["n4"].applied >= last, what="n4 applies")
+            await until(lambda: c.storages["n4"].applied >= last, "n4 applies", clock=net.clock)
 
     run(main)
 
 
 def test_a_node_outside_the_membership_serves_nothing() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3, joiners=1) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3, joiners=1) as c:
             await c.wait_one_leader()
             outsider = c.fronts["n4"]  # started with --join, never added
             with pytest.raises(errors.Unavailable, match="not a member"):
@@ -118,15 +121,15 @@ def test_a_node_outside_the_membership_serves_nothing() -> None:
 
 
 def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with cluster(ctx, 3) as c:
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
             leader = await c.wait_one_leader()
             front = c.fronts[leader]
             await front.propose(b"x")
             removed = await front.request("conf_change", wire.ConfChange("remove", leader))
             assert isinstance(removed, wire.Proposed)
             old = c.nodes[leader].driver
-            await wait_for(lambda: old.core.role.value != "leader", what="step down")
+            await until(lambda: old.core.role.value != "leader", "step down", clock=net.clock)
             assert not old.core.membership.contains(leader)
             with pytest.raises(errors.Unavailable, match="not a member"):
                 await front.propose(b"refused")
@@ -136,10 +139,10 @@ def test_a_removed_leader_steps_down_and_the_rest_carry_on() -> None:
                 leaders = [n for n in rest if c.nodes[n].driver.core.role.value == "leader"]
                 return leaders[0] if leaders else None
 
-            second = await wait_for(new_leader, what="a new leader among the rest")
+            second = await until(new_leader, "a new leader among the rest", clock=net.clock)
             reply = await c.fronts[second].propose(b"y")
             for nid in rest:
-                await wait_for(lambda nid=nid: c.storages[nid].applied >= reply.index)
+                await until(lambda nid=nid: c.storages[nid].applied >= reply.index, clock=net.clock)
             assert old.core.role.value != "leader"  # it never campaigns again
 
     run(main)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import zmq.asyncio
 
 from concordance import errors, wire
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
@@ -17,7 +18,6 @@ from tests.unit.consensus_harness import (
     run,
     running,
     temp_dir,
-    wait_for,
     wait_leader,
 )
 
@@ -27,20 +27,20 @@ def snap_files(data_dir: str) -> list[Path]:
 
 
 def test_compaction_cuts_the_log_behind_the_durable_index_and_copies_nothing() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=20, snapshot_trailing=5)
-            async with running(cfg, ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(cfg, net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 last = 0
                 for n in range(100):
                     last = (await front.propose(b"v%d" % n)).index
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 disk, policy = node.driver.disk, node.driver.snapshots
-                await wait_for(lambda: policy.compactions >= 3, what="compactions")
-                await wait_for(lambda: disk.first_index() - 1 >= last - 5 - 20, what="log cut")
+                await until(lambda: policy.compactions >= 3, "compactions")
+                await until(lambda: disk.first_index() - 1 >= last - 5 - 20, "log cut")
                 # Cut behind what storage reported durable, less the trailing entries.
                 assert disk.first_index() - 1 <= policy.checkpointed - 5
                 assert storage.checkpoints >= 3
@@ -57,22 +57,22 @@ def test_compaction_cuts_the_log_behind_the_durable_index_and_copies_nothing() -
 
 
 def test_the_log_is_not_cut_without_a_durable_answer() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=0)
-            async with running(cfg, ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(cfg, net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 storage.durable_answers = False  # applied, but never made durable
                 await wait_leader(front)
                 await storage.hello()
                 for n in range(40):
                     last = (await front.propose(b"u%d" % n)).index
-                await wait_for(lambda: storage.applied >= last)
-                await wait_for(lambda: storage.checkpoints >= 1, what="a checkpoint request")
+                await until(lambda: storage.applied >= last)
+                await until(lambda: storage.checkpoints >= 1, "a checkpoint request")
                 assert node.driver.disk.first_index() == 1
                 # A durable report for an index lets the log go up to it, no further.
                 await storage.client.send("durable", wire.Durable(25))
-                await wait_for(lambda: node.driver.disk.first_index() == 26, what="cut at 25")
+                await until(lambda: node.driver.disk.first_index() == 26, "cut at 25")
                 await front.close()
                 await storage.close()
 
@@ -80,32 +80,32 @@ def test_the_log_is_not_cut_without_a_durable_answer() -> None:
 
 
 def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=0)
-            async with running(cfg, ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(cfg, net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 for n in range(40):
                     last = (await front.propose(b"w%d" % n)).index
-                await wait_for(lambda: storage.applied >= last, what="every entry applied")
-                await wait_for(lambda: node.driver.disk.first_index() > 31, what="compaction")
+                await until(lambda: storage.applied >= last, "every entry applied")
+                await until(lambda: node.driver.disk.first_index() > 31, "compaction")
                 # Compaction made no file; an operator's snapshot_now makes one.
                 assert snap_files(d) == []
                 reply = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
                 assert isinstance(reply, wire.SnapshotNowOk) and reply.index == last
                 await storage.close()
                 # A new storage with an empty state: the log no longer starts at 1.
-                fresh = FakeStorage(ctx, d)
+                fresh = FakeStorage(net, d)
                 await fresh.hello()
-                await wait_for(lambda: fresh.restores, what="restore")
+                await until(lambda: fresh.restores, "restore")
                 restore = fresh.restores[0]
                 latest = node.driver.disk.latest_snapshot()
                 assert latest is not None and restore.index == latest.index == last
                 assert Path(restore.path) == node.driver.disk.snapshot_path(latest)
                 tail = (await front.propose(b"tail")).index
-                await wait_for(lambda: fresh.applied >= tail)
+                await until(lambda: fresh.applied >= tail)
                 assert min(fresh.entries) == restore.index + 1
                 assert fresh.commands()[-1] == b"tail"
                 await front.close()
@@ -115,17 +115,17 @@ def test_storage_behind_a_compacted_log_gets_a_restore_then_entries() -> None:
 
 
 def test_snapshot_now_answers_with_index_term_and_size() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front = FakeFront(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front = FakeFront(net, d)
                 await wait_leader(front)
                 with pytest.raises(errors.Unavailable):  # no storage connected
                     await front.request("snapshot_now", wire.SnapshotNow())
-                storage = FakeStorage(ctx, d)
+                storage = FakeStorage(net, d)
                 await storage.hello()
                 last = (await front.propose(b"a", b"b", b"c")).index
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 reply = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
                 assert isinstance(reply, wire.SnapshotNowOk)
                 assert reply.index == last
@@ -139,14 +139,14 @@ def test_snapshot_now_answers_with_index_term_and_size() -> None:
 
 
 def test_a_snapshot_from_another_history_is_discarded() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d), net) as node:
+                front, storage = FakeFront(net, d), FakeStorage(net, d)
                 await wait_leader(front)
                 await storage.hello()
                 last = (await front.propose(b"a")).index
-                await wait_for(lambda: storage.applied >= last)
+                await until(lambda: storage.applied >= last)
                 bogus = Path(d) / "bogus.snap"
                 bogus.write_bytes(b"x")
                 wrong_term = node.driver.core.term + 5
@@ -158,7 +158,7 @@ def test_a_snapshot_from_another_history_is_discarded() -> None:
                 await storage.client.send(
                     "snapshot_taken", wire.SnapshotTaken(last + 50, 1, str(beyond))
                 )
-                await wait_for(lambda: not bogus.exists() and not beyond.exists())
+                await until(lambda: not bogus.exists() and not beyond.exists())
                 assert node.driver.snapshots.taken == 0 and snap_files(d) == []
                 assert node.driver.disk.first_index() == 1
                 await front.close()
@@ -168,20 +168,20 @@ def test_a_snapshot_from_another_history_is_discarded() -> None:
 
 
 def test_restart_after_compaction_resumes_from_the_log_base() -> None:
-    async def main(ctx: zmq.asyncio.Context) -> None:
+    async def main(net: MemoryIpc) -> None:
         with temp_dir() as d:
             cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=2)
-            node = await Node.start(cfg, ctx)
-            front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            node = await Node.start(cfg, net)
+            front, storage = FakeFront(net, d), FakeStorage(net, d)
             await wait_leader(front)
             await storage.hello()
             for n in range(35):
                 last = (await front.propose(b"r%d" % n)).index
-            await wait_for(lambda: storage.applied >= last)
-            await wait_for(lambda: node.driver.snapshots.compactions >= 2)
+            await until(lambda: storage.applied >= last)
+            await until(lambda: node.driver.snapshots.compactions >= 2)
             await node.stop()
             first = node.driver.disk.first_index()  # as closed (a compaction may land until then)
-            node = await Node.start(cfg, ctx)
+            node = await Node.start(cfg, net)
             assert node.driver.disk.first_index() == first > 1
             base = node.driver.core.snapshot
             assert base is not None and base.index == first - 1  # a base with no file
@@ -189,7 +189,7 @@ def test_restart_after_compaction_resumes_from_the_log_base() -> None:
             await wait_leader(front)
             await storage.hello()
             more = (await front.propose(b"more")).index
-            await wait_for(lambda: storage.applied >= more)
+            await until(lambda: storage.applied >= more)
             assert storage.commands()[-1] == b"more"
             assert sorted(storage.entries) == list(range(1, more + 1))
             await node.stop()

@@ -28,13 +28,14 @@ import pytest
 import uvloop
 import zmq.asyncio
 
+from concordance.sockets import ZmqSockets
+from concordance.testing.poll import until
 from tests.unit.consensus_harness import (
     FakeFront,
     FakeStorage,
     make_cfg,
     running,
     temp_dir,
-    wait_for,
     wait_leader,
 )
 
@@ -83,7 +84,7 @@ async def _load(
 
     start = time.perf_counter()
     await asyncio.gather(*[client() for _ in range(concurrency)])
-    await wait_for(lambda: storage.applied >= last, timeout=60)
+    await until(lambda: storage.applied >= last, timeout=60)
     return time.perf_counter() - start
 
 
@@ -92,8 +93,8 @@ async def measure(proposals: int, concurrency: int, size: int = 100) -> Result:
     ctx = zmq.asyncio.Context()
     try:
         with temp_dir() as d:
-            async with running(make_cfg(d, tick_ms=100), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+            async with running(make_cfg(d, tick_ms=100), ZmqSockets(ctx)) as node:
+                front, storage = FakeFront(ZmqSockets(ctx), d), FakeStorage(ZmqSockets(ctx), d)
                 await wait_leader(front)
                 await storage.hello()
                 before = node.driver.disk.fsyncs
@@ -125,15 +126,15 @@ async def measure_process(
                     env={**os.environ, "PYTHONPATH": str(root)},
                 )
             try:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
+                front, storage = FakeFront(ZmqSockets(ctx), d), FakeStorage(ZmqSockets(ctx), d)
                 await wait_leader(front, timeout=30)
                 await storage.hello()
-                await wait_for(lambda: storage.applied >= 1)
+                await until(lambda: storage.applied >= 1)
                 seconds = await _load(front, storage, proposals, concurrency, size, batch)
                 await front.close()
                 await storage.close()
                 proc.send_signal(signal.SIGTERM)
-                await wait_for(lambda: proc.poll() is not None, 10)
+                await until(lambda: proc.poll() is not None, timeout=10)
             finally:
                 if proc.poll() is None:
                     proc.kill()

@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from concordance import errors, ipc, wire
+from concordance.testing.poll import until
 
 TEST_DEADLINE = 10.0  # seconds; every test body runs under it
 
@@ -318,7 +319,7 @@ def test_a_request_made_before_the_server_binds_waits_for_it(data_dir: str) -> N
             pending = asyncio.ensure_future(
                 client.request("storage_status", wire.StorageStatus(), 3.0)
             )
-            await asyncio.sleep(0.05)
+            await until(lambda: client._pending, "the request waiting for a connection")
             answer = wire.StorageStatusOk(5, 1, 4)
             async with (
                 ipc.RpcServer(ctx, ep) as server,
@@ -525,7 +526,7 @@ from concordance import ipc
 async def main():
     server = ipc.RpcServer(zmq.asyncio.Context(), sys.argv[1])
     print("bound", flush=True)
-    await asyncio.sleep(3600)
+    await asyncio.Event().wait()  # until killed
 
 asyncio.run(main())
 """

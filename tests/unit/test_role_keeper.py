@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,13 @@ import pytest
 
 from concordance.config import NodeConfig
 from concordance.supervise import descendants, serving, wait_gone
+from concordance.testing.poll import until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _wait(check: Any, what: str, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    until_sync(check, what, limit)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from concordance.storage.service import ServiceTimings
 from concordance.storage.service_ttl import wall_ms
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until
 from concordance.timing import ACK_EVERY, WATCHING_FRESH
 from tests.unit.storage_service_harness import (
     FAST,
@@ -37,7 +38,6 @@ from tests.unit.storage_service_harness import (
     next_of,
     run,
     short_tmp,
-    until,
 )
 
 T = TypeVar("T")

@@ -15,6 +15,7 @@ from concordance.storage.service_ttl import ExpiryReaper, ReaperTimings, wall_ms
 from concordance.storage.service_waiters import AppliedWaiters
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until
 from tests.unit.storage_service_harness import (
     FAST,
     T0,
@@ -23,7 +24,6 @@ from tests.unit.storage_service_harness import (
     node_config,
     run,
     short_tmp,
-    until,
 )
 
 # --------------------------------------------------------------------------- waiters

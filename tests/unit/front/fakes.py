@@ -1,11 +1,17 @@
-"""In-memory stand-ins for the consensus and storage roles, around a real StateMachine.
+"""Stand-ins for the consensus and storage roles, around a real StateMachine.
 
 A proposal is "committed" at once: the fake consensus applies it to a real
 ``StateMachine`` (so versions, CAS, batches and change history behave as in
-production) and publishes results and change batches on a fake events source,
-through the real wire codec so shapes are exactly what the front receives.
-Knobs let tests refuse proposals, swallow them, hold them, drop published
-batches (gaps) or take storage down.
+production) and publishes results and change batches, through the real wire
+codec so shapes are exactly what the front receives. Knobs let tests refuse
+proposals, swallow them, hold them, drop published batches (gaps) or take
+storage down.
+
+The app harness serves these roles on in-memory IPC ends (``ServedNode``
+over ``concordance.testing.memory_ipc``), so the front under test talks to
+them through its real role clients (``ipc_clients``), as in production.
+Unit tests of one front part (the watch hub, the proposer) may use
+``FakeNode.clients()`` directly: the front's role-client Protocols.
 """
 
 from __future__ import annotations
@@ -14,21 +20,26 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import wire
-from concordance.clock import SYSTEM_CLOCK
+from concordance import ipc, wire
+from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
-from concordance.errors import IpcError, Unavailable
-from concordance.front.app import make_app, static_clients
+from concordance.errors import ConcordanceError, IpcError, Unavailable
+from concordance.front.app import make_app
 from concordance.front.clients import Clients, DroppedHandler
+from concordance.front.ipc_clients import connect
+from concordance.sockets import Server
 from concordance.storage.fsm import StateMachine
+from concordance.testing.clock import ManualClock
+from concordance.testing.memory_ipc import MemoryIpc, MemoryPublisher
+from concordance.testing.poll import until
 from concordance.testing.supervisor import MemorySupervisor
 
 FULL = "full-key"
@@ -37,6 +48,7 @@ PEER = "cluster-key"
 ENC_KEY = ("kid1", bytes(range(32)))
 OLD_KEY = ("kid0", bytes(range(100, 132)))
 T0 = 1_764_230_400_000
+_T = TypeVar("_T")
 
 
 def roundtrip(type_name: str, body: wire.Body) -> wire.Body:
@@ -232,6 +244,136 @@ class FakeStorage:
         self.watching.append(False)
 
 
+class ServedNode:
+    """A :class:`FakeNode`'s consensus, storage and events roles, served on the
+    in-memory endpoints of ``data_dir``: requests arrive through the wire codec
+    and are answered by the fakes above; an error they raise goes back as the
+    role's error reply, and ``IpcError`` (outcome unknown) as no reply at all."""
+
+    def __init__(self, node: FakeNode, net: MemoryIpc, data_dir: str) -> None:
+        self.node = node
+        self.net = net
+        self.data_dir = data_dir
+        self.fronts: set[bytes] = set()
+        self.watching = False  # what the front last said (``front_watching``)
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        self.consensus = await self.net.server(ipc.endpoint(self.data_dir, "consensus"))
+        self.storage = await self.net.server(ipc.endpoint(self.data_dir, "storage"))
+        self.events: MemoryPublisher = await self.net.publisher(
+            ipc.endpoint(self.data_dir, "events")
+        )
+        self.consensus.deliver_to(lambda p, e: self._spawn(self._consensus(p, e)))
+        self.storage.deliver_to(lambda p, e: self._spawn(self._storage(p, e)))
+        self.node.dropped = lambda body: self._spawn(self._report_dropped(body))
+        self._spawn(self._publish_events())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in (self.consensus, self.storage, self.events):
+            await sock.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_events(self) -> None:
+        queue = self.node.events.queue
+        while True:
+            event = await queue.get()
+            kind = "results" if isinstance(event, wire.Results) else "change_batch"
+            await self.events.publish(kind, event)
+
+    async def _report_dropped(self, body: wire.Dropped) -> None:
+        for front in self.fronts:
+            with contextlib.suppress(IpcError):
+                await self.consensus.send(front, "dropped", body)
+
+    async def _answer(self, server: Server, peer: bytes, env: wire.Envelope, answer: Any) -> None:
+        try:
+            reply = await answer
+        except ConcordanceError as e:
+            await server.reply(peer, env, e)
+        except IpcError:
+            pass  # the outcome is unknown to the front: no reply, its request times out
+        else:
+            await server.reply(peer, env, reply)
+
+    async def _consensus(self, peer: bytes, env: wire.Envelope) -> None:
+        self.fronts.add(peer)
+        fake, body = self.node.consensus, env.body
+        timeout = 1.0
+        if isinstance(body, wire.Propose):
+            await self._answer(self.consensus, peer, env, self._proposed(body, timeout))
+        elif isinstance(body, wire.ReadIndex):
+            await self._answer(self.consensus, peer, env, self._read_index(timeout))
+        elif isinstance(body, wire.Status):
+            await self._answer(self.consensus, peer, env, fake.status(timeout))
+        elif isinstance(body, wire.PeerLinks):
+            await self._answer(self.consensus, peer, env, fake.peer_links(timeout))
+        elif isinstance(body, wire.ConfChange):
+            change = self._conf_changed(body.op, body.node_id, body.address)
+            await self._answer(self.consensus, peer, env, change)
+        elif isinstance(body, wire.Transfer):
+            await self._answer(self.consensus, peer, env, self._transferred(body.to))
+        elif isinstance(body, wire.SnapshotNow):
+            await self._answer(self.consensus, peer, env, fake.snapshot_now(timeout))
+
+    async def _proposed(self, body: wire.Propose, timeout: float) -> wire.Proposed:
+        return wire.Proposed(await self.node.consensus.propose(body.commands, timeout))
+
+    async def _read_index(self, timeout: float) -> wire.ReadIndexOk:
+        return wire.ReadIndexOk(await self.node.consensus.read_index(timeout))
+
+    async def _conf_changed(self, op: str, node_id: str, address: str) -> wire.Proposed:
+        await self.node.consensus.conf_change(op, node_id, address, 1.0)
+        return wire.Proposed(self.node.index)
+
+    async def _transferred(self, to: str) -> wire.Ok:
+        await self.node.consensus.transfer(to, 1.0)
+        return wire.Ok()
+
+    async def _storage(self, peer: bytes, env: wire.Envelope) -> None:
+        fake, body = self.node.storage, env.body
+        timeout = 1.0
+        if isinstance(body, wire.FrontWatching):
+            if body.watching != self.watching:  # the front repeats it with its hello
+                self.watching = body.watching
+                fake.watching.append(body.watching)
+        elif isinstance(body, wire.Get):
+            await self._answer(self.storage, peer, env, self._got(body, timeout))
+        elif isinstance(body, wire.GetMany):
+            await self._answer(self.storage, peer, env, self._got_many(body, timeout))
+        elif isinstance(body, wire.List):
+            args = (body.prefix, body.limit, body.cursor, body.now, timeout, body.min_index)
+            await self._answer(self.storage, peer, env, fake.list(*args))
+        elif isinstance(body, wire.Changes):
+            page = fake.changes(body.prefix, body.since, body.limit, timeout)
+            await self._answer(self.storage, peer, env, page)
+        elif isinstance(body, wire.WaitApplied):
+            await self._answer(self.storage, peer, env, self._applied(body.index, timeout))
+        elif isinstance(body, wire.Backup):
+            await self._answer(self.storage, peer, env, fake.backup(body.path, timeout))
+        elif isinstance(body, wire.StorageStatus):
+            await self._answer(self.storage, peer, env, fake.status(timeout))
+
+    async def _got(self, body: wire.Get, timeout: float) -> wire.GetOk:
+        entry = await self.node.storage.get(body.key, body.now, timeout, body.min_index)
+        return wire.GetOk(entry)
+
+    async def _got_many(self, body: wire.GetMany, timeout: float) -> wire.GetManyOk:
+        storage = self.node.storage
+        got = [await storage.get(k, body.now, timeout, body.min_index) for k in body.keys]
+        return wire.GetManyOk(tuple(got))
+
+    async def _applied(self, index: int, timeout: float) -> wire.WaitAppliedOk:
+        return wire.WaitAppliedOk(await self.node.storage.wait_applied(index, timeout))
+
+
 def make_config(path: Path, **overrides: Any) -> NodeConfig:
     secrets = overrides.pop(
         "secrets",
@@ -280,10 +422,7 @@ class Harness:
         """Start a PUT and let it reach consensus (for use with ``knobs.hold``)."""
         before = len(self.node.knobs.proposed)
         task = asyncio.ensure_future(self.put(key, value))
-        for _ in range(200):
-            if len(self.node.knobs.proposed) > before:
-                break
-            await asyncio.sleep(0.001)
+        await until(lambda: len(self.node.knobs.proposed) > before, f"the PUT of {key} proposed")
         return task
 
     async def settle(self) -> None:
@@ -300,26 +439,32 @@ class Harness:
 async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     supervisor = overrides.pop("supervisor", None) or no_supervisor()
     retention = overrides.pop("retention", 100_000)
-    timers = overrides.pop("timers", SYSTEM_CLOCK)
+    timers: Clock = overrides.pop("timers", SYSTEM_CLOCK)
     node = FakeNode(path, retention=retention)
+    net = MemoryIpc(timers)
+    served = ServedNode(node, net, str(path))
     clock = FakeClock()
     cfg = make_config(path, **overrides)
     app = make_app(
-        cfg, static_clients(node.clients()), supervisor=supervisor, clock=clock, timers=timers
+        cfg,
+        lambda: connect(str(path), 0, sockets=net, clock=timers),
+        supervisor=supervisor,
+        clock=clock,
+        timers=timers,
     )
     try:
+        await served.start()
         async with TestClient(TestServer(app)) as client:
             yield Harness(client, node, clock, app)
     finally:
+        await served.stop()
         node.close()
         shutil.rmtree(path / "backups", ignore_errors=True)
 
 
-async def until(pred: Callable[[], bool], what: str, timeout: float = 3.0) -> None:
-    """Poll ``pred`` until it holds, failing the test after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+async def on_clock(clock: ManualClock, call: Awaitable[_T], within: float = 10.0) -> _T:
+    """Run ``call`` while moving ``clock`` until it is done: the front's retries, holds
+    and deadlines fire when due, and no real time is waited for them."""
+    task = asyncio.ensure_future(call)
+    await clock.advance_until(task.done, "the call's outcome", step=0.05, within=within)
+    return task.result()

@@ -15,7 +15,7 @@ import pytest
 from concordance.front.metrics import Family, Histogram, render
 from concordance.testing.clock import ManualClock
 from concordance.testing.supervisor import MemorySupervisor
-from tests.unit.front.fakes import AGENT, FULL, PEER, Harness, harness
+from tests.unit.front.fakes import AGENT, FULL, PEER, Harness, harness, on_clock
 
 
 def run(tmp_path: Path, scenario: Callable[[Harness], Awaitable[None]], **cfg: Any) -> None:
@@ -37,6 +37,8 @@ def supervisor() -> MemorySupervisor:
 
 
 def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness) -> None:
         await h.put("tenant:a/x", 1)
         status, body = await h.call("GET", "/api/v1/cluster/status", key=AGENT)
@@ -52,17 +54,19 @@ def test_status_shape_with_supervisor_roles(tmp_path: Path) -> None:
                 "storage": {"pid": None, "up": True},  # answered just now, so it is up
             },
         }  # fmt: skip
-        h.node.knobs.storage_down = True
-        status, body = await h.call("GET", "/api/v1/cluster/status", key=AGENT)
+        h.node.knobs.storage_down = True  # asked again until the probe's bound
+        status, body = await on_clock(clock, h.call("GET", "/api/v1/cluster/status", key=AGENT))
         assert body["roles"]["storage"] == {"pid": None, "up": False}
 
-    run(tmp_path, scenario, supervisor=supervisor())
+    run(tmp_path, scenario, supervisor=supervisor(), timers=clock)
 
 
 def test_status_without_supervisor_judges_roles_by_their_answers(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness) -> None:
         h.node.knobs.storage_down = True
-        status, body = await h.call("GET", "/api/v1/cluster/status")
+        status, body = await on_clock(clock, h.call("GET", "/api/v1/cluster/status"))
         assert status == 200 and body["revision"] is None and body["appliedIndex"] == 0
         assert body["roles"] == {
             "front": {"pid": os.getpid(), "up": True},
@@ -70,7 +74,7 @@ def test_status_without_supervisor_judges_roles_by_their_answers(tmp_path: Path)
             "storage": {"pid": None, "up": False},
         }
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_members_add_promote_remove(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from concordance.config import FrontLimits
 from concordance.front.gate import ConnectionGate, is_loopback
+from concordance.testing.poll import until
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -34,12 +35,6 @@ async def serving(gate: ConnectionGate) -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
     finally:
         await runner.cleanup()
-
-
-async def until(predicate: object, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 async def refusal(port: int) -> bytes:

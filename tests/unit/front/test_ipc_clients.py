@@ -1,9 +1,11 @@
-"""The real role clients (``ipc_clients``) against in-test consensus/storage servers over ZeroMQ.
+"""The real role clients (``ipc_clients``) against in-test consensus and storage roles.
 
 One front app, wired exactly as ``procs/front.py`` wires it, talks to a tiny
-consensus and storage served from this process over real abstract-namespace
-ipc sockets: writes go through ``propose`` and come back on the events PUB,
-reads through the storage socket.
+consensus and storage served from this process, over real ZeroMQ sockets
+and over the in-memory ends (``concordance.testing.memory_ipc``): writes go
+through ``propose`` and come back on the events publisher, reads through the
+storage socket. The retry and hold rules run on in-memory ends and a manual
+clock: time moves only as far as each test says, and nothing sleeps.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,21 @@ from concordance.errors import NotLeader, Unavailable
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
 from concordance.front.appkeys import HUB
-from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
+from concordance.front.ipc_clients import HOLD_POLL, IpcConsensus, IpcStorage, connect
+from concordance.sockets import Server, Sockets, ZmqSockets
 from concordance.storage.fsm import StateMachine
+from concordance.testing.clock import ManualClock
+from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.poll import until_answered
 from tests.unit.front.fakes import FULL, make_config, no_supervisor
 
 
 class MiniNode:
     """Consensus and storage roles in one object: commits every proposal at once."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, sockets: Sockets) -> None:
         self.data_dir = data_dir
+        self.sockets = sockets
         self.sm = StateMachine(Path(data_dir) / "state.db")
         self.index = 0
         self.refuse = 0
@@ -40,10 +47,10 @@ class MiniNode:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        ctx = ipc.context()
-        self.consensus = await ipc.RpcServer.open(ctx, ipc.endpoint(self.data_dir, "consensus"))
-        self.storage = await ipc.RpcServer.open(ctx, ipc.endpoint(self.data_dir, "storage"))
-        self.events = await ipc.Publisher.open(ctx, ipc.endpoint(self.data_dir, "events"))
+        socks = self.sockets
+        self.consensus = await socks.server(ipc.endpoint(self.data_dir, "consensus"))
+        self.storage = await socks.server(ipc.endpoint(self.data_dir, "storage"))
+        self.events = await socks.publisher(ipc.endpoint(self.data_dir, "events"))
         loop = asyncio.get_running_loop()
         self.tasks = [
             loop.create_task(self._serve_consensus()),
@@ -112,37 +119,48 @@ class MiniNode:
             await self.storage.reply(peer, req, reply)
 
     async def announce(self, hub: Any) -> None:
-        """Publish until the front's SUB is connected (PUB/SUB slow joiner)."""
-        for _ in range(500):
+        """Publish until the front's subscriber hears it (over ZeroMQ, a new SUB
+        joins a while after it connects: the slow joiner)."""
+
+        async def publish() -> bool:
             await self.events.publish("change_batch", wire.ChangeBatch((), self.sm.revision))
-            await asyncio.sleep(0.002)
-            if hub.last is not None:
-                return
-        raise AssertionError("the front never subscribed")
+            return hub.last is not None  # heard one of those published so far
+
+        await until_answered(publish, bool, "the front's subscription")
+
+
+IPC_KINDS = ["zmq", "memory"]
 
 
 @contextlib.asynccontextmanager
-async def mini_front(**cfg_overrides: Any) -> AsyncIterator[tuple[TestClient[Any, Any], MiniNode]]:
+async def mini_front(
+    kind: str, **cfg_overrides: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], MiniNode]]:
+    """The front app and a :class:`MiniNode`, on real ZeroMQ (``zmq``) or in memory."""
     with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
-        node = MiniNode(data_dir)
+        ctx = ipc.context() if kind == "zmq" else None
+        sockets: Sockets = ZmqSockets(ctx) if ctx is not None else MemoryIpc()
+        node = MiniNode(data_dir, sockets)
         await node.start()
         cfg = make_config(Path(data_dir), **cfg_overrides)
-        app = make_app(cfg, lambda: connect(data_dir), supervisor=no_supervisor())
+        app = make_app(cfg, lambda: connect(data_dir, sockets=sockets), supervisor=no_supervisor())
         try:
             async with TestClient(TestServer(app)) as client:
                 await node.announce(app[HUB])
                 yield client, node
         finally:
             await node.stop()
-            ipc.context().destroy(linger=0)
+            if ctx is not None:
+                ctx.destroy(linger=0)
 
 
 AUTH = {"Authorization": f"Bearer {FULL}"}
 
 
-def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
+@pytest.mark.parametrize("kind", IPC_KINDS)
+def test_write_read_watch_over_role_sockets(kind: str) -> None:
     async def main() -> None:
-        async with mini_front() as (client, node):
+        async with mini_front(kind) as (client, node):
             ws = await client.ws_connect("/stream", headers=AUTH)
             await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "watch/subscribe",
                                 "params": {"prefix": "tenant:a/"}})  # fmt: skip
@@ -163,13 +181,14 @@ def test_write_read_watch_and_peer_frames_over_real_ipc() -> None:
     asyncio.run(main())
 
 
-def test_a_refused_forward_reported_by_consensus_is_proposed_again() -> None:
+@pytest.mark.parametrize("kind", IPC_KINDS)
+def test_a_refused_forward_reported_by_consensus_is_proposed_again(kind: str) -> None:
     """``dropped`` over the real consensus socket reaches the write that is waiting
     for its result: it is proposed again long before the (60 s) deadline and
     applied once."""
 
     async def main() -> None:
-        async with mini_front(request_timeout_ms=60_000) as (client, node):
+        async with mini_front(kind, request_timeout_ms=60_000) as (client, node):
             node.drop = 2
             put = client.put("/api/v1/kv/tenant:a/x", json={"value": 1}, headers=AUTH)
             async with asyncio.timeout(10):
@@ -184,48 +203,39 @@ def test_a_refused_forward_reported_by_consensus_is_proposed_again() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.slow
-def test_roles_that_do_not_answer_are_unavailable() -> None:
-    async def main() -> None:
-        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
-            ctx = ipc.context()
-            consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
-            try:
-                with pytest.raises(Unavailable):
-                    await storage.get("tenant:a/x", 0, 0.1)
-                with pytest.raises(Unavailable):
-                    await consensus.status(0.1)
-                with pytest.raises(Unavailable):  # certainly not sent: a 503, not a 504
-                    await consensus.propose([b"x"], 0.1)
-            finally:
-                await consensus.close()
-                await storage.close()
-                ctx.destroy(linger=0)
+class Roles:
+    """The front's role clients of a data dir where no role runs yet, on in-memory
+    ends and a manual clock; the test binds the roles' servers itself."""
 
-    asyncio.run(main())
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.clock = ManualClock()
+        self.net = MemoryIpc(self.clock)
+        self.consensus = IpcConsensus(self.net, data_dir, clock=self.clock)
+        self.storage = IpcStorage(self.net, data_dir, clock=self.clock)
 
+    async def bind(self, role: str) -> Server:
+        return await self.net.server(ipc.endpoint(self.data_dir, role))
 
-def _connected_to(consensus: IpcConsensus) -> bool:
-    from concordance.front.ipc_clients import _connected
-
-    return _connected(consensus._rpc, consensus._stopping)
+    async def outcome(self, task: asyncio.Future[Any], within: float = 60.0) -> Any:
+        """Move the clock until ``task`` is done (its holds, retries and backoffs
+        fire when due); its result or exception."""
+        await self.clock.advance_until(task.done, "the request's outcome", within=within)
+        return task.result()
 
 
 @contextlib.asynccontextmanager
-async def role_clients() -> AsyncIterator[tuple[str, IpcConsensus, IpcStorage]]:
-    """The front's role clients of a data dir where no role runs yet."""
+async def role_clients() -> AsyncIterator[Roles]:
     with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
-        ctx = ipc.context()
-        consensus, storage = IpcConsensus(ctx, data_dir), IpcStorage(ctx, data_dir)
+        roles = Roles(data_dir)
         try:
-            yield data_dir, consensus, storage
+            yield roles
         finally:
-            await consensus.close()
-            await storage.close()
-            ctx.destroy(linger=0)
+            await roles.consensus.close()
+            await roles.storage.close()
 
 
-async def serve_once(server: ipc.RpcServer, answer: Any) -> list[str]:
+async def serve_once(server: Server, answer: Callable[[Any], Any]) -> list[str]:
     """Answer requests with ``answer(body)`` until cancelled; the types seen (the
     front's ``front_hello`` aside: it is not a request)."""
     seen: list[str] = []
@@ -239,27 +249,43 @@ async def serve_once(server: ipc.RpcServer, answer: Any) -> list[str]:
     return seen
 
 
+def test_roles_that_do_not_answer_are_unavailable() -> None:
+    """No role at all: reads and proposals are ``Unavailable`` at their deadline
+    (the proposal certainly not sent: a 503, not a 504)."""
+
+    async def main() -> None:
+        async with role_clients() as r:
+            for ask in (
+                lambda: r.storage.get("tenant:a/x", 0, 0.1),
+                lambda: r.consensus.status(0.1),
+                lambda: r.consensus.propose([b"x"], 0.1),
+            ):
+                started = r.clock.monotonic()
+                with pytest.raises(Unavailable):
+                    await r.outcome(asyncio.ensure_future(ask()))
+                assert r.clock.monotonic() - started <= 0.1 + HOLD_POLL
+
+    asyncio.run(main())
+
+
 def test_requests_to_a_role_not_yet_running_are_held_until_it_starts() -> None:
     """No role for a while (a restart): a read and a proposal are neither failed nor
     lost; each is sent once the role binds, within its own deadline."""
 
     async def main() -> None:
-        async with role_clients() as (data_dir, consensus, storage):
-            read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
-            propose = asyncio.ensure_future(consensus.propose([b"cmd"], 5.0))
-            await asyncio.sleep(0.3)  # longer than one attempt would take with no holding
+        async with role_clients() as r:
+            read = asyncio.ensure_future(r.storage.get("tenant:a/x", 0, 5.0))
+            propose = asyncio.ensure_future(r.consensus.propose([b"cmd"], 5.0))
+            await r.clock.advance(3.0)  # far longer than one attempt with no holding
             assert not read.done() and not propose.done()
-            ctx = ipc.context()
-            s = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "storage"))
-            c = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "consensus"))
+            s, c = await r.bind("storage"), await r.bind("consensus")
             tasks = [
                 asyncio.ensure_future(serve_once(s, lambda b: wire.GetOk(None))),
                 asyncio.ensure_future(serve_once(c, lambda b: wire.Proposed(7))),
             ]
             try:
-                async with asyncio.timeout(5):
-                    assert await read is None
-                    assert await propose == 7
+                assert await r.outcome(read) is None
+                assert await r.outcome(propose) == 7
             finally:
                 for t in tasks:
                     t.cancel()
@@ -276,12 +302,12 @@ def test_a_proposal_is_503_once_its_hold_budget_is_spent() -> None:
     and not before the hold budget (its deadline less the result margin)."""
 
     async def main() -> None:
-        async with role_clients() as (_, consensus, _storage):
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+        async with role_clients() as r:
+            started = r.clock.monotonic()
             with pytest.raises(Unavailable):
-                await consensus.propose([b"cmd"], 0.6)
-            assert loop.time() - started >= ipc_clients.hold_budget(0.6) * 0.9
+                await r.outcome(asyncio.ensure_future(r.consensus.propose([b"cmd"], 0.6)))
+            held = r.clock.monotonic() - started
+            assert ipc_clients.hold_budget(0.6) <= held <= ipc_clients.hold_budget(0.6) + HOLD_POLL
 
     asyncio.run(main())
 
@@ -291,8 +317,8 @@ def test_unavailable_answers_to_reads_are_asked_again_within_the_deadline() -> N
     is asked again instead of failing the read at once."""
 
     async def main() -> None:
-        async with role_clients() as (data_dir, consensus, _storage):
-            c = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(data_dir, "consensus"))
+        async with role_clients() as r:
+            c = await r.bind("consensus")
             refusals = [NotLeader(None), NotLeader(None)]
 
             def answer(_: Any) -> Any:
@@ -300,8 +326,7 @@ def test_unavailable_answers_to_reads_are_asked_again_within_the_deadline() -> N
 
             task = asyncio.ensure_future(serve_once(c, answer))
             try:
-                async with asyncio.timeout(5):
-                    assert await consensus.read_index(3.0) == 5
+                assert await r.outcome(asyncio.ensure_future(r.consensus.read_index(3.0))) == 5
             finally:
                 task.cancel()
                 seen = await task
@@ -311,25 +336,27 @@ def test_unavailable_answers_to_reads_are_asked_again_within_the_deadline() -> N
     asyncio.run(main())
 
 
-def test_a_role_that_keeps_answering_unavailable_is_503_before_the_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_role_that_keeps_answering_unavailable_is_503_before_the_deadline() -> None:
     """No leader for good (cut off, removed): both a read and a proposal are
     ``Unavailable`` after ``UNAVAILABLE_RETRY`` of refusals, not at the deadline."""
-    monkeypatch.setattr(ipc_clients, "UNAVAILABLE_RETRY", 0.3)
 
     async def main() -> None:
-        async with role_clients() as (data_dir, consensus, _storage):
-            c = await ipc.RpcServer.open(ipc.context(), ipc.endpoint(data_dir, "consensus"))
+        async with role_clients() as r:
+            c = await r.bind("consensus")
             task = asyncio.ensure_future(serve_once(c, lambda _: NotLeader(None)))
-            loop = asyncio.get_running_loop()
             try:
-                asks = (lambda: consensus.read_index(30.0), lambda: consensus.propose([b"c"], 30.0))
+                asks = (
+                    lambda: r.consensus.read_index(30.0),
+                    lambda: r.consensus.propose([b"c"], 30.0),
+                )
                 for ask in asks:
-                    started = loop.time()
+                    started = r.clock.monotonic()
                     with pytest.raises(Unavailable):
-                        await asyncio.wait_for(ask(), 10)
-                    assert 0.1 <= loop.time() - started < 5.0
+                        await r.outcome(asyncio.ensure_future(ask()))
+                    asked_for = r.clock.monotonic() - started
+                    # the last pause would end past the budget: it is not taken
+                    retry = ipc_clients.UNAVAILABLE_RETRY
+                    assert retry - 0.2 <= asked_for <= retry, asked_for
             finally:
                 task.cancel()
                 seen = await task
@@ -344,27 +371,24 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
     lives on; they go to the process that binds after it."""
 
     async def main() -> None:
-        async with role_clients() as (data_dir, _consensus, storage):
-            ctx = ipc.context()
-            where = ipc.endpoint(data_dir, "storage")
-            old = await ipc.RpcServer.open(ctx, where)
+        async with role_clients() as r:
+            old = await r.bind("storage")
             old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk({"by": "old"})))
-            async with asyncio.timeout(5):
-                assert await storage.get("tenant:a/x", 0, 3.0) == {"by": "old"}
+            got = asyncio.ensure_future(r.storage.get("tenant:a/x", 0, 3.0))
+            assert await r.outcome(got) == {"by": "old"}
             await old.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
-            await asyncio.sleep(0.05)  # the announcement is in
-            read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
-            await asyncio.sleep(0.2)  # the old one still serves: nothing may reach it
+            await r.clock.settle()  # the announcement is in
+            read = asyncio.ensure_future(r.storage.get("tenant:a/x", 0, 5.0))
+            await r.clock.advance(1.0)  # the old one still serves: nothing may reach it
             assert not read.done()
             old_task.cancel()
             assert await old_task == ["get"]
             await old.close()
-            await asyncio.sleep(0.05)
-            new = await ipc.RpcServer.open(ctx, where)
+            await r.clock.advance(HOLD_POLL)  # its connection is seen gone
+            new = await r.bind("storage")
             new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk({"by": "new"})))
             try:
-                async with asyncio.timeout(5):
-                    assert await read == {"by": "new"}
+                assert await r.outcome(read) == {"by": "new"}
             finally:
                 new_task.cancel()
                 await new_task
@@ -379,30 +403,33 @@ def test_a_stopping_told_to_one_front_holds_only_that_fronts_requests() -> None:
     other front goes on reading from the same storage."""
 
     async def main() -> None:
-        with tempfile.TemporaryDirectory(prefix="ccf", dir="/tmp") as data_dir:
-            ctx = ipc.context()
-            told = IpcStorage(ctx, data_dir, fronts.routing_id(0))
-            other = IpcStorage(ctx, data_dir, fronts.routing_id(1))
-            server = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "storage"))
+        async with role_clients() as r:
+            told = IpcStorage(r.net, r.data_dir, fronts.routing_id(1), clock=r.clock)
+            other = IpcStorage(r.net, r.data_dir, fronts.routing_id(2), clock=r.clock)
+            server = await r.bind("storage")
             serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk({"k": 1})))
             try:
-                async with asyncio.timeout(5):
-                    assert await told.get("tenant:a/x", 0, 3.0) == {"k": 1}
-                    assert await other.get("tenant:a/x", 0, 3.0) == {"k": 1}
-                    await server.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
-                    while not told._stopping.active:
-                        await asyncio.sleep(0.005)
-                    assert not other._stopping.active
-                    assert await other.get("tenant:a/y", 0, 3.0) == {"k": 1}
-                    held = asyncio.ensure_future(told.get("tenant:a/z", 0, 0.3))
-                    with pytest.raises(Unavailable):  # held for a successor that never came
-                        await held
+                assert await r.outcome(asyncio.ensure_future(told.get("tenant:a/x", 0, 3.0))) == {
+                    "k": 1
+                }
+                assert await r.outcome(asyncio.ensure_future(other.get("tenant:a/x", 0, 3.0))) == {
+                    "k": 1
+                }
+                await server.send(fronts.routing_id(1), "stopping", wire.Stopping("storage"))
+                await r.clock.settle()
+                assert told._stopping.active
+                assert not other._stopping.active
+                assert await r.outcome(asyncio.ensure_future(other.get("tenant:a/y", 0, 3.0))) == {
+                    "k": 1
+                }
+                held = asyncio.ensure_future(told.get("tenant:a/z", 0, 0.3))
+                with pytest.raises(Unavailable):  # held for a successor that never came
+                    await r.outcome(held)
             finally:
                 serving.cancel()
                 await serving
                 await server.close()
                 await told.close()
                 await other.close()
-                ctx.destroy(linger=0)
 
     asyncio.run(main())

@@ -15,7 +15,8 @@ from concordance.config import NodeConfig, Secrets
 from concordance.front import cluster
 from concordance.front.appkeys import METRICS
 from concordance.front.join import JoinOutcome, is_fresh, join_cluster
-from tests.unit.front.fakes import AGENT, PEER, Harness, harness, until
+from concordance.testing.poll import until
+from tests.unit.front.fakes import AGENT, PEER, Harness, harness
 
 
 class JoinerConsensus:

@@ -14,7 +14,9 @@ from concordance import wire
 from concordance.commands import Command, Set
 from concordance.front import writes
 from concordance.front.appkeys import PROPOSER
-from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness
+from concordance.testing.clock import ManualClock
+from concordance.testing.poll import until
+from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness, on_clock
 
 K = "tenant:acme/settings/theme"
 
@@ -62,16 +64,19 @@ def test_every_json_value_round_trips(tmp_path: Path, value: Any) -> None:
 
 
 def test_consistent_read_asks_for_a_read_index(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness) -> None:
-        await h.put(K, 1)
-        status, body = await h.call("GET", f"/api/v1/kv/{K}?consistent=true")
+        await on_clock(clock, h.put(K, 1))
+        status, body = await on_clock(clock, h.call("GET", f"/api/v1/kv/{K}?consistent=true"))
         assert status == 200 and body["value"] == 1
         assert h.node.knobs.read_index_calls == 1
-        h.node.knobs.leader = None
-        status, body = await h.call("GET", f"/api/v1/kv/{K}?consistent=true")
+        h.node.knobs.leader = None  # asked again while no leader is known, then 503
+        status, body = await on_clock(clock, h.call("GET", f"/api/v1/kv/{K}?consistent=true"))
         assert status == 503 and body["error"]["code"] == "unavailable"
+        assert h.node.knobs.read_index_calls > 2
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_cas_conflict_bodies(tmp_path: Path) -> None:
@@ -191,28 +196,42 @@ def test_value_size_limit_at_and_over(tmp_path: Path) -> None:
 
 
 def test_unavailable_is_503_with_retry_after(tmp_path: Path) -> None:
+    """One ``unavailable`` answer (a leader hand-over) is asked again; a role that keeps
+    answering it is a 503 with ``Retry-After``, before the request's deadline."""
+    clock = ManualClock()
+
     async def scenario(h: Harness) -> None:
         h.node.knobs.unavailable = 1
-        async with h.client.put(
-            f"/api/v1/kv/{K}", json={"value": 1}, headers={"Authorization": f"Bearer {FULL}"}
-        ) as resp:
-            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-            assert (await resp.json())["error"]["code"] == "unavailable"
+        assert (await on_clock(clock, h.put(K, 1)))[0] == 200
+        h.node.knobs.unavailable = 1_000_000  # no leader for good
+        proposed = len(h.node.knobs.proposed)
+
+        async def put() -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {FULL}"}
+            async with h.client.put(f"/api/v1/kv/{K}", json={"value": 2}, headers=headers) as r:
+                assert r.headers["Retry-After"] == "1"
+                return r.status, await r.json()
+
+        status, body = await on_clock(clock, put())
+        assert (status, body["error"]["code"]) == (503, "unavailable")
+        assert len(h.node.knobs.proposed) == proposed  # refused, never appended
         assert h.app[PROPOSER].pending == 0
         h.node.knobs.storage_down = True
-        status, body = await h.call("GET", f"/api/v1/kv/{K}")
+        status, body = await on_clock(clock, h.call("GET", f"/api/v1/kv/{K}"))
         assert (status, body["error"]["code"]) == (503, "unavailable")
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_unknown_outcome_waits_for_the_result(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness) -> None:
         h.node.knobs.unknown = True  # propose "times out", but the entry is applied
-        status, body = await h.put(K, 1)
+        status, body = await on_clock(clock, h.put(K, 1))
         assert status == 200 and body["version"] == 1
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_result_arriving_later_answers_the_write(tmp_path: Path) -> None:
@@ -242,10 +261,10 @@ def test_write_refused_by_the_leader_is_proposed_again_and_applied_once(tmp_path
                 return r.status, await r.json()
 
         pending = asyncio.ensure_future(put())
-        await _until(lambda: bool(h.node.held))
+        await until(lambda: bool(h.node.held))
         first = list(h.node.held)
         h.node.refuse_held()
-        await _until(lambda: bool(h.node.held))  # proposed again
+        await until(lambda: bool(h.node.held))  # proposed again
         assert h.node.held == first  # the same command (same request id), not a new write
         h.node.knobs.hold = False
         h.node.release()
@@ -274,7 +293,7 @@ def test_write_refused_for_too_long_is_503_at_once(
                 return r.status, r.headers.get("Retry-After"), await r.json()
 
         pending = asyncio.ensure_future(put())
-        await _until(lambda: bool(h.node.held))
+        await until(lambda: bool(h.node.held))
         h.node.refuse_held()
         status, retry_after, body = await asyncio.wait_for(pending, 5)
         assert (status, retry_after, body["error"]["code"]) == (503, "1", "unavailable")
@@ -284,14 +303,6 @@ def test_write_refused_for_too_long_is_503_at_once(
         assert (status, entry["version"], entry["value"]) == (200, 1, 2)
 
     run(tmp_path, scenario, request_timeout_ms=60_000)
-
-
-async def _until(check: Any, limit: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit
-    while not check():
-        assert loop.time() < until, "condition not reached"
-        await asyncio.sleep(0.002)
 
 
 def test_dropped_reports_that_are_not_ours_change_nothing(tmp_path: Path) -> None:

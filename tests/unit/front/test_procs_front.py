@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from concordance.config import NodeConfig
 from concordance.supervise import serving_front, wait_gone
+from concordance.testing.poll import until_sync
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -60,16 +60,15 @@ def test_serves_and_stops_on_sigterm() -> None:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if status_of(f"{base}/healthz") == 200:
-                        break
-                except OSError:
-                    pass
+
+            def healthy() -> bool:
                 assert proc.poll() is None, proc.communicate()[0].decode()
-                assert time.monotonic() < deadline, "the front never answered /healthz"
-                time.sleep(0.05)
+                try:
+                    return status_of(f"{base}/healthz") == 200
+                except OSError:
+                    return False
+
+            until_sync(healthy, "the front answering /healthz", 20)
             assert status_of(f"{base}/readyz") == 503
 
             async def session() -> None:
@@ -103,10 +102,7 @@ def _start_keeper(data: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _wait(check: Any, what: str, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    until_sync(check, what, limit)
 
 
 @pytest.mark.slow
@@ -139,14 +135,15 @@ def test_the_keeper_hands_over_without_refusing_a_connection() -> None:
             client = threading.Thread(target=hammer)
             client.start()
             try:
-                time.sleep(0.2)
+                _wait(lambda: answered[0] >= 5, "the first front answering the hammer")
                 keeper.send_signal(signal.SIGUSR2)
                 _wait(lambda: serving_front(data) not in (None, first), "the new front")
                 second = serving_front(data)
                 assert second is not None
                 fronts.append(second)
                 assert wait_gone(first), "the old front did not exit"
-                time.sleep(0.2)
+                mark = answered[0]
+                _wait(lambda: answered[0] >= mark + 5, "the new front answering the hammer")
             finally:
                 done.set()
                 client.join()

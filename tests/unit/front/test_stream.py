@@ -15,7 +15,9 @@ import pytest
 from concordance.front import stream as stream_module
 from concordance.front.appkeys import HUB, STREAMS
 from concordance.front.stream import Outbox
-from tests.unit.front.fakes import AGENT, FULL, Harness, harness
+from concordance.testing.clock import ManualClock
+from concordance.testing.poll import until
+from tests.unit.front.fakes import AGENT, FULL, Harness, harness, on_clock
 
 _ids = itertools.count(1)
 
@@ -253,13 +255,15 @@ def test_subscribe_reply_precedes_its_first_event(tmp_path: Path) -> None:
 
 
 def test_watch_with_storage_down_is_503(tmp_path: Path) -> None:
+    clock = ManualClock()
+
     async def scenario(h: Harness, rpc: Rpc) -> None:
         h.node.knobs.storage_down = True
-        reply = await rpc.call("watch/subscribe", {"prefix": "tenant:a/"})
+        reply = await on_clock(clock, rpc.call("watch/subscribe", {"prefix": "tenant:a/"}))
         assert (reply["error"]["code"], reply["error"]["data"]["code"]) == (503, "unavailable")
         assert h.app[HUB].watchers == 0
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, timers=clock)
 
 
 def test_a_client_that_does_not_keep_up_is_cancelled_as_slow_consumer(
@@ -404,8 +408,7 @@ def test_a_client_that_does_not_read_its_replies_is_closed_with_1008(
         ]
         await rpc.ws.send_str(json.dumps(gets))  # 25 MB of replies, and the client reads none
         async with asyncio.timeout(30):
-            while h.app[STREAMS]:  # the server gives up on the connection
-                await asyncio.sleep(0.02)
+            await until(lambda: not h.app[STREAMS], "the server giving up on the connection", 30)
             while (msg := await rpc.ws.receive()).type == aiohttp.WSMsgType.TEXT:
                 assert all(r["result"]["value"] == big for r in json.loads(msg.data))
         assert msg.type == aiohttp.WSMsgType.CLOSE, msg

@@ -11,6 +11,7 @@ import aiohttp
 from concordance.front.appkeys import HUB, STREAMS
 from concordance.front.stream import PING, Outbox
 from concordance.front.stream_ping import Pinger
+from concordance.testing.poll import until
 from tests.unit.front.fakes import FULL, harness
 
 
@@ -32,14 +33,6 @@ class Conn:
         self.aborted = True
 
 
-async def _until(cond: object, what: str) -> None:
-    for _ in range(5000):
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_round_visits_every_connection_once_in_even_slices() -> None:
     async def main() -> None:
         conns = [Conn() for _ in range(1000)]
@@ -56,7 +49,7 @@ def test_a_round_visits_every_connection_once_in_even_slices() -> None:
         pinger = Pinger(period=30.0, slices=120, sleep=sleep)
         for c in conns:
             pinger.add(c)
-        await _until(lambda: not pinger.running, "the pinger to end with its last connection")
+        await until(lambda: not pinger.running, "the pinger to end with its last connection")
         assert [c.pings for c in conns] == [1] * 1000  # each once in the round
         assert len(slices) == 120 and sum(slices) == 1000
         assert set(slices) == {8, 9}  # 1000 / 120, never bunched
@@ -121,14 +114,14 @@ def test_over_the_wire_an_answering_client_stays_and_a_silent_one_is_dropped(
             await mute.send_str(
                 '{"jsonrpc":"2.0","id":1,"method":"watch/subscribe","params":{"prefix":"tenant:a/"}}'
             )
-            await _until(lambda: h.app[HUB].watchers == 1, "the mute client's subscription")
+            await until(lambda: h.app[HUB].watchers == 1, "the mute client's subscription")
             for _ in range(4):  # four pings, each answered
                 msg = await asyncio.wait_for(good.receive(), 5)
                 assert msg.type == aiohttp.WSMsgType.PING
                 await good.pong(msg.data)
             # the mute client never reads, so never answers: closed, its watch dropped
-            await _until(lambda: pinger.aborted == 1, "the silent client to be closed")
-            await _until(lambda: h.app[HUB].watchers == 0, "its subscription to be dropped")
+            await until(lambda: pinger.aborted == 1, "the silent client to be closed")
+            await until(lambda: h.app[HUB].watchers == 0, "its subscription to be dropped")
             assert len(h.app[STREAMS]) == 1 and len(pinger) == 1
             await good.send_str('{"jsonrpc":"2.0","id":2,"method":"kv/get","params":{"key":"x"}}')
             while (msg := await asyncio.wait_for(good.receive(), 5)).type != aiohttp.WSMsgType.TEXT:

@@ -16,6 +16,7 @@ from concordance.crypto import Cipher
 from concordance.errors import Unavailable
 from concordance.front.codec import Renderer
 from concordance.front.watch import Subscription, WatchHub
+from concordance.testing.poll import until
 from tests.unit.front.fakes import ENC_KEY, FakeNode
 
 
@@ -515,10 +516,7 @@ def test_storage_down_during_repair_delays_but_loses_nothing(tmp_path: Path) -> 
         await settle()
         assert sink.notes == []
         w.node.knobs.storage_down = False
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if sink.notes:
-                break
+        await until(lambda: sink.notes, "the repair once storage is back")
         assert sink.revisions(sub) == [1, 2]
 
     run(tmp_path, scenario)

@@ -178,20 +178,21 @@ def test_reads_that_begin_during_a_request_share_the_next_one_sent_after_it() ->
     from concordance.front.reads import ReadIndexBatcher
 
     async def main() -> None:
+        clock = ManualClock()  # no time passes: the stall never fires
         consensus = GatedReadIndex()
-        reads = ReadIndexBatcher(consensus, stall=60.0, depth=1)
+        reads = ReadIndexBatcher(consensus, stall=60.0, depth=1, clock=clock)
         first = asyncio.ensure_future(reads.next(1.0))
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 1
         # Three reads begin while the first request is in flight, over several turns.
         later = [asyncio.ensure_future(reads.next(1.0))]
-        await asyncio.sleep(0.01)
+        await clock.settle()
         later += [asyncio.ensure_future(reads.next(1.0)) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 1  # none of them joined it, none was sent yet
         consensus.asked[0].set_result(5)
         assert await first == 5
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 2  # one request for all three, sent after the first
         consensus.asked[1].set_result(9)
         assert await asyncio.gather(*later) == [9, 9, 9]
@@ -207,19 +208,20 @@ def test_read_index_requests_go_out_up_to_the_depth_then_the_next_one_is_shared(
 
     async def main() -> None:
         assert DEPTH == 2
+        clock = ManualClock()  # no time passes: the stall never fires
         consensus = GatedReadIndex()
-        reads = ReadIndexBatcher(consensus, stall=60.0)
+        reads = ReadIndexBatcher(consensus, stall=60.0, clock=clock)
         first = asyncio.ensure_future(reads.next(1.0))
-        await asyncio.sleep(0.01)
+        await clock.settle()
         second = asyncio.ensure_future(reads.next(1.0))
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 2  # the second did not wait for the first
         later = [asyncio.ensure_future(reads.next(1.0)) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 2  # both slots taken: they wait, together
         consensus.asked[1].set_result(8)
         assert await second == 8
-        await asyncio.sleep(0.01)
+        await clock.settle()
         assert len(consensus.asked) == 3
         consensus.asked[0].set_result(7)
         consensus.asked[2].set_result(9)
@@ -244,11 +246,16 @@ def test_a_stalled_read_index_request_does_not_hold_back_the_next_one() -> None:
             return 7
 
     async def main() -> None:
+        clock = ManualClock()
         consensus = Answering()
-        reads = ReadIndexBatcher(consensus, stall=0.05)
+        reads = ReadIndexBatcher(consensus, stall=0.05, depth=1, clock=clock)
         stuck = asyncio.ensure_future(reads.next(1.0))
-        await asyncio.sleep(0.01)
-        assert await asyncio.wait_for(reads.next(1.0), 1.0) == 7
+        await clock.settle()
+        behind = asyncio.ensure_future(reads.next(1.0))  # the one slot is taken
+        await clock.advance(0.04)
+        assert not behind.done() and consensus.calls == 1  # held back, until the stall
+        await clock.advance(0.01)
+        assert behind.done() and behind.result() == 7
         assert consensus.calls == 2 and not stuck.done()
         stuck.cancel()
 
