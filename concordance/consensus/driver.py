@@ -47,7 +47,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import astuple
 
 import zmq.asyncio
@@ -371,8 +371,8 @@ class ConsensusDriver:
                 continue
             await self._feed()
             if self.core.has_ready():
-                await self._handle_ready(self.core.ready(), self._send_deferred)
-            await self._send_deferred()
+                await self._handle_ready(self.core.ready())
+            await self._send_deferred()  # after the Ready: see ``_dispatch``
             await self.stream.pump()
             await self.snapshots.maybe_ask(self.stream.acked)
 
@@ -436,8 +436,10 @@ class ConsensusDriver:
         if isinstance(body, wire.Propose) and self._holds_proposals():
             self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
-            # Answered after this turn's Ready: its appends leave first (they are on
-            # the write's path; the answer only tells the front it was taken).
+            # Answered after this turn's Ready: its appends leave and the leader's
+            # own log write starts first (both are on the write's path, and while
+            # the write blocks the loop the followers' acks wait; the answer only
+            # tells the front it was taken, and nothing waits for it).
             self._deferred.append((peer, env, self._propose(body)))
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
@@ -599,13 +601,13 @@ class ConsensusDriver:
             await self.server.reply(peer, env, e)
 
     # ------------------------------------------------------------------ Ready
-    async def _handle_ready(
-        self, rd: Ready, after_first: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    async def _handle_ready(self, rd: Ready) -> None:
         """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py).
 
-        ``after_first`` runs once the leader's early messages are out (answers to
-        proposals: the appends are on the write's path, the answers are not)."""
+        A leader's early messages (``messages_first``, its appends) leave before
+        its own persist; nothing else does: the persist runs on the loop and the
+        followers' acks wait behind it, so whatever is not on the write's path
+        (answers to proposals) is sent by the caller after the Ready."""
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
@@ -618,8 +620,6 @@ class ConsensusDriver:
             self.stream.committed_entries(rd.committed)
             await self.stream.pump()
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
-        if after_first is not None:
-            await after_first()
         started = time.perf_counter()
         try:
             await self.disk.persist(rd)
