@@ -139,7 +139,10 @@ class ConsensusDriver:
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
+        # Answers to proposals: those of this loop turn, and those of the turn before,
+        # sent at the end of this one (see ``_loop``).
         self._deferred: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
+        self._answers_due: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
         self._held_forwards: list[RaftPropose] = []  # see _holds_proposals
         self._held_requests: list[tuple[bytes, wire.Envelope]] = []
         self._ticks = 0
@@ -365,6 +368,9 @@ class ConsensusDriver:
                     break
             busy = self._inbox or self._frames_in or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
+                if self._deferred or self._answers_due:
+                    await self._send_deferred()  # nothing else to do: answer everything
+                    continue  # and look again (something may have arrived meanwhile)
                 self._note_commit(self.clock.monotonic())
                 self._wake.clear()
                 await self._wake.wait()
@@ -372,8 +378,8 @@ class ConsensusDriver:
             await self._feed()
             if self.core.has_ready():
                 await self._handle_ready(self.core.ready())
-            await self._send_deferred()  # after the Ready: see ``_dispatch``
             await self.stream.pump()
+            await self._send_answers_due()
             await self.snapshots.maybe_ask(self.stream.acked)
 
     def _note_commit(self, now: float | None = None) -> None:
@@ -436,10 +442,11 @@ class ConsensusDriver:
         if isinstance(body, wire.Propose) and self._holds_proposals():
             self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
-            # Answered after this turn's Ready: its appends leave and the leader's
-            # own log write starts first (both are on the write's path, and while
-            # the write blocks the loop the followers' acks wait; the answer only
-            # tells the front it was taken, and nothing waits for it).
+            # Answered at the end of the NEXT loop turn, or when the loop goes idle:
+            # the appends, the leader's own log write (its loop is blocked meanwhile)
+            # and then the step of the acks that arrived during that write, the
+            # commit and the apply are on the write's path; the answer only tells
+            # the front it was taken, and nothing waits for it.
             self._deferred.append((peer, env, self._propose(body)))
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
@@ -492,8 +499,17 @@ class ConsensusDriver:
         await self.server.reply(peer, env, result)
 
     async def _send_deferred(self) -> None:
-        deferred, self._deferred = self._deferred, []
-        for peer, env, result in deferred:
+        """Send every answer held back, oldest first."""
+        held = self._answers_due + self._deferred
+        self._answers_due, self._deferred = [], []
+        for peer, env, result in held:
+            await self.server.reply(peer, env, result)
+
+    async def _send_answers_due(self) -> None:
+        """End of a loop turn: answer the previous turn's proposals (their Ready's acks
+        were stepped and its commit handed to storage in this turn); hold this turn's."""
+        due, self._answers_due, self._deferred = self._answers_due, self._deferred, []
+        for peer, env, result in due:
             await self.server.reply(peer, env, result)
 
     def _maybe_promote(self) -> None:
@@ -607,7 +623,7 @@ class ConsensusDriver:
         A leader's early messages (``messages_first``, its appends) leave before
         its own persist; nothing else does: the persist runs on the loop and the
         followers' acks wait behind it, so whatever is not on the write's path
-        (answers to proposals) is sent by the caller after the Ready."""
+        (answers to proposals) is sent by the caller later (``_loop``)."""
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)

@@ -100,9 +100,12 @@ def test_concurrent_proposals_share_fsyncs() -> None:
     run(main)
 
 
-def test_a_proposal_is_answered_after_the_ready_that_appends_it_is_durable() -> None:
-    """The answer to ``propose`` waits for the leader's log write of its entries: that
-    write is on the write's path (the followers' acks queue behind it), the answer is not."""
+def test_a_proposal_is_answered_after_its_log_write_and_the_next_turns_commit() -> None:
+    """The answer to ``propose`` waits for the leader's log write of its entries and
+    for the next loop turn, in which the acks that arrived during that write are
+    stepped and the commit goes to storage: those are on the write's path, the
+    answer is not. On one node the commit follows the write itself, so the
+    entries are handed to storage before the answer leaves."""
 
     async def main(ctx: zmq.asyncio.Context) -> None:
         with temp_dir() as d:
@@ -122,6 +125,7 @@ def test_a_proposal_is_answered_after_the_ready_that_appends_it_is_durable() -> 
                 async def recording_reply(peer: Any, request: Any, body: Any) -> None:
                     if isinstance(body, wire.Proposed):
                         events.append(("answered", body.index))
+                        events.append(("handed to storage", driver.core.log.applied))
                     await reply(peer, request, body)
 
                 driver.disk.persist = recording_persist  # type: ignore[method-assign]
@@ -132,6 +136,9 @@ def test_a_proposal_is_answered_after_the_ready_that_appends_it_is_durable() -> 
                     assert any(
                         kind == "durable" and last >= index for kind, last in events[:answered]
                     ), events
+                    kind, handed = events[answered + 1]
+                    assert kind == "handed to storage" and handed >= index, events
+                await wait_for(lambda: storage.applied >= indexes[-1], what="apply")
                 await front.close()
                 await storage.close()
 
