@@ -620,10 +620,9 @@ class ConsensusDriver:
     async def _handle_ready(self, rd: Ready) -> None:
         """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py).
 
-        A leader's early messages (``messages_first``, its appends) leave before
-        its own persist; nothing else does: the persist runs on the loop and the
-        followers' acks wait behind it, so whatever is not on the write's path
-        (answers to proposals) is sent by the caller later (``_loop``)."""
+        A leader's appends (``messages_first``) leave before its own persist,
+        which runs on the loop (the followers' acks wait behind it); answers to
+        proposals, not on a write's path, are sent later by the caller (``_loop``)."""
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
