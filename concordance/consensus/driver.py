@@ -47,7 +47,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 
 import zmq.asyncio
@@ -139,10 +139,7 @@ class ConsensusDriver:
         self.leader_changes = 0
         self.fsync_latency = LatencyCounts()
         self._inbox: deque[tuple[bytes, wire.Envelope]] = deque()
-        # Answers to proposals: those of this loop turn, and those of the turn before,
-        # sent at the end of this one (see ``_loop``).
         self._deferred: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
-        self._answers_due: list[tuple[bytes, wire.Envelope, wire.Body | ConcordanceError]] = []
         self._held_forwards: list[RaftPropose] = []  # see _holds_proposals
         self._held_requests: list[tuple[bytes, wire.Envelope]] = []
         self._ticks = 0
@@ -368,18 +365,15 @@ class ConsensusDriver:
                     break
             busy = self._inbox or self._frames_in or self._ticks or self.core.has_ready()
             if not busy and self.stream.idle:
-                if self._deferred or self._answers_due:
-                    await self._send_deferred()  # nothing else to do: answer everything
-                    continue  # and look again (something may have arrived meanwhile)
                 self._note_commit(self.clock.monotonic())
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._feed()
             if self.core.has_ready():
-                await self._handle_ready(self.core.ready())
+                await self._handle_ready(self.core.ready(), self._send_deferred)
+            await self._send_deferred()
             await self.stream.pump()
-            await self._send_answers_due()
             await self.snapshots.maybe_ask(self.stream.acked)
 
     def _note_commit(self, now: float | None = None) -> None:
@@ -442,11 +436,8 @@ class ConsensusDriver:
         if isinstance(body, wire.Propose) and self._holds_proposals():
             self._held_requests.append((peer, env))
         elif isinstance(body, wire.Propose):
-            # Answered at the end of the NEXT loop turn, or when the loop goes idle:
-            # the appends, the leader's own log write (its loop is blocked meanwhile)
-            # and then the step of the acks that arrived during that write, the
-            # commit and the apply are on the write's path; the answer only tells
-            # the front it was taken, and nothing waits for it.
+            # Answered after this turn's Ready: its appends leave first (they are on
+            # the write's path; the answer only tells the front it was taken).
             self._deferred.append((peer, env, self._propose(body)))
         elif isinstance(body, wire.ReadIndex):
             await self._read_index(peer, env)
@@ -499,17 +490,8 @@ class ConsensusDriver:
         await self.server.reply(peer, env, result)
 
     async def _send_deferred(self) -> None:
-        """Send every answer held back, oldest first."""
-        held = self._answers_due + self._deferred
-        self._answers_due, self._deferred = [], []
-        for peer, env, result in held:
-            await self.server.reply(peer, env, result)
-
-    async def _send_answers_due(self) -> None:
-        """End of a loop turn: answer the previous turn's proposals (their Ready's acks
-        were stepped and its commit handed to storage in this turn); hold this turn's."""
-        due, self._answers_due, self._deferred = self._answers_due, self._deferred, []
-        for peer, env, result in due:
+        deferred, self._deferred = self._deferred, []
+        for peer, env, result in deferred:
             await self.server.reply(peer, env, result)
 
     def _maybe_promote(self) -> None:
@@ -617,12 +599,13 @@ class ConsensusDriver:
             await self.server.reply(peer, env, e)
 
     # ------------------------------------------------------------------ Ready
-    async def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(
+        self, rd: Ready, after_first: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Persist -> send -> restore/apply -> read states -> advance (raft/__init__.py).
 
-        A leader's appends (``messages_first``) leave before its own persist,
-        which runs on the loop (the followers' acks wait behind it); answers to
-        proposals, not on a write's path, are sent later by the caller (``_loop``)."""
+        ``after_first`` runs once the leader's early messages are out (answers to
+        proposals: the appends are on the write's path, the answers are not)."""
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
@@ -635,6 +618,8 @@ class ConsensusDriver:
             self.stream.committed_entries(rd.committed)
             await self.stream.pump()
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
+        if after_first is not None:
+            await after_first()
         started = time.perf_counter()
         try:
             await self.disk.persist(rd)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import pytest
 import zmq.asyncio
@@ -94,51 +93,6 @@ def test_concurrent_proposals_share_fsyncs() -> None:
                 fsyncs = node.driver.disk.fsyncs - before
                 assert fsyncs < total / 4, f"{fsyncs} fsyncs for {total} proposals"
                 assert len(storage.commands()) == total
-                await front.close()
-                await storage.close()
-
-    run(main)
-
-
-def test_a_proposal_is_answered_after_its_log_write_and_the_next_turns_commit() -> None:
-    """The answer to ``propose`` waits for the leader's log write of its entries and
-    for the next loop turn, in which the acks that arrived during that write are
-    stepped and the commit goes to storage: those are on the write's path, the
-    answer is not. On one node the commit follows the write itself, so the
-    entries are handed to storage before the answer leaves."""
-
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        with temp_dir() as d:
-            async with running(make_cfg(d), ctx) as node:
-                front, storage = FakeFront(ctx, d), FakeStorage(ctx, d)
-                await wait_leader(front)
-                await storage.hello()
-                events: list[tuple[str, int]] = []
-                driver = node.driver
-                persist, reply = driver.disk.persist, driver.server.reply
-
-                async def recording_persist(rd: Any) -> None:
-                    await persist(rd)
-                    if rd.entries:
-                        events.append(("durable", rd.entries[-1].index))
-
-                async def recording_reply(peer: Any, request: Any, body: Any) -> None:
-                    if isinstance(body, wire.Proposed):
-                        events.append(("answered", body.index))
-                        events.append(("handed to storage", driver.core.log.applied))
-                    await reply(peer, request, body)
-
-                driver.disk.persist = recording_persist  # type: ignore[method-assign]
-                driver.server.reply = recording_reply  # type: ignore[method-assign]
-                indexes = [(await front.propose(b"c%d" % n)).index for n in range(5)]
-                for index in indexes:
-                    answered = events.index(("answered", index))
-                    assert any(
-                        kind == "durable" and last >= index for kind, last in events[:answered]
-                    ), events
-                    kind, handed = events[answered + 1]
-                    assert kind == "handed to storage" and handed >= index, events
-                await wait_for(lambda: storage.applied >= indexes[-1], what="apply")
                 await front.close()
                 await storage.close()
 
