@@ -34,14 +34,29 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: ``json.loads``/``json.dumps`` with any keyword build a new decoder or
+# encoder per call, which cost more than parsing or rendering a small body (two
+# to four microseconds of the front's CPU per write, docs/PERFORMANCE.md).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_VALUE_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_RESPONSE_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_RESPONSE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
 def parse_json(raw: bytes | str) -> Any:
-    """Parse request JSON.
+    """Parse request JSON (bytes in any encoding ``json.loads`` detects, as it does).
 
     Raises:
         InvalidRequest: not valid JSON text.
     """
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        if isinstance(raw, str):
+            if raw.startswith("\ufeff"):
+                raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+            text = raw
+        else:
+            text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise InvalidRequest(f"body is not valid JSON: {_short(e)}") from None
 
@@ -54,8 +69,7 @@ def encode_value(value: Any) -> bytes:
             lone surrogates, too deep).
     """
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return text.encode("utf-8")
+        return _VALUE_TEXT(value).encode("utf-8")
     except (ValueError, RecursionError, TypeError) as e:
         raise InvalidRequest(f"value cannot be stored as JSON: {_short(e)}") from None
 
@@ -69,12 +83,12 @@ def dumps(obj: Any) -> str:
     is rendered with ``\\u`` escapes instead; the check runs on non-ASCII
     text only.
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _RESPONSE_TEXT(obj)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+            return _RESPONSE_ASCII(obj)
     return text
 
 
