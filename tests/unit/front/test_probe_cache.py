@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from concordance.config import NodeConfig
+from concordance.front.probe_cache import NOT_READY_TTL
 from concordance.testing.clock import ManualClock
 from tests.unit.front.fakes import harness
 
@@ -36,6 +37,11 @@ def test_probes_ask_the_roles_at_most_once_a_second(tmp_path: Path) -> None:
             assert (await h.client.get("/readyz")).status == 503  # computed again
             assert (await h.client.get("/readyz")).status == 503  # and the 503 is cached too
             assert knobs.status_calls - before == 3
+            knobs.leader = "n1"
+            await clock.advance(NOT_READY_TTL)  # a 503 only briefly: ready as soon as it is
+            assert (await h.client.get("/readyz")).status == 200
+            assert (await h.client.get("/readyz")).status == 200  # the 200 cached again
+            assert knobs.status_calls - before == 4
             assert (await h.client.get("/metrics")).status == 200
             assert len(supervisor_calls) == 2
 
