@@ -22,7 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["CheckpointIncomplete", "checkpoint", "checkpoint_once"]
+__all__ = ["CheckpointIncomplete", "checkpoint"]
 
 RETRY = 0.05  # seconds between passive checkpoints while a reader holds frames back
 
@@ -51,22 +51,5 @@ def checkpoint(db_path: str | os.PathLike[str], timeout: float = 120.0) -> None:
                     f"checkpoint of {db_path}: {copied} of {frames} WAL frames copied (busy={busy})"
                 )
             time.sleep(RETRY)
-    finally:
-        conn.close()
-
-
-def checkpoint_once(db_path: str | os.PathLike[str]) -> bool:
-    """One passive checkpoint of ``db_path``'s WAL (``wal_checkpoints``: the pace of
-    copying the WAL back, off the writer); whether it copied every frame. Claims
-    nothing about durability to anyone: only :func:`checkpoint` answers consensus.
-
-    Raises:
-        sqlite3.Error: the database cannot be opened or checkpointed.
-    """
-    uri = Path(db_path).resolve().as_uri() + "?mode=rw"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    try:
-        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return not busy and frames == copied
     finally:
         conn.close()

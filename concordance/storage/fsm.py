@@ -132,9 +132,6 @@ class StateMachine:
         retention: how many recent revisions of change history to keep at most.
         retention_bytes: how many bytes (keys + values) of change history to
             keep at most; the newest revision is kept whatever its size.
-        auto_checkpoint: False: a commit never checkpoints the WAL (SQLite's
-            automatic checkpoint is off); the caller must, beside the applies
-            (``storage/wal_checkpoints.py``), or the WAL grows until close.
     """
 
     def __init__(
@@ -142,8 +139,6 @@ class StateMachine:
         path: str | os.PathLike[str],
         retention: int = 100_000,
         retention_bytes: int = 1 << 30,
-        *,
-        auto_checkpoint: bool = True,
     ) -> None:
         if retention < 1 or retention_bytes < 1:
             raise ValueError("retention and retention_bytes must be at least 1")
@@ -152,8 +147,6 @@ class StateMachine:
         self._retention_bytes = retention_bytes
         self._prune_slack = retention // 16  # prune in steps, not on every apply
         self._conn = connect(self._path)
-        if not auto_checkpoint:  # the caller checkpoints beside the applies (wal_checkpoints)
-            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._applied_index = self._applied_term = self._revision = self._compacted = 0
         self._history_bytes = 0
         self._next_change_id = 1

@@ -87,7 +87,6 @@ from concordance.storage import durability, snapshot
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
-from concordance.storage.wal_checkpoints import PageCount
 
 __all__ = ["ServiceTimings", "StorageService", "copy_database"]
 
@@ -153,7 +152,6 @@ class StorageService:
         self._backup_lock = asyncio.Lock()
         self._snapshotting: asyncio.Task[None] | None = None
         self._checkpointing: asyncio.Task[None] | None = None
-        self._wal = PageCount()  # the pace of WAL checkpoints beside the applies
         self.durable_index = 0  # the applied index the last checkpoint made durable
         self._sm: StateMachine | None = None
         self._server: Server | None = None
@@ -213,7 +211,6 @@ class StorageService:
             self.db_path,
             retention=self.cfg.change_retention,
             retention_bytes=self.cfg.change_retention_bytes,
-            auto_checkpoint=False,  # checkpointed beside the applies: wal_checkpoints.py
         )
         self._consensus = socks.client(
             ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
@@ -340,8 +337,6 @@ class StorageService:
             return
         self.apply_latency.observe(time.perf_counter() - started)
         await self._publish(applied)
-        if self._wal.applied(applied):
-            self._start_wal_checkpoint()
         await self._release_waiters()
         if sm.applied_index == before:  # all applied already: consensus is resending, so
             await self._send_applied(force=True)  # tell it at once where storage is
@@ -441,21 +436,6 @@ class StorageService:
             return
         self.durable_index = max(self.durable_index, index)
         await self._send("durable", wire.Durable(index))
-
-    def _start_wal_checkpoint(self) -> None:
-        """Copy the WAL back into state.db on a worker thread (wal_checkpoints.py)."""
-        self._wal.started()
-        task = asyncio.create_task(self._wal_checkpoint())
-        self._backups.add(task)  # a restore or a stop waits for it
-        task.add_done_callback(self._backups.discard)
-
-    async def _wal_checkpoint(self) -> None:
-        try:
-            await asyncio.to_thread(durability.checkpoint_once, self.db_path)
-        except sqlite3.Error as e:  # the next one tries again; the WAL only grows meanwhile
-            log.warning("storage: WAL checkpoint failed: %s", e)
-        finally:
-            self._wal.finished()
 
     def _start_snapshot(self) -> None:
         """Copy state.db beside the loop; applies and reads go on meanwhile."""

@@ -20,7 +20,7 @@ import pytest
 import zmq.asyncio
 
 from concordance import errors, fronts, ipc, wire
-from concordance.commands import Batch, Command, Delete, Expire, Set
+from concordance.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
@@ -559,37 +559,6 @@ def test_a_leading_push_is_trusted_for_three_hellos_only() -> None:
             await b.consensus.close()  # silent from now on
             await clock.advance(3.0)
             assert not reaper.leads()
-
-    with short_tmp() as d:
-        run(main)
-
-
-def test_the_wal_is_copied_back_beside_the_applies_without_claiming_durability() -> None:
-    """The writer does not checkpoint (wal_checkpoints.py): once the applies wrote about
-    EVERY_PAGES pages, a checkpoint on a worker thread copies them into state.db itself;
-    consensus is told nothing (only a ``checkpoint`` it asked for answers ``durable``)."""
-    value = b'"' + b"x" * 1000 + b'"'
-
-    def in_file_alone() -> int:
-        alone = os.path.join(d, "alone.db")
-        with open(os.path.join(d, "state", "state.db"), "rb") as src:
-            Path(alone).write_bytes(src.read())
-        conn = sqlite3.connect(alone)
-        try:
-            return int(conn.execute("SELECT applied_index FROM meta").fetchone()[0])
-        except sqlite3.OperationalError:  # not even the tables yet
-            return 0
-        finally:
-            conn.close()
-
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        async with bench(ctx, d) as b:
-            for i in range(8):  # 8 applies of 128 sets: 8 x 132 estimated pages >= 1,000
-                ops = tuple(Set(f"tenant:t{j % 50}/k{i}-{j}", value) for j in range(128))
-                await b.consensus.apply(b.log.normal(Batch(ops)))
-            await b.consensus.acked(b.log.index)
-            await until(lambda: in_file_alone() == b.log.index, "the WAL checkpointed")
-            assert b.consensus.durables.empty()
 
     with short_tmp() as d:
         run(main)
