@@ -63,6 +63,7 @@ import os
 import re
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,7 @@ from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import durability, snapshot
+from concordance.storage.apply_merge import take_queued
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
@@ -147,6 +149,7 @@ class StorageService:
         self._stop = asyncio.Event()
         self._planned = False  # a shutdown(): drain and flush before closing
         self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
+        self._held: deque[wire.Envelope] = deque()  # taken from the inbox by a merge, next
         self._waiters: AppliedWaiters[_Waiter] = AppliedWaiters()
         self._backups: set[asyncio.Task[None]] = set()  # backups and snapshots being copied
         self._backup_lock = asyncio.Lock()
@@ -302,10 +305,10 @@ class StorageService:
     # -- consensus -> storage ----------------------------------------------------
     async def _consensus_loop(self) -> None:
         while True:
-            env = await self._inbox.get()
+            env = self._held.popleft() if self._held else await self._inbox.get()
             body = env.body
-            if isinstance(body, wire.Apply):
-                await self._apply(body)
+            if isinstance(body, wire.Apply):  # with those queued behind it: apply_merge.py
+                await self._apply(take_queued(body, self._inbox, self._held))
             elif isinstance(body, wire.Restore):
                 await self._restore(body)
             elif isinstance(body, wire.TakeSnapshot):
