@@ -10,7 +10,7 @@ The keepers import this module too, and nothing else of the roles: the role's
 runtime (``concordance.ipc`` with ZeroMQ and the wire types, uvloop) is
 imported only by ``run_role``, in the role process. A keeper that imported it
 spent 0.2-0.5 s of CPU at every node start, beside the roles' own imports, on
-a modules it never uses (tests/unit/test_launch_imports.py keeps it so).
+modules it never uses (tests/unit/test_launch_imports.py keeps it so).
 
 Exit statuses: 0 after a requested stop (SIGTERM/SIGINT) or when the keeper
 gave up on it before it ran, 1 when the role failed (supervisord restarts it),
