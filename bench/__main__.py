@@ -252,7 +252,8 @@ def main() -> int:
     parser.add_argument(
         "--scale",
         action="store_true",
-        help="the Scale tables instead (bench/scale.py; one node of each; with --quick, smaller)",
+        help="the Scale tables instead (bench/scale.py: one node, then three nodes of each;"
+        " with --quick, smaller)",
     )
     parser.add_argument("--no-etcd", action="store_true", help="Concordance alone")
     parser.add_argument(

@@ -1,8 +1,12 @@
-"""``make bench SCALE=1``: a write's cost against the number of watches, one node of each.
+"""``make bench SCALE=1``: a write's cost against the number of watches, one node of each,
+then three nodes of each.
 
 One Concordance node and a one-member etcd 3.4, started side by side; etcd's
 watches go through its native gRPC API (``aetcd``: one HTTP/2 stream per
-client carries all its watches), Concordance's through ``/stream``. Rows:
+client carries all its watches), Concordance's through ``/stream``. Then the
+same with three nodes of each (``--nodes 3``): the writes and the watches
+both go to the leader (so the node holding the subscriptions is the one every
+write passes through, and its write also waits for a follower's fsync). Rows:
 
 * a write's p50/p99 (sequential PUTs to a key nobody watches) with 0, 1k,
   10k and 100k subscriptions on distinct prefixes ``tenant:s{i}/``, spread
@@ -44,7 +48,7 @@ from typing import Any
 import aetcd
 import aiohttp
 
-from bench.clusters import ConcordanceSystem, EtcdSystem, wait_until
+from bench.clusters import ConcordanceSystem, EtcdSystem, Member, wait_until
 from bench.workloads import percentile
 from concordance.supervise import serving_front
 
@@ -415,10 +419,11 @@ class ScaleRun:
                 old[k] = max(old[k], v)
 
     async def run(self, cc: ConcordanceSystem, etcd: EtcdSystem | None) -> None:
-        member = cc.members[0]
+        member = _leader(cc)  # one node: the node itself
         front = serving_front(cc.root / member.name)
-        etcd_pid = etcd.members[0].proc.pid if etcd and etcd.members[0].proc else None
-        etcd_port = int(etcd.members[0].url.rsplit(":", 1)[1]) if etcd else 0
+        e_member = _leader(etcd) if etcd else None
+        etcd_pid = e_member.proc.pid if e_member and e_member.proc else None
+        etcd_port = int(e_member.url.rsplit(":", 1)[1]) if e_member else 0
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(
             base_url=member.url, headers=cc.headers, timeout=timeout
@@ -522,7 +527,7 @@ class ScaleRun:
     ) -> None:
         before = _rss_mb(front)
         began = time.monotonic()
-        wide = WatcherProcess("concordance", cc.members[0].url, cc.headers, 0)
+        wide = WatcherProcess("concordance", _leader(cc).url, cc.headers, 0)
         try:
             await wide.call("open", self.wide)
             await wide.call("subscribe", [f"tenant:c{i}/" for i in range(self.wide)], False)
@@ -543,15 +548,23 @@ class ScaleRun:
             await wide.stop()
 
 
+def _leader(system: ConcordanceSystem | EtcdSystem) -> Member:
+    """The member that writes and watches go to: the leader (of one node: that node)."""
+    found = wait_until(system.leader, what=f"a {system.name} leader")
+    assert isinstance(found, Member)
+    return found
+
+
 def _cell(row: Row | None, prefix: str = "") -> str:
     if row is None:
         return f"{'-':>15}"
     return f"{row[prefix + 'p50']:>7.2f}/{row[prefix + 'p99']:<7.2f}"
 
 
-def table(results: dict[str, dict[str, Row]]) -> str:
+def table(results: dict[str, dict[str, Row]], nodes: int = 1) -> str:
+    each = "one node each" if nodes == 1 else f"{nodes} nodes each (at the leader)"
     head = (
-        f"{'one node each':<48} {'etcd p50/p99 ms':>15}  {'conc p50/p99 ms':>15}  "
+        f"{each:<48} {'etcd p50/p99 ms':>15}  {'conc p50/p99 ms':>15}  "
         f"{'p99 conc/etcd':>13}  {'p50, p99 / same at 0':>20}"
     )
     lines = [head, "-" * len(head)]
@@ -591,9 +604,11 @@ def table(results: dict[str, dict[str, Row]]) -> str:
                 f"front RSS {c['rss_per_conn_kb']:.0f} KB per connection"
             )
     lines.append("")
+    who = ("one member", "one node") if nodes == 1 else (f"{nodes} members", f"{nodes} nodes")
     lines.append(
-        "best round of each (lowest p50); etcd: one member, writes and watches over gRPC "
-        "(aetcd); Concordance: one node, writes over HTTP, watches over /stream"
+        f"best round of each (lowest p50); etcd: {who[0]}, writes and watches over gRPC "
+        f"(aetcd); Concordance: {who[1]}, writes over HTTP, watches over /stream"
+        + ("" if nodes == 1 else "; both to the leader")
     )
     return "\n".join(lines)
 
@@ -602,30 +617,44 @@ def _fmt(row: Row | None, key: str) -> str:
     return "-" if row is None else f"{row[key]:.1f}"
 
 
-def main(quick: bool, etcd_binary: str | None, connections_only: bool = False) -> int:
+def main(
+    quick: bool,
+    etcd_binary: str | None,
+    connections_only: bool = False,
+    nodes: tuple[int, ...] = (1, 3),
+) -> int:
+    """Each table of ``nodes`` (one node of each, then three), each from fresh systems."""
     _raise_fd_limit()
+    for n in nodes:
+        run_one(quick, etcd_binary, connections_only, n)
+    return 0
+
+
+def run_one(quick: bool, etcd_binary: str | None, connections_only: bool, nodes: int) -> None:
+    print(f"== {nodes} node(s) of each")
     run = ScaleRun(quick, connections_only)
-    cc = ConcordanceSystem(nodes=1)
-    etcd = EtcdSystem(etcd_binary, nodes=1) if etcd_binary else None
+    cc = ConcordanceSystem(nodes=nodes)
+    etcd = EtcdSystem(etcd_binary, nodes=nodes) if etcd_binary else None
     systems = [s for s in (cc, etcd) if s is not None]
     try:
         for s in systems:
             s.start()
-        wait_until(lambda: serving_front(cc.root / cc.members[0].name), what="the front's pid")
+        leader = _leader(cc)
+        wait_until(lambda: serving_front(cc.root / leader.name), what="the front's pid")
         asyncio.run(run.run(cc, etcd))
     finally:
         for s in systems:
             s.stop()
     print()
-    print(table(run.results))
+    print(table(run.results, nodes))
     print(
         "RSS MB (front, etcd): "
         + "; ".join(f"{k} {v[0]:.0f}, {v[1]:.0f}" for k, v in run.rss.items())
     )
     out = Path(".bench")
     out.mkdir(exist_ok=True)
-    (out / "scale.json").write_text(json.dumps({"rows": run.results, "rss": run.rss}, indent=2))
-    return 0
+    name = "scale.json" if nodes == 1 else f"scale-{nodes}.json"
+    (out / name).write_text(json.dumps({"rows": run.results, "rss": run.rss}, indent=2))
 
 
 if __name__ == "__main__":
@@ -638,5 +667,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--connections", action="store_true", help="only the 10,000-connection row")
+    parser.add_argument(
+        "--nodes", type=int, action="append", choices=[1, 3], help="1 or 3 (default: both)"
+    )
     args = parser.parse_args()
-    sys.exit(main(args.quick, None if args.no_etcd else etcd_binary(), args.connections))
+    nodes = tuple(args.nodes or (1, 3))
+    sys.exit(main(args.quick, None if args.no_etcd else etcd_binary(), args.connections, nodes))

@@ -80,8 +80,15 @@ def run_node(cfg: NodeConfig, base: Mapping[str, str]) -> None:
     its roles inherit (``concordance.environment.child_env``)."""
     prepare(cfg)
     env = node_environment(cfg, base)
-    args = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(config_path())]
-    os.execve(sys.executable, args, env)
+    os.execve(sys.executable, supervisord_command(cfg), env)
+
+
+def supervisord_command(cfg: NodeConfig) -> list[str]:
+    """supervisord in the foreground, through a start that wakes its first poll so the
+    roles are spawned at once, not a second later (``concordance/supervisor_start.py``)."""
+    sock = supervisor_socket(cfg.data)
+    start = [sys.executable, "-m", "concordance.supervisor_start", sock]
+    return [*start, "-n", "-c", str(config_path())]
 
 
 def record_start(data_dir: str | os.PathLike[str], role: str) -> None:

@@ -6,6 +6,12 @@ Under a role keeper (``procs/role_keeper.py``) the process first says its
 imports are done and waits to be told to go on (the keeper stops the old
 process meanwhile); it dies with the keeper by SIGKILL, a crash as before.
 
+The keepers import this module too, and nothing else of the roles: the role's
+runtime (``concordance.ipc`` with ZeroMQ and the wire types, uvloop) is
+imported only by ``run_role``, in the role process. A keeper that imported it
+spent 0.2-0.5 s of CPU at every node start, beside the roles' own imports, on
+modules it never uses (tests/unit/test_launch_imports.py keeps it so).
+
 Exit statuses: 0 after a requested stop (SIGTERM/SIGINT) or when the keeper
 gave up on it before it ran, 1 when the role failed (supervisord restarts it),
 2 for an unusable configuration.
@@ -22,9 +28,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import uvloop
-
-from concordance import config, environment, ipc, logfmt, supervise
+from concordance import config, environment, logfmt, supervise
 
 RoleMain = Any  # Callable[[NodeConfig], Coroutine[Any, Any, int | None]]
 
@@ -84,6 +88,10 @@ def run_role(
     log_filter: logging.Filter | None = None,
     quiet: Sequence[str] = (),
 ) -> int:
+    import uvloop  # the role's runtime, never the keepers' (module docstring)
+
+    from concordance import ipc
+
     cfg = load_and_log(f"procs.{role}", role, argv, log_filter)
     if isinstance(cfg, int):
         return cfg

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from json.encoder import encode_basestring
+from typing import Any, Final
 
 from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import InvalidRequest
@@ -28,6 +29,11 @@ from concordance.errors import InvalidRequest
 __all__ = ["Renderer", "dumps", "encode_value", "parse_json"]
 
 log = logging.getLogger(__name__)
+
+# An entry as storage sends it (storage/db.py entry_of), in this order.
+_ENTRY_FIELDS: Final = (
+    "key", "value", "version", "revision", "createdAt", "updatedAt", "expiresAt"
+)  # fmt: skip
 
 
 def _no_constant(name: str) -> Any:
@@ -136,6 +142,46 @@ class Renderer:
             )
             out["value"] = None
         return out
+
+    def result_text(self, result: Any) -> str:
+        """``dumps(self.result(result))``, with each entry's value spliced in as its
+        stored text instead of decoded and encoded again.
+
+        Why: a batch of 128 sets of 1 KiB values answers with every entry, value
+        included; decoding the 128 values and encoding them again was a fifth of
+        the front's work per batch. A stored value is the canonical text
+        :func:`encode_value` made (compact UTF-8 JSON, opened here if sealed), so
+        it is valid JSON text as it stands; the output parses to the same object.
+        """
+        if isinstance(result, dict) and "results" in result and "createdAt" not in result:
+            items = ",".join(self._item_text(item) for item in result["results"])
+            rest = {k: v for k, v in result.items() if k != "results"}
+            text = '{"results":[' + items + "]" + ("," + dumps(rest)[1:] if rest else "}")
+        else:
+            text = self._item_text(result)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # as dumps: \u escapes rather than unencodable text
+                return dumps(self.result(result))
+        return text
+
+    def _item_text(self, item: Any) -> str:
+        if not (isinstance(item, dict) and tuple(item) == _ENTRY_FIELDS):
+            return dumps(self.result(item))
+        stored = item["value"]
+        if isinstance(stored, str):
+            stored = stored.encode("utf-8")
+        if not isinstance(stored, bytes):
+            return dumps(self.entry(item))
+        value = self.cipher.open(item["key"], stored).decode("utf-8")
+        expires = item["expiresAt"]
+        return (
+            f'{{"key":{encode_basestring(item["key"])},"value":{value},'
+            f'"version":{int(item["version"])},"revision":{int(item["revision"])},'
+            f'"createdAt":{int(item["createdAt"])},"updatedAt":{int(item["updatedAt"])},'
+            f'"expiresAt":{"null" if expires is None else int(expires)}}}'
+        )
 
     def result(self, result: Any) -> Any:
         """A write result: an entry, a delete result, a delete-prefix result or a batch."""

@@ -119,7 +119,8 @@ async def batch(request: web.Request) -> web.Response:
     # are checked before anything is proposed, so a refused batch changes nothing.
     for op in ops:
         access.check_write(op.key)
-    return json_response(await kv.batch(ops))
+    text = await kv.batch_text(ops)
+    return web.json_response(text=text)
 
 
 async def changes(request: web.Request) -> web.Response:

@@ -7,6 +7,12 @@ it runs and for ``PROBE_TTL`` seconds after it ends (an outcome that is an
 error included: a 503 is cached like a 200). The roles answer at most about
 once per ``PROBE_TTL`` per probe, whatever the request rate; a load balancer
 or Prometheus polling every few seconds sees answers at most that old.
+
+A "not ready" answer is reused for ``NOT_READY_TTL`` only: a node coming back
+from a restart is ready the moment it caught up, and a 503 kept for a whole
+second made every restart look up to a second longer to whoever polls. The
+roles then answer at most ten readiness probes a second while the node is
+not ready, still bounded whatever the request rate.
 """
 
 from __future__ import annotations
@@ -16,25 +22,36 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["PROBE_TTL", "Probes", "Shared"]
+__all__ = ["NOT_READY_TTL", "PROBE_TTL", "Probes", "Shared"]
 
 PROBE_TTL: Final = 1.0  # seconds an answer is reused after it was computed
+NOT_READY_TTL: Final = 0.1  # seconds a failed /readyz computation (a 503) is reused
 
 T = TypeVar("T")
 
 
 class Shared(Generic[T]):
-    """One computation at a time, its outcome reused for ``ttl`` seconds after it ends."""
+    """One computation at a time, its outcome reused for ``ttl`` seconds after it ends
+    (``failed_ttl`` when the computation raised)."""
 
-    def __init__(self, now: Callable[[], float], ttl: float = PROBE_TTL) -> None:
+    def __init__(
+        self, now: Callable[[], float], ttl: float = PROBE_TTL, failed_ttl: float | None = None
+    ) -> None:
         self._now = now
         self._ttl = ttl
+        self._failed_ttl = ttl if failed_ttl is None else failed_ttl
         self._future: asyncio.Future[T] | None = None
         self._ended = 0.0
 
+    def _stale(self, future: asyncio.Future[T]) -> bool:
+        if not future.done():
+            return False
+        failed = future.cancelled() or future.exception() is not None
+        return self._now() - self._ended >= (self._failed_ttl if failed else self._ttl)
+
     async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
         future = self._future
-        if future is None or (future.done() and self._now() - self._ended >= self._ttl):
+        if future is None or self._stale(future):
             future = self._future = asyncio.ensure_future(self._run(compute))
             future.add_done_callback(_retrieve)
         return await asyncio.shield(future)  # a caller that gives up does not cancel it
@@ -60,4 +77,4 @@ class Probes:
 
     @classmethod
     def on(cls, now: Callable[[], float]) -> Probes:
-        return cls(Shared(now), Shared(now))
+        return cls(Shared(now, failed_ttl=NOT_READY_TTL), Shared(now))

@@ -112,12 +112,15 @@ class KvService:
         return commands.Set(args.key, sealed, args.if_version, args.expires_at)
 
     async def _write(self, op: commands.Op) -> Any:
+        return self.renderer.result(await self._submit(op))
+
+    async def _submit(self, op: commands.Op) -> Any:
+        """Propose ``op``; its result as storage gave it (values as stored text)."""
         try:
-            result = await self._proposer.submit(op)
+            return await self._proposer.submit(op)
         except VersionConflict as e:
             self._render_current(e)
             raise
-        return self.renderer.result(result)
 
     def _render_current(self, error: ConcordanceError) -> None:
         current = error.extra.get("current")
@@ -141,6 +144,15 @@ class KvService:
         return result
 
     async def batch(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> dict[str, Any]:
+        result: dict[str, Any] = self.renderer.result(await self._submit(self._batch(ops)))
+        return result
+
+    async def batch_text(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> str:
+        """:meth:`batch`'s answer as JSON text, the values spliced in as stored
+        (``Renderer.result_text``): what ``POST /batch`` sends."""
+        return self.renderer.result_text(await self._submit(self._batch(ops)))
+
+    def _batch(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> commands.Batch:
         built: list[commands.BatchOp] = []
         for op in ops:
             if isinstance(op, SetArgs):
@@ -149,5 +161,4 @@ class KvService:
                 built.append(commands.Delete(op.key, op.if_version))
             else:
                 built.append(commands.Check(op.key, op.version))
-        result: dict[str, Any] = await self._write(commands.Batch(tuple(built)))
-        return result
+        return commands.Batch(tuple(built))

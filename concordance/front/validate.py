@@ -108,6 +108,7 @@ def parse_set(
     max_value_bytes: int,
     allowed: frozenset[str] = SET_FIELDS,
     what: str = "body",
+    key_checked: bool = False,
 ) -> SetArgs:
     """A write of ``fields`` (``value``, ``ifVersion``, ``expiresAt``, ``ttlMs``) to ``key``.
 
@@ -117,7 +118,8 @@ def parse_set(
         ValueTooLarge: the value's JSON text exceeds ``max_value_bytes``.
     """
     _reject_unknown(fields, allowed, what)
-    validate_key(key)
+    if not key_checked:  # a batch op's key was checked as the op was read
+        validate_key(key)
     if "value" not in fields:
         raise InvalidRequest(f"{what} needs a value")
     if_version = opt_int(fields, "ifVersion")
@@ -168,7 +170,16 @@ def parse_batch(
         fields = {k: v for k, v in op.items() if k not in ("op", "key")}
         if kind == "set":
             key = _key_field(op)
-            out.append(parse_set(key, fields, now=now, max_value_bytes=max_value_bytes, what=what))
+            out.append(
+                parse_set(
+                    key,
+                    fields,
+                    now=now,
+                    max_value_bytes=max_value_bytes,
+                    what=what,
+                    key_checked=True,
+                )
+            )
         elif kind == "delete":
             out.append(parse_delete(_key_field(op), fields, what))
         elif kind == "check":

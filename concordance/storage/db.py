@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
+from collections.abc import Collection
 from typing import Any, Final, NamedTuple
 
 from concordance.errors import Compacted, InvalidRequest
@@ -32,6 +33,7 @@ __all__ = [
     "list_changes",
     "list_entries",
     "load_row",
+    "load_rows",
     "prefix_end",
 ]
 
@@ -88,6 +90,14 @@ def load_row(conn: sqlite3.Connection, key: str) -> Row | None:
     """The row of ``key``, tombstone or expired included, or None if never written."""
     raw = conn.execute(f"{_ROWS_FROM} WHERE k.key = ?", (key,)).fetchone()
     return None if raw is None else Row(*raw)
+
+
+def load_rows(conn: sqlite3.Connection, keys: Collection[str]) -> dict[str, Row]:
+    """The rows of those of ``keys`` ever written (tombstones and expired included), in one
+    statement: a batch of 128 ops paid 128 statements for them (a fifth of its apply)."""
+    marks = ",".join("?" * len(keys))
+    rows = conn.execute(f"{_ROWS_FROM} WHERE k.key IN ({marks})", tuple(keys))
+    return {raw[0]: Row(*raw) for raw in rows}
 
 
 def get_entry(conn: sqlite3.Connection, key: str, now_ms: int) -> Entry | None:

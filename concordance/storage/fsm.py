@@ -73,7 +73,7 @@ from concordance.errors import (
     VersionConflict,
 )
 from concordance.storage import db, snapshot, ttl
-from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row
+from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row, load_rows
 from concordance.storage.migrate import HISTORY_SIZE_SQL
 from concordance.storage.schema import connect
 
@@ -292,10 +292,14 @@ class StateMachine:
         dirty: dict[str, Row] = {}  # key -> final row, in first-write order
         changes: list[tuple[str, str, bytes | None, int]] = []
         results: list[Any] = []
+        # Every key's row in one statement (a batch's keys are few, at most 128 ops)
+        found = load_rows(self._conn, {op.key for op in ops}) if len(ops) > 1 else None
         for i, op in enumerate(ops):
             key = op.key
             if key in rows:
                 row = rows[key]
+            elif found is not None:
+                row = before[key] = found.get(key)
             else:
                 row = before[key] = load_row(self._conn, key)
             live = row if row is not None and is_live(row, ts) else None

@@ -63,6 +63,7 @@ import os
 import re
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ from concordance.latency import LatencyCounts
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import durability, snapshot
+from concordance.storage.apply_merge import take_queued
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
@@ -156,6 +158,7 @@ class StorageService:
         self._stop = asyncio.Event()
         self._planned = False  # a shutdown(): drain and flush before closing
         self._inbox: asyncio.Queue[wire.Envelope] = asyncio.Queue()
+        self._held: deque[wire.Envelope] = deque()  # taken from the inbox by a merge, next
         self._waiters: AppliedWaiters[_Waiter] = AppliedWaiters()
         self._backups: set[asyncio.Task[None]] = set()  # backups and snapshots being copied
         self._backup_lock = asyncio.Lock()
@@ -311,12 +314,17 @@ class StorageService:
     # -- consensus -> storage ----------------------------------------------------
     async def _consensus_loop(self) -> None:
         while True:
-            env = await self._inbox.get()
+            env = self._held.popleft() if self._held else await self._inbox.get()
             handler = self._FROM_CONSENSUS.get(type(env.body))
             if handler is None:
                 log.warning("storage: dropping unexpected %s from consensus", env.type)
             else:
                 await handler(self, env.body)
+
+    async def _on_apply(self, body: wire.Body) -> None:
+        """An ``apply`` with those queued behind it, in one transaction (apply_merge.py)."""
+        assert isinstance(body, wire.Apply)
+        await self._apply(take_queued(body, self._inbox, self._held))
 
     async def _on_take_snapshot(self, body: wire.Body) -> None:
         self._start_snapshot()
@@ -647,7 +655,7 @@ class StorageService:
     # What storage takes, by body type (PROTOCOL.md §3.2 to storage, §3.3), built
     # once with the class: a dispatch is one dict lookup.
     _FROM_CONSENSUS: ClassVar[dict[type[wire.Body], _ConsensusHandler]] = {
-        wire.Apply: _apply,
+        wire.Apply: _on_apply,
         wire.Restore: _restore,
         wire.TakeSnapshot: _on_take_snapshot,
         wire.Checkpoint: _on_checkpoint,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from concordance.front.probe_cache import NOT_READY_TTL
 from concordance.testing.clock import ManualClock
 from concordance.testing.supervisor import MemorySupervisor
 from tests.unit.front.fakes import harness
@@ -31,6 +32,11 @@ def test_probes_ask_the_roles_at_most_once_a_second(tmp_path: Path) -> None:
             assert (await h.client.get("/readyz")).status == 503  # computed again
             assert (await h.client.get("/readyz")).status == 503  # and the 503 is cached too
             assert knobs.status_calls - before == 3
+            knobs.leader = "n1"
+            await clock.advance(NOT_READY_TTL)  # a 503 only briefly: ready as soon as it is
+            assert (await h.client.get("/readyz")).status == 200
+            assert (await h.client.get("/readyz")).status == 200  # the 200 cached again
+            assert knobs.status_calls - before == 4
             assert (await h.client.get("/metrics")).status == 200
             assert supervisor.state_calls == 2
 

@@ -1,0 +1,28 @@
+"""The keepers stay light: they import none of the roles' runtime (ZeroMQ, the wire types,
+the Raft core, uvloop, aiohttp), which each role process imports for itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("zmq", "uvloop", "aiohttp", "concordance.ipc", "concordance.wire", "concordance.raft")
+
+
+def test_keepers_do_not_import_the_roles_runtime() -> None:
+    code = (
+        "import sys, procs.role_keeper, procs.front_keeper, procs._launch\n"
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
+
+
+def test_the_role_entry_points_import_it() -> None:
+    code = f"import sys, procs.storage\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert {"zmq", "concordance.ipc"} <= set(out.stdout.split())
