@@ -20,6 +20,7 @@ from typing import Any
 from concordance import wire
 from concordance.crypto import Cipher
 from concordance.front.codec import Renderer, dumps
+from concordance.payloads import Change, Outcome, Rejected
 from concordance.storage.db import Row, entry_of
 
 KEY = "tenant:acme/user:u1/preferences/theme"
@@ -28,21 +29,16 @@ ROW = Row(KEY, VALUE, 3, 1042, 1764230400000, 1764230460000, None, 0, 17)
 RENDER = Renderer(Cipher(()))
 
 
-def _event(row: Row) -> dict[str, Any]:
+def _event(row: Row) -> Change:
     """The change event storage builds for a set (as ``StateMachine._emit`` does)."""
-    event: dict[str, Any] = {"type": "set", "key": row.key}
-    event["value"] = row.value
-    event["version"] = row.version
-    event["revision"] = row.revision
-    event["timestamp"] = row.updated_at
-    return event
+    return Change("set", row.key, row.value, row.version, row.revision, row.updated_at)
 
 
 def _cases() -> dict[str, tuple[Callable[[], Any], ...]]:
     """Kind -> (storage: build + encode, front: decode, front: render to JSON)."""
 
     def result() -> bytes:
-        body = wire.Results("n1", ((123456789, True, entry_of(ROW)),))
+        body = wire.Results("n1", (Outcome(123456789, entry_of(ROW)),))
         return wire.encode_envelope(wire.Envelope("results", 4611686018427387904, body))
 
     def event() -> bytes:
@@ -55,7 +51,9 @@ def _cases() -> dict[str, tuple[Callable[[], Any], ...]]:
     assert isinstance(got_result, wire.Results) and isinstance(got_event, wire.ChangeBatch)
 
     def render_result() -> str:
-        return dumps(RENDER.result(got_result.items[0][2]))
+        result = got_result.items[0].result
+        assert result is not None and not isinstance(result, Rejected)
+        return dumps(RENDER.result(result))
 
     def render_event() -> str:
         return dumps([RENDER.event(e) for e in got_event.events])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import fronts, ipc, wire
+from concordance import fronts, ipc, payloads, wire
 from concordance.errors import NotLeader, Unavailable
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
@@ -26,6 +26,11 @@ from concordance.front.appkeys import HUB
 from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
 from concordance.storage.fsm import StateMachine
 from tests.unit.front.fakes import FULL, make_config, no_supervisor
+
+
+def _by(who: str) -> payloads.Entry:
+    """An entry that tells which storage answered."""
+    return payloads.Entry(f"tenant:a/{who}", b"1", 1, 1, 0, 0, None)
 
 
 class MiniNode:
@@ -89,8 +94,7 @@ class MiniNode:
             if applied.events:
                 batch = wire.ChangeBatch(tuple(applied.events), self.sm.revision)
                 await self.events.publish("change_batch", batch)
-            outcome = applied.result if applied.error is None else applied.error
-            item = (applied.request_id, applied.error is None, outcome)
+            item = payloads.Outcome(applied.request_id, applied.outcome)
             await self.events.publish("results", wire.Results(applied.origin, (item,)))
 
     async def _serve_storage(self) -> None:
@@ -101,8 +105,7 @@ class MiniNode:
             if isinstance(body, wire.Get):
                 reply = wire.GetOk(self.sm.get(body.key, body.now))
             elif isinstance(body, wire.Changes):
-                page = self.sm.changes(body.prefix, body.since, body.limit)
-                reply = wire.ChangesOk(tuple(page["changes"]), page["revision"])
+                reply = self.sm.changes(body.prefix, body.since, body.limit)
             elif isinstance(body, wire.WaitApplied):
                 reply = wire.WaitAppliedOk(self.sm.applied_index)
             elif isinstance(body, wire.StorageStatus):
@@ -348,9 +351,9 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
             ctx = ipc.context()
             where = ipc.endpoint(data_dir, "storage")
             old = await ipc.RpcServer.open(ctx, where)
-            old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk({"by": "old"})))
+            old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk(_by("old"))))
             async with asyncio.timeout(5):
-                assert await storage.get("tenant:a/x", 0, 3.0) == {"by": "old"}
+                assert await storage.get("tenant:a/x", 0, 3.0) == _by("old")
             await old.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
             await asyncio.sleep(0.05)  # the announcement is in
             read = asyncio.ensure_future(storage.get("tenant:a/x", 0, 5.0))
@@ -361,10 +364,10 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
             await old.close()
             await asyncio.sleep(0.05)
             new = await ipc.RpcServer.open(ctx, where)
-            new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk({"by": "new"})))
+            new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk(_by("new"))))
             try:
                 async with asyncio.timeout(5):
-                    assert await read == {"by": "new"}
+                    assert await read == _by("new")
             finally:
                 new_task.cancel()
                 await new_task
@@ -384,16 +387,16 @@ def test_a_stopping_told_to_one_front_holds_only_that_fronts_requests() -> None:
             told = IpcStorage(ctx, data_dir, fronts.routing_id(0))
             other = IpcStorage(ctx, data_dir, fronts.routing_id(1))
             server = await ipc.RpcServer.open(ctx, ipc.endpoint(data_dir, "storage"))
-            serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk({"k": 1})))
+            serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk(_by("k"))))
             try:
                 async with asyncio.timeout(5):
-                    assert await told.get("tenant:a/x", 0, 3.0) == {"k": 1}
-                    assert await other.get("tenant:a/x", 0, 3.0) == {"k": 1}
+                    assert await told.get("tenant:a/x", 0, 3.0) == _by("k")
+                    assert await other.get("tenant:a/x", 0, 3.0) == _by("k")
                     await server.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
                     while not told._stopping.active:
                         await asyncio.sleep(0.005)
                     assert not other._stopping.active
-                    assert await other.get("tenant:a/y", 0, 3.0) == {"k": 1}
+                    assert await other.get("tenant:a/y", 0, 3.0) == _by("k")
                     held = asyncio.ensure_future(told.get("tenant:a/z", 0, 0.3))
                     with pytest.raises(Unavailable):  # held for a successor that never came
                         await held
