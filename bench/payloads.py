@@ -20,7 +20,7 @@ from typing import Any
 from concordance import wire
 from concordance.crypto import Cipher
 from concordance.front.codec import Renderer, dumps
-from concordance.payloads import Change, Outcome, Rejected
+from concordance.payloads import Change, Rejected, new_change, new_outcome
 from concordance.storage.db import Row, entry_of
 
 KEY = "tenant:acme/user:u1/preferences/theme"
@@ -31,14 +31,14 @@ RENDER = Renderer(Cipher(()))
 
 def _event(row: Row) -> Change:
     """The change event storage builds for a set (as ``StateMachine._emit`` does)."""
-    return Change("set", row.key, row.value, row.version, row.revision, row.updated_at)
+    return new_change("set", row.key, row.value, row.version, row.revision, row.updated_at)
 
 
 def _cases() -> dict[str, tuple[Callable[[], Any], ...]]:
     """Kind -> (storage: build + encode, front: decode, front: render to JSON)."""
 
     def result() -> bytes:
-        body = wire.Results("n1", (Outcome(123456789, entry_of(ROW)),))
+        body = wire.Results("n1", (new_outcome(123456789, entry_of(ROW)),))
         return wire.encode_envelope(wire.Envelope("results", 4611686018427387904, body))
 
     def event() -> bytes:

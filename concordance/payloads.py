@@ -17,9 +17,11 @@ Rules (PROTOCOL.md §3.7):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from concordance.codec import maker
 from concordance.errors import ConcordanceError, VersionConflict
 
 __all__ = [
@@ -34,6 +36,9 @@ __all__ = [
     "PrefixDeleted",
     "Rejected",
     "WriteResult",
+    "new_change",
+    "new_entry",
+    "new_outcome",
 ]
 
 
@@ -147,6 +152,12 @@ class Outcome:
     request_id: int
     result: WriteResult | Rejected | None  # None: a lone ``check`` of an absent key
 
+
+# Positional constructors for storage's hot path (every field, in order): they set the
+# slots directly, about twice as fast as a frozen dataclass's __init__ (codec.maker).
+new_entry: Callable[[str, bytes, int, int, int, int, int | None], Entry] = maker(Entry)
+new_change: Callable[[str, str, bytes | None, int, int, int], Change] = maker(Change)
+new_outcome: Callable[[int, WriteResult | Rejected | None], Outcome] = maker(Outcome)
 
 # Wire tags (PROTOCOL.md §3.7): never reuse one.
 TAGS: dict[type, int] = {

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from concordance import wire
 from concordance.errors import Compacted, InvalidRequest
 from concordance.keys import validate_prefix
-from concordance.payloads import Change, Entry
+from concordance.payloads import Change, Entry, new_change, new_entry
 
 __all__ = [
     "ROW_COLUMNS",
@@ -71,7 +71,7 @@ def is_live(row: Row | None, now_ms: int) -> bool:
 
 def entry_of(row: Row) -> Entry:
     """The entry of a live row (its value is never None)."""
-    return Entry(
+    return new_entry(
         row.key,
         row.value,  # type: ignore[arg-type]  # a live row has a value
         row.version,
@@ -223,7 +223,7 @@ def decode_cursor(cursor: str, prefix: str) -> str:
 
 def _event_of(raw: tuple[Any, ...]) -> Change:
     revision, kind, key, value, version, timestamp = raw
-    return Change(kind, key, value if kind == "set" else None, version, revision, timestamp)
+    return new_change(kind, key, value if kind == "set" else None, version, revision, timestamp)
 
 
 def _check_positive(name: str, value: int) -> None:

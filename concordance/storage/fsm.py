@@ -83,6 +83,7 @@ from concordance.payloads import (
     PrefixDeleted,
     Rejected,
     WriteResult,
+    new_change,
 )
 from concordance.storage import db, snapshot, ttl
 from concordance.storage.db import Row, entry_of, is_live, load_row
@@ -430,7 +431,7 @@ class StateMachine:
         self._next_change_id += 1
         self._history_bytes += len(key.encode()) + len(value or b"")
         self._pending.append((change_id, rev, len(events), kind, key, value, version, ts))
-        events.append(Change(kind, key, value, version, rev, ts))
+        events.append(new_change(kind, key, value, version, rev, ts))
         return change_id
 
     def _prune(self) -> None:

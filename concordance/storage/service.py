@@ -83,7 +83,7 @@ from concordance.errors import (
 )
 from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
-from concordance.payloads import Outcome
+from concordance.payloads import new_outcome
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import durability, snapshot
@@ -388,7 +388,7 @@ class StorageService:
         # Only this node's front waits for results here: other nodes' fronts hear
         # of their writes from their own storage (PROTOCOL.md §3.4).
         mine = self.cfg.node_id
-        items = [Outcome(a.request_id, a.outcome) for a in applied if a.origin == mine]
+        items = [new_outcome(a.request_id, a.outcome) for a in applied if a.origin == mine]
         try:
             # Changes first: the front has a change before the writer's result, so
             # no watcher can miss what a writer was told. (The front answers the
