@@ -17,6 +17,8 @@ from typing import Any
 
 from concordance import wire
 from concordance.commands import Command, Set
+from concordance.payloads import Change, Outcome
+from concordance.payloads import Entry as Entry_
 from concordance.raft import messages as rm
 from concordance.raft.entries import Entry, EntryKind
 
@@ -54,13 +56,11 @@ def _cases() -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
         envelope(f"propose x{n}", wire.Propose((CMD,) * n))
         raft(f"AppendEntries x{n}", _append(n))
         envelope(f"apply x{n}", wire.Apply(tuple((1000 + i, 7, 0, CMD) for i in range(n))))
-        items = tuple(
-            (123456789 + i, True, {"key": KEY, "version": 3, "revision": 9}) for i in range(n)
-        )
+        entry = Entry_(KEY, b'{"mode":"dark"}', 3, 9, 1764230400000, 1764230400000, None)
+        items = tuple(Outcome(123456789 + i, entry) for i in range(n))
         envelope(f"results x{n}", wire.Results("n1", items))
     events = tuple(
-        {"type": "set", "key": f"{KEY}{i}", "value": {"mode": "dark"}, "version": 3, "revision": i}
-        for i in range(64)
+        Change("set", f"{KEY}{i}", b'{"mode":"dark"}', 3, i, 1764230400000) for i in range(64)
     )
     envelope("change_batch x64", wire.ChangeBatch(events, 64))
     envelope("proposed", wire.Proposed(1234), reply_to=4611686018427387904)

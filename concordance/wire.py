@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from concordance import codec
+from concordance import codec, payloads
 from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError
 from concordance.wire_raft import RAFT_TAGS as RAFT_TAGS  # re-exported: wire is the one door
 from concordance.wire_raft import decode_raft as decode_raft
@@ -303,7 +303,7 @@ class Get(Body):
 
 @dataclass(frozen=True, slots=True)
 class GetOk(Body):
-    entry: dict[str, Any] | None
+    entry: payloads.Entry | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +318,7 @@ class GetMany(Body):
 
 @dataclass(frozen=True, slots=True)
 class GetManyOk(Body):
-    entries: tuple[dict[str, Any] | None, ...]  # one per key, in order
+    entries: tuple[payloads.Entry | None, ...]  # one per key, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +334,7 @@ class List(Body):
 
 @dataclass(frozen=True, slots=True)
 class ListOk(Body):
-    entries: tuple[dict[str, Any], ...]
+    entries: tuple[payloads.Entry, ...]
     next: str | None
     revision: int
 
@@ -350,7 +350,7 @@ class Changes(Body):
 
 @dataclass(frozen=True, slots=True)
 class ChangesOk(Body):
-    changes: tuple[dict[str, Any], ...]
+    changes: tuple[payloads.Change, ...]
     revision: int
 
 
@@ -401,16 +401,16 @@ class StorageStatusOk(Body):
 class ChangeBatch(Body):
     """Applied change events (API.md §3.2) of one batch, topic ``c``."""
 
-    events: tuple[dict[str, Any], ...]
+    events: tuple[payloads.Change, ...]
     revision: int
 
 
 @dataclass(frozen=True, slots=True)
 class Results(Body):
-    """Write outcomes ``(request_id, ok, result-or-error)`` for ``origin``'s front, topic ``r``."""
+    """Write outcomes for ``origin``'s front, topic ``r``."""
 
     origin: str
-    items: tuple[tuple[int, bool, Any], ...]
+    items: tuple[payloads.Outcome, ...]
 
 
 IPC_TYPES: dict[str, type[Body]] = {
@@ -522,6 +522,10 @@ def _check(hint: Any) -> codec.Check:
         rec = _record(hint)  # nested: encoded by _pack's default hook
         return lambda v: codec.decode_map(rec, v)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in payloads.TAGS or (
+        origin is types.UnionType and all(a in payloads.TAGS or a is type(None) for a in args)
+    ):
+        return _tagged(args or (hint,))
     if origin is types.UnionType and len(args) == 2 and type(None) in args:
         return codec.optional(_check(next(a for a in args if a is not type(None))))
     if origin is dict and args == (str, Any):
@@ -536,6 +540,54 @@ def _check(hint: Any) -> codec.Check:
 
 
 _RECORDS: dict[type, codec.Record] = {}
+# payload class -> (its record, array length with the tag); packed by _nested as arrays
+_TAGGED: dict[type, tuple[codec.Record, int]] = {}
+
+
+def _tagged(classes: tuple[Any, ...]) -> codec.Check:
+    """The validator of a field holding one of ``classes`` (payload records, maybe
+    None), each a tagged array ``[tag, *fields]`` (PROTOCOL.md §3.7)."""
+    nullable = type(None) in classes
+    by_tag: dict[int, tuple[codec.Record, int]] = {}
+    for cls in classes:
+        if cls is not type(None):
+            by_tag[payloads.TAGS[cls]] = _tagged_record(cls)
+    what = " | ".join(c.__name__ for c in classes)
+    if len(by_tag) == 1:  # one kind (maybe None): compare the tag, no lookup
+        [(tag, (rec, size))] = by_tag.items()
+        from_tuple = rec.from_tuple
+
+        def check_one(v: Any) -> Any:
+            if type(v) is list and len(v) == size and v[0] == tag and type(v[0]) is int:
+                return from_tuple(v)
+            if v is None and nullable:
+                return None
+            if type(v) is tuple and len(v) == size and v[0] == tag and type(v[0]) is int:
+                return from_tuple(v)
+            codec.fail(f"a tagged {what}", v)
+
+        return check_one
+
+    def check(v: Any) -> Any:
+        if v is None and nullable:
+            return None
+        if (type(v) is list or type(v) is tuple) and v and type(v[0]) is int:
+            found = by_tag.get(v[0])
+            if found is not None and len(v) == found[1]:
+                return found[0].from_tuple(v)
+        codec.fail(f"a tagged {what}", v)
+
+    return check
+
+
+def _tagged_record(cls: type) -> tuple[codec.Record, int]:
+    got = _TAGGED.get(cls)
+    if got is None:
+        hints = typing.get_type_hints(cls)
+        checks = [_check(hints[f.name]) for f in fields(cls)]
+        rec = codec.record(cls, checks, tag=payloads.TAGS[cls])
+        got = _TAGGED[cls] = (rec, len(checks) + 1)
+    return got
 
 
 def _record(cls: type) -> codec.Record:
@@ -548,7 +600,11 @@ def _record(cls: type) -> codec.Record:
 
 
 def _nested(obj: Any) -> Any:
-    """msgpack ``default`` hook: a body nested in a body, as a map."""
+    """msgpack ``default`` hook: a payload record as a tagged array, a body nested in a
+    body as a map."""
+    tagged = _TAGGED.get(type(obj))
+    if tagged is not None:
+        return tagged[0].to_tuple(obj)
     rec = _RECORDS.get(type(obj))
     if rec is None:
         raise TypeError(f"cannot pack {type(obj).__name__}")

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from concordance import wire
+from concordance.payloads import Entry
 
 __all__ = [
     "Clients",
@@ -64,12 +65,11 @@ class ConsensusClient(Protocol):
 class StorageClient(Protocol):
     """The storage role's local reads, as the front uses them.
 
-    Entries and change events carry ``value`` as JSON text bytes, as stored.
+    Entries and change events are ``concordance.payloads`` records, ``value``
+    the JSON text bytes as stored.
     """
 
-    async def get(
-        self, key: str, now: int, timeout: float, min_index: int = 0
-    ) -> dict[str, Any] | None: ...
+    async def get(self, key: str, now: int, timeout: float, min_index: int = 0) -> Entry | None: ...
 
     async def list(
         self,

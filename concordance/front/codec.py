@@ -14,26 +14,33 @@ Rules:
   length is what the size limit measures (API.md §2).
 * Values from storage are JSON text bytes; sensitive keys are opened with the
   node's :class:`~concordance.crypto.Cipher` before decoding.
+* Storage sends typed records (``concordance.payloads``); this module alone
+  gives them the API's field names and order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from json.encoder import encode_basestring
-from typing import Any, Final
+from typing import Any, ClassVar
 
 from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import InvalidRequest
+from concordance.payloads import (
+    BatchDone,
+    Change,
+    Deleted,
+    Entry,
+    Expired,
+    PrefixDeleted,
+    WriteResult,
+)
 
 __all__ = ["Renderer", "dumps", "encode_value", "parse_json"]
 
 log = logging.getLogger(__name__)
-
-# An entry as storage sends it (storage/db.py entry_of), in this order.
-_ENTRY_FIELDS: Final = (
-    "key", "value", "version", "revision", "createdAt", "updatedAt", "expiresAt"
-)  # fmt: skip
 
 
 def _no_constant(name: str) -> Any:
@@ -103,47 +110,76 @@ def _short(e: BaseException) -> str:
 
 
 class Renderer:
-    """Turns storage's shapes (values as stored JSON text) into API shapes."""
+    """Turns storage's typed records (values as stored JSON text) into the API's JSON shapes.
+
+    The one place that knows the API's field names for what storage sends
+    (PROTOCOL.md §3.7): each record kind has its own method, so nothing is
+    guessed from which keys are present.
+    """
 
     def __init__(self, cipher: Cipher) -> None:
         self.cipher = cipher
 
-    def value(self, key: str, stored: Any) -> Any:
+    def value(self, key: str, stored: bytes) -> Any:
         """The decoded value of ``key`` from its stored text.
 
         Raises:
             DecryptionFailed: a sensitive value that does not open.
         """
-        if isinstance(stored, str):
-            stored = stored.encode("utf-8")
-        if not isinstance(stored, bytes):
-            return stored  # already decoded (never sent by storage; tolerated)
         return json.loads(self.cipher.open(key, stored))
 
-    def entry(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
-        """An API entry (API.md §2) from storage's entry."""
+    def entry(self, entry: Entry | None) -> dict[str, Any] | None:
+        """An API entry (API.md §2), or None."""
         if entry is None:
             return None
-        out = dict(entry)
-        out["value"] = self.value(entry["key"], entry.get("value"))
-        return out
+        return {
+            "key": entry.key,
+            "value": self.value(entry.key, entry.value),
+            "version": entry.version,
+            "revision": entry.revision,
+            "createdAt": entry.created_at,
+            "updatedAt": entry.updated_at,
+            "expiresAt": entry.expires_at,
+        }
 
-    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+    def event(self, event: Change) -> dict[str, Any]:
         """An API change event (API.md §3.2). A value that does not open becomes null
         (logged): a notification stream must not stop or skip because of one value."""
-        if "value" not in event:
-            return event
-        out = dict(event)
+        if event.type != "set":
+            return {
+                "type": event.type,
+                "key": event.key,
+                "version": event.version,
+                "revision": event.revision,
+                "timestamp": event.timestamp,
+            }
         try:
-            out["value"] = self.value(event["key"], event["value"])
+            value = self.value(event.key, event.value or b"")
         except (DecryptionFailed, ValueError) as e:
-            log.error(
-                "change event of %s at revision %s: %s", event.get("key"), event.get("revision"), e
-            )
-            out["value"] = None
+            log.error("change event of %s at revision %s: %s", event.key, event.revision, e)
+            value = None
+        return {
+            "type": "set",
+            "key": event.key,
+            "value": value,
+            "version": event.version,
+            "revision": event.revision,
+            "timestamp": event.timestamp,
+        }
+
+    def result(self, result: WriteResult) -> dict[str, Any]:
+        """A write's API result (API.md §3, §3.1), by the record's kind."""
+        render = self._RESULTS.get(type(result))
+        if render is None:
+            raise TypeError(f"not a write result: {type(result).__name__}")
+        return render(self, result)
+
+    def _entry(self, entry: Entry) -> dict[str, Any]:
+        out = self.entry(entry)
+        assert out is not None
         return out
 
-    def result_text(self, result: Any) -> str:
+    def result_text(self, result: WriteResult) -> str:
         """``dumps(self.result(result))``, with each entry's value spliced in as its
         stored text instead of decoded and encoded again.
 
@@ -153,10 +189,9 @@ class Renderer:
         :func:`encode_value` made (compact UTF-8 JSON, opened here if sealed), so
         it is valid JSON text as it stands; the output parses to the same object.
         """
-        if isinstance(result, dict) and "results" in result and "createdAt" not in result:
-            items = ",".join(self._item_text(item) for item in result["results"])
-            rest = {k: v for k, v in result.items() if k != "results"}
-            text = '{"results":[' + items + "]" + ("," + dumps(rest)[1:] if rest else "}")
+        if isinstance(result, BatchDone):
+            items = ",".join("null" if i is None else self._item_text(i) for i in result.results)
+            text = f'{{"results":[{items}],"revision":{int(result.revision)}}}'
         else:
             text = self._item_text(result)
         if not text.isascii():
@@ -166,30 +201,35 @@ class Renderer:
                 return dumps(self.result(result))
         return text
 
-    def _item_text(self, item: Any) -> str:
-        if not (isinstance(item, dict) and tuple(item) == _ENTRY_FIELDS):
+    def _item_text(self, item: WriteResult) -> str:
+        if not isinstance(item, Entry):
             return dumps(self.result(item))
-        stored = item["value"]
-        if isinstance(stored, str):
-            stored = stored.encode("utf-8")
-        if not isinstance(stored, bytes):
-            return dumps(self.entry(item))
-        value = self.cipher.open(item["key"], stored).decode("utf-8")
-        expires = item["expiresAt"]
+        value = self.cipher.open(item.key, item.value).decode("utf-8")
+        expires = item.expires_at
         return (
-            f'{{"key":{encode_basestring(item["key"])},"value":{value},'
-            f'"version":{int(item["version"])},"revision":{int(item["revision"])},'
-            f'"createdAt":{int(item["createdAt"])},"updatedAt":{int(item["updatedAt"])},'
+            f'{{"key":{encode_basestring(item.key)},"value":{value},'
+            f'"version":{int(item.version)},"revision":{int(item.revision)},'
+            f'"createdAt":{int(item.created_at)},"updatedAt":{int(item.updated_at)},'
             f'"expiresAt":{"null" if expires is None else int(expires)}}}'
         )
 
-    def result(self, result: Any) -> Any:
-        """A write result: an entry, a delete result, a delete-prefix result or a batch."""
-        if isinstance(result, dict):
-            if "createdAt" in result and "key" in result:
-                return self.entry(result)
-            if "results" in result:
-                out = dict(result)
-                out["results"] = [self.result(item) for item in result["results"]]
-                return out
-        return result
+    def _deleted(self, d: Deleted) -> dict[str, Any]:
+        return {"key": d.key, "deleted": True, "version": d.version, "revision": d.revision}
+
+    def _expired(self, e: Expired) -> dict[str, Any]:
+        return {"key": e.key, "expired": True, "version": e.version, "revision": e.revision}
+
+    def _prefix_deleted(self, p: PrefixDeleted) -> dict[str, Any]:
+        return {"deleted": p.deleted, "revision": p.revision}
+
+    def _batch(self, b: BatchDone) -> dict[str, Any]:
+        items = [None if item is None else self.result(item) for item in b.results]
+        return {"results": items, "revision": b.revision}
+
+    _RESULTS: ClassVar[dict[type, Callable[[Renderer, Any], dict[str, Any]]]] = {
+        Entry: _entry,
+        Deleted: _deleted,
+        Expired: _expired,
+        PrefixDeleted: _prefix_deleted,
+        BatchDone: _batch,
+    }

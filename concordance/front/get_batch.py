@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+
+from concordance import payloads
 
 __all__ = ["MAX_KEYS", "GetBatcher", "SendGets"]
 
 MAX_KEYS = 64  # keys in one storage request at most
 
-Entry = dict[str, Any] | None
+Entry = payloads.Entry | None
 # (keys, now, min_index, timeout) -> one entry per key, in order
 SendGets = Callable[[Sequence[str], int, int, float], Awaitable[Sequence[Entry]]]
 

@@ -46,13 +46,14 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from concordance import fronts, ipc, sockets, wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
+from concordance.payloads import Entry
 from concordance.sockets import Sockets, ZmqSockets
 from concordance.timing import FRONT_HELLO_EVERY, FRONT_HELLO_POLL, STOPPING_BOUND
 
@@ -395,14 +396,12 @@ class IpcStorage:
         else:
             log.debug("storage sent an unexpected %s", env.type)
 
-    async def get(
-        self, key: str, now: int, timeout: float, min_index: int = 0
-    ) -> dict[str, Any] | None:
+    async def get(self, key: str, now: int, timeout: float, min_index: int = 0) -> Entry | None:
         return await self._gets.get(key, now, timeout, min_index)
 
     async def _send_gets(
         self, keys: Sequence[str], now: int, min_index: int, timeout: float
-    ) -> Sequence[dict[str, Any] | None]:
+    ) -> Sequence[Entry | None]:
         if len(keys) == 1:
             body: wire.Body = wire.Get(keys[0], now, min_index)
             got1 = await _idempotent(

@@ -23,6 +23,7 @@ from concordance.front.validate import CheckArgs, DeleteArgs, SetArgs
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
 from concordance.keys import validate_key, validate_prefix
+from concordance.payloads import Entry, WriteResult
 
 __all__ = ["KvService"]
 
@@ -111,41 +112,40 @@ class KvService:
         sealed = self._cipher.seal(args.key, args.value_json)
         return commands.Set(args.key, sealed, args.if_version, args.expires_at)
 
-    async def _write(self, op: commands.Op) -> Any:
+    async def _write(self, op: commands.Op) -> dict[str, Any]:
         return self.renderer.result(await self._submit(op))
 
-    async def _submit(self, op: commands.Op) -> Any:
-        """Propose ``op``; its result as storage gave it (values as stored text)."""
+    async def _submit(self, op: commands.Op) -> WriteResult:
+        """Propose ``op``; its result record as storage gave it (values as stored text)."""
         try:
-            return await self._proposer.submit(op)
+            result = await self._proposer.submit(op)
         except VersionConflict as e:
             self._render_current(e)
             raise
+        if result is None:  # only a lone check has none; the front sends checks in batches
+            raise TypeError(f"{type(op).__name__} applied without a result")
+        return result
 
     def _render_current(self, error: ConcordanceError) -> None:
         current = error.extra.get("current")
-        if isinstance(current, dict):
+        if isinstance(current, Entry):
             try:
                 error.extra["current"] = self.renderer.entry(current)
             except (DecryptionFailed, ValueError):
                 error.extra["current"] = None
 
     async def set(self, args: SetArgs) -> dict[str, Any]:
-        result: dict[str, Any] = await self._write(self._set_op(args))
-        return result
+        return await self._write(self._set_op(args))
 
     async def delete(self, args: DeleteArgs) -> dict[str, Any]:
-        result: dict[str, Any] = await self._write(commands.Delete(args.key, args.if_version))
-        return result
+        return await self._write(commands.Delete(args.key, args.if_version))
 
     async def delete_prefix(self, prefix: str) -> dict[str, Any]:
         validate_prefix(prefix)
-        result: dict[str, Any] = await self._write(commands.DeletePrefix(prefix))
-        return result
+        return await self._write(commands.DeletePrefix(prefix))
 
     async def batch(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> dict[str, Any]:
-        result: dict[str, Any] = self.renderer.result(await self._submit(self._batch(ops)))
-        return result
+        return self.renderer.result(await self._submit(self._batch(ops)))
 
     async def batch_text(self, ops: Sequence[SetArgs | DeleteArgs | CheckArgs]) -> str:
         """:meth:`batch`'s answer as JSON text, the values spliced in as stored

@@ -65,6 +65,7 @@ from concordance.front.clients import StorageClient
 from concordance.front.codec import Renderer, dumps
 from concordance.front.stream_ping import Pinger
 from concordance.front.watch_index import PrefixIndex
+from concordance.payloads import Change
 
 __all__ = ["ChangeWaiter", "LiveBatch", "Sink", "Subscription", "WatchHub"]
 
@@ -103,10 +104,10 @@ class LiveBatch:
 
     __slots__ = ("_encoded", "_rendered", "events", "first", "revision")
 
-    def __init__(self, events: tuple[dict[str, Any], ...], revision: int) -> None:
+    def __init__(self, events: tuple[Change, ...], revision: int) -> None:
         self.events = events
-        self.revision = max([revision, *(_rev(e) for e in events)])
-        self.first = _rev(events[0]) if events else revision
+        self.revision = max([revision, *(e.revision for e in events)])
+        self.first = events[0].revision if events else revision
         self._rendered: dict[int, dict[str, Any]] = {}
         self._encoded: dict[tuple[int, ...], str] = {}
 
@@ -122,11 +123,6 @@ class LiveBatch:
         if out is None:
             out = self._rendered[index] = renderer.event(self.events[index])
         return out
-
-
-def _rev(event: dict[str, Any]) -> int:
-    rev = event.get("revision")
-    return rev if isinstance(rev, int) else 0
 
 
 Routed = tuple[LiveBatch, tuple[int, ...]]  # a batch and the indexes of its events that match
@@ -181,10 +177,10 @@ class Subscription:
         """Batches go to the inbox (not started, or its task is catching up)."""
         return not self.started or self._task is not None
 
-    def matches(self, key: Any) -> bool:
+    def matches(self, key: str) -> bool:
         if self.key is not None:
-            return bool(key == self.key)
-        return isinstance(key, str) and key.startswith(self.prefix)
+            return key == self.key
+        return key.startswith(self.prefix)
 
     def feed(self, batch: LiveBatch, indexes: tuple[int, ...]) -> None:
         """Deliver now if live, else buffer. Raises _SlowConsumer (live only)."""
@@ -259,7 +255,7 @@ class Subscription:
         if batch.revision <= self.cursor:
             return
         if batch.first <= self.cursor:
-            indexes = tuple(i for i in indexes if _rev(batch.events[i]) > self.cursor)
+            indexes = tuple(i for i in indexes if batch.events[i].revision > self.cursor)
         if indexes:
             renderer = self._hub.renderer
             events = [batch.rendered(renderer, i) for i in indexes]
@@ -271,7 +267,7 @@ class Subscription:
         while target is None or self.cursor < target:
             page = await self._hub.changes(self.prefix, self.cursor, f"watch {self.id}")
             renderer = self._hub.renderer
-            events = [renderer.event(e) for e in page.changes if self.matches(e.get("key"))]
+            events = [renderer.event(e) for e in page.changes if self.matches(e.key)]
             if events:
                 self._emit(events, None)
             self.cursor = max(self.cursor, page.revision)
@@ -376,11 +372,9 @@ class WatchHub:
                 waiter.event.set()
             return
         for event in live.events:
-            key = event.get("key")
-            if isinstance(key, str):
-                for waiter in self._waiters.matching(key):
-                    if _rev(event) > waiter.since:
-                        waiter.event.set()
+            for waiter in self._waiters.matching(event.key):
+                if event.revision > waiter.since:
+                    waiter.event.set()
 
     async def _feed(self) -> None:
         """Route queued batches in order (repairing gaps first); ends when the queue is empty."""
@@ -410,9 +404,8 @@ class WatchHub:
         self.fed = live.revision
         matched: dict[Subscription, list[int]] = {}
         for i, event in enumerate(live.events):
-            key = event.get("key")
-            if _rev(event) > fed and isinstance(key, str):
-                for sub in self._index.matching(key):
+            if event.revision > fed:
+                for sub in self._index.matching(event.key):
                     matched.setdefault(sub, []).append(i)
         done = 0
         for sub, indexes in matched.items():

@@ -39,19 +39,18 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.commands import Command, Op, peek_request
 from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
+from concordance.payloads import Rejected, WriteResult
 
 __all__ = ["Proposer"]
 
 log = logging.getLogger(__name__)
 
-_Outcome = tuple[bool, Any]
 
 BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
@@ -96,7 +95,7 @@ class Proposer:
         self._clock = clock
         self._timers = timers
         self._ids = itertools.count(secrets.randbits(62))
-        self._waiters: dict[int, asyncio.Future[_Outcome]] = {}
+        self._waiters: dict[int, asyncio.Future[WriteResult | Rejected | None]] = {}
         # request id -> (first, last) refusal of its current run of refusals
         self._refused_at: dict[int, tuple[float, float]] = {}
         self._batch: _Batch | None = None
@@ -112,7 +111,7 @@ class Proposer:
         """A command for ``op`` with a fresh request id and the current time."""
         return Command(self._node_id, next(self._ids), self._clock(), op)
 
-    async def submit(self, op: Op) -> Any:
+    async def submit(self, op: Op) -> WriteResult | None:
         """Propose ``op`` and return its result (values still as stored JSON text).
 
         Raises:
@@ -128,10 +127,10 @@ class Proposer:
             self.failed["unavailable"] += 1
             raise
 
-    async def _submit(self, op: Op) -> Any:
+    async def _submit(self, op: Op) -> WriteResult | None:
         cmd = self.command(op)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[_Outcome] = loop.create_future()
+        future: asyncio.Future[WriteResult | Rejected | None] = loop.create_future()
         self._waiters[cmd.request_id] = future
         deadline = self._timers.monotonic() + self._timeout
         try:
@@ -142,7 +141,7 @@ class Proposer:
             left = deadline - self._timers.monotonic()
             try:
                 async with self._timers.timeout(max(left, 0)):
-                    ok, payload = await future
+                    outcome = await future
             except TimeoutError:
                 raise Timeout(
                     "no result before the deadline: the write may or may not have been applied"
@@ -150,9 +149,9 @@ class Proposer:
         finally:
             self._waiters.pop(cmd.request_id, None)
             self._refused_at.pop(cmd.request_id, None)
-        if ok:
-            return payload
-        raise _error_of(payload)
+        if isinstance(outcome, Rejected):
+            raise outcome.to_exception()
+        return outcome
 
     def _join_batch(self, data: bytes) -> asyncio.Future[None]:
         """Add ``data`` to the batch of this loop turn; the future is its propose's answer.
@@ -195,10 +194,9 @@ class Proposer:
         if results.origin != self._node_id:
             return
         for item in results.items:
-            request_id, ok, payload = item
-            future = self._waiters.get(request_id)
+            future = self._waiters.get(item.request_id)
             if future is not None and not future.done():
-                future.set_result((bool(ok), payload))
+                future.set_result(item.result)
 
     def fail_dropped(self, dropped: wire.Dropped) -> None:
         """Propose again the waiting writes among ``dropped``'s commands.
@@ -252,9 +250,3 @@ class Proposer:
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(error)
-
-
-def _error_of(payload: Any) -> ConcordanceError:
-    if not isinstance(payload, dict) or not isinstance(payload.get("code"), str):
-        return ConcordanceError(f"malformed error result: {payload!r:.80}")
-    return ConcordanceError.from_dict(payload)

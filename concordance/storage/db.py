@@ -4,9 +4,10 @@ The storage process is a single-purpose actor: it calls SQLite synchronously
 on one connection, for applies and reads alike, one call at a time. Nothing
 here blocks an event loop because no event loop shares the process's work.
 
-Shapes returned (API.md §2, §3): entries and change events are dicts with the
-API's field names, except that ``value`` is the value's JSON text as
-``bytes``: storage never parses values; the front splices or decodes them.
+Shapes returned: the typed records of ``concordance.payloads`` (entries,
+change events) and the read replies of ``wire`` (list and change pages);
+``value`` is the value's JSON text as ``bytes``: storage never parses values,
+and only the front renders the API's JSON (PROTOCOL.md §3.7).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any, Final, NamedTuple
 
+from concordance import wire
 from concordance.errors import Compacted, InvalidRequest
 from concordance.keys import validate_prefix
+from concordance.payloads import Change, Entry, new_change, new_entry
 
 __all__ = [
     "ROW_COLUMNS",
-    "Entry",
-    "Event",
     "Row",
     "decode_cursor",
     "encode_cursor",
@@ -36,9 +37,6 @@ __all__ = [
     "load_rows",
     "prefix_end",
 ]
-
-Entry = dict[str, Any]
-Event = dict[str, Any]
 
 # A ``kv`` row with its value, which lives in the ``changes`` row it points to.
 ROW_COLUMNS: Final = (
@@ -74,16 +72,16 @@ def is_live(row: Row | None, now_ms: int) -> bool:
 
 
 def entry_of(row: Row) -> Entry:
-    """The API entry for a live row."""
-    return {
-        "key": row.key,
-        "value": row.value,
-        "version": row.version,
-        "revision": row.revision,
-        "createdAt": row.created_at,
-        "updatedAt": row.updated_at,
-        "expiresAt": row.expires_at,
-    }
+    """The entry of a live row (its value is never None)."""
+    return new_entry(
+        row.key,
+        row.value,  # type: ignore[arg-type]  # a live row has a value
+        row.version,
+        row.revision,
+        row.created_at,
+        row.updated_at,
+        row.expires_at,
+    )
 
 
 def load_row(conn: sqlite3.Connection, key: str) -> Row | None:
@@ -113,8 +111,8 @@ def list_entries(
     cursor: str | None,
     now_ms: int,
     revision: int,
-) -> dict[str, Any]:
-    """``{"entries", "next", "revision"}`` for one page of live keys under ``prefix``.
+) -> wire.ListOk:
+    """One page of live keys under ``prefix``, at ``revision``.
 
     Keys come in UTF-8 byte order. ``next`` is an opaque cursor to pass back
     for the following page, or None on the last page.
@@ -135,9 +133,9 @@ def list_entries(
         (lower, prefix_end(prefix), now_ms, limit + 1),
     ).fetchall()
     more = len(rows) > limit
-    entries = [entry_of(Row(*raw)) for raw in rows[:limit]]
-    next_cursor = encode_cursor(entries[-1]["key"]) if more else None
-    return {"entries": entries, "next": next_cursor, "revision": revision}
+    entries = tuple([entry_of(Row(*raw)) for raw in rows[:limit]])
+    next_cursor = encode_cursor(entries[-1].key) if more else None
+    return wire.ListOk(entries, next_cursor, revision)
 
 
 def list_changes(
@@ -147,8 +145,9 @@ def list_changes(
     limit: int,
     revision: int,
     compacted: int,
-) -> dict[str, Any]:
-    """``{"changes", "revision"}``: events under ``prefix`` after revision ``since``.
+) -> wire.ChangesOk:
+    """The change events under ``prefix`` after revision ``since``, and up to where the
+    answer is complete.
 
     ``prefix`` ``""`` means every key: the front's watch hub repairs a lost
     change batch for all its subscriptions with one such read (clients'
@@ -181,7 +180,7 @@ def list_changes(
         (since, prefix, end, limit + 1),
     ).fetchall()
     if len(rows) <= limit:
-        return {"changes": [_event_of(r) for r in rows], "revision": max(revision, since)}
+        return wire.ChangesOk(tuple([_event_of(r) for r in rows]), max(revision, since))
     cut = rows[limit][0]  # the first revision not (wholly) included
     kept = [r for r in rows[:limit] if r[0] < cut]
     if not kept:  # one revision with more events than ``limit``: send it whole
@@ -190,7 +189,7 @@ def list_changes(
             " WHERE revision = ? AND key >= ? AND key < ? ORDER BY seq",
             (cut, prefix, end),
         ).fetchall()
-    return {"changes": [_event_of(r) for r in kept], "revision": kept[-1][0]}
+    return wire.ChangesOk(tuple([_event_of(r) for r in kept]), kept[-1][0])
 
 
 _ABOVE_EVERY_KEY: Final = "\U0010ffff"  # every key starts with "tenant:"
@@ -232,15 +231,9 @@ def decode_cursor(cursor: str, prefix: str) -> str:
     return key
 
 
-def _event_of(raw: tuple[Any, ...]) -> Event:
+def _event_of(raw: tuple[Any, ...]) -> Change:
     revision, kind, key, value, version, timestamp = raw
-    event: Event = {"type": kind, "key": key}
-    if kind == "set":
-        event["value"] = value
-    event["version"] = version
-    event["revision"] = revision
-    event["timestamp"] = timestamp
-    return event
+    return new_change(kind, key, value if kind == "set" else None, version, revision, timestamp)
 
 
 def _check_positive(name: str, value: int) -> None:

@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from concordance import wire
 from concordance.commands import (
     Batch,
     BatchOp,
@@ -72,8 +73,20 @@ from concordance.errors import (
     RemoteProtocolError,
     VersionConflict,
 )
+from concordance.payloads import (
+    BatchDone,
+    BatchItem,
+    Change,
+    Deleted,
+    Entry,
+    Expired,
+    PrefixDeleted,
+    Rejected,
+    WriteResult,
+    new_change,
+)
 from concordance.storage import db, snapshot, ttl
-from concordance.storage.db import Entry, Event, Row, entry_of, is_live, load_row, load_rows
+from concordance.storage.db import Row, entry_of, is_live, load_row, load_rows
 from concordance.storage.migrate import HISTORY_SIZE_SQL
 from concordance.storage.schema import connect
 
@@ -104,24 +117,23 @@ class ApplyGap(ValueError):
 class Applied:
     """The outcome of one applied NORMAL entry, for its proposer and for watchers.
 
-    Exactly one of ``result`` / ``error`` is meaningful: ``error`` is None on
-    success, else ``{"code", "message", **extra}`` (``ConcordanceError.to_dict``;
-    rebuild with :meth:`unwrap`). ``events`` are the change events in seq order
-    (empty when nothing changed). Values inside are JSON text bytes.
+    ``outcome`` is the command's result, or the :class:`Rejected` error its
+    writer gets (rebuild it with :meth:`unwrap`). ``events`` are the change
+    events in seq order (empty when nothing changed). Values inside are JSON
+    text bytes.
     """
 
     index: int
     origin: str
     request_id: int
-    result: Any = None
-    error: dict[str, Any] | None = None
-    events: tuple[Event, ...] = ()
+    outcome: WriteResult | Rejected | None  # None: a lone check of an absent key
+    events: tuple[Change, ...] = ()
 
-    def unwrap(self) -> Any:
+    def unwrap(self) -> WriteResult | None:
         """The result, or raise the error it carries as a :class:`ConcordanceError`."""
-        if self.error is not None:
-            raise ConcordanceError.from_dict(self.error)
-        return self.result
+        if isinstance(self.outcome, Rejected):
+            raise self.outcome.to_exception()
+        return self.outcome
 
 
 class StateMachine:
@@ -263,19 +275,19 @@ class StateMachine:
             cmd = Command.decode(data)
         except RemoteProtocolError as e:
             origin, request_id = peek_request(data) or ("", 0)
-            error = InvalidRequest(f"malformed command: {e}").to_dict()
-            return Applied(index, origin, request_id, error=error)
-        events: list[Event] = []
+            error = Rejected.of(InvalidRequest(f"malformed command: {e}"))
+            return Applied(index, origin, request_id, error)
+        events: list[Change] = []
         try:
             result = self._run(cmd.op, cmd.timestamp_ms, events)
         except ConcordanceError as e:  # raised before any write of this command
-            return Applied(index, cmd.origin, cmd.request_id, error=e.to_dict())
-        return Applied(index, cmd.origin, cmd.request_id, result, None, tuple(events))
+            return Applied(index, cmd.origin, cmd.request_id, Rejected.of(e))
+        return Applied(index, cmd.origin, cmd.request_id, result, tuple(events))
 
-    def _run(self, op: Op, ts: int, events: list[Event]) -> Any:
+    def _run(self, op: Op, ts: int, events: list[Change]) -> WriteResult | None:
         if isinstance(op, Batch):
             results = self._ops(op.ops, ts, events, in_batch=True)
-            return {"results": results, "revision": self._revision}
+            return BatchDone(tuple(results), self._revision)
         if isinstance(op, Set | Delete | Check):
             return self._ops((op,), ts, events, in_batch=False)[0]
         if isinstance(op, DeletePrefix):
@@ -283,15 +295,15 @@ class StateMachine:
         return self._expire(op, ts, events)
 
     def _ops(
-        self, ops: Sequence[BatchOp], ts: int, events: list[Event], *, in_batch: bool
-    ) -> list[Any]:
+        self, ops: Sequence[BatchOp], ts: int, events: list[Change], *, in_batch: bool
+    ) -> list[BatchItem]:
         """Run ``ops`` in order on a working copy; write it only if every op succeeded."""
         rev = self._revision + 1  # shared by every write, taken only if there is one
         rows: dict[str, Row | None] = {}
         before: dict[str, Row | None] = {}  # each key's row as the command found it
         dirty: dict[str, Row] = {}  # key -> final row, in first-write order
         changes: list[tuple[str, str, bytes | None, int]] = []
-        results: list[Any] = []
+        results: list[BatchItem] = []
         # Every key's row in one statement (a batch's keys are few, at most 128 ops)
         found = load_rows(self._conn, {op.key for op in ops}) if len(ops) > 1 else None
         for i, op in enumerate(ops):
@@ -333,9 +345,7 @@ class StateMachine:
                     change_id=None,
                 )
                 changes.append(("delete", key, None, live.version))
-                results.append(
-                    {"key": key, "deleted": True, "version": live.version, "revision": rev}
-                )
+                results.append(Deleted(key, live.version, rev))
             rows[key] = dirty[key] = new
         if changes:
             self._revision = rev
@@ -356,13 +366,13 @@ class StateMachine:
             )
         return results
 
-    def _delete_prefix(self, prefix: str, ts: int, events: list[Event]) -> dict[str, Any]:
+    def _delete_prefix(self, prefix: str, ts: int, events: list[Change]) -> PrefixDeleted:
         bounds = (prefix, db.prefix_end(prefix), ts)
         victims = self._conn.execute(
             f"SELECT key, version FROM kv WHERE {_LIVE_UNDER} ORDER BY key", bounds
         ).fetchall()
         if not victims:
-            return {"deleted": 0, "revision": self._revision}
+            return PrefixDeleted(0, self._revision)
         self._revision += 1
         rev = self._revision
         self._conn.execute(  # values below the history horizon live only in kv's rows
@@ -377,9 +387,9 @@ class StateMachine:
         )
         for key, version in victims:
             self._emit(events, "delete", key, None, version, rev, ts)
-        return {"deleted": len(victims), "revision": rev}
+        return PrefixDeleted(len(victims), rev)
 
-    def _expire(self, op: Expire, ts: int, events: list[Event]) -> dict[str, Any]:
+    def _expire(self, op: Expire, ts: int, events: list[Change]) -> Expired:
         row = load_row(self._conn, op.key)
         if (
             row is None
@@ -392,7 +402,7 @@ class StateMachine:
         self._revision += 1
         self._tombstone(row, self._revision, ts)
         self._emit(events, "expire", op.key, None, row.version, self._revision, ts)
-        return {"key": op.key, "expired": True, "version": row.version, "revision": self._revision}
+        return Expired(op.key, row.version, self._revision)
 
     def _tombstone(self, row: Row, rev: int, ts: int) -> Row:
         self._drop_superseded(row)
@@ -412,7 +422,7 @@ class StateMachine:
 
     def _emit(
         self,
-        events: list[Event],
+        events: list[Change],
         kind: str,
         key: str,
         value: bytes | None,
@@ -425,13 +435,7 @@ class StateMachine:
         self._next_change_id += 1
         self._history_bytes += len(key.encode()) + len(value or b"")
         self._pending.append((change_id, rev, len(events), kind, key, value, version, ts))
-        event: Event = {"type": kind, "key": key}
-        if kind == "set":
-            event["value"] = value
-        event["version"] = version
-        event["revision"] = rev
-        event["timestamp"] = ts
-        events.append(event)
+        events.append(new_change(kind, key, value, version, rev, ts))
         return change_id
 
     def _prune(self) -> None:
@@ -500,12 +504,12 @@ class StateMachine:
         """The entry of ``key`` as seen at ``now_ms`` (deleted or expired: None)."""
         return db.get_entry(self._conn, key, now_ms)
 
-    def list(self, prefix: str, limit: int, cursor: str | None, now_ms: int) -> dict[str, Any]:
-        """``{"entries", "next", "revision"}``: see :func:`db.list_entries`."""
+    def list(self, prefix: str, limit: int, cursor: str | None, now_ms: int) -> wire.ListOk:
+        """One page of live entries: see :func:`db.list_entries`."""
         return db.list_entries(self._conn, prefix, limit, cursor, now_ms, self._revision)
 
-    def changes(self, prefix: str, since: int, limit: int = 1000) -> dict[str, Any]:
-        """``{"changes", "revision"}``: see :func:`db.list_changes` (raises ``Compacted``)."""
+    def changes(self, prefix: str, since: int, limit: int = 1000) -> wire.ChangesOk:
+        """One page of change events: see :func:`db.list_changes` (raises ``Compacted``)."""
         return db.list_changes(self._conn, prefix, since, limit, self._revision, self._compacted)
 
     # -- TTL ----------------------------------------------------------------

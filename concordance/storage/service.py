@@ -84,6 +84,7 @@ from concordance.errors import (
 )
 from concordance.fronts import Fronts
 from concordance.latency import LatencyCounts
+from concordance.payloads import new_outcome
 from concordance.raft.entries import EntryKind
 from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import durability, snapshot
@@ -395,17 +396,13 @@ class StorageService:
         # Only this node's front waits for results here: other nodes' fronts hear
         # of their writes from their own storage (PROTOCOL.md §3.4).
         mine = self.cfg.node_id
-        items = [
-            (a.request_id, a.error is None, a.result if a.error is None else a.error)
-            for a in applied
-            if a.origin == mine
-        ]
+        items = [new_outcome(a.request_id, a.outcome) for a in applied if a.origin == mine]
         try:
             # Changes first: the front has a change before the writer's result, so
             # no watcher can miss what a writer was told. (The front answers the
             # writer first and feeds its watchers on its next loop turn.)
             if events and self._changes_wanted():
-                batch = wire.ChangeBatch(tuple(events), events[-1]["revision"])
+                batch = wire.ChangeBatch(tuple(events), events[-1].revision)
                 await self._events.publish("change_batch", batch)
             if items:
                 await self._events.publish("results", wire.Results(mine, tuple(items)))
@@ -580,14 +577,12 @@ class StorageService:
         assert isinstance(body, wire.List)
         if sm.applied_index < body.min_index:
             return self._wait_for(peer, env, body.min_index)
-        page = sm.list(body.prefix, body.limit, body.cursor, body.now)
-        return wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
+        return sm.list(body.prefix, body.limit, body.cursor, body.now)
 
     def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body = env.body
         assert isinstance(body, wire.Changes)
-        found = self.state.changes(body.prefix, body.since, body.limit)
-        return wire.ChangesOk(tuple(found["changes"]), found["revision"])
+        return self.state.changes(body.prefix, body.since, body.limit)
 
     def _status(self, peer: bytes, env: wire.Envelope) -> _Reply:
         sm = self.state

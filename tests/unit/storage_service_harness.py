@@ -245,7 +245,7 @@ class Bench:
                 continue
             break
         # Subscribed now: skip to the last probe's batch (earlier ones may still be in flight).
-        while not isinstance(env.body, wire.ChangeBatch) or env.body.events[-1]["key"] != key:
+        while not isinstance(env.body, wire.ChangeBatch) or env.body.events[-1].key != key:
             env = await self.front.event()
         await self.consensus.acked(self.log.index)
 

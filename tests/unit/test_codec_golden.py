@@ -4,7 +4,10 @@ the hand-written codecs it replaced did, and decode those bytes back to an equal
 ``testdata/codec_golden.json`` was written by the pre-engine code (``python -m
 tests.unit.test_codec_golden`` on commit 6e57eba). Running that again only adds
 cases the file lacks (a type added since); an existing entry is never rewritten
-to make a failing test pass: a difference is a wire-format change.
+to make a failing test pass: a difference is a wire-format change. The
+bodies that carry storage's payloads (``get_ok``, ``get_many_ok``, ``list_ok``,
+``changes_ok``, ``change_batch``, ``results``) were re-pinned once, on purpose,
+when those payloads became tagged records (PROTOCOL.md §3.7).
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ from concordance.errors import (
     NotFound,
     VersionConflict,
 )
+from concordance.payloads import Change, Entry
 from concordance.storage.db import prefix_end
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
+from tests.unit.shapes import error_of, plain, result_of
 
 K = "tenant:acme/settings/theme"
 T0 = 1_764_230_400_000
@@ -51,8 +53,8 @@ class Log:
 
     def ok(self, op: Op, ts: int = T0) -> Any:
         applied = self.run(op, ts)
-        assert applied.error is None, applied.error
-        return applied.result
+        assert error_of(applied) is None, error_of(applied)
+        return result_of(applied)
 
 
 @pytest.fixture
@@ -67,38 +69,21 @@ def log(sm: StateMachine) -> Log:
 
 
 def change_rows(sm: StateMachine) -> int:
-    return len(sm.changes("tenant:acme/", 0, 10_000)["changes"])
+    return len(plain(sm.changes("tenant:acme/", 0, 10_000))["changes"])
 
 
 # -- versions ---------------------------------------------------------------
 
 
-def test_first_write_returns_the_api_entry(log: Log, sm: StateMachine) -> None:
+def test_first_write_returns_the_entry(log: Log, sm: StateMachine) -> None:
     applied = log.run(Set(K, b'"dark"'))
-    entry = {
-        "key": K,
-        "value": b'"dark"',
-        "version": 1,
-        "revision": 1,
-        "createdAt": T0,
-        "updatedAt": T0,
-        "expiresAt": None,
-    }
+    entry = Entry(K, b'"dark"', 1, 1, T0, T0, None)
     assert applied == Applied(
         index=1,
         origin="n1",
         request_id=1,
-        result=entry,
-        events=(
-            {
-                "type": "set",
-                "key": K,
-                "value": b'"dark"',
-                "version": 1,
-                "revision": 1,
-                "timestamp": T0,
-            },
-        ),
+        outcome=entry,
+        events=(Change("set", K, b'"dark"', 1, 1, T0),),
     )
     assert sm.get(K, T0) == entry
     assert (sm.applied_index, sm.applied_term, sm.revision) == (1, 1, 1)
@@ -107,7 +92,7 @@ def test_first_write_returns_the_api_entry(log: Log, sm: StateMachine) -> None:
 def test_value_bytes_are_stored_verbatim(log: Log, sm: StateMachine) -> None:
     raw = b'{"z": 1, "a": [1.50, "\\u00e9", null]}'
     log.ok(Set(K, raw))
-    assert sm.get(K, T0)["value"] == raw  # type: ignore[index]
+    assert plain(sm.get(K, T0))["value"] == raw  # type: ignore[index]
 
 
 def test_update_bumps_version_and_keeps_created_at(log: Log, sm: StateMachine) -> None:
@@ -115,18 +100,18 @@ def test_update_bumps_version_and_keeps_created_at(log: Log, sm: StateMachine) -
     entry = log.ok(Set(K, b"2"), ts=T0 + 60_000)
     assert (entry["version"], entry["revision"]) == (2, 2)
     assert (entry["createdAt"], entry["updatedAt"]) == (T0, T0 + 60_000)
-    assert sm.get(K, T0 + 60_000) == entry
+    assert plain(sm.get(K, T0 + 60_000)) == entry
 
 
 def test_delete_keeps_the_version_and_a_recreate_continues(log: Log, sm: StateMachine) -> None:
     log.ok(Set(K, b"1"))
     log.ok(Set(K, b"2"))
     applied = log.run(Delete(K), ts=T0 + 5)
-    assert applied.result == {"key": K, "deleted": True, "version": 2, "revision": 3}
-    assert applied.events == (
+    assert result_of(applied) == {"key": K, "deleted": True, "version": 2, "revision": 3}
+    assert plain(applied.events) == (
         {"type": "delete", "key": K, "version": 2, "revision": 3, "timestamp": T0 + 5},
     )
-    assert sm.get(K, T0 + 5) is None
+    assert plain(sm.get(K, T0 + 5)) is None
     again = log.ok(Set(K, b"3"), ts=T0 + 10)
     assert (again["version"], again["revision"]) == (3, 4)
     assert again["createdAt"] == T0 + 10  # a new life starts
@@ -143,8 +128,8 @@ def test_delete_of_an_absent_key_is_not_found_and_changes_nothing(
         log.ok(Delete(K))
     before = (sm.revision, sm.digest(), change_rows(sm))
     applied = log.run(Delete(K))
-    assert applied.error is not None and applied.error["code"] == "not_found"
-    assert applied.events == ()
+    assert error_of(applied) is not None and error_of(applied)["code"] == "not_found"
+    assert plain(applied.events) == ()
     with pytest.raises(NotFound):
         applied.unwrap()
     assert (sm.revision, sm.digest(), change_rows(sm)) == before
@@ -168,11 +153,11 @@ def test_if_version_mismatch_is_a_conflict_with_the_current_entry(
         applied = log.run(op)
         with pytest.raises(VersionConflict) as info:
             applied.unwrap()
-        assert info.value.extra == {"current": current}
-        assert "index" not in applied.error  # type: ignore[operator]
-        assert applied.events == ()
+        assert plain(info.value.extra) == {"current": current}
+        assert "index" not in error_of(applied)  # type: ignore[operator]
+        assert plain(applied.events) == ()
     assert sm.revision == 1
-    assert sm.get(K, T0) == current
+    assert plain(sm.get(K, T0)) == current
 
 
 def test_if_version_zero_means_only_if_absent(log: Log) -> None:
@@ -186,7 +171,7 @@ def test_if_version_of_a_tombstone_does_not_match(log: Log) -> None:
     log.ok(Set(K, b"1"))
     log.ok(Delete(K))
     applied = log.run(Set(K, b"2", if_version=1))
-    assert applied.error == {
+    assert error_of(applied) == {
         "code": "version_conflict",
         "message": f"{K} is at version 0, not 1",
         "current": None,
@@ -194,15 +179,15 @@ def test_if_version_of_a_tombstone_does_not_match(log: Log) -> None:
 
 
 def test_conditional_delete_of_an_absent_key(log: Log) -> None:
-    assert log.run(Delete(K, if_version=3)).error["code"] == "version_conflict"  # type: ignore[index]
-    assert log.run(Delete(K, if_version=0)).error["code"] == "not_found"  # type: ignore[index]
+    assert error_of(log.run(Delete(K, if_version=3)))["code"] == "version_conflict"  # type: ignore[index]
+    assert error_of(log.run(Delete(K, if_version=0)))["code"] == "not_found"  # type: ignore[index]
 
 
 def test_check_as_a_command_reads_through_the_log(log: Log, sm: StateMachine) -> None:
     entry = log.ok(Set(K, b"1"))
     assert log.ok(Check(K, 1)) == entry
     assert log.ok(Check("tenant:acme/nope", 0)) is None
-    assert log.run(Check(K, 0)).error["code"] == "version_conflict"  # type: ignore[index]
+    assert error_of(log.run(Check(K, 0)))["code"] == "version_conflict"  # type: ignore[index]
     assert sm.revision == 1
 
 
@@ -223,7 +208,7 @@ def test_batch_is_atomic_and_shares_one_revision(log: Log, sm: StateMachine) -> 
             )
         )
     )
-    result = applied.result
+    result = result_of(applied)
     assert result["revision"] == 3
     a1, a2, b, c, none = result["results"]
     assert (a1["version"], a1["revision"]) == (1, 1)  # the check ran before the set
@@ -231,13 +216,13 @@ def test_batch_is_atomic_and_shares_one_revision(log: Log, sm: StateMachine) -> 
     assert b == {"key": "tenant:acme/b", "deleted": True, "version": 1, "revision": 3}
     assert (c["version"], c["revision"]) == (1, 3)
     assert none is None
-    assert [(e["type"], e["key"], e["revision"]) for e in applied.events] == [
+    assert [(e["type"], e["key"], e["revision"]) for e in plain(applied.events)] == [
         ("set", "tenant:acme/a", 3),
         ("delete", "tenant:acme/b", 3),
         ("set", "tenant:acme/c", 3),
     ]
     assert sm.revision == 3
-    assert sm.changes("tenant:acme/", 2)["changes"] == list(applied.events)
+    assert plain(sm.changes("tenant:acme/", 2))["changes"] == list(plain(applied.events))
 
 
 def test_failed_batch_applies_nothing_and_names_the_first_failing_op(
@@ -256,16 +241,16 @@ def test_failed_batch_applies_nothing_and_names_the_first_failing_op(
             )
         )
     )
-    assert applied.error == {
+    assert error_of(applied) == {
         "code": "version_conflict",
         "message": "tenant:acme/a is at version 1, not 7",
         "current": a,
         "index": 2,
     }
-    assert applied.events == ()
+    assert plain(applied.events) == ()
     assert (sm.revision, sm.digest(), change_rows(sm)) == before
-    assert sm.get("tenant:acme/new", T0) is None
-    assert sm.get("tenant:acme/b", T0) is not None
+    assert plain(sm.get("tenant:acme/new", T0)) is None
+    assert plain(sm.get("tenant:acme/b", T0)) is not None
 
 
 def test_batch_ops_see_the_effects_of_earlier_ops(log: Log, sm: StateMachine) -> None:
@@ -291,10 +276,10 @@ def test_batch_ops_see_the_effects_of_earlier_ops(log: Log, sm: StateMachine) ->
         "revision": 2,
     }
     assert result["results"][5] is None
-    assert sm.get("tenant:acme/a", T0)["version"] == 3  # type: ignore[index]
-    assert sm.get("tenant:acme/n", T0) is None
+    assert plain(sm.get("tenant:acme/a", T0))["version"] == 3  # type: ignore[index]
+    assert plain(sm.get("tenant:acme/n", T0)) is None
     # every write is an event, all at the batch's one revision
-    events = sm.changes("tenant:acme/", 1)["changes"]
+    events = plain(sm.changes("tenant:acme/", 1))["changes"]
     assert [(e["type"], e["key"], e["version"], e["revision"]) for e in events] == [
         ("set", "tenant:acme/a", 2, 2),
         ("set", "tenant:acme/a", 3, 2),
@@ -308,16 +293,16 @@ def test_batch_ops_see_the_effects_of_earlier_ops(log: Log, sm: StateMachine) ->
 def test_a_failing_op_reports_the_entry_it_saw(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:acme/a", b"1"))
     applied = log.run(Batch((Delete("tenant:acme/a"), Check("tenant:acme/a", 1))))
-    assert applied.error is not None
-    assert (applied.error["index"], applied.error["current"]) == (1, None)
-    assert sm.get("tenant:acme/a", T0) is not None
+    assert error_of(applied) is not None
+    assert (error_of(applied)["index"], error_of(applied)["current"]) == (1, None)
+    assert plain(sm.get("tenant:acme/a", T0)) is not None
 
 
 def test_batch_delete_of_an_absent_key_fails_the_batch(log: Log, sm: StateMachine) -> None:
     applied = log.run(Batch((Set("tenant:acme/a", b"1"), Delete("tenant:acme/nope"))))
-    assert applied.error is not None
-    assert (applied.error["code"], applied.error["index"]) == ("not_found", 1)
-    assert sm.revision == 0 and sm.get("tenant:acme/a", T0) is None
+    assert error_of(applied) is not None
+    assert (error_of(applied)["code"], error_of(applied)["index"]) == ("not_found", 1)
+    assert sm.revision == 0 and plain(sm.get("tenant:acme/a", T0)) is None
 
 
 def test_batch_of_only_checks_takes_no_revision(log: Log, sm: StateMachine) -> None:
@@ -332,8 +317,8 @@ def test_batch_writes_to_one_key_apply_in_order(log: Log, sm: StateMachine) -> N
     versions = [r["version"] for r in result["results"]]
     assert versions == [1, 2, 2, 3]
     assert {r["revision"] for r in result["results"]} == {1}
-    assert sm.get(K, T0)["value"] == b"3"  # type: ignore[index]
-    events = sm.changes("tenant:acme/", 0)["changes"]
+    assert plain(sm.get(K, T0))["value"] == b"3"  # type: ignore[index]
+    events = plain(sm.changes("tenant:acme/", 0))["changes"]
     assert [(e["type"], e["version"]) for e in events] == [
         ("set", 1),
         ("set", 2),
@@ -351,14 +336,14 @@ def test_delete_prefix_is_atomic_and_scoped(log: Log, sm: StateMachine) -> None:
         log.ok(Set(key, b"1"))
     log.ok(Set("tenant:acme/a/y/z", b"2"))
     applied = log.run(DeletePrefix("tenant:acme/a/"))
-    assert applied.result == {"deleted": 2, "revision": 6}
-    assert [(e["type"], e["key"], e["version"], e["revision"]) for e in applied.events] == [
+    assert result_of(applied) == {"deleted": 2, "revision": 6}
+    assert [(e["type"], e["key"], e["version"], e["revision"]) for e in plain(applied.events)] == [
         ("delete", "tenant:acme/a/x", 1, 6),
         ("delete", "tenant:acme/a/y/z", 2, 6),
     ]
-    assert sm.get("tenant:acme/a/x", T0) is None
-    assert sm.get("tenant:acme/ab", T0) is not None
-    assert sm.get("tenant:acme2/a/x", T0) is not None
+    assert plain(sm.get("tenant:acme/a/x", T0)) is None
+    assert plain(sm.get("tenant:acme/ab", T0)) is not None
+    assert plain(sm.get("tenant:acme2/a/x", T0)) is not None
     # tombstones keep versions
     assert log.ok(Set("tenant:acme/a/y/z", b"3"))["version"] == 3
 
@@ -366,8 +351,8 @@ def test_delete_prefix_is_atomic_and_scoped(log: Log, sm: StateMachine) -> None:
 def test_delete_prefix_with_nothing_to_delete_takes_no_revision(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:other/a", b"1"))
     applied = log.run(DeletePrefix("tenant:acme/"))
-    assert applied.result == {"deleted": 0, "revision": 1}
-    assert applied.events == () and sm.revision == 1
+    assert result_of(applied) == {"deleted": 0, "revision": 1}
+    assert plain(applied.events) == () and sm.revision == 1
 
 
 def test_delete_prefix_does_not_cross_tenants(log: Log, sm: StateMachine) -> None:
@@ -375,8 +360,8 @@ def test_delete_prefix_does_not_cross_tenants(log: Log, sm: StateMachine) -> Non
     log.ok(Set("tenant:ab/x", b"1"))
     log.ok(Set("tenant:a.b/x", b"1"))
     assert log.ok(DeletePrefix("tenant:a/"))["deleted"] == 1
-    assert sm.get("tenant:ab/x", T0) is not None
-    assert sm.get("tenant:a.b/x", T0) is not None
+    assert plain(sm.get("tenant:ab/x", T0)) is not None
+    assert plain(sm.get("tenant:a.b/x", T0)) is not None
 
 
 # -- applying entries -------------------------------------------------------------
@@ -415,7 +400,7 @@ def test_a_gap_in_indexes_is_refused_and_applies_nothing(log: Log, sm: StateMach
         sm.apply([first, third])
     assert (info.value.index, info.value.expected) == (3, 2)
     assert (sm.applied_index, sm.revision) == (0, 0)
-    assert sm.get(K, T0) is None
+    assert plain(sm.get(K, T0)) is None
 
 
 def test_a_malformed_entry_does_not_stop_later_entries(log: Log, sm: StateMachine) -> None:
@@ -431,13 +416,13 @@ def test_a_malformed_entry_does_not_stop_later_entries(log: Log, sm: StateMachin
     later = log.entry(Set("tenant:acme/b", b"1"))
     applied = sm.apply([good, garbage, broken, later])
     assert [a.index for a in applied] == [1, 2, 3, 4]
-    assert applied[1].error["code"] == "invalid_request"  # type: ignore[index]
-    assert "malformed command" in applied[1].error["message"]  # type: ignore[index]
+    assert error_of(applied[1])["code"] == "invalid_request"  # type: ignore[index]
+    assert "malformed command" in error_of(applied[1])["message"]  # type: ignore[index]
     assert (applied[1].origin, applied[1].request_id) == ("", 0)
     # the envelope still decodes, so the proposer gets its answer
     assert (applied[2].origin, applied[2].request_id) == ("n2", 99)
-    assert applied[2].error["code"] == "invalid_request"  # type: ignore[index]
-    assert applied[3].result["revision"] == 2  # revisions stay contiguous
+    assert error_of(applied[2])["code"] == "invalid_request"  # type: ignore[index]
+    assert result_of(applied[3])["revision"] == 2  # revisions stay contiguous
     assert sm.applied_index == 4
 
 
@@ -454,7 +439,7 @@ def test_an_io_failure_rolls_back_the_whole_batch(
     with pytest.raises(sqlite3.OperationalError):
         sm.apply(entries)
     assert (sm.applied_index, sm.revision) == (1, 1)
-    assert sm.get("tenant:acme/k0", T0) is None
+    assert plain(sm.get("tenant:acme/k0", T0)) is None
     monkeypatch.undo()
     assert len(sm.apply(entries)) == 3  # consensus retries the same entries
     assert (sm.applied_index, sm.revision) == (4, 4)
@@ -512,7 +497,7 @@ def test_list_is_in_utf8_byte_order_and_pages_with_cursors(log: Log, sm: StateMa
     cursor = None
     pages = 0
     while True:
-        page = sm.list("tenant:acme/", 2, cursor, T0)
+        page = plain(sm.list("tenant:acme/", 2, cursor, T0))
         assert page["revision"] == sm.revision
         assert len(page["entries"]) <= 2
         seen += [e["key"] for e in page["entries"]]
@@ -522,21 +507,21 @@ def test_list_is_in_utf8_byte_order_and_pages_with_cursors(log: Log, sm: StateMa
             break
     assert seen == expected
     assert pages == 5
-    whole = sm.list("tenant:acme/", 100, None, T0)
+    whole = plain(sm.list("tenant:acme/", 100, None, T0))
     assert [e["key"] for e in whole["entries"]] == expected and whole["next"] is None
 
 
 def test_list_page_that_ends_exactly_at_the_end_has_no_next(log: Log, sm: StateMachine) -> None:
     for i in range(4):
         log.ok(Set(f"tenant:acme/k{i}", b"1"))
-    page = sm.list("tenant:acme/", 4, None, T0)
+    page = plain(sm.list("tenant:acme/", 4, None, T0))
     assert len(page["entries"]) == 4 and page["next"] is None
 
 
 def test_list_prefix_ending_in_multibyte_characters(log: Log, sm: StateMachine) -> None:
     for key in ("tenant:acme/日", "tenant:acme/日本", "tenant:acme/日x", "tenant:acme/旦"):
         log.ok(Set(key, b"1"))
-    keys = [e["key"] for e in sm.list("tenant:acme/日", 10, None, T0)["entries"]]
+    keys = [e["key"] for e in plain(sm.list("tenant:acme/日", 10, None, T0))["entries"]]
     assert keys == ["tenant:acme/日", "tenant:acme/日x", "tenant:acme/日本"]
 
 
@@ -544,24 +529,25 @@ def test_list_hides_deleted_entries(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:acme/a", b"1"))
     log.ok(Set("tenant:acme/b", b"1"))
     log.ok(Delete("tenant:acme/a"))
-    assert [e["key"] for e in sm.list("tenant:acme/", 10, None, T0)["entries"]] == ["tenant:acme/b"]
+    page = plain(sm.list("tenant:acme/", 10, None, T0))
+    assert [e["key"] for e in page["entries"]] == ["tenant:acme/b"]
 
 
 def test_list_rejects_bad_arguments(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:acme/a", b"1"))
     log.ok(Set("tenant:acme/b", b"1"))
-    cursor = sm.list("tenant:acme/", 1, None, T0)["next"]
+    cursor = plain(sm.list("tenant:acme/", 1, None, T0))["next"]
     assert cursor is not None
     with pytest.raises(InvalidKey):
-        sm.list("tenant:acme", 10, None, T0)
+        plain(sm.list("tenant:acme", 10, None, T0))
     with pytest.raises(InvalidRequest):
-        sm.list("tenant:acme/", 0, None, T0)
+        plain(sm.list("tenant:acme/", 0, None, T0))
     with pytest.raises(InvalidRequest, match="cursor"):
-        sm.list("tenant:acme/", 10, "!!not base64!!", T0)
+        plain(sm.list("tenant:acme/", 10, "!!not base64!!", T0))
     with pytest.raises(InvalidRequest, match="cursor"):
-        sm.list("tenant:other/", 10, cursor, T0)
+        plain(sm.list("tenant:other/", 10, cursor, T0))
     with pytest.raises(InvalidRequest, match="cursor"):
-        sm.list("tenant:acme/", 10, 12, T0)  # type: ignore[arg-type]
+        plain(sm.list("tenant:acme/", 10, 12, T0))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -585,7 +571,7 @@ def test_changes_since_in_revision_order(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:other/a", b"1"), ts=T0 + 2)
     log.ok(Delete("tenant:acme/a"), ts=T0 + 3)
     log.ok(Set("tenant:acme/b", b"2"), ts=T0 + 4)
-    assert sm.changes("tenant:acme/", 0) == {
+    assert plain(sm.changes("tenant:acme/", 0)) == {
         "changes": [
             {
                 "type": "set",
@@ -613,32 +599,32 @@ def test_changes_since_in_revision_order(log: Log, sm: StateMachine) -> None:
         ],
         "revision": 4,
     }
-    assert [c["revision"] for c in sm.changes("tenant:acme/", 1)["changes"]] == [3, 4]
-    assert sm.changes("tenant:acme/", 4) == {"changes": [], "revision": 4}
+    assert [c["revision"] for c in plain(sm.changes("tenant:acme/", 1))["changes"]] == [3, 4]
+    assert plain(sm.changes("tenant:acme/", 4)) == {"changes": [], "revision": 4}
     # a caller that already saw a later revision elsewhere is not sent back
-    assert sm.changes("tenant:acme/", 9) == {"changes": [], "revision": 9}
+    assert plain(sm.changes("tenant:acme/", 9)) == {"changes": [], "revision": 9}
 
 
 def test_changes_limit_pages_never_split_a_revision(log: Log, sm: StateMachine) -> None:
     log.ok(Set("tenant:acme/a", b"1"))  # rev 1
     log.ok(Batch(tuple(Set(f"tenant:acme/b{i}", b"1") for i in range(3))))  # rev 2 x3
     log.ok(Set("tenant:acme/c", b"1"))  # rev 3
-    page = sm.changes("tenant:acme/", 0, limit=2)
+    page = plain(sm.changes("tenant:acme/", 0, limit=2))
     assert [c["revision"] for c in page["changes"]] == [1]
     assert page["revision"] == 1
-    page = sm.changes("tenant:acme/", 1, limit=2)  # revision 2 alone exceeds the limit
+    page = plain(sm.changes("tenant:acme/", 1, limit=2))  # revision 2 alone exceeds the limit
     assert [c["key"] for c in page["changes"]] == [f"tenant:acme/b{i}" for i in range(3)]
     assert page["revision"] == 2
-    page = sm.changes("tenant:acme/", 2, limit=1)
+    page = plain(sm.changes("tenant:acme/", 2, limit=1))
     assert [c["revision"] for c in page["changes"]] == [3]
     assert page["revision"] == 3  # complete: the current revision
     # paging with a small limit gathers exactly the full history
     seen, since = [], 0
     while since < sm.revision:
-        page = sm.changes("tenant:acme/", since, limit=1)
+        page = plain(sm.changes("tenant:acme/", since, limit=1))
         seen += page["changes"]
         since = page["revision"]
-    assert seen == sm.changes("tenant:acme/", 0)["changes"]
+    assert seen == plain(sm.changes("tenant:acme/", 0))["changes"]
 
 
 def test_changes_of_every_key_with_the_empty_prefix(log: Log, sm: StateMachine) -> None:
@@ -646,9 +632,9 @@ def test_changes_of_every_key_with_the_empty_prefix(log: Log, sm: StateMachine) 
     log.ok(Set("tenant:acme/a", b"1"))
     log.ok(Batch((Set("tenant:other/a", b"1"), Set("tenant:z/a", b"1"))))
     log.ok(Set("tenant:acme/b", b"1"))
-    page = sm.changes("", 0, limit=2)
+    page = plain(sm.changes("", 0, limit=2))
     assert [c["key"] for c in page["changes"]] == ["tenant:acme/a"]  # revision 2 not split
-    page = sm.changes("", page["revision"])
+    page = plain(sm.changes("", page["revision"]))
     assert [(c["revision"], c["key"]) for c in page["changes"]] == [
         (2, "tenant:other/a"), (2, "tenant:z/a"), (3, "tenant:acme/b"),
     ]  # fmt: skip
@@ -664,10 +650,10 @@ def test_changes_beyond_retention_are_compacted(tmp_path: Path) -> None:
     oldest = sm.oldest_revision
     assert 31 - 10 // 16 <= oldest <= 31  # at least the last 10 revisions are kept
     with pytest.raises(Compacted) as info:
-        sm.changes("tenant:acme/", oldest - 2)
+        plain(sm.changes("tenant:acme/", oldest - 2))
     assert info.value.extra == {"oldest": oldest}
     assert info.value.http_status == 410
-    answer = sm.changes("tenant:acme/", oldest - 1)
+    answer = plain(sm.changes("tenant:acme/", oldest - 1))
     assert [c["revision"] for c in answer["changes"]] == list(range(oldest, 41))
     # the compaction point survives a restart
     sm.close()
@@ -678,11 +664,11 @@ def test_changes_beyond_retention_are_compacted(tmp_path: Path) -> None:
 
 def test_changes_rejects_bad_arguments(sm: StateMachine) -> None:
     with pytest.raises(InvalidRequest):
-        sm.changes("tenant:acme/", -1)
+        plain(sm.changes("tenant:acme/", -1))
     with pytest.raises(InvalidRequest):
-        sm.changes("tenant:acme/", 0, limit=0)
+        plain(sm.changes("tenant:acme/", 0, limit=0))
     with pytest.raises(InvalidKey):
-        sm.changes("tenant:", 0)
+        plain(sm.changes("tenant:", 0))
 
 
 def test_revisions_are_contiguous_across_command_kinds(log: Log, sm: StateMachine) -> None:
@@ -691,5 +677,5 @@ def test_revisions_are_contiguous_across_command_kinds(log: Log, sm: StateMachin
     log.ok(Batch((Set("tenant:acme/b", b"1"), Set("tenant:acme/c", b"1"))))
     log.ok(DeletePrefix("tenant:acme/"))
     log.ok(Set("tenant:acme/a", b"2"))
-    revisions = sorted({c["revision"] for c in sm.changes("tenant:acme/", 0)["changes"]})
+    revisions = sorted({c["revision"] for c in plain(sm.changes("tenant:acme/", 0))["changes"]})
     assert revisions == [1, 2, 3, 4] == list(range(1, sm.revision + 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from concordance.commands import Batch, Command, Delete, Set
+from concordance.payloads import BatchDone, Deleted
 from concordance.storage.fsm import StateMachine
 
 
@@ -21,18 +22,16 @@ def test_a_batch_is_one_transaction_and_one_read_of_its_rows(tmp_path: Path) -> 
         ops.append(Delete("tenant:a/k0"))  # sees the set before it
         [applied] = sm.apply([_entry(2, *ops)])
         sm._conn.set_trace_callback(None)
-        assert applied.error is None
+        assert isinstance(applied.outcome, BatchDone)
         assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
             "BEGIN IMMEDIATE",
             "COMMIT",
         ]
         reads = [s for s in statements if s.startswith("SELECT") and "FROM kv" in s]
         assert len(reads) == 1 and " IN (" in reads[0]
-        results = applied.result["results"]
-        assert [r["version"] for r in results[:4]] == [2, 1, 2, 1]  # existing keys went on
-        assert results[-1] == {
-            "key": "tenant:a/k0", "deleted": True, "version": 2, "revision": 2,
-        }  # fmt: skip
+        results = applied.outcome.results
+        assert [r.version for r in results[:4] if r is not None] == [2, 1, 2, 1]  # went on
+        assert results[-1] == Deleted("tenant:a/k0", 2, 2)
         assert sm.get("tenant:a/k0", 2_000) is None
         entry = sm.get("tenant:a/k1", 2_000)
-        assert entry is not None and entry["value"] == b"2"
+        assert entry is not None and entry.value == b"2"

@@ -22,10 +22,14 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from concordance import errors, ipc, wire
+from concordance import errors, ipc, payloads, wire
 from concordance.testing.poll import until
 
 TEST_DEADLINE = 10.0  # seconds; every test body runs under it
+
+
+def _entry(key: str) -> payloads.Entry:
+    return payloads.Entry(key, b"1", 1, 1, 0, 0, None)
 
 
 def run(main: Callable[[zmq.asyncio.Context], Awaitable[None]]) -> None:
@@ -154,7 +158,7 @@ def test_many_concurrent_requests_are_matched_by_id(data_dir: str) -> None:
             batch = [await server.recv() for _ in range(n)]
             for peer, request in reversed(batch):
                 assert isinstance(request.body, wire.Get)
-                await server.reply(peer, request, wire.GetOk({"key": request.body.key}))
+                await server.reply(peer, request, wire.GetOk(_entry(request.body.key)))
 
         async with (
             ipc.RpcServer(ctx, ep) as server,
@@ -165,7 +169,7 @@ def test_many_concurrent_requests_are_matched_by_id(data_dir: str) -> None:
             replies = await asyncio.gather(
                 *(client.request("get", wire.Get(k, 0), 5.0) for k in keys)
             )
-        assert replies == [wire.GetOk({"key": k}) for k in keys]
+        assert replies == [wire.GetOk(_entry(k)) for k in keys]
 
     run(main)
 
@@ -468,8 +472,14 @@ async def _wait_subscribed(pub: ipc.Publisher, sub: ipc.Subscriber, deadline: fl
 def test_publish_subscribe(data_dir: str) -> None:
     async def main(ctx: zmq.asyncio.Context) -> None:
         ep = ipc.endpoint(data_dir, "events")
-        batch = wire.ChangeBatch(({"type": "set", "key": "k", "value": 1, "revision": 5},), 5)
-        results = wire.Results("n1", ((1, True, {"version": 1}), (2, False, {"code": "timeout"})))
+        batch = wire.ChangeBatch((payloads.Change("set", "k", b"1", 1, 5, 9),), 5)
+        results = wire.Results(
+            "n1",
+            (
+                payloads.Outcome(1, _entry("k")),
+                payloads.Outcome(2, payloads.Rejected("not_found", "k does not exist")),
+            ),
+        )
         async with (
             ipc.Publisher(ctx, ep) as pub,
             ipc.Subscriber(ctx, ep) as both,

@@ -12,6 +12,7 @@ import pytest
 from concordance.commands import Batch, Command, Delete, DeletePrefix, Expire, Op, Set
 from concordance.errors import Compacted
 from concordance.storage.fsm import StateMachine
+from tests.unit.shapes import error_of, plain
 
 T = 1_764_230_400_000
 KIB_VALUE = b'"' + b"v" * 1022 + b'"'  # 1 KiB of JSON text
@@ -26,7 +27,7 @@ def entries(ops: list[Op], start: int = 1) -> list[tuple[int, int, bytes]]:
 
 def oldest(sm: StateMachine) -> int:
     with pytest.raises(Compacted) as info:
-        sm.changes("tenant:a/", 0)
+        plain(sm.changes("tenant:a/", 0))
     return int(info.value.to_dict()["oldest"])
 
 
@@ -65,9 +66,9 @@ def test_history_is_bounded_by_bytes_and_compacted_beyond(tmp_path: Path) -> Non
         assert sm.history_bytes <= limit
         first = oldest(sm)
         assert first > 150  # about 20 revisions of 1 KiB are kept, not 200
-        assert len(sm.changes("tenant:a/", first - 1)["changes"]) == 200 - first + 1
+        assert len(plain(sm.changes("tenant:a/", first - 1))["changes"]) == 200 - first + 1
         for i in range(7):  # every current value survives its history
-            assert sm.get(f"tenant:a/k{i}", T)["value"] == KIB_VALUE
+            assert plain(sm.get(f"tenant:a/k{i}", T))["value"] == KIB_VALUE
     assert value_rows(tmp_path / "state.db") <= 200 - first + 1 + 7
 
 
@@ -76,7 +77,7 @@ def test_the_newest_revision_is_kept_whatever_its_size(tmp_path: Path) -> None:
         sm.apply(entries([Batch((Set("tenant:a/x", KIB_VALUE), Set("tenant:a/y", KIB_VALUE)))]))
         sm.apply(entries([Set("tenant:a/z", KIB_VALUE)], start=2))
         assert oldest(sm) == 2
-        assert [e["key"] for e in sm.changes("tenant:a/", 1)["changes"]] == ["tenant:a/z"]
+        assert [e["key"] for e in plain(sm.changes("tenant:a/", 1))["changes"]] == ["tenant:a/z"]
 
 
 def test_values_below_the_horizon_are_dropped_by_the_write_that_replaces_them(
@@ -107,8 +108,8 @@ def test_values_below_the_horizon_are_dropped_by_the_write_that_replaces_them(
         )
         # three superseded values gone, one new value row; the pruning of the
         # filler rows is the only other change
-        assert sm.get(keys[0], T)["value"] == b"3"
-        assert all(sm.get(k, T) is None for k in keys[1:])
+        assert plain(sm.get(keys[0], T))["value"] == b"3"
+        assert all(plain(sm.get(k, T)) is None for k in keys[1:])
         assert value_rows(path) <= before - 3 + 1
 
 
@@ -166,7 +167,7 @@ def test_an_entry_sees_the_values_the_entries_before_it_in_the_same_apply_wrote(
                 ]
             )
         )
-        assert out[1].error is not None
-        assert out[1].error["current"]["value"] == b'"one"'
-        assert sm.get("tenant:a/k", T)["value"] == b'"one"'
-        assert sm.get("tenant:a/j", T)["value"] == b'"j"'
+        assert error_of(out[1]) is not None
+        assert error_of(out[1])["current"]["value"] == b'"one"'
+        assert plain(sm.get("tenant:a/k", T))["value"] == b'"one"'
+        assert plain(sm.get("tenant:a/j", T))["value"] == b'"j"'

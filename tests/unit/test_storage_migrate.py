@@ -14,6 +14,7 @@ from concordance.commands import Command, Set
 from concordance.errors import Compacted
 from concordance.storage.fsm import StateMachine
 from concordance.storage.schema import SCHEMA_VERSION
+from tests.unit.shapes import error_of, plain, result_of
 
 # The schema 1 layout exactly as the first release wrote it.
 V1_DDL = """
@@ -96,7 +97,7 @@ def test_a_schema_1_file_keeps_every_key_version_revision_and_change(tmp_path: P
         assert (sm.applied_index, sm.applied_term, sm.revision, sm.oldest_revision) == (12, 2, 6, 3)
         assert sm.digest() == before
         for key, value, version, revision, created, updated, expires, deleted in KV:
-            entry = sm.get(key, T + 100)
+            entry = plain(sm.get(key, T + 100))
             if deleted:
                 assert entry is None
                 continue
@@ -109,7 +110,7 @@ def test_a_schema_1_file_keeps_every_key_version_revision_and_change(tmp_path: P
                 "updatedAt": updated,
                 "expiresAt": expires,
             }
-        events = sm.changes("tenant:x/", 2)["changes"]
+        events = plain(sm.changes("tenant:x/", 2))["changes"]
         assert [
             (e["revision"], e["type"], e["key"], e.get("value"), e["version"]) for e in events
         ] == [
@@ -117,7 +118,7 @@ def test_a_schema_1_file_keeps_every_key_version_revision_and_change(tmp_path: P
             for r, _, kind, key, value, version, _ in CHANGES
         ]
         with pytest.raises(Compacted) as info:
-            sm.changes("tenant:x/", 1)
+            plain(sm.changes("tenant:x/", 1))
         assert info.value.to_dict()["oldest"] == 3
         assert sm.history_bytes == sum(len(c[3]) + len(c[4] or b"") for c in CHANGES)
 
@@ -133,9 +134,9 @@ def test_the_migration_runs_once_and_the_file_keeps_working(tmp_path: Path) -> N
         [applied] = sm.apply(
             [(13, 2, Command("n1", 1, T + 7, Set("tenant:x/a", b'"A2"')).encode())]
         )
-        assert applied.error is None
-        assert applied.result["version"] == 2 and applied.result["revision"] == 7
-        assert sm.get("tenant:x/a", T + 100)["value"] == b'"A2"'
+        assert error_of(applied) is None
+        assert result_of(applied)["version"] == 2 and result_of(applied)["revision"] == 7
+        assert plain(sm.get("tenant:x/a", T + 100))["value"] == b'"A2"'
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM changes WHERE key = 'tenant:x/a'").fetchall() == [
         (b'"A2"',)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import zmq.asyncio
 
-from concordance import errors, fronts, ipc, wire
+from concordance import errors, fronts, ipc, payloads, wire
 from concordance.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
@@ -73,25 +73,28 @@ def test_apply_publishes_changes_and_only_this_nodes_results_then_acks() -> None
             await b.consensus.acked(log.index)
             changes = await b.front.changes()
             events = changes.events
-            assert [(e["type"], e["key"]) for e in events] == [
+            assert [(e.type, e.key) for e in events] == [
                 ("set", K),
                 ("set", K + "2"),
                 ("delete", K),
             ]
-            assert events[0]["value"] == b'"dark"'  # JSON text bytes, spliced by the front
-            revisions = [e["revision"] for e in events]
+            assert events[0].value == b'"dark"'  # JSON text bytes, spliced by the front
+            revisions = [e.revision for e in events]
             assert revisions == sorted(revisions) and changes.revision == revisions[-1]
             results = await b.front.results()  # one batch: n1's own; n2's front asks n2
             assert results.origin == "n1"
             ids = [e[3] for e in batch]
             n1 = results.items
-            assert [item[0] for item in n1] == [
+            assert [item.request_id for item in n1] == [
                 Command.decode(ids[i]).request_id for i in (0, 4, 5)
             ]
-            assert [item[1] for item in n1] == [True, False, True]
-            assert n1[0][2]["value"] == b'"dark"' and n1[0][2]["version"] == 1
-            assert n1[1][2]["code"] == "version_conflict"
-            assert n1[2][2]["deleted"] is True
+            first, conflict, deleted = (item.result for item in n1)
+            assert isinstance(first, payloads.Entry) and (first.value, first.version) == (
+                b'"dark"',
+                1,
+            )
+            assert isinstance(conflict, payloads.Rejected) and conflict.code == "version_conflict"
+            assert isinstance(deleted, payloads.Deleted)
             status = await b.front.request("storage_status", wire.StorageStatus())
             assert isinstance(status, wire.StorageStatusOk)
             assert (status.applied_index, status.applied_term, status.revision) == (
@@ -116,7 +119,7 @@ def test_reapplying_applied_entries_changes_nothing() -> None:
             await b.consensus.apply(*entries)  # redelivered after a consensus restart
             await b.consensus.acked(b.log.index)
             got = await b.front.request("get", wire.Get(K, T0))
-            assert got.entry["version"] == 2 and got.entry["value"] == b"2"
+            assert got.entry.version == 2 and got.entry.value == b"2"
             with pytest.raises(TimeoutError):  # nothing new to announce
                 await b.front.event(0.1)
 
@@ -148,17 +151,17 @@ def test_reads_over_ipc_get_list_changes_and_compacted() -> None:
             await b.consensus.apply(*(b.log.set(k, b"%d" % i) for i, k in enumerate(keys)))
             await b.consensus.acked(b.log.index)
             got = await b.front.request("get", wire.Get(keys[3], T0))
-            assert got.entry["key"] == keys[3] and got.entry["value"] == b"3"
+            assert got.entry.key == keys[3] and got.entry.value == b"3"
             assert (await b.front.request("get", wire.Get("tenant:acme/nope", T0))).entry is None
             page = await b.front.request("list", wire.List("tenant:acme/", 25, None, T0))
-            assert [e["key"] for e in page.entries] == keys[:25] and page.next
+            assert [e.key for e in page.entries] == keys[:25] and page.next
             rest = await b.front.request("list", wire.List("tenant:acme/", 25, page.next, T0))
-            assert [e["key"] for e in rest.entries] == keys[25:] and rest.next is None
+            assert [e.key for e in rest.entries] == keys[25:] and rest.next is None
             status = await b.front.request("storage_status", wire.StorageStatus())
             recent = await b.front.request(
                 "changes", wire.Changes("tenant:acme/", status.revision - 3, 100)
             )
-            assert [c["key"] for c in recent.changes] == keys[-3:]
+            assert [c.key for c in recent.changes] == keys[-3:]
             assert recent.revision == status.revision
             with pytest.raises(errors.Compacted) as caught:
                 await b.front.request("changes", wire.Changes("tenant:acme/", 0, 100))
@@ -223,9 +226,9 @@ def test_a_read_with_min_index_is_answered_once_that_index_is_applied() -> None:
             await b.consensus.apply(b.log.set(K, b'"new"'))
             got = await asyncio.wait_for(get, 2.0)
             assert isinstance(got, wire.GetOk) and got.entry is not None
-            assert got.entry["value"] == b'"new"'  # served after the write, not before
+            assert got.entry.value == b'"new"'  # served after the write, not before
             page = await asyncio.wait_for(listing, 2.0)
-            assert isinstance(page, wire.ListOk) and [e["key"] for e in page.entries] == [K]
+            assert isinstance(page, wire.ListOk) and [e.key for e in page.entries] == [K]
             # Already applied: answered at once.
             got = await b.front.request("get", wire.Get(K, wall_ms(), min_index=now))
             assert isinstance(got, wire.GetOk) and got.entry is not None
@@ -242,7 +245,7 @@ def test_get_many_answers_each_key_in_order_and_waits_for_min_index() -> None:
             keys = (K + "/b", "tenant:acme/nope", K)
             got = await b.front.request("get_many", wire.GetMany(keys, wall_ms()))
             assert isinstance(got, wire.GetManyOk)
-            assert [e and (e["key"], e["value"]) for e in got.entries] == [
+            assert [e and (e.key, e.value) for e in got.entries] == [
                 (K + "/b", b"2"),
                 None,
                 (K, b"1"),
@@ -258,7 +261,7 @@ def test_get_many_answers_each_key_in_order_and_waits_for_min_index() -> None:
             await b.consensus.apply(b.log.set(K, b"3"))
             got = await asyncio.wait_for(later, 2.0)
             assert isinstance(got, wire.GetManyOk) and got.entries[0] is not None
-            assert got.entries[0]["value"] == b"3"  # served after the write, not before
+            assert got.entries[0].value == b"3"  # served after the write, not before
 
     with short_tmp() as d:
         run(main)
@@ -277,7 +280,7 @@ def test_restore_from_a_snapshot_of_another_state_machine() -> None:
             hello = await b.consensus.hello()
             assert (hello.applied_index, hello.applied_term) == (3, 4)
             got = await b.front.request("get", wire.Get(K, T0))
-            assert got.entry["value"] == b'"x"'
+            assert got.entry.value == b'"x"'
             probe = await b.front.request("get", wire.Get("tenant:probe/p1", T0))
             assert probe.entry is None  # the old state is gone
             b.log = Writer(3, 4)
@@ -309,7 +312,7 @@ def test_take_snapshot_answers_snapshot_taken_with_a_readable_file() -> None:
             os.rename(taken.path, copy)  # consensus takes ownership
             with StateMachine(copy) as sm:
                 entry = sm.get(K, T0)
-                assert entry is not None and entry["value"] == b'"s"'
+                assert entry is not None and entry.value == b'"s"'
 
     with short_tmp() as d:
         run(main)
@@ -477,7 +480,7 @@ def test_change_batches_go_only_while_a_front_watches_or_has_gone_quiet() -> Non
             status = await front.request("storage_status", wire.StorageStatus(), 2.0)
             await b.consensus.apply(b.log.set(K, b"2"))
             changes = await b.front.changes()
-            assert changes.events[0]["revision"] == status.revision + 1
+            assert changes.events[0].revision == status.revision + 1
             await b.front.results()
             await front.send("front_watching", wire.FrontWatching(False))
             await front.request("storage_status", wire.StorageStatus(), 2.0)
@@ -517,7 +520,7 @@ def test_leader_proposes_each_expired_entry_once_and_the_expiry_applies() -> Non
             await b.front.results()  # of the sets
             await b.consensus.apply(b.log.normal(cmd.op, ts=cmd.timestamp_ms))
             changes = await b.front.changes()
-            assert [(e["type"], e["key"]) for e in changes.events] == [("expire", K)]
+            assert [(e.type, e.key) for e in changes.events] == [("expire", K)]
 
     with short_tmp() as d:
         run(main)

@@ -90,11 +90,11 @@ def test_kill_9_and_restart_keeps_the_applied_index_and_the_data() -> None:
                 front = FakeFront(ctx, d)
                 try:
                     got = await front.request("get", wire.Get(K, T0), timeout=5.0)
-                    assert got.entry["value"] == b'"kept"' and got.entry["version"] == 1
+                    assert got.entry.value == b'"kept"' and got.entry.version == 1
                     await consensus.apply(log.set(K, b'"next"'))  # resumes after index 3
                     await consensus.acked(4)
                     got = await front.request("get", wire.Get(K, T0))
-                    assert got.entry["version"] == 2
+                    assert got.entry.version == 2
                 finally:
                     await front.close()
                 proc.send_signal(signal.SIGTERM)

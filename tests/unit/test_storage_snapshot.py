@@ -10,6 +10,7 @@ import pytest
 from concordance.commands import Batch, Command, Delete, Op, Set
 from concordance.errors import RemoteProtocolError
 from concordance.storage.fsm import StateMachine
+from tests.unit.shapes import plain
 
 T0 = 1_764_230_400_000
 
@@ -42,9 +43,9 @@ def filled(path: Path, n: int = 40) -> StateMachine:
 
 def reads(sm: StateMachine) -> tuple[object, ...]:
     return (
-        sm.list("tenant:acme/", 1000, None, T0)["entries"],
-        sm.changes("tenant:acme/", 0)["changes"],
-        sm.get("tenant:acme/b1", T0),
+        plain(sm.list("tenant:acme/", 1000, None, T0))["entries"],
+        plain(sm.changes("tenant:acme/", 0))["changes"],
+        plain(sm.get("tenant:acme/b1", T0)),
         sm.expired(T0 + 10**7),
     )
 
@@ -82,7 +83,7 @@ def test_restore_replaces_a_divergent_state_and_survives_reopen(tmp_path: Path) 
     reopened = StateMachine(tmp_path / "b.db")
     assert reopened.digest() == source.digest()
     assert reopened.applied_index == source.applied_index
-    assert reopened.get("tenant:other/x1", T0) is None
+    assert plain(reopened.get("tenant:other/x1", T0)) is None
     reopened.close()
     source.close()
 

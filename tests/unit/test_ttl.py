@@ -10,6 +10,7 @@ import pytest
 from concordance.commands import Batch, Check, Command, Delete, DeletePrefix, Expire, Op, Set
 from concordance.errors import VersionConflict
 from concordance.storage.fsm import Applied, StateMachine
+from tests.unit.shapes import error_of, plain, result_of
 
 K = "tenant:acme/sessions/s1"
 T0 = 1_764_230_400_000
@@ -31,8 +32,8 @@ class Log:
 
     def ok(self, op: Op, ts: int = T0) -> Any:
         applied = self.run(op, ts)
-        assert applied.error is None, applied.error
-        return applied.result
+        assert error_of(applied) is None, error_of(applied)
+        return result_of(applied)
 
 
 @pytest.fixture
@@ -49,11 +50,11 @@ def log(sm: StateMachine) -> Log:
 def test_an_entry_is_hidden_from_its_expiry_on(log: Log, sm: StateMachine) -> None:
     entry = log.ok(Set(K, b"1", expires_at=EXP))
     assert entry["expiresAt"] == EXP
-    assert sm.get(K, EXP - 1) == entry
-    assert [e["key"] for e in sm.list("tenant:acme/", 10, None, EXP - 1)["entries"]] == [K]
-    assert sm.get(K, EXP) is None
-    assert sm.get(K, EXP + 1) is None
-    assert sm.list("tenant:acme/", 10, None, EXP)["entries"] == []
+    assert plain(sm.get(K, EXP - 1)) == entry
+    assert [e["key"] for e in plain(sm.list("tenant:acme/", 10, None, EXP - 1))["entries"]] == [K]
+    assert plain(sm.get(K, EXP)) is None
+    assert plain(sm.get(K, EXP + 1)) is None
+    assert plain(sm.list("tenant:acme/", 10, None, EXP))["entries"] == []
 
 
 def test_expired_lists_due_entries_as_expire_ops(log: Log, sm: StateMachine) -> None:
@@ -86,13 +87,13 @@ def test_expire_deletes_with_an_expire_event(log: Log, sm: StateMachine) -> None
     log.ok(Set(K, b"2", expires_at=EXP))
     [op] = sm.expired(EXP + 5)
     applied = log.run(op, ts=EXP + 7)
-    assert applied.result == {"key": K, "expired": True, "version": 2, "revision": 3}
-    assert applied.events == (
+    assert result_of(applied) == {"key": K, "expired": True, "version": 2, "revision": 3}
+    assert plain(applied.events) == (
         {"type": "expire", "key": K, "version": 2, "revision": 3, "timestamp": EXP + 7},
     )
-    assert sm.changes("tenant:acme/", 2)["changes"] == list(applied.events)
+    assert plain(sm.changes("tenant:acme/", 2))["changes"] == list(plain(applied.events))
     assert sm.expired(EXP + 5) == [] and sm.next_expiry() is None
-    assert sm.get(K, T0) is None  # gone at any time now
+    assert plain(sm.get(K, T0)) is None  # gone at any time now
     # the tombstone keeps the version
     assert log.ok(Set(K, b"3"), ts=EXP + 9)["version"] == 3
 
@@ -105,15 +106,15 @@ def test_stale_or_duplicate_expire_changes_nothing(log: Log, sm: StateMachine) -
     applied = log.run(op, ts=EXP + 1)
     with pytest.raises(VersionConflict) as info:
         applied.unwrap()
-    assert info.value.extra == {"current": renewed}
-    assert sm.revision == revision and sm.get(K, EXP + 1) == renewed
+    assert plain(info.value.extra) == {"current": renewed}
+    assert sm.revision == revision and plain(sm.get(K, EXP + 1)) == renewed
     # same version but another expiry: not the entry that was found expired
-    assert log.run(Expire(K, 2, EXP)).error is not None
+    assert error_of(log.run(Expire(K, 2, EXP))) is not None
     # a duplicate proposal after a successful expire
     good = Expire(K, 2, EXP + 60_000)
-    assert log.run(good, ts=EXP + 60_000).error is None
-    assert log.run(good, ts=EXP + 60_001).error["code"] == "version_conflict"  # type: ignore[index]
-    assert log.run(Expire("tenant:acme/never", 1, EXP)).error is not None
+    assert error_of(log.run(good, ts=EXP + 60_000)) is None
+    assert error_of(log.run(good, ts=EXP + 60_001))["code"] == "version_conflict"  # type: ignore[index]
+    assert error_of(log.run(Expire("tenant:acme/never", 1, EXP))) is not None
     assert sm.revision == revision + 1
 
 
@@ -121,22 +122,22 @@ def test_a_write_without_expiry_clears_it(log: Log, sm: StateMachine) -> None:
     log.ok(Set(K, b"1", expires_at=EXP))
     entry = log.ok(Set(K, b"2"))
     assert entry["expiresAt"] is None
-    assert sm.get(K, EXP + 10**9) == entry
+    assert plain(sm.get(K, EXP + 10**9)) == entry
     assert sm.expired(EXP + 10**9) == []
 
 
 def test_a_write_can_move_the_expiry(log: Log, sm: StateMachine) -> None:
     log.ok(Set(K, b"1"))
     log.ok(Set(K, b"2", expires_at=EXP))
-    assert sm.get(K, EXP) is None
+    assert plain(sm.get(K, EXP)) is None
     log.ok(Set(K, b"3", expires_at=EXP + 100), ts=T0 + 1)
-    assert sm.get(K, EXP)["value"] == b"3"  # type: ignore[index]
+    assert plain(sm.get(K, EXP))["value"] == b"3"  # type: ignore[index]
 
 
 def test_commands_judge_expiry_at_their_own_timestamp(log: Log, sm: StateMachine) -> None:
     log.ok(Set(K, b"1", expires_at=EXP))
     # before the expiry (by the proposer's clock) the key exists
-    assert log.run(Set(K, b"x", if_version=0), ts=EXP - 1).error is not None
+    assert error_of(log.run(Set(K, b"x", if_version=0), ts=EXP - 1)) is not None
     # from the expiry on it is absent: "only if absent" succeeds, the version goes on,
     # and a new life begins
     entry = log.ok(Set(K, b"2", if_version=0), ts=EXP)
@@ -145,8 +146,8 @@ def test_commands_judge_expiry_at_their_own_timestamp(log: Log, sm: StateMachine
 
 def test_an_expired_key_cannot_be_deleted_or_matched(log: Log, sm: StateMachine) -> None:
     log.ok(Set(K, b"1", expires_at=EXP))
-    assert log.run(Delete(K), ts=EXP).error["code"] == "not_found"  # type: ignore[index]
-    assert log.run(Set(K, b"2", if_version=1), ts=EXP).error["current"] is None  # type: ignore[index]
+    assert error_of(log.run(Delete(K), ts=EXP))["code"] == "not_found"  # type: ignore[index]
+    assert error_of(log.run(Set(K, b"2", if_version=1), ts=EXP))["current"] is None  # type: ignore[index]
     assert log.ok(Batch((Check(K, 0),)), ts=EXP)["results"] == [None]
     # the Expire command still removes it, with its event
     assert log.ok(Expire(K, 1, EXP), ts=EXP)["expired"] is True
@@ -162,7 +163,7 @@ def test_delete_prefix_leaves_expired_entries_to_expire(log: Log, sm: StateMachi
 def test_extreme_expiry_values_are_stored(log: Log, sm: StateMachine) -> None:
     far = 2**63 - 1
     assert log.ok(Set(K, b"1", expires_at=far))["expiresAt"] == far
-    assert sm.get(K, far - 1) is not None and sm.get(K, far) is None
+    assert plain(sm.get(K, far - 1)) is not None and plain(sm.get(K, far)) is None
     assert log.ok(Set("tenant:acme/past", b"1", expires_at=-(2**63)))["version"] == 1
-    assert sm.get("tenant:acme/past", T0) is None
+    assert plain(sm.get("tenant:acme/past", T0)) is None
     assert sm.expired(T0) == [Expire("tenant:acme/past", 1, -(2**63))]

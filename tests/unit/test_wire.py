@@ -9,7 +9,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from concordance import errors, wire
+from concordance import errors, payloads, wire
 from concordance.raft import messages as rm
 from concordance.raft.entries import (
     ConfChange,
@@ -162,6 +162,8 @@ def test_raft_garbage_is_a_remote_protocol_error(data: bytes) -> None:
 # --------------------------------------------------------------------------- IPC
 
 
+ENTRY = payloads.Entry("tenant:acme/a", b'{"x":[1,2.5,null]}', 2, 41, 1, 2, None)
+
 IPC_EXAMPLES: dict[str, wire.Body] = {
     "ok": wire.Ok(),
     "error": wire.ErrorReply("version_conflict", "version mismatch", {"current": None, "index": 2}),
@@ -203,22 +205,34 @@ IPC_EXAMPLES: dict[str, wire.Body] = {
     "front_hello": wire.FrontHello(3),
     "stopping_ack": wire.StoppingAck(3),
     "get": wire.Get("tenant:acme/a", 1764230400000),
-    "get_ok": wire.GetOk({"key": "tenant:acme/a", "value": {"x": [1, 2.5, None]}, "version": 2}),
+    "get_ok": wire.GetOk(ENTRY),
     "get_many": wire.GetMany(("tenant:acme/a", "tenant:acme/b"), 1764230400000, 7),
-    "get_many_ok": wire.GetManyOk(({"key": "tenant:acme/a", "value": 1, "version": 2}, None)),
+    "get_many_ok": wire.GetManyOk((ENTRY, None)),
     "list": wire.List("tenant:acme/", 100, None, 1764230400000),
-    "list_ok": wire.ListOk(({"key": "tenant:acme/a"}, {"key": "tenant:acme/b"}), "b", 42),
+    "list_ok": wire.ListOk((ENTRY, payloads.Entry("tenant:acme/b", b"1", 1, 2, 3, 4, 5)), "b", 42),
     "changes": wire.Changes("tenant:acme/", 40, 1000),
-    "changes_ok": wire.ChangesOk(({"type": "delete", "key": "tenant:acme/a", "revision": 41},), 42),
+    "changes_ok": wire.ChangesOk((payloads.Change("delete", "tenant:acme/a", None, 2, 41, 9),), 42),
     "wait_applied": wire.WaitApplied(120),
     "wait_applied_ok": wire.WaitAppliedOk(121),
     "backup": wire.Backup("/tmp/backup.db"),
     "backup_ok": wire.BackupOk("/tmp/backup.db", 8192, 120),
     "storage_status": wire.StorageStatus(),
     "storage_status_ok": wire.StorageStatusOk(120, 7, 98),
-    "change_batch": wire.ChangeBatch(({"type": "set", "key": "k", "value": "dark"},), 43),
+    "change_batch": wire.ChangeBatch((payloads.Change("set", "k", b'"dark"', 3, 43, 9),), 43),
     "results": wire.Results(
-        "n1", ((17, True, {"key": "k", "version": 3}), (18, False, {"code": "not_found"}))
+        "n1",
+        (
+            payloads.Outcome(17, ENTRY),
+            payloads.Outcome(18, payloads.Rejected("not_found", "k does not exist", None, 1)),
+            payloads.Outcome(19, payloads.Rejected("version_conflict", "at 2", ENTRY)),
+            payloads.Outcome(20, payloads.Deleted("k", 2, 44)),
+            payloads.Outcome(21, payloads.Expired("k", 2, 45)),
+            payloads.Outcome(22, payloads.PrefixDeleted(3, 46)),
+            payloads.Outcome(
+                23, payloads.BatchDone((ENTRY, None, payloads.Deleted("k", 2, 47)), 47)
+            ),
+            payloads.Outcome(24, None),
+        ),
     ),
 }
 
@@ -282,7 +296,7 @@ def test_encode_envelope_rejects_a_body_under_the_wrong_type() -> None:
 
 
 def test_encode_envelope_unpackable_value_is_an_ipc_error() -> None:
-    env = wire.Envelope("get_ok", 1, wire.GetOk({"v": object()}))
+    env = wire.Envelope("error", 1, wire.ErrorReply("x", "y", {"v": object()}))
     with pytest.raises(errors.IpcError):
         wire.encode_envelope(env)
 
@@ -329,6 +343,20 @@ IPC_GARBAGE = {
         },
     ),
     "map with bytes keys": _env(t="get_ok", b={"entry": {b"key": 1}}),
+    "entry as a map": _env(t="get_ok", b={"entry": {"key": "k"}}),
+    "entry with an unknown tag": _env(t="get_ok", b={"entry": [99, "k", b"1", 1, 2, 3, 4, None]}),
+    "entry too short": _env(t="get_ok", b={"entry": [1, "k", b"1", 1, 2, 3, 4]}),
+    "entry too long": _env(t="get_ok", b={"entry": [1, "k", b"1", 1, 2, 3, 4, None, 0]}),
+    "entry value str": _env(t="get_ok", b={"entry": [1, "k", "1", 1, 2, 3, 4, None]}),
+    "entry tag bool": _env(t="get_ok", b={"entry": [True, "k", b"1", 1, 2, 3, 4, None]}),
+    "change where an entry goes": _env(t="get_ok", b={"entry": [2, "set", "k", b"1", 1, 2, 3]}),
+    "entry where a change goes": _env(
+        t="change_batch", b={"events": [[1, "k", b"1", 1, 2, 3, 4, None]], "revision": 2}
+    ),
+    "null outcome": _env(t="results", b={"origin": "n1", "items": [None]}),
+    "batch item of a wrong kind": _env(
+        t="results", b={"origin": "n1", "items": [[8, 1, [6, [[5, 1, 2]], 2]]]}
+    ),
     "trailing bytes": _env() + b"\x00",
 }
 

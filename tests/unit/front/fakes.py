@@ -35,6 +35,7 @@ from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.front.app import make_app
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.ipc_clients import connect
+from concordance.payloads import Entry, Outcome
 from concordance.sockets import Server
 from concordance.storage.fsm import StateMachine
 from concordance.testing.clock import ManualClock
@@ -115,8 +116,7 @@ class FakeNode:
                     self.knobs.drop_batches -= 1
                 elif publish:
                     self.events.queue.put_nowait(roundtrip("change_batch", batch))  # type: ignore[arg-type]
-            outcome = applied.result if applied.error is None else applied.error
-            item = (applied.request_id, applied.error is None, outcome)
+            item = Outcome(applied.request_id, applied.outcome)
             results = wire.Results(applied.origin, (item,))
             self.events.queue.put_nowait(roundtrip("results", results))  # type: ignore[arg-type]
 
@@ -198,9 +198,7 @@ class FakeStorage:
             raise Unavailable("storage is down")
         return self.node.sm
 
-    async def get(
-        self, key: str, now: int, timeout: float, min_index: int = 0
-    ) -> dict[str, Any] | None:
+    async def get(self, key: str, now: int, timeout: float, min_index: int = 0) -> Entry | None:
         await self.wait_applied(min_index, timeout)
         got = roundtrip("get_ok", wire.GetOk(self._up().get(key, now)))
         assert isinstance(got, wire.GetOk)
@@ -217,13 +215,12 @@ class FakeStorage:
     ) -> wire.ListOk:
         await self.wait_applied(min_index, timeout)
         page = self._up().list(prefix, limit, cursor, now)
-        body = wire.ListOk(tuple(page["entries"]), page["next"], page["revision"])
-        return roundtrip("list_ok", body)  # type: ignore[return-value]
+        return roundtrip("list_ok", page)  # type: ignore[return-value]
 
     async def changes(self, prefix: str, since: int, limit: int, timeout: float) -> wire.ChangesOk:
         self.changes_calls.append((prefix, since, limit))
         page = self._up().changes(prefix, since, limit)
-        return roundtrip("changes_ok", wire.ChangesOk(tuple(page["changes"]), page["revision"]))  # type: ignore[return-value]
+        return roundtrip("changes_ok", page)  # type: ignore[return-value]
 
     async def wait_applied(self, index: int, timeout: float) -> int:
         return self._up().applied_index - self.node.knobs.lag

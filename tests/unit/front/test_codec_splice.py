@@ -8,16 +8,14 @@ from typing import Any
 
 from concordance.crypto import Cipher
 from concordance.front.codec import Renderer, encode_value
+from concordance.payloads import BatchDone, Deleted, Entry
 from tests.unit.front.fakes import ENC_KEY
 
 CRED = "tenant:acme/credentials/github"
 
 
-def entry(key: str, value: bytes, version: int = 1, expires: int | None = None) -> dict[str, Any]:
-    return {
-        "key": key, "value": value, "version": version, "revision": 7,
-        "createdAt": 1_000, "updatedAt": 2_000, "expiresAt": expires,
-    }  # fmt: skip
+def entry(key: str, value: bytes, version: int = 1, expires: int | None = None) -> Entry:
+    return Entry(key, value, version, 7, 1_000, 2_000, expires)
 
 
 def test_the_text_parses_to_the_decoded_rendering() -> None:
@@ -28,9 +26,9 @@ def test_the_text_parses_to_the_decoded_rendering() -> None:
     ]
     results.append(entry(CRED, cipher.seal(CRED, encode_value({"token": "t"})), expires=9_000))
     results.append(entry("tenant:acmé/ключ", encode_value([])))
-    results.append({"key": "tenant:acme/gone", "deleted": True, "version": 3, "revision": 7})
+    results.append(Deleted("tenant:acme/gone", 3, 7))
     results.append(None)  # a check of an absent key
-    batch = {"results": results, "revision": 7}
+    batch = BatchDone(tuple(results), 7)
     renderer = Renderer(cipher)
     text = renderer.result_text(batch)
     assert json.loads(text) == renderer.result(batch)
@@ -40,8 +38,6 @@ def test_the_text_parses_to_the_decoded_rendering() -> None:
 
 def test_the_stored_text_is_spliced_as_it_is() -> None:
     stored = b'{"b": 1,  "a": [1, 2]}'  # not how the encoder would write it again
-    text = Renderer(Cipher()).result_text(
-        {"results": [entry("tenant:acme/x", stored)], "revision": 7}
-    )
+    text = Renderer(Cipher()).result_text(BatchDone((entry("tenant:acme/x", stored),), 7))
     assert '"value":{"b": 1,  "a": [1, 2]}' in text
     assert json.loads(text)["results"][0]["value"] == {"b": 1, "a": [1, 2]}

@@ -96,7 +96,7 @@ def test_through_the_front_plaintext_never_reaches_storage(tmp_path: Path) -> No
             assert (await h.call("POST", "/api/v1/batch", json={"ops": ops}))[0] == 200
             assert all(b"ghp_plaintext" not in data for data in h.node.knobs.proposed)
             stored = h.node.sm.get(CRED, 0)
-            assert stored is not None and b"ghp_plaintext" not in stored["value"]
+            assert stored is not None and b"ghp_plaintext" not in stored.value
             assert (await h.call("GET", f"/api/v1/kv/{CRED}"))[1]["value"] == secret
             listed = (await h.call("GET", "/api/v1/kv?prefix=tenant:acme/"))[1]["entries"]
             assert [e["value"] for e in listed] == [secret, secret]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import fronts, ipc, wire
+from concordance import fronts, ipc, payloads, wire
 from concordance.errors import NotLeader, Unavailable
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
@@ -32,6 +32,11 @@ from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until_answered
 from tests.unit.front.fakes import FULL, make_config, no_supervisor
+
+
+def _by(who: str) -> payloads.Entry:
+    """An entry that tells which storage answered."""
+    return payloads.Entry(f"tenant:a/{who}", b"1", 1, 1, 0, 0, None)
 
 
 class MiniNode:
@@ -96,8 +101,7 @@ class MiniNode:
             if applied.events:
                 batch = wire.ChangeBatch(tuple(applied.events), self.sm.revision)
                 await self.events.publish("change_batch", batch)
-            outcome = applied.result if applied.error is None else applied.error
-            item = (applied.request_id, applied.error is None, outcome)
+            item = payloads.Outcome(applied.request_id, applied.outcome)
             await self.events.publish("results", wire.Results(applied.origin, (item,)))
 
     async def _serve_storage(self) -> None:
@@ -108,8 +112,7 @@ class MiniNode:
             if isinstance(body, wire.Get):
                 reply = wire.GetOk(self.sm.get(body.key, body.now))
             elif isinstance(body, wire.Changes):
-                page = self.sm.changes(body.prefix, body.since, body.limit)
-                reply = wire.ChangesOk(tuple(page["changes"]), page["revision"])
+                reply = self.sm.changes(body.prefix, body.since, body.limit)
             elif isinstance(body, wire.WaitApplied):
                 reply = wire.WaitAppliedOk(self.sm.applied_index)
             elif isinstance(body, wire.StorageStatus):
@@ -373,9 +376,9 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
     async def main() -> None:
         async with role_clients() as r:
             old = await r.bind("storage")
-            old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk({"by": "old"})))
+            old_task = asyncio.ensure_future(serve_once(old, lambda b: wire.GetOk(_by("old"))))
             got = asyncio.ensure_future(r.storage.get("tenant:a/x", 0, 3.0))
-            assert await r.outcome(got) == {"by": "old"}
+            assert await r.outcome(got) == _by("old")
             await old.send(fronts.routing_id(0), "stopping", wire.Stopping("storage"))
             await r.clock.settle()  # the announcement is in
             read = asyncio.ensure_future(r.storage.get("tenant:a/x", 0, 5.0))
@@ -386,9 +389,9 @@ def test_after_stopping_requests_wait_for_the_next_incarnation() -> None:
             await old.close()
             await r.clock.advance(HOLD_POLL)  # its connection is seen gone
             new = await r.bind("storage")
-            new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk({"by": "new"})))
+            new_task = asyncio.ensure_future(serve_once(new, lambda b: wire.GetOk(_by("new"))))
             try:
-                assert await r.outcome(read) == {"by": "new"}
+                assert await r.outcome(read) == _by("new")
             finally:
                 new_task.cancel()
                 await new_task
@@ -407,21 +410,21 @@ def test_a_stopping_told_to_one_front_holds_only_that_fronts_requests() -> None:
             told = IpcStorage(r.net, r.data_dir, fronts.routing_id(1), clock=r.clock)
             other = IpcStorage(r.net, r.data_dir, fronts.routing_id(2), clock=r.clock)
             server = await r.bind("storage")
-            serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk({"k": 1})))
+            serving = asyncio.ensure_future(serve_once(server, lambda b: wire.GetOk(_by("k"))))
             try:
-                assert await r.outcome(asyncio.ensure_future(told.get("tenant:a/x", 0, 3.0))) == {
-                    "k": 1
-                }
-                assert await r.outcome(asyncio.ensure_future(other.get("tenant:a/x", 0, 3.0))) == {
-                    "k": 1
-                }
+                assert await r.outcome(
+                    asyncio.ensure_future(told.get("tenant:a/x", 0, 3.0))
+                ) == _by("k")
+                assert await r.outcome(
+                    asyncio.ensure_future(other.get("tenant:a/x", 0, 3.0))
+                ) == _by("k")
                 await server.send(fronts.routing_id(1), "stopping", wire.Stopping("storage"))
                 await r.clock.settle()
                 assert told._stopping.active
                 assert not other._stopping.active
-                assert await r.outcome(asyncio.ensure_future(other.get("tenant:a/y", 0, 3.0))) == {
-                    "k": 1
-                }
+                assert await r.outcome(
+                    asyncio.ensure_future(other.get("tenant:a/y", 0, 3.0))
+                ) == _by("k")
                 held = asyncio.ensure_future(told.get("tenant:a/z", 0, 0.3))
                 with pytest.raises(Unavailable):  # held for a successor that never came
                     await r.outcome(held)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
-from concordance import wire
+from concordance import payloads, wire
 from concordance.commands import Command, Delete
 from concordance.errors import Unavailable
 from concordance.front.clients import ConsensusClient
@@ -58,10 +58,10 @@ def test_dropped_fails_the_write_with_unavailable() -> None:
 def test_a_result_that_arrived_first_is_kept() -> None:
     """Unless its result already arrived: a report of the same command after the
     result (it cannot happen over an at-most-once transport) does not overwrite it."""
-    result: dict[str, Any] = {"key": KEY, "deleted": True}
+    result = payloads.Deleted(KEY, 1, 2)
 
     def apply_then_refuse(p: Proposer, commands: Sequence[bytes]) -> None:
-        p.deliver(wire.Results("n1", ((request_id(commands[0]), True, result),)))
+        p.deliver(wire.Results("n1", (payloads.Outcome(request_id(commands[0]), result),)))
         p.fail_dropped(wire.Dropped(tuple(commands)))
 
     async def main() -> None:
@@ -76,7 +76,10 @@ def test_writes_of_one_loop_turn_share_one_propose_and_keep_their_own_outcomes()
 
     def apply_each(p: Proposer, commands: Sequence[bytes]) -> None:
         calls.append(list(commands))
-        items = tuple((request_id(c), True, {"n": i}) for i, c in enumerate(commands))
+        items = tuple(
+            payloads.Outcome(request_id(c), payloads.PrefixDeleted(i, i))
+            for i, c in enumerate(commands)
+        )
         p.deliver(wire.Results("n1", items))
 
     async def main() -> None:
@@ -85,7 +88,7 @@ def test_writes_of_one_loop_turn_share_one_propose_and_keep_their_own_outcomes()
             asyncio.gather(*(proposer.submit(Delete(f"{KEY}{i}")) for i in range(5))), 5
         )
         assert [len(c) for c in calls] == [5] and proposer.batches == 1
-        assert outcomes == [{"n": i} for i in range(5)]
+        assert outcomes == [payloads.PrefixDeleted(i, i) for i in range(5)]
         assert [Command.decode(c).op for c in calls[0]] == [Delete(f"{KEY}{i}") for i in range(5)]
         # A later turn starts a new batch.
         await asyncio.wait_for(proposer.submit(Delete(KEY)), 5)
@@ -124,7 +127,9 @@ def test_a_full_batch_is_sent_and_the_rest_go_in_the_next(monkeypatch: pytest.Mo
 
     def apply_each(p: Proposer, commands: Sequence[bytes]) -> None:
         sizes.append(len(commands))
-        p.deliver(wire.Results("n1", tuple((request_id(c), True, None) for c in commands)))
+        p.deliver(
+            wire.Results("n1", tuple(payloads.Outcome(request_id(c), None) for c in commands))
+        )
 
     async def main() -> None:
         proposer = proposer_with(apply_each)
