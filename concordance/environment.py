@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from concordance.config import ConfigError, FrontLimits, NodeConfig, Secrets
-from concordance.logfmt import FORMATS, LEVELS
+from concordance.node.logfmt import FORMATS, LEVELS
 
 __all__ = [
     "VARIABLES",

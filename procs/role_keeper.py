@@ -36,7 +36,8 @@ import os
 import signal
 import sys
 
-from concordance import environment, supervise
+from concordance import environment
+from concordance.node import supervise
 from concordance.timing import KEEPER_STOP_TIMEOUT
 from procs._launch import GO_FD_ENV, ROLE_READY_FD_ENV, load_and_log
 

@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from typing import ClassVar
 
-from concordance import fdpass, ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
@@ -70,15 +70,17 @@ from concordance.errors import (
     RemoteProtocolError,
     Unavailable,
 )
-from concordance.fronts import Fronts
+from concordance.ipc import fdpass
+from concordance.ipc.fronts import Fronts
+from concordance.ipc.sockets import Server, Sockets, ZmqSockets
 from concordance.latency import LatencyCounts
+from concordance.protocol import wire
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Message
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
-from concordance.sockets import Server, Sockets, ZmqSockets
 from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH, CONSENSUS_HAND_OVER, PEER_FLUSH
 
 __all__ = ["ConsensusDriver", "boot_membership"]

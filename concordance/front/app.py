@@ -32,10 +32,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
-from concordance.crypto import Cipher
 from concordance.errors import Unavailable
 from concordance.front.appkeys import (
     CIPHER,
@@ -67,8 +65,10 @@ from concordance.front.service import KvService
 from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
-from concordance.scopes import KeyRing
-from concordance.tls import TlsContexts
+from concordance.protocol import wire
+from concordance.security.access import KeyRing
+from concordance.security.crypto import Cipher
+from concordance.security.tls import TlsContexts
 
 __all__ = ["BODY_SLACK", "ClientsFactory", "make_app", "now_ms", "reload", "static_clients"]
 

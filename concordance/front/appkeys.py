@@ -16,7 +16,6 @@ from aiohttp import web
 
 from concordance.clock import Clock
 from concordance.config import NodeConfig
-from concordance.crypto import Cipher
 from concordance.front.clients import Clients
 from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
@@ -25,8 +24,9 @@ from concordance.front.service import KvService
 from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
-from concordance.scopes import KeyRing, Principal
-from concordance.tls import TlsContexts
+from concordance.security.access import KeyRing, Principal
+from concordance.security.crypto import Cipher
+from concordance.security.tls import TlsContexts
 
 __all__ = [
     "ACCESS",
@@ -72,5 +72,5 @@ PROPOSER = web.AppKey("proposer", Proposer)
 HUB = web.AppKey("hub", WatchHub)
 KV = web.AppKey("kv", KvService)
 
-# What the caller's key allows (concordance.scopes: FULL, AGENT or a scoped key).
+# What the caller's key allows (concordance.security.access: FULL, AGENT or a scoped key).
 ACCESS = web.RequestKey("access", Principal)

@@ -48,13 +48,15 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from concordance import fronts, ipc, sockets, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.get_batch import GetBatcher
-from concordance.payloads import Entry
-from concordance.sockets import Sockets, ZmqSockets
+from concordance.ipc import fronts, sockets
+from concordance.ipc.sockets import Sockets, ZmqSockets
+from concordance.protocol import wire
+from concordance.protocol.payloads import Entry
 from concordance.timing import FRONT_HELLO_EVERY, FRONT_HELLO_POLL, STOPPING_BOUND
 
 __all__ = ["IpcConsensus", "IpcEvents", "IpcStorage", "connect", "greet"]

@@ -4,7 +4,7 @@ Thin by design: read the path, query and body, validate them (``validate``),
 call the shared :class:`~concordance.front.service.KvService`, answer JSON.
 Every failure is raised as a ``ConcordanceError`` for the error middleware.
 Each handler checks the caller's key (``request[ACCESS]``, see
-``concordance.scopes``) on every key and prefix it touches, after validating
+``concordance.security.access``) on every key and prefix it touches, after validating
 them and before anything is read or proposed, and filters what lists and
 change feeds return to what the key may see.
 """
@@ -28,7 +28,7 @@ from concordance.front.validate import (
     query_str,
     require_object,
 )
-from concordance.keys import validate_key, validate_prefix
+from concordance.protocol.kv_keys import validate_key, validate_prefix
 
 __all__ = [
     "batch",

@@ -17,7 +17,7 @@ Who may call what (API.md §3):
   ask to be added (``join.py``).
 * everything else: the full key, or the agent key for ``GET``/``HEAD``
   except ``cluster_backup`` (``/stream`` checks each method itself).
-* scoped keys (``--keys``, ``concordance.scopes``): the key-value routes
+* scoped keys (``--keys``, ``concordance.security.access``): the key-value routes
   and ``/stream`` only; the handlers check each key and prefix against the
   key's grants and filter what lists and feeds show.
 * a node started ``--insecure`` without an API key lets everything through.
@@ -49,7 +49,7 @@ from concordance.errors import (
 )
 from concordance.front.appkeys import ACCESS, CONFIG, KEYRING, METRICS
 from concordance.front.codec import dumps
-from concordance.scopes import AGENT, FULL, KeyRing, Principal
+from concordance.security.access import AGENT, FULL, KeyRing, Principal
 
 __all__ = [
     "AGENT_FORBIDDEN",

@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.durable import fsync_dir
@@ -82,11 +82,12 @@ from concordance.errors import (
     RemoteProtocolError,
     Unavailable,
 )
-from concordance.fronts import Fronts
+from concordance.ipc.fronts import Fronts
+from concordance.ipc.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.latency import LatencyCounts
-from concordance.payloads import new_outcome
+from concordance.protocol import wire
+from concordance.protocol.payloads import new_outcome
 from concordance.raft.entries import EntryKind
-from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.storage import durability, snapshot
 from concordance.storage.apply_merge import take_queued
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine

@@ -9,7 +9,7 @@ import pytest
 
 from concordance.config import ConfigError
 from concordance.errors import Forbidden
-from concordance.scopes import AGENT, FULL, KeyRing, hash_secret, parse_key_file
+from concordance.security.access import AGENT, FULL, KeyRing, hash_secret, parse_key_file
 
 ACME = hash_secret("acme-secret")
 OPS = hash_secret("ops-secret")

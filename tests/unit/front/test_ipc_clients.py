@@ -20,13 +20,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import fronts, ipc, payloads, wire
+from concordance import ipc
 from concordance.errors import NotLeader, Unavailable
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
 from concordance.front.appkeys import HUB
 from concordance.front.ipc_clients import HOLD_POLL, IpcConsensus, IpcStorage, connect
-from concordance.sockets import Server, Sockets, ZmqSockets
+from concordance.ipc import fronts
+from concordance.ipc.sockets import Server, Sockets, ZmqSockets
+from concordance.protocol import payloads, wire
 from concordance.storage.fsm import StateMachine
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc

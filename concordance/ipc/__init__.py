@@ -1,7 +1,7 @@
 """ZeroMQ sockets between a node's roles: requests with ids and deadlines, one-way pushes, events.
 
 This implements the socket half of docs/PROTOCOL.md (§1, §2, §4) on top of
-``concordance.wire``, which owns every byte. It exists so that no role ever
+``concordance.protocol.wire``, which owns every byte. It exists so that no role ever
 touches a raw socket option, frame list or ``zmq.ZMQError``: roles see typed
 bodies, ``ConcordanceError`` from the other side, and ``IpcError`` for the
 plumbing.
@@ -24,7 +24,7 @@ Rules / theory of operation:
   :data:`SYSTEM_CLOCK` by default); only the bind retry, which waits for the
   kernel, reads the loop's time itself.
 - Endpoints are filesystem sockets in the node's private run directory
-  (``run_dir``, ``concordance.ipc_paths``: 0700, ours, checked at start), so
+  (``run_dir``, ``concordance.ipc.paths``: 0700, ours, checked at start), so
   no other user can bind or connect to them. A binder holds a lock beside
   its socket while bound, so a second binder fails with ``EADDRINUSE``
   instead of stealing the socket; binders also keep ``IPC_FILTER_UID`` (our
@@ -60,8 +60,8 @@ from concordance.errors import (
     PeerGone,
     RemoteProtocolError,
 )
-from concordance.ipc_paths import BindLock, endpoint_path, run_dir
-from concordance.wire import (
+from concordance.ipc.paths import BindLock, endpoint_path, run_dir
+from concordance.protocol.wire import (
     ONE_WAY,
     REPLIES,
     TOPICS,
