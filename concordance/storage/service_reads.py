@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from concordance.storage.service import ServiceTimings
 from concordance.storage.service_snapshots import copy_database
 
-log = logging.getLogger("concordance.storage.service")
+log = logging.getLogger("concordance.storage.service")  # the log name it always had
 
 _Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
 # A request's handler returns its reply, or None when it answers later.

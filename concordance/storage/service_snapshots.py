@@ -29,7 +29,7 @@ from concordance.storage.fsm import StateMachine
 if TYPE_CHECKING:
     from concordance.storage.service import ServiceTimings
 
-log = logging.getLogger("concordance.storage.service")
+log = logging.getLogger("concordance.storage.service")  # the log name it always had
 
 _SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 
