@@ -46,7 +46,7 @@ from aiohttp import web
 from concordance import config, environment
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
-from concordance.front.appkeys import GATE
+from concordance.front.app_state import GATE
 from concordance.front.ipc_clients import connect
 from concordance.front.supervisor import Supervisord
 from concordance.ipc import fdpass

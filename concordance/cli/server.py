@@ -164,10 +164,10 @@ def _abspath(path: str | None) -> str | None:
 
 def _check_files(cfg: NodeConfig) -> None:
     """Load the key file and TLS files once here, so a bad one stops the node with a reason."""
-    from concordance.security.access import KeyRing
+    from concordance.security.access import AccessKeyRing
     from concordance.security.tls import TlsContexts
 
-    KeyRing(cfg.keys_file)
+    AccessKeyRing(cfg.keys_file)
     if cfg.tls:
         TlsContexts(cfg)
 

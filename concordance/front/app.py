@@ -35,14 +35,14 @@ from aiohttp import web
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.errors import Unavailable
-from concordance.front.appkeys import (
+from concordance.front.app_state import (
+    ACCESS_KEYRING,
     CIPHER,
     CLIENTS,
     CLOCK,
     CONFIG,
     GATE,
     HUB,
-    KEYRING,
     KV,
     METRICS,
     PROBES,
@@ -66,7 +66,7 @@ from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
 from concordance.protocol import wire
-from concordance.security.access import KeyRing
+from concordance.security.access import AccessKeyRing
 from concordance.security.crypto import Cipher
 from concordance.security.tls import TlsContexts
 
@@ -136,7 +136,7 @@ def make_app(
     app[PROBES] = Probes.on(timers.monotonic)
     app[SUPERVISOR] = supervisor
     app[STREAMS] = weakref.WeakSet[Closable]()
-    app[KEYRING] = KeyRing(cfg.keys_file)
+    app[ACCESS_KEYRING] = AccessKeyRing(cfg.keys_file)
     if tls is not None:
         app[TLS] = tls
     setup_routes(app)
@@ -209,7 +209,7 @@ def reload(app: web.Application) -> bool:
     Whatever fails to load keeps its previous version (and is logged), so a
     bad edit never locks every client out of a running node.
     """
-    ok = app[KEYRING].reload()
+    ok = app[ACCESS_KEYRING].reload()
     if TLS in app:
         ok = app[TLS].reload() and ok
     return ok

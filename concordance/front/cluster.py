@@ -23,7 +23,7 @@ from aiohttp import web
 from concordance.config import ROLES, ConfigError, parse_address, validate_node_id
 from concordance.errors import InvalidRequest, Timeout, Unavailable
 from concordance.front import metrics as prom
-from concordance.front.appkeys import (
+from concordance.front.app_state import (
     CLIENTS,
     CONFIG,
     GATE,

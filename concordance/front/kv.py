@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from concordance.errors import NotFound
-from concordance.front.appkeys import ACCESS, CONFIG, KV
+from concordance.front.app_state import ACCESS, CONFIG, KV
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
     parse_batch,

@@ -53,7 +53,7 @@ from concordance.errors import (
     NotFound,
     Unavailable,
 )
-from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS
+from concordance.front.app_state import ACCESS, CONFIG, HUB, KV, STREAMS
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
     MAX_BATCH_OPS,

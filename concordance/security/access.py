@@ -51,8 +51,8 @@ from concordance.security.crypto import is_sensitive
 __all__ = [
     "AGENT",
     "FULL",
+    "AccessKeyRing",
     "Grant",
-    "KeyRing",
     "Principal",
     "ScopedKey",
     "hash_secret",
@@ -235,7 +235,7 @@ def parse_key_file(path: str, text: str) -> tuple[ScopedKey, ...]:
     return tuple(out)
 
 
-class KeyRing:
+class AccessKeyRing:
     """The scoped keys a node accepts now; :meth:`reload` swaps them atomically.
 
     Args:

@@ -24,7 +24,7 @@ from concordance import ipc
 from concordance.errors import NotLeader, Unavailable
 from concordance.front import retry
 from concordance.front.app import make_app
-from concordance.front.appkeys import HUB
+from concordance.front.app_state import HUB
 from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
 from concordance.front.retry import HOLD_POLL
 from concordance.ipc import fronts

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from concordance.front import writes
-from concordance.front.appkeys import PROPOSER
+from concordance.front.app_state import PROPOSER
 from concordance.protocol import wire
 from concordance.protocol.commands import Command, Set
 from concordance.testing.clock import ManualClock
