@@ -38,8 +38,8 @@ Modules: ``zmq_base`` (context, endpoints, the socket pump, binding), ``rpc``
 (:class:`RpcServer`, :class:`RpcClient`), ``pubsub`` (:class:`Publisher`,
 :class:`Subscriber`), ``paths`` (the run directory and bind lock), ``sockets``
 (the Protocols roles open their ends through), ``fronts``, ``fdpass``. The
-names below are re-exported lazily, so importing ``concordance.ipc.paths`` or
-``fdpass`` (the node command, the keepers) does not load ZeroMQ.
+names below are re-exported lazily, so importing ``concordance.ipc.paths``
+(``concordance node`` checks the run directory with it) does not load ZeroMQ.
 """
 
 from __future__ import annotations
