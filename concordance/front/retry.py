@@ -44,13 +44,12 @@ from concordance.clock import Clock
 from concordance.errors import IpcError, IpcTimeout, Unavailable
 from concordance.ipc import sockets
 from concordance.protocol import wire
-from concordance.timing import STOPPING_BOUND
+from concordance.timing import STOPPING_BOUND, UNAVAILABLE_RETRY
 
 log = logging.getLogger("concordance.front.ipc_clients")  # the log name it always had
 
 ATTEMPT_CAP = 1.0  # seconds one attempt of an idempotent request may take
 ACK_TIMEOUT = 1.0  # seconds a ``stopping_ack`` may wait for room
-UNAVAILABLE_RETRY = 1.5  # seconds a role answering "unavailable" is asked again
 CONNECT_GRACE = 1.0  # seconds heavy requests (backup, snapshot) wait for a connection
 RESULT_MARGIN = 1.0  # seconds of a proposal's deadline kept for its result, not for holding
 HOLD_POLL = 0.01  # seconds between two looks at a held role's connection
