@@ -267,9 +267,10 @@ def _run_ctl(args: argparse.Namespace) -> int:
                 _restart(control, role)  # each waits until the role serves again
             return 0
         if args.action == "status":
+            from concordance.node.supervise import serving
+
             for name, state in sorted(control.states().items()):
-                pid = state.pid or "-"
-                print(f"{name:<10} {state.state:<9} pid {pid!s:<8} {state.description}")
+                print(state.line(serving(control.data_dir, name)))
             return 0
         if args.role is None:
             print(f"concordance ctl {args.action}: which role? {', '.join(ROLES)}", file=sys.stderr)

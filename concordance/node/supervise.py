@@ -163,6 +163,15 @@ class RoleState:
     pid: int | None
     description: str
 
+    def line(self, serving_pid: int | None) -> str:
+        """One row of ``ctl status``: supervisord's pid is the role's keeper, so the
+        process that serves the role (its keeper's record) is shown beside it."""
+        pid = self.pid or "-"
+        now = serving_pid if self.up and serving_pid is not None else "-"
+        return (
+            f"{self.name:<10} {self.state:<9} pid {pid!s:<8} serving {now!s:<8} {self.description}"
+        )
+
     @property
     def up(self) -> bool:
         # STARTING = spawned and alive, not yet past startsecs: it is serving.
