@@ -57,6 +57,7 @@ from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
+from concordance.consensus.notices import CommitNotices
 from concordance.consensus.peers import Deliver, PeerTransport, peer_net
 from concordance.consensus.promotion import Promoter, view_of
 from concordance.consensus.snapshots import SnapshotCoordinator
@@ -123,6 +124,7 @@ class ConsensusDriver:
         # the peer links: ``consensus/peers.py`` unless a test joins drivers in memory
         self.peers = net(self._frame_in) if net else peer_net(cfg, self._frame_in, clock)
         self._frames_in: list[bytes] = []  # from peer links, stepped on the next turn
+        self.notices = CommitNotices(clock, self._send_now)  # the commit broadcast, held back
         self._fds: fdpass.FdReceiver | None = None
         self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
         self.snapshots = SnapshotCoordinator(
@@ -362,6 +364,7 @@ class ConsensusDriver:
         if self._fds is not None:
             self._fds.close()
             self._fds = None
+        self.notices.flush()
         await self.peers.close(flush=PEER_FLUSH)
         await self.server.close()
         await self.disk.close()
@@ -719,7 +722,11 @@ class ConsensusDriver:
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
         """Hand the frames to the peer links, grouped per peer (written at once on a
-        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``)."""
+        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``),
+        but commit notices to ``notices`` (held a moment: an append may carry them)."""
+        self._send_now(self.notices.filter(messages))
+
+    def _send_now(self, messages: list[Message]) -> None:
         group: dict[str, list[bytes]] = {}
         for msg in messages:
             group.setdefault(msg.dst, []).append(wire.encode_raft(msg))
