@@ -81,10 +81,3 @@ class CommitNotices:
         if self._timer is not None:
             self._timer.cancel()
         self._due()
-
-    def drop(self) -> None:
-        """Forget what is held (closing)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._held.clear()
