@@ -60,6 +60,7 @@ from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
+from concordance.consensus.notices import CommitNotices
 from concordance.consensus.outbound import STORAGE
 from concordance.consensus.peers import Deliver, PeerTransport, peer_net
 from concordance.consensus.planned_stop import PlannedStop
@@ -128,6 +129,7 @@ class ConsensusDriver(PlannedStop):
         # the peer links: ``consensus/peers.py`` unless a test joins drivers in memory
         self.peers = net(self._frame_in) if net else peer_net(cfg, self._frame_in, clock)
         self._frames_in: list[bytes] = []  # from peer links, stepped on the next turn
+        self.notices = CommitNotices(clock, self._send_now)  # the commit broadcast, held back
         self._fds: fdpass.FdReceiver | None = None
         self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
         self.snapshots = SnapshotCoordinator(
@@ -254,6 +256,7 @@ class ConsensusDriver(PlannedStop):
         if self._fds is not None:
             self._fds.close()
             self._fds = None
+        self.notices.flush()
         await self.peers.close(flush=PEER_FLUSH)
         await self.server.close()
         await self.disk.close()

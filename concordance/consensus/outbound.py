@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from concordance.config import NodeConfig
+from concordance.consensus.notices import CommitNotices
 from concordance.consensus.peers import PeerTransport
 from concordance.errors import IpcError, PeerGone
 from concordance.ipc.fronts import Fronts
@@ -37,6 +38,7 @@ class Outbound:
     core: RaftCore
     server: Server
     peers: PeerTransport
+    notices: CommitNotices
     fronts: Fronts
     _frames_in: list[bytes]
     _wake: asyncio.Event
@@ -58,7 +60,11 @@ class Outbound:
 
     async def _send_messages(self, messages: tuple[Message, ...]) -> None:
         """Hand the frames to the peer links, grouped per peer (written at once on a
-        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``)."""
+        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``),
+        but commit notices to ``notices`` (held a moment: an append may carry them)."""
+        self._send_now(self.notices.filter(messages))
+
+    def _send_now(self, messages: list[Message]) -> None:
         group: dict[str, list[bytes]] = {}
         for msg in messages:
             group.setdefault(msg.dst, []).append(wire.encode_raft(msg))

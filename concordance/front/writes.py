@@ -30,11 +30,18 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   round trip carries many writes, and consensus appends them together. Each
   write still has its own request id, waiter and outcome; the batch only
   shares the answer to ``propose`` (appended, refused, or unknown).
+* While a ``propose`` waits for its answer, the next batch stays open (and
+  keeps taking writes) until that answer comes or ``HOLD_MAX`` passes: one
+  message per round trip instead of one per loop turn. Consensus answers a
+  proposal before its fsync and steps what arrives during the fsync only
+  after it, so a held batch reaches the same Raft round it would have
+  reached sent at once; a lone write (one client) is never held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -56,6 +63,7 @@ BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
 REPROPOSE_DELAY = 0.05  # seconds before a refused (dropped) write is proposed again
 REPROPOSE_WINDOW = 0.5  # seconds from a write's first refusal until it is answered 503
+HOLD_MAX = 0.02  # seconds a batch waits at most for the previous propose's answer
 
 
 class _Batch:
@@ -99,6 +107,7 @@ class Proposer:
         # request id -> (first, last) refusal of its current run of refusals
         self._refused_at: dict[int, tuple[float, float]] = {}
         self._batch: _Batch | None = None
+        self._in_flight: asyncio.Future[None] | None = None  # the last propose's answer
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
@@ -175,10 +184,14 @@ class Proposer:
         return batch.answer
 
     async def _propose(self, batch: _Batch) -> None:
-        if self._batch is batch:
-            self._batch = None  # closed: writes of later loop turns make the next batch
-        self.batches += 1
         try:
+            previous = self._in_flight
+            if previous is not None and not previous.done():
+                await self._hold(previous)  # writes keep joining this batch meanwhile
+            if self._batch is batch:
+                self._batch = None  # closed: writes of later loop turns make the next batch
+            self._in_flight = batch.answer
+            self.batches += 1
             await self._consensus.propose(batch.commands, self._timeout)
         except asyncio.CancelledError:
             batch.answer.cancel()
@@ -188,6 +201,12 @@ class Proposer:
             batch.answer.exception()  # marked retrieved: the writers may have given up
         else:
             batch.answer.set_result(None)
+
+    async def _hold(self, previous: asyncio.Future[None]) -> None:
+        """Wait for ``previous`` to be answered (any outcome), ``HOLD_MAX`` at most."""
+        with contextlib.suppress(TimeoutError):
+            async with self._timers.timeout(HOLD_MAX):
+                await asyncio.wait((previous,))
 
     def deliver(self, results: wire.Results) -> None:
         """Resolve the waiters named in a ``results`` event (called by the event pump)."""

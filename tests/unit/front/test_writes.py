@@ -10,7 +10,7 @@ import pytest
 
 from concordance.errors import Unavailable
 from concordance.front.clients import ConsensusClient
-from concordance.front.writes import REPROPOSE_WINDOW, Proposer
+from concordance.front.writes import HOLD_MAX, REPROPOSE_WINDOW, Proposer
 from concordance.protocol import payloads, wire
 from concordance.protocol.commands import Command, Delete
 from concordance.testing.clock import ManualClock
@@ -296,5 +296,72 @@ def test_a_write_is_503_only_once_refused_for_the_window_in_a_row() -> None:
         with pytest.raises(Unavailable):
             await asyncio.wait_for(write, 5)
         assert proposer.pending == 0
+
+    asyncio.run(main())
+
+
+class Gated:
+    """``propose`` answers only when the test opens that call's gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[bytes]] = []
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+        self.calls.append(list(commands))
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+        return 1
+
+
+def test_writes_made_while_a_propose_waits_go_together_once_it_is_answered() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        first = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        await clock.settle()
+        assert len(consensus.calls) == 1  # a lone write is not held
+        later = []
+        for i in range(1, 4):  # three loop turns, each one write, while the first waits
+            later.append(asyncio.ensure_future(proposer.submit(Delete(f"{KEY}{i}"))))
+            await clock.settle()
+        assert len(consensus.calls) == 1  # held: they share the next batch
+        consensus.gates[0].set_result(None)
+        await clock.settle()
+        assert [len(c) for c in consensus.calls] == [1, 3] and proposer.batches == 2
+        ids = [request_id(c) for c in consensus.calls[1]]
+        proposer.deliver(
+            wire.Results(
+                "n1",
+                tuple(payloads.Outcome(r, None) for r in [request_id(consensus.calls[0][0]), *ids]),
+            )
+        )
+        consensus.gates[1].set_result(None)
+        assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [None] * 4
+
+    asyncio.run(main())
+
+
+def test_a_propose_that_is_not_answered_holds_the_next_batch_only_hold_max() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        stuck = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        await clock.settle()
+        behind = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
+        await clock.advance(HOLD_MAX * 0.9)
+        assert len(consensus.calls) == 1
+        await clock.advance(HOLD_MAX * 0.1)
+        assert len(consensus.calls) == 2  # sent without the first's answer
+        proposer.deliver(
+            wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[1][0]), None),))
+        )
+        consensus.gates[1].set_result(None)
+        assert await asyncio.wait_for(behind, 5) is None
+        assert not stuck.done()
+        stuck.cancel()
 
     asyncio.run(main())
