@@ -163,6 +163,7 @@ class ConsensusDriver:
         sockets: Sockets | None = None,
         clock: Clock = SYSTEM_CLOCK,
         net: Callable[[Deliver], PeerTransport] | None = None,
+        rng: random.Random | None = None,
     ) -> ConsensusDriver:
         """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
 
@@ -174,6 +175,8 @@ class ConsensusDriver:
                 context by default; tests pass ``concordance.testing.memory_ipc``).
             clock: what the driver's ticks, deadlines and timers run on.
             net: the peer links (``consensus/peers.py`` by default).
+            rng: the election timeouts' randomness (seeded from the OS by default;
+                the node simulation passes one drawn from its seed).
         """
         endpoint = ipc.endpoint(cfg.data_dir, "consensus")
         server = await (sockets or ZmqSockets()).server(endpoint)
@@ -189,7 +192,7 @@ class ConsensusDriver:
                 disk.initial_hard_state,
                 disk.initial_snapshot,
                 RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
-                random.Random(int.from_bytes(os.urandom(8), "big")),
+                rng or random.Random(int.from_bytes(os.urandom(8), "big")),
                 snapshots=disk.snapshots,
             )
         except BaseException:
