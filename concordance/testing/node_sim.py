@@ -90,7 +90,7 @@ class NodeSimOptions:
     """The shape of one run."""
 
     nodes: int = 3
-    seconds: float = 6.0  # simulated seconds of workload and faults
+    seconds: float = 4.0  # simulated seconds of workload and faults
     clients: int = 3
     watchers: int = 2
     spare: bool = True  # a node the workload adds to and removes from the membership
@@ -172,7 +172,7 @@ class NodeSimulation:
         if self.opts.spare:
             self._spare = f"n{self.opts.nodes + 1}"
             ids.append(self._spare)
-        timings = ServiceTimings(reaper=ReaperTimings(interval=0.1))
+        timings = ServiceTimings(reconnect_poll=0.2, reaper=ReaperTimings(interval=0.2))
         for node_id in ids:
             data = Path(root) / node_id
             data.mkdir()
@@ -556,8 +556,8 @@ def _config(node_id: str, data_dir: str, peers: dict[str, str], *, spare: bool) 
         peers={} if spare else dict(peers),
         join="10.0.0.1:4100" if spare else None,
         insecure=True,
-        tick_ms=50,
-        election_ticks=10,
+        tick_ms=100,
+        election_ticks=5,
         heartbeat_ticks=1,
         auto_promote=False,
         snapshot_every=40,

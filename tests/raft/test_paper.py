@@ -1268,3 +1268,22 @@ def test_forwarded_transfer_to_a_non_voter_is_refused_quietly() -> None:
         n1.core.step(TransferLeader(1, "n2", "n1", target))
     assert n1.core.lead_transferee is None
     assert n1.core.propose(b"still leading") == 2
+
+
+
+def test_follower_whose_probe_was_lost_is_probed_again_on_heartbeats() -> None:
+    """A follower in probe whose ``next`` is past the leader's log (its first probe
+    was lost: a member just added with an empty log) and which answers a
+    heartbeat gets a probe then (an empty AppendEntries), not nothing. Found by the
+    node simulation (seed 11: an added member stayed at commit 0 for 120 s of
+    heartbeats with an idle cluster). Reference: §5.3"""
+    net = cluster()
+    n1 = net.elect("n1")
+    net.stabilize()
+    pr = n1.core._repl.progress["n3"]
+    pr.become_probe()
+    pr.match, pr.next = 0, n1.core.log.last_index() + 1  # as after a lost first probe
+    drain(n1)
+    n1.core.step(HeartbeatResponse(n1.core.term, "n3", "n1", 0))
+    probes = of_type(AppendEntries, drain(n1), dst="n3")
+    assert len(probes) == 1 and probes[0].reply
