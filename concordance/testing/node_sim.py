@@ -77,6 +77,7 @@ CONVERGE_WITHIN = 60.0  # simulated seconds the calm end has to converge
 TENANT = "tenant:sim/"
 KEYS = tuple(f"{TENANT}k{i}" for i in range(4))
 TTL_PREFIX = f"{TENANT}ttl/"
+TTL_MAX = 0.8  # seconds: the longest TTL a client sets
 TTL_KEYS = (f"{TTL_PREFIX}a", f"{TTL_PREFIX}b")
 WATCH_PREFIX = f"{TENANT}k"
 
@@ -288,7 +289,7 @@ class NodeSimulation:
     async def _ttl_write(self, node: SimNode, rng: random.Random) -> None:
         kv = node.kv
         assert kv is not None
-        expires = EPOCH_MS + int((self._now() + rng.uniform(0.2, 1.5)) * 1000)
+        expires = EPOCH_MS + int((self._now() + rng.uniform(0.1, TTL_MAX)) * 1000)
         args = SetArgs(rng.choice(TTL_KEYS), b"1", None, expires)
         await self._request(node, lambda: kv.set(args))
 
@@ -405,9 +406,9 @@ class NodeSimulation:
             await node.start()
         limit = self._now() + CONVERGE_WITHIN
         while self._now() < limit:
-            await asyncio.sleep(0.1)
             if self._converged():
                 break
+            await asyncio.sleep(0.05)
         for key in KEYS:  # final consistent reads: part of the history
             for _ in range(20):
                 node = self.rng.choice(self._live_fronts())
@@ -419,11 +420,11 @@ class NodeSimulation:
                     self._record(-1, key, "get", None, call, status, body)
                     break
         # past every TTL, then converged again: the reaper must have deleted each one
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(TTL_MAX)
         while self._now() < limit + CONVERGE_WITHIN:
-            await asyncio.sleep(0.1)
             if self._converged() and not self._unreaped():
                 break
+            await asyncio.sleep(0.05)
 
     def _members(self) -> list[SimNode]:
         membership = self._membership()
