@@ -199,6 +199,9 @@ class ConsensusDriver:
             await server.close()
             await disk.close()
             raise
+        latest = disk.latest_snapshot()
+        if latest is not None:
+            core.snapshot_on_disk(latest)  # the base record may have no file; this one has
         if disk.bootstrapped:
             log.info("%s bootstrapped %s", cfg.node_id, core.membership)
         try:

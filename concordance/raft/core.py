@@ -242,6 +242,15 @@ class RaftCore:
         self.snapshot = meta = self.base_meta(index)
         return meta
 
+    def snapshot_on_disk(self, meta: SnapshotMeta) -> None:
+        """A snapshot file the store already holds, found by a restarted driver. The core
+        starts from the log's base record, which has no file when the log was compacted
+        behind a checkpoint; without this a follower behind that base would wait for a
+        snapshot forever (the driver sees a file reaching it and asks for none). Only a
+        newer one than the core knows replaces it."""
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
+
     def base_meta(self, index: int) -> SnapshotMeta:
         """The metadata of the state at ``index`` (<= applied, >= the log's base): for a
         snapshot, or for a compaction with none (package docstring)."""
