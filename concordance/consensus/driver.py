@@ -490,6 +490,7 @@ class ConsensusDriver:
     async def _on_stopping(self, peer: bytes, env: wire.Envelope) -> None:
         if peer == STORAGE:
             self.stream.on_stopping()
+            self.snapshots.on_storage_stopping()
 
     def _from_storage(self, peer: bytes, env: wire.Envelope) -> bool:
         """Whether ``peer`` may report storage's position (only storage does)."""
@@ -501,6 +502,8 @@ class ConsensusDriver:
         assert isinstance(env.body, wire.Hello)
         if self._from_storage(peer, env):
             self.stream.on_hello(env.body.applied_index)
+            self.snapshots.on_storage_hello()  # a successor: re-ask what the old one lost
+            await self.snapshots.resend()
             await self._tell_leadership()  # repairs a lost push, tells a new storage
 
     async def _on_applied(self, peer: bytes, env: wire.Envelope) -> None:
