@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 from concordance.testing.node_sim import NodeSimulation, SimFailure
 
@@ -21,6 +22,8 @@ def run_one(seed: int, verbose: bool = False) -> str | None:
         sim.run()
     except SimFailure as e:
         return str(e)
+    except Exception:  # the simulation itself broke: a failure of this seed too
+        return f"seed {seed}: the simulation raised\n{traceback.format_exc()}"
     if verbose:
         print(f"seed {seed}: ok, trace {sim.trace_hash[:16]}, {len(sim.history)} ops, {sim.stats}")
     return None

@@ -133,6 +133,8 @@ class SimNode:
         self.roles: dict[str, _Role] = {}
         self.front_starts = 0
         self.failures: list[str] = []  # roles that died on their own, with why
+        # one start or stop of a role at a time, as one supervisor runs one process per role
+        self._locks = {role: asyncio.Lock() for role in ROLES}
 
     # -- state ----------------------------------------------------------------
     def up(self, role: str) -> bool:
@@ -171,8 +173,9 @@ class SimNode:
     # -- start ----------------------------------------------------------------
     async def start(self, roles: Iterable[str] = ROLES) -> None:
         for role in roles:
-            if not self.up(role):
-                await getattr(self, f"_start_{role}")()
+            async with self._locks[role]:
+                if not self.up(role):
+                    await getattr(self, f"_start_{role}")()
 
     async def _start_consensus(self) -> None:
         r = _Role("consensus", self.ipc)
@@ -244,6 +247,10 @@ class SimNode:
     # -- stop -----------------------------------------------------------------
     async def stop(self, role: str, *, clean: bool) -> None:
         """Stop ``role`` cleanly (its planned stop) or abruptly (a crash)."""
+        async with self._locks[role]:
+            await self._stop(role, clean=clean)
+
+    async def _stop(self, role: str, *, clean: bool) -> None:
         r = self.roles.get(role)
         if r is None or not self.up(role):
             return
