@@ -10,7 +10,7 @@ import pytest
 
 from concordance import payloads, wire
 from concordance.commands import Command, Delete
-from concordance.errors import Unavailable
+from concordance.errors import Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 from concordance.front.writes import REPROPOSE_WINDOW, Proposer
 from concordance.testing.clock import ManualClock
@@ -296,5 +296,24 @@ def test_a_write_is_503_only_once_refused_for_the_window_in_a_row() -> None:
         with pytest.raises(Unavailable):
             await asyncio.wait_for(write, 5)
         assert proposer.pending == 0
+
+    asyncio.run(main())
+
+
+def test_a_stopping_front_ends_waiting_writes_as_outcome_unknown() -> None:
+    """A write proposed (forwarded: index 0) and still waiting for its result when the
+    front stops ends with 504 ``Timeout``, never 503 ``Unavailable``: it may be
+    applied after this front is gone, and 503 would tell the client it was not
+    (the node simulation found a delete answered 503 that was applied)."""
+
+    async def main() -> None:
+        proposer = proposer_with(lambda p, commands: None)  # proposed; no result ever
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert proposer.pending == 1 and not write.done()
+        proposer.abandon_all()
+        with pytest.raises(Timeout):
+            await write
 
     asyncio.run(main())
