@@ -68,7 +68,7 @@ from concordance.testing import linearizability as lin
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.sim_loop import EPOCH_MS, SimLoop
 from concordance.testing.sim_net import SimNetwork
-from concordance.testing.sim_node import ROLES, SimNode
+from concordance.testing.sim_node import ROLES, SimNode, released_on_crash
 
 __all__ = ["NodeSimOptions", "NodeSimulation", "SimFailure", "run_seed"]
 
@@ -92,7 +92,7 @@ class NodeSimOptions:
 
     nodes: int = 3
     seconds: float = 4.0  # simulated seconds of workload and faults
-    clients: int = 3
+    clients: int = 5
     watchers: int = 2
     spare: bool = True  # a node the workload adds to and removes from the membership
     faults: bool = True
@@ -117,8 +117,11 @@ class _Sink:
         self.watcher = watcher
         self.cancelled_reason: str | None = None
         self.woken = asyncio.Event()
+        self.closed = False  # the client left this subscription (closed its connection)
 
     def notify(self, subscription_id: int, events: list[dict[str, Any]], _json: str | None) -> bool:
+        if self.closed:
+            return True  # written to a connection the client closed: nobody reads it
         w = self.watcher
         for e in events:
             rev = int(e["revision"])
@@ -159,7 +162,8 @@ class NodeSimulation:
         root = tempfile.mkdtemp(prefix="ccsim-", dir=base)
         loop = SimLoop()
         try:
-            with _deterministic_ids(random.Random(self.rng.getrandbits(64))), _quiet():
+            ids = random.Random(self.rng.getrandbits(64))
+            with _deterministic_ids(ids), _quiet(), released_on_crash():
                 loop.run_until_complete(self._main(root))
         finally:
             _close_loop(loop)
@@ -191,6 +195,7 @@ class NodeSimulation:
         await asyncio.gather(*jobs)
         await asyncio.gather(*self._restarts)
         await self._calm()
+        self._tally()
         try:
             self._check()
         finally:
@@ -303,11 +308,12 @@ class NodeSimulation:
                 await asyncio.sleep(0.1)
                 continue
             node = rng.choice(fronts)
-            await self._follow(node, w)
+            # a client also moves to another node now and then, resuming where it was
+            await self._follow(node, w, self._now() + rng.uniform(0.2, 1.5))
             await asyncio.sleep(rng.uniform(0.01, 0.2))
 
-    async def _follow(self, node: SimNode, w: _Watcher) -> None:
-        """One subscription, until its front goes or it is cancelled."""
+    async def _follow(self, node: SimNode, w: _Watcher, leave_at: float) -> None:
+        """One subscription, until its front goes, it is cancelled, or ``leave_at``."""
         hub, run = node.hub, node.front_run()
         if hub is None or run is None:
             return
@@ -324,13 +330,15 @@ class NodeSimulation:
         if w.start is None:
             w.start = w.cursor = revision
         sub.start()
-        while node.front_run() is run and sink.cancelled_reason is None and self._now() < self._end:
+        end = min(self._end, leave_at)
+        while node.front_run() is run and sink.cancelled_reason is None and self._now() < end:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.1):
                     await sink.woken.wait()
+        sink.closed = True
         if sink.cancelled_reason == "compacted":
             w.ended = "compacted"
-        if node.front_run() is run and not sub.ended:
+        if not sub.ended:
             hub.unsubscribe(sub)
 
     # -- faults ---------------------------------------------------------------
@@ -459,6 +467,16 @@ class NodeSimulation:
             ):
                 out.append(f"{node.node_id}:{key}")
         return out
+
+    def _tally(self) -> None:
+        """What the run did, beside the faults counted as they came (``stats``)."""
+        for node in self.nodes.values():
+            if node.driver is not None:
+                snaps = node.driver.snapshots
+                self.stats["compactions"] = self.stats.get("compactions", 0) + snaps.compactions
+                self.stats["snapshot files"] = self.stats.get("snapshot files", 0) + snaps.taken
+        self.stats["watch events"] = sum(len(w.events) for w in self.watchers)
+        self.stats["acknowledged"] = sum(1 for op in self.history if op.status == "ok")
 
     # -- checks ---------------------------------------------------------------
     def _check(self) -> None:

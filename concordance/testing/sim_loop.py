@@ -95,6 +95,8 @@ class RoleRun:
         self.name = name
         self.tasks: list[asyncio.Task[Any]] = []
         self.timers: list[asyncio.TimerHandle] = []
+        # what the kernel would release at a process's death (closed after a kill)
+        self.resources: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.context = contextvars.copy_context()
         self.context.run(ROLE.set, self)
 

@@ -10,7 +10,7 @@ How a role is stopped:
 * **clean** (a planned stop, what SIGTERM does): the role's own shutdown path
   (``ConsensusDriver.shutdown``, ``StorageService.shutdown``; the front as
   aiohttp stops it: ``on_shutdown``, then in-flight requests finish for up
-  to ``FRONT_GRACE``, then the cleanup context closes its clients);
+  to ``FRONT_SHUTDOWN_GRACE``, then the cleanup context closes its clients);
 * **abrupt** (a crash, ``kill -9``): its IPC ends close at once (as the kernel
   closes a dead process's sockets), its peer links go, then every task and
   timer it started is cancelled (``sim_loop.RoleRun``). What a cancelled
@@ -29,15 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from concordance import ipc
 from concordance.config import NodeConfig
 from concordance.consensus import ConsensusDriver
+from concordance.front import app as front_app
 from concordance.front import ipc_clients
 from concordance.front.appkeys import HUB, KV
 from concordance.front.app import make_app
@@ -47,14 +49,14 @@ from concordance.front.watch import WatchHub
 from concordance.sockets import Client, Publisher, Server, Sockets, Subscriber
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.testing.memory_ipc import MemoryIpc
-from concordance.testing.sim_loop import LoopClock, RoleRun
+from concordance.testing.sim_loop import ROLE, LoopClock, RoleRun
 from concordance.testing.sim_net import SimNetwork
 from concordance.testing.supervisor import MemorySupervisor
+from concordance.timing import FRONT_SHUTDOWN_GRACE
 
-__all__ = ["ROLES", "SimNode"]
+__all__ = ["ROLES", "SimNode", "released_on_crash"]
 
 ROLES = ("consensus", "storage", "front")
-FRONT_GRACE = 3.0  # seconds in-flight requests get on a front's clean stop
 STOP_LIMIT = 30.0  # a clean stop that takes longer than this is a bug
 
 
@@ -107,10 +109,34 @@ class _Role:
         self.clock = LoopClock(self.run)
         self.task: asyncio.Task[Any] | None = None
         self.obj: Any = None
+        self.stopping = False  # a clean stop began: a front takes no new requests
 
     async def crash(self) -> None:
         await self.ends.close_all()
         self.run.kill()
+        for close in self.run.resources:
+            await close()
+
+
+@contextlib.contextmanager
+def released_on_crash() -> Iterator[None]:
+    """While a simulation runs: the front's HTTP client session (opened in its cleanup
+    context, closed by it on a clean stop) is also closed when the front is killed,
+    as the kernel would close its sockets."""
+    original = front_app._http_session
+
+    def session() -> aiohttp.ClientSession:
+        made = original()
+        run = ROLE.get()
+        if run is not None:
+            run.resources.append(made.close)
+        return made
+
+    front_app._http_session = session  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        front_app._http_session = original  # type: ignore[assignment]
 
 
 class SimNode:
@@ -163,12 +189,13 @@ class SimNode:
 
     def _app(self) -> web.Application | None:
         r = self.roles.get("front")
-        return r.obj if r is not None and self.up("front") else None
+        return r.obj if r is not None and self.up("front") and not r.stopping else None
 
     def front_run(self) -> RoleRun | None:
-        """The running front's incarnation (client requests run as its tasks)."""
+        """The serving front's incarnation (client requests run as its tasks); None
+        while it is down or stopping (its listener is closed first, as aiohttp does)."""
         r = self.roles.get("front")
-        return r.run if r is not None and self.up("front") else None
+        return r.run if r is not None and self.up("front") and not r.stopping else None
 
     # -- start ----------------------------------------------------------------
     async def start(self, roles: Iterable[str] = ROLES) -> None:
@@ -226,8 +253,9 @@ class SimNode:
         started = asyncio.get_running_loop().create_future()
 
         async def main() -> None:
-            app.freeze()
+            app.on_startup.freeze()  # as aiohttp's AppRunner.setup does: freeze after startup
             await app.startup()
+            app.freeze()
             r.obj = app
             started.set_result(None)
             await asyncio.Event().wait()  # serves until stopped or killed
@@ -276,10 +304,11 @@ class SimNode:
         if app is None:
             await r.crash()
             return
+        r.stopping = True
         await app.shutdown()
         busy = [t for t in r.run.tasks if t.get_name().startswith("client") and not t.done()]
         if busy:
-            await asyncio.wait(busy, timeout=FRONT_GRACE)
+            await asyncio.wait(busy, timeout=FRONT_SHUTDOWN_GRACE)
         for task in busy:
             task.cancel()
         await app.cleanup()
