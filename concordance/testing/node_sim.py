@@ -53,6 +53,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,10 +249,10 @@ class NodeSimulation:
                 await self._ttl_write(node, rng)
                 continue
             if roll < 0.16:  # a local read: not linearizable, not in the history
-                await self._request(node, lambda k=key: kv.get(k))
+                await self._request(node, partial(kv.get, key))
                 continue
             if roll < 0.45:
-                status, body = await self._request(node, lambda k=key: kv.get(k, consistent=True))
+                status, body = await self._request(node, partial(kv.get, key, consistent=True))
                 self._record(cid, key, "get", None, call, status, body)
                 continue
             if roll < 0.85:
@@ -259,13 +260,13 @@ class NodeSimulation:
                 cas = roll >= 0.7
                 if_version = seen.get(key, 0) if cas else None
                 args = SetArgs(key, json.dumps(value).encode(), if_version, None)
-                status, body = await self._request(node, lambda a=args: kv.set(a))
+                status, body = await self._request(node, partial(kv.set, args))
                 kind: lin.Kind = "cas" if cas else "set"
                 op = self._record(cid, key, kind, lin.Write(value, if_version), call, status, body)
             else:
                 if_version = seen.get(key) if roll > 0.95 else None
                 d = DeleteArgs(key, if_version)
-                status, body = await self._request(node, lambda a=d: kv.delete(a))
+                status, body = await self._request(node, partial(kv.delete, d))
                 op = self._record(cid, key, "delete", if_version, call, status, body)
             if op.status == "ok" and isinstance(op.output, (lin.Written, lin.Deleted)):
                 seen[key] = op.output.version
@@ -296,7 +297,7 @@ class NodeSimulation:
         assert kv is not None
         expires = EPOCH_MS + int((self._now() + rng.uniform(0.1, TTL_MAX)) * 1000)
         args = SetArgs(rng.choice(TTL_KEYS), b"1", None, expires)
-        await self._request(node, lambda: kv.set(args))
+        await self._request(node, partial(kv.set, args))
 
     async def _watch(self, wid: int) -> None:
         w = _Watcher(wid)
@@ -391,7 +392,9 @@ class NodeSimulation:
         from concordance.front.appkeys import CLIENTS
 
         consensus = kv_app[CLIENTS].consensus
-        task = run.spawn(consensus.conf_change(op, self._spare, spare.cfg.listen, 2.0), name="client")
+        task = run.spawn(
+            consensus.conf_change(op, self._spare, spare.cfg.listen, 2.0), name="client"
+        )
         await asyncio.wait([task], timeout=CLIENT_TIMEOUT)
         if task.done() and not task.cancelled() and task.exception() is None:
             self.stats[op] = self.stats.get(op, 0) + 1
@@ -400,7 +403,8 @@ class NodeSimulation:
 
     def _membership(self) -> Any:
         leaders = [
-            n.driver for n in self.nodes.values()
+            n.driver
+            for n in self.nodes.values()
             if n.driver is not None and n.driver.core.role is Role.LEADER
         ]
         if not leaders:
@@ -423,7 +427,7 @@ class NodeSimulation:
                 kv = node.kv
                 assert kv is not None
                 call = self._now()
-                status, body = await self._request(node, lambda k=key: kv.get(k, consistent=True))
+                status, body = await self._request(node, partial(kv.get, key, consistent=True))
                 if status in (200,):
                     self._record(-1, key, "get", None, call, status, body)
                     break
@@ -444,7 +448,8 @@ class NodeSimulation:
         if membership is None:
             return False
         leader = next(
-            n.driver for n in self.nodes.values()
+            n.driver
+            for n in self.nodes.values()
             if n.driver is not None and n.driver.core.role is Role.LEADER
         )
         commit = leader.core.log.commit
@@ -560,8 +565,8 @@ class NodeSimulation:
 
 def _event_type(change: Any) -> str:
     """The API's event type of a stored change (as the renderer names it)."""
-    from concordance.front.codec import Renderer
     from concordance.crypto import Cipher
+    from concordance.front.codec import Renderer
 
     return str(Renderer(Cipher(())).event(change)["type"])
 
@@ -595,13 +600,17 @@ class _Ids:
 
 @contextlib.contextmanager
 def _deterministic_ids(rng: random.Random) -> Iterator[None]:
-    """Request ids from the seed (the front's proposer and storage's reaper draw them)."""
-    saved = writes.secrets, service_ttl.secrets
-    writes.secrets = service_ttl.secrets = _Ids(rng)  # type: ignore[assignment]
+    """Request ids from the seed (the front's proposer and storage's reaper draw them
+    from ``secrets``, their module's import, replaced for the run)."""
+    name, modules = "secrets", (writes, service_ttl)
+    saved = [vars(m)[name] for m in modules]
+    for m in modules:
+        setattr(m, name, _Ids(rng))
     try:
         yield
     finally:
-        writes.secrets, service_ttl.secrets = saved
+        for m, original in zip(modules, saved, strict=True):
+            setattr(m, name, original)
 
 
 @contextlib.contextmanager

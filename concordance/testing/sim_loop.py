@@ -46,7 +46,7 @@ class Stalled(RuntimeError):
     """Nothing is ready and no timer is scheduled: the simulation can never move again."""
 
 
-class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _JumpSelector(selectors.DefaultSelector):
     """Polls without waiting; tells its loop to jump when the loop would have slept."""
 
     loop: SimLoop
@@ -83,7 +83,7 @@ class SimLoop(asyncio.SelectorEventLoop):
         future: asyncio.Future[_T] = self.create_future()
         try:
             future.set_result(func(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task, as a pool does
+        except BaseException as e:
             future.set_exception(e)
         return future
 
@@ -122,7 +122,7 @@ def _track(
     context: contextvars.Context | None = None,
 ) -> asyncio.Task[Any]:
     """The task factory: a task started within a role's context belongs to that role."""
-    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)  # type: ignore[arg-type]
+    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
     run = (context if context is not None else contextvars.copy_context()).get(ROLE)
     if run is not None:
         if len(run.tasks) > 64:

@@ -41,8 +41,8 @@ from concordance.config import NodeConfig
 from concordance.consensus import ConsensusDriver
 from concordance.front import app as front_app
 from concordance.front import ipc_clients
-from concordance.front.appkeys import HUB, KV
 from concordance.front.app import make_app
+from concordance.front.appkeys import HUB, KV
 from concordance.front.clients import Clients
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
@@ -132,11 +132,11 @@ def released_on_crash() -> Iterator[None]:
             run.resources.append(made.close)
         return made
 
-    front_app._http_session = session  # type: ignore[assignment]
+    front_app._http_session = session
     try:
         yield
     finally:
-        front_app._http_session = original  # type: ignore[assignment]
+        front_app._http_session = original
 
 
 class SimNode:
@@ -211,7 +211,10 @@ class SimNode:
 
         async def main() -> None:
             driver = await ConsensusDriver.open(
-                self.cfg, r.ends, r.clock, net=self.net.factory(self.node_id),
+                self.cfg,
+                r.ends,
+                r.clock,
+                net=self.net.factory(self.node_id),
                 rng=random.Random(seed),
             )
             r.obj = driver
@@ -227,7 +230,9 @@ class SimNode:
             self.cfg, timings=self.storage_timings, clock=r.clock, sockets=r.ends
         )
         r.obj = service
-        r.task = r.run.spawn(self._watched("storage", service.run()), name=f"{self.node_id} storage")
+        r.task = r.run.spawn(
+            self._watched("storage", service.run()), name=f"{self.node_id} storage"
+        )
         await asyncio.sleep(0)
 
     async def _start_front(self) -> None:
@@ -247,7 +252,9 @@ class SimNode:
         # the front's config without --join: a simulated joiner is added by the workload
         front_cfg = replace(self.cfg, join=None)
         app = make_app(
-            front_cfg, connect, supervisor=MemorySupervisor(incarnation=incarnation),
+            front_cfg,
+            connect,
+            supervisor=MemorySupervisor(incarnation=incarnation),
             timers=r.clock,
         )
         started = asyncio.get_running_loop().create_future()
@@ -269,7 +276,7 @@ class SimNode:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - reported by the simulation's checks
+        except Exception as e:
             self.failures.append(f"{self.node_id} {role} died: {e!r}")
 
     # -- stop -----------------------------------------------------------------

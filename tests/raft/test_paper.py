@@ -1270,7 +1270,6 @@ def test_forwarded_transfer_to_a_non_voter_is_refused_quietly() -> None:
     assert n1.core.propose(b"still leading") == 2
 
 
-
 def test_follower_whose_probe_was_lost_is_probed_again_on_heartbeats() -> None:
     """A follower in probe whose ``next`` is past the leader's log (its first probe
     was lost: a member just added with an empty log) and which answers a
