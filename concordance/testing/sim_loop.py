@@ -12,9 +12,9 @@ What it changes of asyncio, and why each is safe for one process of roles:
 
 * ``time()`` is simulated (starts at ``start``); ``asyncio.sleep``,
   ``asyncio.timeout`` and ``call_later`` all follow it;
-* the selector is polled without blocking; if nothing is ready and a timer
-  is due later, time jumps to it. File descriptors still work (a role's Unix
-  sockets are opened for real), they just never make the loop wait;
+* the selector never waits and never polls: if nothing is ready and a timer
+  is due later, time jumps to it. Descriptors can be opened (consensus binds
+  its Unix socket for peer hand-overs) but never become ready;
 * ``run_in_executor`` (and so ``asyncio.to_thread``) runs the function at
   once on the loop thread: a thread's finishing time would be the one
   nondeterministic input left (the roles' SQLite work is short in a
@@ -47,17 +47,22 @@ class Stalled(RuntimeError):
 
 
 class _JumpSelector(selectors.DefaultSelector):
-    """Polls without waiting; tells its loop to jump when the loop would have slept."""
+    """Never waits and never polls: tells its loop to jump when it would have slept.
+
+    Nothing in a simulation makes a descriptor ready (the roles talk through
+    ``MemoryIpc`` and the simulated network; consensus's Unix socket for the
+    front's hand-over of peer connections is opened and never dialed), so a
+    poll could only cost a system call per loop turn and let the outside in.
+    """
 
     loop: SimLoop
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events: list[tuple[selectors.SelectorKey, int]] = super().select(0)
-        if not events and timeout != 0:
-            if timeout is None:
-                raise Stalled("no task is ready and no timer is scheduled")
+        if timeout is None:
+            raise Stalled("no task is ready and no timer is scheduled")
+        if timeout > 0:
             self.loop.jump(timeout)
-        return events
+        return []
 
 
 class SimLoop(asyncio.SelectorEventLoop):
@@ -123,7 +128,7 @@ def _track(
 ) -> asyncio.Task[Any]:
     """The task factory: a task started within a role's context belongs to that role."""
     task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
-    run = (context if context is not None else contextvars.copy_context()).get(ROLE)
+    run = ROLE.get() if context is None else context.get(ROLE)  # the task copies this one
     if run is not None:
         if len(run.tasks) > 64:
             run.tasks = [t for t in run.tasks if not t.done()]
