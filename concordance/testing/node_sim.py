@@ -365,6 +365,7 @@ class NodeSimulation:
             elif roll < 0.8:
                 net.drop = rng.choice((0.0, 0.05, 0.3))
                 net.reorder = rng.choice((0.0, 0.2, 0.5))
+                net.delay = rng.choice(((0.001, 0.005), (0.001, 0.005), (0.01, 0.3)))
             elif self._spare is not None:
                 await self._change_membership(rng)
 

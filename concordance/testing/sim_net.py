@@ -9,7 +9,8 @@ is one schedule of frames.
 Fault model (what a real network between nodes can do to Raft frames):
 
 * each frame is dropped with probability ``drop``, else delivered after a
-  delay drawn from ``delay`` plus, with probability ``reorder``, an extra
+  delay drawn from ``delay`` (1-5 ms, or 10-300 ms on a slow network, longer
+  than a heartbeat and up to an election timeout) plus, with probability ``reorder``, an extra
   ``jitter``, which lets a later frame overtake it;
 * a partition (:meth:`SimNetwork.partition`) cuts every pair of nodes in
   different groups, both ways; frames already in flight still arrive (they
@@ -31,7 +32,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 from concordance.consensus.peers import Deliver, PeerCounters
 
-__all__ = ["SimLinks", "SimNetwork"]
+__all__ = ["CALM_DELAY", "SimLinks", "SimNetwork"]
+
+CALM_DELAY = (0.001, 0.005)  # seconds: a frame's delay on a quiet network (drawn between)
 
 
 class SimNetwork:
@@ -42,7 +45,7 @@ class SimNetwork:
         rng: random.Random,
         *,
         drop: float = 0.0,
-        delay: tuple[float, float] = (0.001, 0.005),
+        delay: tuple[float, float] = CALM_DELAY,
         reorder: float = 0.0,
         jitter: float = 0.02,
     ) -> None:
@@ -71,6 +74,7 @@ class SimNetwork:
         """No more faults from now on (the end of a run: the cluster must converge)."""
         self.heal()
         self.drop = self.reorder = 0.0
+        self.delay = CALM_DELAY
 
     def connected(self, a: str, b: str) -> bool:
         return self._group.get(a, 0) == self._group.get(b, 0)
