@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.progress and ran % args.progress == 0:
             took = time.monotonic() - began
             print(f"... {ran} seeds (to {seed}), {failures} failed, {ran / took:.2f}/s", flush=True)
-    took, used = time.monotonic() - began, time.process_time() - cpu
+    took = max(time.monotonic() - began, 1e-9)
+    used = max(time.process_time() - cpu, 1e-9)
     print(
-        f"{ran} node seeds ran, {failures} failed, in {took:.1f}s ({ran / max(took, 1e-9):.2f} seeds/s;"
-        f" {ran / max(used, 1e-9):.2f} per CPU second)"
+        f"{ran} node seeds ran, {failures} failed, in {took:.1f}s ({ran / took:.2f} seeds/s;"
+        f" {ran / used:.2f} per CPU second)"
     )
     return 1 if failures else 0
 
