@@ -58,9 +58,13 @@ from pathlib import Path
 from typing import Any
 
 from concordance.config import NodeConfig, Secrets
+from concordance.consensus import ConsensusDriver
+from concordance.crypto import Cipher
 from concordance.errors import ConcordanceError
 from concordance.front import writes
+from concordance.front.codec import Renderer
 from concordance.front.validate import DeleteArgs, SetArgs
+from concordance.raft.entries import Membership
 from concordance.raft.ready import Role
 from concordance.storage import service_ttl
 from concordance.storage.service import ServiceTimings
@@ -386,13 +390,10 @@ class NodeSimulation:
         members = self._membership()
         spare = self.nodes[self._spare]
         op = "remove" if members is not None and self._spare in members.members else "add_voter"
-        run = node.front_run()
-        kv_app = node._app()
-        if run is None or kv_app is None:
+        run, clients = node.front_run(), node.clients
+        if run is None or clients is None:
             return
-        from concordance.front.appkeys import CLIENTS
-
-        consensus = kv_app[CLIENTS].consensus
+        consensus = clients.consensus
         task = run.spawn(
             consensus.conf_change(op, self._spare, spare.cfg.listen, 2.0), name="client"
         )
@@ -402,15 +403,18 @@ class NodeSimulation:
         else:
             task.cancel()
 
-    def _membership(self) -> Any:
+    def _leader(self) -> ConsensusDriver | None:
+        """The running leader of the highest term (a deposed one may not know it yet)."""
         leaders = [
             n.driver
             for n in self.nodes.values()
             if n.driver is not None and n.driver.core.role is Role.LEADER
         ]
-        if not leaders:
-            return None
-        return max(leaders, key=lambda d: d.core.term).core.membership
+        return max(leaders, key=lambda d: d.core.term) if leaders else None
+
+    def _membership(self) -> Membership | None:
+        leader = self._leader()
+        return leader.core.membership if leader is not None else None
 
     # -- the calm end ---------------------------------------------------------
     async def _calm(self) -> None:
@@ -445,14 +449,9 @@ class NodeSimulation:
         return [self.nodes[m] for m in names if m in self.nodes]
 
     def _converged(self) -> bool:
-        membership = self._membership()
-        if membership is None:
+        leader = self._leader()
+        if leader is None:
             return False
-        leader = next(
-            n.driver
-            for n in self.nodes.values()
-            if n.driver is not None and n.driver.core.role is Role.LEADER
-        )
         commit = leader.core.log.commit
         for node in self._members():
             if node.storage is None or node.storage._sm is None:
@@ -564,12 +563,12 @@ class NodeSimulation:
         self.trace_hash = h.hexdigest()
 
 
-def _event_type(change: Any) -> str:
-    """The API's event type of a stored change (as the renderer names it)."""
-    from concordance.crypto import Cipher
-    from concordance.front.codec import Renderer
+_RENDERER = Renderer(Cipher(()))
 
-    return str(Renderer(Cipher(())).event(change)["type"])
+
+def _event_type(change: Any) -> str:
+    """The API's event type of a stored change (as the front renders it)."""
+    return str(_RENDERER.event(change)["type"])
 
 
 def _config(node_id: str, data_dir: str, peers: dict[str, str], *, spare: bool) -> NodeConfig:

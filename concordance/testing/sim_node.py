@@ -42,7 +42,7 @@ from concordance.consensus import ConsensusDriver
 from concordance.front import app as front_app
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
-from concordance.front.appkeys import HUB, KV
+from concordance.front.appkeys import CLIENTS, HUB, KV
 from concordance.front.clients import Clients
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
@@ -181,6 +181,12 @@ class SimNode:
     def kv(self) -> KvService | None:
         app = self._app()
         return app[KV] if app is not None and KV in app else None
+
+    @property
+    def clients(self) -> Clients | None:
+        """The serving front's role clients (a membership change goes through them)."""
+        app = self._app()
+        return app[CLIENTS] if app is not None and CLIENTS in app else None
 
     @property
     def hub(self) -> WatchHub | None:
