@@ -52,17 +52,15 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
-from concordance.crypto import Cipher
 from concordance.errors import ConcordanceError
 from concordance.front import writes
-from concordance.front.codec import Renderer
 from concordance.front.validate import DeleteArgs, SetArgs
 from concordance.raft.entries import Membership
 from concordance.raft.ready import Role
@@ -71,6 +69,7 @@ from concordance.storage.service import ServiceTimings
 from concordance.storage.service_ttl import ReaperTimings
 from concordance.testing import linearizability as lin
 from concordance.testing.memory_ipc import MemoryIpc
+from concordance.testing.node_sim_checks import Sink, Watcher, lost_writes, unreaped, watch_gaps
 from concordance.testing.sim_loop import EPOCH_MS, SimLoop
 from concordance.testing.sim_net import SimNetwork
 from concordance.testing.sim_node import ROLES, SimNode, released_on_crash
@@ -103,46 +102,6 @@ class NodeSimOptions:
     faults: bool = True
 
 
-@dataclass
-class _Watcher:
-    """One logical watch of ``WATCH_PREFIX``, across the subscriptions that carry it."""
-
-    wid: int
-    start: int | None = None  # the revision the first subscription started after
-    cursor: int = 0  # the last revision delivered
-    events: list[tuple[int, str, str]] = field(default_factory=list)
-    ended: str | None = None  # why the stream ended for good (``compacted``)
-    problems: list[str] = field(default_factory=list)
-
-
-class _Sink:
-    """A subscription's sink (``watch.Sink``): what a WebSocket client would receive."""
-
-    def __init__(self, watcher: _Watcher) -> None:
-        self.watcher = watcher
-        self.cancelled_reason: str | None = None
-        self.woken = asyncio.Event()
-        self.closed = False  # the client left this subscription (closed its connection)
-
-    def notify(self, subscription_id: int, events: list[dict[str, Any]], _json: str | None) -> bool:
-        if self.closed:
-            return True  # written to a connection the client closed: nobody reads it
-        w = self.watcher
-        for e in events:
-            rev = int(e["revision"])
-            if rev <= w.cursor and (rev, e["key"], e["type"]) in w.events[-50:]:
-                w.problems.append(f"watch {w.wid}: revision {rev} ({e['key']}) delivered twice")
-            elif rev < w.cursor:
-                w.problems.append(f"watch {w.wid}: revision {rev} after {w.cursor}")
-            w.events.append((rev, e["key"], e["type"]))
-            w.cursor = max(w.cursor, rev)
-        return True
-
-    def cancelled(self, subscription_id: int, reason: str) -> None:
-        self.cancelled_reason = reason
-        self.woken.set()
-
-
 class NodeSimulation:
     """One seeded run (see the module docstring). ``run()`` raises :class:`SimFailure`."""
 
@@ -151,7 +110,7 @@ class NodeSimulation:
         self.opts = options or NodeSimOptions(nodes=3 if seed % 2 == 0 else 5)
         self.rng = random.Random(seed)
         self.history: list[lin.Operation] = []
-        self.watchers: list[_Watcher] = []
+        self.watchers: list[Watcher] = []
         self.nodes: dict[str, SimNode] = {}
         self.net = SimNetwork(random.Random(self.rng.getrandbits(64)))
         self.trace_hash = ""
@@ -304,7 +263,7 @@ class NodeSimulation:
         await self._request(node, partial(kv.set, args))
 
     async def _watch(self, wid: int) -> None:
-        w = _Watcher(wid)
+        w = Watcher(wid, WATCH_PREFIX)
         self.watchers.append(w)
         rng = random.Random(self.rng.getrandbits(64))
         while self._now() < self._end and w.ended is None:
@@ -317,12 +276,12 @@ class NodeSimulation:
             await self._follow(node, w, self._now() + rng.uniform(0.2, 1.5))
             await asyncio.sleep(rng.uniform(0.01, 0.2))
 
-    async def _follow(self, node: SimNode, w: _Watcher, leave_at: float) -> None:
+    async def _follow(self, node: SimNode, w: Watcher, leave_at: float) -> None:
         """One subscription, until its front goes, it is cancelled, or ``leave_at``."""
         hub, run = node.hub, node.front_run()
         if hub is None or run is None:
             return
-        sink = _Sink(w)
+        sink = Sink(w)
         since = None if w.start is None else w.cursor
         task = run.spawn(
             hub.subscribe(sink, prefix=WATCH_PREFIX, key=None, since=since), name="client watch"
@@ -461,17 +420,12 @@ class NodeSimulation:
         return True
 
     def _unreaped(self) -> list[str]:
-        out = []
-        for node in self._members():
-            if node.storage is None or node.storage._sm is None:
-                continue
-            conn = node.storage.state._conn
-            for (key,) in conn.execute(
-                "SELECT key FROM kv WHERE key > ? AND key < ? AND deleted = 0",
-                (TTL_PREFIX, TTL_PREFIX[:-1] + "0"),
-            ):
-                out.append(f"{node.node_id}:{key}")
-        return out
+        return [
+            f"{node.node_id}:{key}"
+            for node in self._members()
+            if node.storage is not None and node.storage._sm is not None
+            for key in unreaped(TTL_PREFIX, node.storage.state)
+        ]
 
     def _tally(self) -> None:
         """What the run did, beside the faults counted as they came (``stats``)."""
@@ -499,46 +453,16 @@ class NodeSimulation:
         report = lin.check(self.history, timeout_s=10.0)
         if report.ok is False:
             self._fail("linearizability", report.explain())
-        self._check_not_lost(members[0])
-        self._check_watches(members[0])
-        self._fingerprint(digests)
-
-    def _check_not_lost(self, node: SimNode) -> None:
-        assert node.storage is not None
-        sm = node.storage.state
-        for key, version in sorted(self._acked.items()):
-            row = sm._conn.execute("SELECT version FROM kv WHERE key = ?", (key,)).fetchone()
-            final = row[0] if row else 0
-            if final < version:
-                self._fail("acknowledged write lost", f"{key}: acked v{version}, final v{final}")
-
-    def _check_watches(self, node: SimNode) -> None:
-        assert node.storage is not None
-        sm = node.storage.state
+        storage = members[0].storage
+        assert storage is not None
+        if lost := lost_writes(self._acked, storage.state):
+            self._fail("acknowledged write lost", "\n".join(lost))
         for w in self.watchers:
             if w.problems:
                 self._fail("watch order", "\n".join(w.problems[:10]))
-            if w.start is None:
-                continue
-            expected: list[tuple[int, str, str]] = []
-            since = w.start
-            while since < w.cursor:
-                page = sm.changes(WATCH_PREFIX, since, 1000)
-                for c in page.changes:
-                    if c.revision <= w.cursor:
-                        expected.append((c.revision, c.key, _event_type(c)))
-                if len(page.changes) < 1000:
-                    break
-                since = page.changes[-1].revision
-            if w.events != expected:
-                missing = sorted(set(expected) - set(w.events))[:5]
-                extra = sorted(set(w.events) - set(expected))[:5]
-                self._fail(
-                    "watch without gaps",
-                    f"watch {w.wid} from {w.start} to {w.cursor}: "
-                    f"{len(w.events)} events, {len(expected)} expected; "
-                    f"missing {missing}, unexpected {extra}",
-                )
+            if gap := watch_gaps(w, storage.state):
+                self._fail("watch without gaps", gap)
+        self._fingerprint(digests)
 
     def _positions(self) -> str:
         lines = []
@@ -561,14 +485,6 @@ class NodeSimulation:
         h.update(repr(sorted(digests.items())).encode())
         h.update(repr((self.net.sent, self.net.dropped, sorted(self.stats.items()))).encode())
         self.trace_hash = h.hexdigest()
-
-
-_RENDERER = Renderer(Cipher(()))
-
-
-def _event_type(change: Any) -> str:
-    """The API's event type of a stored change (as the front renders it)."""
-    return str(_RENDERER.event(change)["type"])
 
 
 def _config(node_id: str, data_dir: str, peers: dict[str, str], *, spare: bool) -> NodeConfig:
