@@ -500,8 +500,8 @@ def _config(node_id: str, data_dir: str, peers: dict[str, str], *, spare: bool) 
         election_ticks=5,
         heartbeat_ticks=1,
         auto_promote=False,
-        snapshot_every=40,
-        snapshot_trailing=10,
+        snapshot_every=20,
+        snapshot_trailing=2,
         request_timeout_ms=2_000,
         secrets=Secrets(cluster_key="sim-cluster-key"),
     ).validate()
