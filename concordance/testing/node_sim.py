@@ -95,7 +95,7 @@ class NodeSimOptions:
     """The shape of one run."""
 
     nodes: int = 3
-    seconds: float = 4.0  # simulated seconds of workload and faults
+    seconds: float = 3.0  # simulated seconds of workload and faults
     clients: int = 5
     watchers: int = 2
     spare: bool = True  # a node the workload adds to and removes from the membership
@@ -149,7 +149,8 @@ class NodeSimulation:
             rng = random.Random(self.rng.getrandbits(64))
             self.nodes[node_id] = SimNode(cfg, ipc, self.net, rng, timings)
         for node in self.nodes.values():
-            await node.start(("storage", "consensus", "front"))
+            if node.node_id != self._spare:  # the spare starts when it is first added
+                await node.start(("storage", "consensus", "front"))
         loop = asyncio.get_running_loop()
         self._end = loop.time() + self.opts.seconds
         jobs = [loop.create_task(self._client(c)) for c in range(self.opts.clients)]
@@ -311,7 +312,7 @@ class NodeSimulation:
         net = self.net
         ids = list(self.nodes)
         while self._now() < self._end:
-            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            await asyncio.sleep(rng.uniform(0.05, 0.45))
             roll = rng.random()
             if roll < 0.45:
                 node = self.nodes[rng.choice(ids)]
@@ -333,6 +334,8 @@ class NodeSimulation:
                 await self._change_membership(rng)
 
     async def _bounce(self, node: SimNode, role: str, clean: bool, down: float) -> None:
+        if not node.roles:
+            return  # the spare, not started yet
         await node.stop(role, clean=clean)
         self.stats[f"{'stop' if clean else 'kill'} {role}"] = (
             self.stats.get(f"{'stop' if clean else 'kill'} {role}", 0) + 1
@@ -349,6 +352,8 @@ class NodeSimulation:
         members = self._membership()
         spare = self.nodes[self._spare]
         op = "remove" if members is not None and self._spare in members.members else "add_voter"
+        if op == "add_voter" and not spare.roles:
+            await spare.start(("storage", "consensus", "front"))
         run, clients = node.front_run(), node.clients
         if run is None or clients is None:
             return
@@ -379,7 +384,8 @@ class NodeSimulation:
     async def _calm(self) -> None:
         self.net.calm()
         for node in self.nodes.values():
-            await node.start()
+            if node.roles:  # every node but a spare never added
+                await node.start()
         limit = self._now() + CONVERGE_WITHIN
         while self._now() < limit:
             if self._converged():
@@ -433,7 +439,9 @@ class NodeSimulation:
             if node.driver is not None:
                 snaps = node.driver.snapshots
                 self.stats["compactions"] = self.stats.get("compactions", 0) + snaps.compactions
-                self.stats["snapshot files"] = self.stats.get("snapshot files", 0) + snaps.taken
+                # taken here or installed from a leader, over every incarnation
+                has_file = node.driver.disk.latest_snapshot() is not None
+                self.stats["snapshot files"] = self.stats.get("snapshot files", 0) + has_file
         self.stats["watch events"] = sum(len(w.events) for w in self.watchers)
         self.stats["acknowledged"] = sum(1 for op in self.history if op.status == "ok")
 
@@ -500,7 +508,7 @@ def _config(node_id: str, data_dir: str, peers: dict[str, str], *, spare: bool) 
         election_ticks=5,
         heartbeat_ticks=1,
         auto_promote=False,
-        snapshot_every=20,
+        snapshot_every=10,
         snapshot_trailing=2,
         request_timeout_ms=2_000,
         secrets=Secrets(cluster_key="sim-cluster-key"),
