@@ -12,18 +12,18 @@ and repeatable: one seed is one schedule, and a failing seed replays exactly.
 
 One run (:class:`NodeSimulation`):
 
-* a cluster of ``nodes`` members plus one spare node that the workload adds
-  to and removes from the membership; small ``snapshot_every`` and
-  ``snapshot_trailing`` so snapshots, log compaction and snapshot installs
-  happen in every run; a short ``request_timeout_ms``;
+* a cluster of ``nodes`` members plus one spare node, started empty when the
+  workload first adds it to the membership (it removes it again, and so on);
+  small ``snapshot_every`` and ``snapshot_trailing`` so that compaction happens
+  in every run and snapshot files in many; a short ``request_timeout_ms``;
 * clients write (set, CAS, delete), read (consistent and local) and set
   keys with a TTL, through any live node's front (``KvService``); watchers
   follow a prefix through the fronts' ``WatchHub`` and resubscribe from
   their last revision when their front goes away, as a real client does;
-* a nemesis partitions the network, drops and reorders frames, stops roles
+* a nemesis partitions the network, drops, delays and reorders frames, stops roles
   cleanly (their planned stop) or kills them (a crash), and restarts them;
-* then the faults stop, every role of every node is (re)started, and the
-  run waits for the members to converge.
+* then the faults stop, every role of every started node is (re)started, and
+  the run waits for the members to converge.
 
 Checked after every run (:class:`SimFailure` names the property):
 
