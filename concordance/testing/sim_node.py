@@ -295,6 +295,8 @@ class SimNode:
         r = self.roles.get(role)
         if r is None or not self.up(role):
             return
+        if r.obj is None:
+            clean = False  # SIGTERM before the role set up its handler ends it at once
         if not clean:
             if role == "consensus" and r.obj is not None:
                 driver: ConsensusDriver = r.obj
