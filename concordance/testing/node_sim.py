@@ -19,7 +19,8 @@ One run (:class:`NodeSimulation`):
 * clients write (set, CAS, delete), read (consistent and local) and set
   keys with a TTL, through any live node's front (``KvService``); watchers
   follow a prefix through the fronts' ``WatchHub`` and resubscribe from
-  their last revision when their front goes away, as a real client does;
+  their last revision when their front goes away, as a real client does; a
+  change-feed reader long-polls ``changes`` from the last revision it read;
 * a nemesis partitions the network, drops, delays and reorders frames, stops roles
   cleanly (their planned stop) or kills them (a crash), and restarts them;
 * then the faults stop, every role of every started node is (re)started, and
@@ -84,6 +85,7 @@ TTL_PREFIX = f"{TENANT}ttl/"
 TTL_MAX = 0.8  # seconds: the longest TTL a client sets
 TTL_KEYS = (f"{TTL_PREFIX}a", f"{TTL_PREFIX}b")
 WATCH_PREFIX = f"{TENANT}k"
+FEED_PAGE = 50  # changes a feed reader asks for at once
 
 
 class SimFailure(AssertionError):
@@ -98,6 +100,7 @@ class NodeSimOptions:
     seconds: float = 3.0  # simulated seconds of workload and faults
     clients: int = 5
     watchers: int = 2
+    feeds: int = 1  # change-feed readers (long-polls of ``changes``)
     spare: bool = True  # a node the workload adds to and removes from the membership
     faults: bool = True
 
@@ -155,6 +158,7 @@ class NodeSimulation:
         self._end = loop.time() + self.opts.seconds
         jobs = [loop.create_task(self._client(c)) for c in range(self.opts.clients)]
         jobs += [loop.create_task(self._watch(w)) for w in range(self.opts.watchers)]
+        jobs += [loop.create_task(self._read_feed(100 + f)) for f in range(self.opts.feeds)]
         if self.opts.faults:
             jobs.append(loop.create_task(self._nemesis()))
         await asyncio.gather(*jobs)
@@ -276,6 +280,32 @@ class NodeSimulation:
             # a client also moves to another node now and then, resuming where it was
             await self._follow(node, w, self._now() + rng.uniform(0.2, 1.5))
             await asyncio.sleep(rng.uniform(0.01, 0.2))
+
+    async def _read_feed(self, fid: int) -> None:
+        """A change-feed reader: long-polls ``changes`` of the prefix on any node from the
+        last revision it has read (the page's revision when the page was complete)."""
+        w = Watcher(fid, WATCH_PREFIX, start=0)
+        self.watchers.append(w)
+        sink = Sink(w)  # the same order checks as a subscription's events
+        rng = random.Random(self.rng.getrandbits(64))
+        while self._now() < self._end and w.ended is None:
+            fronts = self._live_fronts()
+            if not fronts:
+                await asyncio.sleep(0.1)
+                continue
+            node = rng.choice(fronts)
+            kv = node.kv
+            assert kv is not None
+            wait_ms = rng.choice((0, 300))
+            read = partial(kv.changes, WATCH_PREFIX, w.cursor, FEED_PAGE, wait_ms)
+            status, body = await self._request(node, read)
+            if status == 200:
+                sink.notify(fid, body["changes"], None)
+                if len(body["changes"]) < FEED_PAGE:
+                    w.cursor = max(w.cursor, int(body["revision"]))
+            elif status == 410:
+                w.ended = "compacted"
+            await asyncio.sleep(rng.uniform(0.01, 0.1))
 
     async def _follow(self, node: SimNode, w: Watcher, leave_at: float) -> None:
         """One subscription, until its front goes, it is cancelled, or ``leave_at``."""
