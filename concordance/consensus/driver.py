@@ -502,6 +502,7 @@ class ConsensusDriver:
         assert isinstance(env.body, wire.Hello)
         if self._from_storage(peer, env):
             self.stream.on_hello(env.body.applied_index)
+            self.core.applied_elsewhere(env.body.applied_index, env.body.applied_term)
             self.snapshots.on_storage_hello()  # a successor: re-ask what the old one lost
             await self.snapshots.resend()
             await self._tell_leadership()  # repairs a lost push, tells a new storage
