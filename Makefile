@@ -62,7 +62,7 @@ endif
 
 run: $(STAMP)
 	@mkdir -p $(DATA)
-	$(BIN)/python -m concordance.devrun --listen $(LISTEN) --data $(DATA)
+	$(BIN)/python -m concordance.node.devrun --listen $(LISTEN) --data $(DATA)
 
 cluster: $(STAMP)
 	$(BIN)/concordance cluster --nodes 3 --base-port 4100 --data $(DATA)/cluster

@@ -178,7 +178,7 @@ class ConcordanceSystem(System):
     def pids(self) -> list[int]:
         # every descendant of each node's supervisor: the roles, and the front
         # server under its keeper (supervisord knows only the keeper)
-        from concordance.supervise import descendants
+        from concordance.node.supervise import descendants
 
         return descendants([m.proc.pid for m in self.members if m.proc is not None])
 

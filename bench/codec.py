@@ -15,10 +15,10 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from concordance import wire
-from concordance.commands import Command, Set
-from concordance.payloads import Change, Outcome
-from concordance.payloads import Entry as Entry_
+from concordance.protocol import wire
+from concordance.protocol.commands import Command, Set
+from concordance.protocol.payloads import Change, Outcome
+from concordance.protocol.payloads import Entry as Entry_
 from concordance.raft import messages as rm
 from concordance.raft.entries import Entry, EntryKind
 

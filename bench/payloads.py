@@ -17,10 +17,10 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from concordance import wire
-from concordance.crypto import Cipher
 from concordance.front.codec import Renderer, dumps
-from concordance.payloads import Change, Rejected, new_change, new_outcome
+from concordance.protocol import wire
+from concordance.protocol.payloads import Change, Rejected, new_change, new_outcome
+from concordance.security.crypto import Cipher
 from concordance.storage.db import Row, entry_of
 
 KEY = "tenant:acme/user:u1/preferences/theme"

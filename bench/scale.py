@@ -50,7 +50,7 @@ import aiohttp
 
 from bench.clusters import ConcordanceSystem, EtcdSystem, Member, wait_until
 from bench.workloads import percentile
-from concordance.supervise import serving_front
+from concordance.node.supervise import serving_front
 
 CONNECTIONS = 100
 HOT = 1_000

@@ -20,7 +20,7 @@ make it hang or lie):
 
 * draining real I/O: a socket or stream flush before close (``peers.py``
   ``close``, the storage's ``flush`` before its sockets close), the bind
-  retry of an address the kernel still holds (``ipc._open_retrying``), the
+  retry of an address the kernel still holds (``ipc.zmq_base._open_retrying``), the
   WAL checkpoint waiting for SQLite readers (``storage/durability.py``, on a
   thread);
 * the HTTP and WebSocket edge: a client connection's header timeout

@@ -136,8 +136,8 @@ class NodeConfig:
     change_retention_bytes: int = 1 << 30  # key + value bytes of change history kept at most
     max_value_bytes: int = 1 << 20
     request_timeout_ms: int = 5_000
-    keys_file: str | None = None  # --keys: scoped access keys (concordance.scopes)
-    tls_cert: str | None = None  # --tls-cert/--tls-key: serve HTTPS/WSS (concordance.tls)
+    keys_file: str | None = None  # --keys: scoped access keys (concordance.security.access)
+    tls_cert: str | None = None  # --tls-cert/--tls-key: serve HTTPS/WSS (concordance.security.tls)
     tls_key: str | None = None
     tls_client_ca: str | None = None  # --tls-client-ca: require client certificates (mTLS)
     tls_peer_ca: str | None = None  # --tls-peer-ca: verify peers (default: client CA, system)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from concordance.config import ConfigError, FrontLimits, NodeConfig, Secrets
-from concordance.logfmt import FORMATS, LEVELS
+from concordance.node.logfmt import FORMATS, LEVELS
 
 __all__ = [
     "VARIABLES",
@@ -41,7 +41,7 @@ __all__ = [
     "read_node",
 ]
 
-Scope = Literal["node", "client", "internal"]
+Reader = Literal["node", "client", "internal"]
 _T = TypeVar("_T", int, float)
 
 
@@ -51,7 +51,7 @@ class Variable:
     the CLI, or only the node's own processes, which set it for each other)."""
 
     name: str
-    scope: Scope
+    reader: Reader
     meaning: str
 
 
@@ -254,10 +254,10 @@ class _Reader:
             raise ConfigError(f"{name} must be {what}, not {text[:40]!r}") from None
 
 
-def _known(name: str, scope: Scope | None = None) -> None:
+def _known(name: str, reader: Reader | None = None) -> None:
     variable = VARIABLES.get(name)
-    if variable is None or (scope is not None and variable.scope != scope):
-        raise KeyError(f"{name} is not in concordance.environment.VARIABLES as {scope or 'any'}")
+    if variable is None or (reader is not None and variable.reader != reader):
+        raise KeyError(f"{name} is not in concordance.environment.VARIABLES as {reader or 'any'}")
 
 
 def _decode_key(text: str, name: str) -> tuple[str, bytes]:

@@ -33,11 +33,13 @@ __all__ = [
     "PEER_DEAD_AFTER",
     "PEER_FLUSH",
     "PEER_KEEPALIVE",
+    "ROLE_READY_TIMEOUT",
     "ROLLING_ORDER",
     "STOPPING_BOUND",
     "STORAGE_DRAIN",
     "STORAGE_FLUSH",
     "SUPERVISORD_STOPWAITSECS",
+    "UNAVAILABLE_RETRY",
     "WATCHING_FRESH",
 ]
 
@@ -68,7 +70,11 @@ KEEPER_STOP_TIMEOUT: Final = 8.0  # both keepers: SIGTERM to SIGKILL of their ch
 FRONT_SHUTDOWN_GRACE: Final = 5.0  # front: requests in flight after SIGTERM
 FRONT_ACCEPT_GRACE: Final = 0.3  # front: between its last accept and closing idle connections
 FRONT_READY_TIMEOUT: Final = 30.0  # front keeper: a new front must serve within it
-HAND_OVER_TIMEOUT: Final = 30.0  # ``concordance ctl restart front``: waits this long for it
+ROLE_READY_TIMEOUT: Final = 20.0  # role keeper: for a successor's imports, or no restart
+HAND_OVER_TIMEOUT: Final = 30.0  # ``ctl restart ROLE``, local and remote: waits this long
+
+# -- a front asking a role that has no leader, against the Raft election timeout --------
+UNAVAILABLE_RETRY: Final = 1.5  # front: a role answering "unavailable" is asked again this long
 
 # -- peer links between two nodes' consensus --------------------------------------------
 PEER_KEEPALIVE: Final = 1.0  # a keepalive goes out after this long without sending

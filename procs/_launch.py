@@ -28,7 +28,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from concordance import config, environment, logfmt, supervise
+from concordance import config, environment
+from concordance.node import logfmt, supervise
 
 RoleMain = Any  # Callable[[NodeConfig], Coroutine[Any, Any, int | None]]
 

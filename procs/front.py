@@ -17,7 +17,7 @@ and waits ``FRONT_ACCEPT_GRACE``
 for requests on connections it just accepted, then WebSocket sessions are
 told ``watch/cancelled`` (``shutdown``) and closed, requests in flight get up
 to ``FRONT_SHUTDOWN_GRACE`` seconds, and the role sockets close; exit 0. With
-``--tls-cert`` it serves HTTPS/WSS (``concordance.tls``). SIGHUP re-reads the
+``--tls-cert`` it serves HTTPS/WSS (``concordance.security.tls``). SIGHUP re-reads the
 key file (``--keys``) and the TLS certificate and key without a restart (send
 it to the front keeper's pid, which ``concordance ctl --data DIR status``
 shows, or to this process; not to supervisord, which restarts every role on
@@ -43,14 +43,15 @@ from typing import Any
 
 from aiohttp import web
 
-from concordance import config, environment, fdpass
+from concordance import config, environment
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app, reload
-from concordance.front.appkeys import GATE
+from concordance.front.app_state import GATE
 from concordance.front.ipc_clients import connect
 from concordance.front.supervisor import Supervisord
+from concordance.ipc import fdpass
+from concordance.security.tls import TlsContexts
 from concordance.timing import FRONT_ACCEPT_GRACE, FRONT_SHUTDOWN_GRACE
-from concordance.tls import TlsContexts
 from procs._launch import run_role
 from procs.front_keeper import LISTEN_FD_ENV, READY_FD_ENV, bind
 

@@ -34,7 +34,8 @@ import signal
 import socket
 import sys
 
-from concordance import config, environment, supervise
+from concordance import config, environment
+from concordance.node import supervise
 from concordance.timing import FRONT_READY_TIMEOUT, KEEPER_STOP_TIMEOUT
 from procs._launch import load_and_log
 

@@ -36,14 +36,14 @@ import os
 import signal
 import sys
 
-from concordance import environment, supervise
-from concordance.timing import KEEPER_STOP_TIMEOUT
+from concordance import environment
+from concordance.node import supervise
+from concordance.timing import KEEPER_STOP_TIMEOUT, ROLE_READY_TIMEOUT
 from procs._launch import GO_FD_ENV, ROLE_READY_FD_ENV, load_and_log
 
 log = logging.getLogger("procs.role_keeper")
 
 KEPT = ("storage", "consensus")
-READY_TIMEOUT = 60.0  # seconds a successor may take to import before a restart is abandoned
 
 
 class Child:
@@ -153,7 +153,7 @@ class RoleKeeper:
         return child
 
     async def _imported(self, child: Child) -> bool:
-        """Whether ``child`` says its imports are done before it dies or ``READY_TIMEOUT``."""
+        """Whether ``child`` says its imports are done before it dies or ``ROLE_READY_TIMEOUT``."""
         loop = asyncio.get_running_loop()
         said: asyncio.Future[bytes] = loop.create_future()
 
@@ -166,7 +166,7 @@ class RoleKeeper:
 
         loop.add_reader(child.ready, readable)
         try:
-            return bool(await asyncio.wait_for(said, READY_TIMEOUT))
+            return bool(await asyncio.wait_for(said, ROLE_READY_TIMEOUT))
         except TimeoutError:
             return False
         finally:

@@ -48,7 +48,7 @@ def _install(folder: str, role: str) -> None:
     import aiohttp.http_writer as http_writer
     import aiohttp.web_protocol as web_protocol
 
-    import concordance.wire as wire
+    import concordance.protocol.wire as wire
 
     decode, encode = wire.decode_envelope, wire.encode_envelope
 

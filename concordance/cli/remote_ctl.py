@@ -20,11 +20,10 @@ import urllib.request
 from typing import Any
 
 from concordance.cli.common import api_key
-from concordance.timing import ROLLING_ORDER
+from concordance.timing import HAND_OVER_TIMEOUT, ROLLING_ORDER
 
 __all__ = ["run_remote"]
 
-SERVING_WAIT = 30.0  # seconds a role may take to serve again before we give up
 POLL = 0.1
 
 
@@ -77,13 +76,13 @@ def restart_one(base: str, key: str | None, role: str) -> float:
     if status != 200:
         error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
         raise CtlError(f"{role}: {status} {error.get('code', '')}: {error.get('message', '')}")
-    deadline = started + SERVING_WAIT
+    deadline = started + HAND_OVER_TIMEOUT
     while time.monotonic() < deadline:
         pid = _pid(base, key, role)
         if pid is not None and pid != old and _ready(base):
             return time.monotonic() - started
         time.sleep(POLL)
-    raise CtlError(f"{role}: not serving again after {SERVING_WAIT:.0f} s")
+    raise CtlError(f"{role}: not serving again after {HAND_OVER_TIMEOUT:.0f} s")
 
 
 def run_remote(args: argparse.Namespace) -> int:

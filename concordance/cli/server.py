@@ -30,7 +30,7 @@ from concordance.config import (
 from concordance.timing import ROLLING_ORDER
 
 if TYPE_CHECKING:
-    from concordance.supervise import Control
+    from concordance.node.supervise import Control
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +95,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 # -- node / cluster -----------------------------------------------------------
 def _run_node(args: argparse.Namespace) -> int:
-    from concordance import environment, supervise
+    from concordance import environment
+    from concordance.node import supervise
 
     env = environment.read_node()  # every variable checked here, once, before anything starts
     cfg = NodeConfig(
@@ -119,7 +120,7 @@ def _run_node(args: argparse.Namespace) -> int:
         tls_peer_ca=_abspath(args.tls_peer_ca),
     )
     _check_files(cfg.validate())
-    from concordance.ipc_paths import UnsafeRunDir, run_dir
+    from concordance.ipc.paths import UnsafeRunDir, run_dir
 
     try:  # the roles would each refuse it; say so once, before starting them
         run_dir(cfg.data_dir)
@@ -163,10 +164,10 @@ def _abspath(path: str | None) -> str | None:
 
 def _check_files(cfg: NodeConfig) -> None:
     """Load the key file and TLS files once here, so a bad one stops the node with a reason."""
-    from concordance.scopes import KeyRing
-    from concordance.tls import TlsContexts
+    from concordance.security.access import AccessKeyRing
+    from concordance.security.tls import TlsContexts
 
-    KeyRing(cfg.keys_file)
+    AccessKeyRing(cfg.keys_file)
     if cfg.tls:
         TlsContexts(cfg)
 
@@ -219,7 +220,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
 
 
 def _run_restore(args: argparse.Namespace) -> int:
-    from concordance.restore import restore
+    from concordance.node.restore import restore
 
     done = restore(args.backup, args.data, args.node_id, args.listen, parse_peers(args.peers))
     voters = ",".join(f"{n}={a}" for n, a in done.membership.addresses)
@@ -236,7 +237,7 @@ def _run_restore(args: argparse.Namespace) -> int:
 
 def _restart(control: Control, role: str) -> None:
     """Restart one role; the front by a hand-over, waiting for the old one to drain."""
-    from concordance.supervise import serving, serving_front, wait_gone
+    from concordance.node.supervise import serving, serving_front, wait_gone
 
     old = serving_front(control.data_dir) if role == "front" else None
     control.restart(role)
@@ -250,7 +251,7 @@ def _restart(control: Control, role: str) -> None:
 
 
 def _run_ctl(args: argparse.Namespace) -> int:
-    from concordance.supervise import Control, SupervisorUnavailable
+    from concordance.node.supervise import Control, SupervisorUnavailable
 
     if args.role == "all" and args.action != "restart":
         print("concordance ctl: only restart takes 'all'", file=sys.stderr)
@@ -266,9 +267,10 @@ def _run_ctl(args: argparse.Namespace) -> int:
                 _restart(control, role)  # each waits until the role serves again
             return 0
         if args.action == "status":
+            from concordance.node.supervise import serving
+
             for name, state in sorted(control.states().items()):
-                pid = state.pid or "-"
-                print(f"{name:<10} {state.state:<9} pid {pid!s:<8} {state.description}")
+                print(state.line(serving(control.data_dir, name)))
             return 0
         if args.role is None:
             print(f"concordance ctl {args.action}: which role? {', '.join(ROLES)}", file=sys.stderr)

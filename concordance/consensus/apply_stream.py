@@ -37,10 +37,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from concordance.clock import SYSTEM_CLOCK
 from concordance.consensus.disk import RaftDisk
 from concordance.errors import IpcError
+from concordance.protocol.wire import Apply, Body, Restore
 from concordance.raft.entries import Entry, SnapshotMeta
 from concordance.raft.stores import limit_size
 from concordance.timing import APPLY_STALL, APPLY_WINDOW
-from concordance.wire import Apply, Body, Restore
 
 __all__ = ["ApplyStream"]
 

@@ -35,6 +35,9 @@ Rules / theory of operation
   (it has read those answers; ``_flush_to_fronts``).
   The hand-over takes at most ``CONSENSUS_HAND_OVER`` (``concordance/timing.py``
   bounds the whole stop against the front's and the keeper's): a stop never hangs.
+* **Where the code is.** This module is the loop and the handlers; the planned
+  stop's steps are in ``planned_stop.py`` and the sends to peers, fronts and
+  storage in ``outbound.py`` (mixins of :class:`ConsensusDriver`).
 * **Failure is fatal.** An error while persisting leaves raft.db's state
   unknown (``StoreFailed``); the driver stops and :meth:`run` raises, so the
   process exits and supervisord restarts it from what is durable.
@@ -52,12 +55,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from typing import ClassVar
 
-from concordance import fdpass, ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.consensus.disk import RaftDisk
+from concordance.consensus.outbound import STORAGE
 from concordance.consensus.peers import Deliver, PeerTransport, peer_net
+from concordance.consensus.planned_stop import PlannedStop
 from concordance.consensus.promotion import Promoter, view_of
 from concordance.consensus.snapshots import SnapshotCoordinator
 from concordance.consensus.status import api_role, build_status
@@ -65,30 +70,27 @@ from concordance.consensus.waiters import Waiters
 from concordance.errors import (
     ConcordanceError,
     InvalidRequest,
-    IpcError,
-    PeerGone,
     RemoteProtocolError,
     Unavailable,
 )
-from concordance.fronts import Fronts
+from concordance.ipc import fdpass
+from concordance.ipc.fronts import Fronts
+from concordance.ipc.sockets import Server, Sockets, ZmqSockets
 from concordance.latency import LatencyCounts
+from concordance.protocol import wire
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
-from concordance.raft.messages import Message
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
-from concordance.sockets import Server, Sockets, ZmqSockets
-from concordance.timing import CONSENSUS_DRAIN, CONSENSUS_FLUSH, CONSENSUS_HAND_OVER, PEER_FLUSH
+from concordance.timing import PEER_FLUSH
 
 __all__ = ["ConsensusDriver", "boot_membership"]
 
 log = logging.getLogger("concordance.consensus")
 
-STORAGE = b"storage"
 MAX_INBOX = 10_000  # messages received but not yet fed; beyond it, zmq pushes back on senders
 NOTE_COMMIT_EVERY = 1.0  # seconds between two unsynced writes of the commit index
-MAX_HELD_PROPOSALS = 10_000  # proposals kept aside during a planned hand-over at most
 
 # A handler of one message type (``ConsensusDriver._HANDLERS``): (driver, sender, message).
 _Handler = Callable[["ConsensusDriver", bytes, wire.Envelope], Awaitable[None]]
@@ -103,8 +105,11 @@ def boot_membership(cfg: NodeConfig) -> Membership:
     return Membership((cfg.node_id,), (), ((cfg.node_id, cfg.listen),))
 
 
-class ConsensusDriver:
-    """The consensus role of one node. Build with :meth:`open`, then ``await run()``."""
+class ConsensusDriver(PlannedStop):
+    """The consensus role of one node. Build with :meth:`open`, then ``await run()``.
+
+    Its planned stop and outbound sends come from the :class:`PlannedStop` and
+    ``Outbound`` mixins, which only declare the state set here."""
 
     def __init__(
         self,
@@ -224,79 +229,11 @@ class ConsensusDriver:
             f"{self._peer_drops()} raft frames dropped"
         )
 
-    def _peer_drops(self) -> int:
-        drops = sum(c.dropped_full + c.dropped_stale for c in self.peers.counters())
-        return drops + self.peers.unroutable
-
-    def _frame_in(self, frame: bytes) -> None:
-        """A peer link received ``frame`` (called on the loop, no task switch)."""
-        self._frames_in.append(frame)
-        self._wake.set()
-
-    def reload_tls(self) -> bool:
-        """SIGHUP: re-read the certificate and key the peer links use."""
-        return self.peers.reload()
-
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
         """Ask :meth:`run` to finish its current step and shut down (safe from a signal handler)."""
         self._stopping = True
         self._wake.set()
-
-    def shutdown(self) -> None:
-        """Ask for a planned stop: hand leadership over, drain, stop (safe from a signal
-        handler; the steps run on the main task, the only one that touches the core)."""
-        if self._shutdown_at is None:
-            self._shutdown_at = self.clock.monotonic()
-        self._wake.set()
-
-    async def _shutdown_step(self, now: float) -> None:
-        """One look at a planned stop's progress (called every turn, at least every tick)."""
-        assert self._shutdown_at is not None
-        if self._drain_until is not None:
-            settled = (
-                not self._unacked
-                and not self._inbox
-                and not self._frames_in
-                and self.peers.drained()
-                and not self.core.has_ready()
-            )
-            if self._unacked and now >= self._drain_until:
-                log.warning(
-                    "%s consensus stops without the acknowledgement of %d front(s): what they "
-                    "sent after it is lost",
-                    self.cfg.node_id,
-                    len(self._unacked),
-                )
-            if settled or now >= self._drain_until:
-                self._stopping = True
-            return
-        core = self.core
-        in_time = now - self._shutdown_at < CONSENSUS_HAND_OVER
-        others = [v for v in core.membership.voters if v != self.cfg.node_id]
-        if core.role is not Role.LEADER and (self._held_forwards or self._held_requests):
-            await self._release_proposals()
-        if in_time and core.role is Role.LEADER and others:
-            if core.lead_transferee is None:  # again if an earlier attempt timed out
-                try:
-                    core.transfer_leadership()
-                except Unavailable as e:
-                    log.info("%s cannot hand leadership over: %s", self.cfg.node_id, e)
-                    await self._start_drain(now)
-            return
-        if in_time and core.role is not Role.LEADER and core.leader_id is None and others:
-            return  # an election (maybe the one we started) is on: wait to learn its winner
-        await self._start_drain(now)
-
-    async def _start_drain(self, now: float) -> None:
-        self._drain_until = now + CONSENSUS_DRAIN
-        await self._release_proposals()
-        log.info(
-            "%s consensus stopping (leader %s)", self.cfg.node_id, self.core.leader_id or "unknown"
-        )
-        await self._to_fronts("stopping", wire.Stopping("consensus"))
-        self.peers.drain()  # peers stop sending here; what they sent is still stepped
-        self._unacked = set(self.fronts.all())  # those told: a gone one was forgotten
 
     async def run(self) -> None:
         """Drive the core until :meth:`stop`; then close the socket and raft.db.
@@ -317,51 +254,6 @@ class ConsensusDriver:
             await self.close()
         if self._fatal is not None:
             raise self._fatal
-
-    async def _refuse_pending(self) -> None:
-        """Answer parked and queued requests ``unavailable`` rather than let them time out."""
-        stopping = Unavailable("consensus is stopping")
-        parked = self.reads.pop_all() + self.snapshots.waiters.pop_all()
-        queued = [(peer, env) for peer, env in self._inbox if env.type in wire.REPLIES]
-        self._inbox.clear()
-        refused = [(w.peer, w.request) for w in parked] + queued
-        for peer, env in refused:
-            await self.server.reply(peer, env, stopping)
-        await self._send_deferred()  # proposals appended before the stop keep their answer
-        if refused or self.server.sent_within(CONSENSUS_FLUSH):
-            await self._flush_to_fronts()
-
-    async def _flush_to_fronts(self) -> None:
-        """Before closing: make sure the fronts have read what was sent to them.
-
-        Sockets close with linger=0 (PROTOCOL.md §5), and a front's socket
-        (``IMMEDIATE``) discards what it received but had not read yet when the
-        connection goes, so the last answers (and ``dropped`` reports) need the
-        front to have read them. A last ``stopping`` goes to each front, which
-        answers every ``stopping`` with ``stopping_ack`` once it has read all
-        sent before (ZeroMQ keeps order); wait for those, at most
-        ``CONSENSUS_FLUSH`` on the driver's clock (a deadline: the fronts
-        are other processes, or other roles of a simulated node). It used to
-        sleep that long on every planned stop."""
-        await self._to_fronts("stopping", wire.Stopping("consensus"))
-        waiting = set(self.fronts.all())
-        clock = self.clock
-        deadline = clock.monotonic() + CONSENSUS_FLUSH
-        stopping = Unavailable("consensus is stopping")
-        while waiting and (left := deadline - clock.monotonic()) > 0:
-            self._wake.clear()
-            inbox, self._inbox = self._inbox, deque()
-            for peer, env in inbox:
-                if isinstance(env.body, wire.StoppingAck):
-                    waiting.discard(peer)
-                elif env.type in wire.REPLIES:  # a front that was not told (not planned)
-                    await self.server.reply(peer, env, stopping)
-            if waiting:
-                try:
-                    async with clock.timeout(left):
-                        await self._wake.wait()
-                except TimeoutError:
-                    break
 
     async def close(self) -> None:
         """Close the peer links, the socket and raft.db (idempotent; :meth:`run` calls it)."""
@@ -571,28 +463,6 @@ class ConsensusDriver:
                 continue
             self.core.step(msg)
 
-    def _holds_proposals(self) -> bool:
-        """Whether proposals are kept aside: this leader is handing leadership over
-        before a planned stop. Refused now, their writers would retry against a
-        leader still busy handing over, and give up (503) if that took long; kept
-        until the hand-over ends, they are refused (or taken) then, and the refusal
-        names the new leader. Bounded by ``CONSENSUS_HAND_OVER`` and ``MAX_HELD_PROPOSALS``."""
-        return (
-            self._shutdown_at is not None
-            and self._drain_until is None
-            and self.core.role is Role.LEADER
-            and len(self._held_forwards) + len(self._held_requests) < MAX_HELD_PROPOSALS
-        )
-
-    async def _release_proposals(self) -> None:
-        """The hand-over is over (or abandoned): step what was kept aside."""
-        forwards, self._held_forwards = self._held_forwards, []
-        requests, self._held_requests = self._held_requests, []
-        for msg in forwards:
-            self.core.step(msg)
-        for peer, env in requests:
-            await self._dispatch(peer, env)
-
     def _propose(self, body: wire.Propose) -> wire.Body | ConcordanceError:
         if not body.commands:
             return InvalidRequest("propose carries no commands")
@@ -710,15 +580,6 @@ class ConsensusDriver:
             if was_leader or soft.role is Role.LEADER:
                 await self._tell_leadership(soft.term)
 
-    async def _tell_leadership(self, term: int | None = None) -> None:
-        """Push ``leadership`` to storage (its TTL reaper proposes only on the leader).
-        Best effort: storage's next ``hello`` is answered with it again."""
-        body = wire.Leadership(self._role is Role.LEADER, self.core.term if term is None else term)
-        try:
-            await self._send_storage("leadership", body)
-        except IpcError as e:
-            log.debug("leadership to storage lost: %s", e)
-
     async def _fail_forwarded_reads(self, old_leader: str) -> None:
         """Reads forwarded to a leader we no longer follow get ``unavailable`` now rather
         than at their deadline (the old leader may be gone; a late answer is ignored)."""
@@ -726,39 +587,6 @@ class ConsensusDriver:
             await self.server.reply(
                 waiter.peer, waiter.request, Unavailable(f"leader {old_leader} was lost")
             )
-
-    async def _send_messages(self, messages: tuple[Message, ...]) -> None:
-        """Hand the frames to the peer links, grouped per peer (written at once on a
-        connected link with room; queued otherwise, never waiting: ``consensus/peers.py``)."""
-        group: dict[str, list[bytes]] = {}
-        for msg in messages:
-            group.setdefault(msg.dst, []).append(wire.encode_raft(msg))
-        for peer, frames in group.items():
-            self.peers.send(peer, self._addresses.get(peer, ""), frames)
-
-    async def _report_dropped(self, commands: tuple[bytes, ...]) -> None:
-        """Tell the front which of its forwarded proposals were refused (certainly not
-        appended): their writes get ``unavailable`` now. Best effort: unsent, they time out."""
-        await self._to_fronts("dropped", wire.Dropped(commands))
-
-    async def _to_fronts(self, type: str, body: wire.Body) -> None:
-        """Push to every front (during a hand-over the old one still waits for
-        answers); best effort, a front that is gone is forgotten."""
-        for front in self.fronts.all():
-            try:
-                await self.server.send(front, type, body)
-            except IpcError as e:
-                if isinstance(e, PeerGone):
-                    self.fronts.forget(front)
-                log.debug("cannot send %s to %r: %s", type, front, e)
-
-    async def _send_storage(self, type: str, body: wire.Body) -> None:
-        await self.server.send(STORAGE, type, body)
-
-    def _remember_addresses(self, membership: Membership) -> None:
-        # Old addresses are kept: a node being removed still needs its last messages.
-        for node_id, address in membership.addresses:
-            self._addresses[node_id] = address
 
     # Every message type consensus takes (PROTOCOL.md §3.1), built once with the
     # class: a dispatch is one dict lookup, as cheap as the first isinstance was.

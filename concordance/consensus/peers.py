@@ -5,7 +5,7 @@ lost, late and duplicated messages, but not a node that stalls because one
 peer is down. So each peer gets its own outgoing link (one task, one
 connection) with a bounded queue; :meth:`PeerNet.send` never waits, and a
 dead or slow peer costs only its own queue. The wire is
-``concordance.peerwire`` (docs/PROTOCOL.md §6).
+``concordance.protocol.peerwire`` (docs/PROTOCOL.md §6).
 
 **Bounded by frames and by bytes.** A queue holds at most ``queue_limit``
 frames and ``queue_bytes`` bytes; beyond either the OLDEST frames go first
@@ -28,7 +28,7 @@ seconds without sending and close a connection silent for ``PEER_DEAD_AFTER``
 (a dead host, a black hole); a link redials with exponential backoff capped
 at ``BACKOFF_MAX``.
 
-**Incoming connections** come from the front (``concordance.fdpass``), not
+**Incoming connections** come from the front (``concordance.ipc.fdpass``), not
 yet past TLS or the hello: they get the same bounds, and no Raft frame is
 read before the hello passed (right version, this node, the cluster key).
 Frames are handed to ``deliver`` undecoded. What this node has for a peer
@@ -49,12 +49,13 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from concordance import fdpass, peerwire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, parse_address
 from concordance.errors import RemoteProtocolError
+from concordance.ipc import fdpass
+from concordance.protocol import peerwire
+from concordance.security.tls import TlsContexts
 from concordance.timing import PEER_DEAD_AFTER, PEER_KEEPALIVE
-from concordance.tls import TlsContexts
 
 __all__ = ["Deliver", "PeerCounters", "PeerNet", "PeerTransport", "peer_net"]
 

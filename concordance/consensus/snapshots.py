@@ -40,11 +40,7 @@ from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.consensus.disk import RaftDisk
 from concordance.consensus.waiters import Waiters
 from concordance.errors import ConcordanceError, IpcError, Unavailable
-from concordance.raft.core import RaftCore
-from concordance.raft.ready import Role
-from concordance.raft.replication import still_needed
-from concordance.raft.stores import LogCompacted, LogUnavailable
-from concordance.wire import (
+from concordance.protocol.wire import (
     Body,
     Checkpoint,
     Durable,
@@ -53,6 +49,10 @@ from concordance.wire import (
     SnapshotTaken,
     TakeSnapshot,
 )
+from concordance.raft.core import RaftCore
+from concordance.raft.ready import Role
+from concordance.raft.replication import still_needed
+from concordance.raft.stores import LogCompacted, LogUnavailable
 
 __all__ = ["SnapshotCoordinator"]
 

@@ -8,9 +8,9 @@ detail), a non-voter as ``learner``.
 from __future__ import annotations
 
 from concordance.latency import LatencyCounts
+from concordance.protocol.wire import MemberStatus, StatusOk
 from concordance.raft.core import RaftCore
 from concordance.raft.ready import Role
-from concordance.wire import MemberStatus, StatusOk
 
 __all__ = ["api_role", "build_status"]
 

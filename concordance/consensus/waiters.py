@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.wire import Envelope
+from concordance.protocol.wire import Envelope
 
 __all__ = ["DEFAULT_WAIT_MS", "Waiter", "Waiters"]
 

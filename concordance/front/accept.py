@@ -30,8 +30,9 @@ import ssl as ssl_
 
 from aiohttp import web
 
-from concordance import fdpass, peerwire
-from concordance.peerwire import Kind
+from concordance.ipc import fdpass
+from concordance.protocol import peerwire
+from concordance.protocol.peerwire import Kind
 
 __all__ = ["SortingSite"]
 

@@ -32,18 +32,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
-from concordance.crypto import Cipher
-from concordance.front.appkeys import (
+from concordance.front.app_state import (
+    ACCESS_KEYRING,
     CIPHER,
     CLIENTS,
     CLOCK,
     CONFIG,
     GATE,
     HUB,
-    KEYRING,
     KV,
     METRICS,
     PROBES,
@@ -66,8 +64,10 @@ from concordance.front.service import KvService
 from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
-from concordance.scopes import KeyRing
-from concordance.tls import TlsContexts
+from concordance.protocol import wire
+from concordance.security.access import AccessKeyRing
+from concordance.security.crypto import Cipher
+from concordance.security.tls import TlsContexts
 
 __all__ = ["BODY_SLACK", "ClientsFactory", "make_app", "now_ms", "reload", "static_clients"]
 
@@ -135,7 +135,7 @@ def make_app(
     app[PROBES] = Probes.on(timers.monotonic)
     app[SUPERVISOR] = supervisor
     app[STREAMS] = weakref.WeakSet[Closable]()
-    app[KEYRING] = KeyRing(cfg.keys_file)
+    app[ACCESS_KEYRING] = AccessKeyRing(cfg.keys_file)
     if tls is not None:
         app[TLS] = tls
     setup_routes(app)
@@ -208,7 +208,7 @@ def reload(app: web.Application) -> bool:
     Whatever fails to load keeps its previous version (and is logged), so a
     bad edit never locks every client out of a running node.
     """
-    ok = app[KEYRING].reload()
+    ok = app[ACCESS_KEYRING].reload()
     if TLS in app:
         ok = app[TLS].reload() and ok
     return ok

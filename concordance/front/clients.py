@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from concordance import wire
-from concordance.payloads import Entry
+from concordance.protocol import wire
+from concordance.protocol.payloads import Entry
 
 __all__ = [
     "Clients",
@@ -65,7 +65,7 @@ class ConsensusClient(Protocol):
 class StorageClient(Protocol):
     """The storage role's local reads, as the front uses them.
 
-    Entries and change events are ``concordance.payloads`` records, ``value``
+    Entries and change events are ``concordance.protocol.payloads`` records, ``value``
     the JSON text bytes as stored.
     """
 

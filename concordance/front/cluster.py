@@ -20,11 +20,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from concordance import wire
 from concordance.config import ROLES, ConfigError, parse_address, validate_node_id
 from concordance.errors import InvalidRequest, Timeout, Unavailable
 from concordance.front import metrics as prom
-from concordance.front.appkeys import (
+from concordance.front.app_state import (
     CLIENTS,
     CONFIG,
     GATE,
@@ -39,6 +38,7 @@ from concordance.front.appkeys import (
 from concordance.front.codec import parse_json
 from concordance.front.kv import json_response
 from concordance.front.validate import require_object
+from concordance.protocol import wire
 
 __all__ = [
     "add_member",

@@ -2,7 +2,7 @@
 
 Why one module: values cross three representations (the client's JSON, the
 canonical JSON text that is proposed and stored, possibly sealed by
-``concordance.crypto``, and the decoded value in responses), and every path
+``concordance.security.crypto``, and the decoded value in responses), and every path
 (HTTP, WebSocket, watch events, write results) must convert them the same way.
 
 Rules:
@@ -13,8 +13,8 @@ Rules:
 * A value's canonical text is compact UTF-8 JSON (no ASCII escaping); its
   length is what the size limit measures (API.md §2).
 * Values from storage are JSON text bytes; sensitive keys are opened with the
-  node's :class:`~concordance.crypto.Cipher` before decoding.
-* Storage sends typed records (``concordance.payloads``); this module alone
+  node's :class:`~concordance.security.crypto.Cipher` before decoding.
+* Storage sends typed records (``concordance.protocol.payloads``); this module alone
   gives them the API's field names and order.
 """
 
@@ -26,9 +26,8 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any, ClassVar
 
-from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import InvalidRequest
-from concordance.payloads import (
+from concordance.protocol.payloads import (
     BatchDone,
     Change,
     Deleted,
@@ -37,6 +36,7 @@ from concordance.payloads import (
     PrefixDeleted,
     WriteResult,
 )
+from concordance.security.crypto import Cipher, DecryptionFailed
 
 __all__ = ["Renderer", "dumps", "encode_value", "parse_json"]
 

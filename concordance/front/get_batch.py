@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from concordance import payloads
+from concordance.protocol import payloads
 
 __all__ = ["MAX_KEYS", "GetBatcher", "SendGets"]
 

@@ -11,7 +11,7 @@ Theory of operation:
   holds cluster state (it was added before, or removed, or restored) never
   asks again: ``--join`` is ignored then.
 * It POSTs ``{"id", "address"}`` to ``http://HOST:PORT/api/v1/cluster/members``
-  (``https://`` on a TLS node, with the peer context of ``concordance.tls``)
+  (``https://`` on a TLS node, with the peer context of ``concordance.security.tls``)
   with the cluster key (``CONCORDANCE_CLUSTER_KEY``). Any
   member will do: a follower forwards the change to its leader. The route is
   idempotent (asking to add a node that is already a member answers 200), so
@@ -37,10 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
 from concordance.front.clients import ConsensusClient
+from concordance.protocol import wire
 
 __all__ = ["JoinOutcome", "is_fresh", "join_cluster"]
 

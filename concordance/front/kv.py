@@ -4,7 +4,7 @@ Thin by design: read the path, query and body, validate them (``validate``),
 call the shared :class:`~concordance.front.service.KvService`, answer JSON.
 Every failure is raised as a ``ConcordanceError`` for the error middleware.
 Each handler checks the caller's key (``request[ACCESS]``, see
-``concordance.scopes``) on every key and prefix it touches, after validating
+``concordance.security.access``) on every key and prefix it touches, after validating
 them and before anything is read or proposed, and filters what lists and
 change feeds return to what the key may see.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from concordance.errors import NotFound
-from concordance.front.appkeys import ACCESS, CONFIG, KV
+from concordance.front.app_state import ACCESS, CONFIG, KV
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
     parse_batch,
@@ -28,7 +28,7 @@ from concordance.front.validate import (
     query_str,
     require_object,
 )
-from concordance.keys import validate_key, validate_prefix
+from concordance.protocol.kv_keys import validate_key, validate_prefix
 
 __all__ = [
     "batch",

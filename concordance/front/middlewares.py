@@ -17,7 +17,7 @@ Who may call what (API.md §3):
   ask to be added (``join.py``).
 * everything else: the full key, or the agent key for ``GET``/``HEAD``
   except ``cluster_backup`` (``/stream`` checks each method itself).
-* scoped keys (``--keys``, ``concordance.scopes``): the key-value routes
+* scoped keys (``--keys``, ``concordance.security.access``): the key-value routes
   and ``/stream`` only; the handlers check each key and prefix against the
   key's grants and filter what lists and feeds show.
 * a node started ``--insecure`` without an API key lets everything through.
@@ -47,9 +47,9 @@ from concordance.errors import (
     Unauthorized,
     Unavailable,
 )
-from concordance.front.appkeys import ACCESS, CONFIG, KEYRING, METRICS
+from concordance.front.app_state import ACCESS, ACCESS_KEYRING, CONFIG, METRICS
 from concordance.front.codec import dumps
-from concordance.scopes import AGENT, FULL, KeyRing, Principal
+from concordance.security.access import AGENT, FULL, AccessKeyRing, Principal
 
 __all__ = [
     "AGENT_FORBIDDEN",
@@ -92,7 +92,9 @@ def _same(given: str, expected: str | None) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def authenticate(cfg: NodeConfig, token: str | None, keyring: KeyRing | None = None) -> Principal:
+def authenticate(
+    cfg: NodeConfig, token: str | None, keyring: AccessKeyRing | None = None
+) -> Principal:
     """What a bearer token may do.
 
     Raises:
@@ -135,7 +137,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if name == JOIN_ROUTE and token is not None and _same(token, cfg.secrets.peer_key):
         request[ACCESS] = FULL
         return await handler(request)
-    access = authenticate(cfg, token, request.app[KEYRING])
+    access = authenticate(cfg, token, request.app[ACCESS_KEYRING])
     if access is AGENT and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
         raise Forbidden("the agent key is read-only")
     if access.scoped and name is not None and name not in SCOPED_ROUTES:

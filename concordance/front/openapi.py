@@ -26,7 +26,7 @@ from aiohttp import web
 from concordance import __version__
 from concordance.front.kv import CHANGES_LIMIT, LIST_LIMIT, MAX_WAIT_MS
 from concordance.front.validate import INT64_MAX, MAX_BATCH_OPS, SET_FIELDS
-from concordance.keys import MAX_KEY_BYTES
+from concordance.protocol.kv_keys import MAX_KEY_BYTES
 
 __all__ = ["UNDESCRIBED", "build", "openapi_handler"]
 

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from concordance.config import ROLES
 from concordance.errors import InvalidRequest, Unavailable
-from concordance.front.appkeys import SUPERVISOR
+from concordance.front.app_state import SUPERVISOR
 from concordance.front.kv import json_response
 
 __all__ = ["restart_role"]

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from concordance import commands
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.crypto import Cipher, DecryptionFailed
 from concordance.errors import ConcordanceError, VersionConflict
 from concordance.front.clients import Clients
 from concordance.front.codec import Renderer
@@ -22,8 +20,10 @@ from concordance.front.reads import ReadIndexBatcher
 from concordance.front.validate import CheckArgs, DeleteArgs, SetArgs
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
-from concordance.keys import validate_key, validate_prefix
-from concordance.payloads import Entry, WriteResult
+from concordance.protocol import commands
+from concordance.protocol.kv_keys import validate_key, validate_prefix
+from concordance.protocol.payloads import Entry, WriteResult
+from concordance.security.crypto import Cipher, DecryptionFailed
 
 __all__ = ["KvService"]
 

@@ -23,7 +23,7 @@ Why it is shaped like this:
   includes ``invalid_request`` from validation); API errors use the HTTP
   status as ``error.code`` and the API error (code, message, extras) as
   ``error.data``. :func:`rpc_error` is the one place such an error is built.
-* The connection's key (``concordance.scopes``) is checked on every key and
+* The connection's key (``concordance.security.access``) is checked on every key and
   prefix a method touches (``403``/``forbidden`` outside its grants), and
   :meth:`StreamConnection.notify` drops the events it may not see, so a
   scoped key watching ``tenant:acme/`` never sees ``tenant:acme/credentials``
@@ -53,7 +53,7 @@ from concordance.errors import (
     NotFound,
     Unavailable,
 )
-from concordance.front.appkeys import ACCESS, CONFIG, HUB, KV, STREAMS
+from concordance.front.app_state import ACCESS, CONFIG, HUB, KV, STREAMS
 from concordance.front.codec import dumps, parse_json
 from concordance.front.validate import (
     MAX_BATCH_OPS,
@@ -63,8 +63,8 @@ from concordance.front.validate import (
     parse_set,
 )
 from concordance.front.watch import Subscription
-from concordance.keys import validate_key, validate_prefix
-from concordance.scopes import Principal
+from concordance.protocol.kv_keys import validate_key, validate_prefix
+from concordance.security.access import Principal
 
 __all__ = [
     "MAX_BATCH",

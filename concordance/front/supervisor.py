@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol
 
-from concordance import supervise
+from concordance.node import supervise
 
 __all__ = ["RoleStates", "Supervisor", "Supervisord"]
 
@@ -50,7 +50,7 @@ class Supervisor(Protocol):
 
 
 class Supervisord:
-    """:class:`Supervisor` over the node's supervisord (``concordance.supervise``)."""
+    """:class:`Supervisor` over the node's supervisord (``concordance.node.supervise``)."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = data_dir

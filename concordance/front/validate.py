@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from concordance.errors import InvalidRequest, ValueTooLarge
 from concordance.front.codec import encode_value
-from concordance.keys import validate_key
+from concordance.protocol.kv_keys import validate_key
 
 __all__ = [
     "MAX_BATCH_OPS",

@@ -58,14 +58,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import Compacted, ConcordanceError, Unavailable
 from concordance.front.clients import StorageClient
 from concordance.front.codec import Renderer, dumps
 from concordance.front.stream_ping import Pinger
 from concordance.front.watch_index import PrefixIndex
-from concordance.payloads import Change
+from concordance.protocol import wire
+from concordance.protocol.payloads import Change
 
 __all__ = ["ChangeWaiter", "LiveBatch", "Sink", "Subscription", "WatchHub"]
 

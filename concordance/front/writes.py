@@ -2,7 +2,7 @@
 
 Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
 
-* Each write becomes one :class:`~concordance.commands.Command` carrying this
+* Each write becomes one :class:`~concordance.protocol.commands.Command` carrying this
   node's id and a request id unique in this process (a counter from a random
   62-bit start, so a restarted front never reuses a live id).
 * A waiter for the request id is registered BEFORE proposing: on a single
@@ -40,12 +40,12 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from concordance import wire
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.commands import Command, Op, peek_request
 from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
-from concordance.payloads import Rejected, WriteResult
+from concordance.protocol import wire
+from concordance.protocol.commands import Command, Op, peek_request
+from concordance.protocol.payloads import Rejected, WriteResult
 
 __all__ = ["Proposer"]
 

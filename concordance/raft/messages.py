@@ -2,7 +2,7 @@
 
 Every message carries ``term``, ``src`` and ``dst``. Responses are separate
 messages (the core is asynchronous: nothing waits for a reply). The wire codec
-(``concordance.wire``) turns these into bytes; the core never sees bytes.
+(``concordance.protocol.wire``) turns these into bytes; the core never sees bytes.
 """
 
 from __future__ import annotations

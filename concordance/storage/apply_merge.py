@@ -25,7 +25,7 @@ import asyncio
 from collections import deque
 from typing import Final
 
-from concordance import wire
+from concordance.protocol import wire
 
 __all__ = ["MAX_BYTES", "take_queued"]
 

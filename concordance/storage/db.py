@@ -4,7 +4,7 @@ The storage process is a single-purpose actor: it calls SQLite synchronously
 on one connection, for applies and reads alike, one call at a time. Nothing
 here blocks an event loop because no event loop shares the process's work.
 
-Shapes returned: the typed records of ``concordance.payloads`` (entries,
+Shapes returned: the typed records of ``concordance.protocol.payloads`` (entries,
 change events) and the read replies of ``wire`` (list and change pages);
 ``value`` is the value's JSON text as ``bytes``: storage never parses values,
 and only the front renders the API's JSON (PROTOCOL.md §3.7).
@@ -18,10 +18,10 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any, Final, NamedTuple
 
-from concordance import wire
 from concordance.errors import Compacted, InvalidRequest
-from concordance.keys import validate_prefix
-from concordance.payloads import Change, Entry, new_change, new_entry
+from concordance.protocol import wire
+from concordance.protocol.kv_keys import validate_prefix
+from concordance.protocol.payloads import Change, Entry, new_change, new_entry
 
 __all__ = [
     "ROW_COLUMNS",

@@ -53,8 +53,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from concordance import wire
-from concordance.commands import (
+from concordance.errors import (
+    ConcordanceError,
+    InvalidRequest,
+    NotFound,
+    RemoteProtocolError,
+    VersionConflict,
+)
+from concordance.protocol import wire
+from concordance.protocol.commands import (
     Batch,
     BatchOp,
     Check,
@@ -66,14 +73,7 @@ from concordance.commands import (
     Set,
     peek_request,
 )
-from concordance.errors import (
-    ConcordanceError,
-    InvalidRequest,
-    NotFound,
-    RemoteProtocolError,
-    VersionConflict,
-)
-from concordance.payloads import (
+from concordance.protocol.payloads import (
     BatchDone,
     BatchItem,
     Change,

@@ -59,56 +59,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import zmq.asyncio
 
-from concordance import ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
-from concordance.durable import fsync_dir
 from concordance.errors import (
-    ConcordanceError,
-    InvalidRequest,
     IpcError,
-    RemoteProtocolError,
     Unavailable,
 )
-from concordance.fronts import Fronts
+from concordance.ipc.fronts import Fronts
+from concordance.ipc.sockets import Client, Publisher, Server, Sockets, ZmqSockets
 from concordance.latency import LatencyCounts
-from concordance.payloads import new_outcome
+from concordance.protocol import wire
+from concordance.protocol.payloads import new_outcome
 from concordance.raft.entries import EntryKind
-from concordance.sockets import Client, Publisher, Server, Sockets, ZmqSockets
-from concordance.storage import durability, snapshot
 from concordance.storage.apply_merge import take_queued
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
+from concordance.storage.service_reads import FrontReads, _Waiter
+from concordance.storage.service_snapshots import StorageSnapshots
 from concordance.storage.service_ttl import TRUST_HELLOS, ExpiryReaper, ReaperTimings
 from concordance.storage.service_waiters import AppliedWaiters
 from concordance.timing import ACK_DELAY, ACK_EVERY, STORAGE_DRAIN, STORAGE_FLUSH, WATCHING_FRESH
 
-__all__ = ["ServiceTimings", "StorageService", "copy_database"]
+__all__ = ["ServiceTimings", "StorageService"]
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOT_NAME = re.compile(r"^\d{20}\.snapshot$")
 _KINDS = frozenset(int(k) for k in EntryKind)
-_Waiter = tuple[bytes, wire.Envelope]  # who asked, and the request to answer
 
-# Handlers by message type (``StorageService``'s tables): a request's handler
-# returns its reply, or None when it answers later.
-_Reply = wire.Body | ConcordanceError | None
-# (a consensus handler takes the body of its own key's type, hence Any here)
+# A consensus message's handler (``StorageService._FROM_CONSENSUS``); it takes the
+# body of its own key's type, hence Any here. The front's are in service_reads.py.
 _ConsensusHandler = Callable[["StorageService", Any], Awaitable[None]]
-_Note = Callable[["StorageService", bytes, wire.Body], None]
-_Request = Callable[["StorageService", bytes, wire.Envelope], _Reply]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +116,11 @@ class ServiceTimings:
     ack_delay: float = ACK_DELAY
 
 
-class StorageService:
+class StorageService(FrontReads, StorageSnapshots):
     """The storage role of one node. ``await run()`` serves until :meth:`stop`.
+
+    The fronts' reads and backups (``service_reads.py``) and the snapshots and
+    checkpoints (``service_snapshots.py``) are mixins that declare the state set here.
 
     Args:
         cfg: the node's configuration (data dir, node id, change retention).
@@ -417,72 +408,6 @@ class StorageService:
         said = [watching for watching, at in self._watching.values() if at > fresh]
         return not said or any(said)
 
-    async def _restore(self, body: wire.Restore) -> None:
-        if self._backups:  # a backup reads the file about to be replaced: let it finish
-            await asyncio.wait(self._backups)
-        try:
-            index = self.state.restore_from(body.path)
-        except (RemoteProtocolError, OSError) as e:
-            log.error("storage: cannot restore from %s: %s", body.path, e)
-        else:
-            if index != body.index:
-                log.warning(
-                    "storage: snapshot %s holds index %d, not %d", body.path, index, body.index
-                )
-            log.info("storage: restored %s at applied index %d", body.path, index)
-            await self._release_waiters()
-        await self._hello()
-
-    def _start_checkpoint(self) -> None:
-        """Make what is applied durable beside the loop, then answer ``durable``."""
-        if self._checkpointing is not None and not self._checkpointing.done():
-            return  # that one answers
-        task = asyncio.create_task(self._checkpoint())
-        self._checkpointing = task
-        self._backups.add(task)  # a restore or a stop waits for it
-        task.add_done_callback(self._backups.discard)
-
-    async def _checkpoint(self) -> None:
-        index = self.state.applied_index  # committed, so in the WAL the checkpoint syncs
-        try:
-            await asyncio.to_thread(durability.checkpoint, self.db_path)
-        except (OSError, sqlite3.Error, durability.CheckpointIncomplete) as e:
-            log.warning("storage: checkpoint failed (consensus will ask again): %s", e)
-            return
-        self.durable_index = max(self.durable_index, index)
-        await self._send("durable", wire.Durable(index))
-
-    def _start_snapshot(self) -> None:
-        """Copy state.db beside the loop; applies and reads go on meanwhile."""
-        if self._snapshotting is not None and not self._snapshotting.done():
-            log.info("storage: a snapshot is already being written; take_snapshot ignored")
-            return  # consensus asks one at a time; this one answers it
-        task = asyncio.create_task(self._take_snapshot())
-        self._snapshotting = task
-        self._backups.add(task)  # a restore or a stop waits for it
-        task.add_done_callback(self._backups.discard)
-
-    async def _take_snapshot(self) -> None:
-        staging = self.snapshot_dir / "taking.snapshot.tmp"  # swept at start if left over
-        try:
-            async with self._backup_lock:
-                _, index, term = await asyncio.to_thread(copy_database, self.db_path, staging)
-            path = self.snapshot_dir / f"{index:020d}.snapshot"
-            os.replace(staging, path)
-            fsync_dir(self.snapshot_dir, best_effort=True)
-        except (OSError, sqlite3.Error, RemoteProtocolError) as e:
-            log.error("storage: snapshot in %s failed: %s", self.snapshot_dir, e)
-            return
-        self._prune_snapshots()
-        log.info("storage: snapshot at index %d written to %s", index, path)
-        await self._send("snapshot_taken", wire.SnapshotTaken(index, term, str(path)))
-
-    def _prune_snapshots(self) -> None:
-        """Keep the newest few snapshot files; consensus moves or copies what it needs."""
-        names = sorted(p.name for p in self.snapshot_dir.iterdir() if _SNAPSHOT_NAME.match(p.name))
-        for name in names[: -self._t.snapshots_kept]:
-            (self.snapshot_dir / name).unlink(missing_ok=True)
-
     # -- storage -> consensus ------------------------------------------------------
     async def _heartbeat(self) -> None:
         assert self._events is not None and self._consensus is not None
@@ -515,178 +440,13 @@ class StorageService:
         except IpcError as e:  # consensus is down or restarting; the next hello repairs this
             log.debug("storage: %s to consensus lost: %s", type, e)
 
-    # -- front -> storage ------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        assert self._server is not None
-        while True:
-            peer, env = await self._server.recv()
-            await self._handle(peer, env)
-
-    async def _handle(self, peer: bytes, env: wire.Envelope) -> None:
-        """Serve one message from a front: a one-way note, or a request answered by
-        its handler in ``_REQUESTS`` (one dict lookup by body type)."""
-        assert self._server is not None
-        self._fronts.note(peer)
-        note = self._NOTES.get(type(env.body))
-        if note is not None:
-            note(self, peer, env.body)
-            return
-        if env.reply_to is not None or env.type in wire.ONE_WAY:
-            log.warning("storage: dropping %s from %r: not a request", env.type, peer)
-            return
-        serve = self._REQUESTS.get(type(env.body))
-        reply: _Reply
-        try:
-            if serve is None:
-                reply = InvalidRequest(f"storage does not serve {env.type}")
-            else:
-                reply = serve(self, peer, env)
-        except ConcordanceError as e:
-            reply = e
-        except sqlite3.Error as e:
-            log.exception("storage: %s failed", env.type)
-            reply = Unavailable(f"storage read failed: {e}")
-        if reply is not None:  # None: answered later (a parked read, a backup)
-            await self._server.reply(peer, env, reply)
-
-    def _on_front_watching(self, peer: bytes, body: wire.Body) -> None:
-        assert isinstance(body, wire.FrontWatching)  # whether it wants change batches
-        self._watching[peer] = (body.watching, self._clock.monotonic())
-
-    def _wait_for(self, peer: bytes, env: wire.Envelope, index: int) -> _Reply:
-        """Park a request until ``index`` is applied (None), or refuse it when too
-        many wait already."""
-        return None if self._park(peer, env, index) else Unavailable("too many waiting reads")
-
-    def _get(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body, sm = env.body, self.state
-        assert isinstance(body, wire.Get)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
-        return wire.GetOk(sm.get(body.key, body.now))
-
-    def _get_many(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body, sm = env.body, self.state
-        assert isinstance(body, wire.GetMany)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
-        return wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
-
-    def _list(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body, sm = env.body, self.state
-        assert isinstance(body, wire.List)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
-        return sm.list(body.prefix, body.limit, body.cursor, body.now)
-
-    def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body = env.body
-        assert isinstance(body, wire.Changes)
-        return self.state.changes(body.prefix, body.since, body.limit)
-
-    def _status(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        sm = self.state
-        counts, total_us = self.apply_latency.snapshot()
-        return wire.StorageStatusOk(
-            sm.applied_index, sm.applied_term, sm.revision, counts, total_us
-        )
-
-    def _wait_applied(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body, applied = env.body, self.state.applied_index
-        assert isinstance(body, wire.WaitApplied)
-        if applied < body.index:
-            return self._wait_for(peer, env, body.index)
-        return wire.WaitAppliedOk(applied)
-
-    def _start_backup(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        assert isinstance(env.body, wire.Backup)
-        task = asyncio.create_task(self._backup(peer, env, env.body.path))
-        self._backups.add(task)
-        task.add_done_callback(self._backups.discard)
-        return None  # answered by the task
-
-    def _park(self, peer: bytes, env: wire.Envelope, index: int) -> bool:
-        """Park a wait_applied (or a read with ``min_index``) until ``index`` is applied;
-        False if too many wait already."""
-        deadline = env.deadline_ms
-        if deadline is None:
-            deadline = self._clock.wall_ms() + int(self._t.default_wait * 1000)
-        return self._waiters.park(index, deadline, (peer, env))
-
-    async def _release_waiters(self) -> None:
-        assert self._server is not None
-        applied = self.state.applied_index
-        for peer, env in self._waiters.release(applied, self._clock.wall_ms()):
-            if isinstance(env.body, wire.WaitApplied):
-                await self._server.reply(peer, env, wire.WaitAppliedOk(applied))
-            else:  # a read with min_index: serve it now
-                await self._handle(peer, env)
-
-    async def _backup(self, peer: bytes, env: wire.Envelope, path: str) -> None:
-        assert self._server is not None
-        reply: wire.Body | ConcordanceError
-        try:
-            dest = self._backup_target(path)
-            async with self._backup_lock:
-                size, index, _ = await asyncio.to_thread(copy_database, self.db_path, dest)
-            reply = wire.BackupOk(str(dest), size, index)
-            log.info("storage: backup at index %d written to %s (%d bytes)", index, dest, size)
-        except ConcordanceError as e:
-            reply = e
-        except (OSError, sqlite3.Error, RemoteProtocolError) as e:
-            log.warning("storage: backup to %s failed: %s", path, e)
-            reply = Unavailable(f"backup failed: {e}")
-        if self._server is not None:  # not closed meanwhile
-            await self._server.reply(peer, env, reply)
-
-    def _backup_target(self, path: str) -> Path:
-        dest = Path(path)
-        if not dest.is_absolute():
-            raise InvalidRequest("backup path must be absolute")
-        if Path(os.path.realpath(dest)).is_relative_to(os.path.realpath(self.state_dir)):
-            raise InvalidRequest("backup path must be outside the state directory")
-        return dest
-
-    # What storage takes, by body type (PROTOCOL.md §3.2 to storage, §3.3), built
-    # once with the class: a dispatch is one dict lookup.
+    # What storage takes from consensus, by body type (PROTOCOL.md §3.2 to storage),
+    # built once with the class: a dispatch is one dict lookup. The front's
+    # (§3.3) are FrontReads' tables.
     _FROM_CONSENSUS: ClassVar[dict[type[wire.Body], _ConsensusHandler]] = {
         wire.Apply: _on_apply,
-        wire.Restore: _restore,
+        wire.Restore: StorageSnapshots._restore,
         wire.TakeSnapshot: _on_take_snapshot,
         wire.Checkpoint: _on_checkpoint,
         wire.Leadership: _on_leadership,
     }
-    _NOTES: ClassVar[dict[type[wire.Body], _Note]] = {
-        wire.FrontHello: lambda self, peer, body: None,  # noted: where ``stopping`` goes
-        wire.FrontWatching: _on_front_watching,
-    }
-    _REQUESTS: ClassVar[dict[type[wire.Body], _Request]] = {
-        wire.Get: _get,
-        wire.GetMany: _get_many,
-        wire.List: _list,
-        wire.Changes: _changes,
-        wire.StorageStatus: _status,
-        wire.WaitApplied: _wait_applied,
-        wire.Backup: _start_backup,
-    }
-
-
-def copy_database(
-    db_path: str | os.PathLike[str], dest: str | os.PathLike[str]
-) -> tuple[int, int, int]:
-    """Copy a live state.db to ``dest`` as one consistent file; return (bytes,
-    applied_index, applied_term).
-
-    Runs on a worker thread with its own read-only connection. The whole copy
-    is one backup step, i.e. one read transaction: in WAL mode the writer is
-    not blocked, and the copy cannot restart halfway because of its writes.
-    ``dest`` appears atomically, complete and fsynced.
-    """
-    uri = Path(db_path).resolve().as_uri() + "?mode=ro"
-    src = sqlite3.connect(uri, uri=True)
-    try:
-        snapshot.write(src, dest)
-    finally:
-        src.close()
-    index, term = snapshot.vet(dest)
-    return os.path.getsize(dest), index, term

@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass
 
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.commands import Command, Expire
 from concordance.errors import ConcordanceError, IpcError, Unavailable
-from concordance.sockets import Client
+from concordance.ipc.sockets import Client
+from concordance.protocol.commands import Command, Expire
+from concordance.protocol.wire import Leadership, Propose
 from concordance.storage.fsm import StateMachine
-from concordance.wire import Leadership, Propose
 
 __all__ = ["TRUST_HELLOS", "ExpiryReaper", "ReaperTimings", "wall_ms"]
 

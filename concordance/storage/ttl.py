@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from concordance.commands import Expire
+from concordance.protocol.commands import Expire
 
 __all__ = ["expired", "next_expiry"]
 

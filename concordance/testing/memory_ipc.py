@@ -1,4 +1,4 @@
-"""In-memory IPC ends: the ``concordance.sockets`` Protocols over asyncio queues. Test support.
+"""In-memory IPC ends: the ``concordance.ipc.sockets`` Protocols over asyncio queues. Test support.
 
 Why: every role (the consensus driver, the storage service, the front's
 role clients) and the doubles that play the roles around it can then be
@@ -44,8 +44,8 @@ from concordance.errors import (
     RemoteProtocolError,
 )
 from concordance.ipc import SEND_TIMEOUT, MessageHandler
-from concordance.sockets import Sockets
-from concordance.wire import (
+from concordance.ipc.sockets import Sockets
+from concordance.protocol.wire import (
     ONE_WAY,
     REPLIES,
     TOPICS,
@@ -97,7 +97,7 @@ class _Queue:
 
 
 class MemoryIpc:
-    """One process's (or one test's) in-memory endpoints; a ``concordance.sockets.Sockets``.
+    """One process's (or one test's) in-memory endpoints; a ``concordance.ipc.sockets.Sockets``.
 
     Every role of a test shares one instance, as the roles of a node share
     the abstract socket namespace.

@@ -12,9 +12,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from concordance.crypto import Cipher
 from concordance.front.codec import Renderer
-from concordance.payloads import Change
+from concordance.protocol.payloads import Change
+from concordance.security.crypto import Cipher
 from concordance.storage.fsm import StateMachine
 
 __all__ = ["Sink", "Watcher", "lost_writes", "unreaped", "watch_gaps"]

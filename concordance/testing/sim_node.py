@@ -42,11 +42,11 @@ from concordance.consensus import ConsensusDriver
 from concordance.front import app as front_app
 from concordance.front import ipc_clients
 from concordance.front.app import make_app
-from concordance.front.appkeys import CLIENTS, HUB, KV
+from concordance.front.app_state import CLIENTS, HUB, KV
 from concordance.front.clients import Clients
 from concordance.front.service import KvService
 from concordance.front.watch import WatchHub
-from concordance.sockets import Client, Publisher, Server, Sockets, Subscriber
+from concordance.ipc.sockets import Client, Publisher, Server, Sockets, Subscriber
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.sim_loop import ROLE, LoopClock, RoleRun

@@ -14,7 +14,7 @@ import itertools
 
 from concordance.config import ROLES
 from concordance.front.supervisor import RoleStates
-from concordance.supervise import SupervisorUnavailable
+from concordance.node.supervise import SupervisorUnavailable
 
 __all__ = ["MemorySupervisor"]
 

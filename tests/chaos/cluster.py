@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from concordance.supervise import descendants
+from concordance.node.supervise import descendants
 from tests.chaos.clients import session
 from tests.integration.helpers import API_KEY, Node, free_port, short_tmpdir, wait_for
 from tests.integration.netproxy import Net

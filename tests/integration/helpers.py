@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from concordance.supervise import Control, SupervisorUnavailable
+from concordance.node.supervise import Control, SupervisorUnavailable
 
 API_KEY = "test-full-key"
 AGENT_KEY = "test-agent-key"

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from concordance.supervise import serving
+from concordance.node.supervise import serving
 from tests.integration.helpers import ROOT, Cluster, Node, wait_for
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concordance.scopes import hash_secret
+from concordance.security.access import hash_secret
 from tests.integration.helpers import API_KEY, Node, short_tmpdir
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz")]  # one node, one worker

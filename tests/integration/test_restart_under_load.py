@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concordance.supervise import serving, serving_front, wait_gone
+from concordance.node.supervise import serving, serving_front, wait_gone
 from tests.integration.helpers import API_KEY, Cluster, Node, short_tmpdir, wait_for
 
 PREFIX = "tenant:load/"

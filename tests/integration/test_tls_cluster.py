@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from concordance.scopes import hash_secret
+from concordance.security.access import hash_secret
 from tests.integration.certs import CA, Leaf
 from tests.integration.helpers import (
     API_KEY,

@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from concordance import wire
 from concordance.consensus.driver import ConsensusDriver
 from concordance.front.watch import WatchHub
+from concordance.protocol import wire
 from concordance.storage.service import StorageService
 
 

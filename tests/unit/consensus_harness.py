@@ -25,19 +25,21 @@ from typing import Any
 
 import zmq.asyncio
 
-from concordance import fronts, ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
 from concordance.consensus.peers import Deliver, PeerCounters
 from concordance.front.ipc_clients import greet
+from concordance.ipc import fronts
+from concordance.ipc.sockets import Sockets, ZmqSockets
+from concordance.protocol import wire
+from concordance.protocol.wire_raft import decode_raft
 from concordance.raft.messages import InstallSnapshot
-from concordance.sockets import Sockets, ZmqSockets
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until, until_answered
 from concordance.timing import CONSENSUS_FLUSH
-from concordance.wire_raft import decode_raft
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
 

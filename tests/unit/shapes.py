@@ -2,14 +2,14 @@
 
 The dicts use the API's field names with ``value`` still the stored JSON text
 (``bytes``), the shape storage sent before its payloads became records
-(``concordance.payloads``); only tests use this view.
+(``concordance.protocol.payloads``); only tests use this view.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from concordance import payloads, wire
+from concordance.protocol import payloads, wire
 from concordance.storage.fsm import Applied
 
 

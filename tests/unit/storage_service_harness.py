@@ -25,12 +25,13 @@ from typing import Any
 
 import zmq.asyncio
 
-from concordance import errors, ipc, wire
+from concordance import errors, ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
-from concordance.commands import Command, Op, Set
 from concordance.config import NodeConfig
+from concordance.ipc.sockets import Server, Sockets, ZmqSockets
+from concordance.protocol import wire
+from concordance.protocol.commands import Command, Op, Set
 from concordance.raft.entries import EntryKind
-from concordance.sockets import Server, Sockets, ZmqSockets
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.storage.service_ttl import ReaperTimings
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from concordance import wire
+from concordance.protocol import wire
 from concordance.storage.apply_merge import take_queued
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from concordance import codec
+from concordance.protocol import codec
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from concordance import wire
-from concordance.commands import Batch, Command, Delete, Set
+from concordance.protocol import wire
+from concordance.protocol.commands import Batch, Command, Delete, Set
 from concordance.raft import messages as rm
 from concordance.raft.entries import Entry, EntryKind
 from tests.unit.test_commands import KEY, OPS

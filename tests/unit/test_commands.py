@@ -7,7 +7,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from concordance.commands import (
+from concordance.errors import RemoteProtocolError
+from concordance.protocol.commands import (
     FORMAT,
     Batch,
     Check,
@@ -19,7 +20,6 @@ from concordance.commands import (
     Set,
     peek_request,
 )
-from concordance.errors import RemoteProtocolError
 
 KEY = "tenant:acme/user:u1/preferences/theme"
 

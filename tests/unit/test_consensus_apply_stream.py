@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from concordance import wire
 from concordance.consensus import apply_stream
 from concordance.consensus.apply_stream import ApplyStream
 from concordance.errors import IpcError
+from concordance.protocol import wire
 from concordance.raft.entries import Entry, Membership, SnapshotMeta
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from concordance import errors, wire
+from concordance import errors
 from concordance.clock import SYSTEM_CLOCK
+from concordance.protocol import wire
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import FakeStorage, cluster, run

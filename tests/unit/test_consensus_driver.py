@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from concordance import errors, wire
+from concordance import errors
 from concordance.consensus import ConsensusDriver, boot_membership
+from concordance.protocol import wire
 from concordance.raft import messages as rm
 from concordance.raft.entries import EntryKind
 from concordance.raft.sqlite_store import StoreFailed

@@ -21,13 +21,14 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 
-from concordance import fdpass, peerwire
 from concordance.config import NodeConfig
 from concordance.consensus import peers
 from concordance.consensus.peers import PeerNet
 from concordance.front.accept import SortingSite
+from concordance.ipc import fdpass
+from concordance.protocol import peerwire
+from concordance.security.tls import TlsContexts
 from concordance.testing.poll import until, until_answered
-from concordance.tls import TlsContexts
 from tests.integration.certs import CA, Leaf
 
 pytestmark = pytest.mark.slow

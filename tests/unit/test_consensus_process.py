@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from concordance.sockets import ZmqSockets
+from concordance.ipc.sockets import ZmqSockets
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import (
     FakeFront,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from concordance import errors, wire
+from concordance import errors
 from concordance.consensus.promotion import Promoter, PromotionView
+from concordance.protocol import wire
 from concordance.raft.entries import ConfChange, ConfChangeOp
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until

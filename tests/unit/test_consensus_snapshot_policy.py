@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 from concordance.consensus.snapshots import SnapshotCoordinator
+from concordance.protocol.wire import Durable
 from concordance.raft.entries import Membership, SnapshotMeta
 from concordance.raft.progress import Progress
 from concordance.raft.ready import Role
-from concordance.wire import Durable
 
 MEMBERS = Membership(("n1", "n2", "n3"))
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from concordance import errors, wire
+from concordance import errors
+from concordance.protocol import wire
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import (

@@ -28,7 +28,7 @@ import pytest
 import uvloop
 import zmq.asyncio
 
-from concordance.sockets import ZmqSockets
+from concordance.ipc.sockets import ZmqSockets
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import (
     FakeFront,

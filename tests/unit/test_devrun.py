@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from concordance.devrun import _dev_secret
+from concordance.node.devrun import _dev_secret
 
 
 def test_a_dev_secret_is_created_private_and_kept(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import zmq.asyncio
 
-from concordance import errors, fronts, ipc, wire
+from concordance import errors, ipc
 from concordance.consensus import ConsensusDriver
+from concordance.ipc import fronts
+from concordance.protocol import wire
 from concordance.storage.service import StorageService
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc

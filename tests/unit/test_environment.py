@@ -33,7 +33,7 @@ def test_every_documented_variable_is_in_the_table() -> None:
 
 
 def test_every_variable_an_operator_or_user_sets_is_documented() -> None:
-    public = {name for name, v in VARIABLES.items() if v.scope != "internal"}
+    public = {name for name, v in VARIABLES.items() if v.reader != "internal"}
     assert not public - _documented()
 
 
@@ -71,7 +71,7 @@ def test_each_node_variable_is_read_into_its_setting(
 
 
 def test_every_node_variable_has_a_reading_test() -> None:
-    node = {name for name, v in VARIABLES.items() if v.scope == "node"}
+    node = {name for name, v in VARIABLES.items() if v.reader == "node"}
     assert node == {case[0] for case in READS}
 
 

@@ -1,8 +1,8 @@
-"""Which fronts a role pushes to (``concordance.fronts``, PROTOCOL.md §1)."""
+"""Which fronts a role pushes to (``concordance.ipc.fronts``, PROTOCOL.md §1)."""
 
 from __future__ import annotations
 
-from concordance.fronts import Fronts, incarnation_of, routing_id
+from concordance.ipc.fronts import Fronts, incarnation_of, routing_id
 
 
 def test_routing_ids_carry_the_incarnation_and_nothing_else_is_a_front() -> None:

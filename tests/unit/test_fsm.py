@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from concordance.commands import (
+from concordance.errors import (
+    Compacted,
+    InvalidKey,
+    InvalidRequest,
+    NotFound,
+    VersionConflict,
+)
+from concordance.protocol.commands import (
     Batch,
     Check,
     Command,
@@ -17,14 +24,7 @@ from concordance.commands import (
     Op,
     Set,
 )
-from concordance.errors import (
-    Compacted,
-    InvalidKey,
-    InvalidRequest,
-    NotFound,
-    VersionConflict,
-)
-from concordance.payloads import Change, Entry
+from concordance.protocol.payloads import Change, Entry
 from concordance.storage.db import prefix_end
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from tests.unit.shapes import error_of, plain, result_of

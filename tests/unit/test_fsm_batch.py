@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from concordance.commands import Batch, Command, Delete, Set
-from concordance.payloads import BatchDone, Deleted
+from concordance.protocol.commands import Batch, Command, Delete, Set
+from concordance.protocol.payloads import BatchDone, Deleted
 from concordance.storage.fsm import StateMachine
 
 

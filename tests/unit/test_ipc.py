@@ -22,7 +22,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from concordance import errors, ipc, payloads, wire
+from concordance import errors, ipc
+from concordance.protocol import payloads, wire
 from concordance.testing.poll import until
 
 TEST_DEADLINE = 10.0  # seconds; every test body runs under it

@@ -6,7 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("zmq", "uvloop", "aiohttp", "concordance.ipc", "concordance.wire", "concordance.raft")
+HEAVY = (
+    "zmq",
+    "uvloop",
+    "aiohttp",
+    "concordance.ipc",
+    "concordance.protocol.wire",
+    "concordance.raft",
+)
 
 
 def test_keepers_do_not_import_the_roles_runtime() -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from concordance.logfmt import formatter
+from concordance.node.logfmt import formatter
 
 
 def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import concordance
-from concordance import errors, wire
+from concordance import errors
+from concordance.protocol import wire
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from tests.unit.test_wire import IPC_EXAMPLES

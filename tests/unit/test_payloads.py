@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from concordance import errors, wire
-from concordance.payloads import TAGS, Entry, Outcome, Rejected
+from concordance import errors
+from concordance.protocol import wire
+from concordance.protocol.payloads import TAGS, Entry, Outcome, Rejected
 
 E = Entry("tenant:a/k", b"1", 2, 7, 1, 2, None)
 

@@ -7,9 +7,9 @@ import ssl
 import msgpack
 import pytest
 
-from concordance import peerwire
 from concordance.errors import RemoteProtocolError
-from concordance.peerwire import FrameReader, Hello, Kind
+from concordance.protocol import peerwire
+from concordance.protocol.peerwire import FrameReader, Hello, Kind
 
 STREAM_FRAMES = [b"", b"a", b"\x93\x01\x02\x03", bytes(range(256)) * 3, b""]
 

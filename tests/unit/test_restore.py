@@ -11,12 +11,12 @@ import pytest
 
 from concordance.config import ConfigError
 from concordance.consensus.disk import RaftDisk
+from concordance.node.restore import restore
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
 from concordance.raft.entries import Membership
 from concordance.raft.snapshot_files import FileSnapshotStore
 from concordance.raft.sqlite_store import SqliteRaftStore
-from concordance.restore import restore
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine
 from tests.unit.test_storage_snapshot import entries, history

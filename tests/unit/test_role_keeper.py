@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from concordance.config import NodeConfig
-from concordance.supervise import descendants, serving, wait_gone
+from concordance.node.supervise import descendants, serving, wait_gone
 from concordance.testing.poll import until_sync
 
 ROOT = Path(__file__).resolve().parents[2]

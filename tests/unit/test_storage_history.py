@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from concordance.commands import Batch, Command, Delete, DeletePrefix, Expire, Op, Set
 from concordance.errors import Compacted
+from concordance.protocol.commands import Batch, Command, Delete, DeletePrefix, Expire, Op, Set
 from concordance.storage.fsm import StateMachine
 from tests.unit.shapes import error_of, plain
 

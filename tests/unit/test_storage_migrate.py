@@ -10,8 +10,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from concordance.commands import Command, Set
 from concordance.errors import Compacted
+from concordance.protocol.commands import Command, Set
 from concordance.storage.fsm import StateMachine
 from concordance.storage.schema import SCHEMA_VERSION
 from tests.unit.shapes import error_of, plain, result_of

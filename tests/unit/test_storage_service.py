@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import pytest
 import zmq.asyncio
 
-from concordance import errors, fronts, ipc, payloads, wire
-from concordance.commands import Command, Delete, Expire, Set
+from concordance import errors, ipc
+from concordance.ipc import fronts
+from concordance.protocol import payloads, wire
+from concordance.protocol.commands import Command, Delete, Expire, Set
 from concordance.raft.entries import EntryKind
 from concordance.storage import snapshot
 from concordance.storage.fsm import StateMachine

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import zmq.asyncio
 
-from concordance import errors, ipc, wire
-from concordance.commands import Expire
+from concordance import errors, ipc
+from concordance.protocol import wire
+from concordance.protocol.commands import Expire
 from concordance.storage.service import ServiceTimings, StorageService
 from concordance.storage.service_ttl import ExpiryReaper, ReaperTimings, wall_ms
 from concordance.storage.service_waiters import AppliedWaiters

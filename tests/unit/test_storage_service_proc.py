@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq.asyncio
 
-from concordance import wire
+from concordance.protocol import wire
 from tests.unit.storage_service_harness import (
     T0,
     FakeConsensus,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from concordance.commands import Batch, Command, Delete, Op, Set
 from concordance.errors import RemoteProtocolError
+from concordance.protocol.commands import Batch, Command, Delete, Op, Set
 from concordance.storage.fsm import StateMachine
 from tests.unit.shapes import plain
 

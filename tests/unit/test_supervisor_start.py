@@ -9,8 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from concordance import config, supervise
-from concordance.supervisor_start import wake_when_listening
+from concordance import config
+from concordance.node import supervise
+from concordance.node.supervisor_start import wake_when_listening
 
 
 def test_wakes_a_listening_socket_with_one_connection() -> None:
@@ -43,6 +44,6 @@ def test_gives_up_on_a_socket_nobody_listens_on() -> None:
 def test_the_node_execs_supervisord_through_the_wake_up(tmp_path: Path) -> None:
     cfg = config.NodeConfig(node_id="n1", listen="127.0.0.1:1", data_dir=str(tmp_path / "n1"))
     cmd = supervise.supervisord_command(cfg)
-    assert cmd[:4] == [sys.executable, "-m", "concordance.supervisor_start",
+    assert cmd[:4] == [sys.executable, "-m", "concordance.node.supervisor_start",
                        config.supervisor_socket(cfg.data)]  # fmt: skip
     assert cmd[4:] == ["-n", "-c", str(supervise.config_path())]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from concordance import timing
 from concordance.cli import remote_ctl, server
-from concordance.config import ROLES
+from concordance.config import ROLES, NodeConfig
 from concordance.timing import (
     ACK_DELAY,
     ACK_EVERY,
@@ -26,11 +26,13 @@ from concordance.timing import (
     PEER_DEAD_AFTER,
     PEER_FLUSH,
     PEER_KEEPALIVE,
+    ROLE_READY_TIMEOUT,
     ROLLING_ORDER,
     STOPPING_BOUND,
     STORAGE_DRAIN,
     STORAGE_FLUSH,
     SUPERVISORD_STOPWAITSECS,
+    UNAVAILABLE_RETRY,
     WATCHING_FRESH,
 )
 
@@ -98,6 +100,28 @@ def test_the_ctl_waits_for_a_new_front_as_long_as_its_keeper_does() -> None:
     # front keeper gives a new front FRONT_READY_TIMEOUT to serve. Shorter on the
     # ctl's side, a hand-over that then succeeds would be reported failed.
     assert HAND_OVER_TIMEOUT >= FRONT_READY_TIMEOUT
+
+
+def test_the_ctl_waits_for_a_new_role_as_long_as_its_keeper_does() -> None:
+    # The role keeper starts a consensus or storage successor, gives its imports
+    # ROLE_READY_TIMEOUT, and only then stops the old process (up to
+    # KEEPER_STOP_TIMEOUT) so the successor can take over. ``concordance ctl restart
+    # ROLE`` reports failure after HAND_OVER_TIMEOUT: shorter than the keeper's
+    # worst case, it would call failed a restart that then goes through.
+    assert HAND_OVER_TIMEOUT >= ROLE_READY_TIMEOUT + KEEPER_STOP_TIMEOUT
+
+
+def test_a_front_rides_out_a_hand_over_and_the_fastest_election_only() -> None:
+    # A front asks a role answering "unavailable" (no leader known) again for
+    # UNAVAILABLE_RETRY. A planned hand-over elects at once, and the first
+    # follower to time out after a crash does so after the shortest election
+    # timeout (election_ticks ticks; the core draws from [1x, 2x)): the retry
+    # covers the first, and the second at its fastest. Longer than the longest
+    # election and a node cut off from every leader would hold each client past
+    # the point where 503 (API.md: safe to retry) serves it better.
+    defaults = NodeConfig(node_id="n1", listen="127.0.0.1:1", data_dir="/tmp/x")
+    election = defaults.tick_ms * defaults.election_ticks / 1000
+    assert election < UNAVAILABLE_RETRY < 2 * election
 
 
 def test_an_idle_peer_link_outlives_one_late_keepalive() -> None:

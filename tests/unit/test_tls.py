@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from concordance import tls as tls_module
 from concordance.config import ConfigError, NodeConfig, Secrets
-from concordance.tls import TlsContexts
+from concordance.security import tls as tls_module
+from concordance.security.tls import TlsContexts
 from tests.integration.certs import CA, Leaf
 
 

@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
-from concordance.commands import Batch, Check, Command, Delete, DeletePrefix, Expire, Op, Set
 from concordance.errors import VersionConflict
+from concordance.protocol.commands import (
+    Batch,
+    Check,
+    Command,
+    Delete,
+    DeletePrefix,
+    Expire,
+    Op,
+    Set,
+)
 from concordance.storage.fsm import Applied, StateMachine
 from tests.unit.shapes import error_of, plain, result_of
 

@@ -1,4 +1,4 @@
-"""Pair tests for concordance.wire: every Raft and IPC message type round-trips unchanged,
+"""Pair tests for concordance.protocol.wire: every Raft and IPC message type round-trips unchanged,
 and anything else is a RemoteProtocolError."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from concordance import errors, payloads, wire
+from concordance import errors
+from concordance.protocol import payloads, wire
 from concordance.raft import messages as rm
 from concordance.raft.entries import (
     ConfChange,

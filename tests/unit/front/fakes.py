@@ -28,15 +28,16 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import ipc, wire
+from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.front.app import make_app
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.ipc_clients import connect
-from concordance.payloads import Entry, Outcome
-from concordance.sockets import Server
+from concordance.ipc.sockets import Server
+from concordance.protocol import wire
+from concordance.protocol.payloads import Entry, Outcome
 from concordance.storage.fsm import StateMachine
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc, MemoryPublisher

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from concordance.commands import Command, Expire
+from concordance.protocol.commands import Command, Expire
 from tests.unit.front.fakes import FULL, T0, Harness, harness
 
 GOLDEN = Path(__file__).parent.parent / "testdata" / "api_golden.json"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from concordance import wire
 from concordance.config import Secrets
 from concordance.front.app import _check_cluster_key
+from concordance.protocol import wire
 from concordance.testing.clock import ManualClock
 from tests.unit.front.fakes import FakeNode, make_config
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from concordance.crypto import Cipher
 from concordance.front.codec import Renderer, encode_value
-from concordance.payloads import BatchDone, Deleted, Entry
+from concordance.protocol.payloads import BatchDone, Deleted, Entry
+from concordance.security.crypto import Cipher
 from tests.unit.front.fakes import ENC_KEY
 
 CRED = "tenant:acme/credentials/github"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from concordance.config import Secrets
-from concordance.crypto import Cipher, DecryptionFailed, is_sensitive
 from concordance.errors import EncryptionUnavailable
+from concordance.security.crypto import Cipher, DecryptionFailed, is_sensitive
 from tests.unit.front.fakes import AGENT, ENC_KEY, FULL, OLD_KEY, PEER, Harness, harness
 
 SECRET = b'{"token":"ghp_plaintext_marker"}'
@@ -133,7 +133,7 @@ def test_a_value_that_does_not_open_is_503_not_500(tmp_path: Path) -> None:
         async with harness(tmp_path) as h:
             await h.put(CRED, "x")
             wrong = Cipher((OLD_KEY,)).seal(CRED, b'"y"')  # sealed with a key the node lacks
-            from concordance.commands import Command, Set
+            from concordance.protocol.commands import Command, Set
 
             h.node.apply(Command("n9", 1, 0, Set(CRED, wrong)).encode())
             await h.settle()

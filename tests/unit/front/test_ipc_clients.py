@@ -20,13 +20,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from concordance import fronts, ipc, payloads, wire
+from concordance import ipc
 from concordance.errors import NotLeader, Unavailable
-from concordance.front import ipc_clients
+from concordance.front import retry
 from concordance.front.app import make_app
-from concordance.front.appkeys import HUB
-from concordance.front.ipc_clients import HOLD_POLL, IpcConsensus, IpcStorage, connect
-from concordance.sockets import Server, Sockets, ZmqSockets
+from concordance.front.app_state import HUB
+from concordance.front.ipc_clients import IpcConsensus, IpcStorage, connect
+from concordance.front.retry import HOLD_POLL
+from concordance.ipc import fronts
+from concordance.ipc.sockets import Server, Sockets, ZmqSockets
+from concordance.protocol import payloads, wire
 from concordance.storage.fsm import StateMachine
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
@@ -310,7 +313,7 @@ def test_a_proposal_is_503_once_its_hold_budget_is_spent() -> None:
             with pytest.raises(Unavailable):
                 await r.outcome(asyncio.ensure_future(r.consensus.propose([b"cmd"], 0.6)))
             held = r.clock.monotonic() - started
-            assert ipc_clients.hold_budget(0.6) <= held <= ipc_clients.hold_budget(0.6) + HOLD_POLL
+            assert retry.hold_budget(0.6) <= held <= retry.hold_budget(0.6) + HOLD_POLL
 
     asyncio.run(main())
 
@@ -358,8 +361,8 @@ def test_a_role_that_keeps_answering_unavailable_is_503_before_the_deadline() ->
                         await r.outcome(asyncio.ensure_future(ask()))
                     asked_for = r.clock.monotonic() - started
                     # the last pause would end past the budget: it is not taken
-                    retry = ipc_clients.UNAVAILABLE_RETRY
-                    assert retry - 0.2 <= asked_for <= retry, asked_for
+                    budget = retry.UNAVAILABLE_RETRY
+                    assert budget - 0.2 <= asked_for <= budget, asked_for
             finally:
                 task.cancel()
                 seen = await task

@@ -10,11 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concordance import wire
 from concordance.config import NodeConfig, Secrets
 from concordance.front import cluster
-from concordance.front.appkeys import METRICS
+from concordance.front.app_state import METRICS
 from concordance.front.join import JoinOutcome, is_fresh, join_cluster
+from concordance.protocol import wire
 from concordance.testing.poll import until
 from tests.unit.front.fakes import AGENT, PEER, Harness, harness
 

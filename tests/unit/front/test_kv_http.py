@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from concordance import wire
-from concordance.commands import Command, Set
 from concordance.front import writes
-from concordance.front.appkeys import PROPOSER
+from concordance.front.app_state import PROPOSER
+from concordance.protocol import wire
+from concordance.protocol.commands import Command, Set
 from concordance.testing.clock import ManualClock
 from concordance.testing.poll import until
 from tests.unit.front.fakes import AGENT, FULL, T0, Harness, harness, on_clock

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from concordance.config import NodeConfig
-from concordance.supervise import serving_front, wait_gone
+from concordance.node.supervise import serving_front, wait_gone
 from concordance.testing.poll import until_sync
 
 ROOT = Path(__file__).resolve().parents[3]

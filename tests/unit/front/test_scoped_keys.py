@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from concordance.scopes import hash_secret
+from concordance.security.access import hash_secret
 from tests.unit.front.fakes import FULL, Harness, harness
 
 RW = "acme-readwrite-secret"  # tenant:acme/ readwrite, no credentials

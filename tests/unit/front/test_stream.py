@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from concordance.front import stream as stream_module
-from concordance.front.appkeys import HUB, STREAMS
+from concordance.front.app_state import HUB, STREAMS
 from concordance.front.stream import Outbox
 from concordance.testing.clock import ManualClock
 from concordance.testing.poll import until

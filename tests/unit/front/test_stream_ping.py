@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from concordance.front.appkeys import HUB, STREAMS
+from concordance.front.app_state import HUB, STREAMS
 from concordance.front.stream import PING, Outbox
 from concordance.front.stream_ping import Pinger
 from concordance.testing.poll import until

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from concordance import wire
-from concordance.commands import Command, Delete, Set
-from concordance.crypto import Cipher
 from concordance.errors import Unavailable
 from concordance.front.codec import Renderer
 from concordance.front.watch import Subscription, WatchHub
+from concordance.protocol import wire
+from concordance.protocol.commands import Command, Delete, Set
+from concordance.security.crypto import Cipher
 from concordance.testing.poll import until
 from tests.unit.front.fakes import ENC_KEY, FakeNode
 

@@ -8,11 +8,11 @@ from typing import cast
 
 import pytest
 
-from concordance import payloads, wire
-from concordance.commands import Command, Delete
 from concordance.errors import Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 from concordance.front.writes import REPROPOSE_WINDOW, Proposer
+from concordance.protocol import payloads, wire
+from concordance.protocol.commands import Command, Delete
 from concordance.testing.clock import ManualClock
 
 KEY = "tenant:acme/k"

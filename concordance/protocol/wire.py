@@ -13,7 +13,7 @@ Rules / theory of operation:
 - Body classes are frozen dataclasses registered by type name in
   ``IPC_TYPES``; ``REPLIES``, ``ONE_WAY`` and ``TOPICS`` say how each type is
   used. Validators are built once at import from the type hints into
-  ``concordance.codec`` records, so adding a field is adding an annotated
+  ``concordance.protocol.codec`` records, so adding a field is adding an annotated
   attribute; an unsupported annotation fails at import.
 - Decoding is strict: unknown keys or fields, missing required fields and
   wrong types raise ``RemoteProtocolError`` chained to the cause. Encoding a
@@ -30,11 +30,13 @@ from typing import Any, ClassVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from concordance import codec, payloads
 from concordance.errors import ConcordanceError, IpcError, RemoteProtocolError
-from concordance.wire_raft import RAFT_TAGS as RAFT_TAGS  # re-exported: wire is the one door
-from concordance.wire_raft import decode_raft as decode_raft
-from concordance.wire_raft import encode_raft as encode_raft
+from concordance.protocol import codec, payloads
+from concordance.protocol.wire_raft import (
+    RAFT_TAGS as RAFT_TAGS,  # re-exported: wire is the one door
+)
+from concordance.protocol.wire_raft import decode_raft as decode_raft
+from concordance.protocol.wire_raft import encode_raft as encode_raft
 
 PROTOCOL_VERSION = 1
 
@@ -199,7 +201,7 @@ class Stopping(Body):
 @dataclass(frozen=True, slots=True)
 class FrontHello(Body):
     """A front is here (to consensus and storage, at connection and every 0.2 s): how
-    a role learns which fronts to push to (PROTOCOL.md §1, ``concordance.fronts``)."""
+    a role learns which fronts to push to (PROTOCOL.md §1, ``concordance.ipc.fronts``)."""
 
     incarnation: int
 

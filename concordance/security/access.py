@@ -11,7 +11,7 @@ Rules (docs/SECURITY.md):
 * A grant is ``{prefix, access: "read" | "readwrite", credentials?: bool}``.
   It covers a key when the key starts with its prefix, except keys under
   ``tenant:{id}/credentials``, which it covers only with ``credentials: true``
-  (the same namespace :func:`concordance.crypto.is_sensitive` encrypts).
+  (the same namespace :func:`concordance.security.crypto.is_sensitive` encrypts).
 * A key may read a key that one of its grants covers, and write it when that
   grant is ``readwrite``.
 * A prefix request (list, changes, watch) is allowed when the prefix lies
@@ -44,15 +44,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from concordance.config import ConfigError
-from concordance.crypto import is_sensitive
 from concordance.errors import Forbidden, InvalidKey
-from concordance.keys import tenant_of, validate_prefix
+from concordance.protocol.kv_keys import tenant_of, validate_prefix
+from concordance.security.crypto import is_sensitive
 
 __all__ = [
     "AGENT",
     "FULL",
+    "AccessKeyRing",
     "Grant",
-    "KeyRing",
     "Principal",
     "ScopedKey",
     "hash_secret",
@@ -235,7 +235,7 @@ def parse_key_file(path: str, text: str) -> tuple[ScopedKey, ...]:
     return tuple(out)
 
 
-class KeyRing:
+class AccessKeyRing:
     """The scoped keys a node accepts now; :meth:`reload` swaps them atomically.
 
     Args:

@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from concordance.ipc_paths import run_dir
+from concordance.ipc.paths import run_dir
 
 __all__ = ["PLAIN", "TLS", "FdReceiver", "FdSender", "socket_path"]
 

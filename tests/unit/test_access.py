@@ -9,7 +9,7 @@ import pytest
 
 from concordance.config import ConfigError
 from concordance.errors import Forbidden
-from concordance.scopes import AGENT, FULL, KeyRing, hash_secret, parse_key_file
+from concordance.security.access import AGENT, FULL, AccessKeyRing, hash_secret, parse_key_file
 
 ACME = hash_secret("acme-secret")
 OPS = hash_secret("ops-secret")
@@ -101,7 +101,7 @@ prefix = "tenant:ops/"
 access = "read"
 """
     )
-    ring = KeyRing(str(path))
+    ring = AccessKeyRing(str(path))
     found = ring.find("acme-secret")
     assert found is not None and found.name == "acme"
     assert found.may_write("tenant:acme/credentials/x")
@@ -113,7 +113,7 @@ access = "read"
 def test_reload_keeps_the_old_keys_when_the_new_file_is_bad(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text(key_file(acme(access="read")))
-    ring = KeyRing(str(path))
+    ring = AccessKeyRing(str(path))
     path.write_text("{not json")
     assert ring.reload() is False
     assert ring.find("acme-secret") is not None
@@ -158,4 +158,4 @@ def test_a_bad_key_file_is_refused_with_a_reason(text: str, why: str) -> None:
 
 def test_an_unreadable_key_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
-        KeyRing(str(tmp_path / "missing.json"))
+        AccessKeyRing(str(tmp_path / "missing.json"))

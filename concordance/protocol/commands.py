@@ -21,7 +21,7 @@ on the hot path::
 Log entries live forever (snapshots aside), so ``FORMAT`` is bumped rather
 than the meaning of a field ever changed. Anything that does not decode to a
 well-typed command with valid keys raises :class:`RemoteProtocolError`.
-Each layout is a ``concordance.codec`` record (see the bottom of this module).
+Each layout is a ``concordance.protocol.codec`` record (see the bottom of this module).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Final, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 
-from concordance import codec
 from concordance.errors import InvalidKey, RemoteProtocolError
-from concordance.keys import validate_key, validate_prefix
+from concordance.protocol import codec
+from concordance.protocol.kv_keys import validate_key, validate_prefix
 
 __all__ = [
     "FORMAT",

@@ -32,7 +32,7 @@ import zmq.asyncio
 from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import ConcordanceError, IpcError
-from concordance.wire import Body, Envelope
+from concordance.protocol.wire import Body, Envelope
 
 __all__ = ["Client", "Publisher", "Server", "Sockets", "Subscriber", "ZmqSockets"]
 

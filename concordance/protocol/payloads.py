@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from concordance.codec import maker
 from concordance.errors import ConcordanceError, VersionConflict
+from concordance.protocol.codec import maker
 
 __all__ = [
     "TAGS",

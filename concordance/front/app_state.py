@@ -1,4 +1,4 @@
-"""Every typed key of the front's aiohttp application and request state, in one place.
+"""The front's shared state in one place: the typed slots (``AppKey``s) of its app and requests.
 
 Why one module (STYLE.md 14): a reader finds all shared state of the front
 here, and handlers reach it only through these typed keys. The service
@@ -16,7 +16,6 @@ from aiohttp import web
 
 from concordance.clock import Clock
 from concordance.config import NodeConfig
-from concordance.crypto import Cipher
 from concordance.front.clients import Clients
 from concordance.front.gate import ConnectionGate
 from concordance.front.metrics import Metrics
@@ -25,18 +24,19 @@ from concordance.front.service import KvService
 from concordance.front.supervisor import Supervisor
 from concordance.front.watch import WatchHub
 from concordance.front.writes import Proposer
-from concordance.scopes import KeyRing, Principal
-from concordance.tls import TlsContexts
+from concordance.security.access import AccessKeyRing, Principal
+from concordance.security.crypto import Cipher
+from concordance.security.tls import TlsContexts
 
 __all__ = [
     "ACCESS",
+    "ACCESS_KEYRING",
     "CIPHER",
     "CLIENTS",
     "CLOCK",
     "CONFIG",
     "GATE",
     "HUB",
-    "KEYRING",
     "KV",
     "METRICS",
     "PROBES",
@@ -64,7 +64,7 @@ CIPHER = web.AppKey("cipher", Cipher)
 METRICS = web.AppKey("metrics", Metrics)
 SUPERVISOR = web.AppKey[Supervisor]("supervisor")  # role states and restarts (supervisor.py)
 STREAMS = web.AppKey("streams", weakref.WeakSet[Closable])
-KEYRING = web.AppKey("keyring", KeyRing)  # scoped keys (--keys), reloaded on SIGHUP
+ACCESS_KEYRING = web.AppKey("keyring", AccessKeyRing)  # scoped keys (--keys), reloaded on SIGHUP
 TLS = web.AppKey("tls", TlsContexts)  # set on a TLS node only
 # Set once the role clients are connected (cleanup context):
 CLIENTS = web.AppKey("clients", Clients)
@@ -72,5 +72,5 @@ PROPOSER = web.AppKey("proposer", Proposer)
 HUB = web.AppKey("hub", WatchHub)
 KV = web.AppKey("kv", KvService)
 
-# What the caller's key allows (concordance.scopes: FULL, AGENT or a scoped key).
+# What the caller's key allows (concordance.security.access: FULL, AGENT or a scoped key).
 ACCESS = web.RequestKey("access", Principal)

@@ -53,7 +53,7 @@ def node_environment(cfg: NodeConfig, base: Mapping[str, str]) -> dict[str, str]
         PYTHONUNBUFFERED="1",
     )
     # Roles import `procs`, which lives beside the `concordance` package.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
     return env
 
@@ -85,9 +85,9 @@ def run_node(cfg: NodeConfig, base: Mapping[str, str]) -> None:
 
 def supervisord_command(cfg: NodeConfig) -> list[str]:
     """supervisord in the foreground, through a start that wakes its first poll so the
-    roles are spawned at once, not a second later (``concordance/supervisor_start.py``)."""
+    roles are spawned at once, not a second later (``concordance/node/supervisor_start.py``)."""
     sock = supervisor_socket(cfg.data)
-    start = [sys.executable, "-m", "concordance.supervisor_start", sock]
+    start = [sys.executable, "-m", "concordance.node.supervisor_start", sock]
     return [*start, "-n", "-c", str(config_path())]
 
 
@@ -162,6 +162,15 @@ class RoleState:
     state: str
     pid: int | None
     description: str
+
+    def line(self, serving_pid: int | None) -> str:
+        """One row of ``ctl status``: supervisord's pid is the role's keeper, so the
+        process that serves the role (its keeper's record) is shown beside it."""
+        pid = self.pid or "-"
+        now = serving_pid if self.up and serving_pid is not None else "-"
+        return (
+            f"{self.name:<10} {self.state:<9} pid {pid!s:<8} serving {now!s:<8} {self.description}"
+        )
 
     @property
     def up(self) -> bool:

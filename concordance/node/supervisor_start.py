@@ -10,7 +10,7 @@ first loop turn spawns the roles. supervisord sees one client that said
 nothing; nothing else changes (the same configuration, ``-n``, the same
 process, which the thread leaves alone after that connection).
 
-Usage: ``python -m concordance.supervisor_start SOCKET supervisord-args...``.
+Usage: ``python -m concordance.node.supervisor_start SOCKET supervisord-args...``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def wake_when_listening(
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        sys.exit("usage: python -m concordance.supervisor_start SOCKET [supervisord args...]")
+        sys.exit("usage: python -m concordance.node.supervisor_start SOCKET [supervisord args...]")
     path = args.pop(0)
     threading.Thread(target=wake_when_listening, args=(path,), daemon=True).start()
     from supervisor import supervisord  # imported here: the thread is already waiting

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from concordance.errors import EncryptionUnavailable
-from concordance.keys import TENANT_PREFIX
+from concordance.protocol.kv_keys import TENANT_PREFIX
 
 __all__ = ["ENVELOPE_MARK", "Cipher", "DecryptionFailed", "is_sensitive"]
 

@@ -1,9 +1,9 @@
-"""Raft messages <-> msgpack frames: the peer half of ``concordance.wire``.
+"""Raft messages <-> msgpack frames: the peer half of ``concordance.protocol.wire``.
 
 Kept apart from the IPC envelope because it is a different concern with a
 different budget: this is the replication hot path (every AppendEntries goes
 through it twice), so frames are positional arrays, not maps. Import it
-through ``concordance.wire``, which re-exports ``encode_raft``,
+through ``concordance.protocol.wire``, which re-exports ``encode_raft``,
 ``decode_raft`` and ``RAFT_TAGS``. The Raft core never sees bytes.
 
 Rules / theory of operation (docs/PROTOCOL.md §3.5):
@@ -11,7 +11,7 @@ Rules / theory of operation (docs/PROTOCOL.md §3.5):
 - A frame is ``[tag, *fields]`` in dataclass field order; nested values
   (Entry, SnapshotMeta, Membership, ConfChange) are arrays too. Tags come
   from the explicit table ``RAFT_TAGS`` and are never renumbered or reused.
-- Each message type is a ``concordance.codec`` record built at import from
+- Each message type is a ``concordance.protocol.codec`` record built at import from
   the dataclass type hints (an unsupported field type fails at import, not
   on the wire). Encoding is the record's field tuple packed with a ``default``
   hook for the nested types; decoding is one ``unpackb(use_list=False)`` plus
@@ -30,8 +30,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from concordance import codec
 from concordance.errors import IpcError, RemoteProtocolError
+from concordance.protocol import codec
 from concordance.raft.entries import (
     ConfChange,
     ConfChangeOp,

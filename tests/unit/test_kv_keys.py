@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from concordance.errors import InvalidKey
-from concordance.keys import MAX_KEY_BYTES, tenant_of, validate_key, validate_prefix
+from concordance.protocol.kv_keys import MAX_KEY_BYTES, tenant_of, validate_key, validate_prefix
 
 HEAD = "tenant:a/"
 

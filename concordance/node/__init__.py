@@ -1,0 +1,1 @@
+"""Running a node: supervisord and its roles, dev runs, restores, log formats."""

@@ -1,0 +1,1 @@
+"""Who may do what (access keys and grants), encryption at rest, and TLS."""
