@@ -5,6 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SEEDS   ?= 5000
 SEED    ?=
+NODE_SEEDS ?= 200
+NODE_SEED  ?=
+NODE_FROM  ?= 0
 LISTEN  ?= 127.0.0.1:4100
 DATA    ?= ./data
 
@@ -45,9 +48,17 @@ fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_FRAMES=$(FUZZ_FRAMES) $(BIN)/pytest -p no:xdist -q \
 		tests/integration/test_fuzz_http.py tests/integration/test_fuzz_stream.py
 
-# Long seeded sweep of the whole-cluster simulator: make sim SEEDS=20000, or replay: make sim SEED=42
+# Long seeded sweeps of both simulations (docs/TESTING.md): the Raft core's (SEEDS=20000,
+# replay SEED=42) and the whole nodes' (NODE_SEEDS=1000 NODE_FROM=5000, replay NODE_SEED=7).
+# A replay runs only the simulation it names.
 sim: $(STAMP)
+ifeq ($(NODE_SEED),)
 	PYTHONHASHSEED=0 $(BIN)/python -m concordance.testing.sim_cli $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
+endif
+ifeq ($(SEED),)
+	PYTHONHASHSEED=0 $(BIN)/python -m concordance.testing.node_sim_cli \
+		$(if $(NODE_SEED),--seed $(NODE_SEED),--seeds $(NODE_SEEDS) --from $(NODE_FROM))
+endif
 
 run: $(STAMP)
 	@mkdir -p $(DATA)

@@ -170,6 +170,7 @@ class ConsensusDriver(PlannedStop):
         sockets: Sockets | None = None,
         clock: Clock = SYSTEM_CLOCK,
         net: Callable[[Deliver], PeerTransport] | None = None,
+        rng: random.Random | None = None,
     ) -> ConsensusDriver:
         """Bind the ``consensus`` socket, then open ``{data}/raft`` (bootstrapping a new one).
 
@@ -181,6 +182,8 @@ class ConsensusDriver(PlannedStop):
                 context by default; tests pass ``concordance.testing.memory_ipc``).
             clock: what the driver's ticks, deadlines and timers run on.
             net: the peer links (``consensus/peers.py`` by default).
+            rng: the election timeouts' randomness (seeded from the OS by default;
+                the node simulation passes one drawn from its seed).
         """
         endpoint = ipc.endpoint(cfg.data_dir, "consensus")
         server = await (sockets or ZmqSockets()).server(endpoint)
@@ -196,13 +199,16 @@ class ConsensusDriver(PlannedStop):
                 disk.initial_hard_state,
                 disk.initial_snapshot,
                 RaftConfig(election_ticks=cfg.election_ticks, heartbeat_ticks=cfg.heartbeat_ticks),
-                random.Random(int.from_bytes(os.urandom(8), "big")),
+                rng or random.Random(int.from_bytes(os.urandom(8), "big")),
                 snapshots=disk.snapshots,
             )
         except BaseException:
             await server.close()
             await disk.close()
             raise
+        latest = disk.latest_snapshot()
+        if latest is not None:
+            core.snapshot_on_disk(latest)  # the base record may have no file; this one has
         if disk.bootstrapped:
             log.info("%s bootstrapped %s", cfg.node_id, core.membership)
         try:
@@ -379,6 +385,7 @@ class ConsensusDriver(PlannedStop):
     async def _on_stopping(self, peer: bytes, env: wire.Envelope) -> None:
         if peer == STORAGE:
             self.stream.on_stopping()
+            self.snapshots.on_storage_stopping()
 
     def _from_storage(self, peer: bytes, env: wire.Envelope) -> bool:
         """Whether ``peer`` may report storage's position (only storage does)."""
@@ -390,6 +397,9 @@ class ConsensusDriver(PlannedStop):
         assert isinstance(env.body, wire.Hello)
         if self._from_storage(peer, env):
             self.stream.on_hello(env.body.applied_index)
+            self.core.applied_elsewhere(env.body.applied_index, env.body.applied_term)
+            self.snapshots.on_storage_hello()  # a successor: re-ask what the old one lost
+            await self.snapshots.resend()
             await self._tell_leadership()  # repairs a lost push, tells a new storage
 
     async def _on_applied(self, peer: bytes, env: wire.Envelope) -> None:

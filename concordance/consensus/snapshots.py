@@ -109,11 +109,40 @@ class SnapshotCoordinator:
         self.waiters = Waiters(clock)
         self.taken = 0  # snapshot files adopted
         self.compactions = 0
+        self._storage_stopped = False  # storage said ``stopping``; its successor not heard yet
+        self._resend_snapshot = False  # a take_snapshot to ask again (on_storage_hello)
 
     @property
     def asking(self) -> bool:
         """Whether a ``take_snapshot`` is outstanding."""
         return self._snapshot.pending
+
+    # -- storage restarts ---------------------------------------------------------
+    def on_storage_stopping(self) -> None:
+        """Storage is stopping (a planned restart): a ``checkpoint`` or ``take_snapshot``
+        it has not answered may go down with it (one that arrives after its consensus
+        loop stopped reading is never seen)."""
+        self._storage_stopped = True
+
+    def on_storage_hello(self) -> None:
+        """Storage said ``hello``. The first one after its ``stopping`` comes from its
+        successor: what the old process left unanswered is asked again now, not after
+        ``ASK_TIMEOUT`` (a follower behind the log's base would wait that long for a
+        snapshot file, and compaction as long for a checkpoint). An answer from the old
+        process that still comes makes the new request redundant, never wrong: a second
+        checkpoint only confirms, an older or equal snapshot file is dropped."""
+        if self._storage_stopped:
+            self._storage_stopped = False
+            self._checkpoint.answered()
+            if self._snapshot.pending:
+                self._snapshot.answered()
+                self._resend_snapshot = True
+
+    async def resend(self) -> None:
+        """Ask again for a snapshot the stopped storage never answered (see above)."""
+        if self._resend_snapshot:
+            self._resend_snapshot = False
+            await self._ask()
 
     # -- compaction -------------------------------------------------------------
     async def maybe_ask(self, applied: int | None) -> None:

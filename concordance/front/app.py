@@ -34,7 +34,6 @@ from aiohttp import web
 
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig
-from concordance.errors import Unavailable
 from concordance.front.app_state import (
     ACCESS_KEYRING,
     CIPHER,
@@ -200,7 +199,7 @@ async def _running(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await hub.close()
-        proposer.fail_all(Unavailable("the front is shutting down"))
+        proposer.abandon_all()  # 504: a waiting write may have been proposed
 
 
 def reload(app: web.Application) -> bool:

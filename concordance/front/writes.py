@@ -265,7 +265,17 @@ class Proposer:
             log.debug("request %d: re-proposal outcome unknown (%s); waiting", request_id, e)
 
     def fail_all(self, error: ConcordanceError) -> None:
-        """Fail every pending write (shutdown)."""
+        """Fail every pending write with ``error``."""
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(error)
+
+    def abandon_all(self) -> None:
+        """The front stops with writes still waiting for their result: each ends as
+        ``Timeout`` (504, "may or may not have been applied"), never ``Unavailable``
+        (503 promises it was not): a waiting write may well have been proposed, and
+        be applied after this front is gone. Found by the node simulation (a delete
+        answered 503 on a front's stop was applied)."""
+        self.fail_all(
+            Timeout("the front stopped before the result came: it may or may not have been applied")
+        )

@@ -242,6 +242,33 @@ class RaftCore:
         self.snapshot = meta = self.base_meta(index)
         return meta
 
+    def applied_elsewhere(self, index: int, term: int) -> None:
+        """The state machine holds the entry at ``index`` of ``term`` (storage's ``hello``).
+
+        It was committed when it was handed out, maybe by an earlier incarnation of
+        this node; when this log holds that same entry (its term there, durable),
+        Log Matching makes this log's prefix up to it the committed one, so the
+        commit index moves there. Why: the commit index is not durable at once, so a
+        restarted leader may know less than its state machine applied. If the
+        followers it needs for a quorum are behind its compacted log, they need a
+        snapshot file, which storage can only take at its applied index; the file,
+        past what the core knew committed, was refused, and nothing committed again.
+        Found by the node simulation.
+        """
+        if index <= self.log.commit or index > self.log.durable_last_index():
+            return
+        if self.log.term_or_zero(index) == term:
+            self.log.commit_to(index)
+
+    def snapshot_on_disk(self, meta: SnapshotMeta) -> None:
+        """A snapshot file the store already holds, found by a restarted driver. The core
+        starts from the log's base record, which has no file when the log was compacted
+        behind a checkpoint; without this a follower behind that base would wait for a
+        snapshot forever (the driver sees a file reaching it and asks for none). Only a
+        newer one than the core knows replaces it."""
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
+
     def base_meta(self, index: int) -> SnapshotMeta:
         """The metadata of the state at ``index`` (<= applied, >= the log's base): for a
         snapshot, or for a compaction with none (package docstring)."""

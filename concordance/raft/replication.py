@@ -218,7 +218,10 @@ class Replicator:
             pr.stalled_heartbeats += 1
             if pr.state is ProgressState.REPLICATE and pr.stalled_heartbeats >= 2:
                 pr.become_probe()
-            self.send_append(msg.src)
+            # A probe may be empty: a probe lost before the follower answered it left
+            # ``next`` past the last entry (a member added with an empty log), and a
+            # non-empty send would never go, leaving that follower behind for good.
+            self.send_append(msg.src, allow_empty=pr.state is ProgressState.PROBE)
         return True
 
     def on_snapshot_response(self, msg: InstallSnapshotResponse) -> None:

@@ -1268,3 +1268,42 @@ def test_forwarded_transfer_to_a_non_voter_is_refused_quietly() -> None:
         n1.core.step(TransferLeader(1, "n2", "n1", target))
     assert n1.core.lead_transferee is None
     assert n1.core.propose(b"still leading") == 2
+
+
+def test_follower_whose_probe_was_lost_is_probed_again_on_heartbeats() -> None:
+    """A follower in probe whose ``next`` is past the leader's log (its first probe
+    was lost: a member just added with an empty log) and which answers a
+    heartbeat gets a probe then (an empty AppendEntries), not nothing. Found by the
+    node simulation (seed 11: an added member stayed at commit 0 for 120 s of
+    heartbeats with an idle cluster). Reference: §5.3"""
+    net = cluster()
+    n1 = net.elect("n1")
+    net.stabilize()
+    pr = n1.core._repl.progress["n3"]
+    pr.become_probe()
+    pr.match, pr.next = 0, n1.core.log.last_index() + 1  # as after a lost first probe
+    drain(n1)
+    n1.core.step(HeartbeatResponse(n1.core.term, "n3", "n1", 0))
+    probes = of_type(AppendEntries, drain(n1), dst="n3")
+    assert len(probes) == 1 and probes[0].reply
+
+
+def test_what_the_state_machine_applied_is_committed_when_this_log_holds_it() -> None:
+    """A restarted node whose commit index (written lazily) is behind what its state
+    machine applied learns the commit from the state machine's report, when its log
+    holds that very entry (same index and term: Log Matching makes the prefix the
+    committed one); never from an entry its log does not hold. Found by the node
+    simulation (seed 100458): a restarted leader at commit 8 whose storage had
+    applied 11 refused storage's snapshot file at 11, and the followers it needed
+    for a quorum were behind its compacted log, so nothing ever committed again."""
+    n = make_node("n1", log=[1, 1, 2, 2, 2], commit=2)
+    n.core.applied_elsewhere(4, 1)  # not this log's entry at 4 (term 2 here)
+    assert n.core.log.commit == 2
+    n.core.applied_elsewhere(9, 2)  # beyond this log
+    assert n.core.log.commit == 2
+    n.core.applied_elsewhere(4, 2)
+    assert n.core.log.commit == 4
+    n.core.applied_elsewhere(3, 2)  # never backwards
+    assert n.core.log.commit == 4
+    drain(n)
+    assert [e.index for e in n.applied] == [3, 4]

@@ -120,3 +120,29 @@ def test_compaction_holds_what_a_catching_up_follower_needs_within_a_bound() -> 
             assert (disk.base, core.compacted_to) == (base, [base])
 
     asyncio.run(main())
+
+
+def test_requests_a_stopped_storage_left_unanswered_are_asked_again_of_its_successor() -> None:
+    """A ``checkpoint`` and a ``take_snapshot`` sent while storage was stopping (a
+    planned restart) may be lost with that process: the first ``hello`` after its
+    ``stopping`` asks for both again (the snapshot at once, the checkpoint at the
+    next look), instead of waiting ``ASK_TIMEOUT``. A periodic ``hello`` without a
+    stop in between asks nothing again."""
+
+    async def main() -> None:
+        disk, asked = _Disk(), []
+        policy = _policy(disk, asked)
+        await policy.maybe_ask(40)
+        await policy.want(10)
+        assert asked == ["checkpoint", "take_snapshot"]
+        policy.on_storage_hello()  # a periodic hello of the same process
+        await policy.resend()
+        await policy.maybe_ask(40)
+        assert asked == ["checkpoint", "take_snapshot"]
+        policy.on_storage_stopping()
+        policy.on_storage_hello()  # its successor
+        await policy.resend()
+        await policy.maybe_ask(40)
+        assert asked == ["checkpoint", "take_snapshot", "take_snapshot", "checkpoint"]
+
+    asyncio.run(main())

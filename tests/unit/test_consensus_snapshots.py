@@ -198,3 +198,37 @@ def test_restart_after_compaction_resumes_from_the_log_base() -> None:
             await storage.close()
 
     run(main)
+
+
+def test_a_restarted_driver_knows_the_snapshot_file_on_its_disk() -> None:
+    """A log compacted behind a checkpoint starts, after a restart, from a base record
+    with no file; the newest snapshot file on disk (taken before the stop) is what
+    a follower behind that base needs. The core must know of it: before, it knew
+    only the base, wanted a snapshot, and the driver asked for none (a file reaching
+    the index exists), so that follower stayed behind for good."""
+
+    async def main(net: MemoryIpc) -> None:
+        with temp_dir() as d:
+            cfg = make_cfg(d, snapshot_every=10, snapshot_trailing=2)
+            node = await Node.start(cfg, net)
+            front, storage = FakeFront(net, d), FakeStorage(net, d)
+            await wait_leader(front)
+            await storage.hello()
+            for n in range(25):
+                last = (await front.propose(b"r%d" % n)).index
+            await until(lambda: storage.applied >= last)
+            await until(lambda: node.driver.snapshots.compactions >= 1)
+            reply = await front.request("snapshot_now", wire.SnapshotNow(), timeout=10)
+            assert isinstance(reply, wire.SnapshotNowOk)
+            await node.stop()
+            base = node.driver.disk.first_index() - 1
+            assert reply.index > base
+            node = await Node.start(cfg, net)
+            known = node.driver.core.snapshot
+            assert known is not None and known.index == reply.index
+            assert node.driver.disk.snapshots.has(known)
+            await node.stop()
+            await front.close()
+            await storage.close()
+
+    run(main)

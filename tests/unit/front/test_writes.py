@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 
-from concordance.errors import Unavailable
+from concordance.errors import Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 from concordance.front.writes import HOLD_MAX, REPROPOSE_WINDOW, Proposer
 from concordance.protocol import payloads, wire
@@ -363,5 +363,24 @@ def test_a_propose_that_is_not_answered_holds_the_next_batch_only_hold_max() -> 
         assert await asyncio.wait_for(behind, 5) is None
         assert not stuck.done()
         stuck.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_stopping_front_ends_waiting_writes_as_outcome_unknown() -> None:
+    """A write proposed (forwarded: index 0) and still waiting for its result when the
+    front stops ends with 504 ``Timeout``, never 503 ``Unavailable``: it may be
+    applied after this front is gone, and 503 would tell the client it was not
+    (the node simulation found a delete answered 503 that was applied)."""
+
+    async def main() -> None:
+        proposer = proposer_with(lambda p, commands: None)  # proposed; no result ever
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert proposer.pending == 1 and not write.done()
+        proposer.abandon_all()
+        with pytest.raises(Timeout):
+            await write
 
     asyncio.run(main())
