@@ -271,8 +271,12 @@ class Subscription:
             if events:
                 self._emit(events, None)
             self.cursor = max(self.cursor, page.revision)
-            if len(page.changes) < self._hub.page:
-                return  # the answer was complete up to storage's revision
+            if not page.changes or page.revision > page.changes[-1].revision:
+                return  # complete: storage answered up to its revision, past the last event
+            # A page ends at its last event's revision when storage cut it: at ``page``
+            # events, or sooner, before a revision (an atomic batch) that would have
+            # crossed that size. Its length cannot tell which; only an answer that
+            # reaches past its last event (or an empty one) is the end.
 
     def _emit(self, events: list[dict[str, Any]], events_json: str | None) -> None:
         if not self.sink.notify(self.id, events, events_json):

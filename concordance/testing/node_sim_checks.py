@@ -96,9 +96,9 @@ def watch_gaps(w: Watcher, sm: StateMachine) -> str | None:
     while since < w.cursor:
         page = sm.changes(w.prefix, since, PAGE)
         expected += [_entry(c) for c in page.changes if c.revision <= w.cursor]
-        if len(page.changes) < PAGE:
-            break
-        since = page.changes[-1].revision
+        if not page.changes or page.revision > page.changes[-1].revision:
+            break  # complete (a page cut before a batch is short, too: not the end)
+        since = page.revision
     if w.events == expected:
         return None
     missing = sorted(set(expected) - set(w.events))[:5]

@@ -14,7 +14,7 @@ from concordance.errors import Unavailable
 from concordance.front.codec import Renderer
 from concordance.front.watch import Subscription, WatchHub
 from concordance.protocol import wire
-from concordance.protocol.commands import Command, Delete, Set
+from concordance.protocol.commands import Batch, Command, Delete, Set
 from concordance.security.crypto import Cipher
 from concordance.testing.poll import until
 from tests.unit.front.fakes import ENC_KEY, FakeNode
@@ -412,6 +412,30 @@ def test_an_idle_subscription_has_no_task(tmp_path: Path) -> None:
         assert w.hub.watchers == 101 and replayed.cursor == 1
 
     run(tmp_path, scenario)
+
+
+def test_a_replay_page_cut_short_by_a_batch_on_its_edge_is_not_taken_for_the_end(
+    tmp_path: Path,
+) -> None:
+    """A storage page holds whole revisions: one that would end inside a batch stops
+    before it, with fewer events than the page size. The replay must read on, not
+    take that short page for the end of the history (every event after it was lost)."""
+
+    async def scenario(w: World) -> None:
+        w.write("tenant:a/k0")  # revision 1
+        w.request_id += 1  # revision 2: two events, across the edge of a page of 2
+        batch = Batch((Set("tenant:a/b1", b"1"), Set("tenant:a/b2", b"2")))
+        w.node.apply(Command("n1", w.request_id, 0, batch).encode())
+        w.write("tenant:a/k3")  # revision 3
+        w.batches()  # published before the subscription: the replay must cover them
+        sink = ListSink()
+        sub, revision = await w.hub.subscribe(sink, prefix="tenant:a/", key=None, since=0)
+        assert revision == 3
+        sub.start()
+        await until(lambda: len(sink.revisions(sub)) >= 4, what="the whole replay")
+        assert sink.revisions(sub) == [1, 2, 2, 3]
+
+    run(tmp_path, scenario, page=2)
 
 
 def test_live_delivery_resumes_after_a_replay_buffered_past_its_inbox(tmp_path: Path) -> None:
