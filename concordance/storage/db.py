@@ -24,6 +24,7 @@ from concordance.protocol.kv_keys import validate_prefix
 from concordance.protocol.payloads import Change, Entry, new_change, new_entry
 
 __all__ = [
+    "PAGE_BYTES",
     "ROW_COLUMNS",
     "Row",
     "decode_cursor",
@@ -37,6 +38,12 @@ __all__ = [
     "load_rows",
     "prefix_end",
 ]
+
+# Key and value bytes after which a list or change page ends (before ``limit``): a
+# page of 1,000 values of 1 MiB would otherwise be one reply of a gigabyte, held
+# whole by storage, ZeroMQ and the front at once. A page holds one entry, or one
+# revision, whatever its size.
+PAGE_BYTES: Final = 4 << 20
 
 # A ``kv`` row with its value, which lives in the ``changes`` row it points to.
 ROW_COLUMNS: Final = (
@@ -115,7 +122,8 @@ def list_entries(
     """One page of live keys under ``prefix``, at ``revision``.
 
     Keys come in UTF-8 byte order. ``next`` is an opaque cursor to pass back
-    for the following page, or None on the last page.
+    for the following page, or None on the last page. A page holds ``limit``
+    entries, or fewer once its keys and values reach ``PAGE_BYTES``.
 
     Raises:
         InvalidKey: bad prefix.
@@ -131,11 +139,18 @@ def list_entries(
         " AND (k.expires_at IS NULL OR k.expires_at > ?)"
         " ORDER BY k.key LIMIT ?",
         (lower, prefix_end(prefix), now_ms, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    entries = tuple([entry_of(Row(*raw)) for raw in rows[:limit]])
+    )
+    entries: list[Entry] = []
+    size, more = 0, False
+    for raw in rows:  # row by row: a page stops at PAGE_BYTES without reading further
+        if len(entries) == limit or size >= PAGE_BYTES:
+            more = True
+            break
+        row = Row(*raw)
+        entries.append(entry_of(row))
+        size += len(row.key) + len(row.value or b"")
     next_cursor = encode_cursor(entries[-1].key) if more else None
-    return wire.ListOk(entries, next_cursor, revision)
+    return wire.ListOk(tuple(entries), next_cursor, revision)
 
 
 def list_changes(
@@ -157,7 +172,9 @@ def list_changes(
     revisions, so the returned ``revision`` (pass it as the next ``since``)
     never splits an atomic batch: a page that would end inside a revision
     stops before it, and a single revision bigger than ``limit`` is returned
-    whole.
+    whole. A page also ends at the first revision boundary past ``PAGE_BYTES``
+    of keys and values, so fewer than ``limit`` events do not mean the end: the
+    answer is complete only when ``revision`` is past its last event.
 
     Raises:
         Compacted: ``since`` is older than the retained history (``oldest`` is
@@ -174,20 +191,27 @@ def list_changes(
             f"changes before revision {compacted + 1} were compacted", oldest=compacted + 1
         )
     end = prefix_end(prefix) if prefix else _ABOVE_EVERY_KEY
-    rows = conn.execute(
+    cursor = conn.execute(
         "SELECT revision, type, key, value, version, timestamp FROM changes"
         " WHERE revision > ? AND key >= ? AND key < ? ORDER BY revision, seq LIMIT ?",
         (since, prefix, end, limit + 1),
-    ).fetchall()
-    if len(rows) <= limit:
+    )
+    rows: list[tuple[Any, ...]] = []
+    size, stop = 0, None  # stop: the first revision not (wholly) in the page
+    for raw in cursor:  # row by row: a page of large values ends at PAGE_BYTES
+        if len(rows) == limit or (size >= PAGE_BYTES and raw[0] != rows[-1][0]):
+            stop = raw[0]
+            break
+        rows.append(raw)
+        size += len(raw[2]) + len(raw[3] or b"")
+    if stop is None:
         return wire.ChangesOk(tuple([_event_of(r) for r in rows]), max(revision, since))
-    cut = rows[limit][0]  # the first revision not (wholly) included
-    kept = [r for r in rows[:limit] if r[0] < cut]
+    kept = [r for r in rows if r[0] < stop]
     if not kept:  # one revision with more events than ``limit``: send it whole
         kept = conn.execute(
             "SELECT revision, type, key, value, version, timestamp FROM changes"
             " WHERE revision = ? AND key >= ? AND key < ? ORDER BY seq",
-            (cut, prefix, end),
+            (stop, prefix, end),
         ).fetchall()
     return wire.ChangesOk(tuple([_event_of(r) for r in kept]), kept[-1][0])
 

@@ -25,6 +25,7 @@ from concordance.protocol.commands import (
     Set,
 )
 from concordance.protocol.payloads import Change, Entry
+from concordance.storage import db
 from concordance.storage.db import prefix_end
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from tests.unit.shapes import error_of, plain, result_of
@@ -624,6 +625,46 @@ def test_changes_limit_pages_never_split_a_revision(log: Log, sm: StateMachine) 
         page = plain(sm.changes("tenant:acme/", since, limit=1))
         seen += page["changes"]
         since = page["revision"]
+    assert seen == plain(sm.changes("tenant:acme/", 0))["changes"]
+
+
+def test_pages_of_large_values_end_at_page_bytes_before_the_limit(
+    log: Log, sm: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of large values stops at ``PAGE_BYTES`` (a list at an entry, a change
+    page at a revision's end) whatever ``limit`` allows, holds at least one entry
+    or one whole revision, and paging still gathers everything exactly once."""
+    monkeypatch.setattr(db, "PAGE_BYTES", 100)
+    value = b'"' + b"x" * 38 + b'"'  # 40 bytes; with its 13-byte key, 53 a row
+    for i in range(5):
+        log.ok(Set(f"tenant:acme/k{i}", value))  # revisions 1-5
+    log.ok(Batch(tuple(Set(f"tenant:acme/b{i}", value) for i in range(3))))  # rev 6 x3
+    log.ok(Set("tenant:acme/z", value))  # revision 7
+
+    page = plain(sm.list("tenant:acme/", 1000, None, T0))
+    assert len(page["entries"]) == 2 and page["next"] is not None  # 106 >= 100 bytes
+    keys, cursor = [], None
+    while True:
+        page = plain(sm.list("tenant:acme/", 1000, cursor, T0))
+        keys += [e["key"] for e in page["entries"]]
+        if (cursor := page["next"]) is None:
+            break
+    names = ["k0", "k1", "k2", "k3", "k4", "b0", "b1", "b2", "z"]
+    assert keys == sorted(f"tenant:acme/{k}" for k in names)
+
+    page = plain(sm.changes("tenant:acme/", 0, limit=1000))
+    assert [c["revision"] for c in page["changes"]] == [1, 2] and page["revision"] == 2
+    page = plain(sm.changes("tenant:acme/", 5, limit=1000))  # the batch: whole, 159 bytes
+    assert [c["revision"] for c in page["changes"]] == [6, 6, 6] and page["revision"] == 6
+    seen, since = [], 0
+    while True:
+        page = plain(sm.changes("tenant:acme/", since, limit=1000))
+        seen += page["changes"]
+        since = page["revision"]
+        if not page["changes"] or since > page["changes"][-1]["revision"]:
+            break  # complete: the answer reaches past its last event
+    assert [c["revision"] for c in seen] == [1, 2, 3, 4, 5, 6, 6, 6, 7]
+    monkeypatch.setattr(db, "PAGE_BYTES", 1 << 30)
     assert seen == plain(sm.changes("tenant:acme/", 0))["changes"]
 
 
