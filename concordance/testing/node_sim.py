@@ -85,7 +85,9 @@ TTL_PREFIX = f"{TENANT}ttl/"
 TTL_MAX = 0.8  # seconds: the longest TTL a client sets
 TTL_KEYS = (f"{TTL_PREFIX}a", f"{TTL_PREFIX}b")
 WATCH_PREFIX = f"{TENANT}k"
+BATCH_KEYS = tuple(f"{TENANT}kb/{i}" for i in range(3))  # watched, not in the history
 FEED_PAGE = 50  # changes a feed reader asks for at once
+WATCH_PAGE = 4  # the fronts' replay page: small, so atomic batches land on its edges
 
 
 class SimFailure(AssertionError):
@@ -223,6 +225,12 @@ class NodeSimulation:
                 status, body = await self._request(node, partial(kv.get, key, consistent=True))
                 self._record(cid, key, "get", None, call, status, body)
                 continue
+            if 0.82 <= roll < 0.85:  # an atomic batch: one revision of 2-3 events
+                keys = rng.sample(BATCH_KEYS, rng.randint(2, 3))
+                text = json.dumps({"c": cid, "n": next(counter)}).encode()
+                ops = [SetArgs(k, text, None, None) for k in keys]
+                await self._request(node, partial(kv.batch, ops))
+                continue
             if roll < 0.85:
                 value = {"c": cid, "n": next(counter)}
                 cas = roll >= 0.7
@@ -314,6 +322,7 @@ class NodeSimulation:
             return
         sink = Sink(w)
         since = None if w.start is None else w.cursor
+        hub.page = WATCH_PAGE
         task = run.spawn(
             hub.subscribe(sink, prefix=WATCH_PREFIX, key=None, since=since), name="client watch"
         )

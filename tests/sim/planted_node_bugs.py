@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from concordance.consensus.driver import ConsensusDriver
-from concordance.front.watch import WatchHub
+from concordance.front.watch import Subscription, WatchHub
 from concordance.protocol import wire
 from concordance.storage.service import StorageService
 
@@ -80,3 +80,24 @@ def front_resumes_a_watch_one_revision_late() -> contextlib.AbstractContextManag
         )
 
     return _replaced(WatchHub, "subscribe", subscribe)
+
+
+def front_takes_a_short_replay_page_for_the_end() -> contextlib.AbstractContextManager[None]:
+    """Front: a watch's replay stops at the first page with fewer events than the page
+    size. Storage ends a page before an atomic batch that would cross that size, so
+    a batch on a page's edge ends the replay early: every later event is lost, a
+    watch gap. (This was the shipped code until 7 December: the simulation found it
+    once its workload had batches and its fronts a small replay page.)"""
+
+    async def catch_up(self: Subscription, target: int | None) -> None:
+        while target is None or self.cursor < target:
+            page = await self._hub.changes(self.prefix, self.cursor, f"watch {self.id}")
+            renderer = self._hub.renderer
+            events = [renderer.event(e) for e in page.changes if self.matches(e.key)]
+            if events:
+                self._emit(events, None)
+            self.cursor = max(self.cursor, page.revision)
+            if len(page.changes) < self._hub.page:
+                return
+
+    return _replaced(Subscription, "_catch_up", catch_up)

@@ -71,3 +71,18 @@ def test_node_simulation_finds_planted_bug(
                 assert symptom in str(e).splitlines()[0], str(e)
                 return
     pytest.fail(f"{bug.__name__} not found within {FIND_WITHIN} seeds")
+
+
+def test_node_simulation_finds_a_replay_that_ends_at_a_batch_on_a_page_edge() -> None:
+    """A real bug the simulation missed until its workload had atomic batches and its
+    fronts a small replay page (``planted_node_bugs.front_takes_a_short_replay_page_
+    for_the_end``, the old code): rarer than the planted ones, so more seeds."""
+    within = 40
+    with planted_node_bugs.front_takes_a_short_replay_page_for_the_end():
+        for seed in range(within):
+            try:
+                run_seed(seed)
+            except SimFailure as e:
+                assert "watch without gaps" in str(e).splitlines()[0], str(e)
+                return
+    pytest.fail(f"the short-page replay was not found within {within} seeds")
