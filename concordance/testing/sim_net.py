@@ -29,10 +29,11 @@ import asyncio
 import random
 import socket
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from concordance.consensus.peers import Deliver, PeerCounters
 
-__all__ = ["CALM_DELAY", "SimLinks", "SimNetwork"]
+__all__ = ["CALM_DELAY", "MemoryLinks", "SimLinks", "SimNetwork"]
 
 CALM_DELAY = (0.001, 0.005)  # seconds: a frame's delay on a quiet network (drawn between)
 
@@ -105,23 +106,25 @@ class SimNetwork:
             self.dropped += 1
 
 
-class SimLinks:
-    """One consensus's peer links on a :class:`SimNetwork` (a ``PeerTransport``)."""
+class MemoryLinks:
+    """What every in-memory ``PeerTransport`` shares: nothing to accept, count, reload,
+    dial or drain; a node's links register under its id in ``registry`` (its
+    network's table) and leave it at ``close``. Subclasses say how ``send`` carries."""
 
-    def __init__(self, net: SimNetwork, node_id: str, deliver: Deliver) -> None:
-        self.net = net
+    def __init__(self, registry: dict[str, Any], node_id: str, deliver: Deliver) -> None:
+        self._registry = registry
         self.node_id = node_id
         self.deliver = deliver
         self.unroutable = 0
         self.refused = 0
-        net.links[node_id] = self
+        registry[node_id] = self
 
-    def send(self, peer: str, address: str, frames: list[bytes]) -> None:
-        if self.net.links.get(self.node_id) is self:
-            self.net.carry(self.node_id, peer, frames)
+    def registered(self) -> bool:
+        """Whether these are still the node's links (not closed, not replaced)."""
+        return self._registry.get(self.node_id) is self
 
     def accept(self, conn: socket.socket, kind: bytes) -> None:
-        conn.close()  # nothing dials a simulated node through its front
+        conn.close()  # nothing dials an in-memory node through its front
 
     def counters(self) -> list[PeerCounters]:
         return []
@@ -139,5 +142,17 @@ class SimLinks:
         return True
 
     async def close(self, flush: float = 0.0) -> None:
-        if self.net.links.get(self.node_id) is self:
-            del self.net.links[self.node_id]
+        if self.registered():
+            del self._registry[self.node_id]
+
+
+class SimLinks(MemoryLinks):
+    """One consensus's peer links on a :class:`SimNetwork` (a ``PeerTransport``)."""
+
+    def __init__(self, net: SimNetwork, node_id: str, deliver: Deliver) -> None:
+        self.net = net
+        super().__init__(net.links, node_id, deliver)
+
+    def send(self, peer: str, address: str, frames: list[bytes]) -> None:
+        if self.registered():
+            self.net.carry(self.node_id, peer, frames)

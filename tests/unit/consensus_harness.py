@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.consensus import ConsensusDriver
-from concordance.consensus.peers import Deliver, PeerCounters
+from concordance.consensus.peers import Deliver
 from concordance.front.ipc_clients import greet
 from concordance.ipc import fronts
 from concordance.ipc.sockets import Sockets, ZmqSockets
@@ -39,6 +38,7 @@ from concordance.raft.messages import InstallSnapshot
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until, until_answered
+from concordance.testing.sim_net import MemoryLinks
 from concordance.timing import CONSENSUS_FLUSH
 
 DEADLINE = 20.0  # seconds; a whole test body runs under it
@@ -116,17 +116,13 @@ def make_cfg(data_dir: str, node_id: str = "n1", **overrides: Any) -> NodeConfig
     return NodeConfig(**settings).validate()
 
 
-class MemoryNet:
+class MemoryNet(MemoryLinks):
     """One driver's peer links, in memory: what it sends is recorded by its hub and
     handed (on the next loop turn) to the destination's driver if that one runs."""
 
     def __init__(self, hub: Hub, node_id: str, deliver: Deliver) -> None:
         self.hub = hub
-        self.node_id = node_id
-        self.deliver = deliver
-        self.unroutable = 0
-        self.refused = 0
-        hub.nets[node_id] = self
+        super().__init__(hub.nets, node_id, deliver)
 
     def send(self, peer: str, address: str, frames: list[bytes]) -> None:
         self.hub.sent.append((self.node_id, peer, address, list(frames)))
@@ -137,28 +133,6 @@ class MemoryNet:
         loop = asyncio.get_running_loop()
         for frame in frames:
             loop.call_soon(dst.deliver, frame)
-
-    def accept(self, conn: socket.socket, kind: bytes) -> None:
-        conn.close()
-
-    def counters(self) -> list[PeerCounters]:
-        return []
-
-    def reload(self) -> bool:
-        return True
-
-    def dial(self, addresses: Mapping[str, str]) -> None:
-        pass
-
-    def drain(self) -> None:
-        pass
-
-    def drained(self) -> bool:
-        return True
-
-    async def close(self, flush: float = 0.0) -> None:
-        if self.hub.nets.get(self.node_id) is self:
-            del self.hub.nets[self.node_id]
 
 
 class Hub:
