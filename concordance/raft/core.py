@@ -15,8 +15,9 @@ Theory of operation:
   entry of its own term and with no other change uncommitted (raft-dev 2015).
 * Collaborators own one concern each: ``membership_history.py`` (which
   configuration is in force where), ``replication.py`` (per-follower progress
-  and what to send), ``snapshot_transfer.py`` (chunked InstallSnapshot) and
-  ``forwarding.py`` (leader-only requests reaching another node, including the
+  and what to send), ``snapshot_transfer.py`` (chunked InstallSnapshot),
+  ``read_only.py`` (when a ReadIndex read may be answered) and ``forwarding.py``
+  (leader-only requests reaching another node, including the
   ``Propose``/``ProposeRefused`` rules).
 """
 
@@ -57,7 +58,7 @@ from concordance.raft.messages import (
     TransferLeader,
 )
 from concordance.raft.progress import Progress
-from concordance.raft.read_only import ReadIndexQueue
+from concordance.raft.read_only import LeaderReads
 from concordance.raft.ready import Outbox, ReadState, Ready, Role, SoftState
 from concordance.raft.replication import Replicator, UncommittedBudget
 from concordance.raft.snapshot_transfer import SnapshotReceiver
@@ -101,9 +102,8 @@ class RaftCore:
         self.votes: dict[str, bool] = {}
         self.lead_transferee: str | None = None
         self._uncommitted = UncommittedBudget(self.cfg.max_uncommitted_bytes)
-        # ReadIndex (thesis §6.4).
-        self._reads = ReadIndexQueue()
         self._repl = Replicator(node_id, self.log, self.cfg, snapshots, self, self._send)
+        self._reads = LeaderReads(node_id, self._answer_read, self._repl.broadcast_heartbeat)
         self._snapshot_in = SnapshotReceiver()
         # Outputs, drained by ready().
         self._out = Outbox()
@@ -351,7 +351,7 @@ class RaftCore:
         self._tick_role = self._tick_election
         self._reset_timers()
         if was_leader:
-            self._abort_reads()
+            self._reads.abort()
             # A broadcast still owed from our leadership must not go out now:
             # ready() would send it at our *current* term, posing as a leader.
             self._needs_broadcast = False
@@ -647,7 +647,7 @@ class RaftCore:
                 self._sync_progress_to_membership()  # a removed peer is dropped now
             self._needs_broadcast = True  # followers learn the commit promptly
             if first_of_term:
-                self._release_reads_after_noop()
+                self._reads.noop_committed(self.log.commit, self.membership.voters)
             self._maybe_finish_removal()
 
     def _maybe_finish_removal(self) -> None:
@@ -675,38 +675,18 @@ class RaftCore:
         if not self._repl.on_heartbeat_response(msg):
             return
         if msg.read_seq:
-            self._reads.ack(msg.src, msg.read_seq)
-            for read in self._reads.confirmed(self.membership.voters, self.id):
-                self._answer_read(read.ctx, read.requester, read.index)
+            self._reads.acknowledged(msg.src, msg.read_seq, self.membership.voters)
 
     # ------------------------------------------------------------------ ReadIndex
     def _leader_read(self, ctx: bytes, requester: str) -> None:
-        if self.log.term_or_zero(self.log.commit) != self.term:
-            self._reads.defer(ctx, requester)  # thesis §6.4 step 1: wait for the no-op
-            return
-        index = self.log.commit
-        if len(self.membership.voters) <= 1 and self.membership.is_voter(self.id):
-            self._answer_read(ctx, requester, index)
-            return
-        new_round = self._reads.add(ctx, requester, index)
-        if new_round is not None:
-            self._repl.broadcast_heartbeat(new_round)
-
-    def _release_reads_after_noop(self) -> None:
-        for ctx, requester in self._reads.take_deferred():
-            self._leader_read(ctx, requester)
+        noop_committed = self.log.term_or_zero(self.log.commit) == self.term
+        self._reads.request(ctx, requester, self.log.commit, noop_committed, self.membership.voters)
 
     def _answer_read(self, ctx: bytes, requester: str, index: int) -> None:
         if requester == self.id:
             self._out.read_states.append(ReadState(ctx, index))
         else:
             self._send(ReadIndexResponse(self.term, self.id, requester, ctx, index))
-
-    def _abort_reads(self) -> None:
-        for ctx, requester in self._reads.abort():
-            if requester == self.id:
-                self._out.read_states.append(ReadState(ctx, 0))
-            # Remote askers time out; a stale-term answer would be ignored anyway.
 
     # ------------------------------------------------------------------ transfer
     def _start_transfer(self, to: str) -> None:

@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from concordance.raft import quorum
@@ -82,3 +82,56 @@ class ReadIndexQueue:
         self._acks = {}
         self._open_round = None
         return aborted
+
+
+Answer = Callable[[bytes, str, int], None]
+"""``(ctx, requester, index)``: a read may be served at ``index``; 0 means aborted."""
+
+
+class LeaderReads:
+    """The ReadIndex protocol of one node across its leaderships."""
+
+    def __init__(self, node_id: str, answer: Answer, broadcast: Callable[[int], None]) -> None:
+        self._id = node_id
+        self._answer = answer
+        self._broadcast = broadcast  # a heartbeat round carrying this round number
+        self.queue = ReadIndexQueue()
+
+    @property
+    def latest_round(self) -> int:
+        return self.queue.latest_round
+
+    def request(
+        self, ctx: bytes, requester: str, commit: int, noop_committed: bool, voters: Sequence[str]
+    ) -> None:
+        """A read asked of the leader, whose commit index is ``commit``."""
+        if not noop_committed:
+            self.queue.defer(ctx, requester)  # thesis §6.4 step 1: wait for the no-op
+            return
+        if len(voters) <= 1 and self._id in voters:
+            self._answer(ctx, requester, commit)  # no one else can have a newer commit
+            return
+        new_round = self.queue.add(ctx, requester, commit)
+        if new_round is not None:
+            self._broadcast(new_round)
+
+    def noop_committed(self, commit: int, voters: Sequence[str]) -> None:
+        """The leader's first entry of its term committed: serve the deferred reads."""
+        for ctx, requester in self.queue.take_deferred():
+            self.request(ctx, requester, commit, True, voters)
+
+    def acknowledged(self, node: str, round_: int, voters: Sequence[str]) -> None:
+        """``node`` answered the heartbeat round ``round_``: answer what a quorum confirmed."""
+        self.queue.ack(node, round_)
+        for read in self.queue.confirmed(voters, self._id):
+            self._answer(read.ctx, read.requester, read.index)
+
+    def seal(self) -> None:
+        self.queue.seal()
+
+    def abort(self) -> None:
+        """Leadership ended. Local reads are answered 0; remote askers time out (a
+        stale-term answer would be ignored anyway)."""
+        for ctx, requester in self.queue.abort():
+            if requester == self._id:
+                self._answer(ctx, requester, 0)

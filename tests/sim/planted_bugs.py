@@ -19,7 +19,7 @@ class CommitsPreviousTermByCounting(RaftCore):
             self.log.commit_to(index)
             self._needs_broadcast = True
             if first_of_term and self.log.term_or_zero(index) == self.term:
-                self._release_reads_after_noop()
+                self._reads.noop_committed(self.log.commit, voters)
 
 
 class VotesForShorterLogs(RaftCore):
