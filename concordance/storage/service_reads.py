@@ -30,6 +30,7 @@ from concordance.ipc.fronts import Fronts
 from concordance.ipc.sockets import Server
 from concordance.latency import LatencyCounts
 from concordance.protocol import wire
+from concordance.storage import background
 from concordance.storage.fsm import StateMachine
 from concordance.storage.service_waiters import AppliedWaiters
 
@@ -178,7 +179,7 @@ class FrontReads:
         try:
             dest = self._backup_target(path)
             async with self._backup_lock:
-                size, index, _ = await asyncio.to_thread(copy_database, self.db_path, dest)
+                size, index, _ = await background.run(copy_database, self.db_path, dest)
             reply = wire.BackupOk(str(dest), size, index)
             log.info("storage: backup at index %d written to %s (%d bytes)", index, dest, size)
         except ConcordanceError as e:

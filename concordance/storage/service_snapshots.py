@@ -2,8 +2,9 @@
 
 ``take_snapshot`` copies state.db into ``state/snapshots/`` on a worker thread
 (applies and reads go on; the copy is one read transaction), ``checkpoint``
-syncs the WAL and answers ``durable``, ``restore`` replaces state.db with a
-snapshot consensus received (PROTOCOL.md §3.6). A mixin of
+syncs the WAL and answers ``durable``, both on ``background``'s workers of
+lower CPU priority; ``restore`` replaces state.db with a snapshot consensus
+received (PROTOCOL.md §3.6). A mixin of
 :class:`~concordance.storage.service.StorageService`, which owns the state
 declared below; :func:`copy_database` serves backups too.
 """
@@ -23,7 +24,7 @@ from concordance.errors import (
     RemoteProtocolError,
 )
 from concordance.protocol import wire
-from concordance.storage import durability, snapshot
+from concordance.storage import background, durability, snapshot
 from concordance.storage.fsm import StateMachine
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class StorageSnapshots:
     async def _checkpoint(self) -> None:
         index = self.state.applied_index  # committed, so in the WAL the checkpoint syncs
         try:
-            await asyncio.to_thread(durability.checkpoint, self.db_path)
+            await background.run(durability.checkpoint, self.db_path)
         except (OSError, sqlite3.Error, durability.CheckpointIncomplete) as e:
             log.warning("storage: checkpoint failed (consensus will ask again): %s", e)
             return
@@ -106,7 +107,7 @@ class StorageSnapshots:
         staging = self.snapshot_dir / "taking.snapshot.tmp"  # swept at start if left over
         try:
             async with self._backup_lock:
-                _, index, term = await asyncio.to_thread(copy_database, self.db_path, staging)
+                _, index, term = await background.run(copy_database, self.db_path, staging)
             path = self.snapshot_dir / f"{index:020d}.snapshot"
             os.replace(staging, path)
             fsync_dir(self.snapshot_dir, best_effort=True)
