@@ -20,7 +20,7 @@ from concordance import errors
 from concordance.cli import admin, completion, kv, server
 from concordance.cli.common import EXIT, client_flags, exit_code
 from concordance.cli.values import InputError
-from concordance.client import ClientConfigError
+from concordance.client.failures import ClientConfigError
 from concordance.config import ConfigError
 from concordance.environment import read_client
 

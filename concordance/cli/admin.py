@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from concordance.cli.common import run_client
 from concordance.cli.kv import print_change
 from concordance.cli.output import Output
-from concordance.client import Client, Member
+from concordance.client.types import Member
 
 __all__ = ["add_commands"]
 
 if TYPE_CHECKING:
+    from concordance.client.client import Client
+
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 

@@ -14,12 +14,15 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from concordance import __version__, errors
-from concordance.client import Client, ClientConfigError, OutcomeUnknown
-from concordance.client.client import DEFAULT_ENDPOINT
+from concordance.client.endpoints import DEFAULT_ENDPOINT
+from concordance.client.failures import ClientConfigError, OutcomeUnknown
 from concordance.environment import ClientEnv, read_client
+
+if TYPE_CHECKING:
+    from concordance.client.client import Client
 
 __all__ = ["EXIT", "client_flags", "exit_code", "make_client", "option", "run_client"]
 
@@ -127,6 +130,8 @@ def option(args: argparse.Namespace, name: str) -> Any:
 
 
 def make_client(args: argparse.Namespace) -> Client:
+    from concordance.client.client import Client  # aiohttp: only for commands that talk
+
     return Client(
         option(args, "endpoints"),
         option(args, "api_key"),

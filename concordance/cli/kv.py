@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from concordance import errors
 from concordance.cli.common import run_client
 from concordance.cli.output import Output, render_value
 from concordance.cli.values import InputError, parse_value, read_document
-from concordance.client import Change, Client, Deleted, Entry
+from concordance.client.types import Change, Deleted, Entry
+
+if TYPE_CHECKING:
+    from concordance.client.client import Client
 
 __all__ = ["add_commands", "print_change"]
 

@@ -13,60 +13,87 @@ Reads are spread over the endpoints and retried anywhere; a write is retried
 only when it was certainly not applied, and raises :class:`OutcomeUnknown`
 otherwise. Every server error is the :mod:`concordance.errors` class of its
 code. docs/CLIENT.md is the reference.
+
+The names below are re-exported lazily (PEP 562), so the ``concordance``
+command, which imports the light modules (``failures``, ``types``) to build
+its parser, loads aiohttp only when a command talks to a node: ``concordance
+node`` starts a node about 0.15 s of CPU sooner.
 """
 
 from __future__ import annotations
 
-from concordance import errors
-from concordance.client import ops
-from concordance.client.client import DEFAULT_ENDPOINT, Client, settings_from_env
-from concordance.client.failures import ClientConfigError, EndpointsUnavailable, OutcomeUnknown
-from concordance.client.scope import Scope
-from concordance.client.scopes import SCOPES, namespace, scope_ids
-from concordance.client.sync import SyncClient, SyncScope, SyncWatch
-from concordance.client.types import (
-    BatchResult,
-    Change,
-    ChangesPage,
-    Deleted,
-    Entry,
-    Health,
-    Member,
-    Page,
-    PrefixDeleted,
-    RoleState,
-    SnapshotInfo,
-    Status,
-)
-from concordance.client.watch import Watch
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "DEFAULT_ENDPOINT",
-    "SCOPES",
-    "BatchResult",
-    "Change",
-    "ChangesPage",
-    "Client",
-    "ClientConfigError",
-    "Deleted",
-    "EndpointsUnavailable",
-    "Entry",
-    "Health",
-    "Member",
-    "OutcomeUnknown",
-    "Page",
-    "PrefixDeleted",
-    "RoleState",
-    "Scope",
-    "SnapshotInfo",
-    "Status",
-    "SyncClient",
-    "SyncScope",
-    "SyncWatch",
-    "Watch",
-    "errors",
-    "namespace",
-    "ops",
-    "scope_ids",
-    "settings_from_env",
-]
+from concordance import errors as errors
+from concordance.client import ops as ops
+
+if TYPE_CHECKING:
+    from concordance.client.client import Client as Client
+    from concordance.client.client import settings_from_env as settings_from_env
+    from concordance.client.endpoints import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
+    from concordance.client.failures import ClientConfigError as ClientConfigError
+    from concordance.client.failures import EndpointsUnavailable as EndpointsUnavailable
+    from concordance.client.failures import OutcomeUnknown as OutcomeUnknown
+    from concordance.client.scope import Scope as Scope
+    from concordance.client.scopes import SCOPES as SCOPES
+    from concordance.client.scopes import namespace as namespace
+    from concordance.client.scopes import scope_ids as scope_ids
+    from concordance.client.sync import SyncClient as SyncClient
+    from concordance.client.sync import SyncScope as SyncScope
+    from concordance.client.sync import SyncWatch as SyncWatch
+    from concordance.client.types import BatchResult as BatchResult
+    from concordance.client.types import Change as Change
+    from concordance.client.types import ChangesPage as ChangesPage
+    from concordance.client.types import Deleted as Deleted
+    from concordance.client.types import Entry as Entry
+    from concordance.client.types import Health as Health
+    from concordance.client.types import Member as Member
+    from concordance.client.types import Page as Page
+    from concordance.client.types import PrefixDeleted as PrefixDeleted
+    from concordance.client.types import RoleState as RoleState
+    from concordance.client.types import SnapshotInfo as SnapshotInfo
+    from concordance.client.types import Status as Status
+    from concordance.client.watch import Watch as Watch
+
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_ENDPOINT": "endpoints",
+    "Client": "client",
+    "settings_from_env": "client",
+    "ClientConfigError": "failures",
+    "EndpointsUnavailable": "failures",
+    "OutcomeUnknown": "failures",
+    "Scope": "scope",
+    "SCOPES": "scopes",
+    "namespace": "scopes",
+    "scope_ids": "scopes",
+    "SyncClient": "sync",
+    "SyncScope": "sync",
+    "SyncWatch": "sync",
+    "BatchResult": "types",
+    "Change": "types",
+    "ChangesPage": "types",
+    "Deleted": "types",
+    "Entry": "types",
+    "Health": "types",
+    "Member": "types",
+    "Page": "types",
+    "PrefixDeleted": "types",
+    "RoleState": "types",
+    "SnapshotInfo": "types",
+    "Status": "types",
+    "Watch": "watch",
+}
+
+__all__ = sorted([*_EXPORTS, "errors", "ops"])
+
+
+def __getattr__(name: str) -> Any:
+    """``client.Client`` and the rest: imported from their module on first use."""
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value

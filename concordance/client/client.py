@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from concordance import errors
-from concordance.client.endpoints import parse_endpoints
+from concordance.client.endpoints import DEFAULT_ENDPOINT, parse_endpoints
 from concordance.client.scope import Scope
 from concordance.client.tls import TlsFiles, ssl_context
 from concordance.client.transport import Transport, describe_error
@@ -40,7 +40,6 @@ Healths = list[Health]  # an alias: the classes below define a method named list
 
 __all__ = ["DEFAULT_ENDPOINT", "Client", "settings_from_env"]
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:4100"
 MAX_PAGE = 1000
 MAX_WAIT_MS = 60_000
 

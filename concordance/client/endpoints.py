@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from concordance.client.failures import ClientConfigError
 
-__all__ = ["DOWN_REST_S", "Endpoint", "Endpoints", "parse_endpoints"]
+__all__ = ["DEFAULT_ENDPOINT", "DOWN_REST_S", "Endpoint", "Endpoints", "parse_endpoints"]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:4100"
 
 DOWN_REST_S = 2.0  # how long a node that refused or broke a connection is tried last
 

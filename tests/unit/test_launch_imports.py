@@ -33,3 +33,22 @@ def test_the_role_entry_points_import_it() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert {"zmq", "concordance.ipc"} <= set(out.stdout.split())
+
+
+def _loaded_after(statement: str, modules: tuple[str, ...]) -> set[str]:
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(out.stdout.split())
+
+
+def test_the_command_line_loads_the_client_stack_only_to_talk_to_a_node() -> None:
+    # `concordance node` builds the whole parser before it execs supervisord
+    assert (
+        _loaded_after("import concordance.cli", ("aiohttp", "concordance.client.client")) == set()
+    )
+    # and a command that talks gets it: the package's names are there on first use
+    assert _loaded_after("from concordance.client import Client, SyncClient", ("aiohttp",)) == {
+        "aiohttp"
+    }
