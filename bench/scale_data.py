@@ -21,7 +21,7 @@ fresh members of each system in the same run, one after the other:
 The machine is shared: compare the ratio columns, which come from one run.
 Results also go to ``.bench/scale_data.json``.
 
-    python -m bench.scale_data [--quick] [--keys N ...]
+    python -m bench.scale_data [--quick] [--keys N ...] [--only concordance] [--source DIR]
 """
 
 from __future__ import annotations
@@ -416,6 +416,9 @@ def main() -> None:
     parser.add_argument("--keys", type=int, nargs="*", help="sizes (default 100000 1000000)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per latency measure")
     parser.add_argument("--only", choices=["concordance", "etcd"], help="one system alone")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="Concordance from another checkout (A/B runs)"
+    )
     args = parser.parse_args()
     sizes = args.keys or ([20_000] if args.quick else [100_000, 1_000_000])
     binary = etcd_binary()
@@ -423,7 +426,7 @@ def main() -> None:
     for n in sizes:
         cc = etcd = None
         if args.only != "etcd":
-            cc = run_one(ConcordanceSystem(), n, args.seconds)
+            cc = run_one(ConcordanceSystem(args.source), n, args.seconds)
             print(json.dumps(cc), flush=True)
         if args.only != "concordance" and binary:
             etcd = run_one(EtcdSystem(binary), n, args.seconds)
