@@ -558,7 +558,13 @@ METHODS: dict[str, tuple[Method, bool]] = {  # name -> (method, allowed to the a
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     """GET /stream: authenticated by the middleware before the upgrade."""
     cfg = request.app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=cfg.max_value_bytes + 64 * 1024, autoping=False)
+    # compress=False declines permessage-deflate, which browsers and most WebSocket
+    # libraries ask for: a zlib stream per connection costs ~80 KB of front memory
+    # (103 KB against 22 KB per idle connection, measured), 1 GB at 10,000 watchers,
+    # to shrink frames that are mostly a few hundred bytes of JSON.
+    ws = web.WebSocketResponse(
+        max_msg_size=cfg.max_value_bytes + 64 * 1024, autoping=False, compress=False
+    )
     await ws.prepare(request)
     conn = StreamConnection(request, ws, request[ACCESS])
     streams = request.app[STREAMS]

@@ -430,3 +430,22 @@ def test_the_outbox_bounds_bytes_but_takes_one_big_message() -> None:
         assert box.queued_bytes == 100
 
     asyncio.run(main())
+
+
+def test_compression_is_declined(tmp_path: Path) -> None:
+    """A client asking for permessage-deflate (browsers do) gets plain frames: a zlib
+    stream per connection would cost ~80 KB of front memory per watcher."""
+
+    async def main() -> None:
+        async with harness(tmp_path) as h:
+            ws = await h.client.ws_connect(
+                "/stream", headers={"Authorization": f"Bearer {FULL}"}, compress=15
+            )
+            try:
+                assert ws.compress == 0  # the server's answer named no extension
+                got = await Rpc(ws).call("kv/set", {"key": "tenant:a/z", "value": "x" * 900})
+                assert got["result"]["value"] == "x" * 900
+            finally:
+                await ws.close()
+
+    asyncio.run(main())
