@@ -22,10 +22,10 @@ node`` starts a node about 0.15 s of CPU sooner.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from concordance import errors as errors
+from concordance import lazy
 from concordance.client import ops as ops
 
 if TYPE_CHECKING:
@@ -89,11 +89,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "errors", "ops"])
 
 
-def __getattr__(name: str) -> Any:
-    """``client.Client`` and the rest: imported from their module on first use."""
-    where = _EXPORTS.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _EXPORTS)

@@ -44,8 +44,9 @@ names below are re-exported lazily, so importing ``concordance.ipc.paths``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from concordance import lazy
 
 if TYPE_CHECKING:
     from concordance.ipc.paths import run_dir as run_dir
@@ -82,11 +83,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """``ipc.RpcServer`` and the rest: imported from their module on first use (PEP 562)."""
-    where = _EXPORTS.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _EXPORTS)
