@@ -67,12 +67,17 @@ HOLD_MAX = 0.02  # seconds a batch waits at most for the previous propose's answ
 
 
 class _Batch:
-    """Commands waiting to be proposed together, and the answer they share."""
+    """Commands waiting to be proposed together, and the answer they share.
 
-    __slots__ = ("answer", "bytes", "commands")
+    ``writers`` are the request ids of the commands, each with whether this is its
+    first proposal: the batch's task hands a failed answer to each write's own
+    waiter (:meth:`Proposer._answer_writers`), so a write awaits one future only."""
+
+    __slots__ = ("answer", "bytes", "commands", "writers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.commands: list[bytes] = []
+        self.writers: list[tuple[int, bool]] = []
         self.bytes = 0
         self.answer: asyncio.Future[None] = loop.create_future()
 
@@ -138,32 +143,25 @@ class Proposer:
 
     async def _submit(self, op: Op) -> WriteResult | None:
         cmd = self.command(op)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[WriteResult | Rejected | None] = loop.create_future()
-        self._waiters[cmd.request_id] = future
-        deadline = self._timers.monotonic() + self._timeout
+        request_id = cmd.request_id
+        future: asyncio.Future[WriteResult | Rejected | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters[request_id] = future
+        deadline = self._timers.call_later(self._timeout, _expire, future)
         try:
-            try:
-                await asyncio.shield(self._join_batch(cmd.encode()))
-            except IpcError as e:
-                log.debug("request %d: propose outcome unknown (%s); waiting", cmd.request_id, e)
-            left = deadline - self._timers.monotonic()
-            try:
-                async with self._timers.timeout(max(left, 0)):
-                    outcome = await future
-            except TimeoutError:
-                raise Timeout(
-                    "no result before the deadline: the write may or may not have been applied"
-                ) from None
+            self._join_batch(cmd.encode(), request_id, first=True)
+            outcome = await future  # the result, or the batch's refusal, or the deadline
         finally:
-            self._waiters.pop(cmd.request_id, None)
-            self._refused_at.pop(cmd.request_id, None)
+            deadline.cancel()
+            self._waiters.pop(request_id, None)
+            self._refused_at.pop(request_id, None)
         if isinstance(outcome, Rejected):
             raise outcome.to_exception()
         return outcome
 
-    def _join_batch(self, data: bytes) -> asyncio.Future[None]:
-        """Add ``data`` to the batch of this loop turn; the future is its propose's answer.
+    def _join_batch(self, data: bytes, request_id: int, *, first: bool) -> None:
+        """Add ``data`` to the batch of this loop turn (its outcome reaches the write's waiter).
 
         A batch's task is created with the batch: its first step runs on the next
         loop turn, after every write of this one has joined, and closes the batch
@@ -180,8 +178,8 @@ class Proposer:
             self._proposing.add(task)
             task.add_done_callback(self._proposing.discard)
         batch.commands.append(data)
+        batch.writers.append((request_id, first))
         batch.bytes += len(data)
-        return batch.answer
 
     async def _propose(self, batch: _Batch) -> None:
         try:
@@ -195,12 +193,35 @@ class Proposer:
             await self._consensus.propose(batch.commands, self._timeout)
         except asyncio.CancelledError:
             batch.answer.cancel()
+            self._answer_writers(batch, None)
             raise
         except Exception as e:  # every write of the batch hears it
             batch.answer.set_exception(e)
-            batch.answer.exception()  # marked retrieved: the writers may have given up
+            batch.answer.exception()  # marked retrieved: only a next batch's hold waits on it
+            self._answer_writers(batch, e)
         else:
             batch.answer.set_result(None)
+
+    def _answer_writers(self, batch: _Batch, error: Exception | None) -> None:
+        """Hand a failed ``propose`` to the waiting writes of ``batch``.
+
+        A first proposal fails with the error, except ``IpcError`` (outcome
+        unknown: it waits for its result); ``None`` (the batch's task was
+        cancelled) cancels it. A re-proposal fails only on ``Unavailable``
+        (certainly not appended, its refusals' budget spent); else it waits for
+        its result, never proposed twice while its outcome is unknown.
+        """
+        for request_id, first in batch.writers:
+            future = self._waiters.get(request_id)
+            if future is None or future.done():
+                continue  # answered already (the result came first), or given up
+            if error is None:
+                if first:
+                    future.cancel()
+            elif isinstance(error, Unavailable) or (first and not isinstance(error, IpcError)):
+                future.set_exception(error)
+            else:
+                log.debug("request %d: propose outcome unknown (%s); waiting", request_id, error)
 
     async def _hold(self, previous: asyncio.Future[None]) -> None:
         """Wait for ``previous`` to be answered (any outcome), ``HOLD_MAX`` at most."""
@@ -256,13 +277,7 @@ class Proposer:
         future = self._waiters.get(request_id)
         if future is None or future.done():
             return  # answered or given up meanwhile
-        try:
-            await asyncio.shield(self._join_batch(data))
-        except Unavailable as e:  # certainly not appended, and the hold budget is spent
-            if not future.done():
-                future.set_exception(e)
-        except (ConcordanceError, IpcError) as e:  # outcome unknown: wait for the result
-            log.debug("request %d: re-proposal outcome unknown (%s); waiting", request_id, e)
+        self._join_batch(data, request_id, first=False)
 
     def fail_all(self, error: ConcordanceError) -> None:
         """Fail every pending write with ``error``."""
@@ -278,4 +293,12 @@ class Proposer:
         answered 503 on a front's stop was applied)."""
         self.fail_all(
             Timeout("the front stopped before the result came: it may or may not have been applied")
+        )
+
+
+def _expire(future: asyncio.Future[WriteResult | Rejected | None]) -> None:
+    """A write's deadline: no result yet, so its outcome is unknown (504)."""
+    if not future.done():
+        future.set_exception(
+            Timeout("no result before the deadline: the write may or may not have been applied")
         )

@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 
-from concordance.errors import Timeout, Unavailable
+from concordance.errors import IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 from concordance.front.writes import HOLD_MAX, REPROPOSE_WINDOW, Proposer
 from concordance.protocol import payloads, wire
@@ -382,5 +382,101 @@ def test_a_stopping_front_ends_waiting_writes_as_outcome_unknown() -> None:
         proposer.abandon_all()
         with pytest.raises(Timeout):
             await write
+
+    asyncio.run(main())
+
+
+def test_a_write_answered_before_its_propose_returns_does_not_wait_for_that_answer() -> None:
+    """A write awaits its own waiter only: its result ends it at once, while the
+    propose that carried it is still unanswered (the batch's answer is not awaited)."""
+
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        await clock.settle()
+        result = payloads.Deleted(KEY, 1, 2)
+        proposer.deliver(
+            wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[0][0]), result),))
+        )
+        await clock.settle()
+        assert write.done() and write.result() == result
+        assert proposer.pending == 0
+        consensus.gates[0].set_result(None)  # the late answer changes nothing
+        await clock.settle()
+
+    asyncio.run(main())
+
+
+def test_an_unknown_propose_outcome_waits_for_the_result_then_the_deadline() -> None:
+    """``IpcError`` from propose (outcome unknown) leaves each write of the batch
+    waiting: one gets its result, the other ends as ``Timeout`` at its deadline."""
+
+    class Lost:
+        def __init__(self) -> None:
+            self.calls: list[list[bytes]] = []
+
+        async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+            self.calls.append(list(commands))
+            raise IpcError("lost the reply")
+
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Lost()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 1_000, lambda: 0, timers=clock)
+        kept = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        lost = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
+        await clock.settle()
+        assert [len(c) for c in consensus.calls] == [2]
+        assert not kept.done() and not lost.done()
+        proposer.deliver(
+            wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[0][0]), None),))
+        )
+        await clock.settle()
+        assert kept.done() and kept.result() is None
+        await clock.advance(0.99)
+        assert not lost.done()
+        await clock.advance(0.02)
+        with pytest.raises(Timeout):
+            await lost
+        assert proposer.pending == 0 and proposer.failed["timeout"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_refused_reproposal_fails_the_write_and_an_unknown_one_leaves_it_waiting() -> None:
+    """A re-proposal (after ``dropped``) fails its write only on ``Unavailable``."""
+
+    class Answers:
+        def __init__(self, errors: list[Exception | None]) -> None:
+            self.errors = errors
+            self.calls: list[list[bytes]] = []
+
+        async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+            self.calls.append(list(commands))
+            error = self.errors.pop(0)
+            if error is not None:
+                raise error
+            return 0
+
+    async def write_refused_then(error: Exception) -> tuple[Proposer, asyncio.Future[object]]:
+        clock = ManualClock()
+        consensus = Answers([None, error])
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        await clock.settle()
+        proposer.fail_dropped(wire.Dropped(tuple(consensus.calls[0])))
+        await clock.advance(1.0)  # past REPROPOSE_DELAY: proposed again, and answered
+        assert len(consensus.calls) == 2
+        return proposer, write
+
+    async def main() -> None:
+        proposer, write = await write_refused_then(Unavailable("no leader"))
+        with pytest.raises(Unavailable):
+            await write
+        proposer, write = await write_refused_then(IpcError("lost the reply"))
+        assert not write.done() and proposer.pending == 1
+        write.cancel()
 
     asyncio.run(main())
