@@ -30,12 +30,14 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   round trip carries many writes, and consensus appends them together. Each
   write still has its own request id, waiter and outcome; the batch only
   shares the answer to ``propose`` (appended, refused, or unknown).
-* While a ``propose`` waits for its answer, the next batch stays open (and
-  keeps taking writes) until that answer comes or ``HOLD_MAX`` passes: one
-  message per round trip instead of one per loop turn. Consensus answers a
-  proposal before its fsync and steps what arrives during the fsync only
-  after it, so a held batch reaches the same Raft round it would have
-  reached sent at once; a lone write (one client) is never held.
+* While a batch is in flight (its ``propose`` not answered, or any of its
+  writes still without an outcome), the next batch stays open (and keeps
+  taking writes) until it settles or ``HOLD_MAX`` passes: one Raft round
+  (an fsync on every node, the peer frames, an apply on every node) per
+  round trip of a write instead of one per ``proposed`` answer. At 64
+  clients that made 10 writes a round instead of 5-8 (docs/PERFORMANCE.md,
+  7 December, evening). A lone write (one client) is never held: its
+  predecessor settled before it was made. Re-proposals do not hold a batch.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
 REPROPOSE_DELAY = 0.05  # seconds before a refused (dropped) write is proposed again
 REPROPOSE_WINDOW = 0.5  # seconds from a write's first refusal until it is answered 503
-HOLD_MAX = 0.02  # seconds a batch waits at most for the previous propose's answer
+HOLD_MAX = 0.02  # seconds a batch waits at most for the previous one to settle
 
 
 class _Batch:
@@ -71,15 +73,29 @@ class _Batch:
 
     ``writers`` are the request ids of the commands, each with whether this is its
     first proposal: the batch's task hands a failed answer to each write's own
-    waiter (:meth:`Proposer._answer_writers`), so a write awaits one future only."""
+    waiter (:meth:`Proposer._answer_writers`), so a write awaits one future only.
+    ``settled`` resolves once the propose is answered (any outcome) and every
+    first proposal in the batch has its outcome: what the next batch is held for.
+    """
 
-    __slots__ = ("answer", "bytes", "commands", "writers")
+    __slots__ = ("answer", "bytes", "commands", "open", "settled", "writers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.commands: list[bytes] = []
         self.writers: list[tuple[int, bool]] = []
         self.bytes = 0
         self.answer: asyncio.Future[None] = loop.create_future()
+        self.open = 0  # first proposals in the batch still waiting for their outcome
+        self.settled: asyncio.Future[None] = loop.create_future()
+
+    def write_done(self) -> None:
+        """One of the batch's first proposals has its outcome (or its writer gave up)."""
+        self.open -= 1
+        self.settle_if_done()
+
+    def settle_if_done(self) -> None:
+        if self.open <= 0 and self.answer.done() and not self.settled.done():
+            self.settled.set_result(None)
 
 
 class Proposer:
@@ -112,7 +128,7 @@ class Proposer:
         # request id -> (first, last) refusal of its current run of refusals
         self._refused_at: dict[int, tuple[float, float]] = {}
         self._batch: _Batch | None = None
-        self._in_flight: asyncio.Future[None] | None = None  # the last propose's answer
+        self._in_flight: asyncio.Future[None] | None = None  # the last batch's `settled`
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
@@ -150,8 +166,11 @@ class Proposer:
         self._waiters[request_id] = future
         deadline = self._timers.call_later(self._timeout, _expire, future)
         try:
-            self._join_batch(cmd.encode(), request_id, first=True)
-            outcome = await future  # the result, or the batch's refusal, or the deadline
+            batch = self._join_batch(cmd.encode(), request_id, first=True)
+            try:
+                outcome = await future  # the result, or the batch's refusal, or the deadline
+            finally:
+                batch.write_done()
         finally:
             deadline.cancel()
             self._waiters.pop(request_id, None)
@@ -160,7 +179,7 @@ class Proposer:
             raise outcome.to_exception()
         return outcome
 
-    def _join_batch(self, data: bytes, request_id: int, *, first: bool) -> None:
+    def _join_batch(self, data: bytes, request_id: int, *, first: bool) -> _Batch:
         """Add ``data`` to the batch of this loop turn (its outcome reaches the write's waiter).
 
         A batch's task is created with the batch: its first step runs on the next
@@ -179,7 +198,9 @@ class Proposer:
             task.add_done_callback(self._proposing.discard)
         batch.commands.append(data)
         batch.writers.append((request_id, first))
+        batch.open += first
         batch.bytes += len(data)
+        return batch
 
     async def _propose(self, batch: _Batch) -> None:
         try:
@@ -188,7 +209,7 @@ class Proposer:
                 await self._hold(previous)  # writes keep joining this batch meanwhile
             if self._batch is batch:
                 self._batch = None  # closed: writes of later loop turns make the next batch
-            self._in_flight = batch.answer
+            self._in_flight = batch.settled
             self.batches += 1
             await self._consensus.propose(batch.commands, self._timeout)
         except asyncio.CancelledError:
@@ -201,6 +222,8 @@ class Proposer:
             self._answer_writers(batch, e)
         else:
             batch.answer.set_result(None)
+        finally:
+            batch.settle_if_done()
 
     def _answer_writers(self, batch: _Batch, error: Exception | None) -> None:
         """Hand a failed ``propose`` to the waiting writes of ``batch``.
@@ -224,7 +247,7 @@ class Proposer:
                 log.debug("request %d: propose outcome unknown (%s); waiting", request_id, error)
 
     async def _hold(self, previous: asyncio.Future[None]) -> None:
-        """Wait for ``previous`` to be answered (any outcome), ``HOLD_MAX`` at most."""
+        """Wait for the previous batch to settle, ``HOLD_MAX`` at most."""
         with contextlib.suppress(TimeoutError):
             async with self._timers.timeout(HOLD_MAX):
                 await asyncio.wait((previous,))

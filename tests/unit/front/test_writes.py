@@ -315,7 +315,11 @@ class Gated:
         return 1
 
 
-def test_writes_made_while_a_propose_waits_go_together_once_it_is_answered() -> None:
+def test_writes_made_while_a_batch_is_in_flight_go_together_once_it_settles() -> None:
+    """The next batch is held until the previous propose is answered AND each of its
+    writes has its outcome (one Raft round per write's round trip), not only until
+    the answer."""
+
     async def main() -> None:
         clock = ManualClock()
         consensus = Gated()
@@ -330,16 +334,34 @@ def test_writes_made_while_a_propose_waits_go_together_once_it_is_answered() -> 
         assert len(consensus.calls) == 1  # held: they share the next batch
         consensus.gates[0].set_result(None)
         await clock.settle()
+        assert len(consensus.calls) == 1  # answered, but the first write has no outcome yet
+        first_id = request_id(consensus.calls[0][0])
+        proposer.deliver(wire.Results("n1", (payloads.Outcome(first_id, None),)))
+        await clock.settle()
         assert [len(c) for c in consensus.calls] == [1, 3] and proposer.batches == 2
         ids = [request_id(c) for c in consensus.calls[1]]
-        proposer.deliver(
-            wire.Results(
-                "n1",
-                tuple(payloads.Outcome(r, None) for r in [request_id(consensus.calls[0][0]), *ids]),
-            )
-        )
+        proposer.deliver(wire.Results("n1", tuple(payloads.Outcome(r, None) for r in ids)))
         consensus.gates[1].set_result(None)
         assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [None] * 4
+
+    asyncio.run(main())
+
+
+def test_an_answered_batch_whose_results_do_not_come_holds_the_next_only_hold_max() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        waiting = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        await clock.settle()
+        consensus.gates[0].set_result(None)  # appended; its result never comes
+        behind = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
+        await clock.advance(HOLD_MAX * 0.9)
+        assert len(consensus.calls) == 1
+        await clock.advance(HOLD_MAX * 0.1)
+        assert len(consensus.calls) == 2
+        waiting.cancel()
+        behind.cancel()
 
     asyncio.run(main())
 
