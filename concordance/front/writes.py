@@ -36,8 +36,9 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   (an fsync on every node, the peer frames, an apply on every node) per
   round trip of a write instead of one per ``proposed`` answer. At 64
   clients that made 10 writes a round instead of 5-8 (docs/PERFORMANCE.md,
-  7 December, evening). A lone write (one client) is never held: its
-  predecessor settled before it was made. Re-proposals do not hold a batch.
+  7 December, evening). A lone write (one client) is held only as before,
+  when its predecessor's answer comes after that predecessor's result.
+  Re-proposals do not hold a batch.
 """
 
 from __future__ import annotations
