@@ -219,7 +219,7 @@ class Proposer:
             raise
         except Exception as e:  # every write of the batch hears it
             batch.answer.set_exception(e)
-            batch.answer.exception()  # marked retrieved: only a next batch's hold waits on it
+            batch.answer.exception()  # marked retrieved: no one awaits it (see _answer_writers)
             self._answer_writers(batch, e)
         else:
             batch.answer.set_result(None)
