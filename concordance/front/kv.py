@@ -50,6 +50,11 @@ def json_response(data: Any) -> web.Response:
     return web.json_response(data, dumps=dumps)
 
 
+def _json_text(text: str) -> web.Response:
+    """An answer already rendered as JSON text (a write's, ``Renderer.result_text``)."""
+    return web.json_response(text=text)
+
+
 async def _json_body(request: web.Request) -> Any:
     # read() enforces client_max_size (413, mapped to request_too_large by the middleware)
     return parse_json(await request.read())
@@ -69,7 +74,7 @@ async def put_key(request: web.Request) -> web.Response:
     body = require_object(await _json_body(request))
     kv = request.app[KV]
     args = parse_set(key, body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
-    return json_response(await kv.set(args))
+    return _json_text(await kv.set_text(args))
 
 
 async def get_key(request: web.Request) -> web.Response:
@@ -86,7 +91,7 @@ async def delete_key(request: web.Request) -> web.Response:
     key = _key(request)
     request[ACCESS].check_write(key)
     args = parse_delete(key, {"ifVersion": query_opt_int(request.query, "ifVersion")})
-    return json_response(await request.app[KV].delete(args))
+    return _json_text(await request.app[KV].delete_text(args))
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -119,8 +124,7 @@ async def batch(request: web.Request) -> web.Response:
     # are checked before anything is proposed, so a refused batch changes nothing.
     for op in ops:
         access.check_write(op.key)
-    text = await kv.batch_text(ops)
-    return web.json_response(text=text)
+    return _json_text(await kv.batch_text(ops))
 
 
 async def changes(request: web.Request) -> web.Response:

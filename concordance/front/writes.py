@@ -30,12 +30,15 @@ Theory of operation (ARCHITECTURE.md "Write", PROTOCOL.md §3.4, §4):
   round trip carries many writes, and consensus appends them together. Each
   write still has its own request id, waiter and outcome; the batch only
   shares the answer to ``propose`` (appended, refused, or unknown).
-* While a ``propose`` waits for its answer, the next batch stays open (and
-  keeps taking writes) until that answer comes or ``HOLD_MAX`` passes: one
-  message per round trip instead of one per loop turn. Consensus answers a
-  proposal before its fsync and steps what arrives during the fsync only
-  after it, so a held batch reaches the same Raft round it would have
-  reached sent at once; a lone write (one client) is never held.
+* While a batch is in flight (its ``propose`` not answered, or any of its
+  writes still without an outcome), the next batch stays open (and keeps
+  taking writes) until it settles or ``HOLD_MAX`` passes: one Raft round
+  (an fsync on every node, the peer frames, an apply on every node) per
+  round trip of a write instead of one per ``proposed`` answer. At 64
+  clients that made 10 writes a round instead of 5-8 (docs/PERFORMANCE.md,
+  7 December, evening). A lone write (one client) is held only as before,
+  when its predecessor's answer comes after that predecessor's result.
+  Re-proposals do not hold a batch.
 """
 
 from __future__ import annotations
@@ -63,18 +66,37 @@ BATCH_COMMANDS = 256  # commands in one propose at most
 BATCH_BYTES = 2 << 20  # bytes of commands in one propose at most (one value may be 1 MiB)
 REPROPOSE_DELAY = 0.05  # seconds before a refused (dropped) write is proposed again
 REPROPOSE_WINDOW = 0.5  # seconds from a write's first refusal until it is answered 503
-HOLD_MAX = 0.02  # seconds a batch waits at most for the previous propose's answer
+HOLD_MAX = 0.02  # seconds a batch waits at most for the previous one to settle
 
 
 class _Batch:
-    """Commands waiting to be proposed together, and the answer they share."""
+    """Commands waiting to be proposed together, and the answer they share.
 
-    __slots__ = ("answer", "bytes", "commands")
+    ``writers`` are the request ids of the commands, each with whether this is its
+    first proposal: the batch's task hands a failed answer to each write's own
+    waiter (:meth:`Proposer._answer_writers`), so a write awaits one future only.
+    ``settled`` resolves once the propose is answered (any outcome) and every
+    first proposal in the batch has its outcome: what the next batch is held for.
+    """
+
+    __slots__ = ("answer", "bytes", "commands", "open", "settled", "writers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.commands: list[bytes] = []
+        self.writers: list[tuple[int, bool]] = []
         self.bytes = 0
         self.answer: asyncio.Future[None] = loop.create_future()
+        self.open = 0  # first proposals in the batch still waiting for their outcome
+        self.settled: asyncio.Future[None] = loop.create_future()
+
+    def write_done(self) -> None:
+        """One of the batch's first proposals has its outcome (or its writer gave up)."""
+        self.open -= 1
+        self.settle_if_done()
+
+    def settle_if_done(self) -> None:
+        if self.open <= 0 and self.answer.done() and not self.settled.done():
+            self.settled.set_result(None)
 
 
 class Proposer:
@@ -107,7 +129,7 @@ class Proposer:
         # request id -> (first, last) refusal of its current run of refusals
         self._refused_at: dict[int, tuple[float, float]] = {}
         self._batch: _Batch | None = None
-        self._in_flight: asyncio.Future[None] | None = None  # the last propose's answer
+        self._in_flight: asyncio.Future[None] | None = None  # the last batch's `settled`
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
@@ -138,32 +160,28 @@ class Proposer:
 
     async def _submit(self, op: Op) -> WriteResult | None:
         cmd = self.command(op)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[WriteResult | Rejected | None] = loop.create_future()
-        self._waiters[cmd.request_id] = future
-        deadline = self._timers.monotonic() + self._timeout
+        request_id = cmd.request_id
+        future: asyncio.Future[WriteResult | Rejected | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiters[request_id] = future
+        deadline = self._timers.call_later(self._timeout, _expire, future)
         try:
+            batch = self._join_batch(cmd.encode(), request_id, first=True)
             try:
-                await asyncio.shield(self._join_batch(cmd.encode()))
-            except IpcError as e:
-                log.debug("request %d: propose outcome unknown (%s); waiting", cmd.request_id, e)
-            left = deadline - self._timers.monotonic()
-            try:
-                async with self._timers.timeout(max(left, 0)):
-                    outcome = await future
-            except TimeoutError:
-                raise Timeout(
-                    "no result before the deadline: the write may or may not have been applied"
-                ) from None
+                outcome = await future  # the result, or the batch's refusal, or the deadline
+            finally:
+                batch.write_done()
         finally:
-            self._waiters.pop(cmd.request_id, None)
-            self._refused_at.pop(cmd.request_id, None)
+            deadline.cancel()
+            self._waiters.pop(request_id, None)
+            self._refused_at.pop(request_id, None)
         if isinstance(outcome, Rejected):
             raise outcome.to_exception()
         return outcome
 
-    def _join_batch(self, data: bytes) -> asyncio.Future[None]:
-        """Add ``data`` to the batch of this loop turn; the future is its propose's answer.
+    def _join_batch(self, data: bytes, request_id: int, *, first: bool) -> _Batch:
+        """Add ``data`` to the batch of this loop turn (its outcome reaches the write's waiter).
 
         A batch's task is created with the batch: its first step runs on the next
         loop turn, after every write of this one has joined, and closes the batch
@@ -180,8 +198,10 @@ class Proposer:
             self._proposing.add(task)
             task.add_done_callback(self._proposing.discard)
         batch.commands.append(data)
+        batch.writers.append((request_id, first))
+        batch.open += first
         batch.bytes += len(data)
-        return batch.answer
+        return batch
 
     async def _propose(self, batch: _Batch) -> None:
         try:
@@ -190,20 +210,45 @@ class Proposer:
                 await self._hold(previous)  # writes keep joining this batch meanwhile
             if self._batch is batch:
                 self._batch = None  # closed: writes of later loop turns make the next batch
-            self._in_flight = batch.answer
+            self._in_flight = batch.settled
             self.batches += 1
             await self._consensus.propose(batch.commands, self._timeout)
         except asyncio.CancelledError:
             batch.answer.cancel()
+            self._answer_writers(batch, None)
             raise
         except Exception as e:  # every write of the batch hears it
             batch.answer.set_exception(e)
-            batch.answer.exception()  # marked retrieved: the writers may have given up
+            batch.answer.exception()  # marked retrieved: no one awaits it (see _answer_writers)
+            self._answer_writers(batch, e)
         else:
             batch.answer.set_result(None)
+        finally:
+            batch.settle_if_done()
+
+    def _answer_writers(self, batch: _Batch, error: Exception | None) -> None:
+        """Hand a failed ``propose`` to the waiting writes of ``batch``.
+
+        A first proposal fails with the error, except ``IpcError`` (outcome
+        unknown: it waits for its result); ``None`` (the batch's task was
+        cancelled) cancels it. A re-proposal fails only on ``Unavailable``
+        (certainly not appended, its refusals' budget spent); else it waits for
+        its result, never proposed twice while its outcome is unknown.
+        """
+        for request_id, first in batch.writers:
+            future = self._waiters.get(request_id)
+            if future is None or future.done():
+                continue  # answered already (the result came first), or given up
+            if error is None:
+                if first:
+                    future.cancel()
+            elif isinstance(error, Unavailable) or (first and not isinstance(error, IpcError)):
+                future.set_exception(error)
+            else:
+                log.debug("request %d: propose outcome unknown (%s); waiting", request_id, error)
 
     async def _hold(self, previous: asyncio.Future[None]) -> None:
-        """Wait for ``previous`` to be answered (any outcome), ``HOLD_MAX`` at most."""
+        """Wait for the previous batch to settle, ``HOLD_MAX`` at most."""
         with contextlib.suppress(TimeoutError):
             async with self._timers.timeout(HOLD_MAX):
                 await asyncio.wait((previous,))
@@ -256,13 +301,7 @@ class Proposer:
         future = self._waiters.get(request_id)
         if future is None or future.done():
             return  # answered or given up meanwhile
-        try:
-            await asyncio.shield(self._join_batch(data))
-        except Unavailable as e:  # certainly not appended, and the hold budget is spent
-            if not future.done():
-                future.set_exception(e)
-        except (ConcordanceError, IpcError) as e:  # outcome unknown: wait for the result
-            log.debug("request %d: re-proposal outcome unknown (%s); waiting", request_id, e)
+        self._join_batch(data, request_id, first=False)
 
     def fail_all(self, error: ConcordanceError) -> None:
         """Fail every pending write with ``error``."""
@@ -278,4 +317,12 @@ class Proposer:
         answered 503 on a front's stop was applied)."""
         self.fail_all(
             Timeout("the front stopped before the result came: it may or may not have been applied")
+        )
+
+
+def _expire(future: asyncio.Future[WriteResult | Rejected | None]) -> None:
+    """A write's deadline: no result yet, so its outcome is unknown (504)."""
+    if not future.done():
+        future.set_exception(
+            Timeout("no result before the deadline: the write may or may not have been applied")
         )

@@ -8,7 +8,7 @@ from typing import cast
 
 import pytest
 
-from concordance.errors import Timeout, Unavailable
+from concordance.errors import IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
 from concordance.front.writes import HOLD_MAX, REPROPOSE_WINDOW, Proposer
 from concordance.protocol import payloads, wire
@@ -315,7 +315,11 @@ class Gated:
         return 1
 
 
-def test_writes_made_while_a_propose_waits_go_together_once_it_is_answered() -> None:
+def test_writes_made_while_a_batch_is_in_flight_go_together_once_it_settles() -> None:
+    """The next batch is held until the previous propose is answered AND each of its
+    writes has its outcome (one Raft round per write's round trip), not only until
+    the answer."""
+
     async def main() -> None:
         clock = ManualClock()
         consensus = Gated()
@@ -330,16 +334,34 @@ def test_writes_made_while_a_propose_waits_go_together_once_it_is_answered() -> 
         assert len(consensus.calls) == 1  # held: they share the next batch
         consensus.gates[0].set_result(None)
         await clock.settle()
+        assert len(consensus.calls) == 1  # answered, but the first write has no outcome yet
+        first_id = request_id(consensus.calls[0][0])
+        proposer.deliver(wire.Results("n1", (payloads.Outcome(first_id, None),)))
+        await clock.settle()
         assert [len(c) for c in consensus.calls] == [1, 3] and proposer.batches == 2
         ids = [request_id(c) for c in consensus.calls[1]]
-        proposer.deliver(
-            wire.Results(
-                "n1",
-                tuple(payloads.Outcome(r, None) for r in [request_id(consensus.calls[0][0]), *ids]),
-            )
-        )
+        proposer.deliver(wire.Results("n1", tuple(payloads.Outcome(r, None) for r in ids)))
         consensus.gates[1].set_result(None)
         assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [None] * 4
+
+    asyncio.run(main())
+
+
+def test_an_answered_batch_whose_results_do_not_come_holds_the_next_only_hold_max() -> None:
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        waiting = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        await clock.settle()
+        consensus.gates[0].set_result(None)  # appended; its result never comes
+        behind = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
+        await clock.advance(HOLD_MAX * 0.9)
+        assert len(consensus.calls) == 1
+        await clock.advance(HOLD_MAX * 0.1)
+        assert len(consensus.calls) == 2
+        waiting.cancel()
+        behind.cancel()
 
     asyncio.run(main())
 
@@ -382,5 +404,101 @@ def test_a_stopping_front_ends_waiting_writes_as_outcome_unknown() -> None:
         proposer.abandon_all()
         with pytest.raises(Timeout):
             await write
+
+    asyncio.run(main())
+
+
+def test_a_write_answered_before_its_propose_returns_does_not_wait_for_that_answer() -> None:
+    """A write awaits its own waiter only: its result ends it at once, while the
+    propose that carried it is still unanswered (the batch's answer is not awaited)."""
+
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Gated()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        await clock.settle()
+        result = payloads.Deleted(KEY, 1, 2)
+        proposer.deliver(
+            wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[0][0]), result),))
+        )
+        await clock.settle()
+        assert write.done() and write.result() == result
+        assert proposer.pending == 0
+        consensus.gates[0].set_result(None)  # the late answer changes nothing
+        await clock.settle()
+
+    asyncio.run(main())
+
+
+def test_an_unknown_propose_outcome_waits_for_the_result_then_the_deadline() -> None:
+    """``IpcError`` from propose (outcome unknown) leaves each write of the batch
+    waiting: one gets its result, the other ends as ``Timeout`` at its deadline."""
+
+    class Lost:
+        def __init__(self) -> None:
+            self.calls: list[list[bytes]] = []
+
+        async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+            self.calls.append(list(commands))
+            raise IpcError("lost the reply")
+
+    async def main() -> None:
+        clock = ManualClock()
+        consensus = Lost()
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 1_000, lambda: 0, timers=clock)
+        kept = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
+        lost = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
+        await clock.settle()
+        assert [len(c) for c in consensus.calls] == [2]
+        assert not kept.done() and not lost.done()
+        proposer.deliver(
+            wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[0][0]), None),))
+        )
+        await clock.settle()
+        assert kept.done() and kept.result() is None
+        await clock.advance(0.99)
+        assert not lost.done()
+        await clock.advance(0.02)
+        with pytest.raises(Timeout):
+            await lost
+        assert proposer.pending == 0 and proposer.failed["timeout"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_refused_reproposal_fails_the_write_and_an_unknown_one_leaves_it_waiting() -> None:
+    """A re-proposal (after ``dropped``) fails its write only on ``Unavailable``."""
+
+    class Answers:
+        def __init__(self, errors: list[Exception | None]) -> None:
+            self.errors = errors
+            self.calls: list[list[bytes]] = []
+
+        async def propose(self, commands: Sequence[bytes], timeout: float) -> int:
+            self.calls.append(list(commands))
+            error = self.errors.pop(0)
+            if error is not None:
+                raise error
+            return 0
+
+    async def write_refused_then(error: Exception) -> tuple[Proposer, asyncio.Future[object]]:
+        clock = ManualClock()
+        consensus = Answers([None, error])
+        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
+        write = asyncio.ensure_future(proposer.submit(Delete(KEY)))
+        await clock.settle()
+        proposer.fail_dropped(wire.Dropped(tuple(consensus.calls[0])))
+        await clock.advance(1.0)  # past REPROPOSE_DELAY: proposed again, and answered
+        assert len(consensus.calls) == 2
+        return proposer, write
+
+    async def main() -> None:
+        proposer, write = await write_refused_then(Unavailable("no leader"))
+        with pytest.raises(Unavailable):
+            await write
+        proposer, write = await write_refused_then(IpcError("lost the reply"))
+        assert not write.done() and proposer.pending == 1
+        write.cancel()
 
     asyncio.run(main())
