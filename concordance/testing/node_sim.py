@@ -35,7 +35,10 @@ Checked after every run (:class:`SimFailure` names the property):
 * every watcher saw each change of its prefix once, in revision order, with
   no gap, across its resubscriptions (against the converged change log);
 * all members converged: same applied index and same ``state.db`` digest;
-  every TTL key was reaped; no role died on its own.
+  every TTL key was reaped; no role died on its own;
+* atomic batches are atomic to readers: a list of the batch keys (consistent
+  or local) that shows one key as written by a batch shows every other key
+  of that batch at that revision or later (``torn_batches``).
 
 ``trace_hash`` fingerprints the history, the watch streams and the final
 state: two runs of one seed must give the same one (a test checks).
@@ -70,7 +73,14 @@ from concordance.storage.service import ServiceTimings
 from concordance.storage.service_ttl import ReaperTimings
 from concordance.testing import linearizability as lin
 from concordance.testing.memory_ipc import MemoryIpc
-from concordance.testing.node_sim_checks import Sink, Watcher, lost_writes, unreaped, watch_gaps
+from concordance.testing.node_sim_checks import (
+    Sink,
+    Watcher,
+    lost_writes,
+    torn_batches,
+    unreaped,
+    watch_gaps,
+)
 from concordance.testing.sim_loop import EPOCH_MS, SimLoop
 from concordance.testing.sim_net import SimNetwork
 from concordance.testing.sim_node import ROLES, SimNode, released_on_crash
@@ -85,7 +95,8 @@ TTL_PREFIX = f"{TENANT}ttl/"
 TTL_MAX = 0.8  # seconds: the longest TTL a client sets
 TTL_KEYS = (f"{TTL_PREFIX}a", f"{TTL_PREFIX}b")
 WATCH_PREFIX = f"{TENANT}k"
-BATCH_KEYS = tuple(f"{TENANT}kb/{i}" for i in range(3))  # watched, not in the history
+BATCH_PREFIX = f"{TENANT}kb/"
+BATCH_KEYS = tuple(f"{BATCH_PREFIX}{i}" for i in range(3))  # watched, not in the history
 FEED_PAGE = 50  # changes a feed reader asks for at once
 WATCH_PAGE = 4  # the fronts' replay page: small, so atomic batches land on its edges
 
@@ -121,6 +132,8 @@ class NodeSimulation:
         self.trace_hash = ""
         self.stats: dict[str, int] = {}
         self._acked: dict[str, int] = {}  # key -> highest acknowledged written version
+        self._batches: dict[tuple[int, int], frozenset[str]] = {}  # (client, n) -> its keys
+        self._torn: list[str] = []  # lists that showed part of a batch
         self._restarts: list[asyncio.Task[None]] = []
         self._end = 0.0
         self._spare: str | None = None
@@ -221,13 +234,26 @@ class NodeSimulation:
             if roll < 0.16:  # a local read: not linearizable, not in the history
                 await self._request(node, partial(kv.get, key))
                 continue
+            if 0.41 <= roll < 0.45:  # a list of the batch keys: a batch shows whole or not
+                consistent = rng.random() < 0.5
+                list_batch = partial(kv.list, BATCH_PREFIX, 10, None, consistent=consistent)
+                status, body = await self._request(node, list_batch)
+                if status == 200:
+                    self._torn.extend(torn_batches(self._batches, body["entries"]))
+                    shown = sum(1 for e in body["entries"] if isinstance(e["value"], dict))
+                    self.stats["lists of batches"] = self.stats.get("lists of batches", 0) + (
+                        shown > 1
+                    )
+                continue
             if roll < 0.45:
                 status, body = await self._request(node, partial(kv.get, key, consistent=True))
                 self._record(cid, key, "get", None, call, status, body)
                 continue
             if 0.82 <= roll < 0.85:  # an atomic batch: one revision of 2-3 events
                 keys = rng.sample(BATCH_KEYS, rng.randint(2, 3))
-                text = json.dumps({"c": cid, "n": next(counter)}).encode()
+                n = next(counter)
+                self._batches[(cid, n)] = frozenset(keys)
+                text = json.dumps({"c": cid, "n": n}).encode()
                 ops = [SetArgs(k, text, None, None) for k in keys]
                 await self._request(node, partial(kv.batch, ops))
                 continue
@@ -495,6 +521,8 @@ class NodeSimulation:
         digests = {n.node_id: n.storage.state.digest() for n in members if n.storage}
         if len(set(digests.values())) != 1:
             self._fail("convergence", f"state.db digests differ: {digests}\n{self._positions()}")
+        if self._torn:
+            self._fail("atomic batches", "\n".join(self._torn[:10]))
         if unreaped := self._unreaped():
             self._fail("ttl expiry", f"expired keys still live: {unreaped}")
         report = lin.check(self.history, timeout_s=10.0)

@@ -17,7 +17,7 @@ from concordance.protocol.payloads import Change
 from concordance.security.crypto import Cipher
 from concordance.storage.fsm import StateMachine
 
-__all__ = ["Sink", "Watcher", "lost_writes", "unreaped", "watch_gaps"]
+__all__ = ["Sink", "Watcher", "lost_writes", "torn_batches", "unreaped", "watch_gaps"]
 
 PAGE = 1000  # changes read per page when rebuilding a watcher's expected stream
 _RENDERER = Renderer(Cipher(()))
@@ -112,3 +112,36 @@ def watch_gaps(w: Watcher, sm: StateMachine) -> str | None:
 def _entry(change: Change) -> tuple[int, str, str]:
     """A stored change as a watcher records it (the type as the front renders it)."""
     return change.revision, change.key, str(_RENDERER.event(change)["type"])
+
+
+def torn_batches(
+    batches: dict[tuple[int, int], frozenset[str]], entries: list[dict[str, Any]]
+) -> list[str]:
+    """What one list read of the batch keys shows of a batch only in part.
+
+    ``batches`` maps a batch's value ``{"c": client, "n": n}`` to the keys it
+    wrote, all in one entry, so at one revision. A list is one read of one
+    state: where it shows key k with batch b's value at revision r, every other
+    key of b was written at r too, and can since only have been overwritten, so
+    it must be there at r or later. Batch keys are never deleted or expire.
+    """
+    shown = {e["key"]: e for e in entries}
+    torn = []
+    for entry in entries:
+        value = entry.get("value")
+        if not isinstance(value, dict):
+            continue
+        client, n = value.get("c"), value.get("n")
+        keys = batches.get((client, n)) if isinstance(client, int) and isinstance(n, int) else None
+        if keys is None:
+            continue
+        revision = entry["revision"]
+        for key in sorted(keys - {entry["key"]}):
+            other = shown.get(key)
+            if other is None or other["revision"] < revision:
+                seen = "missing" if other is None else f"at revision {other['revision']}"
+                torn.append(
+                    f"batch {value} wrote {sorted(keys)} at revision {revision}; "
+                    f"the same list shows {entry['key']} from it but {key} {seen}"
+                )
+    return torn

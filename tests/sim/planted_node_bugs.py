@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from concordance.consensus.driver import ConsensusDriver
+from concordance.front.service import KvService
 from concordance.front.watch import Subscription, WatchHub
 from concordance.protocol import wire
 from concordance.storage.service import StorageService
@@ -101,3 +102,17 @@ def front_takes_a_short_replay_page_for_the_end() -> contextlib.AbstractContextM
                 return
 
     return _replaced(Subscription, "_catch_up", catch_up)
+
+
+def front_proposes_a_batch_op_by_op() -> contextlib.AbstractContextManager[None]:
+    """Front: an atomic batch is proposed one operation at a time, each its own command
+    (``POST /batch`` as a loop of PUTs). Every write is applied and every watcher
+    sees every change in order, but a reader between two of them sees part of the
+    batch, each key at its own revision: a torn batch."""
+
+    async def batch(self: KvService, ops: Any) -> dict[str, Any]:
+        results = [await self._submit(op) for op in self._batch(ops).ops]
+        assert results[-1] is not None
+        return self.renderer.result(results[-1])
+
+    return _replaced(KvService, "batch", batch)

@@ -46,7 +46,14 @@ def test_node_runs_do_real_work() -> None:
             totals[name] = totals.get(name, 0) + count
     for role in ("consensus", "storage", "front"):
         assert totals.get(f"stop {role}", 0) > 0 and totals.get(f"kill {role}", 0) > 0, totals
-    for name in ("acknowledged", "watch events", "compactions", "snapshot files", "add_voter"):
+    for name in (
+        "acknowledged",
+        "watch events",
+        "compactions",
+        "snapshot files",
+        "add_voter",
+        "lists of batches",  # lists that showed two or more batch keys: the atomicity check
+    ):
         assert totals.get(name, 0) > 0, (name, totals)
 
 
@@ -54,6 +61,7 @@ PLANTED: list[tuple[Callable[[], AbstractContextManager[None]], str]] = [
     (planted_node_bugs.consensus_reads_its_own_commit_index, "linearizability"),
     (planted_node_bugs.storage_resumes_one_past_its_applied_index, "convergence"),
     (planted_node_bugs.front_resumes_a_watch_one_revision_late, "watch without gaps"),
+    (planted_node_bugs.front_proposes_a_batch_op_by_op, "atomic batches"),
 ]
 
 
