@@ -51,7 +51,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple
 from typing import ClassVar
 
@@ -81,7 +81,7 @@ from concordance.latency import LatencyCounts
 from concordance.protocol import wire
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
-from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
+from concordance.raft.entries import ConfChange, ConfChangeOp, Entry, Membership
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
 from concordance.timing import PEER_FLUSH
@@ -523,14 +523,14 @@ class ConsensusDriver(PlannedStop):
         self.readies += 1
         if rd.soft_state is not None:
             await self._note_soft_state(rd)
-        applied_first = bool(rd.committed) and not rd.entries and rd.snapshot is None
+        # Committed entries are durable before their Ready (raft/__init__.py, step 3),
+        # so storage gets them first: the leader's apply (the write's answer) waits
+        # neither for the fsync of entries proposed since nor behind the followers'
+        # work on the commit broadcast for the two cores, and a follower's storage
+        # applies while its consensus syncs.
+        applied_first = bool(rd.committed) and rd.snapshot is None
         if applied_first:
-            # Nothing of the log is written by this Ready, so its committed entries
-            # are already durable here: storage gets them before the messages go
-            # out, so the leader's apply (the write's answer) does not wait behind
-            # the followers' work on the commit broadcast for the two cores.
-            self.stream.committed_entries(rd.committed)
-            await self.stream.pump()
+            await self._hand_out(rd.committed)
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
         if after_first is not None:
             await after_first()
@@ -564,6 +564,11 @@ class ConsensusDriver(PlannedStop):
             await self.snapshots.want(rd.snapshot_wanted)
         self.core.advance(rd)
         self._remember_addresses(self.core.membership)
+
+    async def _hand_out(self, committed: Sequence[Entry]) -> None:
+        """Committed entries to storage now, ahead of the rest of their Ready."""
+        self.stream.committed_entries(committed)
+        await self.stream.pump()
 
     async def _note_soft_state(self, rd: Ready) -> None:
         soft = rd.soft_state

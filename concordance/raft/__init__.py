@@ -57,7 +57,11 @@ MUST handle each Ready completely and in this order before calling
 3. **Apply**: if ``snapshot`` is set, restore the state machine from it
    first; then apply ``committed`` entries in index order. Only NORMAL entries
    carry state-machine commands; NOOP and CONFIG entries just advance the
-   applied index. Committed entries are always durable locally, and each is
+   applied index. Committed entries are always durable locally before their
+   Ready (``committed`` never reaches into this Ready's ``entries``), so unless
+   ``snapshot`` is set the driver may apply them first, before or while
+   persisting (the consensus driver does: a write's answer then does not wait
+   for the fsync of entries proposed after it). Each is
    handed out exactly once per process lifetime (after a restart, the driver
    resumes from the state machine's own durable applied index). Deliver
    ``read_states``: a read may be served once the state machine has applied

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from concordance import errors
 from concordance.clock import SYSTEM_CLOCK
 from concordance.protocol import wire
+from concordance.raft.ready import Ready
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.poll import until
 from tests.unit.consensus_harness import FakeStorage, cluster, run
@@ -63,6 +65,39 @@ def test_three_nodes_elect_replicate_and_survive_the_leader() -> None:
             await until(lambda: old.applied >= after, "catch-up", clock=net.clock)
             assert old.commands()[-1] == b"after"
             assert c.nodes[leader].driver.core.leader_id == new_leader
+
+    run(main)
+
+
+def test_committed_entries_go_to_storage_before_the_fsync_of_newer_ones() -> None:
+    """A Ready that writes new entries and hands out older committed ones (a follower
+    taking an append that carries the previous commit; a leader with acks and new
+    proposals in one turn) sends the committed ones to storage first: they are durable
+    already (the driver contract), so neither a follower's storage nor a write's answer
+    waits for the fsync of the entries behind them."""
+
+    async def main(net: MemoryIpc) -> None:
+        async with cluster(net, 3) as c:
+            leader = await c.wait_one_leader()
+            seen: list[tuple[str, int, int]] = []  # (node, last committed, sent) at the fsync
+            for nid, node in c.nodes.items():
+                driver, persist = node.driver, node.driver.disk.persist
+
+                async def recording(
+                    rd: Ready, nid: str = nid, driver: Any = driver, persist: Any = persist
+                ) -> None:
+                    if rd.entries and rd.committed and rd.snapshot is None:
+                        seen.append((nid, rd.committed[-1].index, driver.stream.sent))
+                    await persist(rd)
+
+                driver.disk.persist = recording
+            last = 0
+            for n in range(30):
+                last = (await c.fronts[leader].propose(b"k%d" % n)).index
+            for nid, storage in c.storages.items():
+                await until(applied_at_least(storage, last), f"apply on {nid}", clock=net.clock)
+            assert seen, "no Ready wrote entries and handed out committed ones"
+            assert all(sent >= committed for _, committed, sent in seen), seen
 
     run(main)
 
