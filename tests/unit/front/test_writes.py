@@ -347,37 +347,21 @@ def test_writes_made_while_a_batch_is_in_flight_go_together_once_it_settles() ->
     asyncio.run(main())
 
 
-def test_an_answered_batch_whose_results_do_not_come_holds_the_next_only_hold_max() -> None:
-    async def main() -> None:
-        clock = ManualClock()
-        consensus = Gated()
-        proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
-        waiting = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
-        await clock.settle()
-        consensus.gates[0].set_result(None)  # appended; its result never comes
-        behind = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
-        await clock.advance(HOLD_MAX * 0.9)
-        assert len(consensus.calls) == 1
-        await clock.advance(HOLD_MAX * 0.1)
-        assert len(consensus.calls) == 2
-        waiting.cancel()
-        behind.cancel()
-
-    asyncio.run(main())
-
-
-def test_a_propose_that_is_not_answered_holds_the_next_batch_only_hold_max() -> None:
+@pytest.mark.parametrize("answered", [True, False], ids=["answered, no result", "not answered"])
+def test_a_batch_that_does_not_settle_holds_the_next_only_hold_max(answered: bool) -> None:
     async def main() -> None:
         clock = ManualClock()
         consensus = Gated()
         proposer = Proposer("n1", cast(ConsensusClient, consensus), 60_000, lambda: 0, timers=clock)
         stuck = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}0")))
         await clock.settle()
+        if answered:
+            consensus.gates[0].set_result(None)  # appended; its result never comes
         behind = asyncio.ensure_future(proposer.submit(Delete(f"{KEY}1")))
         await clock.advance(HOLD_MAX * 0.9)
         assert len(consensus.calls) == 1
         await clock.advance(HOLD_MAX * 0.1)
-        assert len(consensus.calls) == 2  # sent without the first's answer
+        assert len(consensus.calls) == 2  # sent without the first one settling
         proposer.deliver(
             wire.Results("n1", (payloads.Outcome(request_id(consensus.calls[1][0]), None),))
         )
