@@ -559,13 +559,20 @@ class RaftCore:
         self._send(answer)
 
     def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        """Every chunk of ``meta`` has arrived: adopt it unless our log already has it."""
+        """Every chunk of ``meta`` has arrived: adopt it unless our log already has it.
+
+        Either way the file is complete in the snapshot store, so it is the latest
+        snapshot this node can send: as leader it must know it, since its driver
+        asks storage for no copy while a file reaching the log's base exists (a
+        follower behind that base then waited for good; found by the node
+        simulation, seed 1353867)."""
+        if self.snapshot is None or meta.index > self.snapshot.index:
+            self.snapshot = meta
         if self.log.matches(meta.index, meta.term):
             self.log.commit_to(meta.index)  # we already hold it: just fast-forward
             return
         log.info("%s installing snapshot at index %d term %d", self.id, meta.index, meta.term)
         self.log.restore(meta)
-        self.snapshot = meta
         self._history.restored(meta)
         self._refresh_follower_role()
 

@@ -1164,6 +1164,19 @@ def test_follower_holding_the_snapshots_last_entry_keeps_its_log() -> None:
     assert n.store.first_index() == 1
 
 
+def test_a_received_snapshot_the_log_already_holds_is_still_the_one_to_send() -> None:
+    """The follower keeps its log, but the snapshot's file is complete in its store:
+    the core must count it as the latest it can send. Otherwise, once this node
+    leads, a follower behind its log's base waits for good: the driver asks
+    storage for no copy while a file reaching that base exists, and the core
+    never offers the file it does not know (node simulation, seed 1353867)."""
+    n = make_node("n2", log=[1, 1, 1, 1, 1], term=1, commit=2)
+    meta = SnapshotMeta(3, 1, Membership(("n1", "n2", "n3")))
+    n.core.step(InstallSnapshot(1, "n1", "n2", meta, 0, b"state", True))
+    drain(n)
+    assert n.core.snapshot == meta
+
+
 def test_follower_with_a_conflicting_entry_discards_its_log_for_the_snapshot() -> None:
     """If the follower's entry at the snapshot's last index has another term, the
     whole log is replaced by the snapshot. Reference: §7"""
