@@ -132,6 +132,10 @@ class ConsensusDriver(PlannedStop):
         self.notices = CommitNotices(clock, self._send_now)  # the commit broadcast, held back
         self._fds: fdpass.FdReceiver | None = None
         self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
+        # Everything up to the core's applied index (its log's base after a restart) is
+        # committed, and the core hands out only what follows: a storage behind that base
+        # gets the snapshot file now, not at the next commit (node simulation, 1405320).
+        self.stream.committed = core.log.applied
         self.snapshots = SnapshotCoordinator(
             disk,
             self._send_storage,

@@ -57,6 +57,13 @@ def test_node_runs_do_real_work() -> None:
         assert totals.get(name, 0) > 0, (name, totals)
 
 
+@pytest.mark.parametrize("seed", [1353867, 1405320])
+def test_node_seeds_that_found_bugs_hold(seed: int) -> None:
+    """Seeds of the sweeps that once failed (TESTING.md, "Bugs the node simulation
+    found", 7 and 8), replayed as regression tests."""
+    run_seed(seed)
+
+
 PLANTED: list[tuple[Callable[[], AbstractContextManager[None]], str]] = [
     (planted_node_bugs.consensus_reads_its_own_commit_index, "linearizability"),
     (planted_node_bugs.storage_resumes_one_past_its_applied_index, "convergence"),
