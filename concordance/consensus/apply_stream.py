@@ -59,14 +59,21 @@ class ApplyStream:
     """Storage's position and the entries still to send it."""
 
     def __init__(
-        self, send: Send, disk: RaftDisk, clock: Callable[[], float] = SYSTEM_CLOCK.monotonic
+        self,
+        send: Send,
+        disk: RaftDisk,
+        clock: Callable[[], float] = SYSTEM_CLOCK.monotonic,
+        committed: int = 0,
     ):
+        """``committed``: what is committed before any entry is handed out, the core's
+        applied index at start (its log's base after a restart): a storage behind it
+        gets the snapshot file at once, not at the next commit (node simulation, 1405320)."""
         self._send = send
         self._disk = disk
         self._clock = clock
         self.acked: int | None = None  # storage's applied index; None before the first hello
         self.sent = 0
-        self.committed = 0
+        self.committed = committed
         self._connected = False
         self._inflight: deque[tuple[int, float]] = deque()  # (last index of a batch, sent at)
         self._restoring: tuple[int, float] | None = None  # (snapshot index, sent at)

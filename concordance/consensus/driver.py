@@ -51,7 +51,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import astuple
 from typing import ClassVar
 
@@ -81,7 +81,7 @@ from concordance.latency import LatencyCounts
 from concordance.protocol import wire
 from concordance.raft.config import RaftConfig
 from concordance.raft.core import RaftCore
-from concordance.raft.entries import ConfChange, ConfChangeOp, Entry, Membership
+from concordance.raft.entries import ConfChange, ConfChangeOp, Membership
 from concordance.raft.messages import Propose as RaftPropose
 from concordance.raft.ready import Ready, Role
 from concordance.timing import PEER_FLUSH
@@ -131,11 +131,7 @@ class ConsensusDriver(PlannedStop):
         self._frames_in: list[bytes] = []  # from peer links, stepped on the next turn
         self.notices = CommitNotices(clock, self._send_now)  # the commit broadcast, held back
         self._fds: fdpass.FdReceiver | None = None
-        self.stream = ApplyStream(self._send_storage, disk, clock.monotonic)
-        # Everything up to the core's applied index (its log's base after a restart) is
-        # committed, and the core hands out only what follows: a storage behind that base
-        # gets the snapshot file now, not at the next commit (node simulation, 1405320).
-        self.stream.committed = core.log.applied
+        self.stream = ApplyStream(self._send_storage, disk, clock.monotonic, core.log.applied)
         self.snapshots = SnapshotCoordinator(
             disk,
             self._send_storage,
@@ -534,7 +530,8 @@ class ConsensusDriver(PlannedStop):
         # applies while its consensus syncs.
         applied_first = bool(rd.committed) and rd.snapshot is None
         if applied_first:
-            await self._hand_out(rd.committed)
+            self.stream.committed_entries(rd.committed)
+            await self.stream.pump()
         await self._send_messages(rd.messages_first)  # a leader's appends overlap its fsync
         if after_first is not None:
             await after_first()
@@ -568,11 +565,6 @@ class ConsensusDriver(PlannedStop):
             await self.snapshots.want(rd.snapshot_wanted)
         self.core.advance(rd)
         self._remember_addresses(self.core.membership)
-
-    async def _hand_out(self, committed: Sequence[Entry]) -> None:
-        """Committed entries to storage now, ahead of the rest of their Ready."""
-        self.stream.committed_entries(committed)
-        await self.stream.pump()
 
     async def _note_soft_state(self, rd: Ready) -> None:
         soft = rd.soft_state
