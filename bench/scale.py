@@ -19,7 +19,9 @@ write passes through, and its write also waits for a follower's fsync). Rows:
 * 10,000 WebSocket connections with one subscription each: ``/healthz``
   probed while writes run and for at least ``WIDE_PROBE_S`` per round (longer
   than the front's /stream ping period, so every connection is pinged
-  during the probe), and the writes (Concordance only).
+  during the probe), and the writes (Concordance only), against the same writes
+  and probes with no connection open (``PROBED_BASE``): the probes, made by the
+  writer's own process, cost the writes something of their own.
 
 ``python -m bench.scale --connections`` runs only the connection row, after
 the no-subscription write row on both systems (the same-run reference).
@@ -58,6 +60,7 @@ HOT_RATE = 20.0  # writes/s on the watched prefix
 ROUNDS = 2
 WIDE = 10_000  # connections of the connection row
 WIDE_PROBE_S = 35.0  # > the /stream ping period (30 s)
+PROBED_BASE = "write, no connection, /healthz probed"  # the connection row's baseline
 BATCH = 100  # subscribe requests per JSON-RPC batch frame
 
 Row = dict[str, float]
@@ -525,6 +528,10 @@ class ScaleRun:
     async def _wide(
         self, session: aiohttp.ClientSession, cc: ConcordanceSystem, front: int | None
     ) -> None:
+        # The same measure without the connections first: /healthz is probed from this
+        # process during the writes, which costs the writes something of its own.
+        for _ in range(self.rounds):
+            self.record(PROBED_BASE, "concordance", await self._probed_writes(session, 0.0))
         before = _rss_mb(front)
         began = time.monotonic()
         wide = WatcherProcess("concordance", _leader(cc).url, cc.headers, 0)
@@ -534,18 +541,23 @@ class ScaleRun:
             print(f"  {self.wide:,} connections in {time.monotonic() - began:.0f} s")
             name = f"write, {self.wide:,} connections, 1 subscription each"
             for _ in range(self.rounds):
-                stop = asyncio.Event()
-                probes = asyncio.create_task(probe_health(session, stop))
-                began = time.monotonic()
-                row = await sequential_writes(cc_put(session, "tenant:bench/k"), self.writes)
-                await asyncio.sleep(max(0.0, WIDE_PROBE_S - (time.monotonic() - began)))
-                stop.set()
-                health = _ms(await probes)
-                row.update({f"health_{k}": v for k, v in health.items()})
+                row = await self._probed_writes(session, WIDE_PROBE_S)
                 row["rss_per_conn_kb"] = (_rss_mb(front) - before) * 1024 / self.wide
                 self.record(name, "concordance", row)
         finally:
             await wide.stop()
+
+    async def _probed_writes(self, session: aiohttp.ClientSession, at_least_s: float) -> Row:
+        """Sequential writes while ``/healthz`` is probed, probing for ``at_least_s`` in all."""
+        stop = asyncio.Event()
+        probes = asyncio.create_task(probe_health(session, stop))
+        began = time.monotonic()
+        row = await sequential_writes(cc_put(session, "tenant:bench/k"), self.writes)
+        await asyncio.sleep(max(0.0, at_least_s - (time.monotonic() - began)))
+        stop.set()
+        health = _ms(await probes)
+        row.update({f"health_{k}": v for k, v in health.items()})
+        return row
 
 
 def _leader(system: ConcordanceSystem | EtcdSystem) -> Member:
@@ -569,6 +581,7 @@ def table(results: dict[str, dict[str, Row]], nodes: int = 1) -> str:
     )
     lines = [head, "-" * len(head)]
     base = results.get("write, 0 subscriptions", {})
+    probed = results.get(PROBED_BASE, {})
     for name, per in results.items():
         e, c = per.get("etcd"), per.get("concordance")
         if name.startswith("RSS"):
@@ -581,7 +594,7 @@ def table(results: dict[str, dict[str, Row]], nodes: int = 1) -> str:
         ratio = c["p99"] / e["p99"] if e and e["p99"] else float("nan")
         growth = ""
         if "subscriptions on other" in name or "connections" in name:
-            b = base.get("concordance")
+            b = (probed if "connections" in name else base).get("concordance")
             if b:
                 growth = f"{c['p50'] / b['p50']:.2f}, {c['p99'] / b['p99']:.2f}"
                 be = base.get("etcd")
@@ -598,10 +611,11 @@ def table(results: dict[str, dict[str, Row]], nodes: int = 1) -> str:
                 f"{_cell(c, 'recv_')}  {ratio:>13.2f}  {miss}"
             )
         if "health_p50" in c:
+            rss = c.get("rss_per_conn_kb")
             lines.append(
                 f"{'  /healthz meanwhile (max)':<48} {'-':>15}  {_cell(c, 'health_')}  "
-                f"{'':>13}  max {c['health_max']:.1f} ms, "
-                f"front RSS {c['rss_per_conn_kb']:.0f} KB per connection"
+                f"{'':>13}  max {c['health_max']:.1f} ms"
+                + ("" if rss is None else f", front RSS {rss:.0f} KB per connection")
             )
     lines.append("")
     who = ("one member", "one node") if nodes == 1 else (f"{nodes} members", f"{nodes} nodes")

@@ -11,8 +11,14 @@ connections, ``/healthz`` stalled 0.2-3 s every 30 s (docs/PERFORMANCE.md,
 Scale / Watches).
 
 Here one task visits every connection once per ``period``, in ``slices``
-slices spread evenly over it (at 30 s and 120 slices: 84 connections every
-quarter second for 10,000), whatever the clients did. A visit pings the
+slices spread evenly over it (at 30 s and 120 slices: a quarter second apart),
+more when the connections are many, so that a slice visits at most
+``MAX_VISITS`` (10,000 connections: 1,250 slices of 8, 24 ms apart), whatever
+the clients did. The bound is for the requests beside them: a slice's pings
+and their pongs are work the front does in one go, and at 84 a slice (the
+earlier 120 slices for 10,000) writes waited behind it, a write's p99 1.6-2x
+that of the same front with no connection (PERFORMANCE.md, Scale, quiet run
+of 7 December). A visit pings the
 connection; a connection pinged at the last visit that has sent nothing since
 (no pong, no request) is closed. So an idle watcher is pinged every period and
 closed about one period after it stops answering (docs/SECURITY.md).
@@ -25,12 +31,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
-__all__ = ["PERIOD", "SLICES", "Pingable", "Pinger"]
+__all__ = ["MAX_VISITS", "PERIOD", "SLICES", "Pingable", "Pinger"]
 
 log = logging.getLogger(__name__)
 
 PERIOD: Final = 30.0  # seconds between two pings of a connection
-SLICES: Final = 120  # a round's visits are spread over this many loop turns
+SLICES: Final = 120  # a round's visits are spread over at least this many loop turns
+MAX_VISITS: Final = 8  # ... and over more when needed, so that no turn pings more than this
 
 
 class Pingable(Protocol):
@@ -53,9 +60,11 @@ class Pinger:
         period: float = PERIOD,
         slices: int = SLICES,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_visits: int = MAX_VISITS,
     ) -> None:
         self.period = period
         self.slices = slices
+        self.max_visits = max_visits
         self._sleep = sleep
         # connection -> a ping is out (sent at its last visit); insertion-ordered
         self._conns: dict[Pingable, bool] = {}
@@ -99,18 +108,23 @@ class Pinger:
         self._conns[conn] = True
         conn.ping()
 
+    def slices_for(self, connections: int) -> int:
+        """How many loop turns a round of ``connections`` visits is spread over."""
+        return max(self.slices, -(-connections // self.max_visits))
+
     async def _run(self) -> None:
         """Rounds while there are connections: each a snapshot, visited slice by slice."""
         try:
             while self._conns:
                 batch = list(self._conns)
                 n = len(batch)
-                for i in range(self.slices):
-                    for conn in batch[i * n // self.slices : (i + 1) * n // self.slices]:
+                slices = self.slices_for(n)
+                for i in range(slices):
+                    for conn in batch[i * n // slices : (i + 1) * n // slices]:
                         self.visit(conn)
                     if not self._conns:
                         break
-                    await self._sleep(self.period / self.slices)
+                    await self._sleep(self.period / slices)
         finally:
             if self._task is asyncio.current_task():
                 self._task = None

@@ -33,29 +33,44 @@ class Conn:
         self.aborted = True
 
 
-def test_a_round_visits_every_connection_once_in_even_slices() -> None:
-    async def main() -> None:
-        conns = [Conn() for _ in range(1000)]
-        slices: list[int] = []  # connections pinged before each yield to the loop
+def _one_round(n: int, pinger_args: dict[str, int]) -> tuple[list[int], list[float]]:
+    """Connections pinged before each yield to the loop, and each wait, over one round."""
+
+    async def main() -> tuple[list[int], list[float]]:
+        conns = [Conn() for _ in range(n)]
+        slices: list[int] = []
         waits: list[float] = []
 
         async def sleep(seconds: float) -> None:
             waits.append(seconds)
             slices.append(sum(c.pings for c in conns) - sum(slices))
-            if len(waits) == pinger.slices:  # one whole round: end it
+            if len(waits) == pinger.slices_for(n):  # one whole round: end it
                 for c in conns:
                     pinger.discard(c)
 
-        pinger = Pinger(period=30.0, slices=120, sleep=sleep)
+        pinger = Pinger(period=30.0, sleep=sleep, **pinger_args)
         for c in conns:
             pinger.add(c)
         await until(lambda: not pinger.running, "the pinger to end with its last connection")
-        assert [c.pings for c in conns] == [1] * 1000  # each once in the round
-        assert len(slices) == 120 and sum(slices) == 1000
-        assert set(slices) == {8, 9}  # 1000 / 120, never bunched
-        assert waits == [0.25] * 120  # the round spans the period
+        assert [c.pings for c in conns] == [1] * n  # each once in the round
+        return slices, waits
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_round_visits_every_connection_once_in_even_slices() -> None:
+    slices, waits = _one_round(1000, {"slices": 120, "max_visits": 10})
+    assert len(slices) == 120 and sum(slices) == 1000
+    assert set(slices) == {8, 9}  # 1000 / 120, never bunched
+    assert waits == [0.25] * 120  # the round spans the period
+
+
+def test_many_connections_are_spread_over_more_slices_of_at_most_max_visits() -> None:
+    slices, waits = _one_round(10_000, {"slices": 120, "max_visits": 8})
+    assert len(slices) == 1250 and set(slices) == {8}  # not 120 slices of 83-84
+    assert waits == [30.0 / 1250] * 1250  # the round still spans the period
+    few, _ = _one_round(10, {"slices": 120, "max_visits": 8})
+    assert len(few) == 120 and sum(few) == 10  # few connections: the period's 120 slices
 
 
 def test_a_silent_connection_is_closed_one_round_after_its_ping() -> None:
