@@ -138,14 +138,14 @@ async def _peer_hosts(cfg: config.NodeConfig, timeout: float = 2.0) -> set[str]:
     return hosts
 
 
-def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> web.BaseSite:
+def _site(runner: web.AppRunner, cfg: config.NodeConfig, ssl: Any) -> SortingSite:
     """On the socket the keeper passed down (``procs/front_keeper.py``), or, run
     by itself, on one of its own at ``cfg.listen``; peer connections go to
     consensus (``concordance.front.accept``)."""
     inherited = environment.inherited_fd(LISTEN_FD_ENV)
     sock = socket.socket(fileno=inherited) if inherited is not None else bind(cfg.listen)
     handoff = fdpass.FdSender(fdpass.socket_path(cfg.data_dir))
-    return SortingSite(runner, sock, handoff, ssl_context=ssl)
+    return SortingSite(runner, sock, handoff, ssl_context=ssl, hot_routes=True)
 
 
 def _say_ready() -> None:

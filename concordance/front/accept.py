@@ -9,7 +9,8 @@ each connection from the listening socket, peeks at its first bytes
 ``peerwire.classify``: a peer connection's descriptor is sent to consensus
 (``fdpass``) and closed here; any other is given to the aiohttp server with
 ``loop.connect_accepted_socket`` (and the server's TLS context), exactly as
-``create_server`` would have. A peer connection therefore never counts as an
+``create_server`` would have, through ``hot_path`` (which serves the key-value
+hot routes itself and hands the rest to aiohttp). A peer connection therefore never counts as an
 HTTP client, and a front hand-over never touches a peer link.
 
 Theory of operation: the first peek happens at accept (a client's first
@@ -30,6 +31,7 @@ import ssl as ssl_
 
 from aiohttp import web
 
+from concordance.front.hot_path import HotPath
 from concordance.ipc import fdpass
 from concordance.protocol import peerwire
 from concordance.protocol.peerwire import Kind
@@ -51,17 +53,20 @@ class SortingSite(web.BaseSite):
         handoff: where peer connections go (consensus's ``fdpass`` socket).
     """
 
-    __slots__ = ("_handoff", "_listening", "_loop", "_probes", "_sock", "_tasks")
+    __slots__ = ("_handoff", "_hot", "_listening", "_loop", "_probes", "_sock", "_tasks", "hot")
 
     def __init__(
         self,
-        runner: web.BaseRunner,
+        runner: web.AppRunner,
         sock: socket.socket,
         handoff: fdpass.FdSender,
         *,
         ssl_context: ssl_.SSLContext | None = None,
+        hot_routes: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
+        self._hot = hot_routes
+        self.hot: HotPath | None = None  # set by start(): what serves the connections
         self._sock = sock
         self._handoff = handoff
         self._probes: dict[socket.socket, tuple[float, asyncio.TimerHandle | None]] = {}
@@ -81,6 +86,10 @@ class SortingSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        server = self._runner.server
+        assert server is not None and isinstance(self._runner, web.AppRunner)
+        if self._hot:
+            self.hot = HotPath(self._runner.app, server)
         self._sock.setblocking(False)
         self._loop.add_reader(self._sock.fileno(), self._accept)
         self._listening = True
@@ -164,8 +173,9 @@ class SortingSite(web.BaseSite):
     async def _serve_http(self, conn: socket.socket) -> None:
         server = self._runner.server
         assert server is not None
+        factory = self.hot or server
         try:
-            await self._loop.connect_accepted_socket(server, conn, ssl=self._ssl_context)
+            await self._loop.connect_accepted_socket(factory, conn, ssl=self._ssl_context)
         except (OSError, ssl_.SSLError) as e:  # a failed TLS handshake, a reset
             log.debug("connection failed before HTTP: %s", e)
             conn.close()

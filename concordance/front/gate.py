@@ -73,6 +73,7 @@ class ConnectionGate:
         self.refused = 0  # turned away at the cap
         self.header_timeouts = 0  # closed for headers not complete in time
         self._admitted: dict[Any, asyncio.TimerHandle | None] = {}  # handler -> header timer
+        self._moving: set[Any] = set()  # handlers taking over an admitted connection
 
     def trust(self, hosts: Iterable[str]) -> None:
         """Add hosts (IP addresses as ``peername`` shows them) that may use the reserve."""
@@ -96,6 +97,10 @@ class ConnectionGate:
 
         def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
             made(handler, transport)
+            if handler in self._moving:  # admitted already, under its first handler
+                self._moving.discard(handler)
+                self._admitted[handler] = None
+                return
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
             if not self.admits(host):
@@ -117,16 +122,29 @@ class ConnectionGate:
             lost(handler, exc)
 
         def request_factory(*args: Any, **kwargs: Any) -> web.BaseRequest:
-            handler = args[2]  # (message, payload, protocol, writer, task)
-            timer = self._admitted.get(handler)
-            if timer is not None:
-                timer.cancel()
-                self._admitted[handler] = None
+            self.headers_done(args[2])  # (message, payload, protocol, writer, task)
             return factory(*args, **kwargs)
 
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
         server.request_factory = request_factory
+
+    def headers_done(self, handler: Any) -> None:
+        """A request's headers are complete on ``handler``'s connection: no header deadline."""
+        timer = self._admitted.get(handler)
+        if timer is not None:
+            timer.cancel()
+            self._admitted[handler] = None
+
+    def move(self, old: Any, new: Any) -> None:
+        """``new`` takes over ``old``'s connection (``hot_path``'s hand-over to aiohttp):
+        ``old``'s loss and ``new``'s arrival then neither count nor admit it again."""
+        if old not in self._admitted:
+            return  # never admitted (refused and closing): nothing to carry over
+        timer = self._admitted.pop(old)
+        if timer is not None:
+            timer.cancel()
+        self._moving.add(new)
 
     def _late(self, handler: web.RequestHandler) -> None:
         if self._admitted.get(handler) is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from concordance.errors import NotFound
 from concordance.front.app_state import ACCESS, CONFIG, KV
@@ -29,16 +30,20 @@ from concordance.front.validate import (
     require_object,
 )
 from concordance.protocol.kv_keys import validate_key, validate_prefix
+from concordance.security.access import Principal
 
 __all__ = [
     "batch",
     "changes",
     "delete_key",
     "delete_prefix",
+    "delete_text",
     "get_key",
+    "get_text",
     "json_response",
     "list_keys",
     "put_key",
+    "put_text",
 ]
 
 LIST_LIMIT = (100, 1000)  # default, max
@@ -60,38 +65,60 @@ async def _json_body(request: web.Request) -> Any:
     return parse_json(await request.read())
 
 
-def _key(request: web.Request) -> str:
-    return validate_key(request.match_info["key"])
-
-
 def _prefix(request: web.Request) -> str:
     return validate_prefix(query_str(request.query, "prefix") or "")
 
 
+async def put_text(app: web.Application, access: Principal, raw_key: str, body: bytes) -> str:
+    """``PUT /api/v1/kv/{key}``'s answer as JSON text (also served by ``hot_path``)."""
+    key = validate_key(raw_key)
+    access.check_write(key)
+    fields = require_object(parse_json(body))
+    kv = app[KV]
+    args = parse_set(key, fields, now=kv.clock(), max_value_bytes=app[CONFIG].max_value_bytes)
+    return await kv.set_text(args)
+
+
+async def get_text(
+    app: web.Application, access: Principal, raw_key: str, query: MultiMapping[str]
+) -> str:
+    """``GET /api/v1/kv/{key}``'s answer as JSON text (also served by ``hot_path``)."""
+    key = validate_key(raw_key)
+    access.check_read(key)
+    consistent = query_bool(query, "consistent")
+    entry = await app[KV].get(key, consistent=consistent)
+    if entry is None:
+        raise NotFound(f"{key} does not exist")
+    return dumps(entry)
+
+
+async def delete_text(
+    app: web.Application, access: Principal, raw_key: str, query: MultiMapping[str]
+) -> str:
+    """``DELETE /api/v1/kv/{key}``'s answer as JSON text (also served by ``hot_path``)."""
+    key = validate_key(raw_key)
+    access.check_write(key)
+    args = parse_delete(key, {"ifVersion": query_opt_int(query, "ifVersion")})
+    return await app[KV].delete_text(args)
+
+
 async def put_key(request: web.Request) -> web.Response:
-    key = _key(request)
+    # read() enforces client_max_size (413, mapped to request_too_large by the middleware),
+    # after the key and the caller's grant are checked
+    key = validate_key(request.match_info["key"])
     request[ACCESS].check_write(key)
-    body = require_object(await _json_body(request))
-    kv = request.app[KV]
-    args = parse_set(key, body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
-    return _json_text(await kv.set_text(args))
+    body = await request.read()
+    return _json_text(await put_text(request.app, request[ACCESS], key, body))
 
 
 async def get_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    request[ACCESS].check_read(key)
-    consistent = query_bool(request.query, "consistent")
-    entry = await request.app[KV].get(key, consistent=consistent)
-    if entry is None:
-        raise NotFound(f"{key} does not exist")
-    return json_response(entry)
+    text = await get_text(request.app, request[ACCESS], request.match_info["key"], request.query)
+    return _json_text(text)
 
 
 async def delete_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    request[ACCESS].check_write(key)
-    args = parse_delete(key, {"ifVersion": query_opt_int(request.query, "ifVersion")})
-    return _json_text(await request.app[KV].delete_text(args))
+    key, query = request.match_info["key"], request.query
+    return _json_text(await delete_text(request.app, request[ACCESS], key, query))
 
 
 async def list_keys(request: web.Request) -> web.Response:

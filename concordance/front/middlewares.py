@@ -54,9 +54,12 @@ from concordance.security.access import AGENT, FULL, AccessKeyRing, Principal
 __all__ = [
     "AGENT_FORBIDDEN",
     "PUBLIC_ROUTES",
+    "api_error",
     "auth_middleware",
     "authenticate",
+    "authorize",
     "error_middleware",
+    "error_parts",
     "error_response",
     "metrics_middleware",
 ]
@@ -124,6 +127,25 @@ def _check_peer(cfg: NodeConfig, request: web.Request) -> None:
         raise Unauthorized("the cluster key is required on /raft")
 
 
+def authorize(
+    cfg: NodeConfig, keyring: AccessKeyRing, name: str | None, method: str, token: str | None
+) -> Principal:
+    """Who may call route ``name`` with ``method`` and this token, for every route but the
+    public ones, the peers' and the join's (the auth middleware decides those first).
+
+    Raises:
+        Unauthorized: no token, or an unknown one.
+        Forbidden: the agent key on a write or a closed route; a scoped key off the
+            key-value API.
+    """
+    access = authenticate(cfg, token, keyring)
+    if access is AGENT and (method not in _READ_METHODS or name in AGENT_FORBIDDEN):
+        raise Forbidden("the agent key is read-only")
+    if access.scoped and name is not None and name not in SCOPED_ROUTES:
+        raise Forbidden(f"key {access.name!r} is scoped to keys: the key-value API only")
+    return access
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     cfg = request.app[CONFIG]
@@ -137,26 +159,34 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if name == JOIN_ROUTE and token is not None and _same(token, cfg.secrets.peer_key):
         request[ACCESS] = FULL
         return await handler(request)
-    access = authenticate(cfg, token, request.app[ACCESS_KEYRING])
-    if access is AGENT and (request.method not in _READ_METHODS or name in AGENT_FORBIDDEN):
-        raise Forbidden("the agent key is read-only")
-    if access.scoped and name is not None and name not in SCOPED_ROUTES:
-        raise Forbidden(f"key {access.name!r} is scoped to keys: the key-value API only")
-    request[ACCESS] = access
+    request[ACCESS] = authorize(cfg, request.app[ACCESS_KEYRING], name, request.method, token)
     return await handler(request)
 
 
-def error_response(error: ConcordanceError, allow: str | None = None) -> web.Response:
-    """The one place an error body is built."""
+def error_parts(
+    error: ConcordanceError, allow: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """The one place an error body is built: status, extra headers, JSON text."""
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
     if allow is not None:
         headers["Allow"] = allow
-    return web.Response(
-        status=error.http_status,
-        text=dumps({"error": error.to_dict()}),
-        content_type="application/json",
-        headers=headers,
-    )
+    return error.http_status, headers, dumps({"error": error.to_dict()})
+
+
+def error_response(error: ConcordanceError, allow: str | None = None) -> web.Response:
+    status, headers, text = error_parts(error, allow)
+    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+
+
+def api_error(exc: Exception, method: str, path: str) -> ConcordanceError:
+    """What a handler's exception (not an aiohttp ``HTTPException``) tells the client."""
+    if isinstance(exc, ConcordanceError):
+        return exc
+    if isinstance(exc, IpcError):  # a role client leaked plumbing: the role is not answering
+        log.warning("%s %s: %s", method, path, exc)
+        return Unavailable("a role of this node is not answering")
+    log.error("%s %s failed", method, path, exc_info=exc)
+    return ConcordanceError("internal error")
 
 
 def _from_http(exc: web.HTTPException) -> ConcordanceError:
@@ -178,18 +208,12 @@ def _from_http(exc: web.HTTPException) -> ConcordanceError:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ConcordanceError as e:
-        return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         return error_response(_from_http(e), e.headers.get("Allow"))
-    except IpcError as e:  # a role client leaked plumbing: the role is not answering
-        log.warning("%s %s: %s", request.method, request.path, e)
-        return error_response(Unavailable("a role of this node is not answering"))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(ConcordanceError("internal error"))
+    except Exception as e:
+        return error_response(api_error(e, request.method, request.path))
 
 
 @web.middleware

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,18 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from concordance import ipc
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.config import NodeConfig, Secrets
 from concordance.errors import ConcordanceError, IpcError, Unavailable
+from concordance.front.accept import SortingSite
 from concordance.front.app import make_app
+from concordance.front.app_state import CONFIG, GATE
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.ipc_clients import connect
+from concordance.ipc import fdpass
 from concordance.ipc.sockets import Server
 from concordance.protocol import wire
 from concordance.protocol.payloads import Entry, Outcome
@@ -433,8 +438,42 @@ class Harness:
             await asyncio.sleep(0)
 
 
+class FrontTestServer(TestServer):
+    """The app served as a node's front serves it: the front's own accept loop
+    (``SortingSite``) and, unless ``hot_routes=False``, the key-value hot routes
+    outside aiohttp (``hot_path``); aiohttp's TestServer would bypass both."""
+
+    def __init__(self, app: web.Application, path: Path, *, hot_routes: bool = True) -> None:
+        super().__init__(app)
+        self._fds = fdpass.FdSender(path / "no-consensus.sock")  # never a peer here
+        self.hot_routes = hot_routes
+        self.site: SortingSite | None = None
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        cfg = self.app[CONFIG]
+        self.runner = web.AppRunner(
+            self.app, handle_signals=False, keepalive_timeout=cfg.limits.keepalive_timeout
+        )
+        await self.runner.setup()
+        assert self.runner.server is not None
+        self.app[GATE].install(self.runner.server)  # as procs/front.py does
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        self.host, self.port = sock.getsockname()[:2]
+        self.site = SortingSite(self.runner, sock, self._fds, hot_routes=self.hot_routes)
+        await self.site.start()
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+
 @contextlib.asynccontextmanager
 async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    """A front app on fake roles, served through the hot path (``hot_routes=False``:
+    through aiohttp alone)."""
+    hot_routes = overrides.pop("hot_routes", True)
     supervisor = overrides.pop("supervisor", None) or no_supervisor()
     retention = overrides.pop("retention", 100_000)
     timers: Clock = overrides.pop("timers", SYSTEM_CLOCK)
@@ -452,7 +491,7 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     )
     try:
         await served.start()
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(FrontTestServer(app, path, hot_routes=hot_routes)) as client:
             yield Harness(client, node, clock, app)
     finally:
         await served.stop()

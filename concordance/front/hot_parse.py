@@ -1,0 +1,133 @@
+"""Reading one request of the key-value hot routes from a connection's bytes (sans-I/O).
+
+Why: most of the leader front's CPU per write was aiohttp's per-request
+machinery (docs/PERFORMANCE.md, "The hot routes without aiohttp"). ``hot_path``
+serves the three routes that carry nearly all traffic (``GET``, ``PUT`` and
+``DELETE /api/v1/kv/{key}``) itself, and hands everything else to aiohttp.
+
+The rule that keeps the two paths answering alike: this parser accepts only
+a conservative subset of HTTP/1.1 that it reads exactly as aiohttp does, and
+says :data:`HAND_OVER` for anything else, however valid: another route or
+method, HTTP/1.0, a percent-encoded or dot-segment path, a chunked body,
+``Expect``, ``Upgrade``, a body over the limit, an oversized head, bytes
+outside printable ASCII, a bare LF. aiohttp then answers that request (and
+every later one on the connection) as it always has, errors included.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from multidict import MultiDict
+
+__all__ = ["HAND_OVER", "MAX_HEAD", "HandOver", "Head", "parse_head"]
+
+MAX_HEAD: Final = 8190  # aiohttp's line limit: a longer head is its to judge
+PREFIX: Final = "/api/v1/kv/"
+METHODS: Final = frozenset({"GET", "PUT", "DELETE"})
+
+# Characters a key or query may hold here: those no URL parser decodes or
+# normalizes (no "%", "+", ";", "#", "?" in a key). Others go to aiohttp.
+_SAFE: Final = r"A-Za-z0-9\-._~:@!$*,=()'"
+_REQUEST_LINE: Final = re.compile(
+    rf"(GET|PUT|DELETE) /api/v1/kv/([{_SAFE}/]+)(?:\?([{_SAFE}&/]*))? HTTP/1\.1"
+)
+_HEADER: Final = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+_NOT_PRINTABLE: Final = re.compile(rb"[^\t\r\n\x20-\x7e]")
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
+_REFUSED_HEADERS: Final = frozenset({"transfer-encoding", "upgrade", "expect"})
+
+
+class HandOver:
+    """The request is not the hot path's: aiohttp reads it, from its first byte."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HAND_OVER"
+
+
+HAND_OVER: Final = HandOver()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A complete hot request's head; its body is ``buf[body_start:end]``."""
+
+    method: str
+    key: str  # as aiohttp's ``match_info["key"]`` would give it
+    query: MultiDict[str]
+    token: str | None  # the bearer token, as the auth middleware reads it
+    close: bool  # ``Connection: close``
+    body_start: int
+    end: int
+
+
+def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
+    """The first request in ``buf``: its head, ``HAND_OVER``, or None (need more bytes,
+    the head or the body is incomplete)."""
+    cut = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+    if cut < 0:
+        if len(buf) >= MAX_HEAD + 4 or buf.count(b"\n") != buf.count(b"\r\n"):
+            return HAND_OVER  # too long, or lines not ended by CRLF
+        return None
+    raw = bytes(buf[:cut])
+    if _NOT_PRINTABLE.search(raw.replace(b"\r\n", b"")):
+        return HAND_OVER
+    lines = raw.decode("ascii").split("\r\n")
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        return HAND_OVER
+    method, key, query_text = request.groups()
+    segments = key.split("/")
+    if "" in segments[1:] or "." in segments or ".." in segments:
+        return HAND_OVER  # empty or dot segments: URL normalization is aiohttp's
+    length: int | None = None
+    token: str | None = None
+    close = False
+    for line in lines[1:]:
+        header = _HEADER.fullmatch(line)
+        if header is None:
+            return HAND_OVER  # folded, no colon, space before the colon
+        name, value = header.group(1).lower(), header.group(2)
+        if name == "content-length":
+            if length is not None or not _DIGITS.fullmatch(value):
+                return HAND_OVER
+            length = int(value)
+        elif name == "authorization":
+            if token is None:
+                token = _bearer(value)
+        elif name == "connection":
+            option = value.lower()
+            if option == "close":
+                close = True
+            elif option != "keep-alive":
+                return HAND_OVER
+        elif name in _REFUSED_HEADERS:
+            return HAND_OVER
+    length = length or 0
+    if length > max_body or (length and method != "PUT"):
+        return HAND_OVER
+    body_start = cut + 4
+    if len(buf) < body_start + length:
+        return None
+    query = _query(query_text) if query_text else MultiDict[str]()
+    return Head(method, key, query, token or None, close, body_start, body_start + length)
+
+
+def _bearer(header: str) -> str:
+    """The header's token when its scheme is Bearer, else "" (no token, as the middleware
+    reads a first ``Authorization`` that is not a bearer token)."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _query(text: str) -> MultiDict[str]:
+    pairs: list[tuple[str, str]] = []
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return MultiDict(pairs)

@@ -1,0 +1,269 @@
+"""The key-value hot routes served without aiohttp's per-request machinery.
+
+Why: at 64 clients the leader's front spent a third of the cluster's CPU per
+write, most of it in aiohttp's request and response objects, router and
+middleware chain around a handler that does little (docs/PERFORMANCE.md,
+"The hot routes without aiohttp"). This protocol reads ``GET``, ``PUT`` and
+``DELETE /api/v1/kv/{key}`` itself (``hot_parse``) and answers them with the
+same functions the aiohttp handlers call (``kv.get_text``, ``put_text``,
+``delete_text``), the same authorization (``middlewares.authorize``), error
+bodies (``error_parts``, ``api_error``) and request metrics.
+
+Theory of operation:
+
+* Every HTTP connection the front accepts starts here (``accept.SortingSite``).
+  Requests are served one at a time, in order; pipelined ones wait in the
+  buffer (reading pauses past ``READ_HIGH`` bytes while one is served).
+* The first request the parser does not take (``HAND_OVER``: another route, a
+  WebSocket upgrade, anything unusual) moves the connection to aiohttp for
+  good: a fresh aiohttp ``RequestHandler`` becomes the transport's protocol
+  and is given the buffered bytes, from that request's first byte. Nothing is
+  answered twice or out of order: a hand-over happens only between requests.
+* The connection is one of the aiohttp server's (``web.Server.connection_made``
+  and ``connection_lost``): the connection gate counts and admits it and arms
+  its header deadline exactly as for aiohttp's own, and the runner's shutdown
+  closes it when idle (``close``) or after its request (``shutdown``). A
+  hand-over carries its admission over (``ConnectionGate.move``).
+* Between requests the keep-alive timeout applies, as in aiohttp (armed at
+  accept too, so it also bounds a later request's slow head).
+* A client that goes away does not cancel its request (aiohttp's default):
+  a write proposed stays proposed; its answer is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final, cast
+
+from aiohttp import web
+
+from concordance.front import kv
+from concordance.front.app import BODY_SLACK
+from concordance.front.app_state import ACCESS_KEYRING, CONFIG, GATE, METRICS
+from concordance.front.hot_parse import HAND_OVER, Head, parse_head
+from concordance.front.middlewares import api_error, authorize, error_parts
+
+__all__ = ["HotConnection", "HotPath"]
+
+log = logging.getLogger(__name__)
+
+READ_HIGH: Final = 256 * 1024  # buffered bytes past which reading pauses while serving
+ROUTE_NAME: Final = "kv_key"
+
+
+class HotPath:
+    """The protocol factory of a front's HTTP connections; counts what it served."""
+
+    def __init__(self, app: web.Application, server: web.Server) -> None:
+        self.app = app
+        self.server = server
+        self.keepalive_timeout = app[CONFIG].limits.keepalive_timeout  # as procs/front.py's runner
+        # aiohttp's own limit (make_app): a bigger body is its to refuse (413)
+        self.max_body = app[CONFIG].max_value_bytes + BODY_SLACK
+        self.route = app.router[ROUTE_NAME].canonical  # the metrics label aiohttp would use
+        self.served = 0
+        self.handed_over = 0
+        self._date = (0, "")
+
+    def __call__(self) -> HotConnection:
+        return HotConnection(self)
+
+    def date(self) -> str:
+        """The ``Date`` header's value, formatted once a second."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
+
+
+class HotConnection(asyncio.Protocol):
+    """One HTTP connection while its requests are hot ones; see the module docstring."""
+
+    def __init__(self, path: HotPath) -> None:
+        self._path = path
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._task_handler: asyncio.Task[None] | None = None  # read by web.Server
+        self._closing = False
+        self._handed = False
+        self._read_paused = False
+        self._write_paused: asyncio.Future[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = tcp = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._path.server.connection_made(self, tcp)  # type: ignore[arg-type]
+        if not tcp.is_closing():  # the gate may have refused it
+            self._arm_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closing = True
+        self._cancel_keepalive()
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+        self._path.server.connection_lost(self, exc)  # type: ignore[arg-type]
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buf += data
+        if self._task_handler is None:
+            self._next()
+        elif len(self._buf) > READ_HIGH and not self._read_paused and self._transport:
+            self._transport.pause_reading()
+            self._read_paused = True
+
+    def eof_received(self) -> bool | None:
+        return None  # close once the buffered request (if any) is answered
+
+    def pause_writing(self) -> None:
+        self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+        self._write_paused = None
+
+    # -- what web.Server and the connection gate call
+    def close(self) -> None:
+        """Take no more requests; close now if idle, else after the current answer."""
+        self._closing = True
+        if self._task_handler is None and self._transport is not None:
+            self._transport.close()
+
+    def force_close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Let the request being served finish (``timeout`` at most), then close."""
+        self._closing = True
+        task = self._task_handler
+        if task is not None:
+            await asyncio.wait((task,), timeout=timeout)
+        self.force_close()
+
+    # -- requests
+    def _next(self) -> None:
+        """Start serving the first buffered request, or hand the connection over."""
+        if self._closing:
+            return
+        head = parse_head(self._buf, self._path.max_body)
+        if head is None:
+            return
+        if head is HAND_OVER:
+            self._hand_over()
+            return
+        assert isinstance(head, Head)
+        self._cancel_keepalive()
+        gate = self._path.app.get(GATE)
+        if gate is not None:
+            gate.headers_done(self)
+        body = bytes(self._buf[head.body_start : head.end])
+        del self._buf[: head.end]
+        loop = asyncio.get_running_loop()
+        self._task_handler = loop.create_task(self._serve(head, body))
+
+    async def _serve(self, head: Head, body: bytes) -> None:
+        path = self._path
+        app = path.app
+        started = time.monotonic()
+        status, headers = 200, dict[str, str]()
+        try:
+            cfg, keyring = app[CONFIG], app[ACCESS_KEYRING]
+            access = authorize(cfg, keyring, ROUTE_NAME, head.method, head.token)
+            if head.method == "PUT":
+                text = await kv.put_text(app, access, head.key, body)
+            elif head.method == "GET":
+                text = await kv.get_text(app, access, head.key, head.query)
+            else:
+                text = await kv.delete_text(app, access, head.key, head.query)
+        except Exception as e:
+            status, headers, text = error_parts(api_error(e, head.method, kv_path(head.key)))
+        except BaseException:  # cancelled: no answer, so the connection cannot go on
+            self.force_close()
+            raise
+        finally:
+            self._task_handler = None
+        app[METRICS].observe(path.route, head.method, status, time.monotonic() - started)
+        path.served += 1
+        self._answer(status, headers, text, close=head.close or self._closing)
+        if self._write_paused is not None:
+            await self._write_paused
+        self._after_answer()
+
+    def _answer(self, status: int, headers: dict[str, str], text: str, *, close: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # the client went away: the answer has no one to go to
+        body = text.encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        if close:
+            extra += "Connection: close\r\n"
+        transport.write(
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nDate: {self._path.date()}\r\n{extra}\r\n".encode()
+            + body
+        )
+        if close:
+            self._closing = True
+            transport.close()
+
+    def _after_answer(self) -> None:
+        if self._closing or self._transport is None:
+            return
+        if self._read_paused:
+            self._transport.resume_reading()
+            self._read_paused = False
+        self._arm_keepalive()
+        if self._buf:
+            self._next()
+
+    def _hand_over(self) -> None:
+        """aiohttp serves this connection from now on, starting with the buffered bytes."""
+        transport = self._transport
+        assert transport is not None
+        path = self._path
+        handler = path.server()
+        gate = path.app.get(GATE)
+        if gate is not None:
+            gate.move(self, handler)
+        self._handed = self._closing = True
+        self._cancel_keepalive()
+        path.server.connection_lost(self, None)  # type: ignore[arg-type]
+        if self._read_paused:
+            transport.resume_reading()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        data, self._buf = bytes(self._buf), bytearray()
+        handler.data_received(data)
+        path.handed_over += 1
+
+    # -- keep-alive
+    def _arm_keepalive(self) -> None:
+        self._cancel_keepalive()
+        if self._path.keepalive_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._keepalive = loop.call_later(self._path.keepalive_timeout, self._idle)
+
+    def _cancel_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    def _idle(self) -> None:
+        self._keepalive = None
+        if self._task_handler is None:
+            self.force_close()
+
+
+def kv_path(key: str) -> str:
+    return f"/api/v1/kv/{key}"
