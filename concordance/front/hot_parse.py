@@ -32,12 +32,22 @@ METHODS: Final = frozenset({"GET", "PUT", "DELETE"})
 # normalizes (no "%", "+", ";", "#", "?" in a key). Others go to aiohttp.
 _SAFE: Final = r"A-Za-z0-9\-._~:@!$*,=()'"
 _REQUEST_LINE: Final = re.compile(
-    rf"(GET|PUT|DELETE) /api/v1/kv/([{_SAFE}/]+)(?:\?([{_SAFE}&/]*))? HTTP/1\.1"
+    rf"(GET|PUT|DELETE) /api/v1/kv/([{_SAFE}/]+)(?:\?([{_SAFE}&/]*))? HTTP/1\.1".encode()
 )
-_HEADER: Final = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_PRINTABLE: Final = re.compile(rb"[^\t\r\n\x20-\x7e]")
-_DIGITS: Final = re.compile(r"[0-9]{1,19}")
-_REFUSED_HEADERS: Final = frozenset({"transfer-encoding", "upgrade", "expect"})
+_DIGITS: Final = re.compile(rb"[0-9]{1,19}")
+# The headers read here; of the rest, only the name is checked (aiohttp ignores them too)
+_READ_HEADERS: Final = frozenset(
+    {
+        b"content-length",
+        b"authorization",
+        b"connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+    }
+)
 
 
 class HandOver:
@@ -74,13 +84,15 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
             return HAND_OVER  # too long, or lines not ended by CRLF
         return None
     raw = bytes(buf[:cut])
-    if _NOT_PRINTABLE.search(raw.replace(b"\r\n", b"")):
-        return HAND_OVER
-    lines = raw.decode("ascii").split("\r\n")
+    crlf = raw.count(b"\r\n")
+    if _NOT_PRINTABLE.search(raw) or raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        return HAND_OVER  # a byte aiohttp may read otherwise, or a lone CR or LF
+    lines = raw.split(b"\r\n")
     request = _REQUEST_LINE.fullmatch(lines[0])
     if request is None:
         return HAND_OVER
-    method, key, query_text = request.groups()
+    method_b, key_b, query_b = request.groups()
+    method, key = method_b.decode("ascii"), key_b.decode("ascii")
     segments = key.split("/")
     if "" in segments[1:] or "." in segments or ".." in segments:
         return HAND_OVER  # empty or dot segments: URL normalization is aiohttp's
@@ -88,32 +100,34 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
     token: str | None = None
     close = False
     for line in lines[1:]:
-        header = _HEADER.fullmatch(line)
-        if header is None:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
             return HAND_OVER  # folded, no colon, space before the colon
-        name, value = header.group(1).lower(), header.group(2)
-        if name == "content-length":
-            if length is not None or not _DIGITS.fullmatch(value):
-                return HAND_OVER
-            length = int(value)
-        elif name == "authorization":
-            if token is None:
-                token = _bearer(value)
-        elif name == "connection":
-            option = value.lower()
-            if option == "close":
-                close = True
-            elif option != "keep-alive":
-                return HAND_OVER
-        elif name in _REFUSED_HEADERS:
-            return HAND_OVER
+        name = name.lower()
+        if name in _READ_HEADERS:
+            value = value.strip(b" \t")
+            if name == b"content-length":
+                if length is not None or not _DIGITS.fullmatch(value):
+                    return HAND_OVER
+                length = int(value)
+            elif name == b"authorization":
+                if token is None:
+                    token = _bearer(value.decode("ascii"))
+            elif name == b"connection":
+                option = value.lower()
+                if option == b"close":
+                    close = True
+                elif option != b"keep-alive":
+                    return HAND_OVER
+            else:
+                return HAND_OVER  # transfer-encoding, upgrade, expect
     length = length or 0
     if length > max_body or (length and method != "PUT"):
         return HAND_OVER
     body_start = cut + 4
     if len(buf) < body_start + length:
         return None
-    query = _query(query_text) if query_text else MultiDict[str]()
+    query = _query(query_b.decode("ascii")) if query_b else MultiDict[str]()
     return Head(method, key, query, token or None, close, body_start, body_start + length)
 
 

@@ -33,6 +33,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from email.utils import formatdate
@@ -207,12 +208,8 @@ class HotConnection(asyncio.Protocol):
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         if close:
             extra += "Connection: close\r\n"
-        transport.write(
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-            "Content-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nDate: {self._path.date()}\r\n{extra}\r\n".encode()
-            + body
-        )
+        head = f"Content-Length: {len(body)}\r\nDate: {self._path.date()}\r\n{extra}\r\n"
+        transport.write(b"".join((_status_line(status), head.encode(), body)))
         if close:
             self._closing = True
             transport.close()
@@ -263,6 +260,14 @@ class HotConnection(asyncio.Protocol):
         self._keepalive = None
         if self._task_handler is None:
             self.force_close()
+
+
+@functools.cache
+def _status_line(status: int) -> bytes:
+    """The status line and the one content type every answer here has."""
+    phrase = HTTPStatus(status).phrase
+    content_type = "Content-Type: application/json; charset=utf-8"
+    return f"HTTP/1.1 {status} {phrase}\r\n{content_type}\r\n".encode()
 
 
 def kv_path(key: str) -> str:
