@@ -151,6 +151,25 @@ def test_the_hot_path_answers_every_request_as_aiohttp_does(tmp_path: Path) -> N
     asyncio.run(main())
 
 
+async def unavailable_answers(tmp: Path, *, hot_routes: bool) -> list[Response]:
+    async with harness(tmp, hot_routes=hot_routes) as h, conn(h) as c:
+        h.node.knobs.storage_down = True
+        return [await c.ask(req("GET", f"/api/v1/kv/{K}"))]
+
+
+def test_role_failures_are_answered_as_aiohttp_answers_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        hot = await unavailable_answers(tmp_path / "hot", hot_routes=True)
+        plain = await unavailable_answers(tmp_path / "plain", hot_routes=False)
+        for (s1, h1, b1), (s2, h2, b2) in zip(hot, plain, strict=True):
+            assert (s1, h1["retry-after"], json.loads(b1)) == (503, "1", json.loads(b2))
+            assert (s2, h2["retry-after"]) == (503, "1")
+
+    (tmp_path / "hot").mkdir()
+    (tmp_path / "plain").mkdir()
+    asyncio.run(main())
+
+
 def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     async def main() -> None:
         async with harness(tmp_path) as h, conn(h) as c:
