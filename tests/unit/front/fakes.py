@@ -36,13 +36,14 @@ from concordance.config import NodeConfig, Secrets
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app
-from concordance.front.app_state import CONFIG, GATE
+from concordance.front.app_state import CONFIG, GATE, TLS
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.ipc_clients import connect
 from concordance.ipc import fdpass
 from concordance.ipc.sockets import Server
 from concordance.protocol import wire
 from concordance.protocol.payloads import Entry, Outcome
+from concordance.security.tls import TlsContexts
 from concordance.storage.fsm import StateMachine
 from concordance.testing.clock import ManualClock
 from concordance.testing.memory_ipc import MemoryIpc, MemoryPublisher
@@ -463,10 +464,13 @@ class FrontTestServer(TestServer):
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         self.host, self.port = sock.getsockname()[:2]
-        self.site = SortingSite(self.runner, sock, self._fds, hot_routes=self.hot_routes)
+        ssl = self.app[TLS].server if TLS in self.app else None
+        self.site = SortingSite(
+            self.runner, sock, self._fds, ssl_context=ssl, hot_routes=self.hot_routes
+        )
         await self.site.start()
-        self.scheme = "http"
-        self._root = URL(f"http://127.0.0.1:{self.port}")
+        self.scheme = "https" if ssl else "http"
+        self._root = URL(f"{self.scheme}://127.0.0.1:{self.port}")
 
 
 @contextlib.asynccontextmanager
@@ -488,6 +492,7 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
         supervisor=supervisor,
         clock=clock,
         timers=timers,
+        tls=TlsContexts(cfg) if cfg.tls else None,
     )
     try:
         await served.start()

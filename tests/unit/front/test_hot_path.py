@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl as ssl_
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from concordance.config import FrontLimits
 from concordance.front.app_state import GATE, METRICS
 from concordance.front.hot_path import HotPath
 from concordance.testing.poll import until
+from tests.integration.certs import CA
 from tests.unit.front.fakes import AGENT, FULL, FrontTestServer, Harness, harness
 
 Response = tuple[int, dict[str, str], bytes]
@@ -79,8 +81,8 @@ class Conn:
 
 
 @contextlib.asynccontextmanager
-async def conn(h: Harness) -> AsyncIterator[Conn]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.server.port)
+async def conn(h: Harness, ssl: ssl_.SSLContext | None = None) -> AsyncIterator[Conn]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.server.port, ssl=ssl)
     try:
         yield Conn(reader, writer)
     finally:
@@ -277,5 +279,22 @@ def test_a_request_arriving_in_pieces_is_served_once_whole(tmp_path: Path, split
                 await asyncio.sleep(0)
             status, _, body = await c.response()
             assert (status, json.loads(body)["value"]) == (200, "x" * 100)
+
+    asyncio.run(main())
+
+
+def test_over_tls_hot_requests_and_a_hand_over_share_one_connection(tmp_path: Path) -> None:
+    ca = CA(tmp_path / "ca")
+    leaf = ca.issue("n1")
+    tls = {"tls_cert": str(leaf.cert), "tls_key": str(leaf.key)}
+
+    async def main() -> None:
+        async with harness(tmp_path, **tls) as h, conn(h, ca.client_context()) as c:
+            assert (await c.ask(put("tenant:t/a", 1)))[0] == 200
+            status, _, body = await c.ask(req("GET", "/healthz", key=None))  # aiohttp's
+            assert (status, json.loads(body)) == (200, {"ok": True})
+            status, _, body = await c.ask(req("GET", "/api/v1/kv/tenant:t/a"))
+            assert (status, json.loads(body)["value"]) == (200, 1)
+            assert (hot_of(h).served, hot_of(h).handed_over) == (1, 1)
 
     asyncio.run(main())
