@@ -87,6 +87,24 @@ def _install(folder: str, role: str) -> None:
 
     http_writer.StreamWriter._writelines = traced_http_out  # type: ignore[method-assign]
 
+    if role == "front":  # the key routes' own protocol (concordance.front.hot_path)
+        import concordance.front.hot_path as hot_path
+
+        hot_in = hot_path.HotConnection.data_received
+
+        def traced_hot_in(self: Any, data: bytes) -> None:
+            mark(f"tcp_in {len(data)} {bytes(data[:4])!r}")
+            hot_in(self, data)
+
+        hot_path.HotConnection.data_received = traced_hot_in  # type: ignore[method-assign]
+        hot_out = hot_path.HotConnection._answer
+
+        def traced_hot_out(self: Any, *args: Any, **kwargs: Any) -> None:
+            mark("http_out")
+            hot_out(self, *args, **kwargs)
+
+        hot_path.HotConnection._answer = traced_hot_out  # type: ignore[method-assign]
+
     frame_out = ws_writer.WebSocketWriter.send_frame
 
     async def traced_frame_out(
