@@ -154,7 +154,7 @@ class HotConnection(asyncio.Protocol):
     # -- requests
     def _next(self) -> None:
         """Start serving the first buffered request, or hand the connection over."""
-        if self._closing:
+        if self._closing or self._task_handler is not None:
             return
         head = parse_head(self._buf, self._path.max_body)
         if head is None:
@@ -173,8 +173,23 @@ class HotConnection(asyncio.Protocol):
         self._task_handler = loop.create_task(self._serve(head, body))
 
     async def _serve(self, head: Head, body: bytes) -> None:
-        path = self._path
-        app = path.app
+        """Answer one request; the next is read only once this answer is written out
+        (``_task_handler`` stays set until then, so requests never overlap)."""
+        try:
+            status, headers, text = await self._outcome(head, body)
+            self._answer(status, headers, text, close=head.close or self._closing)
+            if self._write_paused is not None:  # the client reads slowly: wait for it
+                await self._write_paused
+        except BaseException:  # cancelled: no answer, so the connection cannot go on
+            self.force_close()
+            raise
+        finally:
+            self._task_handler = None
+        self._after_answer()
+
+    async def _outcome(self, head: Head, body: bytes) -> tuple[int, dict[str, str], str]:
+        """The answer's status, extra headers and JSON text; the request is counted."""
+        app = self._path.app
         started = time.monotonic()
         status, headers = 200, dict[str, str]()
         try:
@@ -188,17 +203,9 @@ class HotConnection(asyncio.Protocol):
                 text = await kv.delete_text(app, access, head.key, head.query)
         except Exception as e:
             status, headers, text = error_parts(api_error(e, head.method, kv_path(head.key)))
-        except BaseException:  # cancelled: no answer, so the connection cannot go on
-            self.force_close()
-            raise
-        finally:
-            self._task_handler = None
-        app[METRICS].observe(path.route, head.method, status, time.monotonic() - started)
-        path.served += 1
-        self._answer(status, headers, text, close=head.close or self._closing)
-        if self._write_paused is not None:
-            await self._write_paused
-        self._after_answer()
+        app[METRICS].observe(self._path.route, head.method, status, time.monotonic() - started)
+        self._path.served += 1
+        return status, headers, text
 
     def _answer(self, status: int, headers: dict[str, str], text: str, *, close: bool) -> None:
         transport = self._transport

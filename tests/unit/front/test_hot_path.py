@@ -21,7 +21,7 @@ import pytest
 
 from concordance.config import FrontLimits
 from concordance.front.app_state import GATE, METRICS
-from concordance.front.hot_path import HotPath
+from concordance.front.hot_path import HotConnection, HotPath
 from concordance.testing.poll import until
 from tests.integration.certs import CA
 from tests.unit.front.fakes import AGENT, FULL, FrontTestServer, Harness, harness
@@ -296,5 +296,30 @@ def test_over_tls_hot_requests_and_a_hand_over_share_one_connection(tmp_path: Pa
             status, _, body = await c.ask(req("GET", "/api/v1/kv/tenant:t/a"))
             assert (status, json.loads(body)["value"]) == (200, 1)
             assert (hot_of(h).served, hot_of(h).handed_over) == (1, 1)
+
+    asyncio.run(main())
+
+
+def test_while_the_client_reads_slowly_the_next_request_waits(tmp_path: Path) -> None:
+    """The transport's flow control (``pause_writing``) holds the next pipelined request
+    until the answer before it has drained; answers stay whole and in order."""
+
+    async def main() -> None:
+        async with harness(tmp_path) as h, conn(h) as c:
+            assert (await c.ask(put("tenant:w/a", 1)))[0] == 200
+            runner = h.client.server.runner
+            assert runner is not None and runner.server is not None
+            (ours,) = runner.server.connections
+            assert isinstance(ours, HotConnection)
+            served = hot_of(h).served
+            ours.pause_writing()  # what the transport says past its high-water mark
+            status, _, body = await c.ask(put("tenant:w/b", 2))  # written, not yet drained
+            assert (status, json.loads(body)["key"]) == (200, "tenant:w/b")
+            await c.send(put("tenant:w/c", 3))
+            await h.settle()  # loop turns enough for the third to be read, were it read
+            assert hot_of(h).served == served + 1  # it waits for the drain
+            ours.resume_writing()
+            status, _, body = await c.response()
+            assert (status, json.loads(body)["key"]) == (200, "tenant:w/c")
 
     asyncio.run(main())
