@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -63,47 +64,27 @@ def _install(folder: str, role: str) -> None:
 
     wire.decode_envelope, wire.encode_envelope = traced_decode, traced_encode  # type: ignore[assignment]
 
-    server_in = web_protocol.RequestHandler.data_received
+    def marked(owner: Any, name: str, label: Callable[..., str]) -> None:
+        """Mark ``label(*args)`` before each call of the synchronous ``owner.name``."""
+        original = getattr(owner, name)
 
-    def traced_server_in(self: Any, data: bytes) -> None:
-        mark(f"tcp_in {len(data)} {bytes(data[:4])!r}")
-        server_in(self, data)
+        def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+            mark(label(*args))
+            return original(self, *args, **kwargs)
 
-    web_protocol.RequestHandler.data_received = traced_server_in  # type: ignore[method-assign]
+        setattr(owner, name, traced)
 
-    client_in = client_proto.ResponseHandler.data_received
+    def tcp_in(data: bytes) -> str:
+        return f"tcp_in {len(data)} {bytes(data[:4])!r}"
 
-    def traced_client_in(self: Any, data: bytes) -> None:
-        mark(f"tcp_in_client {len(data)}")
-        client_in(self, data)
-
-    client_proto.ResponseHandler.data_received = traced_client_in  # type: ignore[method-assign]
-
-    http_out = http_writer.StreamWriter._writelines
-
-    def traced_http_out(self: Any, chunks: Any) -> None:
-        mark("http_out")
-        http_out(self, chunks)
-
-    http_writer.StreamWriter._writelines = traced_http_out  # type: ignore[method-assign]
-
+    marked(web_protocol.RequestHandler, "data_received", tcp_in)
+    marked(client_proto.ResponseHandler, "data_received", lambda data: f"tcp_in_client {len(data)}")
+    marked(http_writer.StreamWriter, "_writelines", lambda chunks: "http_out")
     if role == "front":  # the key routes' own protocol (concordance.front.hot_path)
         import concordance.front.hot_path as hot_path
 
-        hot_in = hot_path.HotConnection.data_received
-
-        def traced_hot_in(self: Any, data: bytes) -> None:
-            mark(f"tcp_in {len(data)} {bytes(data[:4])!r}")
-            hot_in(self, data)
-
-        hot_path.HotConnection.data_received = traced_hot_in  # type: ignore[method-assign]
-        hot_out = hot_path.HotConnection._answer
-
-        def traced_hot_out(self: Any, *args: Any, **kwargs: Any) -> None:
-            mark("http_out")
-            hot_out(self, *args, **kwargs)
-
-        hot_path.HotConnection._answer = traced_hot_out  # type: ignore[method-assign]
+        marked(hot_path.HotConnection, "data_received", tcp_in)
+        marked(hot_path.HotConnection, "_answer", lambda *answer: "http_out")
 
     frame_out = ws_writer.WebSocketWriter.send_frame
 
