@@ -90,7 +90,6 @@ class HotConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._task_handler: asyncio.Task[None] | None = None  # read by web.Server
         self._closing = False
-        self._handed = False
         self._read_paused = False
         self._write_paused: asyncio.Future[None] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
@@ -121,7 +120,7 @@ class HotConnection(asyncio.Protocol):
             self._read_paused = True
 
     def eof_received(self) -> bool | None:
-        return None  # close once the buffered request (if any) is answered
+        return None  # as aiohttp: the transport closes (a half-closed client gets no answer)
 
     def pause_writing(self) -> None:
         self._write_paused = asyncio.get_running_loop().create_future()
@@ -240,7 +239,7 @@ class HotConnection(asyncio.Protocol):
         gate = path.app.get(GATE)
         if gate is not None:
             gate.move(self, handler)
-        self._handed = self._closing = True
+        self._closing = True  # this protocol is done with the connection
         self._cancel_keepalive()
         path.server.connection_lost(self, None)  # type: ignore[arg-type]
         if self._read_paused:
