@@ -2,8 +2,9 @@
 
 Why: most of the leader front's CPU per write was aiohttp's per-request
 machinery (docs/PERFORMANCE.md, "The hot routes without aiohttp"). ``hot_path``
-serves the three routes that carry nearly all traffic (``GET``, ``PUT`` and
-``DELETE /api/v1/kv/{key}``) itself, and hands everything else to aiohttp.
+serves the routes that carry nearly all traffic (``GET``, ``PUT`` and
+``DELETE /api/v1/kv/{key}``, ``POST /api/v1/batch``) itself, and hands
+everything else to aiohttp.
 
 The rule that keeps the two paths answering alike: this parser accepts only
 a conservative subset of HTTP/1.1 that it reads exactly as aiohttp does, and
@@ -22,7 +23,7 @@ from typing import Final
 
 from multidict import MultiDict
 
-__all__ = ["HAND_OVER", "MAX_HEAD", "HandOver", "Head", "parse_head"]
+__all__ = ["BATCH", "HAND_OVER", "KEY", "MAX_HEAD", "HandOver", "Head", "parse_head"]
 
 MAX_HEAD: Final = 8190  # aiohttp's line limit: a longer head is its to judge
 PREFIX: Final = "/api/v1/kv/"
@@ -34,6 +35,10 @@ _SAFE: Final = r"A-Za-z0-9\-._~:@!$*,=()'"
 _REQUEST_LINE: Final = re.compile(
     rf"(GET|PUT|DELETE) /api/v1/kv/([{_SAFE}/]+)(?:\?([{_SAFE}&/]*))? HTTP/1\.1".encode()
 )
+KEY: Final = "kv_key"
+_WITH_BODY: Final = frozenset({"PUT", "POST"})
+_BATCH_LINE: Final = b"POST /api/v1/batch HTTP/1.1"
+BATCH: Final = "batch"  # Head.route (aiohttp's route names)
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_PRINTABLE: Final = re.compile(rb"[^\t\r\n\x20-\x7e]")
 _DIGITS: Final = re.compile(rb"[0-9]{1,19}")
@@ -66,8 +71,9 @@ HAND_OVER: Final = HandOver()
 class Head:
     """A complete hot request's head; its body is ``buf[body_start:end]``."""
 
+    route: str  # KEY or BATCH, the name of aiohttp's route
     method: str
-    key: str  # as aiohttp's ``match_info["key"]`` would give it
+    key: str  # as aiohttp's ``match_info["key"]`` would give it ("" for a batch)
     query: MultiDict[str]
     token: str | None  # the bearer token, as the auth middleware reads it
     close: bool  # ``Connection: close``
@@ -88,14 +94,17 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
     if _NOT_PRINTABLE.search(raw) or raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
         return HAND_OVER  # a byte aiohttp may read otherwise, or a lone CR or LF
     lines = raw.split(b"\r\n")
-    request = _REQUEST_LINE.fullmatch(lines[0])
-    if request is None:
-        return HAND_OVER
-    method_b, key_b, query_b = request.groups()
-    method, key = method_b.decode("ascii"), key_b.decode("ascii")
-    segments = key.split("/")
-    if "" in segments[1:] or "." in segments or ".." in segments:
-        return HAND_OVER  # empty or dot segments: URL normalization is aiohttp's
+    if lines[0] == _BATCH_LINE:
+        route, method, key, query_b = BATCH, "POST", "", b""
+    else:
+        request = _REQUEST_LINE.fullmatch(lines[0])
+        if request is None:
+            return HAND_OVER
+        method_b, key_b, query_b = request.groups()
+        route, method, key = KEY, method_b.decode("ascii"), key_b.decode("ascii")
+        segments = key.split("/")
+        if "" in segments[1:] or "." in segments or ".." in segments:
+            return HAND_OVER  # empty or dot segments: URL normalization is aiohttp's
     length: int | None = None
     token: str | None = None
     close = False
@@ -122,13 +131,14 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
             else:
                 return HAND_OVER  # transfer-encoding, upgrade, expect
     length = length or 0
-    if length > max_body or (length and method != "PUT"):
+    if length > max_body or (length and method not in _WITH_BODY):
         return HAND_OVER
     body_start = cut + 4
     if len(buf) < body_start + length:
         return None
     query = _query(query_b.decode("ascii")) if query_b else MultiDict[str]()
-    return Head(method, key, query, token or None, close, body_start, body_start + length)
+    end = body_start + length
+    return Head(route, method, key, query, token or None, close, body_start, end)
 
 
 def _bearer(header: str) -> str:

@@ -4,10 +4,11 @@ Why: at 64 clients the leader's front spent a third of the cluster's CPU per
 write, most of it in aiohttp's request and response objects, router and
 middleware chain around a handler that does little (docs/PERFORMANCE.md,
 "The hot routes without aiohttp"). This protocol reads ``GET``, ``PUT`` and
-``DELETE /api/v1/kv/{key}`` itself (``hot_parse``) and answers them with the
-same functions the aiohttp handlers call (``kv.get_text``, ``put_text``,
-``delete_text``), the same authorization (``middlewares.authorize``), error
-bodies (``error_parts``, ``api_error``) and request metrics.
+``DELETE /api/v1/kv/{key}`` and ``POST /api/v1/batch`` itself (``hot_parse``)
+and answers them with the same functions the aiohttp handlers call
+(``kv.get_text``, ``put_text``, ``delete_text``, ``batch_text``), the same
+authorization (``middlewares.authorize``), error bodies (``error_parts``,
+``api_error``) and request metrics.
 
 Theory of operation:
 
@@ -45,7 +46,7 @@ from aiohttp import web
 from concordance.front import kv
 from concordance.front.app import BODY_SLACK
 from concordance.front.app_state import ACCESS_KEYRING, CONFIG, GATE, METRICS
-from concordance.front.hot_parse import HAND_OVER, Head, parse_head
+from concordance.front.hot_parse import BATCH, HAND_OVER, KEY, Head, parse_head
 from concordance.front.middlewares import api_error, authorize, error_parts
 
 __all__ = ["HotConnection", "HotPath"]
@@ -53,7 +54,6 @@ __all__ = ["HotConnection", "HotPath"]
 log = logging.getLogger(__name__)
 
 READ_HIGH: Final = 256 * 1024  # buffered bytes past which reading pauses while serving
-ROUTE_NAME: Final = "kv_key"
 
 
 class HotPath:
@@ -65,7 +65,8 @@ class HotPath:
         self.keepalive_timeout = app[CONFIG].limits.keepalive_timeout  # as procs/front.py's runner
         # aiohttp's own limit (make_app): a bigger body is its to refuse (413)
         self.max_body = app[CONFIG].max_value_bytes + BODY_SLACK
-        self.route = app.router[ROUTE_NAME].canonical  # the metrics label aiohttp would use
+        # the metrics labels aiohttp would use
+        self.routes = {name: app.router[name].canonical for name in (KEY, BATCH)}
         self.served = 0
         self.handed_over = 0
         self._date = (0, "")
@@ -193,16 +194,20 @@ class HotConnection(asyncio.Protocol):
         status, headers = 200, dict[str, str]()
         try:
             cfg, keyring = app[CONFIG], app[ACCESS_KEYRING]
-            access = authorize(cfg, keyring, ROUTE_NAME, head.method, head.token)
-            if head.method == "PUT":
+            access = authorize(cfg, keyring, head.route, head.method, head.token)
+            if head.route == BATCH:
+                text = await kv.batch_text(app, access, body)
+            elif head.method == "PUT":
                 text = await kv.put_text(app, access, head.key, body)
             elif head.method == "GET":
                 text = await kv.get_text(app, access, head.key, head.query)
             else:
                 text = await kv.delete_text(app, access, head.key, head.query)
         except Exception as e:
-            status, headers, text = error_parts(api_error(e, head.method, kv_path(head.key)))
-        app[METRICS].observe(self._path.route, head.method, status, time.monotonic() - started)
+            path = self._path.routes[head.route] if head.route == BATCH else kv_path(head.key)
+            status, headers, text = error_parts(api_error(e, head.method, path))
+        seconds = time.monotonic() - started
+        app[METRICS].observe(self._path.routes[head.route], head.method, status, seconds)
         self._path.served += 1
         return status, headers, text
 

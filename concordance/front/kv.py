@@ -34,6 +34,7 @@ from concordance.security.access import Principal
 
 __all__ = [
     "batch",
+    "batch_text",
     "changes",
     "delete_key",
     "delete_prefix",
@@ -141,17 +142,21 @@ async def delete_prefix(request: web.Request) -> web.Response:
     return json_response(await request.app[KV].delete_prefix(prefix))
 
 
-async def batch(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    kv = request.app[KV]
-    ops = parse_batch(body, now=kv.clock(), max_value_bytes=request.app[CONFIG].max_value_bytes)
-    access = request[ACCESS]
+async def batch_text(app: web.Application, access: Principal, body: bytes) -> str:
+    """``POST /api/v1/batch``'s answer as JSON text (also served by ``hot_path``)."""
+    kv = app[KV]
+    ops = parse_batch(parse_json(body), now=kv.clock(), max_value_bytes=app[CONFIG].max_value_bytes)
     # A batch is one Raft entry whatever its ops, so every op, a `check` included, needs
     # write access to its key: a read grant must not be able to append to the log. All
     # are checked before anything is proposed, so a refused batch changes nothing.
     for op in ops:
         access.check_write(op.key)
-    return _json_text(await kv.batch_text(ops))
+    return await kv.batch_text(ops)
+
+
+async def batch(request: web.Request) -> web.Response:
+    # read() enforces client_max_size (413, mapped to request_too_large by the middleware)
+    return _json_text(await batch_text(request.app, request[ACCESS], await request.read()))
 
 
 async def changes(request: web.Request) -> web.Response:

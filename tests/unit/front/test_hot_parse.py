@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from concordance.front.hot_parse import HAND_OVER, MAX_HEAD, Head, parse_head
+from concordance.front.hot_parse import BATCH, HAND_OVER, KEY, MAX_HEAD, Head, parse_head
 
 MAX_BODY = 1000
 BODY = b'{"value":1}'
@@ -32,8 +32,15 @@ def head(buf: bytes) -> Head:
 def test_a_put_is_read_whole_with_its_key_token_and_body() -> None:
     buf = request()
     h = head(buf)
-    assert (h.method, h.key, h.token, h.close) == ("PUT", "tenant:a/k", "tok", False)
+    assert (h.route, h.method, h.key, h.token, h.close) == (KEY, "PUT", "tenant:a/k", "tok", False)
     assert buf[h.body_start : h.end] == BODY and h.end == len(buf)
+
+
+def test_a_batch_is_read_with_its_body_and_no_key() -> None:
+    buf = request("POST /api/v1/batch HTTP/1.1", body=b'[{"op":"check","key":"tenant:a/k"}]')
+    h = head(buf)
+    assert (h.route, h.method, h.key, h.token) == (BATCH, "POST", "", "tok")
+    assert buf[h.body_start : h.end].startswith(b"[{") and h.end == len(buf)
 
 
 def test_a_get_reads_its_query_as_a_multidict_keeping_every_value() -> None:
@@ -77,7 +84,9 @@ def test_connection_close_is_noted_and_keep_alive_accepted() -> None:
 @pytest.mark.parametrize(
     "buf",
     [
-        request("POST /api/v1/batch HTTP/1.1"),
+        request("POST /api/v1/batch?x=1 HTTP/1.1"),
+        request("POST /api/v1/kv/tenant:a/k HTTP/1.1"),
+        request("PUT /api/v1/batch HTTP/1.1"),
         request("GET /healthz HTTP/1.1", body=b""),
         request("GET /stream HTTP/1.1", ("Upgrade: websocket", "Connection: Upgrade"), b""),
         request("HEAD /api/v1/kv/tenant:a/k HTTP/1.1", body=b""),

@@ -92,6 +92,10 @@ async def conn(h: Harness, ssl: ssl_.SSLContext | None = None) -> AsyncIterator[
 
 
 K = "tenant:acme/settings/theme"
+batch_ops = [
+    {"op": "set", "key": "tenant:acme/b1", "value": [1]},
+    {"op": "set", "key": "tenant:acme/b2", "value": {"x": None}, "ifVersion": 0},
+]
 # Each request, in order, on one connection per front (a hand-over ends the hot
 # path for that connection, so the hand-over cases come last).
 CORPUS: list[bytes] = [
@@ -120,6 +124,12 @@ CORPUS: list[bytes] = [
     req("DELETE", f"/api/v1/kv/{K}"),
     req("DELETE", f"/api/v1/kv/{K}"),
     req("DELETE", "/api/v1/kv/tenant:acme/k-._~:@!$*,=()'1", key=AGENT),
+    req("POST", "/api/v1/batch", json.dumps({"ops": batch_ops}).encode()),
+    req("POST", "/api/v1/batch", json.dumps({"ops": batch_ops}).encode()),  # 409 at index 1
+    req("POST", "/api/v1/batch", b'{"ops": 3}'),
+    req("POST", "/api/v1/batch", b"[", key=AGENT),  # 403 before the body is looked at
+    req("POST", "/api/v1/batch", b"", key="wrong-key"),
+    req("GET", "/api/v1/kv/tenant:acme/b1"),
     req("GET", "/api/v1/kv?prefix=tenant:acme/"),  # aiohttp's, from here on
     put("tenant:acme/after", 1),
     req("GET", "/api/v1/kv/tenant:acme%2Fafter"),
