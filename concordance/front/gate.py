@@ -137,7 +137,7 @@ class ConnectionGate:
             self._admitted[handler] = None
 
     def move(self, old: Any, new: Any) -> None:
-        """``new`` takes over ``old``'s connection (``hot_path``'s hand-over to aiohttp):
+        """``new`` takes over ``old``'s connection (``hot_path`` giving a connection to aiohttp):
         ``old``'s loss and ``new``'s arrival then neither count nor admit it again."""
         if old not in self._admitted:
             return  # never admitted (refused and closing): nothing to carry over

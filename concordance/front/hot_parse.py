@@ -8,7 +8,7 @@ everything else to aiohttp.
 
 The rule that keeps the two paths answering alike: this parser accepts only
 a conservative subset of HTTP/1.1 that it reads exactly as aiohttp does, and
-says :data:`HAND_OVER` for anything else, however valid: another route or
+says :data:`TO_AIOHTTP` for anything else, however valid: another route or
 method, HTTP/1.0, a percent-encoded or dot-segment path, a chunked body,
 ``Expect``, ``Upgrade``, a body over the limit, an oversized head, bytes
 outside printable ASCII, a bare LF. aiohttp then answers that request (and
@@ -23,7 +23,7 @@ from typing import Final
 
 from multidict import MultiDict
 
-__all__ = ["BATCH", "HAND_OVER", "KEY", "MAX_HEAD", "HandOver", "Head", "parse_head"]
+__all__ = ["BATCH", "KEY", "MAX_HEAD", "TO_AIOHTTP", "Head", "ToAiohttp", "parse_head"]
 
 MAX_HEAD: Final = 8190  # aiohttp's line limit: a longer head is its to judge
 PREFIX: Final = "/api/v1/kv/"
@@ -55,16 +55,16 @@ _READ_HEADERS: Final = frozenset(
 )
 
 
-class HandOver:
+class ToAiohttp:
     """The request is not the hot path's: aiohttp reads it, from its first byte."""
 
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return "HAND_OVER"
+        return "TO_AIOHTTP"
 
 
-HAND_OVER: Final = HandOver()
+TO_AIOHTTP: Final = ToAiohttp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,43 +81,43 @@ class Head:
     end: int
 
 
-def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
-    """The first request in ``buf``: its head, ``HAND_OVER``, or None (need more bytes,
+def parse_head(buf: bytes | bytearray, max_body: int) -> Head | ToAiohttp | None:
+    """The first request in ``buf``: its head, ``TO_AIOHTTP``, or None (need more bytes,
     the head or the body is incomplete)."""
     cut = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
     if cut < 0:
         if len(buf) >= MAX_HEAD + 4 or buf.count(b"\n") != buf.count(b"\r\n"):
-            return HAND_OVER  # too long, or lines not ended by CRLF
+            return TO_AIOHTTP  # too long, or lines not ended by CRLF
         return None
     raw = bytes(buf[:cut])
     crlf = raw.count(b"\r\n")
     if _NOT_PRINTABLE.search(raw) or raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
-        return HAND_OVER  # a byte aiohttp may read otherwise, or a lone CR or LF
+        return TO_AIOHTTP  # a byte aiohttp may read otherwise, or a lone CR or LF
     lines = raw.split(b"\r\n")
     if lines[0] == _BATCH_LINE:
         route, method, key, query_b = BATCH, "POST", "", b""
     else:
         request = _REQUEST_LINE.fullmatch(lines[0])
         if request is None:
-            return HAND_OVER
+            return TO_AIOHTTP
         method_b, key_b, query_b = request.groups()
         route, method, key = KEY, method_b.decode("ascii"), key_b.decode("ascii")
         segments = key.split("/")
         if "" in segments[1:] or "." in segments or ".." in segments:
-            return HAND_OVER  # empty or dot segments: URL normalization is aiohttp's
+            return TO_AIOHTTP  # empty or dot segments: URL normalization is aiohttp's
     length: int | None = None
     token: str | None = None
     close = False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):
-            return HAND_OVER  # folded, no colon, space before the colon
+            return TO_AIOHTTP  # folded, no colon, space before the colon
         name = name.lower()
         if name in _READ_HEADERS:
             value = value.strip(b" \t")
             if name == b"content-length":
                 if length is not None or not _DIGITS.fullmatch(value):
-                    return HAND_OVER
+                    return TO_AIOHTTP
                 length = int(value)
             elif name == b"authorization":
                 if token is None:
@@ -127,12 +127,12 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | HandOver | None:
                 if option == b"close":
                     close = True
                 elif option != b"keep-alive":
-                    return HAND_OVER
+                    return TO_AIOHTTP
             else:
-                return HAND_OVER  # transfer-encoding, upgrade, expect
+                return TO_AIOHTTP  # transfer-encoding, upgrade, expect
     length = length or 0
     if length > max_body or (length and method not in _WITH_BODY):
-        return HAND_OVER
+        return TO_AIOHTTP
     body_start = cut + 4
     if len(buf) < body_start + length:
         return None

@@ -15,16 +15,16 @@ Theory of operation:
 * Every HTTP connection the front accepts starts here (``accept.SortingSite``).
   Requests are served one at a time, in order; pipelined ones wait in the
   buffer (reading pauses past ``READ_HIGH`` bytes while one is served).
-* The first request the parser does not take (``HAND_OVER``: another route, a
+* The first request the parser does not take (``TO_AIOHTTP``: another route, a
   WebSocket upgrade, anything unusual) moves the connection to aiohttp for
   good: a fresh aiohttp ``RequestHandler`` becomes the transport's protocol
   and is given the buffered bytes, from that request's first byte. Nothing is
-  answered twice or out of order: a hand-over happens only between requests.
+  answered twice or out of order: the switch happens only between requests.
 * The connection is one of the aiohttp server's (``web.Server.connection_made``
   and ``connection_lost``): the connection gate counts and admits it and arms
   its header deadline exactly as for aiohttp's own, and the runner's shutdown
   closes it when idle (``close``) or after its request (``shutdown``). A
-  hand-over carries its admission over (``ConnectionGate.move``).
+  switch to aiohttp carries its admission over (``ConnectionGate.move``).
 * Between requests the keep-alive timeout applies, as in aiohttp (armed at
   accept too, so it also bounds a later request's slow head).
 * A client that goes away does not cancel its request (aiohttp's default):
@@ -46,7 +46,7 @@ from aiohttp import web
 from concordance.front import kv
 from concordance.front.app import BODY_SLACK
 from concordance.front.app_state import ACCESS_KEYRING, CONFIG, GATE, METRICS
-from concordance.front.hot_parse import BATCH, HAND_OVER, KEY, Head, parse_head
+from concordance.front.hot_parse import BATCH, KEY, TO_AIOHTTP, Head, parse_head
 from concordance.front.middlewares import api_error, authorize, error_parts
 
 __all__ = ["HotConnection", "HotPath"]
@@ -57,7 +57,7 @@ READ_HIGH: Final = 256 * 1024  # buffered bytes past which reading pauses while 
 
 
 class HotPath:
-    """The protocol factory of a front's HTTP connections; counts what it served."""
+    """The protocol factory of a front's HTTP connections."""
 
     def __init__(self, app: web.Application, server: web.Server) -> None:
         self.app = app
@@ -67,8 +67,7 @@ class HotPath:
         self.max_body = app[CONFIG].max_value_bytes + BODY_SLACK
         # the metrics labels aiohttp would use
         self.routes = {name: app.router[name].canonical for name in (KEY, BATCH)}
-        self.served = 0
-        self.handed_over = 0
+        self.metrics = app[METRICS]  # counts what it served and gave to aiohttp
         self._date = (0, "")
 
     def __call__(self) -> HotConnection:
@@ -159,8 +158,8 @@ class HotConnection(asyncio.Protocol):
         head = parse_head(self._buf, self._path.max_body)
         if head is None:
             return
-        if head is HAND_OVER:
-            self._hand_over()
+        if head is TO_AIOHTTP:
+            self._give_to_aiohttp()
             return
         assert isinstance(head, Head)
         self._cancel_keepalive()
@@ -207,8 +206,8 @@ class HotConnection(asyncio.Protocol):
             path = self._path.routes[head.route] if head.route == BATCH else kv_path(head.key)
             status, headers, text = error_parts(api_error(e, head.method, path))
         seconds = time.monotonic() - started
-        app[METRICS].observe(self._path.routes[head.route], head.method, status, seconds)
-        self._path.served += 1
+        self._path.metrics.observe(self._path.routes[head.route], head.method, status, seconds)
+        self._path.metrics.hot_requests += 1
         return status, headers, text
 
     def _answer(self, status: int, headers: dict[str, str], text: str, *, close: bool) -> None:
@@ -235,7 +234,7 @@ class HotConnection(asyncio.Protocol):
         if self._buf:
             self._next()
 
-    def _hand_over(self) -> None:
+    def _give_to_aiohttp(self) -> None:
         """aiohttp serves this connection from now on, starting with the buffered bytes."""
         transport = self._transport
         assert transport is not None
@@ -253,7 +252,7 @@ class HotConnection(asyncio.Protocol):
         handler.connection_made(transport)
         data, self._buf = bytes(self._buf), bytearray()
         handler.data_received(data)
-        path.handed_over += 1
+        path.metrics.to_aiohttp += 1
 
     # -- keep-alive
     def _arm_keepalive(self) -> None:

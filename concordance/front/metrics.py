@@ -121,6 +121,8 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[str, Histogram] = {}
         self._sessions: dict[str, Histogram] = {}
+        self.hot_requests = 0  # answered by the front's hot path (front/hot_path.py)
+        self.to_aiohttp = 0  # connections the hot path gave to aiohttp
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -157,7 +159,18 @@ class Metrics:
         )
         for route, hist in sorted(self._sessions.items()):
             hist.into(sessions, (("route", route),))
-        return [requests, latency, sessions]
+        hot = Family(
+            "concordance_http_hot_requests_total",
+            "counter",
+            "HTTP requests answered by the front's own parser (the key routes and batches).",
+        ).add(self.hot_requests, ())
+        given = Family(
+            "concordance_http_connections_to_aiohttp_total",
+            "counter",
+            "Connections the front's own parser gave to aiohttp (another route, a WebSocket,"
+            " a request it does not take); their later requests are aiohttp's.",
+        ).add(self.to_aiohttp, ())
+        return [requests, latency, sessions, hot, given]
 
 
 def latency_family(name: str, help: str, shipped: tuple[Sequence[int], int] | None) -> Family:

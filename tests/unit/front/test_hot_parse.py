@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from concordance.front.hot_parse import BATCH, HAND_OVER, KEY, MAX_HEAD, Head, parse_head
+from concordance.front.hot_parse import BATCH, KEY, MAX_HEAD, TO_AIOHTTP, Head, parse_head
 
 MAX_BODY = 1000
 BODY = b'{"value":1}'
@@ -118,12 +118,12 @@ def test_connection_close_is_noted_and_keep_alive_accepted() -> None:
     ],
 )
 def test_anything_else_goes_to_aiohttp(buf: bytes) -> None:
-    assert parse_head(buf, MAX_BODY) is HAND_OVER
+    assert parse_head(buf, MAX_BODY) is TO_AIOHTTP
 
 
 def test_a_head_longer_than_aiohttp_reads_goes_over_before_it_ends() -> None:
     assert parse_head(b"PUT /api/v1/kv/tenant:a/k HTTP/1.1\r\nX: " + b"a" * MAX_HEAD, MAX_BODY) is (
-        HAND_OVER
+        TO_AIOHTTP
     )
 
 

@@ -3,7 +3,7 @@
 The same requests go to a front served through the hot path and to one served
 by aiohttp alone (``hot_routes=False``), each on its own fake roles given the
 same writes; status, body and headers must agree (``Date`` aside). Then what
-only the hot path has: hand-over mid-connection, pipelining, the gate's
+only the hot path has: the switch to aiohttp mid-connection, pipelining, the gate's
 count, keep-alive, ``Connection: close``, a client that goes away.
 """
 
@@ -14,6 +14,7 @@ import contextlib
 import json
 import ssl as ssl_
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,19 @@ from tests.unit.front.fakes import AGENT, FULL, FrontTestServer, Harness, harnes
 Response = tuple[int, dict[str, str], bytes]
 
 
-def hot_of(h: Harness) -> HotPath:
+@dataclass
+class Counts:
+    served: int
+    to_aiohttp: int
+
+
+def hot_of(h: Harness) -> Counts:
+    """What the front's hot path served and gave to aiohttp (its /metrics counters)."""
     server = h.client.server
     assert isinstance(server, FrontTestServer) and server.site is not None
-    assert server.site.hot is not None
-    return server.site.hot
+    assert isinstance(server.site.hot, HotPath)
+    metrics = h.app[METRICS]
+    return Counts(metrics.hot_requests, metrics.to_aiohttp)
 
 
 def req(
@@ -96,8 +105,8 @@ batch_ops = [
     {"op": "set", "key": "tenant:acme/b1", "value": [1]},
     {"op": "set", "key": "tenant:acme/b2", "value": {"x": None}, "ifVersion": 0},
 ]
-# Each request, in order, on one connection per front (a hand-over ends the hot
-# path for that connection, so the hand-over cases come last).
+# Each request, in order, on one connection per front (the switch to aiohttp ends the hot
+# path for that connection, so those cases come last).
 CORPUS: list[bytes] = [
     put(K, {"mode": "dark"}),
     put(K, 2, ifVersion=1),
@@ -141,7 +150,7 @@ async def corpus_answers(tmp: Path, *, hot_routes: bool) -> list[Response]:
         h.clock.now = 1_764_230_400_000
         answers = [await c.ask(data) for data in CORPUS]
         if hot_routes:
-            assert (hot_of(h).served, hot_of(h).handed_over) == (len(CORPUS) - 3, 1)
+            assert (hot_of(h).served, hot_of(h).to_aiohttp) == (len(CORPUS) - 3, 1)
         return answers
 
 
@@ -195,7 +204,7 @@ def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_hand_over_takes_the_requests_buffered_behind_it(tmp_path: Path) -> None:
+def test_a_give_to_aiohttp_takes_the_requests_buffered_behind_it(tmp_path: Path) -> None:
     async def main() -> None:
         async with harness(tmp_path) as h, conn(h) as c:
             await c.send(
@@ -208,7 +217,7 @@ def test_a_hand_over_takes_the_requests_buffered_behind_it(tmp_path: Path) -> No
             assert [status for status, _, _ in answers] == [200, 200, 200, 200]
             assert [e["key"] for e in json.loads(answers[1][2])["entries"]] == ["tenant:p/a"]
             assert json.loads(answers[3][2])["value"] == 2
-            assert (hot_of(h).served, hot_of(h).handed_over) == (1, 1)
+            assert (hot_of(h).served, hot_of(h).to_aiohttp) == (1, 1)
 
     asyncio.run(main())
 
@@ -220,7 +229,7 @@ def test_the_gate_counts_a_connection_once_whoever_serves_it(tmp_path: Path) -> 
             async with conn(h) as c:
                 assert (await c.ask(put("tenant:g/a", 1)))[0] == 200
                 assert gate.open == 1
-                assert (await c.ask(req("GET", "/healthz", key=None)))[0] == 200  # handed over
+                assert (await c.ask(req("GET", "/healthz", key=None)))[0] == 200  # to aiohttp
                 assert gate.open == 1
                 assert (await c.ask(put("tenant:g/a", 2)))[0] == 200
             await until(lambda: gate.open == 0, "the closed connection uncounted")
@@ -293,7 +302,7 @@ def test_a_request_arriving_in_pieces_is_served_once_whole(tmp_path: Path, split
     asyncio.run(main())
 
 
-def test_over_tls_hot_requests_and_a_hand_over_share_one_connection(tmp_path: Path) -> None:
+def test_over_tls_hot_requests_and_a_give_to_aiohttp_share_one_connection(tmp_path: Path) -> None:
     ca = CA(tmp_path / "ca")
     leaf = ca.issue("n1")
     tls = {"tls_cert": str(leaf.cert), "tls_key": str(leaf.key)}
@@ -305,7 +314,7 @@ def test_over_tls_hot_requests_and_a_hand_over_share_one_connection(tmp_path: Pa
             assert (status, json.loads(body)) == (200, {"ok": True})
             status, _, body = await c.ask(req("GET", "/api/v1/kv/tenant:t/a"))
             assert (status, json.loads(body)["value"]) == (200, 1)
-            assert (hot_of(h).served, hot_of(h).handed_over) == (1, 1)
+            assert (hot_of(h).served, hot_of(h).to_aiohttp) == (1, 1)
 
     asyncio.run(main())
 
