@@ -342,3 +342,18 @@ def test_while_the_client_reads_slowly_the_next_request_waits(tmp_path: Path) ->
             assert (status, json.loads(body)["key"]) == (200, "tenant:w/c")
 
     asyncio.run(main())
+
+
+def test_metrics_count_hot_requests_and_connections_given_to_aiohttp(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with harness(tmp_path) as h, conn(h) as c:
+            assert (await c.ask(put("tenant:m/a", 1)))[0] == 200
+            status, _, body = await c.ask(req("GET", "/metrics", key=None))
+            lines = body.decode().splitlines()
+            assert status == 200
+            assert "concordance_http_hot_requests_total 1" in lines
+            assert "concordance_http_connections_to_aiohttp_total 1" in lines
+            route = 'route="/api/v1/kv/{key}",method="PUT",status="200"'
+            assert f"concordance_http_requests_total{{{route}}} 1" in lines
+
+    asyncio.run(main())
