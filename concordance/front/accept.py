@@ -10,8 +10,8 @@ each connection from the listening socket, peeks at its first bytes
 (``fdpass``) and closed here; any other is given to the aiohttp server with
 ``loop.connect_accepted_socket`` (and the server's TLS context), exactly as
 ``create_server`` would have, through ``hot_path`` (which serves the key-value
-hot routes itself and hands the rest to aiohttp). A peer connection therefore never counts as an
-HTTP client, and a front hand-over never touches a peer link.
+hot routes itself and gives the rest to aiohttp). A peer connection therefore
+never counts as an HTTP client, and a front hand-over never touches a peer link.
 
 Theory of operation: the first peek happens at accept (a client's first
 bytes are usually there already); otherwise the connection waits for its

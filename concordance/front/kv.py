@@ -61,11 +61,6 @@ def _json_text(text: str) -> web.Response:
     return web.json_response(text=text)
 
 
-async def _json_body(request: web.Request) -> Any:
-    # read() enforces client_max_size (413, mapped to request_too_large by the middleware)
-    return parse_json(await request.read())
-
-
 def _prefix(request: web.Request) -> str:
     return validate_prefix(query_str(request.query, "prefix") or "")
 
