@@ -73,7 +73,6 @@ class ConnectionGate:
         self.refused = 0  # turned away at the cap
         self.header_timeouts = 0  # closed for headers not complete in time
         self._admitted: dict[Any, asyncio.TimerHandle | None] = {}  # handler -> header timer
-        self._moving: set[Any] = set()  # handlers taking over an admitted connection
 
     def trust(self, hosts: Iterable[str]) -> None:
         """Add hosts (IP addresses as ``peername`` shows them) that may use the reserve."""
@@ -97,9 +96,7 @@ class ConnectionGate:
 
         def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:
             made(handler, transport)
-            if handler in self._moving:  # admitted already, under its first handler
-                self._moving.discard(handler)
-                self._admitted[handler] = None
+            if handler in self._admitted:  # admitted already, under its first handler (move)
                 return
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -144,7 +141,7 @@ class ConnectionGate:
         timer = self._admitted.pop(old)
         if timer is not None:
             timer.cancel()
-        self._moving.add(new)
+        self._admitted[new] = None  # its headers are in: no deadline to carry
 
     def _late(self, handler: web.RequestHandler) -> None:
         if self._admitted.get(handler) is None:

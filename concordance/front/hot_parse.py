@@ -75,7 +75,7 @@ class Head:
     method: str
     key: str  # as aiohttp's ``match_info["key"]`` would give it ("" for a batch)
     query: MultiDict[str]
-    token: str | None  # the bearer token, as the auth middleware reads it
+    authorization: str  # the first Authorization header's value ("" without one)
     close: bool  # ``Connection: close``
     body_start: int
     end: int
@@ -106,7 +106,7 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | ToAiohttp | None
         if "" in segments[1:] or "." in segments or ".." in segments:
             return TO_AIOHTTP  # empty or dot segments: URL normalization is aiohttp's
     length: int | None = None
-    token: str | None = None
+    authorization: str | None = None
     close = False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
@@ -120,8 +120,8 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | ToAiohttp | None
                     return TO_AIOHTTP
                 length = int(value)
             elif name == b"authorization":
-                if token is None:
-                    token = _bearer(value.decode("ascii"))
+                if authorization is None:
+                    authorization = value.decode("ascii")
             elif name == b"connection":
                 option = value.lower()
                 if option == b"close":
@@ -138,14 +138,7 @@ def parse_head(buf: bytes | bytearray, max_body: int) -> Head | ToAiohttp | None
         return None
     query = _query(query_b.decode("ascii")) if query_b else MultiDict[str]()
     end = body_start + length
-    return Head(route, method, key, query, token or None, close, body_start, end)
-
-
-def _bearer(header: str) -> str:
-    """The header's token when its scheme is Bearer, else "" (no token, as the middleware
-    reads a first ``Authorization`` that is not a bearer token)."""
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return Head(route, method, key, query, authorization or "", close, body_start, end)
 
 
 def _query(text: str) -> MultiDict[str]:

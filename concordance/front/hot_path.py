@@ -47,7 +47,7 @@ from concordance.front import kv
 from concordance.front.app import BODY_SLACK
 from concordance.front.app_state import ACCESS_KEYRING, CONFIG, GATE, METRICS
 from concordance.front.hot_parse import BATCH, KEY, TO_AIOHTTP, Head, parse_head
-from concordance.front.middlewares import api_error, authorize, error_parts
+from concordance.front.middlewares import api_error, authorize, bearer_token, error_parts
 
 __all__ = ["HotConnection", "HotPath"]
 
@@ -193,7 +193,8 @@ class HotConnection(asyncio.Protocol):
         status, headers = 200, dict[str, str]()
         try:
             cfg, keyring = app[CONFIG], app[ACCESS_KEYRING]
-            access = authorize(cfg, keyring, head.route, head.method, head.token)
+            token = bearer_token(head.authorization)
+            access = authorize(cfg, keyring, head.route, head.method, token)
             if head.route == BATCH:
                 text = await kv.batch_text(app, access, body)
             elif head.method == "PUT":
@@ -203,7 +204,7 @@ class HotConnection(asyncio.Protocol):
             else:
                 text = await kv.delete_text(app, access, head.key, head.query)
         except Exception as e:
-            path = self._path.routes[head.route] if head.route == BATCH else kv_path(head.key)
+            path = self._path.routes[head.route] if head.route == BATCH else _kv_path(head.key)
             status, headers, text = error_parts(api_error(e, head.method, path))
         seconds = time.monotonic() - started
         self._path.metrics.observe(self._path.routes[head.route], head.method, status, seconds)
@@ -280,5 +281,5 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {phrase}\r\n{content_type}\r\n".encode()
 
 
-def kv_path(key: str) -> str:
+def _kv_path(key: str) -> str:
     return f"/api/v1/kv/{key}"

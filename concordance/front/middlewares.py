@@ -58,6 +58,7 @@ __all__ = [
     "auth_middleware",
     "authenticate",
     "authorize",
+    "bearer_token",
     "error_middleware",
     "error_parts",
     "error_response",
@@ -79,11 +80,16 @@ class MethodNotAllowed(ConcordanceError):
     code, http_status = "method_not_allowed", 405
 
 
-def _token(request: web.Request, *, allow_query: bool) -> str | None:
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization`` header's value if its scheme is Bearer."""
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _token(request: web.Request, *, allow_query: bool) -> str | None:
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is not None:
+        return token
     if allow_query:
         return request.query.get("token") or None
     return None

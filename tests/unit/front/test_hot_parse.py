@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from concordance.front.hot_parse import BATCH, KEY, MAX_HEAD, TO_AIOHTTP, Head, parse_head
+from concordance.front.middlewares import bearer_token
 
 MAX_BODY = 1000
 BODY = b'{"value":1}'
@@ -32,14 +33,16 @@ def head(buf: bytes) -> Head:
 def test_a_put_is_read_whole_with_its_key_token_and_body() -> None:
     buf = request()
     h = head(buf)
-    assert (h.route, h.method, h.key, h.token, h.close) == (KEY, "PUT", "tenant:a/k", "tok", False)
+    assert (h.route, h.method, h.key, h.close) == (KEY, "PUT", "tenant:a/k", False)
+    assert bearer_token(h.authorization) == "tok"
     assert buf[h.body_start : h.end] == BODY and h.end == len(buf)
 
 
 def test_a_batch_is_read_with_its_body_and_no_key() -> None:
     buf = request("POST /api/v1/batch HTTP/1.1", body=b'[{"op":"check","key":"tenant:a/k"}]')
     h = head(buf)
-    assert (h.route, h.method, h.key, h.token) == (BATCH, "POST", "", "tok")
+    assert (h.route, h.method, h.key) == (BATCH, "POST", "")
+    assert bearer_token(h.authorization) == "tok"
     assert buf[h.body_start : h.end].startswith(b"[{") and h.end == len(buf)
 
 
@@ -73,7 +76,8 @@ def test_a_request_cut_anywhere_waits_for_more(cut: int) -> None:
     ],
 )
 def test_the_token_is_read_as_the_auth_middleware_reads_it(header: str, token: str | None) -> None:
-    assert head(request(headers=(header, "Authorization: Bearer second"))).token == token
+    authorization = head(request(headers=(header, "Authorization: Bearer second"))).authorization
+    assert bearer_token(authorization) == token
 
 
 def test_connection_close_is_noted_and_keep_alive_accepted() -> None:
