@@ -46,7 +46,7 @@ __all__ = [
 # -- the apply stream: consensus sends committed entries, storage acknowledges ---------
 APPLY_WINDOW: Final = 8000  # consensus: unacknowledged entries in flight at most
 ACK_EVERY: Final = 1000  # storage: unacknowledged applied entries that send ``applied`` at once
-ACK_DELAY: Final = 0.02  # storage: ``applied`` waits this long to cover more batches
+ACK_DELAY: Final = 0.1  # storage: commit and ``applied`` wait this long to cover more batches
 APPLY_STALL: Final = 1.0  # consensus: an unacknowledged batch this old was lost (resent)
 
 # -- front_watching: the front repeats it, storage believes it for a while --------------

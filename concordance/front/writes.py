@@ -133,6 +133,10 @@ class Proposer:
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
+        # Storage's applied index at the latest results: every write answered here is at
+        # or below it, so a local read that waits for it sees them (KvService), even
+        # from a storage restarted behind what it had applied (PROTOCOL.md, ``results``).
+        self.read_floor = 0
 
     @property
     def pending(self) -> int:
@@ -257,6 +261,8 @@ class Proposer:
         """Resolve the waiters named in a ``results`` event (called by the event pump)."""
         if results.origin != self._node_id:
             return
+        if results.applied > self.read_floor:
+            self.read_floor = results.applied
         for item in results.items:
             future = self._waiters.get(item.request_id)
             if future is not None and not future.done():

@@ -409,10 +409,12 @@ class ChangeBatch(Body):
 
 @dataclass(frozen=True, slots=True)
 class Results(Body):
-    """Write outcomes for ``origin``'s front, topic ``r``."""
+    """Write outcomes for ``origin``'s front, topic ``r``; ``applied``: storage's applied
+    index when it published them (the front's local reads wait for it, PROTOCOL.md)."""
 
     origin: str
     items: tuple[payloads.Outcome, ...]
+    applied: int = 0
 
 
 IPC_TYPES: dict[str, type[Body]] = {

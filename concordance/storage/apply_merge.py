@@ -11,9 +11,11 @@ one per transaction, 1.9 ms three per transaction and 1.8 ms six per
 transaction.
 
 Nothing else changes: the entries are consecutive committed entries in index
-order whichever message carried them (PROTOCOL.md §3.3), one transaction
-commits them all or none, the results and change batch are published after
-it as for one message. A gap inside them drops them all and storage says
+order whichever message carried them (PROTOCOL.md §3.3), they apply all or
+none, the results and change batch are published after them as for one
+message. (Since 8 December the COMMIT itself is shared wider still: storage
+commits when it acknowledges, PROTOCOL.md §3.8; merging still saves the
+per-batch work.) A gap inside them drops them all and storage says
 ``hello`` (consensus resends from the applied index), as for one message.
 The first message that is not an ``apply`` stops the merge and is handled
 next, in its order.

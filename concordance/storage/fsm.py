@@ -6,11 +6,17 @@ is async and nothing may run concurrently on one :class:`StateMachine`.
 
 Rules / theory of operation:
 
-* Consensus hands over committed entries in index order. ``apply`` commits a
-  whole batch of them in ONE transaction together with ``applied_index`` and
-  the change rows, so state.db is always exactly "the log up to
-  applied_index". Entries at or below ``applied_index`` are skipped, which
-  makes re-delivery after a restart harmless; a gap is a caller bug.
+* Consensus hands over committed entries in index order. ``apply`` writes a
+  whole batch of them, all or nothing, together with the change rows; the
+  COMMIT writes ``applied_index`` with them, so state.db is always exactly
+  "the log up to applied_index". ``apply(commit=False)`` leaves the batch in
+  the open transaction for a later :meth:`~StateMachine.commit`, so several
+  batches share one COMMIT (about 10 us per entry saved on this machine at
+  14 entries per batch; the storage service commits when it acknowledges,
+  docs/PROTOCOL.md ``applied``): reads on this connection see it at once,
+  other connections and a restarted process only after the commit.
+  Entries at or below ``applied_index`` are skipped, which makes
+  re-delivery after a restart harmless; a gap is a caller bug.
 * Everything that must agree across nodes comes from the entry itself
   (timestamp, expiry, value bytes), never from this node's clock. Expiry
   during apply is judged at the command's timestamp, as reads judge it at now.
@@ -25,7 +31,9 @@ Rules / theory of operation:
   that op saw as ``current``.
 * Only errors of the command itself become results. Any other exception
   (I/O, disk full) rolls the whole batch back and propagates: recording it as
-  a result would make this node diverge from the others.
+  a result would make this node diverge from the others. The batches applied
+  before it in the open transaction stay, unless SQLite rolled the whole
+  transaction back (then the position is the last commit's again).
 * Change history is kept by revisions (``retention``) and by bytes
   (``retention_bytes``: key + value bytes of the history): after an apply,
   history is pruned to the last ``retention`` revisions, and further, oldest
@@ -51,7 +59,7 @@ import builtins
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from concordance.errors import (
     ConcordanceError,
@@ -98,6 +106,10 @@ _UNREFERENCED = (
     "NOT EXISTS (SELECT 1 FROM kv WHERE kv.key = changes.key AND kv.change_id = changes.id)"
 )
 _LIVE_UNDER = "key >= ? AND key < ? AND deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
+
+
+# applied_index, applied_term, revision, compacted, history_bytes, next_change_id
+_Position: TypeAlias = tuple[int, int, int, int, int, int]
 
 
 class ApplyGap(ValueError):
@@ -162,6 +174,7 @@ class StateMachine:
         self._applied_index = self._applied_term = self._revision = self._compacted = 0
         self._history_bytes = 0
         self._next_change_id = 1
+        self._committed: _Position = (0, 0, 0, 0, 0, 1)  # set by _load_meta
         self._load_meta()
         self._pending: list[tuple[Any, ...]] = []  # change rows of the open transaction
 
@@ -191,8 +204,24 @@ class StateMachine:
         """The first revision whose changes are still held (``since = oldest - 1`` works)."""
         return self._compacted + 1
 
-    def close(self) -> None:
-        self._conn.close()
+    @property
+    def committed_index(self) -> int:
+        """The applied index state.db holds for other connections and after a crash of
+        this process (``applied_index`` less what :meth:`apply` left uncommitted)."""
+        return self._committed[0]
+
+    def close(self, *, commit: bool = True) -> None:
+        """Close the connection, committing what ``apply`` left open, or with ``commit=False``
+        (a crash) discarding it."""
+        try:
+            if self._conn.in_transaction:
+                if commit:
+                    self.commit()
+                else:
+                    self._conn.execute("ROLLBACK")
+                    self._set_position(self._committed)
+        finally:
+            self._conn.close()
 
     def __enter__(self) -> StateMachine:
         return self
@@ -201,50 +230,73 @@ class StateMachine:
         self.close()
 
     # -- apply --------------------------------------------------------------
-    def apply(self, entries: Sequence[tuple[int, int, bytes | None]]) -> list[Applied]:
-        """Apply committed entries ``(index, term, data)`` in one transaction.
+    def apply(
+        self, entries: Sequence[tuple[int, int, bytes | None]], *, commit: bool = True
+    ) -> list[Applied]:
+        """Apply committed entries ``(index, term, data)``, all or nothing.
 
         ``data`` None or empty marks a no-op or config entry: it only advances
         ``applied_index``. Entries at or below ``applied_index`` are skipped.
         Returns one :class:`Applied` per NORMAL entry actually applied now.
+        ``commit=False`` leaves them in the open transaction (see :meth:`commit`).
 
         Raises:
             ApplyGap: an index would leave a gap after ``applied_index``
                 (nothing is applied).
-            sqlite3.Error: the transaction failed; nothing is applied.
+            sqlite3.Error: the writes failed; nothing of ``entries`` is applied.
         """
-        if not entries:
+        fresh = [e for e in entries if e[0] > self._applied_index]
+        if not fresh:
             return []
-        saved = (
-            self._applied_index,
-            self._applied_term,
-            self._revision,
-            self._compacted,
-            self._history_bytes,
-            self._next_change_id,
-        )
+        for expected, (index, _, _) in enumerate(fresh, self._applied_index + 1):
+            if index != expected:
+                raise ApplyGap(index, expected)
+        saved = self._position()
         out: list[Applied] = []
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT batch")
         try:
-            for index, term, data in entries:
-                if index <= self._applied_index:
-                    continue
-                if index != self._applied_index + 1:
-                    raise ApplyGap(index, self._applied_index + 1)
+            for index, term, data in fresh:
                 self._applied_index, self._applied_term = index, term
                 if data:
                     out.append(self._apply_entry(index, data))
                     # The next entry reads values through these rows (kv points to them).
                     self._flush_changes()
                     self._prune()  # after each entry, so batching cannot change "oldest"
-            if self._applied_index == saved[0]:
-                conn.execute("ROLLBACK")
-                return out
             self._flush_changes()
+            conn.execute("RELEASE batch")
+        except BaseException:
+            if conn.in_transaction:  # only this batch is undone
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+                self._set_position(saved)
+            else:  # SQLite rolled the whole transaction back (I/O error, disk full)
+                self._set_position(self._committed)
+            raise
+        finally:
+            self._pending.clear()
+        if commit:
+            self.commit()
+        return out
+
+    def commit(self) -> None:
+        """Commit what :meth:`apply` left open, with the applied position (no-op if nothing).
+
+        Not fsynced (``synchronous=NORMAL``): it survives a crash of this process,
+        not a power cut; ``storage.durability.checkpoint`` makes it durable.
+
+        Raises:
+            sqlite3.Error: the commit failed; the position is the last commit's again.
+        """
+        conn = self._conn
+        if not conn.in_transaction:
+            return
+        try:
             conn.execute(
-                "UPDATE meta SET applied_index = ?, applied_term = ?, revision = ?, compacted = ?,"
-                " history_bytes = ?",
+                "UPDATE meta SET applied_index = ?, applied_term = ?, revision = ?,"
+                " compacted = ?, history_bytes = ?",
                 (
                     self._applied_index,
                     self._applied_term,
@@ -257,18 +309,29 @@ class StateMachine:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            (
-                self._applied_index,
-                self._applied_term,
-                self._revision,
-                self._compacted,
-                self._history_bytes,
-                self._next_change_id,
-            ) = saved
+            self._set_position(self._committed)
             raise
-        finally:
-            self._pending.clear()
-        return out
+        self._committed = self._position()
+
+    def _position(self) -> _Position:
+        return (
+            self._applied_index,
+            self._applied_term,
+            self._revision,
+            self._compacted,
+            self._history_bytes,
+            self._next_change_id,
+        )
+
+    def _set_position(self, position: _Position) -> None:
+        (
+            self._applied_index,
+            self._applied_term,
+            self._revision,
+            self._compacted,
+            self._history_bytes,
+            self._next_change_id,
+        ) = position
 
     def _apply_entry(self, index: int, data: bytes) -> Applied:
         try:
@@ -498,6 +561,7 @@ class StateMachine:
         self._revision, self._compacted, self._history_bytes = revision, compacted, history
         last = self._conn.execute("SELECT max(id) FROM changes").fetchone()[0]
         self._next_change_id = int(last or 0) + 1
+        self._committed = self._position()
 
     # -- reads --------------------------------------------------------------
     def get(self, key: str, now_ms: int) -> Entry | None:
@@ -524,6 +588,7 @@ class StateMachine:
     # -- snapshots ----------------------------------------------------------
     def snapshot_to(self, path: str | os.PathLike[str]) -> tuple[int, int]:
         """Write a consistent copy of state.db to ``path``; return (applied_index, applied_term)."""
+        self.commit()
         snapshot.write(self._conn, path)
         return self._applied_index, self._applied_term
 
@@ -534,6 +599,7 @@ class StateMachine:
             RemoteProtocolError: the file is not a valid snapshot (state unchanged).
         """
         snapshot.vet(path)
+        self.commit()  # a checkpoint cannot run inside a transaction
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
         try:

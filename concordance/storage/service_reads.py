@@ -151,6 +151,7 @@ class FrontReads:
 
     def _start_backup(self, peer: bytes, env: wire.Envelope) -> _Reply:
         assert isinstance(env.body, wire.Backup)
+        self.state.commit()  # the copy reads what is committed: every write applied so far
         task = asyncio.create_task(self._backup(peer, env, env.body.path))
         self._backups.add(task)
         task.add_done_callback(self._backups.discard)

@@ -84,7 +84,7 @@ class StorageSnapshots:
         task.add_done_callback(self._backups.discard)
 
     async def _checkpoint(self) -> None:
-        index = self.state.applied_index  # committed, so in the WAL the checkpoint syncs
+        index = self.state.committed_index  # in the WAL the checkpoint syncs
         try:
             await background.run(durability.checkpoint, self.db_path)
         except (OSError, sqlite3.Error, durability.CheckpointIncomplete) as e:

@@ -65,6 +65,23 @@ def test_kill_9_each_role_with_writes_in_flight(fresh_node: Node, role: str) -> 
         assert resp.json()["value"] == value
 
 
+def test_a_write_answered_just_before_storage_dies_is_read_back_there(fresh_node: Node) -> None:
+    """storage commits state.db when it acknowledges to consensus (``ack_delay``, 0.1 s
+    after a batch), so a kill -9 right after a write's answer takes the write out of
+    state.db. The restarted storage gets it again from consensus, and a local read on
+    that node waits for it (the front's read floor, PROTOCOL.md ``results``) rather
+    than miss a write the node has answered."""
+    node = fresh_node
+    key = "tenant:floor/k"
+    for value in range(3):
+        assert node.put(key, value).status == 200
+        old = node.kill_role("storage")  # within a millisecond or two of the answer
+        resp = node.get(key)  # held by the front until a new storage answers
+        assert resp.status == 200, resp.body
+        assert resp.json()["value"] == value
+        node.wait_role_restarted("storage", old)
+
+
 def test_ctl_restart_keeps_watchers_gapless(fresh_node: Node) -> None:
     """Restart storage then front with `concordance ctl` while a watcher follows
     a key and a writer writes 0..59 to it: the watcher, resubscribing from the

@@ -227,6 +227,20 @@ class Bench:
     front: FakeFront
     log: Writer
     service: StorageService | None = None
+    task: asyncio.Task[None] | None = None
+    start: Callable[[], StorageService] | None = None  # a new service on the same files
+
+    async def crash_and_restart(self) -> wire.Hello:
+        """End the service as a crash does (its tasks cancelled, no stop: what it did not
+        commit is gone), start a new one on the same files; its first ``hello``."""
+        assert self.task is not None and self.start is not None
+        while not self.consensus.hellos.empty():  # the crashed one's
+            self.consensus.hellos.get_nowait()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        self.service = self.start()
+        self.task = asyncio.create_task(self.service.run())
+        return await self.consensus.hello()
 
     def reaper_in_flight(self) -> int:
         assert self.service is not None and self.service._reaper is not None
@@ -267,18 +281,24 @@ async def bench(
     config = node_config(data_dir, **cfg)
     sockets = sockets or ZmqSockets(ctx)
     consensus = await FakeConsensus.open(ctx, data_dir, sockets)
-    service = StorageService(config, timings=timings, clock=clock, sockets=sockets)
+
+    def start() -> StorageService:
+        return StorageService(config, timings=timings, clock=clock, sockets=sockets)
+
+    service = start()
     task = asyncio.create_task(service.run())
     b: Bench | None = None
     try:
         hello = await consensus.hello()  # storage is bound: the front connects at once
         front = FakeFront(ctx, data_dir, sockets)
         b = Bench(config, consensus, front, Writer(hello.applied_index, max(hello.applied_term, 1)))
-        b.service = service
+        b.service, b.task, b.start = service, task, start
         if sync:
             await b.sync_events()
         yield b
     finally:
+        if b is not None and b.service is not None and b.task is not None:
+            service, task = b.service, b.task  # restarted by the test, maybe
         service.stop()
         await asyncio.wait_for(task, WAIT)
         await consensus.close()

@@ -7,7 +7,9 @@ cases the file lacks (a type added since); an existing entry is never rewritten
 to make a failing test pass: a difference is a wire-format change. The
 bodies that carry storage's payloads (``get_ok``, ``get_many_ok``, ``list_ok``,
 ``changes_ok``, ``change_batch``, ``results``) were re-pinned once, on purpose,
-when those payloads became tagged records (PROTOCOL.md §3.7).
+when those payloads became tagged records (PROTOCOL.md §3.7), and ``results``
+once more when it gained ``applied`` (8 December; its older bytes still decode,
+below).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from concordance.protocol import wire
@@ -84,6 +87,16 @@ def test_bytes_are_unchanged_and_decode_back(name: str) -> None:
     expected = bytes.fromhex(golden)
     assert encode(value) == expected
     assert decode(expected) == value
+
+
+def test_results_without_applied_decode_with_applied_0() -> None:
+    """A storage from before ``applied`` (its ``results`` lack the field) still resolves a
+    newer front's writes; that front's local reads then wait for nothing more."""
+    body = wire.Results("n1", IPC_EXAMPLES["results"].items, 77)  # type: ignore[attr-defined]
+    raw = msgpack.unpackb(wire.encode_envelope(wire.Envelope("results", 5, body)))
+    del raw["b"]["applied"]
+    old = wire.decode_envelope(msgpack.packb(raw, use_bin_type=True))
+    assert old.body == wire.Results("n1", body.items, 0)
 
 
 if __name__ == "__main__":  # pin the cases the file lacks; never rewrite one it has

@@ -464,6 +464,117 @@ def test_one_apply_call_is_one_transaction(tmp_path: Path) -> None:
     sm.close()
 
 
+def _committed(path: Path) -> tuple[int, int]:
+    """(kv rows, applied_index) as another connection (another process) sees state.db."""
+    other = sqlite3.connect(path)
+    try:
+        rows = other.execute("SELECT count(*) FROM kv").fetchone()[0]
+        applied = other.execute("SELECT applied_index FROM meta").fetchone()[0]
+        return int(rows), int(applied)
+    finally:
+        other.close()
+
+
+def test_uncommitted_batches_are_read_here_and_committed_together(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    sm = StateMachine(path)
+    log = Log(sm)
+    sm.apply([log.entry(Set("tenant:acme/k0", b"0"))])
+    for i in (1, 2, 3):
+        sm.apply([log.entry(Set(f"tenant:acme/k{i}", b"1"))], commit=False)
+    # this connection (the storage role's reads) sees every batch at once ...
+    assert (sm.applied_index, sm.committed_index, sm.revision) == (4, 1, 4)
+    assert plain(sm.get("tenant:acme/k3", T0))["version"] == 1  # type: ignore[index]
+    assert len(plain(sm.changes("tenant:acme/", 0))["changes"]) == 4
+    # ... another connection only what was committed
+    assert _committed(path) == (1, 1)
+    sm.commit()
+    assert sm.committed_index == 4
+    assert _committed(path) == (4, 4)
+    sm.commit()  # nothing open: nothing to do
+    sm.close()
+
+
+def test_a_crash_keeps_the_last_commit_and_the_resent_entries_apply_the_same(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    sm = StateMachine(path)
+    log = Log(sm)
+    first = [log.entry(Set(f"tenant:acme/k{i}", b"1")) for i in range(3)]
+    sm.apply(first)
+    later = [log.entry(Set("tenant:acme/k0", b"2")), log.entry(Delete("tenant:acme/k1"))]
+    applied = sm.apply(later, commit=False)
+    digest = sm.digest()
+    sm.close(commit=False)  # a crash: the open transaction is gone
+    sm = StateMachine(path)
+    assert (sm.applied_index, sm.revision) == (3, 3)
+    assert plain(sm.get("tenant:acme/k0", T0))["version"] == 1  # type: ignore[index]
+    again = sm.apply([*first, *later])  # consensus resends from the committed index
+    assert [plain(a) for a in again] == [plain(a) for a in applied]
+    assert (sm.digest(), sm.applied_index, sm.revision) == (digest, 5, 5)
+    sm.close()  # a clean close commits
+    sm = StateMachine(path)
+    assert (sm.applied_index, sm.digest()) == (5, digest)
+    sm.close()
+
+
+def test_a_failed_batch_leaves_the_uncommitted_ones_before_it(
+    log: Log, sm: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sm.apply([log.entry(Set("tenant:acme/a", b"1"))], commit=False)
+    entries = [log.entry(Set(f"tenant:acme/k{i}", b"1")) for i in range(3)]
+
+    def disk_full(self: StateMachine) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(StateMachine, "_prune", disk_full)
+    with pytest.raises(sqlite3.OperationalError):
+        sm.apply(entries, commit=False)
+    monkeypatch.undo()
+    assert (sm.applied_index, sm.revision, sm.committed_index) == (1, 1, 0)
+    assert plain(sm.get("tenant:acme/a", T0)) is not None
+    assert plain(sm.get("tenant:acme/k0", T0)) is None
+    assert len(sm.apply(entries)) == 3  # consensus retries the same entries
+    assert (sm.applied_index, sm.revision, sm.committed_index) == (4, 4, 4)
+
+
+def test_a_failed_commit_goes_back_to_the_last_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    sm = StateMachine(path)
+    log = Log(sm)
+    sm.apply([log.entry(Set("tenant:acme/a", b"1"))])
+    resend = [log.entry(Set("tenant:acme/b", b"1")), log.entry(Set("tenant:acme/c", b"1"))]
+    sm.apply(resend, commit=False)
+    meta = "UPDATE meta SET applied_index"
+    real = sm._conn
+
+    class FailingCommit:
+        """The connection, whose COMMIT fails as on a full disk."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith(meta):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+
+    monkeypatch.setattr(sm, "_conn", FailingCommit())
+    with pytest.raises(sqlite3.OperationalError):
+        sm.commit()
+    monkeypatch.undo()
+    assert (sm.applied_index, sm.revision, sm.committed_index) == (1, 1, 1)
+    assert plain(sm.get("tenant:acme/b", T0)) is None
+    with pytest.raises(ApplyGap):  # what comes next finds the gap: storage says hello
+        sm.apply([log.entry(Set("tenant:acme/d", b"1"))])
+    assert len(sm.apply(resend)) == 2
+    sm.close()
+    assert _committed(path) == (3, 3)
+
+
 def test_a_database_of_another_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)

@@ -568,3 +568,80 @@ def test_a_leading_push_is_trusted_for_three_hellos_only() -> None:
 
     with short_tmp() as d:
         run(main)
+
+
+def _committed_index(d: str) -> int:
+    """state.db's applied index as another process sees it."""
+    conn = sqlite3.connect(os.path.join(d, "state", "state.db"))
+    try:
+        return int(conn.execute("SELECT applied_index FROM meta").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_results_leave_before_the_commit_and_a_crash_resumes_from_the_last_commit() -> None:
+    """A batch's results go out before state.db commits it, carrying the applied index
+    the front's local reads wait for; the COMMIT comes with ``applied``, ``ack_delay``
+    later. A crash before it loses that batch: the restarted storage says ``hello``
+    from the last commit, and the resent entries apply to the same state."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=0.02)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            first = b.log.set(K, b"1")
+            await b.consensus.apply(first)
+            await b.front.changes()
+            assert (await b.front.results()).applied == first[0]
+            assert _committed_index(d) == 0  # not committed yet ...
+            await clock.advance(timings.ack_delay)
+            await b.consensus.acked(first[0])  # ... until storage says applied
+            assert _committed_index(d) == first[0]
+            second = b.log.set(K, b"2")
+            await b.consensus.apply(second)
+            await b.front.changes()
+            assert (await b.front.results()).applied == second[0]
+            state = b.service.state  # type: ignore[union-attr]
+            digest = state.digest()
+            hello = await b.crash_and_restart()
+            assert hello.applied_index == first[0] == _committed_index(d)
+            await b.consensus.apply(first, second)  # consensus resends after the hello
+            state = b.service.state  # type: ignore[union-attr]
+            await until(lambda: state.applied_index == second[0], "the resent entry applied")
+            assert state.digest() == digest
+            got = await b.front.request("get", wire.Get(K, T0, second[0]))
+            assert isinstance(got, wire.GetOk) and got.entry is not None
+            assert got.entry.version == 2
+
+    with short_tmp() as d:
+        run(main)
+
+
+def test_checkpoint_backup_and_snapshot_commit_first() -> None:
+    """What ``durable`` covers, and what a backup or snapshot copies, includes every batch
+    applied before the request, though ``ack_delay`` has not come yet."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=0.02)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            state = b.service.state  # type: ignore[union-attr]
+            await b.consensus.apply(b.log.set(K, b"1"))
+            await until(lambda: state.applied_index == b.log.index, "applied")
+            await b.consensus.send("checkpoint", wire.Checkpoint())
+            durable = await next_of(b.consensus.durables)
+            assert durable.index == b.log.index == _committed_index(d)
+            await b.consensus.apply(b.log.set(K, b"2"))
+            await until(lambda: state.applied_index == b.log.index, "applied")
+            backup = await b.front.request("backup", wire.Backup(os.path.join(d, "b.db")), 10.0)
+            assert isinstance(backup, wire.BackupOk) and backup.index == b.log.index
+            await b.consensus.apply(b.log.set(K, b"3"))
+            await until(lambda: state.applied_index == b.log.index, "applied")
+            await b.consensus.send("take_snapshot", wire.TakeSnapshot())
+            taken = await next_of(b.consensus.snapshots)
+            assert taken.index == b.log.index
+
+    with short_tmp() as d:
+        run(main)

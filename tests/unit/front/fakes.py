@@ -124,7 +124,7 @@ class FakeNode:
                 elif publish:
                     self.events.queue.put_nowait(roundtrip("change_batch", batch))  # type: ignore[arg-type]
             item = Outcome(applied.request_id, applied.outcome)
-            results = wire.Results(applied.origin, (item,))
+            results = wire.Results(applied.origin, (item,), self.sm.applied_index)
             self.events.queue.put_nowait(roundtrip("results", results))  # type: ignore[arg-type]
 
     def release(self) -> None:
@@ -199,6 +199,7 @@ class FakeStorage:
         self.node = node
         self.changes_calls: list[tuple[str, int, int]] = []
         self.watching: list[bool] = []  # watch() / unwatch() calls, in order
+        self.min_indexes: list[int] = []  # of every get and list, in order
 
     def _up(self) -> StateMachine:
         if self.node.knobs.storage_down:
@@ -206,6 +207,7 @@ class FakeStorage:
         return self.node.sm
 
     async def get(self, key: str, now: int, timeout: float, min_index: int = 0) -> Entry | None:
+        self.min_indexes.append(min_index)
         await self.wait_applied(min_index, timeout)
         got = roundtrip("get_ok", wire.GetOk(self._up().get(key, now)))
         assert isinstance(got, wire.GetOk)
@@ -220,6 +222,7 @@ class FakeStorage:
         timeout: float,
         min_index: int = 0,
     ) -> wire.ListOk:
+        self.min_indexes.append(min_index)
         await self.wait_applied(min_index, timeout)
         page = self._up().list(prefix, limit, cursor, now)
         return roundtrip("list_ok", page)  # type: ignore[return-value]

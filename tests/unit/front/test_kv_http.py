@@ -63,6 +63,27 @@ def test_every_json_value_round_trips(tmp_path: Path, value: Any) -> None:
     run(tmp_path, scenario)
 
 
+def test_local_reads_ask_storage_for_every_write_this_front_answered(tmp_path: Path) -> None:
+    """A local read waits for storage to have applied what the latest ``results`` said
+    (``applied``): a storage restarted behind a write this front answered (its last
+    COMMIT lost with it) then holds the read until consensus has resent that write."""
+
+    async def scenario(h: Harness) -> None:
+        assert (await h.call("GET", f"/api/v1/kv/{K}"))[0] == 404  # nothing answered yet
+        await h.put(K, 1)
+        await h.put("tenant:acme/other", 2)
+        assert (await h.call("GET", f"/api/v1/kv/{K}"))[1]["value"] == 1
+        assert (await h.call("GET", "/api/v1/kv?prefix=tenant:acme/"))[0] == 200
+        h.node.events.queue.put_nowait(wire.Results("n1", (), 9))  # storage applied 9
+        await until(lambda: h.app[PROPOSER].read_floor == 9, "the results delivered")
+        h.app[PROPOSER].deliver(wire.Results("n1", (), 5))  # an older one: the floor stays
+        h.app[PROPOSER].deliver(wire.Results("n2", (), 20))  # another node's: not ours
+        await h.call("GET", f"/api/v1/kv/{K}")
+        assert h.node.storage.min_indexes == [0, 2, 2, 9]
+
+    run(tmp_path, scenario)
+
+
 def test_consistent_read_asks_for_a_read_index(tmp_path: Path) -> None:
     clock = ManualClock()
 
