@@ -102,6 +102,7 @@ __all__ = ["Applied", "ApplyGap", "StateMachine"]
 
 _INSERT_ROW = "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_CHANGE = "INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_PRELOAD = 500  # keys per statement when an apply call reads its rows (under SQLite's limit)
 _UNREFERENCED = (
     "NOT EXISTS (SELECT 1 FROM kv WHERE kv.key = changes.key AND kv.change_id = changes.id)"
 )
@@ -176,7 +177,12 @@ class StateMachine:
         self._next_change_id = 1
         self._committed: _Position = (0, 0, 0, 0, 0, 1)  # set by _load_meta
         self._load_meta()
-        self._pending: list[tuple[Any, ...]] = []  # change rows of the open transaction
+        # Within one apply call: the change rows and kv rows it wrote, flushed to SQLite
+        # together (at its end, and before any statement that reads those tables), and
+        # every row it read or wrote, value included (read once, with one statement).
+        self._pending: list[tuple[Any, ...]] = []
+        self._kv_pending: dict[str, tuple[Any, ...]] = {}
+        self._rows: dict[str, Row | None] = {}
 
     # -- position -----------------------------------------------------------
     @property
@@ -258,14 +264,14 @@ class StateMachine:
             conn.execute("BEGIN IMMEDIATE")
         conn.execute("SAVEPOINT batch")
         try:
-            for index, term, data in fresh:
+            commands = [(i, t, _decode(data) if data else None) for i, t, data in fresh]
+            self._preload(commands)
+            for index, term, cmd in commands:
                 self._applied_index, self._applied_term = index, term
-                if data:
-                    out.append(self._apply_entry(index, data))
-                    # The next entry reads values through these rows (kv points to them).
-                    self._flush_changes()
+                if cmd is not None:
+                    out.append(self._apply_entry(index, cmd))
                     self._prune()  # after each entry, so batching cannot change "oldest"
-            self._flush_changes()
+            self._flush()
             conn.execute("RELEASE batch")
         except BaseException:
             if conn.in_transaction:  # only this batch is undone
@@ -277,6 +283,8 @@ class StateMachine:
             raise
         finally:
             self._pending.clear()
+            self._kv_pending.clear()
+            self._rows.clear()
         if commit:
             self.commit()
         return out
@@ -333,13 +341,42 @@ class StateMachine:
             self._next_change_id,
         ) = position
 
-    def _apply_entry(self, index: int, data: bytes) -> Applied:
+    def _preload(self, commands: Sequence[tuple[int, int, Command | Applied | None]]) -> None:
+        """Read the rows of every key the commands name, in statements of ``_PRELOAD`` keys
+        (one per entry cost about 4 us each)."""
+        keys: set[str] = set()
+        for _, _, cmd in commands:
+            if isinstance(cmd, Command):
+                op = cmd.op
+                if isinstance(op, Batch):
+                    keys.update(o.key for o in op.ops)
+                elif not isinstance(op, DeletePrefix):
+                    keys.add(op.key)
+        keys.difference_update(self._rows)
+        if not keys:
+            return
+        wanted = sorted(keys)
+        for start in range(0, len(wanted), _PRELOAD):
+            chunk = wanted[start : start + _PRELOAD]
+            found = load_rows(self._conn, chunk)
+            for key in chunk:
+                self._rows[key] = found.get(key)
+
+    def _row(self, key: str) -> Row | None:
+        """``key``'s row as this apply call has it (its own writes included)."""
         try:
-            cmd = Command.decode(data)
-        except RemoteProtocolError as e:
-            origin, request_id = peek_request(data) or ("", 0)
-            error = Rejected.of(InvalidRequest(f"malformed command: {e}"))
-            return Applied(index, origin, request_id, error)
+            return self._rows[key]
+        except KeyError:
+            row = self._rows[key] = load_row(self._conn, key)
+            return row
+
+    def _write_row(self, row: Row) -> None:
+        self._kv_pending[row.key] = _kv_values(row)
+        self._rows[row.key] = row
+
+    def _apply_entry(self, index: int, cmd: Command | Applied) -> Applied:
+        if isinstance(cmd, Applied):  # malformed: the error its writer gets
+            return Applied(index, cmd.origin, cmd.request_id, cmd.outcome)
         events: list[Change] = []
         try:
             result = self._run(cmd.op, cmd.timestamp_ms, events)
@@ -367,16 +404,12 @@ class StateMachine:
         dirty: dict[str, Row] = {}  # key -> final row, in first-write order
         changes: list[tuple[str, str, bytes | None, int]] = []
         results: list[BatchItem] = []
-        # Every key's row in one statement (a batch's keys are few, at most 128 ops)
-        found = load_rows(self._conn, {op.key for op in ops}) if len(ops) > 1 else None
         for i, op in enumerate(ops):
             key = op.key
             if key in rows:
                 row = rows[key]
-            elif found is not None:
-                row = before[key] = found.get(key)
             else:
-                row = before[key] = load_row(self._conn, key)
+                row = before[key] = self._row(key)
             live = row if row is not None and is_live(row, ts) else None
             have = live.version if live is not None else 0
             want = op.version if isinstance(op, Check) else op.if_version
@@ -420,16 +453,13 @@ class StateMachine:
             for key, old in before.items():
                 if key in dirty and old is not None:
                     self._drop_superseded(old)
-            self._conn.executemany(
-                _INSERT_ROW,
-                [
-                    _kv_values(row._replace(change_id=None if row.deleted else holder[k]))
-                    for k, row in dirty.items()
-                ],
-            )
+            for k, row in dirty.items():
+                self._write_row(row._replace(change_id=None if row.deleted else holder[k]))
         return results
 
     def _delete_prefix(self, prefix: str, ts: int, events: list[Change]) -> PrefixDeleted:
+        self._flush()  # the statements below read and write kv and changes directly
+        self._rows.clear()
         bounds = (prefix, db.prefix_end(prefix), ts)
         victims = self._conn.execute(
             f"SELECT key, version FROM kv WHERE {_LIVE_UNDER} ORDER BY key", bounds
@@ -453,7 +483,7 @@ class StateMachine:
         return PrefixDeleted(len(victims), rev)
 
     def _expire(self, op: Expire, ts: int, events: list[Change]) -> Expired:
-        row = load_row(self._conn, op.key)
+        row = self._row(op.key)
         if (
             row is None
             or row.deleted
@@ -472,7 +502,7 @@ class StateMachine:
         dead = row._replace(
             value=None, revision=rev, updated_at=ts, expires_at=None, deleted=1, change_id=None
         )
-        self._conn.execute(_INSERT_ROW, _kv_values(dead))
+        self._write_row(dead)
         return dead
 
     def _drop_superseded(self, old: Row) -> None:
@@ -512,11 +542,11 @@ class StateMachine:
         if by_count - self._compacted > self._prune_slack:
             horizon = by_count
         if self._history_bytes > self._retention_bytes:
-            self._flush_changes()  # the scan below must see this transaction's rows
+            self._flush()  # the scan below must see this transaction's rows
             horizon = max(horizon, self._byte_horizon())
         if horizon <= self._compacted:
             return
-        self._flush_changes()
+        self._flush()  # the statements below must see this transaction's rows
         span = (self._compacted, horizon)
         freed = self._conn.execute(
             f"SELECT coalesce(sum({HISTORY_SIZE_SQL}), 0) FROM changes"
@@ -529,10 +559,14 @@ class StateMachine:
         self._history_bytes -= int(freed)
         self._compacted = horizon
 
-    def _flush_changes(self) -> None:
+    def _flush(self) -> None:
+        """Write the queued change rows and kv rows (one statement each)."""
         if self._pending:
             self._conn.executemany(_INSERT_CHANGE, self._pending)
             self._pending.clear()
+        if self._kv_pending:
+            self._conn.executemany(_INSERT_ROW, self._kv_pending.values())
+            self._kv_pending.clear()
 
     def _byte_horizon(self) -> int:
         """The lowest revision to compact up to so that history fits in ``retention_bytes``
@@ -612,6 +646,18 @@ class StateMachine:
     def digest(self) -> str:
         """A hash of every live entry, equal on nodes at the same applied index."""
         return snapshot.digest(self._conn)
+
+
+def _decode(data: bytes) -> Command | Applied:
+    """The command in entry ``data``, or (malformed) the rejection its writer gets, as an
+    :class:`Applied` whose index the caller sets."""
+    try:
+        return Command.decode(data)
+    except RemoteProtocolError as e:
+        origin, request_id = peek_request(data) or ("", 0)
+        return Applied(
+            0, origin, request_id, Rejected.of(InvalidRequest(f"malformed command: {e}"))
+        )
 
 
 def _kv_values(row: Row) -> tuple[Any, ...]:
