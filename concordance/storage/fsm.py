@@ -260,7 +260,8 @@ class StateMachine:
         saved = self._position()
         out: list[Applied] = []
         conn = self._conn
-        if not conn.in_transaction:
+        began = not conn.in_transaction
+        if began:
             conn.execute("BEGIN IMMEDIATE")
         conn.execute("SAVEPOINT batch")
         try:
@@ -274,7 +275,10 @@ class StateMachine:
             self._flush()
             conn.execute("RELEASE batch")
         except BaseException:
-            if conn.in_transaction:  # only this batch is undone
+            if began and conn.in_transaction:  # nothing else was in it
+                conn.execute("ROLLBACK")
+                self._set_position(saved)
+            elif conn.in_transaction:  # only this batch is undone
                 conn.execute("ROLLBACK TO batch")
                 conn.execute("RELEASE batch")
                 self._set_position(saved)

@@ -340,10 +340,11 @@ class StorageService(FrontReads, StorageSnapshots):
         # Applies and the commits that follow them run here, in the order of the inbox.
         while True:
             env = self._held.popleft() if self._held else await self._inbox.get()
-            handler = self._FROM_CONSENSUS.get(type(env.body))
             if env.body is _COMMIT_DUE:  # queued by _ack_after_delay, not by consensus
                 await self._send_applied()
-            elif handler is None:
+                continue
+            handler = self._FROM_CONSENSUS.get(type(env.body))
+            if handler is None:
                 log.warning("storage: dropping unexpected %s from consensus", env.type)
             else:
                 await handler(self, env.body)
