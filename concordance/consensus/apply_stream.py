@@ -72,6 +72,7 @@ class ApplyStream:
         self._disk = disk
         self._clock = clock
         self.acked: int | None = None  # storage's applied index; None before the first hello
+        self._incarnation: int | None = None  # of the storage process that said it
         self.sent = 0
         self.committed = committed
         self._connected = False
@@ -98,9 +99,14 @@ class ApplyStream:
         self._drop_buffer()
         self.committed = max(self.committed, meta.index)
 
-    def on_hello(self, applied_index: int) -> None:
-        """Storage is up and at ``applied_index`` (PROTOCOL.md ``hello``)."""
+    def on_hello(self, applied_index: int, incarnation: int = 0) -> None:
+        """Storage is up and at ``applied_index`` (PROTOCOL.md ``hello``); ``incarnation``
+        names its process: a new one (a crash and restart) lost whatever was in flight
+        to the old one and what that one had applied but not committed, so the stream
+        rewinds at once, not ``APPLY_STALL`` later."""
         self._connected = True
+        restarted = incarnation != self._incarnation and self._incarnation is not None
+        self._incarnation = incarnation
         now = self._clock()
         restore_failed = False
         if self._restoring is not None:
@@ -113,7 +119,7 @@ class ApplyStream:
         self.acked = applied_index  # hello and applied share one ordered pipe: hello is current
         self._ack_inflight()
         stale = bool(self._inflight) and now - self._inflight[0][1] >= APPLY_STALL
-        behind = previous is None or applied_index < previous or restore_failed
+        behind = previous is None or applied_index < previous or restore_failed or restarted
         if behind or stale or self.sent < applied_index:
             self._rewind(applied_index)
         self._trim_buffer()

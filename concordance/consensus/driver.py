@@ -396,7 +396,7 @@ class ConsensusDriver(PlannedStop):
     async def _on_hello(self, peer: bytes, env: wire.Envelope) -> None:
         assert isinstance(env.body, wire.Hello)
         if self._from_storage(peer, env):
-            self.stream.on_hello(env.body.applied_index)
+            self.stream.on_hello(env.body.applied_index, env.body.incarnation)
             self.core.applied_elsewhere(env.body.applied_index, env.body.applied_term)
             self.snapshots.on_storage_hello()  # a successor: re-ask what the old one lost
             await self.snapshots.resend()

@@ -224,10 +224,12 @@ class StoppingAck(Body):
 
 @dataclass(frozen=True, slots=True)
 class Hello(Body):
-    """Storage liveness and position: at start and every second."""
+    """Storage liveness and position: at start and every second. ``incarnation`` names the
+    storage process (0: not said); a new one lost what its predecessor had in flight."""
 
     applied_index: int
     applied_term: int
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

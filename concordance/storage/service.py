@@ -194,6 +194,9 @@ class StorageService(FrontReads, StorageSnapshots):
         # front -> (its last ``front_watching``, when it came)
         self._watching: dict[bytes, tuple[bool, float]] = {}
         self._ack_later: asyncio.Task[None] | None = None
+        # Names this process to consensus in ``hello`` (apply_stream.py): distinct across
+        # restarts (the clock moved on), and deterministic under a simulated clock.
+        self._incarnation = max(1, int(self._clock.monotonic() * 1_000_000))
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -475,7 +478,8 @@ class StorageService(FrontReads, StorageSnapshots):
     async def _hello(self) -> None:
         sm = self.state
         self._acked = max(self._acked, sm.applied_index)  # a hello acknowledges too
-        await self._send("hello", wire.Hello(sm.applied_index, sm.applied_term))
+        hello = wire.Hello(sm.applied_index, sm.applied_term, self._incarnation)
+        await self._send("hello", hello)
 
     async def _send(self, type: str, body: wire.Body) -> None:
         assert self._consensus is not None

@@ -74,9 +74,12 @@ from concordance.storage.service_ttl import ReaperTimings
 from concordance.testing import linearizability as lin
 from concordance.testing.memory_ipc import MemoryIpc
 from concordance.testing.node_sim_checks import (
+    LocalRead,
+    NodeAck,
     Sink,
     Watcher,
     lost_writes,
+    stale_local_reads,
     torn_batches,
     unreaped,
     watch_gaps,
@@ -134,6 +137,9 @@ class NodeSimulation:
         self._acked: dict[str, int] = {}  # key -> highest acknowledged written version
         self._batches: dict[tuple[int, int], frozenset[str]] = {}  # (client, n) -> its keys
         self._torn: list[str] = []  # lists that showed part of a batch
+        self._local_reads: list[LocalRead] = []
+        self._node_acks: list[NodeAck] = []  # sets and CAS answered 200, by node
+        self._deletes: dict[str, float] = {}  # key -> when its first delete was sent
         self._restarts: list[asyncio.Task[None]] = []
         self._end = 0.0
         self._spare: str | None = None
@@ -232,7 +238,11 @@ class NodeSimulation:
                 await self._ttl_write(node, rng)
                 continue
             if roll < 0.16:  # a local read: not linearizable, not in the history
-                await self._request(node, partial(kv.get, key))
+                status, body = await self._request(node, partial(kv.get, key))
+                if status == 200:
+                    version = body["version"] if body is not None else None
+                    read = LocalRead(node.node_id, key, call, self._now(), version)
+                    self._local_reads.append(read)
                 continue
             if 0.41 <= roll < 0.45:  # a list of the batch keys: a batch shows whole or not
                 consistent = rng.random() < 0.5
@@ -267,6 +277,7 @@ class NodeSimulation:
                 op = self._record(cid, key, kind, lin.Write(value, if_version), call, status, body)
             else:
                 if_version = seen.get(key) if roll > 0.95 else None
+                self._deletes.setdefault(key, call)
                 d = DeleteArgs(key, if_version)
                 status, body = await self._request(node, partial(kv.delete, d))
                 op = self._record(cid, key, "delete", if_version, call, status, body)
@@ -274,6 +285,8 @@ class NodeSimulation:
                 seen[key] = op.output.version
                 if op.kind != "delete":
                     self._acked[key] = max(self._acked.get(key, 0), op.output.version)
+                    ack = NodeAck(node.node_id, key, op.output.version, self._now())
+                    self._node_acks.append(ack)
 
     def _record(
         self,
@@ -523,6 +536,10 @@ class NodeSimulation:
             self._fail("convergence", f"state.db digests differ: {digests}\n{self._positions()}")
         if self._torn:
             self._fail("atomic batches", "\n".join(self._torn[:10]))
+        stale, checked = stale_local_reads(self._local_reads, self._node_acks, self._deletes)
+        self.stats["local reads after a write there"] = checked
+        if stale:
+            self._fail("read your writes on a node", "\n".join(stale[:10]))
         if unreaped := self._unreaped():
             self._fail("ttl expiry", f"expired keys still live: {unreaped}")
         report = lin.check(self.history, timeout_s=10.0)

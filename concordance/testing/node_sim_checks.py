@@ -145,3 +145,57 @@ def torn_batches(
                     f"the same list shows {entry['key']} from it but {key} {seen}"
                 )
     return torn
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRead:
+    """A local (not consistent) ``get`` through ``node``'s front, and what it saw."""
+
+    node: str
+    key: str
+    call: float
+    done: float
+    version: int | None  # None: 404
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAck:
+    """A set or CAS that ``node``'s front answered 200 at ``at``, and its version."""
+
+    node: str
+    key: str
+    version: int
+    at: float
+
+
+def stale_local_reads(
+    reads: list[LocalRead], acks: list[NodeAck], deletes: dict[str, float]
+) -> tuple[list[str], int]:
+    """Local reads that missed a write their node had answered before they began.
+
+    API.md §3.1: a write is answered once applied on the node that answered it,
+    "so a read on that same node afterwards sees it", whatever restarted in
+    between (storage commits lazily and may lose its last batches in a crash:
+    the front's read floor, PROTOCOL.md §3.8). Versions only grow, so the read
+    must show at least the written version; a 404 only if some delete of the
+    key was sent before the read ended (``deletes``: the first delete's call).
+    Returns the stale ones and how many reads had such a write to see.
+    """
+    answered: dict[tuple[str, str], list[NodeAck]] = {}
+    for ack in acks:
+        answered.setdefault((ack.node, ack.key), []).append(ack)
+    stale = []
+    checked = 0
+    for read in reads:
+        before = [a.version for a in answered.get((read.node, read.key), []) if a.at < read.call]
+        if not before:
+            continue
+        checked += 1
+        floor = max(before)
+        if read.version is None:
+            if deletes.get(read.key, float("inf")) < read.done:
+                continue
+            stale.append(f"{read}: 404 after {read.node} answered version {floor}")
+        elif read.version < floor:
+            stale.append(f"{read}: after {read.node} answered version {floor}")
+    return stale, checked

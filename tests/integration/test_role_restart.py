@@ -77,7 +77,7 @@ def test_a_write_answered_just_before_storage_dies_is_read_back_there(fresh_node
         assert node.put(key, value).status == 200
         old = node.kill_role("storage")  # within a millisecond or two of the answer
         resp = node.get(key)  # held by the front until a new storage answers
-        assert resp.status == 200, resp.body
+        assert resp.status == 200, (value, resp.body, node.logs(tail=30))
         assert resp.json()["value"] == value
         node.wait_role_restarted("storage", old)
 

@@ -53,6 +53,7 @@ def test_node_runs_do_real_work() -> None:
         "snapshot files",
         "add_voter",
         "lists of batches",  # lists that showed two or more batch keys: the atomicity check
+        "local reads after a write there",  # what the read-your-writes check looks at
     ):
         assert totals.get(name, 0) > 0, (name, totals)
 

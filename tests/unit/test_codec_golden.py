@@ -8,8 +8,8 @@ to make a failing test pass: a difference is a wire-format change. The
 bodies that carry storage's payloads (``get_ok``, ``get_many_ok``, ``list_ok``,
 ``changes_ok``, ``change_batch``, ``results``) were re-pinned once, on purpose,
 when those payloads became tagged records (PROTOCOL.md §3.7), and ``results``
-once more when it gained ``applied`` (8 December; its older bytes still decode,
-below).
+and ``hello`` once more when they gained ``applied`` and ``incarnation`` (8
+December; their older bytes still decode, below).
 """
 
 from __future__ import annotations
@@ -89,14 +89,20 @@ def test_bytes_are_unchanged_and_decode_back(name: str) -> None:
     assert decode(expected) == value
 
 
-def test_results_without_applied_decode_with_applied_0() -> None:
-    """A storage from before ``applied`` (its ``results`` lack the field) still resolves a
-    newer front's writes; that front's local reads then wait for nothing more."""
-    body = wire.Results("n1", IPC_EXAMPLES["results"].items, 77)  # type: ignore[attr-defined]
-    raw = msgpack.unpackb(wire.encode_envelope(wire.Envelope("results", 5, body)))
-    del raw["b"]["applied"]
-    old = wire.decode_envelope(msgpack.packb(raw, use_bin_type=True))
-    assert old.body == wire.Results("n1", body.items, 0)
+def _without(body: wire.Body, field: str) -> wire.Body:
+    """``body`` encoded as a role from before ``field`` sent it, decoded now."""
+    raw = msgpack.unpackb(wire.encode_envelope(wire.Envelope(wire.type_name(body), 5, body)))
+    del raw["b"][field]
+    return wire.decode_envelope(msgpack.packb(raw, use_bin_type=True)).body
+
+
+def test_bodies_from_before_their_last_field_decode_with_its_default() -> None:
+    """A storage from before ``applied`` and ``incarnation`` still resolves a newer front's
+    writes (whose local reads then wait for nothing more) and still feeds a newer
+    consensus (which then rewinds for it only as it did before)."""
+    items = IPC_EXAMPLES["results"].items  # type: ignore[attr-defined]
+    assert _without(wire.Results("n1", items, 77), "applied") == wire.Results("n1", items, 0)
+    assert _without(wire.Hello(9, 2, 123), "incarnation") == wire.Hello(9, 2, 0)
 
 
 if __name__ == "__main__":  # pin the cases the file lacks; never rewrite one it has

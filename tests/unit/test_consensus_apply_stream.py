@@ -125,6 +125,22 @@ def test_hello_rewinds_on_regression_and_on_a_stale_window_only() -> None:
     assert h.pump() == [(4, 12)]
 
 
+def test_a_new_storage_process_gets_what_was_in_flight_at_once() -> None:
+    """A crashed storage loses its batches in flight and those it applied but had not
+    committed (it commits when it acknowledges, PROTOCOL.md §3.8); its successor's
+    ``hello`` may say the very index consensus last heard, with a young window in
+    flight. A new ``incarnation`` rewinds at once; the same one does not."""
+    h = Harness()
+    h.commit(1, 10)
+    h.stream.on_hello(0, incarnation=7)
+    assert h.pump() == [(1, 10)]
+    h.stream.on_applied(4)  # committed up to 4; 5-10 applied in memory, or in flight
+    h.stream.on_hello(4, incarnation=7)  # the same process, periodically: no resend
+    assert h.pump() == []
+    h.stream.on_hello(4, incarnation=9)  # a new process at the last commit
+    assert h.pump() == [(5, 10)]
+
+
 def test_old_entries_come_from_disk_when_the_buffer_let_them_go() -> None:
     h = Harness(last=50)
     h.commit(1, 50)
