@@ -325,6 +325,15 @@ class StateMachine:
             raise
         self._committed = self._position()
 
+    def reconcile(self) -> bool:
+        """After an error on this connection: if SQLite rolled the open transaction back
+        by itself (it does on an I/O error or a full disk, even in a read), go back to
+        the last commit's position, which is what state.db holds; True if it did."""
+        if self._conn.in_transaction or self._position() == self._committed:
+            return False
+        self._set_position(self._committed)
+        return True
+
     def _position(self) -> _Position:
         return (
             self._applied_index,

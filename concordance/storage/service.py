@@ -475,6 +475,12 @@ class StorageService(FrontReads, StorageSnapshots):
                     break  # consensus (re)started: tell it where to resume at once
                 was_connected = connected
 
+    async def _lost_uncommitted(self) -> None:
+        """state.db went back to its last commit under a running process: tell consensus as
+        a new process would (a new incarnation), so it resends from there at once."""
+        self._incarnation += 1
+        await self._hello()
+
     async def _hello(self) -> None:
         sm = self.state
         self._acked = max(self._acked, sm.applied_index)  # a hello acknowledges too

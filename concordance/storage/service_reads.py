@@ -67,6 +67,8 @@ class FrontReads:
         @property
         def state(self) -> StateMachine: ...
 
+        async def _lost_uncommitted(self) -> None: ...
+
     async def _read_loop(self) -> None:
         assert self._server is not None
         while True:
@@ -97,6 +99,9 @@ class FrontReads:
         except sqlite3.Error as e:
             log.exception("storage: %s failed", env.type)
             reply = Unavailable(f"storage read failed: {e}")
+            if self.state.reconcile():  # what was applied since the commit is gone
+                log.error("storage: SQLite rolled back the uncommitted batches; resending")
+                await self._lost_uncommitted()
         if reply is not None:  # None: answered later (a parked read, a backup)
             await self._server.reply(peer, env, reply)
 

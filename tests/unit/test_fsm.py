@@ -575,6 +575,23 @@ def test_a_failed_commit_goes_back_to_the_last_commit(
     assert _committed(path) == (3, 3)
 
 
+def test_reconcile_follows_a_transaction_sqlite_rolled_back_by_itself(tmp_path: Path) -> None:
+    """SQLite rolls the open transaction back on its own on an I/O error or a full disk,
+    even in a statement that only reads: the position must then be the last commit's."""
+    sm = StateMachine(tmp_path / "state.db")
+    log = Log(sm)
+    sm.apply([log.entry(Set("tenant:acme/a", b"1"))])
+    sm.apply([log.entry(Set("tenant:acme/b", b"1"))], commit=False)
+    assert sm.reconcile() is False  # the transaction is there: nothing to do
+    sm._conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_IOERR or SQLITE_FULL
+    assert sm.reconcile() is True
+    assert (sm.applied_index, sm.revision, sm.committed_index) == (1, 1, 1)
+    assert sm.reconcile() is False
+    with pytest.raises(ApplyGap):
+        sm.apply([log.entry(Set("tenant:acme/c", b"1"))])
+    sm.close()
+
+
 def test_a_database_of_another_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)

@@ -645,3 +645,37 @@ def test_checkpoint_backup_and_snapshot_commit_first() -> None:
 
     with short_tmp() as d:
         run(main)
+
+
+def test_a_read_error_that_rolled_back_the_open_batches_is_told_as_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite rolls the open transaction back by itself on an I/O error or a full disk,
+    even in a read: storage goes back to its last commit and says ``hello`` from there
+    as a new incarnation, so consensus resends the lost batches at once."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=0.02)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            state = b.service.state  # type: ignore[union-attr]
+            before = b.service._incarnation  # type: ignore[union-attr]
+            await b.consensus.apply(b.log.set(K, b"1"))
+            await until(lambda: state.applied_index == b.log.index, "applied")
+            real_get = StateMachine.get
+
+            def failing_get(self: StateMachine, key: str, now_ms: int) -> Any:
+                self._conn.execute("ROLLBACK")  # as SQLite does on SQLITE_IOERR
+                raise sqlite3.OperationalError("disk I/O error")
+
+            monkeypatch.setattr(StateMachine, "get", failing_get)
+            with pytest.raises(errors.Unavailable):
+                await b.front.request("get", wire.Get(K, T0))
+            monkeypatch.setattr(StateMachine, "get", real_get)
+            hello = await b.consensus.hello()
+            assert hello.applied_index == state.applied_index == state.committed_index == 0
+            assert hello.incarnation == before + 1
+
+    with short_tmp() as d:
+        run(main)
