@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -317,6 +318,13 @@ class StorageService(FrontReads, StorageSnapshots):
             await self._send_applied()
 
     async def _close(self) -> None:
+        if self._sm is not None and self._stop.is_set():
+            # A stop: commit what was applied now, before the sockets (and with them the
+            # lock that keeps a successor from opening state.db) are let go.
+            try:
+                self._sm.commit()
+            except sqlite3.Error as e:  # consensus resends it to the successor
+                log.error("storage: the last commit failed: %s", e)
         if self._sm is not None and not self._stop.is_set():
             # Not a stop but a failure (or a simulated crash): keep only what was
             # committed, and free state.db's write lock before anything else can run.
@@ -335,7 +343,7 @@ class StorageService(FrontReads, StorageSnapshots):
             if sock is not None:
                 await sock.close()
         if self._sm is not None:
-            self._sm.close()  # commits what was applied
+            self._sm.close(commit=False)  # committed above; a failed commit is not retried
         self._consensus = self._server = self._events = self._sm = self._reaper = None
 
     # -- consensus -> storage ----------------------------------------------------

@@ -679,3 +679,23 @@ def test_a_read_error_that_rolled_back_the_open_batches_is_told_as_a_restart(
 
     with short_tmp() as d:
         run(main)
+
+
+def test_a_stop_commits_what_was_applied() -> None:
+    """A stop (planned or not) commits what was applied, before its sockets close: the
+    successor, which may open state.db as soon as they do, starts where this one ended."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=0.02)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            state = b.service.state  # type: ignore[union-attr]
+            await b.consensus.apply(b.log.set(K, b"1"), b.log.set(K, b"2"))
+            await until(lambda: state.applied_index == b.log.index, "applied")
+            assert _committed_index(d) == 0
+            index = b.log.index
+        assert _committed_index(d) == index  # the bench stops the service on its way out
+
+    with short_tmp() as d:
+        run(main)
