@@ -80,6 +80,11 @@ def test_a_write_answered_just_before_storage_dies_is_read_back_there(fresh_node
         assert resp.status == 200, (value, resp.body, node.logs(tail=30))
         assert resp.json()["value"] == value
         node.wait_role_restarted("storage", old)
+        # Past supervisord's startsecs before the next kill: a role killed sooner is a
+        # failed start, restarted after a growing backoff (longer than the read waits).
+        wait_for(
+            lambda: node.control().states()["storage"].state == "RUNNING", 20, "storage RUNNING"
+        )
 
 
 def test_ctl_restart_keeps_watchers_gapless(fresh_node: Node) -> None:
