@@ -109,7 +109,15 @@ _UNREFERENCED = (
 _LIVE_UNDER = "key >= ? AND key < ? AND deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 
 
-# applied_index, applied_term, revision, compacted, history_bytes, next_change_id
+# What an apply moves and a rollback must put back (StateMachine._position).
+_POSITION = (
+    "_applied_index",
+    "_applied_term",
+    "_revision",
+    "_compacted",
+    "_history_bytes",
+    "_next_change_id",
+)
 _Position: TypeAlias = tuple[int, int, int, int, int, int]
 
 
@@ -335,24 +343,11 @@ class StateMachine:
         return True
 
     def _position(self) -> _Position:
-        return (
-            self._applied_index,
-            self._applied_term,
-            self._revision,
-            self._compacted,
-            self._history_bytes,
-            self._next_change_id,
-        )
+        return tuple(getattr(self, name) for name in _POSITION)
 
     def _set_position(self, position: _Position) -> None:
-        (
-            self._applied_index,
-            self._applied_term,
-            self._revision,
-            self._compacted,
-            self._history_bytes,
-            self._next_change_id,
-        ) = position
+        for name, value in zip(_POSITION, position, strict=True):
+            setattr(self, name, value)
 
     def _preload(self, commands: Sequence[tuple[int, int, Command | Applied | None]]) -> None:
         """Read the rows of every key the commands name, in statements of ``_PRELOAD`` keys

@@ -570,6 +570,30 @@ def test_a_leading_push_is_trusted_for_three_hellos_only() -> None:
         run(main)
 
 
+LAZY = 0.02  # ack_delay of the tests below
+
+
+def _with_lazy_commit(
+    scenario: Callable[[Any, ManualClock, str], Awaitable[None]],
+    after: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``scenario(bench, clock, data_dir)`` over in-memory ends on a manual clock, with
+    ``ack_delay`` 20 ms: what was applied stays uncommitted until the clock moves on;
+    then ``after(data_dir)`` once the bench has stopped the service."""
+    clock = ManualClock()
+    timings = dataclasses.replace(FAST, ack_delay=LAZY)
+
+    async def main(ctx: zmq.asyncio.Context) -> None:
+        net = MemoryIpc(clock)
+        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
+            await scenario(b, clock, d)
+
+    with short_tmp() as d:
+        run(main)
+        if after is not None:
+            after(d)
+
+
 def _committed_index(d: str) -> int:
     """state.db's applied index as another process sees it."""
     conn = sqlite3.connect(os.path.join(d, "state", "state.db"))
@@ -584,67 +608,58 @@ def test_results_leave_before_the_commit_and_a_crash_resumes_from_the_last_commi
     the front's local reads wait for; the COMMIT comes with ``applied``, ``ack_delay``
     later. A crash before it loses that batch: the restarted storage says ``hello``
     from the last commit, and the resent entries apply to the same state."""
-    clock = ManualClock()
-    timings = dataclasses.replace(FAST, ack_delay=0.02)
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        net = MemoryIpc(clock)
-        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
-            first = b.log.set(K, b"1")
-            await b.consensus.apply(first)
-            await b.front.changes()
-            assert (await b.front.results()).applied == first[0]
-            assert _committed_index(d) == 0  # not committed yet ...
-            await clock.advance(timings.ack_delay)
-            await b.consensus.acked(first[0])  # ... until storage says applied
-            assert _committed_index(d) == first[0]
-            second = b.log.set(K, b"2")
-            await b.consensus.apply(second)
-            await b.front.changes()
-            assert (await b.front.results()).applied == second[0]
-            state = b.service.state  # type: ignore[union-attr]
-            digest = state.digest()
-            hello = await b.crash_and_restart()
-            assert hello.applied_index == first[0] == _committed_index(d)
-            await b.consensus.apply(first, second)  # consensus resends after the hello
-            state = b.service.state  # type: ignore[union-attr]
-            await until(lambda: state.applied_index == second[0], "the resent entry applied")
-            assert state.digest() == digest
-            got = await b.front.request("get", wire.Get(K, T0, second[0]))
-            assert isinstance(got, wire.GetOk) and got.entry is not None
-            assert got.entry.version == 2
+    async def scenario(b: Any, clock: ManualClock, d: str) -> None:
+        first = b.log.set(K, b"1")
+        await b.consensus.apply(first)
+        await b.front.changes()
+        assert (await b.front.results()).applied == first[0]
+        assert _committed_index(d) == 0  # not committed yet ...
+        await clock.advance(LAZY)
+        await b.consensus.acked(first[0])  # ... until storage says applied
+        assert _committed_index(d) == first[0]
+        second = b.log.set(K, b"2")
+        await b.consensus.apply(second)
+        await b.front.changes()
+        assert (await b.front.results()).applied == second[0]
+        digest = b.service.state.digest()
+        hello = await b.crash_and_restart()
+        assert hello.applied_index == first[0] == _committed_index(d)
+        await b.consensus.apply(first, second)  # consensus resends after the hello
+        state = b.service.state
+        await until(lambda: state.applied_index == second[0], "the resent entry applied")
+        assert state.digest() == digest
+        got = await b.front.request("get", wire.Get(K, T0, second[0]))
+        assert isinstance(got, wire.GetOk) and got.entry is not None
+        assert got.entry.version == 2
 
-    with short_tmp() as d:
-        run(main)
+    _with_lazy_commit(scenario)
+
+
+async def _apply_one(b: Any, value: bytes) -> None:
+    state = b.service.state
+    await b.consensus.apply(b.log.set(K, value))
+    await until(lambda: state.applied_index == b.log.index, "applied")
 
 
 def test_checkpoint_backup_and_snapshot_commit_first() -> None:
     """What ``durable`` covers, and what a backup or snapshot copies, includes every batch
     applied before the request, though ``ack_delay`` has not come yet."""
-    clock = ManualClock()
-    timings = dataclasses.replace(FAST, ack_delay=0.02)
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        net = MemoryIpc(clock)
-        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
-            state = b.service.state  # type: ignore[union-attr]
-            await b.consensus.apply(b.log.set(K, b"1"))
-            await until(lambda: state.applied_index == b.log.index, "applied")
-            await b.consensus.send("checkpoint", wire.Checkpoint())
-            durable = await next_of(b.consensus.durables)
-            assert durable.index == b.log.index == _committed_index(d)
-            await b.consensus.apply(b.log.set(K, b"2"))
-            await until(lambda: state.applied_index == b.log.index, "applied")
-            backup = await b.front.request("backup", wire.Backup(os.path.join(d, "b.db")), 10.0)
-            assert isinstance(backup, wire.BackupOk) and backup.index == b.log.index
-            await b.consensus.apply(b.log.set(K, b"3"))
-            await until(lambda: state.applied_index == b.log.index, "applied")
-            await b.consensus.send("take_snapshot", wire.TakeSnapshot())
-            taken = await next_of(b.consensus.snapshots)
-            assert taken.index == b.log.index
+    async def scenario(b: Any, clock: ManualClock, d: str) -> None:
+        await _apply_one(b, b"1")
+        await b.consensus.send("checkpoint", wire.Checkpoint())
+        durable = await next_of(b.consensus.durables)
+        assert durable.index == b.log.index == _committed_index(d)
+        await _apply_one(b, b"2")
+        backup = await b.front.request("backup", wire.Backup(os.path.join(d, "b.db")), 10.0)
+        assert isinstance(backup, wire.BackupOk) and backup.index == b.log.index
+        await _apply_one(b, b"3")
+        await b.consensus.send("take_snapshot", wire.TakeSnapshot())
+        taken = await next_of(b.consensus.snapshots)
+        assert taken.index == b.log.index
 
-    with short_tmp() as d:
-        run(main)
+    _with_lazy_commit(scenario)
 
 
 def test_a_read_error_that_rolled_back_the_open_batches_is_told_as_a_restart(
@@ -653,49 +668,37 @@ def test_a_read_error_that_rolled_back_the_open_batches_is_told_as_a_restart(
     """SQLite rolls the open transaction back by itself on an I/O error or a full disk,
     even in a read: storage goes back to its last commit and says ``hello`` from there
     as a new incarnation, so consensus resends the lost batches at once."""
-    clock = ManualClock()
-    timings = dataclasses.replace(FAST, ack_delay=0.02)
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        net = MemoryIpc(clock)
-        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
-            state = b.service.state  # type: ignore[union-attr]
-            before = b.service._incarnation  # type: ignore[union-attr]
-            await b.consensus.apply(b.log.set(K, b"1"))
-            await until(lambda: state.applied_index == b.log.index, "applied")
-            real_get = StateMachine.get
+    def failing_get(self: StateMachine, key: str, now_ms: int) -> Any:
+        self._conn.execute("ROLLBACK")  # as SQLite does on SQLITE_IOERR
+        raise sqlite3.OperationalError("disk I/O error")
 
-            def failing_get(self: StateMachine, key: str, now_ms: int) -> Any:
-                self._conn.execute("ROLLBACK")  # as SQLite does on SQLITE_IOERR
-                raise sqlite3.OperationalError("disk I/O error")
-
-            monkeypatch.setattr(StateMachine, "get", failing_get)
+    async def scenario(b: Any, clock: ManualClock, d: str) -> None:
+        state, before = b.service.state, b.service._incarnation
+        await _apply_one(b, b"1")
+        with monkeypatch.context() as patch:
+            patch.setattr(StateMachine, "get", failing_get)
             with pytest.raises(errors.Unavailable):
                 await b.front.request("get", wire.Get(K, T0))
-            monkeypatch.setattr(StateMachine, "get", real_get)
-            hello = await b.consensus.hello()
-            assert hello.applied_index == state.applied_index == state.committed_index == 0
-            assert hello.incarnation == before + 1
+        hello = await b.consensus.hello()
+        assert hello.applied_index == state.applied_index == state.committed_index == 0
+        assert hello.incarnation == before + 1
 
-    with short_tmp() as d:
-        run(main)
+    _with_lazy_commit(scenario)
 
 
 def test_a_stop_commits_what_was_applied() -> None:
     """A stop (planned or not) commits what was applied, before its sockets close: the
     successor, which may open state.db as soon as they do, starts where this one ended."""
-    clock = ManualClock()
-    timings = dataclasses.replace(FAST, ack_delay=0.02)
+    applied: list[int] = []
 
-    async def main(ctx: zmq.asyncio.Context) -> None:
-        net = MemoryIpc(clock)
-        async with bench(None, d, timings=timings, sockets=net, clock=clock, sync=False) as b:
-            state = b.service.state  # type: ignore[union-attr]
-            await b.consensus.apply(b.log.set(K, b"1"), b.log.set(K, b"2"))
-            await until(lambda: state.applied_index == b.log.index, "applied")
-            assert _committed_index(d) == 0
-            index = b.log.index
-        assert _committed_index(d) == index  # the bench stops the service on its way out
+    async def scenario(b: Any, clock: ManualClock, d: str) -> None:
+        await b.consensus.apply(b.log.set(K, b"1"), b.log.set(K, b"2"))
+        await until(lambda: b.service.state.applied_index == b.log.index, "applied")
+        assert _committed_index(d) == 0
+        applied.append(b.log.index)
 
-    with short_tmp() as d:
-        run(main)
+    def after(d: str) -> None:  # the bench stopped the service on its way out
+        assert applied == [_committed_index(d)]
+
+    _with_lazy_commit(scenario, after)
