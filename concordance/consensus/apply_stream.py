@@ -103,7 +103,8 @@ class ApplyStream:
         """Storage is up and at ``applied_index`` (PROTOCOL.md ``hello``); ``incarnation``
         names its process: a new one (a crash and restart) lost whatever was in flight
         to the old one and what that one had applied but not committed, so the stream
-        rewinds at once, not ``APPLY_STALL`` later."""
+        rewinds at once, not ``APPLY_STALL`` later (and a restore it was given goes
+        again now, not ``RESTORE_RETRY`` later)."""
         self._connected = True
         restarted = incarnation != self._incarnation and self._incarnation is not None
         self._incarnation = incarnation
@@ -111,7 +112,7 @@ class ApplyStream:
         restore_failed = False
         if self._restoring is not None:
             index, at = self._restoring
-            if applied_index < index and now - at < RESTORE_RETRY:
+            if applied_index < index and now - at < RESTORE_RETRY and not restarted:
                 return  # still restoring; its periodic hello must not restart the restore
             restore_failed = applied_index < index
             self._restoring = None

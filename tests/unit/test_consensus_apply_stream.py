@@ -189,6 +189,18 @@ def test_a_restore_that_never_completes_is_sent_again() -> None:
     assert h.pump() == [(-30, 0)]
 
 
+def test_a_new_storage_process_gets_the_restore_its_predecessor_lost_at_once() -> None:
+    h = Harness(last=40, first=31)
+    h.disk.latest = SnapshotMeta(30, 1, Membership(("n1",)))
+    h.commit(31, 40)
+    h.stream.on_hello(0, incarnation=1)
+    assert h.pump() == [(-30, 0)]
+    h.stream.on_hello(0, incarnation=1)  # the same process, still restoring: nothing
+    assert h.pump() == []
+    h.stream.on_hello(0, incarnation=2)  # it crashed, with the restore: send it again
+    assert h.pump() == [(-30, 0)]
+
+
 def test_a_snapshot_installed_from_the_leader_drops_the_buffer() -> None:
     h = Harness(last=5)
     h.commit(1, 5)
