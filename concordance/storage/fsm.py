@@ -360,10 +360,7 @@ class StateMachine:
                     keys.update(o.key for o in op.ops)
                 elif not isinstance(op, DeletePrefix):
                     keys.add(op.key)
-        keys.difference_update(self._rows)
-        if not keys:
-            return
-        wanted = sorted(keys)
+        wanted = list(keys)  # self._rows is empty: each call starts afresh
         for start in range(0, len(wanted), _PRELOAD):
             chunk = wanted[start : start + _PRELOAD]
             found = load_rows(self._conn, chunk)

@@ -325,7 +325,7 @@ class StorageService(FrontReads, StorageSnapshots):
                 self._sm.commit()
             except sqlite3.Error as e:  # consensus resends it to the successor
                 log.error("storage: the last commit failed: %s", e)
-        if self._sm is not None and not self._stop.is_set():
+        elif self._sm is not None:
             # Not a stop but a failure (or a simulated crash): keep only what was
             # committed, and free state.db's write lock before anything else can run.
             self._sm.close(commit=False)
