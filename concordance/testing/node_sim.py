@@ -17,7 +17,8 @@ One run (:class:`NodeSimulation`):
   small ``snapshot_every`` and ``snapshot_trailing`` so that compaction happens
   in every run and snapshot files in many; a short ``request_timeout_ms``;
 * clients write (set, CAS, delete), read (consistent and local) and set
-  keys with a TTL, through any live node's front (``KvService``); watchers
+  keys with a TTL, through any live node's front (``KvService``), and read
+  some acknowledged writes back at once on the node that answered; watchers
   follow a prefix through the fronts' ``WatchHub`` and resubscribe from
   their last revision when their front goes away, as a real client does; a
   change-feed reader long-polls ``changes`` from the last revision it read;
@@ -38,7 +39,10 @@ Checked after every run (:class:`SimFailure` names the property):
   every TTL key was reaped; no role died on its own;
 * atomic batches are atomic to readers: a list of the batch keys (consistent
   or local) that shows one key as written by a batch shows every other key
-  of that batch at that revision or later (``torn_batches``).
+  of that batch at that revision or later (``torn_batches``);
+* read your writes on a node: a local read shows at least the version of
+  every write its node answered before the read began, whatever restarted
+  in between (``stale_local_reads``).
 
 ``trace_hash`` fingerprints the history, the watch streams and the final
 state: two runs of one seed must give the same one (a test checks).
@@ -101,6 +105,8 @@ WATCH_PREFIX = f"{TENANT}k"
 BATCH_PREFIX = f"{TENANT}kb/"
 BATCH_KEYS = tuple(f"{BATCH_PREFIX}{i}" for i in range(3))  # watched, not in the history
 FEED_PAGE = 50  # changes a feed reader asks for at once
+READ_BACK = 0.5  # share of acknowledged sets and CAS read back at once on their node
+CRASH_AFTER_ACK = 0.03  # share of them after which their node's storage crashes first
 WATCH_PAGE = 4  # the fronts' replay page: small, so atomic batches land on its edges
 
 
@@ -139,7 +145,10 @@ class NodeSimulation:
         self._torn: list[str] = []  # lists that showed part of a batch
         self._local_reads: list[LocalRead] = []
         self._node_acks: list[NodeAck] = []  # sets and CAS answered 200, by node
-        self._deletes: dict[str, float] = {}  # key -> when its first delete was sent
+        self._deletes: dict[str, int] = {}  # key -> the step its first delete was sent at
+        # One order of the clients' steps (sends and answers): simulated time stands still
+        # between a write's answer and the read that follows it, this does not.
+        self._steps = itertools.count()
         self._restarts: list[asyncio.Task[None]] = []
         self._end = 0.0
         self._spare: str | None = None
@@ -237,12 +246,8 @@ class NodeSimulation:
             if roll < 0.08:
                 await self._ttl_write(node, rng)
                 continue
-            if roll < 0.16:  # a local read: not linearizable, not in the history
-                status, body = await self._request(node, partial(kv.get, key))
-                if status == 200:
-                    version = body["version"] if body is not None else None
-                    read = LocalRead(node.node_id, key, call, self._now(), version)
-                    self._local_reads.append(read)
+            if roll < 0.16:
+                await self._local_read(node, key)
                 continue
             if 0.41 <= roll < 0.45:  # a list of the batch keys: a batch shows whole or not
                 consistent = rng.random() < 0.5
@@ -277,7 +282,7 @@ class NodeSimulation:
                 op = self._record(cid, key, kind, lin.Write(value, if_version), call, status, body)
             else:
                 if_version = seen.get(key) if roll > 0.95 else None
-                self._deletes.setdefault(key, call)
+                self._deletes.setdefault(key, next(self._steps))
                 d = DeleteArgs(key, if_version)
                 status, body = await self._request(node, partial(kv.delete, d))
                 op = self._record(cid, key, "delete", if_version, call, status, body)
@@ -285,8 +290,22 @@ class NodeSimulation:
                 seen[key] = op.output.version
                 if op.kind != "delete":
                     self._acked[key] = max(self._acked.get(key, 0), op.output.version)
-                    ack = NodeAck(node.node_id, key, op.output.version, self._now())
+                    ack = NodeAck(node.node_id, key, op.output.version, next(self._steps))
                     self._node_acks.append(ack)
+                    if rng.random() < CRASH_AFTER_ACK:
+                        await self._crash_storage_then_read(node, key, rng.uniform(0.0, 0.05))
+                    elif rng.random() < READ_BACK and node.kv is not None:
+                        await self._local_read(node, key)  # read your write, there
+
+    async def _local_read(self, node: SimNode, key: str) -> None:
+        """A local read through ``node``'s front: not linearizable, so not in the history;
+        checked against the writes that node answered before it (``stale_local_reads``)."""
+        kv, call = node.kv, next(self._steps)
+        assert kv is not None
+        status, body = await self._request(node, partial(kv.get, key))
+        if status == 200:
+            version = body["version"] if body is not None else None
+            self._local_reads.append(LocalRead(node.node_id, key, call, next(self._steps), version))
 
     def _record(
         self,
@@ -415,11 +434,29 @@ class NodeSimulation:
         if not node.roles:
             return  # the spare, not started yet
         await node.stop(role, clean=clean)
-        self.stats[f"{'stop' if clean else 'kill'} {role}"] = (
-            self.stats.get(f"{'stop' if clean else 'kill'} {role}", 0) + 1
-        )
+        self._count(f"{'stop' if clean else 'kill'} {role}")
         await asyncio.sleep(down)
         await node.start((role,))
+
+    async def _crash_storage_then_read(self, node: SimNode, key: str, down: float) -> None:
+        """The window the front's read floor closes (PROTOCOL.md §3.8): storage crashes
+        right after its node answered a write (before its lazy COMMIT took the write), and
+        a local read on that node follows at once, held until a new storage answers."""
+        if not node.up("storage") or node.kv is None:
+            return
+        await node.stop("storage", clean=False)
+        self._count("kill storage after an answer")
+
+        async def restart() -> None:
+            await asyncio.sleep(down)
+            await node.start(("storage",))
+
+        self._restarts.append(asyncio.create_task(restart()))
+        if node.kv is not None:
+            await self._local_read(node, key)
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
 
     async def _change_membership(self, rng: random.Random) -> None:
         assert self._spare is not None

@@ -153,8 +153,8 @@ class LocalRead:
 
     node: str
     key: str
-    call: float
-    done: float
+    call: int  # steps of the run's one order of client events (not times)
+    done: int
     version: int | None  # None: 404
 
 
@@ -165,11 +165,11 @@ class NodeAck:
     node: str
     key: str
     version: int
-    at: float
+    at: int  # the step of the answer, in the order of ``LocalRead``'s
 
 
 def stale_local_reads(
-    reads: list[LocalRead], acks: list[NodeAck], deletes: dict[str, float]
+    reads: list[LocalRead], acks: list[NodeAck], deletes: dict[str, int]
 ) -> tuple[list[str], int]:
     """Local reads that missed a write their node had answered before they began.
 
