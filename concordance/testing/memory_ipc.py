@@ -18,6 +18,11 @@ What it models of PROTOCOL.md, and what not:
 * delivery is in order, one loop turn later (``call_soon``), never lost,
   duplicated or reordered; requests whose deadline (``dl``, on the clock's
   wall time) passed are dropped by the server, unmatched replies by the client;
+* with ``latency`` (the node simulation's), each message takes that long, in
+  the loop's time, and still arrives in order on its own connection (one
+  client's messages to its server, a server's to one client, a publisher's
+  to one subscriber); messages of different connections overtake each other,
+  as they do between a node's ZeroMQ sockets;
 * a server's ``send`` to an identity that is not connected raises
   ``PeerGone`` at once (``EHOSTUNREACH``); a client's request or send waits
   for a server to bind, bounded by its timeout on the clock;
@@ -62,6 +67,9 @@ __all__ = ["MemoryClient", "MemoryIpc", "MemoryPublisher", "MemoryServer", "Memo
 log = logging.getLogger(__name__)
 
 _CLOSED = object()
+_AFTER = (
+    1e-9  # seconds between two messages of one connection due at once (the timer heap is not FIFO)
+)
 
 
 class _Queue:
@@ -103,8 +111,12 @@ class MemoryIpc:
     the abstract socket namespace.
     """
 
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, clock: Clock = SYSTEM_CLOCK, latency: Callable[[], float] | None = None
+    ) -> None:
         self.clock = clock
+        self._latency = latency
+        self._due: dict[object, float] = {}  # connection -> when its last message arrives
         self.servers: dict[str, MemoryServer] = {}
         self.clients: dict[str, dict[bytes, MemoryClient]] = {}
         self.publishers: dict[str, MemoryPublisher] = {}
@@ -144,9 +156,17 @@ class MemoryIpc:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def later(self, callback: Callable[..., None], *args: object) -> None:
-        """Deliver on the next loop turn, as a socket would."""
-        asyncio.get_running_loop().call_soon(callback, *args)
+    def later(self, callback: Callable[..., None], *args: object, pipe: object = None) -> None:
+        """Deliver on the next loop turn, as a socket would; with ``latency``, that much
+        later, after every earlier message of the same connection (``pipe``)."""
+        loop = asyncio.get_running_loop()
+        if self._latency is None or pipe is None:
+            loop.call_soon(callback, *args)
+            return
+        now = loop.time()
+        due = max(now + self._latency(), self._due.get(pipe, now) + _AFTER)
+        self._due[pipe] = due
+        loop.call_at(due, callback, *args)
 
 
 def _as_bytes(peer: bytes | str) -> bytes:
@@ -234,7 +254,7 @@ class MemoryServer:
         if self._closed or client is None or client.closed:
             raise PeerGone(f"{peer!r} is not connected to {self.endpoint}")
         self._sent_at = self._net.clock.monotonic()
-        self._net.later(client._arrive, encode_envelope(env))
+        self._net.later(client._arrive, encode_envelope(env), pipe=(client, "down"))
 
     async def close(self) -> None:
         if self._closed:
@@ -309,13 +329,13 @@ class MemoryClient:
         if self.closed or server is None:
             raise IpcError(f"could not hand {type} to {self.endpoint} now")
         payload = encode_envelope(Envelope(type, self._net.next_id(), body))
-        self._net.later(server._arrive, self.identity, payload)
+        self._net.later(server._arrive, self.identity, payload, pipe=(self, "up"))
 
     async def _hand_over(self, payload: bytes) -> None:
         """Wait for a server on the endpoint (as a connecting DEALER does), then deliver."""
         while (server := self._server()) is None:
             await self._net.bound(self.endpoint).wait()
-        self._net.later(server._arrive, self.identity, payload)
+        self._net.later(server._arrive, self.identity, payload, pipe=(self, "up"))
 
     def _arrive(self, payload: bytes) -> None:
         if self.closed:
@@ -362,7 +382,7 @@ class MemoryPublisher:
         payload = encode_envelope(Envelope(type, self._net.next_id(), body))
         for sub in self._net.subscribers.get(self.endpoint, []):
             if topic in sub.topics:
-                self._net.later(sub._arrive, topic, payload)
+                self._net.later(sub._arrive, topic, payload, pipe=sub)
 
     async def wait_subscribed(self, topic: bytes, timeout: float) -> bool:
         """Whether a subscriber of ``topic`` is there (in memory, one is or is not:

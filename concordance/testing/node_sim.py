@@ -22,6 +22,8 @@ One run (:class:`NodeSimulation`):
   follow a prefix through the fronts' ``WatchHub`` and resubscribe from
   their last revision when their front goes away, as a real client does; a
   change-feed reader long-polls ``changes`` from the last revision it read;
+* messages between roles take 0-20 ms each (in order on each socket, so
+  that different sockets' messages overtake each other: ``_ipc_latency``);
 * a nemesis partitions the network, drops, delays and reorders frames, stops roles
   cleanly (their planned stop) or kills them (a crash), and restarts them;
 * then the faults stop, every role of every started node is (re)started, and
@@ -110,6 +112,20 @@ CRASH_AFTER_ACK = 0.03  # share of them after which their node's storage crashes
 WATCH_PAGE = 4  # the fronts' replay page: small, so atomic batches land on its edges
 
 
+def _ipc_latency(rng: random.Random) -> Callable[[], float]:
+    """How long one message between roles takes: mostly nothing or a millisecond or two,
+    now and then a stalled process's 20 ms, so that messages of different sockets (a
+    read held for a new storage, consensus's resend to it) arrive in every order."""
+
+    def latency() -> float:
+        roll = rng.random()
+        if roll < 0.5:
+            return 0.0
+        return rng.uniform(0.0, 0.002) if roll < 0.95 else rng.uniform(0.002, 0.02)
+
+    return latency
+
+
 class SimFailure(AssertionError):
     """A property did not hold; the message says which, and how to replay."""
 
@@ -167,7 +183,7 @@ class NodeSimulation:
             shutil.rmtree(root, ignore_errors=True)
 
     async def _main(self, root: str) -> None:
-        ipc = MemoryIpc()
+        ipc = MemoryIpc(latency=_ipc_latency(random.Random(self.rng.getrandbits(64))))
         members = [f"n{i}" for i in range(1, self.opts.nodes + 1)]
         peers = {m: f"10.0.0.{i}:4100" for i, m in enumerate(members, 1)}
         ids = list(members)
@@ -293,7 +309,8 @@ class NodeSimulation:
                     ack = NodeAck(node.node_id, key, op.output.version, next(self._steps))
                     self._node_acks.append(ack)
                     if rng.random() < CRASH_AFTER_ACK:
-                        await self._crash_storage_then_read(node, key, rng.uniform(0.0, 0.05))
+                        down, with_front = rng.uniform(0.0, 0.05), rng.random() < 0.4
+                        await self._crash_storage_then_read(node, key, down, with_front=with_front)
                     elif rng.random() < READ_BACK and node.kv is not None:
                         await self._local_read(node, key)  # read your write, there
 
@@ -438,22 +455,31 @@ class NodeSimulation:
         await asyncio.sleep(down)
         await node.start((role,))
 
-    async def _crash_storage_then_read(self, node: SimNode, key: str, down: float) -> None:
+    async def _crash_storage_then_read(
+        self, node: SimNode, key: str, down: float, *, with_front: bool
+    ) -> None:
         """The window the front's read floor closes (PROTOCOL.md §3.8): storage crashes
         right after its node answered a write (before its lazy COMMIT took the write), and
-        a local read on that node follows at once, held until a new storage answers."""
+        a local read on that node follows at once, held until a new storage answers.
+        ``with_front``: the front crashes too, and the read goes to its successor as soon
+        as it serves (its floor starts at consensus's commit index)."""
         if not node.up("storage") or node.kv is None:
             return
-        await node.stop("storage", clean=False)
-        self._count("kill storage after an answer")
+        roles = ("storage", "front") if with_front else ("storage",)
+        for role in roles:
+            await node.stop(role, clean=False)
+        self._count(f"kill {' and '.join(roles)} after an answer")
 
         async def restart() -> None:
             await asyncio.sleep(down)
-            await node.start(("storage",))
+            await node.start(roles)
 
         self._restarts.append(asyncio.create_task(restart()))
-        if node.kv is not None:
-            await self._local_read(node, key)
+        for _ in range(100):  # a client reconnecting to the node's port
+            if node.kv is not None:
+                await self._local_read(node, key)
+                return
+            await asyncio.sleep(0.005)
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,41 @@ def test_a_handler_set_late_gets_what_arrived_before_it_first() -> None:
         assert seen == [1, 2, 3]
         await client.close()
         await server.close()
+
+    asyncio.run(main())
+
+
+def test_with_latency_each_connection_keeps_its_order_and_others_overtake_it() -> None:
+    """The node simulation's ``latency``: every message of one connection arrives after
+    the ones sent before it on that connection; a message of another connection may
+    arrive first (the interleavings of a node's separate ZeroMQ sockets)."""
+
+    async def main() -> None:
+        rng = random.Random(7)
+        net = MemoryIpc(latency=lambda: rng.uniform(0.0, 0.003))
+        server = await net.server("ep")
+        arrived: list[tuple[bytes, int]] = []
+        server.deliver_to(lambda peer, env: arrived.append((peer, env.body.incarnation)))
+        a, b = net.client("ep", "front.a"), net.client("ep", "front.b")
+        pushed: list[int] = []
+        back = net.client(
+            "ep", "front.c", on_message=lambda env: pushed.append(env.body.incarnation)
+        )
+        for i in range(50):
+            a.send_nowait("front_hello", wire.FrontHello(i))
+            b.send_nowait("front_hello", wire.FrontHello(i))
+        back.send_nowait("front_hello", wire.FrontHello(0))  # connected before the pushes
+        for i in range(50):
+            await server.send(b"front.c", "front_hello", wire.FrontHello(i))
+        while len(arrived) < 101 or len(pushed) < 50:
+            await asyncio.sleep(0.001)
+        assert [n for peer, n in arrived if peer == b"front.a"] == list(range(50))
+        assert [n for peer, n in arrived if peer == b"front.b"] == list(range(50))
+        assert pushed == list(range(50))
+        order = [(n, peer) for peer, n in arrived if peer != b"front.c"]
+        assert order != sorted(order)  # some b-message overtook an a-message sent before it
+        for end in (a, b, back, server):
+            await end.close()
 
     asyncio.run(main())
 
