@@ -185,8 +185,6 @@ async def _running(
     loop = asyncio.get_running_loop()
     pump = _pump(clients.events, proposer, hub, timers)
     tasks = [loop.create_task(pump, name="event-pump")]
-    seed = _logged("read floor", proposer.floor.seed(clients.consensus))
-    tasks.append(loop.create_task(seed, name="read-floor"))
     if cfg.secrets.cluster_key_problem() is not None:
         check = _check_cluster_key(cfg, clients, timers)
         tasks.append(loop.create_task(_logged("cluster key check", check), name="cluster-key"))

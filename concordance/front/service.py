@@ -68,14 +68,14 @@ class KvService:
         read is served; reads of one loop turn share one request (``ReadIndexBatcher``)."""
         return await self._read_indexes.next(self._timeout)
 
-    async def _local_index(self) -> int:
-        """What a local read waits for storage to have applied: every write this node
-        answered (``read_floor``)."""
-        return await self._proposer.floor.current()
+    def _local_index(self) -> int:
+        """What a local read waits for storage to have applied: every write this front
+        answered (``Proposer.read_floor``)."""
+        return self._proposer.read_floor
 
     async def get(self, key: str, *, consistent: bool = False) -> dict[str, Any] | None:
         validate_key(key)
-        index = await self._read_index() if consistent else await self._local_index()
+        index = await self._read_index() if consistent else self._local_index()
         entry = await self._storage.get(key, self.clock(), self._timeout, index)
         return self.renderer.entry(entry)
 
@@ -83,7 +83,7 @@ class KvService:
         self, prefix: str, limit: int, cursor: str | None, *, consistent: bool = False
     ) -> dict[str, Any]:
         validate_prefix(prefix)
-        index = await self._read_index() if consistent else await self._local_index()
+        index = await self._read_index() if consistent else self._local_index()
         page = await self._storage.list(prefix, limit, cursor, self.clock(), self._timeout, index)
         return {
             "entries": [self.renderer.entry(e) for e in page.entries],

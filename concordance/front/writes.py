@@ -53,7 +53,6 @@ from collections.abc import Callable
 from concordance.clock import SYSTEM_CLOCK, Clock
 from concordance.errors import ConcordanceError, IpcError, Timeout, Unavailable
 from concordance.front.clients import ConsensusClient
-from concordance.front.read_floor import ReadFloor
 from concordance.protocol import wire
 from concordance.protocol.commands import Command, Op, peek_request
 from concordance.protocol.payloads import Rejected, WriteResult
@@ -134,9 +133,10 @@ class Proposer:
         self.failed: dict[str, int] = {"unavailable": 0, "timeout": 0}  # for /metrics
         self._proposing: set[asyncio.Task[None]] = set()
         self.batches = 0  # propose requests sent (each carries one or more writes)
-        # What a local read asks storage to have applied: raised by every ``results``
-        # (storage's applied index then), started at consensus's commit index.
-        self.floor = ReadFloor(timers)
+        # Storage's applied index at the latest results: every write answered here is at
+        # or below it, so a local read that waits for it sees them (KvService), even
+        # from a storage restarted behind what it had applied (PROTOCOL.md, ``results``).
+        self.read_floor = 0
 
     @property
     def pending(self) -> int:
@@ -261,7 +261,8 @@ class Proposer:
         """Resolve the waiters named in a ``results`` event (called by the event pump)."""
         if results.origin != self._node_id:
             return
-        self.floor.raise_to(results.applied)
+        if results.applied > self.read_floor:
+            self.read_floor = results.applied
         for item in results.items:
             future = self._waiters.get(item.request_id)
             if future is not None and not future.done():

@@ -99,6 +99,7 @@ from concordance.latency import LatencyCounts
 from concordance.protocol import wire
 from concordance.protocol.payloads import new_outcome
 from concordance.raft.entries import EntryKind
+from concordance.storage.applied_mark import AppliedMark
 from concordance.storage.apply_merge import take_queued
 from concordance.storage.fsm import Applied, ApplyGap, StateMachine
 from concordance.storage.service_reads import FrontReads, _Waiter
@@ -192,6 +193,8 @@ class StorageService(FrontReads, StorageSnapshots):
         self._consensus: Client | None = None
         self._reaper: ExpiryReaper | None = None
         self._acked = 0  # the applied index consensus was last told (applied or hello)
+        self._mark: AppliedMark | None = None
+        self._mark_index = 0
         # front -> (its last ``front_watching``, when it came)
         self._watching: dict[bytes, tuple[bool, float]] = {}
         self._ack_later: asyncio.Task[None] | None = None
@@ -247,6 +250,16 @@ class StorageService(FrontReads, StorageSnapshots):
             retention=self.cfg.change_retention,
             retention_bytes=self.cfg.change_retention_bytes,
         )
+        self._mark = AppliedMark(self.db_path.with_name("applied.mark"))
+        self._mark_index = self._mark.read()
+        if self._mark_index > self._sm.applied_index:
+            log.info(
+                "storage %s: the last process had applied up to %d, state.db holds %d: local"
+                " reads wait for consensus to resend the rest",
+                self.cfg.node_id,
+                self._mark_index,
+                self._sm.applied_index,
+            )
         self._consensus = socks.client(
             ipc.endpoint(data, "consensus"), "storage", on_message=self._inbox.put_nowait
         )
@@ -330,6 +343,9 @@ class StorageService(FrontReads, StorageSnapshots):
             # committed, and free state.db's write lock before anything else can run.
             self._sm.close(commit=False)
             self._sm = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
         if self._ack_later is not None:  # an unplanned stop: the next hello tells it
             self._ack_later.cancel()
         if self._planned and self._server is not None:
@@ -395,6 +411,10 @@ class StorageService(FrontReads, StorageSnapshots):
             await self._hello()
             return
         self.apply_latency.observe(time.perf_counter() - started)
+        if sm.applied_index > self._mark_index:  # first: it must cover every result out
+            self._mark_index = sm.applied_index
+            assert self._mark is not None
+            self._mark.note(self._mark_index)
         await self._publish(applied)  # before the COMMIT: nothing is waiting for it
         await self._release_waiters()
         if sm.applied_index == before:  # all applied already: consensus is resending, so

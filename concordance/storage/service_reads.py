@@ -61,6 +61,9 @@ class FrontReads:
     _waiters: AppliedWaiters[_Waiter]
     _backups: set[asyncio.Task[None]]
     _backup_lock: asyncio.Lock
+    # What the applied mark said at start, raised with every apply: local reads wait for it
+    # (applied_mark.py), so a storage behind what an earlier process published serves none.
+    _mark_index: int
 
     if TYPE_CHECKING:  # the service's
 
@@ -117,22 +120,22 @@ class FrontReads:
     def _get(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.Get)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
+        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+            return self._wait_for(peer, env, need)
         return wire.GetOk(sm.get(body.key, body.now))
 
     def _get_many(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.GetMany)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
+        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+            return self._wait_for(peer, env, need)
         return wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
 
     def _list(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.List)
-        if sm.applied_index < body.min_index:
-            return self._wait_for(peer, env, body.min_index)
+        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+            return self._wait_for(peer, env, need)
         return sm.list(body.prefix, body.limit, body.cursor, body.now)
 
     def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:

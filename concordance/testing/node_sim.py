@@ -462,7 +462,7 @@ class NodeSimulation:
         right after its node answered a write (before its lazy COMMIT took the write), and
         a local read on that node follows at once, held until a new storage answers.
         ``with_front``: the front crashes too, and the read goes to its successor as soon
-        as it serves (its floor starts at consensus's commit index)."""
+        as it serves (whose read floor starts at 0: storage's applied mark holds it)."""
         if not node.up("storage") or node.kv is None:
             return
         roles = ("storage", "front") if with_front else ("storage",)

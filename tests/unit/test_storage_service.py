@@ -636,6 +636,40 @@ def test_results_leave_before_the_commit_and_a_crash_resumes_from_the_last_commi
     _with_lazy_commit(scenario)
 
 
+def test_a_storage_restarted_behind_what_it_published_holds_local_reads_until_resent() -> None:
+    """The node's other roles may restart with storage (a front's read floor then starts
+    at 0, a consensus's commit index at what it last noted): storage's applied mark,
+    written before each batch's results go out, holds every local read (``min_index``
+    0 here) until consensus has resent that far."""
+
+    async def scenario(b: Any, clock: ManualClock, d: str) -> None:
+        first = b.log.set(K, b"1")
+        await b.consensus.apply(first)
+        await b.front.changes()
+        await b.front.results()
+        await clock.advance(LAZY)
+        await b.consensus.acked(first[0])  # committed
+        second = b.log.set(K, b"2")
+        await b.consensus.apply(second)
+        await b.front.changes()
+        assert (await b.front.results()).applied == second[0]  # answered: version 2
+        hello = await b.crash_and_restart()
+        assert hello.applied_index == first[0]  # state.db holds version 1
+        read = asyncio.ensure_future(b.front.request("get", wire.Get(K, T0)))
+        listed = asyncio.ensure_future(
+            b.front.request("list", wire.List("tenant:acme/", 10, None, T0))
+        )
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not read.done() and not listed.done()  # held, not answered from version 1
+        await b.consensus.apply(first, second)  # consensus resends after the hello
+        got, page = await read, await listed
+        assert isinstance(got, wire.GetOk) and got.entry is not None and got.entry.version == 2
+        assert [e.version for e in page.entries if e.key == K] == [2]
+
+    _with_lazy_commit(scenario)
+
+
 async def _apply_one(b: Any, value: bytes) -> None:
     state = b.service.state
     await b.consensus.apply(b.log.set(K, value))

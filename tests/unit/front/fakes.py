@@ -36,7 +36,7 @@ from concordance.config import NodeConfig, Secrets
 from concordance.errors import ConcordanceError, IpcError, Unavailable
 from concordance.front.accept import SortingSite
 from concordance.front.app import make_app
-from concordance.front.app_state import CONFIG, GATE, PROPOSER, TLS
+from concordance.front.app_state import CONFIG, GATE, TLS
 from concordance.front.clients import Clients, DroppedHandler
 from concordance.front.ipc_clients import connect
 from concordance.ipc import fdpass
@@ -485,7 +485,6 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     retention = overrides.pop("retention", 100_000)
     timers: Clock = overrides.pop("timers", SYSTEM_CLOCK)
     node = FakeNode(path, retention=retention)
-    node.index = overrides.pop("commit", 0)  # consensus's commit index as the front starts
     net = MemoryIpc(timers)
     served = ServedNode(node, net, str(path))
     clock = FakeClock()
@@ -501,7 +500,6 @@ async def harness(path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     try:
         await served.start()
         async with TestClient(FrontTestServer(app, path, hot_routes=hot_routes)) as client:
-            await app[PROPOSER].floor.settled()  # its status request is none of a test's
             yield Harness(client, node, clock, app)
     finally:
         await served.stop()

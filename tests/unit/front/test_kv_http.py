@@ -75,25 +75,13 @@ def test_local_reads_ask_storage_for_every_write_this_front_answered(tmp_path: P
         assert (await h.call("GET", f"/api/v1/kv/{K}"))[1]["value"] == 1
         assert (await h.call("GET", "/api/v1/kv?prefix=tenant:acme/"))[0] == 200
         h.node.events.queue.put_nowait(wire.Results("n1", (), 9))  # storage applied 9
-        await until(lambda: h.app[PROPOSER].floor.index == 9, "the results delivered")
+        await until(lambda: h.app[PROPOSER].read_floor == 9, "the results delivered")
         h.app[PROPOSER].deliver(wire.Results("n1", (), 5))  # an older one: the floor stays
         h.app[PROPOSER].deliver(wire.Results("n2", (), 20))  # another node's: not ours
         await h.call("GET", f"/api/v1/kv/{K}")
         assert h.node.storage.min_indexes == [0, 2, 2, 9]
 
     run(tmp_path, scenario)
-
-
-def test_a_front_that_starts_reads_at_least_what_consensus_had_committed(tmp_path: Path) -> None:
-    """A front restarted with storage may not have answered a write an earlier front of the
-    node answered: its floor starts at consensus's commit index (front/read_floor.py)."""
-
-    async def scenario(h: Harness) -> None:
-        assert (await h.call("GET", f"/api/v1/kv/{K}"))[0] == 404
-        assert (await h.call("GET", "/api/v1/kv?prefix=tenant:acme/"))[0] == 200
-        assert h.node.storage.min_indexes == [6, 6]
-
-    run(tmp_path, scenario, commit=6)
 
 
 def test_consistent_read_asks_for_a_read_index(tmp_path: Path) -> None:
