@@ -139,9 +139,11 @@ class FrontReads:
         return sm.list(body.prefix, body.limit, body.cursor, body.now)
 
     def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body = env.body
+        body, sm = env.body, self.state
         assert isinstance(body, wire.Changes)
-        return self.state.changes(body.prefix, body.since, body.limit)
+        if sm.applied_index < self._mark_index:  # its changes went out: never answer without them
+            return self._wait_for(peer, env, self._mark_index)
+        return sm.changes(body.prefix, body.since, body.limit)
 
     def _status(self, peer: bytes, env: wire.Envelope) -> _Reply:
         sm = self.state

@@ -640,7 +640,8 @@ def test_a_storage_restarted_behind_what_it_published_holds_local_reads_until_re
     """The node's other roles may restart with storage (a front's read floor then starts
     at 0, a consensus's commit index at what it last noted): storage's applied mark,
     written before each batch's results go out, holds every local read (``min_index``
-    0 here) until consensus has resent that far."""
+    0 here) until consensus has resent that far; and every ``changes`` read, whose
+    events went out too (a watch repairing from it must not take them for none)."""
 
     async def scenario(b: Any, clock: ManualClock, d: str) -> None:
         first = b.log.set(K, b"1")
@@ -659,13 +660,15 @@ def test_a_storage_restarted_behind_what_it_published_holds_local_reads_until_re
         listed = asyncio.ensure_future(
             b.front.request("list", wire.List("tenant:acme/", 10, None, T0))
         )
+        changed = asyncio.ensure_future(b.front.request("changes", wire.Changes("", 0, 100)))
         for _ in range(50):
             await asyncio.sleep(0)
-        assert not read.done() and not listed.done()  # held, not answered from version 1
+        assert not (read.done() or listed.done() or changed.done())  # not from version 1
         await b.consensus.apply(first, second)  # consensus resends after the hello
-        got, page = await read, await listed
+        got, page, log = await read, await listed, await changed
         assert isinstance(got, wire.GetOk) and got.entry is not None and got.entry.version == 2
         assert [e.version for e in page.entries if e.key == K] == [2]
+        assert [c.key for c in log.changes][-2:] == [K, K]
 
     _with_lazy_commit(scenario)
 
