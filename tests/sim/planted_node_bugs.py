@@ -15,6 +15,7 @@ from concordance.consensus.driver import ConsensusDriver
 from concordance.front.service import KvService
 from concordance.front.watch import Subscription, WatchHub
 from concordance.protocol import wire
+from concordance.storage.applied_mark import AppliedMark
 from concordance.storage.service import StorageService
 
 
@@ -116,3 +117,12 @@ def front_proposes_a_batch_op_by_op() -> contextlib.AbstractContextManager[None]
         return self.renderer.result(results[-1])
 
     return _replaced(KvService, "batch", batch)
+
+
+def storage_forgets_what_it_had_applied() -> contextlib.AbstractContextManager[None]:
+    """Storage: a restarted process reads no applied mark (as before 8 December). What
+    the crashed one had applied and published but not committed is gone from state.db
+    until consensus resends it, and a local read served meanwhile misses a write its
+    node answered (when the front restarted too, or consensus: their floors are gone
+    with them). The node simulation's seed 1,760,602 found it."""
+    return _replaced(AppliedMark, "read", lambda self: 0)

@@ -58,10 +58,10 @@ def test_node_runs_do_real_work() -> None:
         assert totals.get(name, 0) > 0, (name, totals)
 
 
-@pytest.mark.parametrize("seed", [1353867, 1405320])
+@pytest.mark.parametrize("seed", [1353867, 1405320, 1760602, 1780144, 1790480])
 def test_node_seeds_that_found_bugs_hold(seed: int) -> None:
     """Seeds of the sweeps that once failed (TESTING.md, "Bugs the node simulation
-    found", 7 and 8), replayed as regression tests."""
+    found", 7 to 10), replayed as regression tests."""
     run_seed(seed)
 
 
@@ -102,3 +102,18 @@ def test_node_simulation_finds_a_replay_that_ends_at_a_batch_on_a_page_edge() ->
                 assert "watch without gaps" in str(e).splitlines()[0], str(e)
                 return
     pytest.fail(f"the short-page replay was not found within {within} seeds")
+
+
+def test_node_simulation_finds_a_storage_that_forgets_what_it_had_applied() -> None:
+    """A real bug of the lazy commit (``planted_node_bugs.storage_forgets_what_it_had_
+    applied``, the code of 8 December morning): its window is a crash right after an
+    answer, so it takes more seeds than the planted ones."""
+    within = 200
+    with planted_node_bugs.storage_forgets_what_it_had_applied():
+        for seed in range(within):
+            try:
+                run_seed(seed)
+            except SimFailure as e:
+                assert "read your writes on a node" in str(e).splitlines()[0], str(e)
+                return
+    pytest.fail(f"the forgotten applied mark was not found within {within} seeds")
