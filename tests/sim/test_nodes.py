@@ -73,47 +73,40 @@ PLANTED: list[tuple[Callable[[], AbstractContextManager[None]], str]] = [
 ]
 
 
+def _found_within(
+    bug: Callable[[], AbstractContextManager[None]], symptom: str, within: int
+) -> None:
+    """Run seeds 0, 1, ... with ``bug`` switched on until one fails by ``symptom``."""
+    with bug():
+        for seed in range(within):
+            try:
+                run_seed(seed)
+            except SimFailure as e:
+                assert symptom in str(e).splitlines()[0], str(e)
+                return
+    pytest.fail(f"{bug.__name__} not found within {within} seeds")
+
+
 @pytest.mark.parametrize(("bug", "symptom"), PLANTED, ids=lambda p: getattr(p, "__name__", p))
 def test_node_simulation_finds_planted_bug(
     bug: Callable[[], AbstractContextManager[None]], symptom: str
 ) -> None:
     """Each planted bug (one per role, see ``planted_node_bugs``) is caught within
     ``FIND_WITHIN`` seeds, by the property it breaks."""
-    with bug():
-        for seed in range(FIND_WITHIN):
-            try:
-                run_seed(seed)
-            except SimFailure as e:
-                assert symptom in str(e).splitlines()[0], str(e)
-                return
-    pytest.fail(f"{bug.__name__} not found within {FIND_WITHIN} seeds")
+    _found_within(bug, symptom, FIND_WITHIN)
 
 
 def test_node_simulation_finds_a_replay_that_ends_at_a_batch_on_a_page_edge() -> None:
     """A real bug the simulation missed until its workload had atomic batches and its
     fronts a small replay page (``planted_node_bugs.front_takes_a_short_replay_page_
     for_the_end``, the old code): rarer than the planted ones, so more seeds."""
-    within = 40
-    with planted_node_bugs.front_takes_a_short_replay_page_for_the_end():
-        for seed in range(within):
-            try:
-                run_seed(seed)
-            except SimFailure as e:
-                assert "watch without gaps" in str(e).splitlines()[0], str(e)
-                return
-    pytest.fail(f"the short-page replay was not found within {within} seeds")
+    bug = planted_node_bugs.front_takes_a_short_replay_page_for_the_end
+    _found_within(bug, "watch without gaps", 40)
 
 
 def test_node_simulation_finds_a_storage_that_forgets_what_it_had_applied() -> None:
     """A real bug of the lazy commit (``planted_node_bugs.storage_forgets_what_it_had_
     applied``, the code of 8 December morning): its window is a crash right after an
     answer, so it takes more seeds than the planted ones."""
-    within = 200
-    with planted_node_bugs.storage_forgets_what_it_had_applied():
-        for seed in range(within):
-            try:
-                run_seed(seed)
-            except SimFailure as e:
-                assert "read your writes on a node" in str(e).splitlines()[0], str(e)
-                return
-    pytest.fail(f"the forgotten applied mark was not found within {within} seeds")
+    bug = planted_node_bugs.storage_forgets_what_it_had_applied
+    _found_within(bug, "read your writes on a node", 200)
