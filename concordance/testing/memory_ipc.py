@@ -67,9 +67,8 @@ __all__ = ["MemoryClient", "MemoryIpc", "MemoryPublisher", "MemoryServer", "Memo
 log = logging.getLogger(__name__)
 
 _CLOSED = object()
-_AFTER = (
-    1e-9  # seconds between two messages of one connection due at once (the timer heap is not FIFO)
-)
+# Seconds between two messages of one connection due at once: the timer heap is not FIFO.
+_AFTER = 1e-9
 
 
 class _Queue:
