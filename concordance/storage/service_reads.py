@@ -112,6 +112,12 @@ class FrontReads:
         assert isinstance(body, wire.FrontWatching)  # whether it wants change batches
         self._watching[peer] = (body.watching, self._clock.monotonic())
 
+    def _held_until(self, min_index: int = 0) -> int:
+        """The applied index a read must wait for (its ``min_index``, and the applied
+        mark: never answer from behind what was published), or 0 to serve it now."""
+        need = max(min_index, self._mark_index)
+        return need if self.state.applied_index < need else 0
+
     def _wait_for(self, peer: bytes, env: wire.Envelope, index: int) -> _Reply:
         """Park a request until ``index`` is applied (None), or refuse it when too
         many wait already."""
@@ -120,30 +126,30 @@ class FrontReads:
     def _get(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.Get)
-        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+        if need := self._held_until(body.min_index):
             return self._wait_for(peer, env, need)
         return wire.GetOk(sm.get(body.key, body.now))
 
     def _get_many(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.GetMany)
-        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+        if need := self._held_until(body.min_index):
             return self._wait_for(peer, env, need)
         return wire.GetManyOk(tuple(sm.get(key, body.now) for key in body.keys))
 
     def _list(self, peer: bytes, env: wire.Envelope) -> _Reply:
         body, sm = env.body, self.state
         assert isinstance(body, wire.List)
-        if sm.applied_index < (need := max(body.min_index, self._mark_index)):
+        if need := self._held_until(body.min_index):
             return self._wait_for(peer, env, need)
         return sm.list(body.prefix, body.limit, body.cursor, body.now)
 
     def _changes(self, peer: bytes, env: wire.Envelope) -> _Reply:
-        body, sm = env.body, self.state
+        body = env.body
         assert isinstance(body, wire.Changes)
-        if sm.applied_index < self._mark_index:  # its changes went out: never answer without them
-            return self._wait_for(peer, env, self._mark_index)
-        return sm.changes(body.prefix, body.since, body.limit)
+        if need := self._held_until():  # its changes went out: never answer without them
+            return self._wait_for(peer, env, need)
+        return self.state.changes(body.prefix, body.since, body.limit)
 
     def _status(self, peer: bytes, env: wire.Envelope) -> _Reply:
         sm = self.state

@@ -176,7 +176,8 @@ def stale_local_reads(
     API.md §3.1: a write is answered once applied on the node that answered it,
     "so a read on that same node afterwards sees it", whatever restarted in
     between (storage commits lazily and may lose its last batches in a crash:
-    the front's read floor, PROTOCOL.md §3.8). Versions only grow, so the read
+    the front's read floor and storage's applied mark, PROTOCOL.md §3.8).
+    Versions only grow, so the read
     must show at least the written version; a 404 only if some delete of the
     key was sent before the read ended (``deletes``: the first delete's call).
     Returns the stale ones and how many reads had such a write to see.
